@@ -1,0 +1,10 @@
+//! The product's rules (DESIGN section 1) as pure code. No tokio, no stores, no proto types:
+//! time comes in through [`Clock`] or as arguments, so every rule is testable exhaustively.
+
+pub mod time;
+pub mod user;
+pub mod window;
+
+pub use time::{Clock, FixedClock, Timestamp};
+pub use user::{UserKey, UserKeyError};
+pub use window::{Flag, LastInbound, WindowChange, WindowState};

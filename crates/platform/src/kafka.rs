@@ -1,0 +1,186 @@
+//! Kafka clients: an idempotent producer of `Envelope`s, a batch consumer that commits only
+//! when told (after the caller's effects are durable), and topic creation.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message as _;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::OwnedMessage;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+use finestra_proto::v1::Envelope;
+
+use crate::shutdown::Shutdown;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("creating topic {topic}: {code}")]
+    CreateTopic { topic: String, code: String },
+    #[error("a blocking broker call was cancelled")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// The idempotent producer (`enable.idempotence=true`, `acks=all`).
+pub fn producer(brokers: &str) -> Result<FutureProducer, BusError> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "2")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("message.timeout.ms", "30000")
+        .create()?)
+}
+
+/// One record to publish.
+pub struct Outgoing<'a> {
+    pub topic: &'a str,
+    pub key: String,
+    pub envelope: Envelope,
+}
+
+/// Publishes every record and resolves when the broker acknowledged all of them; the first
+/// failure is returned (the caller then answers an error so the source retries).
+pub async fn publish_all(producer: &FutureProducer, records: &[Outgoing<'_>]) -> Result<(), BusError> {
+    let payloads: Vec<Vec<u8>> = records.iter().map(|r| r.envelope.encode_to_vec()).collect();
+    let sends = records.iter().zip(&payloads).map(|(r, payload)| {
+        producer.send(
+            FutureRecord::to(r.topic).key(r.key.as_bytes()).payload(payload.as_slice()),
+            Duration::from_secs(10),
+        )
+    });
+    for result in futures::future::join_all(sends).await {
+        result.map_err(|(e, _)| e)?;
+    }
+    Ok(())
+}
+
+/// The record key of a conversation: `tenant:number:user`, so one conversation is ordered on
+/// one partition.
+pub fn conversation_key(tenant_id: &str, phone_number_id: &str, user: &str) -> String {
+    format!("{tenant_id}:{phone_number_id}:{user}")
+}
+
+/// Creates the topics that do not exist yet (existing ones are left alone).
+pub async fn ensure_topics(brokers: &str, topics: &[&str], partitions: i32) -> Result<(), BusError> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let results = admin
+        .create_topics(&new, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))
+        .await?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(BusError::CreateTopic {
+                    topic,
+                    code: code.to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Consumer settings of a group.
+#[derive(Clone, Debug)]
+pub struct ConsumerSettings {
+    pub brokers: String,
+    pub group_id: String,
+    pub topics: Vec<String>,
+    /// Upper bound of records handed out in one batch.
+    pub max_batch: usize,
+    /// How long to wait for more records once the first one of a batch arrived.
+    pub linger: Duration,
+}
+
+/// A consumer group member that hands out bounded batches and commits only when told: the
+/// caller commits after the batch's effects are durable, so a crash re-delivers the batch.
+pub struct BatchConsumer {
+    consumer: Arc<StreamConsumer>,
+    settings: ConsumerSettings,
+}
+
+impl BatchConsumer {
+    pub fn new(settings: ConsumerSettings) -> Result<Self, BusError> {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &settings.brokers)
+            .set("group.id", &settings.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "10000")
+            .set("fetch.wait.max.ms", "50")
+            .set("fetch.min.bytes", "1")
+            .create()?;
+        let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics)?;
+        Ok(Self {
+            consumer: Arc::new(consumer),
+            settings,
+        })
+    }
+
+    /// Waits for the next batch: at least one record (or an empty batch when shutdown begins),
+    /// at most `max_batch`, gathering for at most `linger` after the first.
+    pub async fn next_batch(&self, shutdown: &Shutdown) -> Result<Vec<OwnedMessage>, BusError> {
+        let mut batch = Vec::new();
+        tokio::select! {
+            () = shutdown.wait() => return Ok(batch),
+            first = self.consumer.recv() => batch.push(first?.detach()),
+        }
+        let deadline = tokio::time::Instant::now() + self.settings.linger;
+        while batch.len() < self.settings.max_batch {
+            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                Ok(Ok(m)) => batch.push(m.detach()),
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => break,
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Commits, per partition, the offset after the last record of `batch` (synchronously, on
+    /// a blocking thread).
+    pub async fn commit(&self, batch: &[OwnedMessage]) -> Result<(), BusError> {
+        let mut next: HashMap<(String, i32), i64> = HashMap::new();
+        for m in batch {
+            let e = next.entry((m.topic().to_owned(), m.partition())).or_insert(0);
+            *e = (*e).max(m.offset() + 1);
+        }
+        if next.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in next {
+            tpl.add_partition_offset(&topic, partition, Offset::Offset(offset))?;
+        }
+        let consumer = self.consumer.clone();
+        tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync)).await??;
+        Ok(())
+    }
+
+    pub fn group_id(&self) -> &str {
+        &self.settings.group_id
+    }
+}
+
+/// Decodes an `Envelope` from a record.
+pub fn decode(message: &OwnedMessage) -> Result<Envelope, prost::DecodeError> {
+    Envelope::decode(message.payload().unwrap_or_default())
+}

@@ -1,0 +1,21 @@
+//! Everything a Finestra service binary shares, so that no service copies it: configuration
+//! from `FINESTRA_*`, tracing with OpenTelemetry, Prometheus metrics, gRPC health and
+//! reflection, graceful shutdown, and the Postgres, Redis and Kafka clients.
+
+pub mod admin;
+pub mod clock;
+pub mod config;
+pub mod grpc;
+pub mod health;
+pub mod kafka;
+pub mod metrics;
+pub mod service;
+pub mod shutdown;
+pub mod status;
+pub mod stores;
+pub mod telemetry;
+
+pub use clock::SystemClock;
+pub use config::{CommonConfig, ConfigError, Topics};
+pub use service::{Running, StartError};
+pub use shutdown::Shutdown;

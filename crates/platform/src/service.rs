@@ -1,0 +1,77 @@
+//! What starting a service returns, and why starting can fail.
+
+use std::net::SocketAddr;
+
+use tokio::task::JoinHandle;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("configuration: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("postgres: {0}")]
+    Postgres(#[from] sqlx::Error),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("broker: {0}")]
+    Bus(#[from] crate::kafka::BusError),
+    #[error("binding a listener: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("grpc reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// A started service: its bound addresses (port 0 resolved) and the tasks it owns. Trigger the
+/// service's `Shutdown`, then `wait` for the drain to finish.
+#[derive(Debug)]
+pub struct Running {
+    pub grpc_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    /// The HTTP listener of services that have one (ingest's webhooks).
+    pub http_addr: Option<SocketAddr>,
+    tasks: Vec<(&'static str, JoinHandle<()>)>,
+}
+
+impl Running {
+    pub fn new(grpc_addr: SocketAddr, metrics_addr: SocketAddr, http_addr: Option<SocketAddr>) -> Self {
+        Self {
+            grpc_addr,
+            metrics_addr,
+            http_addr,
+            tasks: Vec::new(),
+        }
+    }
+
+    pub fn own(&mut self, name: &'static str, task: JoinHandle<()>) {
+        self.tasks.push((name, task));
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc_addr)
+    }
+
+    /// Waits for every task to end (after shutdown was triggered).
+    pub async fn wait(self) {
+        for (name, task) in self.tasks {
+            if let Err(e) = task.await {
+                tracing::error!(task = name, error = %e, "task ended abnormally");
+            }
+        }
+    }
+}
+
+/// Serves a tonic router on a pre-bound listener until shutdown, logging a failure instead of
+/// losing it.
+pub fn spawn_grpc(
+    router: tonic::transport::server::Router,
+    incoming: tonic::transport::server::TcpIncoming,
+    shutdown: crate::Shutdown,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Err(e) = router
+            .serve_with_incoming_shutdown(incoming, shutdown.wait_owned())
+            .await
+        {
+            tracing::error!(error = %e, "gRPC server failed");
+        }
+    })
+}

@@ -1,0 +1,38 @@
+//! Building gRPC statuses that carry a machine-readable reason (DESIGN 1.8):
+//! a `google.rpc.ErrorInfo` with `domain = "finestra"`.
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+pub const DOMAIN: &str = "finestra";
+
+/// A status with an `ErrorInfo { reason, domain: "finestra", metadata }` detail.
+pub fn with_reason(code: Code, reason: &str, message: impl Into<String>, metadata: &[(&str, &str)]) -> Status {
+    let metadata: HashMap<String, String> = metadata
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    Status::with_error_details(
+        code,
+        message,
+        ErrorDetails::with_error_info(reason, DOMAIN, metadata),
+    )
+}
+
+/// `INVALID_ARGUMENT` with reason `INVALID_ARGUMENT` for a malformed request field.
+pub fn invalid_argument(field: &str, message: impl Into<String>) -> Status {
+    with_reason(Code::InvalidArgument, "INVALID_ARGUMENT", message, &[("field", field)])
+}
+
+/// An internal failure: logged with its cause, returned without internals.
+pub fn internal(context: &str, error: &dyn std::fmt::Display) -> Status {
+    tracing::error!(error = %error, context, "internal error");
+    Status::internal("internal error")
+}
+
+/// Reads the reason back from a status (clients and tests).
+pub fn reason_of(status: &Status) -> Option<String> {
+    status.get_details_error_info().map(|i| i.reason)
+}

@@ -1,0 +1,57 @@
+//! Postgres and Redis clients.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+use crate::config::CommonConfig;
+
+pub async fn postgres(config: &CommonConfig) -> Result<PgPool, sqlx::Error> {
+    PgPoolOptions::new()
+        .max_connections(config.db_max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(&config.database_url)
+        .await
+}
+
+pub async fn redis(config: &CommonConfig) -> redis::RedisResult<redis::aio::ConnectionManager> {
+    let client = redis::Client::open(config.redis_url.as_str())?;
+    redis::aio::ConnectionManager::new(client).await
+}
+
+/// Runs `migrator` inside `schema`: the schema is created if missing and sqlx's bookkeeping
+/// table lands in it, so each service's migrations are versioned independently in one
+/// database.
+pub async fn migrate_schema(
+    pool: &PgPool,
+    schema: &str,
+    migrator: &sqlx::migrate::Migrator,
+) -> Result<(), sqlx::Error> {
+    use sqlx::Connection;
+    if !schema.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+        return Err(sqlx::Error::Configuration(
+            format!("schema name {schema:?} must be lowercase letters and '_'").into(),
+        ));
+    }
+    let mut conn = pool.acquire().await?.detach();
+    // Two processes may migrate at once (tests, replicas): serialise schema creation.
+    sqlx::query("SELECT pg_advisory_lock(hashtext('finestra-migrate'))")
+        .execute(&mut conn)
+        .await?;
+    let result = async {
+        sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+            .execute(&mut conn)
+            .await?;
+        sqlx::query(&format!("SET search_path TO {schema}"))
+            .execute(&mut conn)
+            .await?;
+        migrator.run(&mut conn).await.map_err(sqlx::Error::from)
+    }
+    .await;
+    let _ = sqlx::query("SELECT pg_advisory_unlock(hashtext('finestra-migrate'))")
+        .execute(&mut conn)
+        .await;
+    let _ = conn.close().await;
+    result
+}

@@ -1,0 +1,149 @@
+//! The minimal tenant registry: which tenant owns a `phone_number_id`, and the app secret that
+//! signs that number's webhooks. Lives in the `accounts` schema, which the control-plane
+//! service takes over.
+
+use sqlx::PgPool;
+
+pub const SCHEMA: &str = "accounts";
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::Error> {
+    finestra_platform::stores::migrate_schema(pool, SCHEMA, &MIGRATOR).await
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("tenant {0:?} does not exist")]
+    UnknownTenant(String),
+    #[error("number {phone_number_id:?} already belongs to another tenant")]
+    NumberTaken { phone_number_id: String },
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct Tenant {
+    pub tenant_id: String,
+    pub name: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct Number {
+    pub phone_number_id: String,
+    pub tenant_id: String,
+    pub display_phone_number: String,
+    pub app_secret: String,
+    pub status: String,
+}
+
+impl Number {
+    pub fn is_active(&self) -> bool {
+        self.status == "active"
+    }
+}
+
+#[derive(Clone)]
+pub struct Registry {
+    pool: PgPool,
+}
+
+fn check_violation(e: sqlx::Error, field: &'static str) -> RegistryError {
+    match &e {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("23514") => RegistryError::Invalid {
+            field,
+            reason: db.message().to_owned(),
+        },
+        _ => RegistryError::Db(e),
+    }
+}
+
+impl Registry {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// Creates the tenant, or renames it if it exists (so scripts can run twice).
+    pub async fn put_tenant(&self, tenant_id: &str, name: &str) -> Result<Tenant, RegistryError> {
+        sqlx::query_as::<_, Tenant>(
+            "INSERT INTO accounts.tenants (tenant_id, name) VALUES ($1, $2)
+             ON CONFLICT (tenant_id) DO UPDATE SET name = EXCLUDED.name
+             RETURNING tenant_id, name, status",
+        )
+        .bind(tenant_id)
+        .bind(name)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| check_violation(e, "tenant"))
+    }
+
+    pub async fn tenants(&self) -> Result<Vec<Tenant>, RegistryError> {
+        Ok(sqlx::query_as::<_, Tenant>(
+            "SELECT tenant_id, name, status FROM accounts.tenants ORDER BY tenant_id",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Adds a number to a tenant, or updates its display number and secret if the tenant
+    /// already has it. A number of another tenant is refused.
+    pub async fn put_number(
+        &self,
+        tenant_id: &str,
+        phone_number_id: &str,
+        display_phone_number: &str,
+        app_secret: &str,
+    ) -> Result<Number, RegistryError> {
+        let exists: Option<bool> =
+            sqlx::query_scalar("SELECT true FROM accounts.tenants WHERE tenant_id = $1")
+                .bind(tenant_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        if exists.is_none() {
+            return Err(RegistryError::UnknownTenant(tenant_id.to_owned()));
+        }
+        let row = sqlx::query_as::<_, Number>(
+            "INSERT INTO accounts.numbers (phone_number_id, tenant_id, display_phone_number, app_secret)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (phone_number_id) DO UPDATE
+               SET display_phone_number = EXCLUDED.display_phone_number,
+                   app_secret = EXCLUDED.app_secret
+               WHERE numbers.tenant_id = EXCLUDED.tenant_id
+             RETURNING phone_number_id, tenant_id, display_phone_number, app_secret, status",
+        )
+        .bind(phone_number_id)
+        .bind(tenant_id)
+        .bind(display_phone_number)
+        .bind(app_secret)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| check_violation(e, "number"))?;
+        row.ok_or_else(|| RegistryError::NumberTaken {
+            phone_number_id: phone_number_id.to_owned(),
+        })
+    }
+
+    pub async fn number(&self, phone_number_id: &str) -> Result<Option<Number>, RegistryError> {
+        Ok(sqlx::query_as::<_, Number>(
+            "SELECT n.phone_number_id, n.tenant_id, n.display_phone_number, n.app_secret,
+                    CASE WHEN t.status = 'active' THEN n.status ELSE t.status END AS status
+             FROM accounts.numbers n JOIN accounts.tenants t USING (tenant_id)
+             WHERE n.phone_number_id = $1",
+        )
+        .bind(phone_number_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    pub async fn numbers(&self, tenant_id: &str) -> Result<Vec<Number>, RegistryError> {
+        Ok(sqlx::query_as::<_, Number>(
+            "SELECT phone_number_id, tenant_id, display_phone_number, app_secret, status
+             FROM accounts.numbers WHERE tenant_id = $1 ORDER BY phone_number_id",
+        )
+        .bind(tenant_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}

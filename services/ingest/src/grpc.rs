@@ -1,0 +1,64 @@
+//! `IngestInbound` (internal): the webhook's semantics for channels that are not webhook-based.
+
+use std::sync::Arc;
+
+use finestra_platform::status;
+use finestra_proto::v1::ingest_service_server::IngestService;
+use finestra_proto::v1::{IngestInboundRequest, IngestInboundResponse};
+use tonic::{Code, Request, Response, Status};
+
+use crate::App;
+use crate::mapping;
+
+/// More items than this in one call are refused: the answer waits for every ack.
+pub const MAX_ITEMS: usize = 1_000;
+
+pub struct IngestApi {
+    pub app: Arc<App>,
+}
+
+#[tonic::async_trait]
+impl IngestService for IngestApi {
+    async fn ingest_inbound(
+        &self,
+        request: Request<IngestInboundRequest>,
+    ) -> Result<Response<IngestInboundResponse>, Status> {
+        let req = request.into_inner();
+        if req.phone_number_id.is_empty() {
+            return Err(status::invalid_argument("phone_number_id", "phone_number_id is required"));
+        }
+        if req.items.len() > MAX_ITEMS {
+            return Err(status::invalid_argument("items", format!("at most {MAX_ITEMS} items per call")));
+        }
+        let number = self
+            .app
+            .directory
+            .lookup(&req.phone_number_id)
+            .await
+            .map_err(|e| status::internal("number lookup", &e))?
+            .ok_or_else(|| {
+                status::with_reason(
+                    Code::NotFound,
+                    "NOT_FOUND",
+                    "no tenant has this number",
+                    &[("phone_number_id", &req.phone_number_id)],
+                )
+            })?;
+        let drafts = req
+            .items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| mapping::map_item(&req.phone_number_id, i, item))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| status::invalid_argument("items", e.to_string()))?;
+        let event_ids = drafts.iter().map(|d| d.event_id.clone()).collect();
+        let events = drafts.into_iter().map(|d| (number.tenant_id.clone(), d)).collect();
+        crate::publish::publish(&self.app.producer, &self.app.topics, self.app.clock.as_ref(), events)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "publishing ingested events failed");
+                Status::unavailable("the broker did not acknowledge the events; retry")
+            })?;
+        Ok(Response::new(IngestInboundResponse { event_ids }))
+    }
+}

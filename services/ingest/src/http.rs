@@ -1,0 +1,183 @@
+//! The webhook endpoint: `GET /webhooks/cloud-api` (verification handshake) and
+//! `POST /webhooks/cloud-api` (signed notifications).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::get;
+use axum::Router;
+use subtle::ConstantTimeEq;
+
+use crate::mapping::{self, Draft, Mapped};
+use crate::signature;
+use crate::webhook::{Notification, Value};
+use crate::App;
+
+/// Meta caps notifications well below this; anything larger is refused with 413.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/webhooks/cloud-api", get(verify).post(receive))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(app)
+}
+
+fn outcome(outcome: &'static str) {
+    metrics::counter!("finestra_ingest_webhooks_total", "outcome" => outcome).increment(1);
+}
+
+/// The subscription handshake: echo `hub.challenge` when the verify token matches.
+async fn verify(
+    State(app): State<Arc<App>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> (StatusCode, String) {
+    let mode_ok = q.get("hub.mode").is_some_and(|m| m == "subscribe");
+    let token_ok = q
+        .get("hub.verify_token")
+        .is_some_and(|t| bool::from(t.as_bytes().ct_eq(app.verify_token.as_bytes())));
+    match q.get("hub.challenge") {
+        Some(challenge) if mode_ok && token_ok => (StatusCode::OK, challenge.clone()),
+        _ if !(mode_ok && token_ok) => (StatusCode::FORBIDDEN, "verification refused".into()),
+        _ => (StatusCode::BAD_REQUEST, "hub.challenge is missing".into()),
+    }
+}
+
+/// A parsed change of a known kind.
+struct ParsedChange {
+    field: Field,
+    value: Value,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Field {
+    Messages,
+    UserPreferences,
+}
+
+async fn receive(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> (StatusCode, &'static str) {
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            outcome("too_large");
+            return (StatusCode::PAYLOAD_TOO_LARGE, "body over 1 MiB");
+        }
+        Err(_) => {
+            outcome("unreadable");
+            return (StatusCode::BAD_REQUEST, "unreadable body");
+        }
+    };
+    let header = headers.get("x-hub-signature-256").and_then(|v| v.to_str().ok());
+    let claimed = match signature::parse_header(header) {
+        Ok(c) => c,
+        Err(e) => {
+            outcome("bad_signature");
+            tracing::warn!(error = %e, "webhook refused");
+            return (StatusCode::UNAUTHORIZED, "missing or malformed signature");
+        }
+    };
+    let changes = match parse(&body) {
+        Ok(c) => c,
+        Err(e) => {
+            outcome("malformed");
+            tracing::warn!(error = %e, "malformed webhook");
+            return (StatusCode::BAD_REQUEST, "malformed notification");
+        }
+    };
+
+    // Every number the POST names must be known to verify the signature with its secret.
+    let mut tenants: HashMap<&str, Option<String>> = HashMap::new();
+    for change in &changes {
+        let id = change.value.metadata.phone_number_id.as_str();
+        if tenants.contains_key(id) {
+            continue;
+        }
+        let number = match app.directory.lookup(id).await {
+            Ok(n) => n,
+            Err(e) => {
+                outcome("registry_unavailable");
+                tracing::error!(error = %e, "number lookup failed");
+                return (StatusCode::SERVICE_UNAVAILABLE, "try again");
+            }
+        };
+        match number {
+            Some(n) => {
+                if signature::verify(n.app_secret.as_bytes(), &body, &claimed).is_err() {
+                    outcome("bad_signature");
+                    tracing::warn!(phone_number_id = id, "webhook signature mismatch");
+                    return (StatusCode::UNAUTHORIZED, "signature mismatch");
+                }
+                tenants.insert(id, Some(n.tenant_id.clone()));
+            }
+            None => {
+                tenants.insert(id, None);
+            }
+        }
+    }
+
+    let mut events: Vec<(String, Draft)> = Vec::new();
+    for change in &changes {
+        let id = change.value.metadata.phone_number_id.as_str();
+        let Some(Some(tenant)) = tenants.get(id) else {
+            // The provider would retry a refusal forever: accept, publish nothing, say so.
+            metrics::counter!("finestra_ingest_unknown_number_total").increment(1);
+            tracing::warn!(phone_number_id = id, "webhook for a number no tenant has; ignored");
+            continue;
+        };
+        let Mapped { drafts, skipped } = match change.field {
+            Field::Messages => mapping::map_messages(&change.value),
+            Field::UserPreferences => mapping::map_user_preferences(&change.value),
+        };
+        for s in skipped {
+            metrics::counter!("finestra_ingest_items_skipped_total", "reason" => s.reason).increment(1);
+            tracing::warn!(reason = s.reason, detail = %s.detail, tenant = %tenant, "webhook item skipped");
+        }
+        events.extend(drafts.into_iter().map(|d| (tenant.clone(), d)));
+    }
+
+    match crate::publish::publish(&app.producer, &app.topics, app.clock.as_ref(), events).await {
+        Ok(()) => {
+            outcome("accepted");
+            (StatusCode::OK, "ok")
+        }
+        Err(e) => {
+            outcome("publish_failed");
+            tracing::error!(error = %e, "publishing webhook events failed; the provider will retry");
+            (StatusCode::SERVICE_UNAVAILABLE, "try again")
+        }
+    }
+}
+
+/// Parses the notification and the changes Finestra handles; other fields are counted and
+/// ignored.
+fn parse(body: &[u8]) -> Result<Vec<ParsedChange>, serde_json::Error> {
+    let note: Notification = serde_json::from_slice(body)?;
+    if note.object != "whatsapp_business_account" {
+        return Err(serde::de::Error::custom(format!("unexpected object {:?}", note.object)));
+    }
+    let mut out = Vec::new();
+    for entry in note.entry {
+        for change in entry.changes {
+            let field = match change.field.as_str() {
+                "messages" => Field::Messages,
+                "user_preferences" => Field::UserPreferences,
+                _ => {
+                    metrics::counter!("finestra_ingest_ignored_changes_total").increment(1);
+                    tracing::debug!(field = %change.field, "change field not handled");
+                    continue;
+                }
+            };
+            let value: Value = serde_json::from_str(change.value.get())?;
+            out.push(ParsedChange { field, value });
+        }
+    }
+    Ok(out)
+}

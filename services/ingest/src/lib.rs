@@ -1,0 +1,115 @@
+//! Ingest: provider webhooks in, events out. Answers the provider 200 only after the broker
+//! acknowledged every event of the request, so a crash before that makes the provider retry
+//! and nothing is lost; event ids are derived from provider ids, so a retry duplicates nothing
+//! downstream.
+
+pub mod grpc;
+pub mod http;
+pub mod mapping;
+pub mod numbers;
+pub mod publish;
+pub mod signature;
+pub mod webhook;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use finestra_domain::Clock;
+use finestra_platform::config::{env_addr, env_parse, env_string};
+use finestra_platform::health::{self, Dependency};
+use finestra_platform::{CommonConfig, ConfigError, Running, Shutdown, StartError, Topics, admin, kafka, stores};
+use finestra_proto::v1::ingest_service_server::IngestServiceServer;
+use finestra_registry::Registry;
+use rdkafka::producer::FutureProducer;
+
+#[derive(Clone, Debug)]
+pub struct IngestConfig {
+    pub common: CommonConfig,
+    /// Webhook HTTP listener.
+    pub http_addr: SocketAddr,
+    /// The token the provider echoes in the subscription handshake.
+    pub verify_token: String,
+    /// How long a number lookup is cached (a new number is seen within this time).
+    pub number_cache_ttl: Duration,
+}
+
+impl IngestConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Ok(Self {
+            common: CommonConfig::from_env("0.0.0.0:50051", "0.0.0.0:9101")?,
+            http_addr: env_addr("HTTP_ADDR", "0.0.0.0:8080")?,
+            verify_token: env_string("WEBHOOK_VERIFY_TOKEN", "finestra-dev-verify-token"),
+            number_cache_ttl: Duration::from_millis(env_parse("NUMBER_CACHE_TTL_MS", 5_000u64)?),
+        })
+    }
+}
+
+/// What the handlers share.
+pub struct App {
+    pub directory: numbers::NumberDirectory,
+    pub producer: FutureProducer,
+    pub topics: Topics,
+    pub clock: Arc<dyn Clock>,
+    pub verify_token: String,
+}
+
+pub const SERVICE_NAME: &str = "finestra.v1.IngestService";
+
+/// Starts the webhook listener, the gRPC server and the admin endpoint.
+pub async fn start(config: IngestConfig, clock: Arc<dyn Clock>, shutdown: Shutdown) -> Result<Running, StartError> {
+    let pool = stores::postgres(&config.common).await?;
+    let producer = kafka::producer(&config.common.kafka_brokers)?;
+    let app = Arc::new(App {
+        directory: numbers::NumberDirectory::new(Registry::new(pool.clone()), config.number_cache_ttl),
+        producer: producer.clone(),
+        topics: config.common.topics.clone(),
+        clock,
+        verify_token: config.verify_token.clone(),
+    });
+
+    let (readiness, health_service, health_task) = health::watch(
+        &[SERVICE_NAME],
+        vec![Dependency::Postgres(pool), Dependency::Kafka(producer.clone())],
+        shutdown.clone(),
+    )
+    .await;
+    let (metrics_addr, admin_task) = admin::serve(config.common.metrics_addr, readiness, shutdown.clone()).await?;
+
+    let (incoming, grpc_addr) = finestra_platform::grpc::bind(config.common.grpc_addr).await?;
+    let router = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(finestra_platform::grpc::reflection()?)
+        .add_service(IngestServiceServer::new(grpc::IngestApi { app: app.clone() }));
+    let grpc_task = finestra_platform::service::spawn_grpc(router, incoming, shutdown.clone());
+
+    let listener = tokio::net::TcpListener::bind(config.http_addr).await?;
+    let http_addr = listener.local_addr()?;
+    let http_shutdown = shutdown.clone();
+    let http_task = tokio::spawn(async move {
+        // In-flight requests finish (their events are acked) before the server returns.
+        let served = axum::serve(listener, http::router(app))
+            .with_graceful_shutdown(async move { http_shutdown.wait().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "webhook listener failed");
+        }
+        // Whatever is still queued in the producer is delivered before exit.
+        let flushed = tokio::task::spawn_blocking(move || {
+            use rdkafka::producer::Producer;
+            producer.flush(Duration::from_secs(10))
+        })
+        .await;
+        if !matches!(flushed, Ok(Ok(()))) {
+            tracing::error!("producer flush at shutdown failed");
+        }
+    });
+
+    let mut running = Running::new(grpc_addr, metrics_addr, Some(http_addr));
+    running.own("health", health_task);
+    running.own("admin", admin_task);
+    running.own("grpc", grpc_task);
+    running.own("webhooks", http_task);
+    tracing::info!(%http_addr, %grpc_addr, %metrics_addr, "ingest started");
+    Ok(running)
+}

@@ -1,0 +1,521 @@
+//! Turns provider payloads into Finestra events. Pure: no I/O, so every mapping rule and
+//! every event id derivation is unit-tested.
+
+use std::collections::HashMap;
+
+use finestra_domain::{Timestamp, UserKey};
+use finestra_proto::v1::{self, envelope::Payload};
+
+use crate::webhook;
+
+/// Which topic an event goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Inbound,
+    Status,
+    User,
+}
+
+/// An event before the tenant is known.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Draft {
+    pub stream: Stream,
+    pub phone_number_id: String,
+    /// Keys the record; `None` for number-level events (provider errors).
+    pub user: Option<UserKey>,
+    pub event_id: String,
+    /// The provider's time of the fact; `None` where the provider gives none (errors), and
+    /// the recording time stands in.
+    pub occurred_at: Option<Timestamp>,
+    pub payload: Payload,
+}
+
+/// An item of a payload that could not become an event. The provider would retry a refused
+/// POST forever, so such items are counted and logged, never fatal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Skipped {
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Mapped {
+    pub drafts: Vec<Draft>,
+    pub skipped: Vec<Skipped>,
+}
+
+impl Mapped {
+    fn skip(&mut self, reason: &'static str, detail: impl Into<String>) {
+        self.skipped.push(Skipped {
+            reason,
+            detail: detail.into(),
+        });
+    }
+}
+
+pub fn inbound_event_id(message_id: &str) -> String {
+    format!("in:{message_id}")
+}
+
+pub fn status_event_id(message_id: &str, status: &str) -> String {
+    format!("st:{message_id}:{status}")
+}
+
+pub fn preference_event_id(phone_number_id: &str, user: &UserKey, category: &str, stop: bool, at: Timestamp) -> String {
+    let value = if stop { "stop" } else { "resume" };
+    format!("up:{phone_number_id}:{user}:{category}:{value}:{}", at.micros())
+}
+
+pub fn block_event_id(phone_number_id: &str, user: &UserKey, blocked: bool, at: Timestamp) -> String {
+    let value = if blocked { "block" } else { "unblock" };
+    format!("ub:{phone_number_id}:{user}:{value}:{}", at.micros())
+}
+
+/// Provider errors carry no id: the id is a digest of what identifies the error, so a
+/// re-delivered webhook yields the same id.
+pub fn provider_error_event_id(phone_number_id: &str, error: &v1::StatusError) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(phone_number_id)
+        .chain_update([0])
+        .chain_update(error.code.to_be_bytes())
+        .chain_update(&error.title)
+        .chain_update([0])
+        .chain_update(&error.message)
+        .chain_update([0])
+        .chain_update(&error.details)
+        .finalize();
+    format!("pe:{phone_number_id}:{}", hex::encode(&digest[..12]))
+}
+
+fn status_error(e: &webhook::ErrorObject) -> v1::StatusError {
+    v1::StatusError {
+        code: e.code,
+        title: e.title.clone(),
+        message: e.message.clone(),
+        details: e.error_data.as_ref().map(|d| d.details.clone()).unwrap_or_default(),
+    }
+}
+
+fn user_ref(user: &UserKey, wa_id: &str, user_id: &str, profile_name: &str) -> v1::UserRef {
+    let wa_id = wa_id.trim().trim_start_matches('+');
+    v1::UserRef {
+        wa_id: if wa_id.is_empty() { String::new() } else { user.as_str().to_owned() },
+        user_id: user_id.to_owned(),
+        profile_name: profile_name.to_owned(),
+    }
+}
+
+/// Maps the `value` of a `messages` change: user messages, statuses and errors.
+pub fn map_messages(value: &webhook::Value) -> Mapped {
+    let mut out = Mapped::default();
+    let number = &value.metadata.phone_number_id;
+    let names: HashMap<&str, &str> = value
+        .contacts
+        .iter()
+        .flat_map(|c| {
+            let name = c.profile.as_ref().map(|p| p.name.as_str()).unwrap_or_default();
+            [(c.wa_id.as_str(), name), (c.user_id.as_str(), name)]
+        })
+        .filter(|(k, _)| !k.is_empty())
+        .collect();
+
+    for raw in &value.messages {
+        let m: webhook::Message = match serde_json::from_str(raw.get()) {
+            Ok(m) => m,
+            Err(e) => {
+                out.skip("malformed_message", e.to_string());
+                continue;
+            }
+        };
+        let user = match UserKey::from_parts(&m.from, &m.from_user_id) {
+            Ok(u) => u,
+            Err(e) => {
+                out.skip("bad_user", format!("{}: {e}", m.id));
+                continue;
+            }
+        };
+        if m.id.is_empty() {
+            out.skip("missing_id", "message without id");
+            continue;
+        }
+        let name = names
+            .get(m.from.as_str())
+            .or_else(|| names.get(m.from_user_id.as_str()))
+            .copied()
+            .unwrap_or_default();
+        let text = m
+            .text
+            .as_ref()
+            .map(|t| t.body.clone())
+            .or_else(|| [&m.image, &m.video, &m.document].into_iter().flatten().map(|x| x.caption.clone()).next())
+            .unwrap_or_default();
+        let payload = Payload::InboundMessage(v1::InboundMessage {
+            phone_number_id: number.clone(),
+            display_phone_number: value.metadata.display_phone_number.clone(),
+            user: Some(user_ref(&user, &m.from, &m.from_user_id, name)),
+            message_id: m.id.clone(),
+            message_type: m.kind.clone(),
+            text,
+            referral: m.referral.map(|r| v1::Referral {
+                source_url: r.source_url,
+                source_id: r.source_id,
+                source_type: r.source_type,
+                headline: r.headline,
+                body: r.body,
+                media_type: r.media_type,
+                ctwa_clid: r.ctwa_clid,
+            }),
+            raw_json: raw.get().as_bytes().to_vec(),
+            context_message_id: m.context.map(|c| c.id).unwrap_or_default(),
+        });
+        out.drafts.push(Draft {
+            stream: Stream::Inbound,
+            phone_number_id: number.clone(),
+            user: Some(user),
+            event_id: inbound_event_id(&m.id),
+            occurred_at: Some(Timestamp::from_secs(m.timestamp)),
+            payload,
+        });
+    }
+
+    for raw in &value.statuses {
+        let s: webhook::Status = match serde_json::from_str(raw.get()) {
+            Ok(s) => s,
+            Err(e) => {
+                out.skip("malformed_status", e.to_string());
+                continue;
+            }
+        };
+        let user = match UserKey::from_parts(&s.recipient_id, &s.recipient_user_id) {
+            Ok(u) => u,
+            Err(e) => {
+                out.skip("bad_user", format!("{}: {e}", s.id));
+                continue;
+            }
+        };
+        if s.id.is_empty() || s.status.is_empty() {
+            out.skip("missing_id", "status without id or status");
+            continue;
+        }
+        let payload = Payload::MessageStatus(v1::MessageStatus {
+            phone_number_id: number.clone(),
+            message_id: s.id.clone(),
+            status: s.status.clone(),
+            recipient: Some(user_ref(&user, &s.recipient_id, &s.recipient_user_id, "")),
+            errors: s.errors.iter().map(status_error).collect(),
+            conversation_id: s.conversation.map(|c| c.id).unwrap_or_default(),
+            pricing_category: s.pricing.as_ref().map(|p| p.category.clone()).unwrap_or_default(),
+            billable: s.pricing.is_some_and(|p| p.billable),
+            raw_json: raw.get().as_bytes().to_vec(),
+        });
+        out.drafts.push(Draft {
+            stream: Stream::Status,
+            phone_number_id: number.clone(),
+            user: Some(user),
+            event_id: status_event_id(&s.id, &s.status),
+            occurred_at: Some(Timestamp::from_secs(s.timestamp)),
+            payload,
+        });
+    }
+
+    for e in &value.errors {
+        let error = status_error(e);
+        out.drafts.push(Draft {
+            stream: Stream::Status,
+            phone_number_id: number.clone(),
+            user: None,
+            event_id: provider_error_event_id(number, &error),
+            occurred_at: None,
+            payload: Payload::ProviderError(v1::ProviderError {
+                phone_number_id: number.clone(),
+                error: Some(error),
+            }),
+        });
+    }
+    out
+}
+
+/// Maps the `value` of a `user_preferences` change: marketing stop / resume.
+pub fn map_user_preferences(value: &webhook::Value) -> Mapped {
+    let mut out = Mapped::default();
+    let number = &value.metadata.phone_number_id;
+    for p in &value.user_preferences {
+        let user = match UserKey::from_parts(&p.wa_id, &p.user_id) {
+            Ok(u) => u,
+            Err(e) => {
+                out.skip("bad_user", e.to_string());
+                continue;
+            }
+        };
+        let stop = match p.value.as_str() {
+            "stop" => true,
+            "resume" => false,
+            other => {
+                out.skip("unknown_preference", other.to_owned());
+                continue;
+            }
+        };
+        let at = Timestamp::from_secs(p.timestamp);
+        out.drafts.push(Draft {
+            stream: Stream::User,
+            phone_number_id: number.clone(),
+            event_id: preference_event_id(number, &user, &p.category, stop, at),
+            occurred_at: Some(at),
+            payload: Payload::UserPreference(v1::UserPreference {
+                phone_number_id: number.clone(),
+                user: Some(user_ref(&user, &p.wa_id, &p.user_id, "")),
+                category: p.category.clone(),
+                stop,
+                detail: p.detail.clone(),
+            }),
+            user: Some(user),
+        });
+    }
+    out
+}
+
+/// Why an `IngestInbound` item was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ItemError {
+    #[error("item {index}: {field} is required")]
+    Missing { index: usize, field: &'static str },
+    #[error("item {index}: {reason}")]
+    BadUser { index: usize, reason: String },
+}
+
+fn item_user(index: usize, user: Option<&v1::UserRef>) -> Result<UserKey, ItemError> {
+    let user = user.ok_or(ItemError::Missing { index, field: "user" })?;
+    UserKey::from_parts(&user.wa_id, &user.user_id).map_err(|e| ItemError::BadUser {
+        index,
+        reason: e.to_string(),
+    })
+}
+
+fn normalised_ref(user: &UserKey, given: Option<v1::UserRef>) -> Option<v1::UserRef> {
+    given.map(|u| user_ref(user, &u.wa_id, &u.user_id, &u.profile_name))
+}
+
+/// Maps one `IngestInbound` item of `phone_number_id`, with the same event ids as the webhook
+/// path so a message reported both ways is one event.
+pub fn map_item(phone_number_id: &str, index: usize, item: v1::InboundItem) -> Result<Draft, ItemError> {
+    use v1::inbound_item::Item;
+    let at = item
+        .timestamp
+        .as_ref()
+        .map(|t| Timestamp::from_micros(finestra_proto::time::to_micros(t)))
+        .ok_or(ItemError::Missing { index, field: "timestamp" })?;
+    let number = phone_number_id.to_owned();
+    match item.item.ok_or(ItemError::Missing { index, field: "item" })? {
+        Item::Message(mut m) => {
+            let user = item_user(index, m.user.as_ref())?;
+            if m.message_id.is_empty() {
+                return Err(ItemError::Missing { index, field: "message.message_id" });
+            }
+            m.phone_number_id = number.clone();
+            m.user = normalised_ref(&user, m.user.take());
+            Ok(Draft {
+                stream: Stream::Inbound,
+                event_id: inbound_event_id(&m.message_id),
+                phone_number_id: number,
+                user: Some(user),
+                occurred_at: Some(at),
+                payload: Payload::InboundMessage(m),
+            })
+        }
+        Item::Status(mut s) => {
+            let user = item_user(index, s.recipient.as_ref())?;
+            if s.message_id.is_empty() || s.status.is_empty() {
+                return Err(ItemError::Missing { index, field: "status.message_id and status.status" });
+            }
+            s.phone_number_id = number.clone();
+            s.recipient = normalised_ref(&user, s.recipient.take());
+            Ok(Draft {
+                stream: Stream::Status,
+                event_id: status_event_id(&s.message_id, &s.status),
+                phone_number_id: number,
+                user: Some(user),
+                occurred_at: Some(at),
+                payload: Payload::MessageStatus(s),
+            })
+        }
+        Item::Preference(mut p) => {
+            let user = item_user(index, p.user.as_ref())?;
+            if p.category.is_empty() {
+                p.category = "marketing_messages".to_owned();
+            }
+            p.phone_number_id = number.clone();
+            p.user = normalised_ref(&user, p.user.take());
+            Ok(Draft {
+                stream: Stream::User,
+                event_id: preference_event_id(&number, &user, &p.category, p.stop, at),
+                phone_number_id: number,
+                user: Some(user),
+                occurred_at: Some(at),
+                payload: Payload::UserPreference(p),
+            })
+        }
+        Item::Block(mut b) => {
+            let user = item_user(index, b.user.as_ref())?;
+            b.phone_number_id = number.clone();
+            b.user = normalised_ref(&user, b.user.take());
+            Ok(Draft {
+                stream: Stream::User,
+                event_id: block_event_id(&number, &user, b.blocked, at),
+                phone_number_id: number,
+                user: Some(user),
+                occurred_at: Some(at),
+                payload: Payload::UserBlock(b),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(json: &str) -> webhook::Value {
+        serde_json::from_str(json).expect("test payload parses")
+    }
+
+    #[test]
+    fn maps_a_text_message_with_its_contact_name_and_time() {
+        let v = value(
+            r#"{"messaging_product":"whatsapp",
+                "metadata":{"display_phone_number":"15550001111","phone_number_id":"PN1"},
+                "contacts":[{"profile":{"name":"Kerry"},"wa_id":"16315551181"}],
+                "messages":[{"from":"16315551181","id":"wamid.A","timestamp":"1700000000",
+                             "type":"text","text":{"body":"Hello"}}]}"#,
+        );
+        let m = map_messages(&v);
+        assert!(m.skipped.is_empty());
+        let [d] = m.drafts.as_slice() else { panic!("one draft expected") };
+        assert_eq!(d.event_id, "in:wamid.A");
+        assert_eq!(d.stream, Stream::Inbound);
+        assert_eq!(d.occurred_at, Some(Timestamp::from_secs(1_700_000_000)));
+        let Payload::InboundMessage(msg) = &d.payload else { panic!("inbound expected") };
+        assert_eq!(msg.text, "Hello");
+        assert_eq!(msg.user.as_ref().map(|u| u.profile_name.as_str()), Some("Kerry"));
+        assert!(msg.referral.is_none());
+        assert!(std::str::from_utf8(&msg.raw_json).is_ok_and(|s| s.contains("wamid.A")));
+    }
+
+    #[test]
+    fn maps_a_referral_and_a_business_scoped_user() {
+        let v = value(
+            r#"{"metadata":{"phone_number_id":"PN1"},
+                "contacts":[{"profile":{"name":"Ann"},"user_id":"US.123"}],
+                "messages":[{"from":"","from_user_id":"US.123","id":"wamid.R","timestamp":"1700000000",
+                  "type":"text","text":{"body":"from the ad"},
+                  "referral":{"source_url":"https://fb.me/x","source_type":"ad","source_id":"42",
+                              "headline":"Sale","ctwa_clid":"abc"}}]}"#,
+        );
+        let m = map_messages(&v);
+        let Payload::InboundMessage(msg) = &m.drafts[0].payload else { panic!() };
+        assert_eq!(m.drafts[0].user.as_ref().map(UserKey::as_str), Some("US.123"));
+        assert_eq!(msg.referral.as_ref().map(|r| r.source_id.as_str()), Some("42"));
+        assert_eq!(msg.user.as_ref().map(|u| u.profile_name.as_str()), Some("Ann"));
+    }
+
+    #[test]
+    fn statuses_are_keyed_by_message_and_status() {
+        let v = value(
+            r#"{"metadata":{"phone_number_id":"PN1"},
+                "statuses":[{"id":"wamid.S","status":"delivered","timestamp":"1700000001",
+                  "recipient_id":"393331234567","pricing":{"billable":true,"category":"marketing"}},
+                  {"id":"wamid.S","status":"failed","timestamp":"1700000002","recipient_id":"393331234567",
+                   "errors":[{"code":131047,"title":"Re-engagement message","error_data":{"details":"x"}}]}]}"#,
+        );
+        let m = map_messages(&v);
+        let ids: Vec<&str> = m.drafts.iter().map(|d| d.event_id.as_str()).collect();
+        assert_eq!(ids, ["st:wamid.S:delivered", "st:wamid.S:failed"]);
+        let Payload::MessageStatus(failed) = &m.drafts[1].payload else { panic!() };
+        assert_eq!(failed.errors[0].code, 131047);
+        assert_eq!(failed.errors[0].details, "x");
+        let Payload::MessageStatus(delivered) = &m.drafts[0].payload else { panic!() };
+        assert!(delivered.billable);
+        assert_eq!(delivered.pricing_category, "marketing");
+    }
+
+    #[test]
+    fn provider_errors_get_a_stable_digest_id() {
+        let json = r#"{"metadata":{"phone_number_id":"PN1"},
+                       "errors":[{"code":131000,"title":"Something went wrong"}]}"#;
+        let a = map_messages(&value(json));
+        let b = map_messages(&value(json));
+        assert_eq!(a.drafts[0].event_id, b.drafts[0].event_id);
+        assert!(a.drafts[0].event_id.starts_with("pe:PN1:"));
+        assert!(a.drafts[0].user.is_none());
+    }
+
+    #[test]
+    fn bad_items_are_skipped_not_fatal() {
+        let v = value(
+            r#"{"metadata":{"phone_number_id":"PN1"},
+                "messages":[{"from":"","id":"wamid.X","timestamp":"1700000000","type":"text"},
+                            {"from":"15551234567","id":"wamid.Y","timestamp":"soon","type":"text"},
+                            {"from":"15551234567","id":"wamid.Z","timestamp":"1700000000","type":"image",
+                             "image":{"caption":"look"}}]}"#,
+        );
+        let m = map_messages(&v);
+        assert_eq!(m.drafts.len(), 1);
+        let Payload::InboundMessage(msg) = &m.drafts[0].payload else { panic!() };
+        assert_eq!(msg.text, "look");
+        let reasons: Vec<&str> = m.skipped.iter().map(|s| s.reason).collect();
+        assert_eq!(reasons, ["bad_user", "malformed_message"]);
+    }
+
+    #[test]
+    fn user_preferences_stop_and_resume() {
+        let v = value(
+            r#"{"messaging_product":"whatsapp","metadata":{"phone_number_id":"PN1"},
+                "contacts":[{"wa_id":"16505551234","profile":{"name":"S"}}],
+                "user_preferences":[
+                  {"wa_id":"16505551234","detail":"User requested to stop marketing messages",
+                   "category":"marketing_messages","value":"stop","timestamp":1731705721},
+                  {"wa_id":"16505551234","category":"marketing_messages","value":"resume","timestamp":1731705800},
+                  {"wa_id":"16505551234","category":"marketing_messages","value":"maybe","timestamp":1731705800}]}"#,
+        );
+        let m = map_user_preferences(&v);
+        assert_eq!(m.drafts.len(), 2);
+        assert_eq!(m.skipped[0].reason, "unknown_preference");
+        let Payload::UserPreference(p) = &m.drafts[0].payload else { panic!() };
+        assert!(p.stop);
+        assert_eq!(m.drafts[0].stream, Stream::User);
+        assert_eq!(
+            m.drafts[0].event_id,
+            "up:PN1:16505551234:marketing_messages:stop:1731705721000000"
+        );
+    }
+
+    #[test]
+    fn grpc_items_get_the_same_ids_as_webhooks() {
+        let item = v1::InboundItem {
+            timestamp: Some(finestra_proto::time::from_micros(1_700_000_000_000_000)),
+            item: Some(v1::inbound_item::Item::Message(v1::InboundMessage {
+                user: Some(v1::UserRef { wa_id: "+393331234567".into(), ..Default::default() }),
+                message_id: "wamid.G".into(),
+                message_type: "text".into(),
+                ..Default::default()
+            })),
+        };
+        let d = map_item("PN1", 0, item).expect("valid item");
+        assert_eq!(d.event_id, inbound_event_id("wamid.G"));
+        assert_eq!(d.user.as_ref().map(UserKey::as_str), Some("393331234567"));
+        let Payload::InboundMessage(m) = d.payload else { panic!() };
+        assert_eq!(m.phone_number_id, "PN1", "the request's number is authoritative");
+        assert_eq!(m.user.map(|u| u.wa_id), Some("393331234567".into()));
+    }
+
+    #[test]
+    fn grpc_items_without_user_or_time_are_refused() {
+        let no_time = v1::InboundItem { timestamp: None, item: None };
+        assert_eq!(map_item("PN1", 3, no_time), Err(ItemError::Missing { index: 3, field: "timestamp" }));
+        let no_user = v1::InboundItem {
+            timestamp: Some(finestra_proto::time::from_micros(1)),
+            item: Some(v1::inbound_item::Item::Block(v1::UserBlock { blocked: true, ..Default::default() })),
+        };
+        assert_eq!(map_item("PN1", 0, no_user), Err(ItemError::Missing { index: 0, field: "user" }));
+    }
+}

@@ -1,0 +1,141 @@
+//! `GetWindow` and `ListOpenWindows`.
+
+use std::sync::Arc;
+
+use finestra_domain::{Clock, Timestamp, UserKey, WindowState};
+use finestra_platform::status;
+use finestra_proto::time::from_micros;
+use finestra_proto::v1::window_service_server::WindowService;
+use finestra_proto::v1::{GetWindowRequest, ListOpenWindowsRequest, ListOpenWindowsResponse, Window};
+use sqlx::PgPool;
+use tonic::{Request, Response, Status};
+
+use crate::hot::HotStore;
+use crate::pg;
+use crate::state::PairKey;
+
+pub const DEFAULT_PAGE: u32 = 100;
+pub const MAX_PAGE: u32 = 1_000;
+
+pub struct WindowApi {
+    pub hot: HotStore,
+    pub pool: PgPool,
+    pub clock: Arc<dyn Clock>,
+}
+
+fn required<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
+    if value.trim().is_empty() {
+        Err(status::invalid_argument(field, format!("{field} is required")))
+    } else {
+        Ok(value)
+    }
+}
+
+/// A user as given by a client: a wa_id (digits, optional '+') or a business-scoped user id.
+fn parse_user(user: &str) -> Result<UserKey, Status> {
+    let digits = user.trim().trim_start_matches('+');
+    let parsed = if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+        UserKey::from_parts(digits, "")
+    } else {
+        UserKey::from_parts("", user)
+    };
+    parsed.map_err(|e| status::invalid_argument("user", e.to_string()))
+}
+
+pub fn to_window(key: &PairKey, s: &WindowState, now: Timestamp) -> Window {
+    let ts = |t: Option<Timestamp>| t.map(|t| from_micros(t.micros()));
+    Window {
+        tenant_id: key.tenant_id.clone(),
+        phone_number_id: key.phone_number_id.clone(),
+        user: key.user.clone(),
+        open: s.is_open(now),
+        csw_until: ts(s.csw_until),
+        fep_open: s.fep_open(now),
+        fep_until: ts(s.fep_until),
+        fep_eligible: s.fep_eligible(now),
+        referral_at: ts(s.referral_at),
+        last_inbound_message_id: s.last_inbound.as_ref().map(|l| l.message_id.clone()).unwrap_or_default(),
+        last_inbound_at: ts(s.last_inbound.as_ref().map(|l| l.at)),
+        marketing_opt_out: s.is_marketing_opted_out(),
+        blocked: s.is_blocked(),
+        as_of: Some(from_micros(now.micros())),
+    }
+}
+
+impl WindowApi {
+    /// Redis first; on a miss (or Redis trouble) the Postgres row, which is then put back into
+    /// Redis so the next read is hot again.
+    pub async fn state(&self, key: &PairKey) -> Result<WindowState, Status> {
+        match self.hot.get(key).await {
+            Ok(Some(s)) => {
+                metrics::counter!("finestra_window_reads_total", "source" => "redis").increment(1);
+                return Ok(s);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "redis read failed; answering from postgres"),
+        }
+        metrics::counter!("finestra_window_reads_total", "source" => "postgres").increment(1);
+        let row = pg::read_state(&self.pool, key)
+            .await
+            .map_err(|e| status::internal("reading window state", &e))?;
+        let Some(row) = row else {
+            return Ok(WindowState::default());
+        };
+        let state = row.state();
+        if let Err(e) = self.hot.merge_all(&[(key.clone(), state.clone())], self.clock.now()).await {
+            tracing::warn!(error = %e, "could not rebuild the redis hash");
+        }
+        Ok(state)
+    }
+}
+
+#[tonic::async_trait]
+impl WindowService for WindowApi {
+    async fn get_window(&self, request: Request<GetWindowRequest>) -> Result<Response<Window>, Status> {
+        let req = request.into_inner();
+        let key = PairKey {
+            tenant_id: required("tenant_id", &req.tenant_id)?.to_owned(),
+            phone_number_id: required("phone_number_id", &req.phone_number_id)?.to_owned(),
+            user: parse_user(required("user", &req.user)?)?.as_str().to_owned(),
+        };
+        let state = self.state(&key).await?;
+        Ok(Response::new(to_window(&key, &state, self.clock.now())))
+    }
+
+    async fn list_open_windows(
+        &self,
+        request: Request<ListOpenWindowsRequest>,
+    ) -> Result<Response<ListOpenWindowsResponse>, Status> {
+        let req = request.into_inner();
+        let tenant_id = required("tenant_id", &req.tenant_id)?;
+        let number = required("phone_number_id", &req.phone_number_id)?;
+        let page_size = match req.page_size {
+            0 => DEFAULT_PAGE,
+            n if n > MAX_PAGE => {
+                return Err(status::invalid_argument("page_size", format!("page_size must be 1..{MAX_PAGE}")));
+            }
+            n => n,
+        };
+        let after = if req.page_token.is_empty() {
+            String::new()
+        } else {
+            hex::decode(&req.page_token)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| status::invalid_argument("page_token", "page_token is not one this service issued"))?
+        };
+        let now = self.clock.now();
+        // One extra row tells whether another page exists.
+        let mut rows = pg::list_open(&self.pool, tenant_id, number, now, &after, i64::from(page_size) + 1)
+            .await
+            .map_err(|e| status::internal("listing open windows", &e))?;
+        let more = rows.len() > page_size as usize;
+        rows.truncate(page_size as usize);
+        let next_page_token = match (more, rows.last()) {
+            (true, Some(last)) => hex::encode(&last.user_key),
+            _ => String::new(),
+        };
+        let windows = rows.iter().map(|r| to_window(&r.key(), &r.state(), now)).collect();
+        Ok(Response::new(ListOpenWindowsResponse { windows, next_page_token }))
+    }
+}

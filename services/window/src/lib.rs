@@ -1,0 +1,103 @@
+//! Window service: consumes inbound and user events, keeps the window of every
+//! (number, user) pair (Redis hot, Postgres system of record with an append-only history),
+//! answers `GetWindow` / `ListOpenWindows`, and publishes `WindowOpened` / `WindowRefreshed`.
+
+pub mod api;
+pub mod apply;
+pub mod consumer;
+pub mod hot;
+pub mod pg;
+pub mod state;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use finestra_domain::Clock;
+use finestra_platform::config::{env_parse, env_string};
+use finestra_platform::health::{self, Dependency};
+use finestra_platform::kafka::{self, BatchConsumer, ConsumerSettings};
+use finestra_platform::{CommonConfig, ConfigError, Running, Shutdown, StartError, admin, stores};
+use finestra_proto::v1::window_service_server::WindowServiceServer;
+
+#[derive(Clone, Debug)]
+pub struct WindowConfig {
+    pub common: CommonConfig,
+    pub consumer_group: String,
+    pub max_batch: usize,
+    pub linger: Duration,
+}
+
+impl WindowConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Ok(Self {
+            common: CommonConfig::from_env("0.0.0.0:50052", "0.0.0.0:9102")?,
+            consumer_group: env_string("WINDOW_CONSUMER_GROUP", "finestra-window"),
+            max_batch: env_parse("WINDOW_MAX_BATCH", 2_000usize)?,
+            linger: Duration::from_millis(env_parse("WINDOW_LINGER_MS", 20u64)?),
+        })
+    }
+}
+
+pub const SERVICE_NAME: &str = "finestra.v1.WindowService";
+
+pub async fn start(config: WindowConfig, clock: Arc<dyn Clock>, shutdown: Shutdown) -> Result<Running, StartError> {
+    let common = &config.common;
+    let pool = stores::postgres(common).await?;
+    pg::migrate(&pool).await?;
+    pg::ensure_partitions(&pool, clock.now()).await?;
+    let redis = stores::redis(common).await?;
+    let hot = hot::HotStore::new(redis.clone(), &common.redis_prefix);
+    let producer = kafka::producer(&common.kafka_brokers)?;
+    let consumer = BatchConsumer::new(ConsumerSettings {
+        brokers: common.kafka_brokers.clone(),
+        group_id: config.consumer_group.clone(),
+        topics: vec![common.topics.inbound.clone(), common.topics.user.clone()],
+        max_batch: config.max_batch,
+        linger: config.linger,
+    })?;
+
+    let (readiness, health_service, health_task) = health::watch(
+        &[SERVICE_NAME],
+        vec![
+            Dependency::Postgres(pool.clone()),
+            Dependency::Redis(redis),
+            Dependency::Kafka(producer.clone()),
+        ],
+        shutdown.clone(),
+    )
+    .await;
+    let (metrics_addr, admin_task) = admin::serve(common.metrics_addr, readiness, shutdown.clone()).await?;
+
+    let api = api::WindowApi {
+        hot: hot.clone(),
+        pool: pool.clone(),
+        clock: clock.clone(),
+    };
+    let (incoming, grpc_addr) = finestra_platform::grpc::bind(common.grpc_addr).await?;
+    let router = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(finestra_platform::grpc::reflection()?)
+        .add_service(WindowServiceServer::new(api));
+    let grpc_task = finestra_platform::service::spawn_grpc(router, incoming, shutdown.clone());
+
+    let consumer_loop = consumer::Loop {
+        consumer,
+        applier: apply::Applier {
+            pool,
+            hot,
+            producer,
+            window_topic: common.topics.window.clone(),
+            clock,
+        },
+        dlq_topic: common.topics.dlq.clone(),
+    };
+    let consumer_task = tokio::spawn(consumer_loop.run(shutdown.clone()));
+
+    let mut running = Running::new(grpc_addr, metrics_addr, None);
+    running.own("health", health_task);
+    running.own("admin", admin_task);
+    running.own("grpc", grpc_task);
+    running.own("consumer", consumer_task);
+    tracing::info!(%grpc_addr, %metrics_addr, group = %config.consumer_group, "window started");
+    Ok(running)
+}
