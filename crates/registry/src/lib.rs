@@ -2,7 +2,7 @@
 //! signs that number's webhooks. Lives in the `accounts` schema, which the control-plane
 //! service takes over.
 
-use sqlx::PgPool;
+pub use sqlx::PgPool;
 
 pub const SCHEMA: &str = "accounts";
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -146,4 +146,9 @@ impl Registry {
         .fetch_all(&self.pool)
         .await?)
     }
+}
+
+/// A small pool for tools (the CLI).
+pub async fn connect(url: &str) -> Result<PgPool, sqlx::Error> {
+    sqlx::postgres::PgPoolOptions::new().max_connections(2).connect(url).await
 }

@@ -1,0 +1,243 @@
+//! Test helpers. Every test runs against the machine's one Postgres, Redis and broker, in
+//! parallel with the others, so each one owns its names: a [`Scope`] gives it tenant ids,
+//! number ids, topic names and consumer groups nobody else uses. Services start in-process
+//! exactly as in production, on port 0.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use finestra_domain::Clock;
+use finestra_platform::{CommonConfig, Running, Shutdown, SystemClock, Topics};
+use rand::Rng as _;
+use tokio::sync::OnceCell;
+
+/// The shared servers, reached once per test process (migrations run once).
+pub struct Infra {
+    pub pool: sqlx::PgPool,
+    pub redis: redis::aio::ConnectionManager,
+    pub brokers: String,
+}
+
+static INFRA: OnceCell<Infra> = OnceCell::const_new();
+
+/// Connects to the real servers and applies every migration. Fails with a hint when the
+/// infrastructure is not up (`make up` or `scripts/infra.sh` starts it).
+pub async fn infra() -> anyhow::Result<&'static Infra> {
+    INFRA
+        .get_or_try_init(|| async {
+            let base = base_config()?;
+            let pool = finestra_platform::stores::postgres(&base)
+                .await
+                .with_context(|| format!("postgres at {} (run scripts/infra.sh)", base.database_url))?;
+            finestra_registry::migrate(&pool).await?;
+            finestra_window::pg::migrate(&pool).await?;
+            let redis = finestra_platform::stores::redis(&base)
+                .await
+                .with_context(|| format!("redis at {}", base.redis_url))?;
+            Ok(Infra {
+                pool,
+                redis,
+                brokers: base.kafka_brokers,
+            })
+        })
+        .await
+}
+
+fn base_config() -> anyhow::Result<CommonConfig> {
+    let mut c = CommonConfig::from_env("127.0.0.1:0", "127.0.0.1:0")?;
+    c.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+    c.metrics_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+    c.db_max_connections = 5;
+    c.shutdown_grace = Duration::from_secs(10);
+    Ok(c)
+}
+
+/// The names one test owns.
+#[derive(Clone, Debug)]
+pub struct Scope {
+    id: String,
+}
+
+impl Default for Scope {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Scope {
+    pub fn new() -> Self {
+        let n: u64 = rand::rng().random();
+        Self {
+            id: format!("{:012x}", n & 0xffff_ffff_ffff),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// A tenant id unique to this test, e.g. `t3f9a…-acme`.
+    pub fn tenant_id(&self, name: &str) -> String {
+        format!("t{}-{name}", self.id)
+    }
+
+    pub fn phone_number_id(&self, n: u32) -> String {
+        format!("pn{}{n}", self.id)
+    }
+
+    /// This test's topic names (`finestra.inbound.v1.<id>`, ...).
+    pub fn topics(&self) -> Topics {
+        Topics::with_suffix(&format!(".{}", self.id))
+    }
+
+    pub fn group(&self, name: &str) -> String {
+        format!("{name}.{}", self.id)
+    }
+
+    /// The Redis key prefix of this test's tenant `name`.
+    pub fn redis_prefix(&self, tenant: &str) -> String {
+        format!("fin:{{{}}}:", self.tenant_id(tenant))
+    }
+
+    /// Service config for this test: real servers, its own topics, port 0 everywhere.
+    pub fn config(&self) -> anyhow::Result<CommonConfig> {
+        let mut c = base_config()?;
+        c.topics = self.topics();
+        Ok(c)
+    }
+
+    /// Creates this test's topics (2 partitions each, so ordering per key is what is tested).
+    pub async fn create_topics(&self) -> anyhow::Result<()> {
+        let infra = infra().await?;
+        let topics = self.topics();
+        finestra_platform::kafka::ensure_topics(&infra.brokers, &topics.all(), 2).await?;
+        Ok(())
+    }
+
+    /// Registers a tenant with one number; returns (tenant_id, phone_number_id, app secret).
+    pub async fn tenant_with_number(&self, name: &str, n: u32) -> anyhow::Result<(String, String, String)> {
+        let infra = infra().await?;
+        let registry = finestra_registry::Registry::new(infra.pool.clone());
+        let tenant = self.tenant_id(name);
+        let number = self.phone_number_id(n);
+        let secret = format!("secret-{}-{name}-{n}", self.id);
+        registry.put_tenant(&tenant, name).await?;
+        registry.put_number(&tenant, &number, "+39 02 0000 0000", &secret).await?;
+        Ok((tenant, number, secret))
+    }
+}
+
+/// A service started in-process, with the shutdown that stops it.
+pub struct Started {
+    pub running: Running,
+    pub shutdown: Shutdown,
+}
+
+impl Started {
+    pub async fn stop(self) {
+        self.shutdown.trigger();
+        self.running.wait().await;
+    }
+}
+
+pub fn system_clock() -> Arc<dyn Clock> {
+    Arc::new(SystemClock)
+}
+
+pub async fn start_ingest(scope: &Scope) -> anyhow::Result<Started> {
+    let config = finestra_ingest::IngestConfig {
+        common: scope.config()?,
+        http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        verify_token: format!("verify-{}", scope.id()),
+        number_cache_ttl: Duration::from_secs(5),
+    };
+    let shutdown = Shutdown::new();
+    let running = finestra_ingest::start(config, system_clock(), shutdown.clone()).await?;
+    Ok(Started { running, shutdown })
+}
+
+/// Starts a window service consuming this test's topics as consumer group `group`.
+pub async fn start_window(scope: &Scope, group: &str, max_batch: usize) -> anyhow::Result<Started> {
+    let config = finestra_window::WindowConfig {
+        common: scope.config()?,
+        consumer_group: scope.group(group),
+        max_batch,
+        linger: Duration::from_millis(10),
+    };
+    let shutdown = Shutdown::new();
+    let running = finestra_window::start(config, system_clock(), shutdown.clone()).await?;
+    Ok(Started { running, shutdown })
+}
+
+/// Posts a webhook body signed with `secret` (or unsigned when `None`).
+pub async fn post_webhook(
+    client: &reqwest::Client,
+    ingest: &Running,
+    body: &[u8],
+    secret: Option<&str>,
+) -> anyhow::Result<reqwest::StatusCode> {
+    let addr = ingest.http_addr.context("ingest has an HTTP listener")?;
+    let mut req = client
+        .post(format!("http://{addr}/webhooks/cloud-api"))
+        .header("content-type", "application/json")
+        .body(body.to_vec());
+    if let Some(secret) = secret {
+        req = req.header(
+            finestra_cloudapi::SIGNATURE_HEADER,
+            finestra_cloudapi::signature::sign(secret.as_bytes(), body),
+        );
+    }
+    Ok(req.send().await?.status())
+}
+
+/// Polls `probe` until it returns `Some`, or fails after `within`. For effects that travel
+/// through the broker: there is no event to wait on for "nothing changed", so tests poll the
+/// observable state instead of sleeping a fixed time.
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut probe: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(v) = probe().await? {
+            return Ok(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!("timed out after {within:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Unix seconds now (provider timestamps are seconds).
+pub fn now_secs() -> i64 {
+    SystemClock.now().micros() / 1_000_000
+}
+
+/// Counts the records currently on `topic` (all partitions: high − low watermark).
+pub async fn count_records(topic: &str) -> anyhow::Result<i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let infra = infra().await?;
+    let brokers = infra.brokers.clone();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<i64> {
+        let c: BaseConsumer = rdkafka::ClientConfig::new().set("bootstrap.servers", &brokers).create()?;
+        let md = c.fetch_metadata(Some(&topic), Duration::from_secs(5))?;
+        let mut total = 0;
+        for t in md.topics() {
+            for p in t.partitions() {
+                let (lo, hi) = c.fetch_watermarks(&topic, p.id(), Duration::from_secs(5))?;
+                total += hi - lo;
+            }
+        }
+        Ok(total)
+    })
+    .await?
+}
+
+pub use serde_json;
+pub use tonic;

@@ -13,8 +13,8 @@ use axum::Router;
 use subtle::ConstantTimeEq;
 
 use crate::mapping::{self, Draft, Mapped};
-use crate::signature;
-use crate::webhook::{Notification, Value};
+use finestra_cloudapi::signature;
+use finestra_cloudapi::webhook::{Notification, Value};
 use crate::App;
 
 /// Meta caps notifications well below this; anything larger is refused with 413.
@@ -75,7 +75,7 @@ async fn receive(
             return (StatusCode::BAD_REQUEST, "unreadable body");
         }
     };
-    let header = headers.get("x-hub-signature-256").and_then(|v| v.to_str().ok());
+    let header = headers.get(finestra_cloudapi::SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
     let claimed = match signature::parse_header(header) {
         Ok(c) => c,
         Err(e) => {

@@ -8,8 +8,6 @@ pub mod http;
 pub mod mapping;
 pub mod numbers;
 pub mod publish;
-pub mod signature;
-pub mod webhook;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

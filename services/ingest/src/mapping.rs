@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use finestra_domain::{Timestamp, UserKey};
 use finestra_proto::v1::{self, envelope::Payload};
 
-use crate::webhook;
+use finestra_cloudapi::webhook;
 
 /// Which topic an event goes to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,0 +1,104 @@
+//! Builders of webhook notifications exactly as the Cloud API sends them.
+
+use serde_json::{Value, json};
+
+/// A user message as it appears in `value.messages[]`.
+#[derive(Clone, Debug)]
+pub struct InboundText<'a> {
+    pub wamid: &'a str,
+    pub from: &'a str,
+    pub profile_name: &'a str,
+    /// Unix seconds: when the user sent it.
+    pub timestamp: i64,
+    pub body: &'a str,
+    /// Ad / call-to-action referral, if the user came from one.
+    pub referral: Option<Value>,
+}
+
+fn metadata(phone_number_id: &str, display: &str) -> Value {
+    json!({ "display_phone_number": display, "phone_number_id": phone_number_id })
+}
+
+/// Wraps change values into a notification (`entry[].changes[]`).
+pub fn notification(waba_id: &str, changes: Vec<(&str, Value)>) -> Value {
+    let changes: Vec<Value> = changes
+        .into_iter()
+        .map(|(field, value)| json!({ "field": field, "value": value }))
+        .collect();
+    json!({ "object": "whatsapp_business_account", "entry": [{ "id": waba_id, "changes": changes }] })
+}
+
+/// The `value` of a `messages` change carrying user messages.
+pub fn messages_value(phone_number_id: &str, display: &str, messages: &[InboundText<'_>]) -> Value {
+    let contacts: Vec<Value> = messages
+        .iter()
+        .map(|m| json!({ "profile": { "name": m.profile_name }, "wa_id": m.from }))
+        .collect();
+    let msgs: Vec<Value> = messages
+        .iter()
+        .map(|m| {
+            let mut v = json!({
+                "from": m.from, "id": m.wamid, "timestamp": m.timestamp.to_string(),
+                "type": "text", "text": { "body": m.body }
+            });
+            if let (Some(r), Some(obj)) = (&m.referral, v.as_object_mut()) {
+                obj.insert("referral".into(), r.clone());
+            }
+            v
+        })
+        .collect();
+    json!({
+        "messaging_product": "whatsapp",
+        "metadata": metadata(phone_number_id, display),
+        "contacts": contacts,
+        "messages": msgs,
+    })
+}
+
+/// A notification with user text messages for one number.
+pub fn text_messages(phone_number_id: &str, display: &str, messages: &[InboundText<'_>]) -> Value {
+    notification("WABA", vec![("messages", messages_value(phone_number_id, display, messages))])
+}
+
+/// A referral object as sent for click-to-WhatsApp ads.
+pub fn ad_referral(source_id: &str) -> Value {
+    json!({
+        "source_url": format!("https://fb.me/{source_id}"),
+        "source_id": source_id,
+        "source_type": "ad",
+        "headline": "Autumn sale",
+        "body": "Tap to chat",
+        "media_type": "image",
+        "ctwa_clid": format!("clid-{source_id}"),
+    })
+}
+
+/// A `user_preferences` notification: marketing stop (`stop = true`) or resume.
+pub fn marketing_preference(phone_number_id: &str, display: &str, wa_id: &str, stop: bool, timestamp: i64) -> Value {
+    let value = json!({
+        "messaging_product": "whatsapp",
+        "metadata": metadata(phone_number_id, display),
+        "contacts": [{ "wa_id": wa_id, "profile": { "name": "" } }],
+        "user_preferences": [{
+            "wa_id": wa_id,
+            "detail": if stop { "User requested to stop marketing messages" } else { "User requested to resume marketing messages" },
+            "category": "marketing_messages",
+            "value": if stop { "stop" } else { "resume" },
+            "timestamp": timestamp,
+        }],
+    });
+    notification("WABA", vec![("user_preferences", value)])
+}
+
+/// A `messages` notification with one status of a business message.
+pub fn status(phone_number_id: &str, display: &str, wamid: &str, status: &str, recipient: &str, timestamp: i64) -> Value {
+    let value = json!({
+        "messaging_product": "whatsapp",
+        "metadata": metadata(phone_number_id, display),
+        "statuses": [{
+            "id": wamid, "status": status, "timestamp": timestamp.to_string(), "recipient_id": recipient,
+            "pricing": { "billable": true, "pricing_model": "PMP", "category": "marketing" }
+        }],
+    });
+    notification("WABA", vec![("messages", value)])
+}

@@ -1,0 +1,9 @@
+//! The WhatsApp Cloud API's wire format, shared by ingest (parses it), the CLI and the tests
+//! (build it) and, later, the simulator (speaks it).
+
+pub mod build;
+pub mod signature;
+pub mod webhook;
+
+/// The header carrying the webhook signature.
+pub const SIGNATURE_HEADER: &str = "x-hub-signature-256";

@@ -1,0 +1,174 @@
+//! Crash and resume of the window consumer against the real broker: a consumer that dies
+//! before committing makes its successor re-process the batch without double history rows, and
+//! a consumer that committed in the middle of a producer batch resumes with no record skipped.
+
+use std::time::Duration;
+
+use finestra_e2e::WAIT;
+use finestra_platform::kafka::{self, BatchConsumer, ConsumerSettings, Outgoing};
+use finestra_proto::v1::envelope::Payload;
+use finestra_proto::v1::{Envelope, InboundMessage, UserRef};
+use finestra_testkit::{Scope, count_records, eventually, infra, now_secs};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+
+fn inbound(tenant: &str, number: &str, i: usize, sent: i64) -> (String, Envelope) {
+    let user = format!("3934{:08}", i % 997);
+    let wamid = format!("wamid.resume.{i}");
+    let envelope = Envelope {
+        event_id: format!("in:{wamid}"),
+        tenant_id: tenant.to_owned(),
+        occurred_at: Some(finestra_proto::time::from_micros((sent + i as i64) * 1_000_000)),
+        recorded_at: None,
+        payload: Some(Payload::InboundMessage(InboundMessage {
+            phone_number_id: number.to_owned(),
+            user: Some(UserRef { wa_id: user.clone(), ..Default::default() }),
+            message_id: wamid,
+            message_type: "text".into(),
+            ..Default::default()
+        })),
+    };
+    (kafka::conversation_key(tenant, number, &user), envelope)
+}
+
+/// Produces `n` inbound events for the tenant in one burst (so the producer packs them into
+/// large batches).
+async fn produce(scope: &Scope, tenant: &str, number: &str, n: usize) -> anyhow::Result<()> {
+    let producer = kafka::producer(&infra().await?.brokers)?;
+    let topic = scope.topics().inbound;
+    let sent = now_secs() - 3600;
+    let records: Vec<Outgoing<'_>> = (0..n)
+        .map(|i| {
+            let (key, envelope) = inbound(tenant, number, i, sent);
+            Outgoing { topic: &topic, key, envelope }
+        })
+        .collect();
+    kafka::publish_all(&producer, &records).await?;
+    assert_eq!(count_records(&topic).await?, n as i64);
+    Ok(())
+}
+
+async fn history_rows(tenant: &str) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar("SELECT count(*) FROM windows.window_events WHERE tenant_id = $1")
+        .bind(tenant)
+        .fetch_one(&infra().await?.pool)
+        .await?)
+}
+
+/// Σ committed offsets of `group` on `topic` (0 for partitions it never committed).
+async fn committed(group: &str, topic: &str) -> anyhow::Result<i64> {
+    let brokers = infra().await?.brokers.clone();
+    let (group, topic) = (group.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || -> anyhow::Result<i64> {
+        let c: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", &group)
+            .create()?;
+        let md = c.fetch_metadata(Some(&topic), Duration::from_secs(5))?;
+        let mut tpl = TopicPartitionList::new();
+        for t in md.topics() {
+            for p in t.partitions() {
+                tpl.add_partition(&topic, p.id());
+            }
+        }
+        let offsets = c.committed_offsets(tpl, Duration::from_secs(5))?;
+        Ok(offsets
+            .elements()
+            .iter()
+            .map(|e| match e.offset() {
+                Offset::Offset(o) => o,
+                _ => 0,
+            })
+            .sum())
+    })
+    .await?
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_consumer_killed_before_committing_reprocesses_without_double_history_rows() -> anyhow::Result<()> {
+    let scope = Scope::new();
+    let infra = infra().await?;
+    scope.create_topics().await?;
+    let (tenant, number, _) = scope.tenant_with_number("crash", 1).await?;
+    let n = 300;
+    produce(&scope, &tenant, &number, n).await?;
+    let topics = scope.topics();
+    let group = scope.group("window");
+
+    // A consumer applies everything durably, then dies before its commit.
+    {
+        let consumer = BatchConsumer::new(ConsumerSettings {
+            brokers: infra.brokers.clone(),
+            group_id: group.clone(),
+            topics: vec![topics.inbound.clone()],
+            max_batch: 1_000,
+            linger: Duration::from_millis(50),
+        })?;
+        let applier = finestra_window::apply::Applier {
+            pool: infra.pool.clone(),
+            hot: finestra_window::hot::HotStore::new(infra.redis.clone(), "fin"),
+            producer: kafka::producer(&infra.brokers)?,
+            window_topic: topics.window.clone(),
+            clock: finestra_testkit::system_clock(),
+        };
+        let shutdown = finestra_platform::Shutdown::new();
+        let mut seen = 0;
+        while seen < n {
+            let batch = consumer.next_batch(&shutdown).await?;
+            let events: Vec<_> = batch
+                .iter()
+                .filter_map(|m| finestra_window::state::decode(&kafka::decode(m).ok()?).ok().flatten())
+                .collect();
+            applier.apply(&events).await?;
+            seen += batch.len();
+        }
+        // Dropped here: no commit.
+    }
+    assert_eq!(history_rows(&tenant).await?, n as i64);
+    assert_eq!(committed(&group, &topics.inbound).await?, 0, "nothing was committed");
+
+    // Its successor in the same group gets everything again.
+    let window = finestra_testkit::start_window(&scope, "window", 1_000).await?;
+    eventually("the successor to commit every record", WAIT, || async {
+        Ok((committed(&group, &topics.inbound).await? == n as i64).then_some(()))
+    })
+    .await?;
+    assert_eq!(history_rows(&tenant).await?, n as i64, "re-processing added no history row");
+    let windows: i64 = sqlx::query_scalar("SELECT count(*) FROM windows.pair_state WHERE tenant_id = $1")
+        .bind(&tenant)
+        .fetch_one(&infra.pool)
+        .await?;
+    assert_eq!(windows, 300, "one window per user (users 0..300 are distinct)");
+    window.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_consumer_resuming_from_a_commit_inside_a_producer_batch_skips_no_record() -> anyhow::Result<()> {
+    let scope = Scope::new();
+    scope.create_topics().await?;
+    let (tenant, number, _) = scope.tenant_with_number("resume", 1).await?;
+    let n: i64 = 3_000;
+    produce(&scope, &tenant, &number, n as usize).await?;
+    let topics = scope.topics();
+    let group = scope.group("window");
+
+    // Batches of at most 7 records: every commit lands inside a producer batch.
+    let first = finestra_testkit::start_window(&scope, "window", 7).await?;
+    eventually("a third of the records applied", WAIT, || async {
+        Ok((history_rows(&tenant).await? >= n / 3).then_some(()))
+    })
+    .await?;
+    first.stop().await;
+    let resumed_at = committed(&group, &topics.inbound).await?;
+    assert!(resumed_at > 0 && resumed_at < n, "stopped mid-stream (committed {resumed_at} of {n})");
+
+    let second = finestra_testkit::start_window(&scope, "window", 7).await?;
+    eventually("every record committed", Duration::from_secs(120), || async {
+        Ok((committed(&group, &topics.inbound).await? == n).then_some(()))
+    })
+    .await?;
+    assert_eq!(history_rows(&tenant).await?, n, "every produced record was applied exactly once");
+    second.stop().await;
+    Ok(())
+}
