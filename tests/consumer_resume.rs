@@ -18,11 +18,16 @@ fn inbound(tenant: &str, number: &str, i: usize, sent: i64) -> (String, Envelope
     let envelope = Envelope {
         event_id: format!("in:{wamid}"),
         tenant_id: tenant.to_owned(),
-        occurred_at: Some(finestra_proto::time::from_micros((sent + i as i64) * 1_000_000)),
+        occurred_at: Some(finestra_proto::time::from_micros(
+            (sent + i as i64) * 1_000_000,
+        )),
         recorded_at: None,
         payload: Some(Payload::InboundMessage(InboundMessage {
             phone_number_id: number.to_owned(),
-            user: Some(UserRef { wa_id: user.clone(), ..Default::default() }),
+            user: Some(UserRef {
+                wa_id: user.clone(),
+                ..Default::default()
+            }),
             message_id: wamid,
             message_type: "text".into(),
             ..Default::default()
@@ -40,7 +45,11 @@ async fn produce(scope: &Scope, tenant: &str, number: &str, n: usize) -> anyhow:
     let records: Vec<Outgoing<'_>> = (0..n)
         .map(|i| {
             let (key, envelope) = inbound(tenant, number, i, sent);
-            Outgoing { topic: &topic, key, envelope }
+            Outgoing {
+                topic: &topic,
+                key,
+                envelope,
+            }
         })
         .collect();
     kafka::publish_all(&producer, &records).await?;
@@ -49,10 +58,12 @@ async fn produce(scope: &Scope, tenant: &str, number: &str, n: usize) -> anyhow:
 }
 
 async fn history_rows(tenant: &str) -> anyhow::Result<i64> {
-    Ok(sqlx::query_scalar("SELECT count(*) FROM windows.window_events WHERE tenant_id = $1")
-        .bind(tenant)
-        .fetch_one(&infra().await?.pool)
-        .await?)
+    Ok(
+        sqlx::query_scalar("SELECT count(*) FROM windows.window_events WHERE tenant_id = $1")
+            .bind(tenant)
+            .fetch_one(&infra().await?.pool)
+            .await?,
+    )
 }
 
 /// Σ committed offsets of `group` on `topic` (0 for partitions it never committed).
@@ -85,7 +96,8 @@ async fn committed(group: &str, topic: &str) -> anyhow::Result<i64> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_consumer_killed_before_committing_reprocesses_without_double_history_rows() -> anyhow::Result<()> {
+async fn a_consumer_killed_before_committing_reprocesses_without_double_history_rows()
+-> anyhow::Result<()> {
     let scope = Scope::new();
     let infra = infra().await?;
     scope.create_topics().await?;
@@ -117,7 +129,11 @@ async fn a_consumer_killed_before_committing_reprocesses_without_double_history_
             let batch = consumer.next_batch(&shutdown).await?;
             let events: Vec<_> = batch
                 .iter()
-                .filter_map(|m| finestra_window::state::decode(&kafka::decode(m).ok()?).ok().flatten())
+                .filter_map(|m| {
+                    finestra_window::state::decode(&kafka::decode(m).ok()?)
+                        .ok()
+                        .flatten()
+                })
                 .collect();
             applier.apply(&events).await?;
             seen += batch.len();
@@ -125,7 +141,11 @@ async fn a_consumer_killed_before_committing_reprocesses_without_double_history_
         // Dropped here: no commit.
     }
     assert_eq!(history_rows(&tenant).await?, n as i64);
-    assert_eq!(committed(&group, &topics.inbound).await?, 0, "nothing was committed");
+    assert_eq!(
+        committed(&group, &topics.inbound).await?,
+        0,
+        "nothing was committed"
+    );
 
     // Its successor in the same group gets everything again.
     let window = finestra_testkit::start_window(&scope, "window", 1_000).await?;
@@ -133,18 +153,27 @@ async fn a_consumer_killed_before_committing_reprocesses_without_double_history_
         Ok((committed(&group, &topics.inbound).await? == n as i64).then_some(()))
     })
     .await?;
-    assert_eq!(history_rows(&tenant).await?, n as i64, "re-processing added no history row");
-    let windows: i64 = sqlx::query_scalar("SELECT count(*) FROM windows.pair_state WHERE tenant_id = $1")
-        .bind(&tenant)
-        .fetch_one(&infra.pool)
-        .await?;
-    assert_eq!(windows, 300, "one window per user (users 0..300 are distinct)");
+    assert_eq!(
+        history_rows(&tenant).await?,
+        n as i64,
+        "re-processing added no history row"
+    );
+    let windows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM windows.pair_state WHERE tenant_id = $1")
+            .bind(&tenant)
+            .fetch_one(&infra.pool)
+            .await?;
+    assert_eq!(
+        windows, 300,
+        "one window per user (users 0..300 are distinct)"
+    );
     window.stop().await;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_consumer_resuming_from_a_commit_inside_a_producer_batch_skips_no_record() -> anyhow::Result<()> {
+async fn a_consumer_resuming_from_a_commit_inside_a_producer_batch_skips_no_record()
+-> anyhow::Result<()> {
     let scope = Scope::new();
     scope.create_topics().await?;
     let (tenant, number, _) = scope.tenant_with_number("resume", 1).await?;
@@ -161,14 +190,23 @@ async fn a_consumer_resuming_from_a_commit_inside_a_producer_batch_skips_no_reco
     .await?;
     first.stop().await;
     let resumed_at = committed(&group, &topics.inbound).await?;
-    assert!(resumed_at > 0 && resumed_at < n, "stopped mid-stream (committed {resumed_at} of {n})");
+    assert!(
+        resumed_at > 0 && resumed_at < n,
+        "stopped mid-stream (committed {resumed_at} of {n})"
+    );
 
     let second = finestra_testkit::start_window(&scope, "window", 7).await?;
-    eventually("every record committed", Duration::from_secs(120), || async {
-        Ok((committed(&group, &topics.inbound).await? == n).then_some(()))
-    })
+    eventually(
+        "every record committed",
+        Duration::from_secs(120),
+        || async { Ok((committed(&group, &topics.inbound).await? == n).then_some(())) },
+    )
     .await?;
-    assert_eq!(history_rows(&tenant).await?, n, "every produced record was applied exactly once");
+    assert_eq!(
+        history_rows(&tenant).await?,
+        n,
+        "every produced record was applied exactly once"
+    );
     second.stop().await;
     Ok(())
 }

@@ -3,16 +3,21 @@
 
 use finestra_e2e::{Slice, WAIT, secs};
 use finestra_proto::v1::ingest_service_client::IngestServiceClient;
-use finestra_proto::v1::{IngestInboundRequest, InboundItem, InboundMessage, UserRef, inbound_item};
+use finestra_proto::v1::{
+    InboundItem, InboundMessage, IngestInboundRequest, UserRef, inbound_item,
+};
 use finestra_testkit::{count_records, eventually, now_secs};
 
 const DAY: i64 = 24 * 3600;
 
 #[tokio::test(flavor = "multi_thread")]
-async fn signed_text_webhook_opens_the_window_for_24_hours_from_the_message_time() -> anyhow::Result<()> {
+async fn signed_text_webhook_opens_the_window_for_24_hours_from_the_message_time()
+-> anyhow::Result<()> {
     let s = Slice::start().await?;
     let sent = now_secs() - 60;
-    let status = s.post_signed(&s.text("wamid.open.1", "393471110001", sent, None)).await?;
+    let status = s
+        .post_signed(&s.text("wamid.open.1", "393471110001", sent, None))
+        .await?;
     assert_eq!(status, 200);
     let w = s.wait_window("393471110001", |w| w.open).await?;
     assert_eq!(secs(w.csw_until.as_ref()), Some(sent + DAY));
@@ -26,11 +31,19 @@ async fn signed_text_webhook_opens_the_window_for_24_hours_from_the_message_time
 async fn a_message_sent_25_hours_ago_leaves_the_window_closed() -> anyhow::Result<()> {
     let s = Slice::start().await?;
     let sent = now_secs() - 25 * 3600;
-    assert_eq!(s.post_signed(&s.text("wamid.old.1", "393471110002", sent, None)).await?, 200);
+    assert_eq!(
+        s.post_signed(&s.text("wamid.old.1", "393471110002", sent, None))
+            .await?,
+        200
+    );
     s.wait_history("393471110002", 1).await?;
     let w = s.window("393471110002").await?;
     assert!(!w.open);
-    assert_eq!(secs(w.csw_until.as_ref()), Some(sent + DAY), "closed one hour ago");
+    assert_eq!(
+        secs(w.csw_until.as_ref()),
+        Some(sent + DAY),
+        "closed one hour ago"
+    );
     s.stop().await;
     Ok(())
 }
@@ -41,8 +54,16 @@ async fn messages_delivered_in_reverse_order_keep_the_newer_closing_time() -> an
     let user = "393471110003";
     let newer = now_secs() - 60;
     let older = newer - 3 * 3600;
-    assert_eq!(s.post_signed(&s.text("wamid.rev.new", user, newer, None)).await?, 200);
-    assert_eq!(s.post_signed(&s.text("wamid.rev.old", user, older, None)).await?, 200);
+    assert_eq!(
+        s.post_signed(&s.text("wamid.rev.new", user, newer, None))
+            .await?,
+        200
+    );
+    assert_eq!(
+        s.post_signed(&s.text("wamid.rev.old", user, older, None))
+            .await?,
+        200
+    );
     s.wait_history(user, 2).await?;
     let w = s.window(user).await?;
     assert_eq!(secs(w.csw_until.as_ref()), Some(newer + DAY));
@@ -52,7 +73,8 @@ async fn messages_delivered_in_reverse_order_keep_the_newer_closing_time() -> an
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_same_webhook_posted_three_times_is_one_history_row_and_one_state() -> anyhow::Result<()> {
+async fn the_same_webhook_posted_three_times_is_one_history_row_and_one_state() -> anyhow::Result<()>
+{
     let s = Slice::start().await?;
     let user = "393471110004";
     let sent = now_secs() - 120;
@@ -60,12 +82,24 @@ async fn the_same_webhook_posted_three_times_is_one_history_row_and_one_state() 
     for _ in 0..3 {
         assert_eq!(s.post_signed(&body).await?, 200);
     }
-    assert_eq!(count_records(&s.scope.topics().inbound).await?, 3, "each POST was published (same event id)");
+    assert_eq!(
+        count_records(&s.scope.topics().inbound).await?,
+        3,
+        "each POST was published (same event id)"
+    );
     // A later, older message of the same pair travels the same partition behind the duplicates:
     // once it is applied, so are they.
-    assert_eq!(s.post_signed(&s.text("wamid.dup.sentinel", user, sent - 600, None)).await?, 200);
+    assert_eq!(
+        s.post_signed(&s.text("wamid.dup.sentinel", user, sent - 600, None))
+            .await?,
+        200
+    );
     s.wait_history(user, 2).await?;
-    assert_eq!(s.history_rows(user).await?, 2, "three deliveries of one event are one row");
+    assert_eq!(
+        s.history_rows(user).await?,
+        2,
+        "three deliveries of one event are one row"
+    );
     let w = s.window(user).await?;
     assert_eq!(secs(w.csw_until.as_ref()), Some(sent + DAY));
     assert_eq!(w.last_inbound_message_id, "wamid.dup.1");
@@ -74,7 +108,8 @@ async fn the_same_webhook_posted_three_times_is_one_history_row_and_one_state() 
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn unsigned_wrongly_signed_oversized_and_garbage_posts_are_refused_and_publish_nothing() -> anyhow::Result<()> {
+async fn unsigned_wrongly_signed_oversized_and_garbage_posts_are_refused_and_publish_nothing()
+-> anyhow::Result<()> {
     let s = Slice::start().await?;
     let user = "393471110005";
     let body = serde_json::to_vec(&s.text("wamid.bad.1", user, now_secs(), None))?;
@@ -82,13 +117,20 @@ async fn unsigned_wrongly_signed_oversized_and_garbage_posts_are_refused_and_pub
 
     let unsigned = finestra_testkit::post_webhook(&s.http, ingest, &body, None).await?;
     assert_eq!(unsigned, 401);
-    let wrong = finestra_testkit::post_webhook(&s.http, ingest, &body, Some("not-the-secret")).await?;
+    let wrong =
+        finestra_testkit::post_webhook(&s.http, ingest, &body, Some("not-the-secret")).await?;
     assert_eq!(wrong, 401);
 
     let big = vec![b' '; 2 * 1024 * 1024];
-    assert_eq!(finestra_testkit::post_webhook(&s.http, ingest, &big, Some(&s.secret)).await?, 413);
+    assert_eq!(
+        finestra_testkit::post_webhook(&s.http, ingest, &big, Some(&s.secret)).await?,
+        413
+    );
     let garbage = b"{\"object\": \"whatsapp_business_account\", \"entry\": [";
-    assert_eq!(finestra_testkit::post_webhook(&s.http, ingest, garbage, Some(&s.secret)).await?, 400);
+    assert_eq!(
+        finestra_testkit::post_webhook(&s.http, ingest, garbage, Some(&s.secret)).await?,
+        400
+    );
 
     for topic in s.scope.topics().all() {
         assert_eq!(count_records(topic).await?, 0, "nothing on {topic}");
@@ -97,7 +139,13 @@ async fn unsigned_wrongly_signed_oversized_and_garbage_posts_are_refused_and_pub
     assert!(!w.open && w.csw_until.is_none(), "no state change");
 
     let addr = ingest.metrics_addr;
-    let metrics = s.http.get(format!("http://{addr}/metrics")).send().await?.text().await?;
+    let metrics = s
+        .http
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
     assert!(
         metrics.contains("finestra_ingest_webhooks_total{outcome=\"bad_signature\"}"),
         "the refusal is counted"
@@ -121,7 +169,11 @@ async fn a_webhook_for_an_unknown_number_is_acknowledged_and_dropped() -> anyhow
             referral: None,
         }],
     );
-    assert_eq!(s.post_signed(&body).await?, 200, "the provider must not retry forever");
+    assert_eq!(
+        s.post_signed(&body).await?,
+        200,
+        "the provider must not retry forever"
+    );
     assert_eq!(count_records(&s.scope.topics().inbound).await?, 0);
     s.stop().await;
     Ok(())
@@ -132,13 +184,35 @@ async fn several_numbers_messages_and_statuses_in_one_post_are_all_handled() -> 
     let s = Slice::start().await?;
     let t = now_secs() - 30;
     let msgs = [
-        finestra_cloudapi::build::InboundText { wamid: "wamid.multi.1", from: "393471110101", profile_name: "A", timestamp: t, body: "a", referral: None },
-        finestra_cloudapi::build::InboundText { wamid: "wamid.multi.2", from: "393471110102", profile_name: "B", timestamp: t, body: "b", referral: None },
+        finestra_cloudapi::build::InboundText {
+            wamid: "wamid.multi.1",
+            from: "393471110101",
+            profile_name: "A",
+            timestamp: t,
+            body: "a",
+            referral: None,
+        },
+        finestra_cloudapi::build::InboundText {
+            wamid: "wamid.multi.2",
+            from: "393471110102",
+            profile_name: "B",
+            timestamp: t,
+            body: "b",
+            referral: None,
+        },
     ];
-    let status = finestra_cloudapi::build::status(&s.number, "", "wamid.biz.1", "delivered", "393471110101", t);
+    let status = finestra_cloudapi::build::status(
+        &s.number,
+        "",
+        "wamid.biz.1",
+        "delivered",
+        "393471110101",
+        t,
+    );
     let mut body = finestra_cloudapi::build::text_messages(&s.number, "", &msgs);
     // Second entry: a status of a business message.
-    if let (Some(entries), Some(extra)) = (body["entry"].as_array_mut(), status["entry"].as_array()) {
+    if let (Some(entries), Some(extra)) = (body["entry"].as_array_mut(), status["entry"].as_array())
+    {
         entries.extend(extra.iter().cloned());
     }
     assert_eq!(s.post_signed(&body).await?, 200);
@@ -156,7 +230,11 @@ async fn a_referral_message_makes_the_pair_fep_eligible() -> anyhow::Result<()> 
     let user = "5511988880001";
     let sent = now_secs() - 10;
     let referral = finestra_cloudapi::build::ad_referral("ad-42");
-    assert_eq!(s.post_signed(&s.text("wamid.ad.1", user, sent, Some(referral))).await?, 200);
+    assert_eq!(
+        s.post_signed(&s.text("wamid.ad.1", user, sent, Some(referral)))
+            .await?,
+        200
+    );
     let w = s.wait_window(user, |w| w.open).await?;
     assert!(w.fep_eligible, "a reply now would start a 72 h FEP");
     assert!(!w.fep_open, "no FEP before the business replies");
@@ -187,10 +265,16 @@ async fn after_redis_loses_everything_get_window_gives_the_same_answer() -> anyh
     let user = "447700900001";
     let sent = now_secs() - 300;
     let referral = finestra_cloudapi::build::ad_referral("ad-7");
-    assert_eq!(s.post_signed(&s.text("wamid.flush.1", user, sent, Some(referral))).await?, 200);
+    assert_eq!(
+        s.post_signed(&s.text("wamid.flush.1", user, sent, Some(referral)))
+            .await?,
+        200
+    );
     let stop = finestra_cloudapi::build::marketing_preference(&s.number, "", user, true, sent + 1);
     assert_eq!(s.post_signed(&stop).await?, 200);
-    let mut before = s.wait_window(user, |w| w.open && w.marketing_opt_out).await?;
+    let mut before = s
+        .wait_window(user, |w| w.open && w.marketing_opt_out)
+        .await?;
 
     let mut redis = finestra_testkit::infra().await?.redis.clone();
     redis::cmd("FLUSHALL").query_async::<()>(&mut redis).await?;
@@ -211,14 +295,20 @@ async fn ingest_inbound_over_grpc_has_the_webhook_semantics() -> anyhow::Result<
     let item = |id: &str| InboundItem {
         timestamp: Some(finestra_proto::time::from_micros(sent * 1_000_000)),
         item: Some(inbound_item::Item::Message(InboundMessage {
-            user: Some(UserRef { wa_id: "919800000001".into(), ..Default::default() }),
+            user: Some(UserRef {
+                wa_id: "919800000001".into(),
+                ..Default::default()
+            }),
             message_id: id.into(),
             message_type: "text".into(),
             text: "namaste".into(),
             ..Default::default()
         })),
     };
-    let req = IngestInboundRequest { phone_number_id: s.number.clone(), items: vec![item("wamid.grpc.1")] };
+    let req = IngestInboundRequest {
+        phone_number_id: s.number.clone(),
+        items: vec![item("wamid.grpc.1")],
+    };
     let answer = client.ingest_inbound(req.clone()).await?.into_inner();
     assert_eq!(answer.event_ids, ["in:wamid.grpc.1"]);
     client.ingest_inbound(req).await?;
@@ -227,29 +317,51 @@ async fn ingest_inbound_over_grpc_has_the_webhook_semantics() -> anyhow::Result<
     s.wait_history("919800000001", 1).await?;
     assert_eq!(s.history_rows("919800000001").await?, 1);
 
-    let unknown = IngestInboundRequest { phone_number_id: "pn-unknown".into(), items: vec![item("wamid.grpc.2")] };
-    let err = client.ingest_inbound(unknown).await.expect_err("unknown number");
+    let unknown = IngestInboundRequest {
+        phone_number_id: "pn-unknown".into(),
+        items: vec![item("wamid.grpc.2")],
+    };
+    let err = client
+        .ingest_inbound(unknown)
+        .await
+        .expect_err("unknown number");
     assert_eq!(err.code(), tonic::Code::NotFound);
-    assert_eq!(finestra_platform::status::reason_of(&err).as_deref(), Some("NOT_FOUND"));
+    assert_eq!(
+        finestra_platform::status::reason_of(&err).as_deref(),
+        Some("NOT_FOUND")
+    );
 
     let no_time = IngestInboundRequest {
         phone_number_id: s.number.clone(),
-        items: vec![InboundItem { timestamp: None, ..item("wamid.grpc.3") }],
+        items: vec![InboundItem {
+            timestamp: None,
+            ..item("wamid.grpc.3")
+        }],
     };
-    let err = client.ingest_inbound(no_time).await.expect_err("missing timestamp");
+    let err = client
+        .ingest_inbound(no_time)
+        .await
+        .expect_err("missing timestamp");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     s.stop().await;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_verification_handshake_echoes_the_challenge_only_for_the_right_token() -> anyhow::Result<()> {
+async fn the_verification_handshake_echoes_the_challenge_only_for_the_right_token()
+-> anyhow::Result<()> {
     let s = Slice::start().await?;
     let addr = s.ingest.running.http_addr.expect("http listener");
     let url = |token: &str| {
-        format!("http://{addr}/webhooks/cloud-api?hub.mode=subscribe&hub.verify_token={token}&hub.challenge=1158201444")
+        format!(
+            "http://{addr}/webhooks/cloud-api?hub.mode=subscribe&hub.verify_token={token}&hub.challenge=1158201444"
+        )
     };
-    let ok = s.http.get(url(&format!("verify-{}", s.scope.id()))).send().await?;
+    let ok = s
+        .http
+        .get(url(&format!("verify-{}", s.scope.id())))
+        .send()
+        .await?;
     assert_eq!(ok.status(), 200);
     assert_eq!(ok.text().await?, "1158201444");
     let wrong = s.http.get(url("guess")).send().await?;
@@ -268,12 +380,21 @@ async fn health_reports_serving_once_the_dependencies_answer() -> anyhow::Result
         (s.window.running.grpc_url(), finestra_window::SERVICE_NAME),
     ];
     for (url, name) in services {
-        let health = HealthClient::new(tonic::transport::Channel::from_shared(url)?.connect().await?);
+        let health = HealthClient::new(
+            tonic::transport::Channel::from_shared(url)?
+                .connect()
+                .await?,
+        );
         for service in ["", name] {
             eventually(&format!("{service:?} SERVING"), WAIT, || {
                 let mut health = health.clone();
                 async move {
-                    let r = health.check(HealthCheckRequest { service: service.into() }).await?.into_inner();
+                    let r = health
+                        .check(HealthCheckRequest {
+                            service: service.into(),
+                        })
+                        .await?
+                        .into_inner();
                     Ok((r.status == ServingStatus::Serving as i32).then_some(()))
                 }
             })
@@ -292,7 +413,11 @@ async fn list_open_windows_pages_through_open_windows_only() -> anyhow::Result<(
     for i in 0..5 {
         let user = format!("39347222000{i}");
         let sent = if i == 2 { now - 30 * 3600 } else { now - 60 };
-        assert_eq!(s.post_signed(&s.text(&format!("wamid.list.{i}"), &user, sent, None)).await?, 200);
+        assert_eq!(
+            s.post_signed(&s.text(&format!("wamid.list.{i}"), &user, sent, None))
+                .await?,
+            200
+        );
     }
     for i in 0..5 {
         s.wait_history(&format!("39347222000{i}"), 1).await?;
@@ -318,7 +443,15 @@ async fn list_open_windows_pages_through_open_windows_only() -> anyhow::Result<(
         }
         token = page.next_page_token;
     }
-    assert_eq!(seen, ["393472220000", "393472220001", "393472220003", "393472220004"]);
+    assert_eq!(
+        seen,
+        [
+            "393472220000",
+            "393472220001",
+            "393472220003",
+            "393472220004"
+        ]
+    );
     s.stop().await;
     Ok(())
 }

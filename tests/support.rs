@@ -49,13 +49,23 @@ impl Slice {
     }
 
     /// Posts a body signed with the number's secret.
-    pub async fn post_signed(&self, body: &serde_json::Value) -> anyhow::Result<reqwest::StatusCode> {
+    pub async fn post_signed(
+        &self,
+        body: &serde_json::Value,
+    ) -> anyhow::Result<reqwest::StatusCode> {
         let bytes = serde_json::to_vec(body)?;
-        finestra_testkit::post_webhook(&self.http, &self.ingest.running, &bytes, Some(&self.secret)).await
+        finestra_testkit::post_webhook(&self.http, &self.ingest.running, &bytes, Some(&self.secret))
+            .await
     }
 
     /// A signed webhook with one user text message.
-    pub fn text(&self, wamid: &str, from: &str, timestamp: i64, referral: Option<serde_json::Value>) -> serde_json::Value {
+    pub fn text(
+        &self,
+        wamid: &str,
+        from: &str,
+        timestamp: i64,
+        referral: Option<serde_json::Value>,
+    ) -> serde_json::Value {
         finestra_cloudapi::build::text_messages(
             &self.number,
             "+39 02 0000 0000",
@@ -105,7 +115,11 @@ impl Slice {
     }
 
     /// Waits until `user`'s window satisfies `check`, and returns it.
-    pub async fn wait_window(&self, user: &str, check: impl Fn(&Window) -> bool) -> anyhow::Result<Window> {
+    pub async fn wait_window(
+        &self,
+        user: &str,
+        check: impl Fn(&Window) -> bool,
+    ) -> anyhow::Result<Window> {
         finestra_testkit::eventually(&format!("window of {user}"), WAIT, || async {
             let w = self.window(user).await?;
             Ok(check(&w).then_some(w))

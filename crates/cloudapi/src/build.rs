@@ -57,7 +57,13 @@ pub fn messages_value(phone_number_id: &str, display: &str, messages: &[InboundT
 
 /// A notification with user text messages for one number.
 pub fn text_messages(phone_number_id: &str, display: &str, messages: &[InboundText<'_>]) -> Value {
-    notification("WABA", vec![("messages", messages_value(phone_number_id, display, messages))])
+    notification(
+        "WABA",
+        vec![(
+            "messages",
+            messages_value(phone_number_id, display, messages),
+        )],
+    )
 }
 
 /// A referral object as sent for click-to-WhatsApp ads.
@@ -74,7 +80,13 @@ pub fn ad_referral(source_id: &str) -> Value {
 }
 
 /// A `user_preferences` notification: marketing stop (`stop = true`) or resume.
-pub fn marketing_preference(phone_number_id: &str, display: &str, wa_id: &str, stop: bool, timestamp: i64) -> Value {
+pub fn marketing_preference(
+    phone_number_id: &str,
+    display: &str,
+    wa_id: &str,
+    stop: bool,
+    timestamp: i64,
+) -> Value {
     let value = json!({
         "messaging_product": "whatsapp",
         "metadata": metadata(phone_number_id, display),
@@ -91,7 +103,14 @@ pub fn marketing_preference(phone_number_id: &str, display: &str, wa_id: &str, s
 }
 
 /// A `messages` notification with one status of a business message.
-pub fn status(phone_number_id: &str, display: &str, wamid: &str, status: &str, recipient: &str, timestamp: i64) -> Value {
+pub fn status(
+    phone_number_id: &str,
+    display: &str,
+    wamid: &str,
+    status: &str,
+    recipient: &str,
+    timestamp: i64,
+) -> Value {
     let value = json!({
         "messaging_product": "whatsapp",
         "metadata": metadata(phone_number_id, display),

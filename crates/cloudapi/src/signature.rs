@@ -19,7 +19,10 @@ pub enum SignatureError {
 /// The digest claimed by a header value.
 pub fn parse_header(value: Option<&str>) -> Result<[u8; 32], SignatureError> {
     let value = value.ok_or(SignatureError::Missing)?;
-    let hex_digest = value.trim().strip_prefix("sha256=").ok_or(SignatureError::Malformed)?;
+    let hex_digest = value
+        .trim()
+        .strip_prefix("sha256=")
+        .ok_or(SignatureError::Malformed)?;
     let mut out = [0u8; 32];
     hex::decode_to_slice(hex_digest, &mut out).map_err(|_| SignatureError::Malformed)?;
     Ok(out)
@@ -29,13 +32,15 @@ pub fn parse_header(value: Option<&str>) -> Result<[u8; 32], SignatureError> {
 pub fn verify(secret: &[u8], body: &[u8], claimed: &[u8; 32]) -> Result<(), SignatureError> {
     let mut mac = HmacSha256::new_from_slice(secret).map_err(|_| SignatureError::Mismatch)?;
     mac.update(body);
-    mac.verify_slice(claimed).map_err(|_| SignatureError::Mismatch)
+    mac.verify_slice(claimed)
+        .map_err(|_| SignatureError::Mismatch)
 }
 
 /// The header value for a body (simulator, CLI and tests sign with it).
 pub fn sign(secret: &[u8], body: &[u8]) -> String {
     // HMAC accepts keys of any length, so this cannot fail.
-    let mut mac = HmacSha256::new_from_slice(secret).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+    let mut mac = HmacSha256::new_from_slice(secret)
+        .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
     mac.update(body);
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
@@ -49,8 +54,14 @@ mod tests {
         let header = sign(b"secret", b"{\"a\":1}");
         let claimed = parse_header(Some(&header)).expect("well-formed");
         assert_eq!(verify(b"secret", b"{\"a\":1}", &claimed), Ok(()));
-        assert_eq!(verify(b"secret", b"{\"a\":2}", &claimed), Err(SignatureError::Mismatch));
-        assert_eq!(verify(b"other", b"{\"a\":1}", &claimed), Err(SignatureError::Mismatch));
+        assert_eq!(
+            verify(b"secret", b"{\"a\":2}", &claimed),
+            Err(SignatureError::Mismatch)
+        );
+        assert_eq!(
+            verify(b"other", b"{\"a\":1}", &claimed),
+            Err(SignatureError::Mismatch)
+        );
     }
 
     #[test]
@@ -65,8 +76,17 @@ mod tests {
     #[test]
     fn malformed_headers_are_refused() {
         assert_eq!(parse_header(None), Err(SignatureError::Missing));
-        assert_eq!(parse_header(Some("sha1=abcd")), Err(SignatureError::Malformed));
-        assert_eq!(parse_header(Some("sha256=zz")), Err(SignatureError::Malformed));
-        assert_eq!(parse_header(Some("sha256=abcd")), Err(SignatureError::Malformed));
+        assert_eq!(
+            parse_header(Some("sha1=abcd")),
+            Err(SignatureError::Malformed)
+        );
+        assert_eq!(
+            parse_header(Some("sha256=zz")),
+            Err(SignatureError::Malformed)
+        );
+        assert_eq!(
+            parse_header(Some("sha256=abcd")),
+            Err(SignatureError::Malformed)
+        );
     }
 }

@@ -85,6 +85,9 @@ mod tests {
     #[test]
     fn arithmetic_saturates_instead_of_overflowing() {
         assert_eq!(Timestamp(i64::MAX).plus_hours(24), Timestamp(i64::MAX));
-        assert_eq!(Timestamp::from_secs(0).plus_hours(1).micros(), 3_600_000_000);
+        assert_eq!(
+            Timestamp::from_secs(0).plus_hours(1).micros(),
+            3_600_000_000
+        );
     }
 }

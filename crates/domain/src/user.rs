@@ -11,7 +11,9 @@ pub enum UserKeyError {
     Missing,
     #[error("wa_id {0:?} is not E.164 digits (1 to 15 digits, no '+')")]
     BadWaId(String),
-    #[error("user_id {0:?} has characters other than letters, digits, '.', '_', '-' or is too long")]
+    #[error(
+        "user_id {0:?} has characters other than letters, digits, '.', '_', '-' or is too long"
+    )]
     BadUserId(String),
 }
 
@@ -73,14 +75,26 @@ mod tests {
 
     #[test]
     fn strips_a_leading_plus() {
-        assert_eq!(UserKey::from_parts("+4915112345678", "").map(|k| k.0), Ok("4915112345678".into()));
+        assert_eq!(
+            UserKey::from_parts("+4915112345678", "").map(|k| k.0),
+            Ok("4915112345678".into())
+        );
     }
 
     #[test]
     fn refuses_bad_identities() {
         assert_eq!(UserKey::from_parts("", " "), Err(UserKeyError::Missing));
-        assert!(matches!(UserKey::from_parts("39abc", ""), Err(UserKeyError::BadWaId(_))));
-        assert!(matches!(UserKey::from_parts("1234567890123456", ""), Err(UserKeyError::BadWaId(_))));
-        assert!(matches!(UserKey::from_parts("", "a:b"), Err(UserKeyError::BadUserId(_))));
+        assert!(matches!(
+            UserKey::from_parts("39abc", ""),
+            Err(UserKeyError::BadWaId(_))
+        ));
+        assert!(matches!(
+            UserKey::from_parts("1234567890123456", ""),
+            Err(UserKeyError::BadWaId(_))
+        ));
+        assert!(matches!(
+            UserKey::from_parts("", "a:b"),
+            Err(UserKeyError::BadUserId(_))
+        ));
     }
 }

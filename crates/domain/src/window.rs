@@ -173,7 +173,12 @@ mod tests {
         let mut w = WindowState::default();
         assert!(!w.is_open(T0));
         let change = w.on_user_message(T0, "wamid.1", false);
-        assert_eq!(change, Some(WindowChange::Opened { csw_until: T0.plus_hours(24) }));
+        assert_eq!(
+            change,
+            Some(WindowChange::Opened {
+                csw_until: T0.plus_hours(24)
+            })
+        );
         assert!(w.is_open(T0));
         assert!(w.is_open(T0.plus_micros(hours(24) - 1)));
         assert!(!w.is_open(T0.plus_hours(24)), "open iff now < csw_until");
@@ -186,11 +191,16 @@ mod tests {
         let later = T0.plus_hours(5);
         assert_eq!(
             w.on_user_message(later, "wamid.2", false),
-            Some(WindowChange::Refreshed { csw_until: later.plus_hours(24) })
+            Some(WindowChange::Refreshed {
+                csw_until: later.plus_hours(24)
+            })
         );
         assert_eq!(w.on_user_message(T0.plus_hours(1), "wamid.0", false), None);
         assert_eq!(w.csw_until, Some(later.plus_hours(24)));
-        assert_eq!(w.last_inbound.as_ref().map(|l| l.message_id.as_str()), Some("wamid.2"));
+        assert_eq!(
+            w.last_inbound.as_ref().map(|l| l.message_id.as_str()),
+            Some("wamid.2")
+        );
     }
 
     #[test]
@@ -200,7 +210,9 @@ mod tests {
         let after = T0.plus_hours(30);
         assert_eq!(
             w.on_user_message(after, "wamid.2", false),
-            Some(WindowChange::Opened { csw_until: after.plus_hours(24) })
+            Some(WindowChange::Opened {
+                csw_until: after.plus_hours(24)
+            })
         );
     }
 
@@ -250,8 +262,16 @@ mod tests {
 
         let mut late = WindowState::default();
         late.on_user_message(T0, "wamid.ad", true);
-        assert_eq!(late.on_business_reply(T0.plus_hours(24)), None, "reply after the CSW");
-        assert_eq!(late.on_business_reply(Timestamp(T0.0 - 1)), None, "reply before the referral");
+        assert_eq!(
+            late.on_business_reply(T0.plus_hours(24)),
+            None,
+            "reply after the CSW"
+        );
+        assert_eq!(
+            late.on_business_reply(Timestamp(T0.0 - 1)),
+            None,
+            "reply before the referral"
+        );
     }
 
     #[test]
@@ -261,7 +281,11 @@ mod tests {
         w.on_business_reply(T0.plus_hours(1));
         let second_ad = T0.plus_hours(50);
         w.on_user_message(second_ad, "wamid.ad2", true);
-        assert_eq!(w.on_business_reply(second_ad.plus_hours(1)), None, "first FEP still running");
+        assert_eq!(
+            w.on_business_reply(second_ad.plus_hours(1)),
+            None,
+            "first FEP still running"
+        );
         let third_ad = T0.plus_hours(80);
         w.on_user_message(third_ad, "wamid.ad3", true);
         let reply = third_ad.plus_hours(1);
@@ -273,7 +297,10 @@ mod tests {
         let mut w = WindowState::default();
         w.on_marketing_preference(T0.plus_hours(2), false);
         w.on_marketing_preference(T0.plus_hours(1), true);
-        assert!(!w.is_marketing_opted_out(), "the later resume wins although it arrived first");
+        assert!(
+            !w.is_marketing_opted_out(),
+            "the later resume wins although it arrived first"
+        );
         w.on_marketing_preference(T0.plus_hours(2), true);
         assert!(w.is_marketing_opted_out(), "at the same instant stop wins");
     }
@@ -300,7 +327,9 @@ mod tests {
             Event::Message { at, id, referral } => {
                 state.on_user_message(T0.plus_micros(at), &format!("wamid.{id}"), referral);
             }
-            Event::Marketing { at, stop } => state.on_marketing_preference(T0.plus_micros(at), stop),
+            Event::Marketing { at, stop } => {
+                state.on_marketing_preference(T0.plus_micros(at), stop)
+            }
             Event::Block { at, blocked } => state.on_block(T0.plus_micros(at), blocked),
         }
     }
@@ -309,8 +338,11 @@ mod tests {
         // Times within a few days, with many collisions so ties are exercised.
         let at = (0i64..200).prop_map(|m| m * hours(1) / 2);
         prop_oneof![
-            (at.clone(), 0u8..6, any::<bool>())
-                .prop_map(|(at, id, referral)| Event::Message { at, id, referral }),
+            (at.clone(), 0u8..6, any::<bool>()).prop_map(|(at, id, referral)| Event::Message {
+                at,
+                id,
+                referral
+            }),
             (at.clone(), any::<bool>()).prop_map(|(at, stop)| Event::Marketing { at, stop }),
             (at, any::<bool>()).prop_map(|(at, blocked)| Event::Block { at, blocked }),
         ]

@@ -30,23 +30,26 @@ where
     T::Err: std::fmt::Display,
 {
     match std::env::var(format!("FINESTRA_{name}")) {
-        Ok(v) if !v.trim().is_empty() => v.trim().parse().map_err(|e: T::Err| ConfigError::Invalid {
-            name: format!("FINESTRA_{name}"),
-            value: v,
-            reason: e.to_string(),
-        }),
+        Ok(v) if !v.trim().is_empty() => {
+            v.trim().parse().map_err(|e: T::Err| ConfigError::Invalid {
+                name: format!("FINESTRA_{name}"),
+                value: v,
+                reason: e.to_string(),
+            })
+        }
         _ => Ok(default),
     }
 }
 
 pub fn env_addr(name: &str, default: &str) -> Result<SocketAddr, ConfigError> {
-    let fallback: SocketAddr = default.parse().map_err(|e: std::net::AddrParseError| {
-        ConfigError::Invalid {
-            name: format!("FINESTRA_{name} (default)"),
-            value: default.to_owned(),
-            reason: e.to_string(),
-        }
-    })?;
+    let fallback: SocketAddr =
+        default
+            .parse()
+            .map_err(|e: std::net::AddrParseError| ConfigError::Invalid {
+                name: format!("FINESTRA_{name} (default)"),
+                value: default.to_owned(),
+                reason: e.to_string(),
+            })?;
     env_parse(name, fallback)
 }
 
@@ -74,7 +77,13 @@ impl Topics {
     }
 
     pub fn all(&self) -> [&str; 5] {
-        [&self.inbound, &self.status, &self.user, &self.window, &self.dlq]
+        [
+            &self.inbound,
+            &self.status,
+            &self.user,
+            &self.window,
+            &self.dlq,
+        ]
     }
 }
 

@@ -90,7 +90,9 @@ pub async fn watch(
     let service = tonic_health::pb::health_server::HealthServer::new(
         tonic_health::server::HealthService::from_health_reporter(reporter.clone()),
     );
-    let names: Vec<&'static str> = std::iter::once("").chain(services.iter().copied()).collect();
+    let names: Vec<&'static str> = std::iter::once("")
+        .chain(services.iter().copied())
+        .collect();
     set_all(&reporter, &names, ServingStatus::NotServing).await;
     let readiness = Readiness::default();
     let flag = readiness.clone();
@@ -110,10 +112,18 @@ pub async fn watch(
                     tracing::warn!(?failures, "a dependency does not answer: NOT_SERVING");
                 }
                 flag.0.store(ready, Ordering::SeqCst);
-                let status = if ready { ServingStatus::Serving } else { ServingStatus::NotServing };
+                let status = if ready {
+                    ServingStatus::Serving
+                } else {
+                    ServingStatus::NotServing
+                };
                 set_all(&reporter, &names, status).await;
             }
-            let pause = if ready { Duration::from_secs(5) } else { Duration::from_millis(500) };
+            let pause = if ready {
+                Duration::from_secs(5)
+            } else {
+                Duration::from_millis(500)
+            };
             tokio::select! {
                 () = shutdown.wait() => break,
                 () = tokio::time::sleep(pause) => {}

@@ -51,11 +51,16 @@ pub struct Outgoing<'a> {
 
 /// Publishes every record and resolves when the broker acknowledged all of them; the first
 /// failure is returned (the caller then answers an error so the source retries).
-pub async fn publish_all(producer: &FutureProducer, records: &[Outgoing<'_>]) -> Result<(), BusError> {
+pub async fn publish_all(
+    producer: &FutureProducer,
+    records: &[Outgoing<'_>],
+) -> Result<(), BusError> {
     let payloads: Vec<Vec<u8>> = records.iter().map(|r| r.envelope.encode_to_vec()).collect();
     let sends = records.iter().zip(&payloads).map(|(r, payload)| {
         producer.send(
-            FutureRecord::to(r.topic).key(r.key.as_bytes()).payload(payload.as_slice()),
+            FutureRecord::to(r.topic)
+                .key(r.key.as_bytes())
+                .payload(payload.as_slice()),
             Duration::from_secs(10),
         )
     });
@@ -72,7 +77,11 @@ pub fn conversation_key(tenant_id: &str, phone_number_id: &str, user: &str) -> S
 }
 
 /// Creates the topics that do not exist yet (existing ones are left alone).
-pub async fn ensure_topics(brokers: &str, topics: &[&str], partitions: i32) -> Result<(), BusError> {
+pub async fn ensure_topics(
+    brokers: &str,
+    topics: &[&str],
+    partitions: i32,
+) -> Result<(), BusError> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()?;
@@ -81,7 +90,10 @@ pub async fn ensure_topics(brokers: &str, topics: &[&str], partitions: i32) -> R
         .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
         .collect();
     let results = admin
-        .create_topics(&new, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))
+        .create_topics(
+            &new,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
         .await?;
     for result in results {
         match result {
@@ -160,7 +172,9 @@ impl BatchConsumer {
     pub async fn commit(&self, batch: &[OwnedMessage]) -> Result<(), BusError> {
         let mut next: HashMap<(String, i32), i64> = HashMap::new();
         for m in batch {
-            let e = next.entry((m.topic().to_owned(), m.partition())).or_insert(0);
+            let e = next
+                .entry((m.topic().to_owned(), m.partition()))
+                .or_insert(0);
             *e = (*e).max(m.offset() + 1);
         }
         if next.is_empty() {

@@ -32,7 +32,11 @@ pub struct Running {
 }
 
 impl Running {
-    pub fn new(grpc_addr: SocketAddr, metrics_addr: SocketAddr, http_addr: Option<SocketAddr>) -> Self {
+    pub fn new(
+        grpc_addr: SocketAddr,
+        metrics_addr: SocketAddr,
+        http_addr: Option<SocketAddr>,
+    ) -> Self {
         Self {
             grpc_addr,
             metrics_addr,

@@ -9,7 +9,12 @@ use tonic_types::{ErrorDetails, StatusExt};
 pub const DOMAIN: &str = "finestra";
 
 /// A status with an `ErrorInfo { reason, domain: "finestra", metadata }` detail.
-pub fn with_reason(code: Code, reason: &str, message: impl Into<String>, metadata: &[(&str, &str)]) -> Status {
+pub fn with_reason(
+    code: Code,
+    reason: &str,
+    message: impl Into<String>,
+    metadata: &[(&str, &str)],
+) -> Status {
     let metadata: HashMap<String, String> = metadata
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -23,7 +28,12 @@ pub fn with_reason(code: Code, reason: &str, message: impl Into<String>, metadat
 
 /// `INVALID_ARGUMENT` with reason `INVALID_ARGUMENT` for a malformed request field.
 pub fn invalid_argument(field: &str, message: impl Into<String>) -> Status {
-    with_reason(Code::InvalidArgument, "INVALID_ARGUMENT", message, &[("field", field)])
+    with_reason(
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+        message,
+        &[("field", field)],
+    )
 }
 
 /// An internal failure: logged with its cause, returned without internals.

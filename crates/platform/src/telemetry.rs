@@ -31,7 +31,10 @@ impl Drop for TelemetryGuard {
 
 /// Installs the global subscriber for a binary. Safe to call when one is installed already
 /// (tests): the existing one stays.
-pub fn init(service_name: &'static str, otlp_endpoint: Option<&str>) -> anyhow::Result<TelemetryGuard> {
+pub fn init(
+    service_name: &'static str,
+    otlp_endpoint: Option<&str>,
+) -> anyhow::Result<TelemetryGuard> {
     let filter = EnvFilter::try_new(env_string("LOG", "info,sqlx=warn,rdkafka=warn"))?;
     let json = env_string("LOG_FORMAT", "text") == "json";
     let provider = match otlp_endpoint {
@@ -54,7 +57,9 @@ pub fn init(service_name: &'static str, otlp_endpoint: Option<&str>) -> anyhow::
         .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service_name)));
     let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
     let installed = if json {
-        registry.with(tracing_subscriber::fmt::layer().json()).try_init()
+        registry
+            .with(tracing_subscriber::fmt::layer().json())
+            .try_init()
     } else {
         registry.with(tracing_subscriber::fmt::layer()).try_init()
     };

@@ -46,7 +46,15 @@ pub mod time {
 
         #[test]
         fn round_trips_including_negative_times() {
-            for micros in [0, 1, 999_999, 1_000_000, -1, -1_000_001, 1_764_000_000_123_456] {
+            for micros in [
+                0,
+                1,
+                999_999,
+                1_000_000,
+                -1,
+                -1_000_001,
+                1_764_000_000_123_456,
+            ] {
                 assert_eq!(to_micros(&from_micros(micros)), micros);
             }
         }

@@ -52,10 +52,12 @@ pub struct Registry {
 
 fn check_violation(e: sqlx::Error, field: &'static str) -> RegistryError {
     match &e {
-        sqlx::Error::Database(db) if db.code().as_deref() == Some("23514") => RegistryError::Invalid {
-            field,
-            reason: db.message().to_owned(),
-        },
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("23514") => {
+            RegistryError::Invalid {
+                field,
+                reason: db.message().to_owned(),
+            }
+        }
         _ => RegistryError::Db(e),
     }
 }
@@ -150,5 +152,8 @@ impl Registry {
 
 /// A small pool for tools (the CLI).
 pub async fn connect(url: &str) -> Result<PgPool, sqlx::Error> {
-    sqlx::postgres::PgPoolOptions::new().max_connections(2).connect(url).await
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(url)
+        .await
 }

@@ -31,7 +31,9 @@ pub async fn infra() -> anyhow::Result<&'static Infra> {
             let base = base_config()?;
             let pool = finestra_platform::stores::postgres(&base)
                 .await
-                .with_context(|| format!("postgres at {} (run scripts/infra.sh)", base.database_url))?;
+                .with_context(|| {
+                    format!("postgres at {} (run scripts/infra.sh)", base.database_url)
+                })?;
             finestra_registry::migrate(&pool).await?;
             finestra_window::pg::migrate(&pool).await?;
             let redis = finestra_platform::stores::redis(&base)
@@ -118,14 +120,20 @@ impl Scope {
     }
 
     /// Registers a tenant with one number; returns (tenant_id, phone_number_id, app secret).
-    pub async fn tenant_with_number(&self, name: &str, n: u32) -> anyhow::Result<(String, String, String)> {
+    pub async fn tenant_with_number(
+        &self,
+        name: &str,
+        n: u32,
+    ) -> anyhow::Result<(String, String, String)> {
         let infra = infra().await?;
         let registry = finestra_registry::Registry::new(infra.pool.clone());
         let tenant = self.tenant_id(name);
         let number = self.phone_number_id(n);
         let secret = format!("secret-{}-{name}-{n}", self.id);
         registry.put_tenant(&tenant, name).await?;
-        registry.put_number(&tenant, &number, "+39 02 0000 0000", &secret).await?;
+        registry
+            .put_number(&tenant, &number, "+39 02 0000 0000", &secret)
+            .await?;
         Ok((tenant, number, secret))
     }
 }
@@ -225,7 +233,9 @@ pub async fn count_records(topic: &str) -> anyhow::Result<i64> {
     let brokers = infra.brokers.clone();
     let topic = topic.to_owned();
     tokio::task::spawn_blocking(move || -> anyhow::Result<i64> {
-        let c: BaseConsumer = rdkafka::ClientConfig::new().set("bootstrap.servers", &brokers).create()?;
+        let c: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()?;
         let md = c.fetch_metadata(Some(&topic), Duration::from_secs(5))?;
         let mut total = 0;
         for t in md.topics() {

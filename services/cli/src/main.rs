@@ -78,7 +78,11 @@ enum NumberCommand {
 #[derive(Args)]
 struct WindowTarget {
     /// The window service's gRPC endpoint.
-    #[arg(long, env = "FINESTRA_WINDOW_ENDPOINT", default_value = "http://127.0.0.1:50052")]
+    #[arg(
+        long,
+        env = "FINESTRA_WINDOW_ENDPOINT",
+        default_value = "http://127.0.0.1:50052"
+    )]
     endpoint: String,
     #[arg(long)]
     tenant: String,
@@ -110,7 +114,11 @@ enum DevCommand {
     /// Post a signed Cloud API webhook with a user's text message, as the provider would.
     SendText {
         /// Ingest's webhook URL.
-        #[arg(long, env = "FINESTRA_WEBHOOK_URL", default_value = "http://127.0.0.1:8080/webhooks/cloud-api")]
+        #[arg(
+            long,
+            env = "FINESTRA_WEBHOOK_URL",
+            default_value = "http://127.0.0.1:8080/webhooks/cloud-api"
+        )]
         url: String,
         #[arg(long)]
         phone_number_id: String,
@@ -134,13 +142,18 @@ enum DevCommand {
 }
 
 async fn registry() -> anyhow::Result<Registry> {
-    let url = env_string("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/finestra");
+    let url = env_string(
+        "DATABASE_URL",
+        "postgres://postgres@127.0.0.1:5432/finestra",
+    );
     let pool = sqlx_pool(&url).await?;
     Ok(Registry::new(pool))
 }
 
 async fn sqlx_pool(url: &str) -> anyhow::Result<finestra_registry::PgPool> {
-    finestra_registry::connect(url).await.with_context(|| format!("connecting to {url}"))
+    finestra_registry::connect(url)
+        .await
+        .with_context(|| format!("connecting to {url}"))
 }
 
 fn fmt_ts(ts: Option<&finestra_proto::prost_types::Timestamp>) -> String {
@@ -168,12 +181,22 @@ fn print_window(w: &Window) {
     } else {
         "CLOSED (the user never wrote)".to_owned()
     };
-    println!("window {} / {} / {}: {state}", w.tenant_id, w.phone_number_id, w.user);
+    println!(
+        "window {} / {} / {}: {state}",
+        w.tenant_id, w.phone_number_id, w.user
+    );
     if !w.last_inbound_message_id.is_empty() {
-        println!("  last user message {} at {}", w.last_inbound_message_id, fmt_ts(w.last_inbound_at.as_ref()));
+        println!(
+            "  last user message {} at {}",
+            w.last_inbound_message_id,
+            fmt_ts(w.last_inbound_at.as_ref())
+        );
     }
     if w.fep_open {
-        println!("  free entry point open until {}", fmt_ts(w.fep_until.as_ref()));
+        println!(
+            "  free entry point open until {}",
+            fmt_ts(w.fep_until.as_ref())
+        );
     } else if w.fep_eligible {
         println!("  came from an ad: a reply now starts a 72 h free entry point");
     }
@@ -185,7 +208,9 @@ fn print_window(w: &Window) {
     }
 }
 
-async fn window_client(endpoint: &str) -> anyhow::Result<WindowServiceClient<tonic::transport::Channel>> {
+async fn window_client(
+    endpoint: &str,
+) -> anyhow::Result<WindowServiceClient<tonic::transport::Channel>> {
     let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(10))
@@ -197,7 +222,8 @@ async fn window_client(endpoint: &str) -> anyhow::Result<WindowServiceClient<ton
 
 /// One line with the status's reason, e.g. `INVALID_ARGUMENT: user is required`.
 fn rpc_error(s: tonic::Status) -> anyhow::Error {
-    let reason = finestra_platform::status::reason_of(&s).unwrap_or_else(|| format!("{:?}", s.code()));
+    let reason =
+        finestra_platform::status::reason_of(&s).unwrap_or_else(|| format!("{:?}", s.code()));
     anyhow::anyhow!("{reason}: {}", s.message())
 }
 
@@ -206,7 +232,10 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Migrate => {
-            let url = env_string("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/finestra");
+            let url = env_string(
+                "DATABASE_URL",
+                "postgres://postgres@127.0.0.1:5432/finestra",
+            );
             let pool = sqlx_pool(&url).await?;
             finestra_registry::migrate(&pool).await?;
             println!("registry migrations applied");
@@ -220,7 +249,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Tenant(TenantCommand::Add { id, name }) => {
             let t = registry().await?.put_tenant(&id, &name).await?;
             if cli.json {
-                println!("{}", serde_json::json!({"tenant_id": t.tenant_id, "name": t.name, "status": t.status}));
+                println!(
+                    "{}",
+                    serde_json::json!({"tenant_id": t.tenant_id, "name": t.name, "status": t.status})
+                );
             } else {
                 println!("tenant {} ({}) is {}", t.tenant_id, t.name, t.status);
             }
@@ -228,33 +260,60 @@ async fn main() -> anyhow::Result<()> {
         Command::Tenant(TenantCommand::List) => {
             for t in registry().await?.tenants().await? {
                 if cli.json {
-                    println!("{}", serde_json::json!({"tenant_id": t.tenant_id, "name": t.name, "status": t.status}));
+                    println!(
+                        "{}",
+                        serde_json::json!({"tenant_id": t.tenant_id, "name": t.name, "status": t.status})
+                    );
                 } else {
                     println!("{:<32} {:<10} {}", t.tenant_id, t.status, t.name);
                 }
             }
         }
-        Command::Number(NumberCommand::Add { tenant, phone_number_id, display, app_secret }) => {
-            let n = registry().await?.put_number(&tenant, &phone_number_id, &display, &app_secret).await?;
+        Command::Number(NumberCommand::Add {
+            tenant,
+            phone_number_id,
+            display,
+            app_secret,
+        }) => {
+            let n = registry()
+                .await?
+                .put_number(&tenant, &phone_number_id, &display, &app_secret)
+                .await?;
             if cli.json {
-                println!("{}", serde_json::json!({"phone_number_id": n.phone_number_id, "tenant_id": n.tenant_id, "display_phone_number": n.display_phone_number}));
+                println!(
+                    "{}",
+                    serde_json::json!({"phone_number_id": n.phone_number_id, "tenant_id": n.tenant_id, "display_phone_number": n.display_phone_number})
+                );
             } else {
-                println!("number {} ({}) belongs to {}", n.phone_number_id, n.display_phone_number, n.tenant_id);
+                println!(
+                    "number {} ({}) belongs to {}",
+                    n.phone_number_id, n.display_phone_number, n.tenant_id
+                );
             }
         }
         Command::Number(NumberCommand::List { tenant }) => {
             for n in registry().await?.numbers(&tenant).await? {
                 if cli.json {
-                    println!("{}", serde_json::json!({"phone_number_id": n.phone_number_id, "display_phone_number": n.display_phone_number, "status": n.status}));
+                    println!(
+                        "{}",
+                        serde_json::json!({"phone_number_id": n.phone_number_id, "display_phone_number": n.display_phone_number, "status": n.status})
+                    );
                 } else {
-                    println!("{:<24} {:<20} {}", n.phone_number_id, n.display_phone_number, n.status);
+                    println!(
+                        "{:<24} {:<20} {}",
+                        n.phone_number_id, n.display_phone_number, n.status
+                    );
                 }
             }
         }
         Command::Window(WindowCommand::Get { target, user }) => {
             let mut client = window_client(&target.endpoint).await?;
             let w = client
-                .get_window(GetWindowRequest { tenant_id: target.tenant, phone_number_id: target.phone_number_id, user })
+                .get_window(GetWindowRequest {
+                    tenant_id: target.tenant,
+                    phone_number_id: target.phone_number_id,
+                    user,
+                })
                 .await
                 .map_err(rpc_error)?
                 .into_inner();
@@ -291,18 +350,30 @@ async fn main() -> anyhow::Result<()> {
                 page_token = page.next_page_token;
             }
         }
-        Command::Dev(DevCommand::SendText { url, phone_number_id, from, name, text, minutes_ago, wamid, app_secret }) => {
+        Command::Dev(DevCommand::SendText {
+            url,
+            phone_number_id,
+            from,
+            name,
+            text,
+            minutes_ago,
+            wamid,
+            app_secret,
+        }) => {
             let secret = match app_secret {
                 Some(s) => s,
-                None => registry()
-                    .await?
-                    .number(&phone_number_id)
-                    .await?
-                    .with_context(|| format!("no tenant has number {phone_number_id}"))?
-                    .app_secret,
+                None => {
+                    registry()
+                        .await?
+                        .number(&phone_number_id)
+                        .await?
+                        .with_context(|| format!("no tenant has number {phone_number_id}"))?
+                        .app_secret
+                }
             };
             let now = chrono::Utc::now().timestamp();
-            let wamid = wamid.unwrap_or_else(|| format!("wamid.dev.{}", chrono::Utc::now().timestamp_micros()));
+            let wamid = wamid
+                .unwrap_or_else(|| format!("wamid.dev.{}", chrono::Utc::now().timestamp_micros()));
             let msg = finestra_cloudapi::build::InboundText {
                 wamid: &wamid,
                 from: &from,
@@ -311,11 +382,18 @@ async fn main() -> anyhow::Result<()> {
                 body: &text,
                 referral: None,
             };
-            let body = serde_json::to_vec(&finestra_cloudapi::build::text_messages(&phone_number_id, "", &[msg]))?;
+            let body = serde_json::to_vec(&finestra_cloudapi::build::text_messages(
+                &phone_number_id,
+                "",
+                &[msg],
+            ))?;
             let response = reqwest::Client::new()
                 .post(&url)
                 .header("content-type", "application/json")
-                .header(finestra_cloudapi::SIGNATURE_HEADER, finestra_cloudapi::signature::sign(secret.as_bytes(), &body))
+                .header(
+                    finestra_cloudapi::SIGNATURE_HEADER,
+                    finestra_cloudapi::signature::sign(secret.as_bytes(), &body),
+                )
                 .body(body)
                 .send()
                 .await

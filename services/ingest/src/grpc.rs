@@ -25,10 +25,16 @@ impl IngestService for IngestApi {
     ) -> Result<Response<IngestInboundResponse>, Status> {
         let req = request.into_inner();
         if req.phone_number_id.is_empty() {
-            return Err(status::invalid_argument("phone_number_id", "phone_number_id is required"));
+            return Err(status::invalid_argument(
+                "phone_number_id",
+                "phone_number_id is required",
+            ));
         }
         if req.items.len() > MAX_ITEMS {
-            return Err(status::invalid_argument("items", format!("at most {MAX_ITEMS} items per call")));
+            return Err(status::invalid_argument(
+                "items",
+                format!("at most {MAX_ITEMS} items per call"),
+            ));
         }
         let number = self
             .app
@@ -52,13 +58,21 @@ impl IngestService for IngestApi {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| status::invalid_argument("items", e.to_string()))?;
         let event_ids = drafts.iter().map(|d| d.event_id.clone()).collect();
-        let events = drafts.into_iter().map(|d| (number.tenant_id.clone(), d)).collect();
-        crate::publish::publish(&self.app.producer, &self.app.topics, self.app.clock.as_ref(), events)
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "publishing ingested events failed");
-                Status::unavailable("the broker did not acknowledge the events; retry")
-            })?;
+        let events = drafts
+            .into_iter()
+            .map(|d| (number.tenant_id.clone(), d))
+            .collect();
+        crate::publish::publish(
+            &self.app.producer,
+            &self.app.topics,
+            self.app.clock.as_ref(),
+            events,
+        )
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "publishing ingested events failed");
+            Status::unavailable("the broker did not acknowledge the events; retry")
+        })?;
         Ok(Response::new(IngestInboundResponse { event_ids }))
     }
 }

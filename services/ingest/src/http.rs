@@ -4,18 +4,18 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
-use axum::Router;
 use subtle::ConstantTimeEq;
 
+use crate::App;
 use crate::mapping::{self, Draft, Mapped};
 use finestra_cloudapi::signature;
 use finestra_cloudapi::webhook::{Notification, Value};
-use crate::App;
 
 /// Meta caps notifications well below this; anything larger is refused with 413.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -75,7 +75,9 @@ async fn receive(
             return (StatusCode::BAD_REQUEST, "unreadable body");
         }
     };
-    let header = headers.get(finestra_cloudapi::SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
+    let header = headers
+        .get(finestra_cloudapi::SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok());
     let claimed = match signature::parse_header(header) {
         Ok(c) => c,
         Err(e) => {
@@ -129,7 +131,10 @@ async fn receive(
         let Some(Some(tenant)) = tenants.get(id) else {
             // The provider would retry a refusal forever: accept, publish nothing, say so.
             metrics::counter!("finestra_ingest_unknown_number_total").increment(1);
-            tracing::warn!(phone_number_id = id, "webhook for a number no tenant has; ignored");
+            tracing::warn!(
+                phone_number_id = id,
+                "webhook for a number no tenant has; ignored"
+            );
             continue;
         };
         let Mapped { drafts, skipped } = match change.field {
@@ -137,7 +142,8 @@ async fn receive(
             Field::UserPreferences => mapping::map_user_preferences(&change.value),
         };
         for s in skipped {
-            metrics::counter!("finestra_ingest_items_skipped_total", "reason" => s.reason).increment(1);
+            metrics::counter!("finestra_ingest_items_skipped_total", "reason" => s.reason)
+                .increment(1);
             tracing::warn!(reason = s.reason, detail = %s.detail, tenant = %tenant, "webhook item skipped");
         }
         events.extend(drafts.into_iter().map(|d| (tenant.clone(), d)));
@@ -161,7 +167,10 @@ async fn receive(
 fn parse(body: &[u8]) -> Result<Vec<ParsedChange>, serde_json::Error> {
     let note: Notification = serde_json::from_slice(body)?;
     if note.object != "whatsapp_business_account" {
-        return Err(serde::de::Error::custom(format!("unexpected object {:?}", note.object)));
+        return Err(serde::de::Error::custom(format!(
+            "unexpected object {:?}",
+            note.object
+        )));
     }
     let mut out = Vec::new();
     for entry in note.entry {

@@ -16,7 +16,9 @@ use std::time::Duration;
 use finestra_domain::Clock;
 use finestra_platform::config::{env_addr, env_parse, env_string};
 use finestra_platform::health::{self, Dependency};
-use finestra_platform::{CommonConfig, ConfigError, Running, Shutdown, StartError, Topics, admin, kafka, stores};
+use finestra_platform::{
+    CommonConfig, ConfigError, Running, Shutdown, StartError, Topics, admin, kafka, stores,
+};
 use finestra_proto::v1::ingest_service_server::IngestServiceServer;
 use finestra_registry::Registry;
 use rdkafka::producer::FutureProducer;
@@ -55,11 +57,18 @@ pub struct App {
 pub const SERVICE_NAME: &str = "finestra.v1.IngestService";
 
 /// Starts the webhook listener, the gRPC server and the admin endpoint.
-pub async fn start(config: IngestConfig, clock: Arc<dyn Clock>, shutdown: Shutdown) -> Result<Running, StartError> {
+pub async fn start(
+    config: IngestConfig,
+    clock: Arc<dyn Clock>,
+    shutdown: Shutdown,
+) -> Result<Running, StartError> {
     let pool = stores::postgres(&config.common).await?;
     let producer = kafka::producer(&config.common.kafka_brokers)?;
     let app = Arc::new(App {
-        directory: numbers::NumberDirectory::new(Registry::new(pool.clone()), config.number_cache_ttl),
+        directory: numbers::NumberDirectory::new(
+            Registry::new(pool.clone()),
+            config.number_cache_ttl,
+        ),
         producer: producer.clone(),
         topics: config.common.topics.clone(),
         clock,
@@ -68,17 +77,23 @@ pub async fn start(config: IngestConfig, clock: Arc<dyn Clock>, shutdown: Shutdo
 
     let (readiness, health_service, health_task) = health::watch(
         &[SERVICE_NAME],
-        vec![Dependency::Postgres(pool), Dependency::Kafka(producer.clone())],
+        vec![
+            Dependency::Postgres(pool),
+            Dependency::Kafka(producer.clone()),
+        ],
         shutdown.clone(),
     )
     .await;
-    let (metrics_addr, admin_task) = admin::serve(config.common.metrics_addr, readiness, shutdown.clone()).await?;
+    let (metrics_addr, admin_task) =
+        admin::serve(config.common.metrics_addr, readiness, shutdown.clone()).await?;
 
     let (incoming, grpc_addr) = finestra_platform::grpc::bind(config.common.grpc_addr).await?;
     let router = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(finestra_platform::grpc::reflection()?)
-        .add_service(IngestServiceServer::new(grpc::IngestApi { app: app.clone() }));
+        .add_service(IngestServiceServer::new(grpc::IngestApi {
+            app: app.clone(),
+        }));
     let grpc_task = finestra_platform::service::spawn_grpc(router, incoming, shutdown.clone());
 
     let listener = tokio::net::TcpListener::bind(config.http_addr).await?;

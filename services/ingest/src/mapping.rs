@@ -61,12 +61,26 @@ pub fn status_event_id(message_id: &str, status: &str) -> String {
     format!("st:{message_id}:{status}")
 }
 
-pub fn preference_event_id(phone_number_id: &str, user: &UserKey, category: &str, stop: bool, at: Timestamp) -> String {
+pub fn preference_event_id(
+    phone_number_id: &str,
+    user: &UserKey,
+    category: &str,
+    stop: bool,
+    at: Timestamp,
+) -> String {
     let value = if stop { "stop" } else { "resume" };
-    format!("up:{phone_number_id}:{user}:{category}:{value}:{}", at.micros())
+    format!(
+        "up:{phone_number_id}:{user}:{category}:{value}:{}",
+        at.micros()
+    )
 }
 
-pub fn block_event_id(phone_number_id: &str, user: &UserKey, blocked: bool, at: Timestamp) -> String {
+pub fn block_event_id(
+    phone_number_id: &str,
+    user: &UserKey,
+    blocked: bool,
+    at: Timestamp,
+) -> String {
     let value = if blocked { "block" } else { "unblock" };
     format!("ub:{phone_number_id}:{user}:{value}:{}", at.micros())
 }
@@ -93,14 +107,22 @@ fn status_error(e: &webhook::ErrorObject) -> v1::StatusError {
         code: e.code,
         title: e.title.clone(),
         message: e.message.clone(),
-        details: e.error_data.as_ref().map(|d| d.details.clone()).unwrap_or_default(),
+        details: e
+            .error_data
+            .as_ref()
+            .map(|d| d.details.clone())
+            .unwrap_or_default(),
     }
 }
 
 fn user_ref(user: &UserKey, wa_id: &str, user_id: &str, profile_name: &str) -> v1::UserRef {
     let wa_id = wa_id.trim().trim_start_matches('+');
     v1::UserRef {
-        wa_id: if wa_id.is_empty() { String::new() } else { user.as_str().to_owned() },
+        wa_id: if wa_id.is_empty() {
+            String::new()
+        } else {
+            user.as_str().to_owned()
+        },
         user_id: user_id.to_owned(),
         profile_name: profile_name.to_owned(),
     }
@@ -114,7 +136,11 @@ pub fn map_messages(value: &webhook::Value) -> Mapped {
         .contacts
         .iter()
         .flat_map(|c| {
-            let name = c.profile.as_ref().map(|p| p.name.as_str()).unwrap_or_default();
+            let name = c
+                .profile
+                .as_ref()
+                .map(|p| p.name.as_str())
+                .unwrap_or_default();
             [(c.wa_id.as_str(), name), (c.user_id.as_str(), name)]
         })
         .filter(|(k, _)| !k.is_empty())
@@ -148,7 +174,13 @@ pub fn map_messages(value: &webhook::Value) -> Mapped {
             .text
             .as_ref()
             .map(|t| t.body.clone())
-            .or_else(|| [&m.image, &m.video, &m.document].into_iter().flatten().map(|x| x.caption.clone()).next())
+            .or_else(|| {
+                [&m.image, &m.video, &m.document]
+                    .into_iter()
+                    .flatten()
+                    .map(|x| x.caption.clone())
+                    .next()
+            })
             .unwrap_or_default();
         let payload = Payload::InboundMessage(v1::InboundMessage {
             phone_number_id: number.clone(),
@@ -205,7 +237,11 @@ pub fn map_messages(value: &webhook::Value) -> Mapped {
             recipient: Some(user_ref(&user, &s.recipient_id, &s.recipient_user_id, "")),
             errors: s.errors.iter().map(status_error).collect(),
             conversation_id: s.conversation.map(|c| c.id).unwrap_or_default(),
-            pricing_category: s.pricing.as_ref().map(|p| p.category.clone()).unwrap_or_default(),
+            pricing_category: s
+                .pricing
+                .as_ref()
+                .map(|p| p.category.clone())
+                .unwrap_or_default(),
             billable: s.pricing.is_some_and(|p| p.billable),
             raw_json: raw.get().as_bytes().to_vec(),
         });
@@ -285,7 +321,10 @@ pub enum ItemError {
 }
 
 fn item_user(index: usize, user: Option<&v1::UserRef>) -> Result<UserKey, ItemError> {
-    let user = user.ok_or(ItemError::Missing { index, field: "user" })?;
+    let user = user.ok_or(ItemError::Missing {
+        index,
+        field: "user",
+    })?;
     UserKey::from_parts(&user.wa_id, &user.user_id).map_err(|e| ItemError::BadUser {
         index,
         reason: e.to_string(),
@@ -298,19 +337,32 @@ fn normalised_ref(user: &UserKey, given: Option<v1::UserRef>) -> Option<v1::User
 
 /// Maps one `IngestInbound` item of `phone_number_id`, with the same event ids as the webhook
 /// path so a message reported both ways is one event.
-pub fn map_item(phone_number_id: &str, index: usize, item: v1::InboundItem) -> Result<Draft, ItemError> {
+pub fn map_item(
+    phone_number_id: &str,
+    index: usize,
+    item: v1::InboundItem,
+) -> Result<Draft, ItemError> {
     use v1::inbound_item::Item;
     let at = item
         .timestamp
         .as_ref()
         .map(|t| Timestamp::from_micros(finestra_proto::time::to_micros(t)))
-        .ok_or(ItemError::Missing { index, field: "timestamp" })?;
+        .ok_or(ItemError::Missing {
+            index,
+            field: "timestamp",
+        })?;
     let number = phone_number_id.to_owned();
-    match item.item.ok_or(ItemError::Missing { index, field: "item" })? {
+    match item.item.ok_or(ItemError::Missing {
+        index,
+        field: "item",
+    })? {
         Item::Message(mut m) => {
             let user = item_user(index, m.user.as_ref())?;
             if m.message_id.is_empty() {
-                return Err(ItemError::Missing { index, field: "message.message_id" });
+                return Err(ItemError::Missing {
+                    index,
+                    field: "message.message_id",
+                });
             }
             m.phone_number_id = number.clone();
             m.user = normalised_ref(&user, m.user.take());
@@ -326,7 +378,10 @@ pub fn map_item(phone_number_id: &str, index: usize, item: v1::InboundItem) -> R
         Item::Status(mut s) => {
             let user = item_user(index, s.recipient.as_ref())?;
             if s.message_id.is_empty() || s.status.is_empty() {
-                return Err(ItemError::Missing { index, field: "status.message_id and status.status" });
+                return Err(ItemError::Missing {
+                    index,
+                    field: "status.message_id and status.status",
+                });
             }
             s.phone_number_id = number.clone();
             s.recipient = normalised_ref(&user, s.recipient.take());
@@ -390,13 +445,20 @@ mod tests {
         );
         let m = map_messages(&v);
         assert!(m.skipped.is_empty());
-        let [d] = m.drafts.as_slice() else { panic!("one draft expected") };
+        let [d] = m.drafts.as_slice() else {
+            panic!("one draft expected")
+        };
         assert_eq!(d.event_id, "in:wamid.A");
         assert_eq!(d.stream, Stream::Inbound);
         assert_eq!(d.occurred_at, Some(Timestamp::from_secs(1_700_000_000)));
-        let Payload::InboundMessage(msg) = &d.payload else { panic!("inbound expected") };
+        let Payload::InboundMessage(msg) = &d.payload else {
+            panic!("inbound expected")
+        };
         assert_eq!(msg.text, "Hello");
-        assert_eq!(msg.user.as_ref().map(|u| u.profile_name.as_str()), Some("Kerry"));
+        assert_eq!(
+            msg.user.as_ref().map(|u| u.profile_name.as_str()),
+            Some("Kerry")
+        );
         assert!(msg.referral.is_none());
         assert!(std::str::from_utf8(&msg.raw_json).is_ok_and(|s| s.contains("wamid.A")));
     }
@@ -412,10 +474,21 @@ mod tests {
                               "headline":"Sale","ctwa_clid":"abc"}}]}"#,
         );
         let m = map_messages(&v);
-        let Payload::InboundMessage(msg) = &m.drafts[0].payload else { panic!() };
-        assert_eq!(m.drafts[0].user.as_ref().map(UserKey::as_str), Some("US.123"));
-        assert_eq!(msg.referral.as_ref().map(|r| r.source_id.as_str()), Some("42"));
-        assert_eq!(msg.user.as_ref().map(|u| u.profile_name.as_str()), Some("Ann"));
+        let Payload::InboundMessage(msg) = &m.drafts[0].payload else {
+            panic!()
+        };
+        assert_eq!(
+            m.drafts[0].user.as_ref().map(UserKey::as_str),
+            Some("US.123")
+        );
+        assert_eq!(
+            msg.referral.as_ref().map(|r| r.source_id.as_str()),
+            Some("42")
+        );
+        assert_eq!(
+            msg.user.as_ref().map(|u| u.profile_name.as_str()),
+            Some("Ann")
+        );
     }
 
     #[test]
@@ -430,10 +503,14 @@ mod tests {
         let m = map_messages(&v);
         let ids: Vec<&str> = m.drafts.iter().map(|d| d.event_id.as_str()).collect();
         assert_eq!(ids, ["st:wamid.S:delivered", "st:wamid.S:failed"]);
-        let Payload::MessageStatus(failed) = &m.drafts[1].payload else { panic!() };
+        let Payload::MessageStatus(failed) = &m.drafts[1].payload else {
+            panic!()
+        };
         assert_eq!(failed.errors[0].code, 131047);
         assert_eq!(failed.errors[0].details, "x");
-        let Payload::MessageStatus(delivered) = &m.drafts[0].payload else { panic!() };
+        let Payload::MessageStatus(delivered) = &m.drafts[0].payload else {
+            panic!()
+        };
         assert!(delivered.billable);
         assert_eq!(delivered.pricing_category, "marketing");
     }
@@ -460,7 +537,9 @@ mod tests {
         );
         let m = map_messages(&v);
         assert_eq!(m.drafts.len(), 1);
-        let Payload::InboundMessage(msg) = &m.drafts[0].payload else { panic!() };
+        let Payload::InboundMessage(msg) = &m.drafts[0].payload else {
+            panic!()
+        };
         assert_eq!(msg.text, "look");
         let reasons: Vec<&str> = m.skipped.iter().map(|s| s.reason).collect();
         assert_eq!(reasons, ["bad_user", "malformed_message"]);
@@ -480,7 +559,9 @@ mod tests {
         let m = map_user_preferences(&v);
         assert_eq!(m.drafts.len(), 2);
         assert_eq!(m.skipped[0].reason, "unknown_preference");
-        let Payload::UserPreference(p) = &m.drafts[0].payload else { panic!() };
+        let Payload::UserPreference(p) = &m.drafts[0].payload else {
+            panic!()
+        };
         assert!(p.stop);
         assert_eq!(m.drafts[0].stream, Stream::User);
         assert_eq!(
@@ -494,7 +575,10 @@ mod tests {
         let item = v1::InboundItem {
             timestamp: Some(finestra_proto::time::from_micros(1_700_000_000_000_000)),
             item: Some(v1::inbound_item::Item::Message(v1::InboundMessage {
-                user: Some(v1::UserRef { wa_id: "+393331234567".into(), ..Default::default() }),
+                user: Some(v1::UserRef {
+                    wa_id: "+393331234567".into(),
+                    ..Default::default()
+                }),
                 message_id: "wamid.G".into(),
                 message_type: "text".into(),
                 ..Default::default()
@@ -503,19 +587,42 @@ mod tests {
         let d = map_item("PN1", 0, item).expect("valid item");
         assert_eq!(d.event_id, inbound_event_id("wamid.G"));
         assert_eq!(d.user.as_ref().map(UserKey::as_str), Some("393331234567"));
-        let Payload::InboundMessage(m) = d.payload else { panic!() };
-        assert_eq!(m.phone_number_id, "PN1", "the request's number is authoritative");
+        let Payload::InboundMessage(m) = d.payload else {
+            panic!()
+        };
+        assert_eq!(
+            m.phone_number_id, "PN1",
+            "the request's number is authoritative"
+        );
         assert_eq!(m.user.map(|u| u.wa_id), Some("393331234567".into()));
     }
 
     #[test]
     fn grpc_items_without_user_or_time_are_refused() {
-        let no_time = v1::InboundItem { timestamp: None, item: None };
-        assert_eq!(map_item("PN1", 3, no_time), Err(ItemError::Missing { index: 3, field: "timestamp" }));
+        let no_time = v1::InboundItem {
+            timestamp: None,
+            item: None,
+        };
+        assert_eq!(
+            map_item("PN1", 3, no_time),
+            Err(ItemError::Missing {
+                index: 3,
+                field: "timestamp"
+            })
+        );
         let no_user = v1::InboundItem {
             timestamp: Some(finestra_proto::time::from_micros(1)),
-            item: Some(v1::inbound_item::Item::Block(v1::UserBlock { blocked: true, ..Default::default() })),
+            item: Some(v1::inbound_item::Item::Block(v1::UserBlock {
+                blocked: true,
+                ..Default::default()
+            })),
         };
-        assert_eq!(map_item("PN1", 0, no_user), Err(ItemError::Missing { index: 0, field: "user" }));
+        assert_eq!(
+            map_item("PN1", 0, no_user),
+            Err(ItemError::Missing {
+                index: 0,
+                field: "user"
+            })
+        );
     }
 }

@@ -17,12 +17,18 @@ impl NumberDirectory {
     pub fn new(registry: Registry, ttl: Duration) -> Self {
         Self {
             registry,
-            cache: Cache::builder().max_capacity(100_000).time_to_live(ttl).build(),
+            cache: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(ttl)
+                .build(),
         }
     }
 
     /// The number, `None` when no tenant has it (that answer is cached too).
-    pub async fn lookup(&self, phone_number_id: &str) -> Result<Option<Arc<Number>>, Arc<RegistryError>> {
+    pub async fn lookup(
+        &self,
+        phone_number_id: &str,
+    ) -> Result<Option<Arc<Number>>, Arc<RegistryError>> {
         let registry = self.registry.clone();
         let id = phone_number_id.to_owned();
         self.cache

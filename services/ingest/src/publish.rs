@@ -40,7 +40,8 @@ pub async fn publish(
     let records: Vec<Outgoing<'_>> = events
         .into_iter()
         .map(|(tenant_id, d)| {
-            metrics::counter!("finestra_ingest_events_total", "stream" => label(d.stream)).increment(1);
+            metrics::counter!("finestra_ingest_events_total", "stream" => label(d.stream))
+                .increment(1);
             let user = d.user.as_ref().map(|u| u.as_str()).unwrap_or_default();
             Outgoing {
                 topic: topic(topics, d.stream),

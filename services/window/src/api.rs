@@ -6,7 +6,9 @@ use finestra_domain::{Clock, Timestamp, UserKey, WindowState};
 use finestra_platform::status;
 use finestra_proto::time::from_micros;
 use finestra_proto::v1::window_service_server::WindowService;
-use finestra_proto::v1::{GetWindowRequest, ListOpenWindowsRequest, ListOpenWindowsResponse, Window};
+use finestra_proto::v1::{
+    GetWindowRequest, ListOpenWindowsRequest, ListOpenWindowsResponse, Window,
+};
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
@@ -25,7 +27,10 @@ pub struct WindowApi {
 
 fn required<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
     if value.trim().is_empty() {
-        Err(status::invalid_argument(field, format!("{field} is required")))
+        Err(status::invalid_argument(
+            field,
+            format!("{field} is required"),
+        ))
     } else {
         Ok(value)
     }
@@ -54,7 +59,11 @@ pub fn to_window(key: &PairKey, s: &WindowState, now: Timestamp) -> Window {
         fep_until: ts(s.fep_until),
         fep_eligible: s.fep_eligible(now),
         referral_at: ts(s.referral_at),
-        last_inbound_message_id: s.last_inbound.as_ref().map(|l| l.message_id.clone()).unwrap_or_default(),
+        last_inbound_message_id: s
+            .last_inbound
+            .as_ref()
+            .map(|l| l.message_id.clone())
+            .unwrap_or_default(),
         last_inbound_at: ts(s.last_inbound.as_ref().map(|l| l.at)),
         marketing_opt_out: s.is_marketing_opted_out(),
         blocked: s.is_blocked(),
@@ -82,7 +91,11 @@ impl WindowApi {
             return Ok(WindowState::default());
         };
         let state = row.state();
-        if let Err(e) = self.hot.merge_all(&[(key.clone(), state.clone())], self.clock.now()).await {
+        if let Err(e) = self
+            .hot
+            .merge_all(&[(key.clone(), state.clone())], self.clock.now())
+            .await
+        {
             tracing::warn!(error = %e, "could not rebuild the redis hash");
         }
         Ok(state)
@@ -91,12 +104,17 @@ impl WindowApi {
 
 #[tonic::async_trait]
 impl WindowService for WindowApi {
-    async fn get_window(&self, request: Request<GetWindowRequest>) -> Result<Response<Window>, Status> {
+    async fn get_window(
+        &self,
+        request: Request<GetWindowRequest>,
+    ) -> Result<Response<Window>, Status> {
         let req = request.into_inner();
         let key = PairKey {
             tenant_id: required("tenant_id", &req.tenant_id)?.to_owned(),
             phone_number_id: required("phone_number_id", &req.phone_number_id)?.to_owned(),
-            user: parse_user(required("user", &req.user)?)?.as_str().to_owned(),
+            user: parse_user(required("user", &req.user)?)?
+                .as_str()
+                .to_owned(),
         };
         let state = self.state(&key).await?;
         Ok(Response::new(to_window(&key, &state, self.clock.now())))
@@ -112,7 +130,10 @@ impl WindowService for WindowApi {
         let page_size = match req.page_size {
             0 => DEFAULT_PAGE,
             n if n > MAX_PAGE => {
-                return Err(status::invalid_argument("page_size", format!("page_size must be 1..{MAX_PAGE}")));
+                return Err(status::invalid_argument(
+                    "page_size",
+                    format!("page_size must be 1..{MAX_PAGE}"),
+                ));
             }
             n => n,
         };
@@ -122,20 +143,38 @@ impl WindowService for WindowApi {
             hex::decode(&req.page_token)
                 .ok()
                 .and_then(|b| String::from_utf8(b).ok())
-                .ok_or_else(|| status::invalid_argument("page_token", "page_token is not one this service issued"))?
+                .ok_or_else(|| {
+                    status::invalid_argument(
+                        "page_token",
+                        "page_token is not one this service issued",
+                    )
+                })?
         };
         let now = self.clock.now();
         // One extra row tells whether another page exists.
-        let mut rows = pg::list_open(&self.pool, tenant_id, number, now, &after, i64::from(page_size) + 1)
-            .await
-            .map_err(|e| status::internal("listing open windows", &e))?;
+        let mut rows = pg::list_open(
+            &self.pool,
+            tenant_id,
+            number,
+            now,
+            &after,
+            i64::from(page_size) + 1,
+        )
+        .await
+        .map_err(|e| status::internal("listing open windows", &e))?;
         let more = rows.len() > page_size as usize;
         rows.truncate(page_size as usize);
         let next_page_token = match (more, rows.last()) {
             (true, Some(last)) => hex::encode(&last.user_key),
             _ => String::new(),
         };
-        let windows = rows.iter().map(|r| to_window(&r.key(), &r.state(), now)).collect();
-        Ok(Response::new(ListOpenWindowsResponse { windows, next_page_token }))
+        let windows = rows
+            .iter()
+            .map(|r| to_window(&r.key(), &r.state(), now))
+            .collect();
+        Ok(Response::new(ListOpenWindowsResponse {
+            windows,
+            next_page_token,
+        }))
     }
 }

@@ -51,9 +51,15 @@ pub struct Applier {
 fn user_ref(user: &str) -> UserRef {
     // The key is the wa_id when it is all digits, the business-scoped id otherwise.
     if user.bytes().all(|b| b.is_ascii_digit()) {
-        UserRef { wa_id: user.to_owned(), ..Default::default() }
+        UserRef {
+            wa_id: user.to_owned(),
+            ..Default::default()
+        }
     } else {
-        UserRef { user_id: user.to_owned(), ..Default::default() }
+        UserRef {
+            user_id: user.to_owned(),
+            ..Default::default()
+        }
     }
 }
 
@@ -84,7 +90,10 @@ fn window_event(e: &WindowEvent, change: WindowChange, recorded_at: Timestamp) -
 
 impl Applier {
     pub async fn apply(&self, events: &[WindowEvent]) -> Result<Applied, ApplyError> {
-        let mut applied = Applied { events: events.len(), ..Applied::default() };
+        let mut applied = Applied {
+            events: events.len(),
+            ..Applied::default()
+        };
         if events.is_empty() {
             return Ok(applied);
         }
@@ -94,7 +103,10 @@ impl Applier {
         keys.dedup();
 
         let mut tx = self.pool.begin().await?;
-        let mut states: BTreeMap<PairKey, WindowState> = keys.iter().map(|k| (k.clone(), WindowState::default())).collect();
+        let mut states: BTreeMap<PairKey, WindowState> = keys
+            .iter()
+            .map(|k| (k.clone(), WindowState::default()))
+            .collect();
         for row in pg::lock_states(&mut tx, &keys).await? {
             states.insert(row.key(), row.state());
         }
@@ -103,7 +115,9 @@ impl Applier {
         let mut outgoing = Vec::new();
         let recorded_at = from_micros(now.micros());
         for e in events {
-            let Some(s) = states.get_mut(&e.key) else { continue };
+            let Some(s) = states.get_mut(&e.key) else {
+                continue;
+            };
             if let Some(change) = state::apply(s, e) {
                 match change {
                     WindowChange::Opened { .. } => applied.windows_opened += 1,
@@ -111,7 +125,11 @@ impl Applier {
                 }
                 outgoing.push(Outgoing {
                     topic: &self.window_topic,
-                    key: kafka::conversation_key(&e.key.tenant_id, &e.key.phone_number_id, &e.key.user),
+                    key: kafka::conversation_key(
+                        &e.key.tenant_id,
+                        &e.key.phone_number_id,
+                        &e.key.user,
+                    ),
                     envelope: window_event(e, change, recorded_at),
                 });
             }

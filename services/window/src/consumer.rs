@@ -10,7 +10,7 @@ use finestra_proto::v1::{DeadLetter, Envelope};
 use rdkafka::Message;
 use rdkafka::message::OwnedMessage;
 
-use crate::apply::{ApplyError, Applier};
+use crate::apply::{Applier, ApplyError};
 use crate::state::{self, WindowEvent};
 
 pub struct Loop {
@@ -21,7 +21,12 @@ pub struct Loop {
 
 fn dead_letter(m: &OwnedMessage, consumer: &str, error: String) -> Envelope {
     Envelope {
-        event_id: format!("dlq:{}:{}:{}:{consumer}", m.topic(), m.partition(), m.offset()),
+        event_id: format!(
+            "dlq:{}:{}:{}:{consumer}",
+            m.topic(),
+            m.partition(),
+            m.offset()
+        ),
         tenant_id: String::new(),
         occurred_at: None,
         recorded_at: None,
@@ -89,7 +94,12 @@ impl Loop {
 
     /// Applies the batch (and dead-letters its poison), retrying until it succeeds. Returns
     /// false if shutdown began before it could.
-    async fn settle(&self, events: &[WindowEvent], poison: Vec<Envelope>, shutdown: &Shutdown) -> bool {
+    async fn settle(
+        &self,
+        events: &[WindowEvent],
+        poison: Vec<Envelope>,
+        shutdown: &Shutdown,
+    ) -> bool {
         let dead: Vec<Outgoing<'_>> = poison
             .into_iter()
             .map(|envelope| Outgoing {
@@ -102,19 +112,26 @@ impl Loop {
         loop {
             let result = async {
                 if !dead.is_empty() {
-                    kafka::publish_all(&self.applier.producer, &dead).await.map_err(ApplyError::from)?;
-                    metrics::counter!("finestra_window_dead_letters_total").increment(dead.len() as u64);
+                    kafka::publish_all(&self.applier.producer, &dead)
+                        .await
+                        .map_err(ApplyError::from)?;
+                    metrics::counter!("finestra_window_dead_letters_total")
+                        .increment(dead.len() as u64);
                 }
                 self.applier.apply(events).await
             }
             .await;
             match result {
                 Ok(applied) => {
-                    metrics::counter!("finestra_window_events_applied_total").increment(applied.events as u64);
-                    metrics::counter!("finestra_window_duplicate_events_total")
-                        .increment((applied.events as u64).saturating_sub(applied.new_history_rows));
-                    metrics::counter!("finestra_window_opened_total").increment(applied.windows_opened as u64);
-                    metrics::counter!("finestra_window_refreshed_total").increment(applied.windows_refreshed as u64);
+                    metrics::counter!("finestra_window_events_applied_total")
+                        .increment(applied.events as u64);
+                    metrics::counter!("finestra_window_duplicate_events_total").increment(
+                        (applied.events as u64).saturating_sub(applied.new_history_rows),
+                    );
+                    metrics::counter!("finestra_window_opened_total")
+                        .increment(applied.windows_opened as u64);
+                    metrics::counter!("finestra_window_refreshed_total")
+                        .increment(applied.windows_refreshed as u64);
                     return true;
                 }
                 Err(e) => {

@@ -78,17 +78,35 @@ impl HotStore {
     }
 
     pub fn key(&self, k: &PairKey) -> String {
-        format!("{}:{{{}}}:win:{}:{}", self.prefix, k.tenant_id, k.phone_number_id, k.user)
+        format!(
+            "{}:{{{}}}:win:{}:{}",
+            self.prefix, k.tenant_id, k.phone_number_id, k.user
+        )
     }
 
-    fn invocation<'a>(&'a self, k: &PairKey, s: &WindowState, now: Timestamp) -> redis::ScriptInvocation<'a> {
-        let flag = |f: Option<Flag>| (opt_num(f.map(|f| f.at.micros())), f.map(|f| if f.on { "1" } else { "0" }).unwrap_or(""));
+    fn invocation<'a>(
+        &'a self,
+        k: &PairKey,
+        s: &WindowState,
+        now: Timestamp,
+    ) -> redis::ScriptInvocation<'a> {
+        let flag = |f: Option<Flag>| {
+            (
+                opt_num(f.map(|f| f.at.micros())),
+                f.map(|f| if f.on { "1" } else { "0" }).unwrap_or(""),
+            )
+        };
         let (mo_at, mo) = flag(s.marketing_opt_out);
         let (bl_at, bl) = flag(s.blocked);
         let mut inv = self.merge.key(self.key(k));
         inv.arg(opt_num(s.csw_until.map(Timestamp::micros)))
             .arg(opt_num(s.last_inbound.as_ref().map(|l| l.at.micros())))
-            .arg(s.last_inbound.as_ref().map(|l| l.message_id.as_str()).unwrap_or(""))
+            .arg(
+                s.last_inbound
+                    .as_ref()
+                    .map(|l| l.message_id.as_str())
+                    .unwrap_or(""),
+            )
             .arg(opt_num(s.referral_at.map(Timestamp::micros)))
             .arg(opt_num(s.fep_until.map(Timestamp::micros)))
             .arg(mo_at)
@@ -101,7 +119,11 @@ impl HotStore {
     }
 
     /// Merges complete states into their hashes, pipelined.
-    pub async fn merge_all(&self, states: &[(PairKey, WindowState)], now: Timestamp) -> redis::RedisResult<()> {
+    pub async fn merge_all(
+        &self,
+        states: &[(PairKey, WindowState)],
+        now: Timestamp,
+    ) -> redis::RedisResult<()> {
         if states.is_empty() {
             return Ok(());
         }
@@ -117,7 +139,9 @@ impl HotStore {
         };
         let mut conn = self.conn.clone();
         match build(false).query_async::<()>(&mut conn).await {
-            Err(e) if e.kind() == redis::ErrorKind::NoScriptError => build(true).query_async::<()>(&mut conn).await,
+            Err(e) if e.kind() == redis::ErrorKind::NoScriptError => {
+                build(true).query_async::<()>(&mut conn).await
+            }
             other => other,
         }
     }
@@ -125,13 +149,21 @@ impl HotStore {
     /// The hash of a pair, `None` when Redis does not hold it.
     pub async fn get(&self, k: &PairKey) -> redis::RedisResult<Option<WindowState>> {
         let mut conn = self.conn.clone();
-        let fields: HashMap<String, String> = redis::cmd("HGETALL").arg(self.key(k)).query_async(&mut conn).await?;
+        let fields: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.key(k))
+            .query_async(&mut conn)
+            .await?;
         if fields.is_empty() {
             return Ok(None);
         }
         let num = |f: &str| fields.get(f).and_then(|v| v.parse::<i64>().ok());
         let ts = |f: &str| num(f).map(Timestamp::from_micros);
-        let flag = |at: &str, on: &str| ts(at).map(|at| Flag { at, on: num(on) == Some(1) });
+        let flag = |at: &str, on: &str| {
+            ts(at).map(|at| Flag {
+                at,
+                on: num(on) == Some(1),
+            })
+        };
         Ok(Some(WindowState {
             csw_until: ts("csw"),
             last_inbound: ts("li_at").map(|at| LastInbound {

@@ -40,7 +40,11 @@ impl WindowConfig {
 
 pub const SERVICE_NAME: &str = "finestra.v1.WindowService";
 
-pub async fn start(config: WindowConfig, clock: Arc<dyn Clock>, shutdown: Shutdown) -> Result<Running, StartError> {
+pub async fn start(
+    config: WindowConfig,
+    clock: Arc<dyn Clock>,
+    shutdown: Shutdown,
+) -> Result<Running, StartError> {
     let common = &config.common;
     let pool = stores::postgres(common).await?;
     pg::migrate(&pool).await?;
@@ -66,7 +70,8 @@ pub async fn start(config: WindowConfig, clock: Arc<dyn Clock>, shutdown: Shutdo
         shutdown.clone(),
     )
     .await;
-    let (metrics_addr, admin_task) = admin::serve(common.metrics_addr, readiness, shutdown.clone()).await?;
+    let (metrics_addr, admin_task) =
+        admin::serve(common.metrics_addr, readiness, shutdown.clone()).await?;
 
     let api = api::WindowApi {
         hot: hot.clone(),

@@ -75,7 +75,9 @@ impl PairRow {
 const PAIR_COLUMNS: &str = "p.tenant_id, p.phone_number_id, p.user_key, p.csw_until, p.last_inbound_at, \
      p.last_inbound_id, p.referral_at, p.fep_until, p.opt_out_at, p.opt_out, p.blocked_at, p.blocked";
 
-fn key_arrays<'a>(keys: impl Iterator<Item = &'a PairKey>) -> (Vec<&'a str>, Vec<&'a str>, Vec<&'a str>) {
+fn key_arrays<'a>(
+    keys: impl Iterator<Item = &'a PairKey>,
+) -> (Vec<&'a str>, Vec<&'a str>, Vec<&'a str>) {
     let mut t = Vec::new();
     let mut n = Vec::new();
     let mut u = Vec::new();
@@ -89,7 +91,10 @@ fn key_arrays<'a>(keys: impl Iterator<Item = &'a PairKey>) -> (Vec<&'a str>, Vec
 
 /// Reads the states of `keys` (sorted, so concurrent batches lock in one order), locking them
 /// for the rest of the transaction.
-pub async fn lock_states(conn: &mut PgConnection, keys: &[PairKey]) -> Result<Vec<PairRow>, sqlx::Error> {
+pub async fn lock_states(
+    conn: &mut PgConnection,
+    keys: &[PairKey],
+) -> Result<Vec<PairRow>, sqlx::Error> {
     let (t, n, u) = key_arrays(keys.iter());
     sqlx::query_as::<_, PairRow>(&format!(
         "SELECT {PAIR_COLUMNS} FROM windows.pair_state p
@@ -119,7 +124,10 @@ pub async fn read_state(pool: &PgPool, key: &PairKey) -> Result<Option<PairRow>,
 
 /// Appends the events to the history; events already recorded are left alone. Returns how
 /// many rows were new.
-pub async fn append_history(conn: &mut PgConnection, events: &[WindowEvent]) -> Result<u64, sqlx::Error> {
+pub async fn append_history(
+    conn: &mut PgConnection,
+    events: &[WindowEvent],
+) -> Result<u64, sqlx::Error> {
     let (t, n, u) = key_arrays(events.iter().map(|e| &e.key));
     let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
     let at: Vec<i64> = events.iter().map(|e| e.occurred_at.micros()).collect();
@@ -129,7 +137,10 @@ pub async fn append_history(conn: &mut PgConnection, events: &[WindowEvent]) -> 
     let mut flag: Vec<Option<bool>> = Vec::with_capacity(events.len());
     for e in events {
         match &e.kind {
-            EventKind::UserMessage { message_id: m, referral: r } => {
+            EventKind::UserMessage {
+                message_id: m,
+                referral: r,
+            } => {
                 message_id.push(Some(m));
                 referral.push(*r);
                 flag.push(None);
@@ -166,17 +177,44 @@ pub async fn append_history(conn: &mut PgConnection, events: &[WindowEvent]) -> 
 /// Upserts states, merging with what is stored (the lattice join of
 /// `WindowState::merge`), so a concurrent writer can never move a field backwards.
 /// One entry per key.
-pub async fn merge_states(conn: &mut PgConnection, states: &[(PairKey, WindowState)]) -> Result<(), sqlx::Error> {
+pub async fn merge_states(
+    conn: &mut PgConnection,
+    states: &[(PairKey, WindowState)],
+) -> Result<(), sqlx::Error> {
     let (t, n, u) = key_arrays(states.iter().map(|(k, _)| k));
     let s = states.iter().map(|(_, s)| s);
-    let csw: Vec<Option<i64>> = s.clone().map(|s| s.csw_until.map(Timestamp::micros)).collect();
-    let li_at: Vec<Option<i64>> = s.clone().map(|s| s.last_inbound.as_ref().map(|l| l.at.micros())).collect();
-    let li_id: Vec<Option<&str>> = s.clone().map(|s| s.last_inbound.as_ref().map(|l| l.message_id.as_str())).collect();
-    let referral: Vec<Option<i64>> = s.clone().map(|s| s.referral_at.map(Timestamp::micros)).collect();
-    let fep: Vec<Option<i64>> = s.clone().map(|s| s.fep_until.map(Timestamp::micros)).collect();
-    let oo_at: Vec<Option<i64>> = s.clone().map(|s| s.marketing_opt_out.map(|f| f.at.micros())).collect();
-    let oo: Vec<Option<bool>> = s.clone().map(|s| s.marketing_opt_out.map(|f| f.on)).collect();
-    let bl_at: Vec<Option<i64>> = s.clone().map(|s| s.blocked.map(|f| f.at.micros())).collect();
+    let csw: Vec<Option<i64>> = s
+        .clone()
+        .map(|s| s.csw_until.map(Timestamp::micros))
+        .collect();
+    let li_at: Vec<Option<i64>> = s
+        .clone()
+        .map(|s| s.last_inbound.as_ref().map(|l| l.at.micros()))
+        .collect();
+    let li_id: Vec<Option<&str>> = s
+        .clone()
+        .map(|s| s.last_inbound.as_ref().map(|l| l.message_id.as_str()))
+        .collect();
+    let referral: Vec<Option<i64>> = s
+        .clone()
+        .map(|s| s.referral_at.map(Timestamp::micros))
+        .collect();
+    let fep: Vec<Option<i64>> = s
+        .clone()
+        .map(|s| s.fep_until.map(Timestamp::micros))
+        .collect();
+    let oo_at: Vec<Option<i64>> = s
+        .clone()
+        .map(|s| s.marketing_opt_out.map(|f| f.at.micros()))
+        .collect();
+    let oo: Vec<Option<bool>> = s
+        .clone()
+        .map(|s| s.marketing_opt_out.map(|f| f.on))
+        .collect();
+    let bl_at: Vec<Option<i64>> = s
+        .clone()
+        .map(|s| s.blocked.map(|f| f.at.micros()))
+        .collect();
     let bl: Vec<Option<bool>> = s.map(|s| s.blocked.map(|f| f.on)).collect();
     sqlx::query(
         "INSERT INTO windows.pair_state AS p

@@ -68,10 +68,16 @@ pub fn decode(env: &Envelope) -> Result<Option<WindowEvent>, DecodeError> {
                 referral: m.referral.is_some(),
             },
         ),
-        Some(Payload::UserPreference(p)) if p.category == MARKETING => {
-            (&p.phone_number_id, p.user.as_ref(), EventKind::MarketingPreference { stop: p.stop })
-        }
-        Some(Payload::UserBlock(b)) => (&b.phone_number_id, b.user.as_ref(), EventKind::Block { blocked: b.blocked }),
+        Some(Payload::UserPreference(p)) if p.category == MARKETING => (
+            &p.phone_number_id,
+            p.user.as_ref(),
+            EventKind::MarketingPreference { stop: p.stop },
+        ),
+        Some(Payload::UserBlock(b)) => (
+            &b.phone_number_id,
+            b.user.as_ref(),
+            EventKind::Block { blocked: b.blocked },
+        ),
         _ => return Ok(None),
     };
     let user = user.ok_or(DecodeError::Missing("user"))?;
@@ -94,7 +100,10 @@ pub fn decode(env: &Envelope) -> Result<Option<WindowEvent>, DecodeError> {
 /// Applies an event to a state; returns what a user message did to the window.
 pub fn apply(state: &mut WindowState, e: &WindowEvent) -> Option<finestra_domain::WindowChange> {
     match &e.kind {
-        EventKind::UserMessage { message_id, referral } => state.on_user_message(e.occurred_at, message_id, *referral),
+        EventKind::UserMessage {
+            message_id,
+            referral,
+        } => state.on_user_message(e.occurred_at, message_id, *referral),
         EventKind::MarketingPreference { stop } => {
             state.on_marketing_preference(e.occurred_at, *stop);
             None
