@@ -1,11 +1,19 @@
 use std::sync::Arc;
 
-use finestra_platform::{Shutdown, SystemClock, telemetry};
+use finestra_platform::{Shutdown, SystemClock, stores, telemetry};
 
+/// `finestra-window` serves; `finestra-window migrate` applies the schema and exits (for an
+/// init container or `make up`).
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = finestra_window::WindowConfig::from_env()?;
     let _telemetry = telemetry::init("finestra-window", config.common.otlp_endpoint.as_deref())?;
+    if std::env::args().nth(1).as_deref() == Some("migrate") {
+        let pool = stores::postgres(&config.common).await?;
+        finestra_window::pg::migrate(&pool).await?;
+        tracing::info!("window migrations applied");
+        return Ok(());
+    }
     let shutdown = Shutdown::new();
     shutdown.trigger_on_signals()?;
     let grace = config.common.shutdown_grace;

@@ -1,0 +1,36 @@
+# Finestra: one command runs the platform with its demo, one runs the tests.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+.PHONY: help up down infra test lint bench-ingest
+
+help:
+	@echo "make up            infrastructure + ingest + window in the background, then the demo"
+	@echo "make down          stop what 'make up' started"
+	@echo "make test          unit and integration tests (starts the infrastructure first)"
+	@echo "make lint          rustfmt check + clippy -D warnings"
+	@echo "make bench-ingest  webhook and window-update throughput (release build)"
+
+up:
+	@bash scripts/up.sh
+
+down:
+	@bash scripts/down.sh
+
+infra:
+	@bash scripts/infra.sh
+
+test: infra
+	@if cargo nextest --version >/dev/null 2>&1; then \
+		cargo nextest run --workspace --no-fail-fast; \
+	else \
+		cargo test --workspace --no-fail-fast; \
+	fi
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+bench-ingest: infra
+	cargo build --release -p finestra-e2e --bin bench-ingest
+	./target/release/bench-ingest

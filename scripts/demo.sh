@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The foundation demo: a tenant and its number are registered, two users write (one now, one
+# 25 hours ago) through signed Cloud API webhooks, and both windows are shown.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+fin=./target/debug/finestra
+TENANT=demo-pizzeria
+NUMBER=100200300
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "A business joins: tenant '$TENANT' with number $NUMBER (its webhooks are signed with its app secret)"
+$fin tenant add --id "$TENANT" --name "Pizzeria Napoli"
+$fin number add --tenant "$TENANT" --phone-number-id "$NUMBER" --display "+39 02 1234 5678" \
+  --app-secret demo-app-secret-0001
+
+step "Giulia writes now: a signed webhook reaches ingest, which answers 200 once Kafka has the event"
+$fin dev send-text --phone-number-id "$NUMBER" --from 393471234567 --name Giulia \
+  --text "Ciao! Are you open tonight?"
+
+step "Marco's message was sent 25 hours ago (the provider delivers it late)"
+$fin dev send-text --phone-number-id "$NUMBER" --from 393479876543 --name Marco \
+  --text "Do you deliver?" --minutes-ago 1500
+
+step "The window service applied both events; the windows:"
+for _ in $(seq 1 50); do
+  $fin --json window get --tenant "$TENANT" --phone-number-id "$NUMBER" --user 393471234567 | grep -q '"open":true' && break
+  sleep 0.2
+done
+for _ in $(seq 1 50); do
+  $fin --json window get --tenant "$TENANT" --phone-number-id "$NUMBER" --user 393479876543 | grep -q '"csw_until":[0-9]' && break
+  sleep 0.2
+done
+$fin window get --tenant "$TENANT" --phone-number-id "$NUMBER" --user 393471234567
+echo "  -> the business may reply free-form, free of charge, until the window closes."
+$fin window get --tenant "$TENANT" --phone-number-id "$NUMBER" --user 393479876543
+echo "  -> Marco's 24-hour window closed an hour ago: only an approved template may reach him now."

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# `make up`: infrastructure, then ingest and window in the background (pids and logs in
+# var/run), then the demo.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/infra.sh
+RUN=var/run
+mkdir -p "$RUN"
+
+export FINESTRA_LOG=${FINESTRA_LOG:-info,sqlx=warn,rdkafka=warn}
+
+start() { # name binary env...
+  local name=$1 bin=$2; shift 2
+  if [ -f "$RUN/$name.pid" ] && kill -0 "$(cat "$RUN/$name.pid")" 2>/dev/null; then
+    echo "[up] $name already running (pid $(cat "$RUN/$name.pid"))"
+    return
+  fi
+  env "$@" nohup "./target/debug/$bin" >"$RUN/$name.log" 2>&1 &
+  echo $! >"$RUN/$name.pid"
+  echo "[up] $name started (pid $!, log $RUN/$name.log)"
+}
+
+start ingest finestra-ingest \
+  FINESTRA_HTTP_ADDR=127.0.0.1:8080 FINESTRA_GRPC_ADDR=127.0.0.1:50051 FINESTRA_METRICS_ADDR=127.0.0.1:9101
+start window finestra-window \
+  FINESTRA_GRPC_ADDR=127.0.0.1:50052 FINESTRA_METRICS_ADDR=127.0.0.1:9102
+
+for port in 9101 9102; do
+  for _ in $(seq 1 100); do
+    curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+  curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null || { echo "[up] service on $port is not ready; see $RUN/*.log"; exit 1; }
+done
+echo "[up] ingest: webhooks http://127.0.0.1:8080/webhooks/cloud-api, gRPC 127.0.0.1:50051, metrics http://127.0.0.1:9101/metrics"
+echo "[up] window: gRPC 127.0.0.1:50052, metrics http://127.0.0.1:9102/metrics"
+bash scripts/demo.sh
+echo
+echo "[up] Finestra keeps running; 'make down' stops it."
