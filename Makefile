@@ -33,4 +33,5 @@ lint:
 
 bench-ingest: infra
 	cargo build --release -p finestra-e2e --bin bench-ingest
-	./target/release/bench-ingest
+	BENCH_BROKER_ENGINE="$$(ps -o args= -C tansu | grep -o 'storage-engine [^ ]*' | head -n1 || echo unknown)" \
+		./target/release/bench-ingest
