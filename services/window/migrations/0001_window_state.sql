@@ -35,8 +35,6 @@ CREATE TABLE window_events (
     PRIMARY KEY (tenant_id, event_id, occurred_at)
 ) PARTITION BY RANGE (occurred_at);
 
-CREATE INDEX window_events_by_pair ON window_events (tenant_id, phone_number_id, user_key, occurred_at);
-
 -- Anything outside the monthly partitions (very old or far-future provider timestamps).
 CREATE TABLE window_events_default PARTITION OF window_events DEFAULT;
 

@@ -110,7 +110,6 @@ impl Applier {
         for row in pg::lock_states(&mut tx, &keys).await? {
             states.insert(row.key(), row.state());
         }
-        applied.new_history_rows = pg::append_history(&mut tx, events).await?;
 
         let mut outgoing = Vec::new();
         let recorded_at = from_micros(now.micros());
@@ -135,11 +134,19 @@ impl Applier {
             }
         }
         let states: Vec<(PairKey, WindowState)> = states.into_iter().collect();
-        pg::merge_states(&mut tx, &states).await?;
-        // Published before the commit: if the commit fails, the batch is re-applied and the
-        // same event ids are published again, which consumers dedupe. Published after it, a
-        // crash in between would lose them (a re-delivery finds nothing changed).
-        kafka::publish_all(&self.producer, &outgoing).await?;
+        // The window events go out while Postgres writes; both must be done before the
+        // commit. Published before the commit: if the commit fails, the batch is re-applied
+        // and the same event ids are published again, which consumers dedupe. Published after
+        // it, a crash in between would lose them (a re-delivery finds nothing changed).
+        let writes = async {
+            let new_rows = pg::append_history(&mut tx, events).await?;
+            pg::merge_states(&mut tx, &states).await?;
+            Ok::<_, sqlx::Error>(new_rows)
+        };
+        let (published, written) =
+            tokio::join!(kafka::publish_all(&self.producer, &outgoing), writes);
+        applied.new_history_rows = written?;
+        published?;
         tx.commit().await?;
         self.hot.merge_all(&states, now).await?;
         Ok(applied)

@@ -23,36 +23,36 @@ pub const GRACE_MICROS: i64 = 24 * Timestamp::HOUR;
 
 const MERGE_LUA: &str = r#"
 local key = KEYS[1]
+local cur = redis.call('HMGET', key, 'csw', 'li_at', 'li_id', 'ref', 'fep', 'mo_at', 'mo', 'bl_at', 'bl')
 local function num(v) if v == false or v == nil or v == '' then return nil end return tonumber(v) end
-local function max_field(f, v)
+local out = {}
+local function max_field(f, i, v)
   local new = num(v)
-  if new == nil then return end
-  local cur = num(redis.call('HGET', key, f))
-  if cur == nil or new > cur then redis.call('HSET', key, f, v) end
+  if new == nil then return num(cur[i]) end
+  local old = num(cur[i])
+  if old == nil or new > old then table.insert(out, f); table.insert(out, v); return new end
+  return old
 end
-local function pair_field(fat, fval, at, val, numeric_val)
+-- (at, value) pairs: the newer `at` wins; at the same `at` the greater value wins.
+local function pair_field(fat, fval, i, at, val, numeric)
   local new_at = num(at)
   if new_at == nil then return end
-  local cur_at = num(redis.call('HGET', key, fat))
-  local cur_val = redis.call('HGET', key, fval)
-  local newer = cur_at == nil or new_at > cur_at
-  if not newer and new_at == cur_at then
-    if numeric_val then newer = tonumber(val) > (tonumber(cur_val) or -1)
-    else newer = val > (cur_val or '') end
+  local old_at = num(cur[i])
+  local newer = old_at == nil or new_at > old_at
+  if not newer and new_at == old_at then
+    if numeric then newer = tonumber(val) > (num(cur[i + 1]) or -1)
+    else newer = val > (cur[i + 1] or '') end
   end
-  if newer then redis.call('HSET', key, fat, at, fval, val) end
+  if newer then table.insert(out, fat); table.insert(out, at); table.insert(out, fval); table.insert(out, val) end
 end
-max_field('csw', ARGV[1])
-pair_field('li_at', 'li_id', ARGV[2], ARGV[3], false)
-max_field('ref', ARGV[4])
-max_field('fep', ARGV[5])
-pair_field('mo_at', 'mo', ARGV[6], ARGV[7], true)
-pair_field('bl_at', 'bl', ARGV[8], ARGV[9], true)
-local csw = num(redis.call('HGET', key, 'csw')) or 0
-local fep = num(redis.call('HGET', key, 'fep')) or 0
-local now = tonumber(ARGV[10])
-local grace = tonumber(ARGV[11])
-local expire_us = math.max(csw, fep, now) + grace
+local csw = max_field('csw', 1, ARGV[1]) or 0
+pair_field('li_at', 'li_id', 2, ARGV[2], ARGV[3], false)
+max_field('ref', 4, ARGV[4])
+local fep = max_field('fep', 5, ARGV[5]) or 0
+pair_field('mo_at', 'mo', 6, ARGV[6], ARGV[7], true)
+pair_field('bl_at', 'bl', 8, ARGV[8], ARGV[9], true)
+if #out > 0 then redis.call('HSET', key, unpack(out)) end
+local expire_us = math.max(csw, fep, tonumber(ARGV[10])) + tonumber(ARGV[11])
 redis.call('PEXPIREAT', key, math.floor(expire_us / 1000))
 return 1
 "#;
