@@ -2,6 +2,7 @@
 //! signed webhook → ingest → Kafka → window service → GetWindow.
 
 use finestra_e2e::{Slice, WAIT, secs};
+use finestra_proto::v1::envelope::Payload;
 use finestra_proto::v1::ingest_service_client::IngestServiceClient;
 use finestra_proto::v1::{
     InboundItem, InboundMessage, IngestInboundRequest, UserRef, inbound_item,
@@ -23,6 +24,17 @@ async fn signed_text_webhook_opens_the_window_for_24_hours_from_the_message_time
     assert_eq!(secs(w.csw_until.as_ref()), Some(sent + DAY));
     assert_eq!(w.last_inbound_message_id, "wamid.open.1");
     assert!(!w.fep_eligible && !w.marketing_opt_out && !w.blocked);
+
+    let published = finestra_testkit::read_all(&s.scope.topics().window).await?;
+    let [opened] = published.as_slice() else {
+        panic!("one window event expected, got {published:?}")
+    };
+    assert_eq!(opened.event_id, "win:in:wamid.open.1");
+    assert_eq!(opened.tenant_id, s.tenant);
+    let Some(Payload::WindowOpened(o)) = &opened.payload else {
+        panic!("WindowOpened expected")
+    };
+    assert_eq!(secs(o.csw_until.as_ref()), Some(sent + DAY));
     s.stop().await;
     Ok(())
 }
@@ -68,6 +80,12 @@ async fn messages_delivered_in_reverse_order_keep_the_newer_closing_time() -> an
     let w = s.window(user).await?;
     assert_eq!(secs(w.csw_until.as_ref()), Some(newer + DAY));
     assert_eq!(w.last_inbound_message_id, "wamid.rev.new");
+    let published = finestra_testkit::read_all(&s.scope.topics().window).await?;
+    assert_eq!(
+        published.len(),
+        1,
+        "the older message changed nothing, so it announced nothing"
+    );
     s.stop().await;
     Ok(())
 }

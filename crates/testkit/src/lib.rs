@@ -251,3 +251,50 @@ pub async fn count_records(topic: &str) -> anyhow::Result<i64> {
 
 pub use serde_json;
 pub use tonic;
+
+/// Every envelope currently on `topic`, all partitions, in offset order per partition.
+pub async fn read_all(topic: &str) -> anyhow::Result<Vec<finestra_proto::v1::Envelope>> {
+    use prost::Message as _;
+    use rdkafka::Message as _;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let infra = infra().await?;
+    let brokers = infra.brokers.clone();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(
+        move || -> anyhow::Result<Vec<finestra_proto::v1::Envelope>> {
+            let c: BaseConsumer = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .set("group.id", "finestra-testkit-reader")
+                .set("enable.auto.commit", "false")
+                .create()?;
+            let md = c.fetch_metadata(Some(&topic), Duration::from_secs(5))?;
+            let mut tpl = rdkafka::TopicPartitionList::new();
+            let mut remaining = 0i64;
+            for t in md.topics() {
+                for p in t.partitions() {
+                    let (lo, hi) = c.fetch_watermarks(&topic, p.id(), Duration::from_secs(5))?;
+                    remaining += hi - lo;
+                    tpl.add_partition_offset(&topic, p.id(), rdkafka::Offset::Offset(lo))?;
+                }
+            }
+            c.assign(&tpl)?;
+            let mut out = Vec::new();
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while remaining > 0 {
+                anyhow::ensure!(
+                    std::time::Instant::now() < deadline,
+                    "reading {topic} timed out"
+                );
+                if let Some(m) = c.poll(Duration::from_millis(200)) {
+                    let m = m?;
+                    out.push(finestra_proto::v1::Envelope::decode(
+                        m.payload().unwrap_or_default(),
+                    )?);
+                    remaining -= 1;
+                }
+            }
+            Ok(out)
+        },
+    )
+    .await?
+}

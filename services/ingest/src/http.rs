@@ -5,9 +5,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
 use subtle::ConstantTimeEq;
@@ -20,11 +19,49 @@ use finestra_cloudapi::webhook::{Notification, Value};
 /// Meta caps notifications well below this; anything larger is refused with 413.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
+/// An oversized body up to this size is read and discarded before the 413, so the client sees
+/// the answer instead of a connection reset (closing a socket with unread data resets it).
+/// Larger ones are cut off at once.
+const DRAIN_LIMIT_BYTES: usize = 16 * 1024 * 1024;
+
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/webhooks/cloud-api", get(verify).post(receive))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(app)
+}
+
+enum BodyError {
+    TooLarge,
+    Unreadable,
+}
+
+/// Reads the body, keeping at most `MAX_BODY_BYTES` in memory.
+async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, BodyError> {
+    use futures::StreamExt as _;
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > DRAIN_LIMIT_BYTES) {
+        return Err(BodyError::TooLarge);
+    }
+    let mut kept = Vec::with_capacity(declared.unwrap_or(0).min(MAX_BODY_BYTES));
+    let mut total = 0usize;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| BodyError::Unreadable)?;
+        total += chunk.len();
+        if total > DRAIN_LIMIT_BYTES {
+            return Err(BodyError::TooLarge);
+        }
+        if total <= MAX_BODY_BYTES {
+            kept.extend_from_slice(&chunk);
+        }
+    }
+    if total > MAX_BODY_BYTES {
+        return Err(BodyError::TooLarge);
+    }
+    Ok(Bytes::from(kept))
 }
 
 fn outcome(outcome: &'static str) {
@@ -62,15 +99,15 @@ enum Field {
 async fn receive(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> (StatusCode, &'static str) {
-    let body = match body {
+    let body = match read_body(&headers, body).await {
         Ok(b) => b,
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+        Err(BodyError::TooLarge) => {
             outcome("too_large");
             return (StatusCode::PAYLOAD_TOO_LARGE, "body over 1 MiB");
         }
-        Err(_) => {
+        Err(BodyError::Unreadable) => {
             outcome("unreadable");
             return (StatusCode::BAD_REQUEST, "unreadable body");
         }

@@ -40,6 +40,19 @@ impl WindowConfig {
 
 pub const SERVICE_NAME: &str = "finestra.v1.WindowService";
 
+/// Keeps the monthly history partitions ahead of time for a service that runs for months.
+async fn maintain_partitions(pool: sqlx::PgPool, clock: Arc<dyn Clock>, shutdown: Shutdown) {
+    loop {
+        tokio::select! {
+            () = shutdown.wait() => return,
+            () = tokio::time::sleep(Duration::from_secs(6 * 3600)) => {}
+        }
+        if let Err(e) = pg::ensure_partitions(&pool, clock.now()).await {
+            tracing::warn!(error = %e, "creating the next history partitions failed; retrying later");
+        }
+    }
+}
+
 pub async fn start(
     config: WindowConfig,
     clock: Arc<dyn Clock>,
@@ -85,6 +98,8 @@ pub async fn start(
         .add_service(WindowServiceServer::new(api));
     let grpc_task = finestra_platform::service::spawn_grpc(router, incoming, shutdown.clone());
 
+    let pool_for_partitions = pool.clone();
+    let clock_for_partitions = clock.clone();
     let consumer_loop = consumer::Loop {
         consumer,
         applier: apply::Applier {
@@ -97,12 +112,18 @@ pub async fn start(
         dlq_topic: common.topics.dlq.clone(),
     };
     let consumer_task = tokio::spawn(consumer_loop.run(shutdown.clone()));
+    let partitions_task = tokio::spawn(maintain_partitions(
+        pool_for_partitions,
+        clock_for_partitions,
+        shutdown.clone(),
+    ));
 
     let mut running = Running::new(grpc_addr, metrics_addr, None);
     running.own("health", health_task);
     running.own("admin", admin_task);
     running.own("grpc", grpc_task);
     running.own("consumer", consumer_task);
+    running.own("partitions", partitions_task);
     tracing::info!(%grpc_addr, %metrics_addr, group = %config.consumer_group, "window started");
     Ok(running)
 }
