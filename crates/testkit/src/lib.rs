@@ -21,31 +21,50 @@ pub struct Infra {
     pub brokers: String,
 }
 
-static INFRA: OnceCell<Infra> = OnceCell::const_new();
+static MIGRATED: OnceCell<()> = OnceCell::const_new();
 
-/// Connects to the real servers and applies every migration. Fails with a hint when the
-/// infrastructure is not up (`make up` or `scripts/infra.sh` starts it).
-pub async fn infra() -> anyhow::Result<&'static Infra> {
-    INFRA
-        .get_or_try_init(|| async {
-            let base = base_config()?;
-            let pool = finestra_platform::stores::postgres(&base)
-                .await
-                .with_context(|| {
-                    format!("postgres at {} (run scripts/infra.sh)", base.database_url)
-                })?;
-            finestra_registry::migrate(&pool).await?;
-            finestra_window::pg::migrate(&pool).await?;
-            let redis = finestra_platform::stores::redis(&base)
-                .await
-                .with_context(|| format!("redis at {}", base.redis_url))?;
-            Ok(Infra {
-                pool,
-                redis,
-                brokers: base.kafka_brokers,
-            })
-        })
+thread_local! {
+    /// Clients of the current test's runtime. Each `#[tokio::test]` has its own runtime (with
+    /// its own threads), and a pooled connection or a Redis driver task opened on one test's
+    /// runtime dies with it, so clients are never shared across tests' threads.
+    static CLIENTS: std::cell::RefCell<Option<Arc<Infra>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Connects to the real servers (migrations run once per process). Fails with a hint when
+/// the infrastructure is not up (`make up` or `scripts/infra.sh` starts it).
+pub async fn infra() -> anyhow::Result<Arc<Infra>> {
+    MIGRATED.get_or_try_init(migrate).await?;
+    if let Some(clients) = CLIENTS.with(|c| c.borrow().clone()) {
+        return Ok(clients);
+    }
+    let clients = Arc::new(connect().await?);
+    CLIENTS.with(|c| *c.borrow_mut() = Some(clients.clone()));
+    Ok(clients)
+}
+
+/// Applies every schema's migrations with a pool that is closed afterwards.
+async fn migrate() -> anyhow::Result<()> {
+    let base = base_config()?;
+    let pool = finestra_platform::stores::postgres(&base)
         .await
+        .with_context(|| format!("postgres at {} (run scripts/infra.sh)", base.database_url))?;
+    finestra_registry::migrate(&pool).await?;
+    finestra_window::pg::migrate(&pool).await?;
+    pool.close().await;
+    Ok(())
+}
+
+async fn connect() -> anyhow::Result<Infra> {
+    let base = base_config()?;
+    let pool = finestra_platform::stores::postgres(&base).await?;
+    let redis = finestra_platform::stores::redis(&base)
+        .await
+        .with_context(|| format!("redis at {}", base.redis_url))?;
+    Ok(Infra {
+        pool,
+        redis,
+        brokers: base.kafka_brokers,
+    })
 }
 
 fn base_config() -> anyhow::Result<CommonConfig> {
