@@ -124,13 +124,14 @@ async fn a_consumer_killed_before_committing_reprocesses_without_double_history_
             clock: finestra_testkit::system_clock(),
         };
         let shutdown = finestra_platform::Shutdown::new();
+        let now = finestra_domain::Clock::now(&finestra_platform::SystemClock);
         let mut seen = 0;
         while seen < n {
             let batch = consumer.next_batch(&shutdown).await?;
             let events: Vec<_> = batch
                 .iter()
                 .filter_map(|m| {
-                    finestra_window::state::decode(&kafka::decode(m).ok()?)
+                    finestra_window::state::decode(&kafka::decode(m).ok()?, now)
                         .ok()
                         .flatten()
                 })
@@ -208,5 +209,68 @@ async fn a_consumer_resuming_from_a_commit_inside_a_producer_batch_skips_no_reco
         "every produced record was applied exactly once"
     );
     second.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn poison_records_go_to_the_dead_letter_topic_and_never_block_the_partition()
+-> anyhow::Result<()> {
+    let scope = Scope::new();
+    scope.create_topics().await?;
+    let (tenant, number, _) = scope.tenant_with_number("poison", 1).await?;
+    let topics = scope.topics();
+    let producer = kafka::producer(&infra().await?.brokers)?;
+    let sent = now_secs() - 60;
+    // All for one user, so all on one partition, in this order.
+    let (key, good_before) = inbound(&tenant, &number, 0, sent);
+    let (_, mut undecodable) = inbound(&tenant, &number, 1, sent);
+    undecodable.occurred_at = Some(finestra_proto::time::from_micros(sent * 1_000_000_000)); // ms as s, ×1000
+    let (_, mut refused_by_store) = inbound(&tenant, &number, 2, sent);
+    if let Some(Payload::InboundMessage(m)) = &mut refused_by_store.payload {
+        m.message_id = "wamid.with\u{0}nul".into(); // Postgres text cannot hold NUL
+    }
+    let (_, good_after) = inbound(&tenant, &number, 3, sent);
+    let records: Vec<Outgoing<'_>> = [good_before, undecodable, refused_by_store, good_after]
+        .into_iter()
+        .map(|envelope| Outgoing {
+            topic: &topics.inbound,
+            key: key.clone(),
+            envelope,
+        })
+        .collect();
+    // One at a time, so the order on the partition is the order above.
+    for r in records {
+        kafka::publish_all(&producer, std::slice::from_ref(&r)).await?;
+    }
+    let window = finestra_testkit::start_window(&scope, "window", 100).await?;
+    let group = scope.group("window");
+    eventually("all four records committed", WAIT, || async {
+        Ok((committed(&group, &topics.inbound).await? == 4).then_some(()))
+    })
+    .await?;
+    assert_eq!(
+        history_rows(&tenant).await?,
+        2,
+        "both good events applied around the poison"
+    );
+    let dead = finestra_testkit::read_all(&topics.dlq).await?;
+    let mut reasons: Vec<String> = dead
+        .iter()
+        .filter_map(|e| match &e.payload {
+            Some(Payload::DeadLetter(d)) => Some(d.error.clone()),
+            _ => None,
+        })
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r.contains("occurred_at")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("postgres")),
+        "{reasons:?}"
+    );
+    window.stop().await;
     Ok(())
 }

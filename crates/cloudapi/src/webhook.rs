@@ -46,8 +46,9 @@ pub struct Value {
     pub statuses: Vec<Box<RawValue>>,
     #[serde(default)]
     pub errors: Vec<ErrorObject>,
+    /// Kept raw so one malformed item does not reject its neighbours.
     #[serde(default)]
-    pub user_preferences: Vec<UserPreference>,
+    pub user_preferences: Vec<Box<RawValue>>,
 }
 
 #[derive(Debug, Deserialize)]

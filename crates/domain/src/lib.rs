@@ -5,6 +5,6 @@ pub mod time;
 pub mod user;
 pub mod window;
 
-pub use time::{Clock, FixedClock, Timestamp};
+pub use time::{Clock, FixedClock, Timestamp, is_plausible_event_time};
 pub use user::{UserKey, UserKeyError};
 pub use window::{Flag, LastInbound, WindowChange, WindowState};

@@ -38,6 +38,19 @@ impl fmt::Display for Timestamp {
     }
 }
 
+/// How old a provider timestamp may be when it reaches Finestra (the provider retries a
+/// webhook for days; a month is generous).
+pub const MAX_EVENT_AGE_HOURS: i64 = 30 * 24;
+/// How far a provider timestamp may be ahead of our clock.
+pub const MAX_EVENT_SKEW_HOURS: i64 = 1;
+
+/// Whether a provider timestamp is believable at `now`. Anything else is a malformed item
+/// (milliseconds sent as seconds, a zero, a clock gone wrong) and would poison every store
+/// it reaches.
+pub fn is_plausible_event_time(at: Timestamp, now: Timestamp) -> bool {
+    at >= now.plus_hours(-MAX_EVENT_AGE_HOURS) && at <= now.plus_hours(MAX_EVENT_SKEW_HOURS)
+}
+
 /// The source of "now". Production uses the system clock (in `finestra-platform`); tests use
 /// [`FixedClock`].
 pub trait Clock: Send + Sync + 'static {
@@ -80,6 +93,28 @@ mod tests {
         assert_eq!(clock.now(), Timestamp::from_micros(10_000_005));
         clock.set(Timestamp::from_secs(1));
         assert_eq!(clock.now(), Timestamp::from_secs(1));
+    }
+
+    #[test]
+    fn plausible_event_times_are_within_a_month_back_and_an_hour_ahead() {
+        let now = Timestamp::from_secs(1_764_000_000);
+        assert!(is_plausible_event_time(now, now));
+        assert!(is_plausible_event_time(now.plus_hours(-30 * 24), now));
+        assert!(!is_plausible_event_time(
+            now.plus_hours(-30 * 24).plus_micros(-1),
+            now
+        ));
+        assert!(is_plausible_event_time(now.plus_hours(1), now));
+        assert!(!is_plausible_event_time(
+            now.plus_hours(1).plus_micros(1),
+            now
+        ));
+        // Milliseconds taken for seconds land far in the future.
+        assert!(!is_plausible_event_time(
+            Timestamp::from_secs(1_764_000_000_000),
+            now
+        ));
+        assert!(!is_plausible_event_time(Timestamp::from_secs(0), now));
     }
 
     #[test]

@@ -28,12 +28,12 @@ pub struct Flag {
     pub on: bool,
 }
 
-/// What a user message did to the window.
+/// What a user message did to the window, as seen when it is processed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WindowChange {
-    /// The window was closed at the message's time and is now open.
+    /// The window was closed and is now open.
     Opened { csw_until: Timestamp },
-    /// The window was already open at the message's time and now closes later.
+    /// The window was open and now closes later.
     Refreshed { csw_until: Timestamp },
 }
 
@@ -58,18 +58,21 @@ fn max_opt<T: Ord + Clone>(a: &Option<T>, b: &Option<T>) -> Option<T> {
 
 impl WindowState {
     /// A user message (any type) opens or refreshes the window:
-    /// `csw_until = max(csw_until, sent_at + 24h)`. `sent_at` is the provider's timestamp.
-    /// Returns what changed, `None` for a duplicate or a message older than the window.
+    /// `csw_until = max(csw_until, sent_at + 24h)`. `sent_at` is the provider's timestamp;
+    /// `now` is when the message is processed. Returns what changed as of `now`: `None` for a
+    /// duplicate, for a message older than the newest one, and for a late message whose window
+    /// has already ended (its `csw_until` is still recorded).
     pub fn on_user_message(
         &mut self,
         sent_at: Timestamp,
         message_id: &str,
         has_referral: bool,
+        now: Timestamp,
     ) -> Option<WindowChange> {
         let until = sent_at.plus_hours(CSW_HOURS);
-        let was_open = self.is_open(sent_at);
-        let grows = self.csw_until.is_none_or(|u| until > u);
-        if grows {
+        let was_open = self.is_open(now);
+        let extends = self.csw_until.is_none_or(|u| until > u);
+        if extends {
             self.csw_until = Some(until);
         }
         self.last_inbound = max_opt(
@@ -82,7 +85,7 @@ impl WindowState {
         if has_referral {
             self.referral_at = max_opt(&self.referral_at, &Some(sent_at));
         }
-        match (grows, was_open) {
+        match (extends && until > now, was_open) {
             (false, _) => None,
             (true, false) => Some(WindowChange::Opened { csw_until: until }),
             (true, true) => Some(WindowChange::Refreshed { csw_until: until }),
@@ -172,7 +175,7 @@ mod tests {
     fn a_user_message_opens_the_window_for_24_hours() {
         let mut w = WindowState::default();
         assert!(!w.is_open(T0));
-        let change = w.on_user_message(T0, "wamid.1", false);
+        let change = w.on_user_message(T0, "wamid.1", false, T0);
         assert_eq!(
             change,
             Some(WindowChange::Opened {
@@ -187,15 +190,18 @@ mod tests {
     #[test]
     fn a_later_message_refreshes_and_an_earlier_one_does_nothing() {
         let mut w = WindowState::default();
-        w.on_user_message(T0, "wamid.1", false);
+        w.on_user_message(T0, "wamid.1", false, T0);
         let later = T0.plus_hours(5);
         assert_eq!(
-            w.on_user_message(later, "wamid.2", false),
+            w.on_user_message(later, "wamid.2", false, later),
             Some(WindowChange::Refreshed {
                 csw_until: later.plus_hours(24)
             })
         );
-        assert_eq!(w.on_user_message(T0.plus_hours(1), "wamid.0", false), None);
+        assert_eq!(
+            w.on_user_message(T0.plus_hours(1), "wamid.0", false, T0.plus_hours(1)),
+            None
+        );
         assert_eq!(w.csw_until, Some(later.plus_hours(24)));
         assert_eq!(
             w.last_inbound.as_ref().map(|l| l.message_id.as_str()),
@@ -206,10 +212,10 @@ mod tests {
     #[test]
     fn a_message_after_the_window_closed_opens_a_new_one() {
         let mut w = WindowState::default();
-        w.on_user_message(T0, "wamid.1", false);
+        w.on_user_message(T0, "wamid.1", false, T0);
         let after = T0.plus_hours(30);
         assert_eq!(
-            w.on_user_message(after, "wamid.2", false),
+            w.on_user_message(after, "wamid.2", false, after),
             Some(WindowChange::Opened {
                 csw_until: after.plus_hours(24)
             })
@@ -220,23 +226,23 @@ mod tests {
     fn a_message_sent_25_hours_ago_leaves_the_window_closed_now() {
         let now = T0;
         let mut w = WindowState::default();
-        w.on_user_message(Timestamp(now.0 - hours(25)), "wamid.old", false);
+        w.on_user_message(Timestamp(now.0 - hours(25)), "wamid.old", false, now);
         assert!(!w.is_open(now));
     }
 
     #[test]
     fn duplicates_change_nothing() {
         let mut w = WindowState::default();
-        w.on_user_message(T0, "wamid.1", true);
+        w.on_user_message(T0, "wamid.1", true, T0);
         let before = w.clone();
-        assert_eq!(w.on_user_message(T0, "wamid.1", true), None);
+        assert_eq!(w.on_user_message(T0, "wamid.1", true, T0), None);
         assert_eq!(w, before);
     }
 
     #[test]
     fn fep_starts_on_a_reply_within_the_referral_window_and_lasts_72_hours() {
         let mut w = WindowState::default();
-        w.on_user_message(T0, "wamid.ad", true);
+        w.on_user_message(T0, "wamid.ad", true, T0);
         let reply = T0.plus_hours(2);
         assert!(w.fep_eligible(reply));
         assert_eq!(w.on_business_reply(reply), Some(reply.plus_hours(72)));
@@ -247,7 +253,7 @@ mod tests {
     #[test]
     fn fep_is_not_extended_by_later_replies() {
         let mut w = WindowState::default();
-        w.on_user_message(T0, "wamid.ad", true);
+        w.on_user_message(T0, "wamid.ad", true, T0);
         let first = T0.plus_hours(1);
         w.on_business_reply(first);
         assert_eq!(w.on_business_reply(T0.plus_hours(3)), None);
@@ -257,11 +263,11 @@ mod tests {
     #[test]
     fn no_fep_without_referral_or_after_the_referral_window() {
         let mut plain = WindowState::default();
-        plain.on_user_message(T0, "wamid.1", false);
+        plain.on_user_message(T0, "wamid.1", false, T0);
         assert_eq!(plain.on_business_reply(T0.plus_hours(1)), None);
 
         let mut late = WindowState::default();
-        late.on_user_message(T0, "wamid.ad", true);
+        late.on_user_message(T0, "wamid.ad", true, T0);
         assert_eq!(
             late.on_business_reply(T0.plus_hours(24)),
             None,
@@ -277,17 +283,17 @@ mod tests {
     #[test]
     fn a_new_fep_can_start_only_after_the_previous_one_ended() {
         let mut w = WindowState::default();
-        w.on_user_message(T0, "wamid.ad1", true);
+        w.on_user_message(T0, "wamid.ad1", true, T0);
         w.on_business_reply(T0.plus_hours(1));
         let second_ad = T0.plus_hours(50);
-        w.on_user_message(second_ad, "wamid.ad2", true);
+        w.on_user_message(second_ad, "wamid.ad2", true, second_ad);
         assert_eq!(
             w.on_business_reply(second_ad.plus_hours(1)),
             None,
             "first FEP still running"
         );
         let third_ad = T0.plus_hours(80);
-        w.on_user_message(third_ad, "wamid.ad3", true);
+        w.on_user_message(third_ad, "wamid.ad3", true, third_ad);
         let reply = third_ad.plus_hours(1);
         assert_eq!(w.on_business_reply(reply), Some(reply.plus_hours(72)));
     }
@@ -325,7 +331,7 @@ mod tests {
     fn apply(state: &mut WindowState, e: &Event) {
         match *e {
             Event::Message { at, id, referral } => {
-                state.on_user_message(T0.plus_micros(at), &format!("wamid.{id}"), referral);
+                state.on_user_message(T0.plus_micros(at), &format!("wamid.{id}"), referral, T0);
             }
             Event::Marketing { at, stop } => {
                 state.on_marketing_preference(T0.plus_micros(at), stop)

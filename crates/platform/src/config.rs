@@ -103,6 +103,8 @@ pub struct CommonConfig {
     /// How long a SIGTERM'd service may take to drain before it gives up.
     pub shutdown_grace: Duration,
     pub db_max_connections: u32,
+    /// Longest wait for one Redis reply (a pipeline counts as one).
+    pub redis_timeout_ms: u64,
 }
 
 impl CommonConfig {
@@ -124,6 +126,7 @@ impl CommonConfig {
             otlp_endpoint: (!otlp.is_empty()).then_some(otlp),
             shutdown_grace: Duration::from_secs(env_parse("SHUTDOWN_GRACE_SECS", 25u64)?),
             db_max_connections: env_parse("DB_MAX_CONNECTIONS", 10u32)?,
+            redis_timeout_ms: env_parse("REDIS_TIMEOUT_MS", 1_000u64)?,
         })
     }
 }

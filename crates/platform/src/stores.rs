@@ -15,9 +15,15 @@ pub async fn postgres(config: &CommonConfig) -> Result<PgPool, sqlx::Error> {
         .await
 }
 
+/// A reconnecting Redis connection with bounded waits: a hung Redis must turn into an error
+/// (callers fall back to Postgres or retry), never into a request that waits forever.
 pub async fn redis(config: &CommonConfig) -> redis::RedisResult<redis::aio::ConnectionManager> {
     let client = redis::Client::open(config.redis_url.as_str())?;
-    redis::aio::ConnectionManager::new(client).await
+    let settings = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Duration::from_secs(2))
+        .set_response_timeout(Duration::from_millis(config.redis_timeout_ms))
+        .set_number_of_retries(3);
+    redis::aio::ConnectionManager::new_with_config(client, settings).await
 }
 
 /// Runs `migrator` inside `schema`: the schema is created if missing and sqlx's bookkeeping

@@ -50,11 +50,12 @@ impl IngestService for IngestApi {
                     &[("phone_number_id", &req.phone_number_id)],
                 )
             })?;
+        let now = self.app.clock.now();
         let drafts = req
             .items
             .into_iter()
             .enumerate()
-            .map(|(i, item)| mapping::map_item(&req.phone_number_id, i, item))
+            .map(|(i, item)| mapping::map_item(&req.phone_number_id, i, item, now))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| status::invalid_argument("items", e.to_string()))?;
         let event_ids = drafts.iter().map(|d| d.event_id.clone()).collect();

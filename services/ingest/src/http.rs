@@ -174,9 +174,10 @@ async fn receive(
             );
             continue;
         };
+        let now = app.clock.now();
         let Mapped { drafts, skipped } = match change.field {
-            Field::Messages => mapping::map_messages(&change.value),
-            Field::UserPreferences => mapping::map_user_preferences(&change.value),
+            Field::Messages => mapping::map_messages(&change.value, now),
+            Field::UserPreferences => mapping::map_user_preferences(&change.value, now),
         };
         for s in skipped {
             metrics::counter!("finestra_ingest_items_skipped_total", "reason" => s.reason)
@@ -221,8 +222,16 @@ fn parse(body: &[u8]) -> Result<Vec<ParsedChange>, serde_json::Error> {
                     continue;
                 }
             };
-            let value: Value = serde_json::from_str(change.value.get())?;
-            out.push(ParsedChange { field, value });
+            // A change without a readable value names no number: it cannot be attributed or
+            // verified, so it is skipped (counted), and the rest of the POST still counts.
+            match serde_json::from_str::<Value>(change.value.get()) {
+                Ok(value) => out.push(ParsedChange { field, value }),
+                Err(e) => {
+                    metrics::counter!("finestra_ingest_items_skipped_total", "reason" => "malformed_change")
+                        .increment(1);
+                    tracing::warn!(error = %e, field = %change.field, "unreadable change skipped");
+                }
+            }
         }
     }
     Ok(out)

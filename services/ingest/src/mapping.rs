@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use finestra_domain::{Timestamp, UserKey};
+use finestra_domain::{Timestamp, UserKey, is_plausible_event_time};
 use finestra_proto::v1::{self, envelope::Payload};
 
 use finestra_cloudapi::webhook;
@@ -128,8 +128,9 @@ fn user_ref(user: &UserKey, wa_id: &str, user_id: &str, profile_name: &str) -> v
     }
 }
 
-/// Maps the `value` of a `messages` change: user messages, statuses and errors.
-pub fn map_messages(value: &webhook::Value) -> Mapped {
+/// Maps the `value` of a `messages` change: user messages, statuses and errors. Items whose
+/// provider timestamp is not plausible at `now` are skipped.
+pub fn map_messages(value: &webhook::Value, now: Timestamp) -> Mapped {
     let mut out = Mapped::default();
     let number = &value.metadata.phone_number_id;
     let names: HashMap<&str, &str> = value
@@ -163,6 +164,14 @@ pub fn map_messages(value: &webhook::Value) -> Mapped {
         };
         if m.id.is_empty() {
             out.skip("missing_id", "message without id");
+            continue;
+        }
+        let sent_at = Timestamp::from_secs(m.timestamp);
+        if !is_plausible_event_time(sent_at, now) {
+            out.skip(
+                "implausible_timestamp",
+                format!("{}: {}", m.id, m.timestamp),
+            );
             continue;
         }
         let name = names
@@ -206,7 +215,7 @@ pub fn map_messages(value: &webhook::Value) -> Mapped {
             phone_number_id: number.clone(),
             user: Some(user),
             event_id: inbound_event_id(&m.id),
-            occurred_at: Some(Timestamp::from_secs(m.timestamp)),
+            occurred_at: Some(sent_at),
             payload,
         });
     }
@@ -230,6 +239,14 @@ pub fn map_messages(value: &webhook::Value) -> Mapped {
             out.skip("missing_id", "status without id or status");
             continue;
         }
+        let at = Timestamp::from_secs(s.timestamp);
+        if !is_plausible_event_time(at, now) {
+            out.skip(
+                "implausible_timestamp",
+                format!("{}: {}", s.id, s.timestamp),
+            );
+            continue;
+        }
         let payload = Payload::MessageStatus(v1::MessageStatus {
             phone_number_id: number.clone(),
             message_id: s.id.clone(),
@@ -250,7 +267,7 @@ pub fn map_messages(value: &webhook::Value) -> Mapped {
             phone_number_id: number.clone(),
             user: Some(user),
             event_id: status_event_id(&s.id, &s.status),
-            occurred_at: Some(Timestamp::from_secs(s.timestamp)),
+            occurred_at: Some(at),
             payload,
         });
     }
@@ -273,10 +290,17 @@ pub fn map_messages(value: &webhook::Value) -> Mapped {
 }
 
 /// Maps the `value` of a `user_preferences` change: marketing stop / resume.
-pub fn map_user_preferences(value: &webhook::Value) -> Mapped {
+pub fn map_user_preferences(value: &webhook::Value, now: Timestamp) -> Mapped {
     let mut out = Mapped::default();
     let number = &value.metadata.phone_number_id;
-    for p in &value.user_preferences {
+    for raw in &value.user_preferences {
+        let p: webhook::UserPreference = match serde_json::from_str(raw.get()) {
+            Ok(p) => p,
+            Err(e) => {
+                out.skip("malformed_preference", e.to_string());
+                continue;
+            }
+        };
         let user = match UserKey::from_parts(&p.wa_id, &p.user_id) {
             Ok(u) => u,
             Err(e) => {
@@ -293,6 +317,13 @@ pub fn map_user_preferences(value: &webhook::Value) -> Mapped {
             }
         };
         let at = Timestamp::from_secs(p.timestamp);
+        if !is_plausible_event_time(at, now) {
+            out.skip(
+                "implausible_timestamp",
+                format!("preference of {user}: {}", p.timestamp),
+            );
+            continue;
+        }
         out.drafts.push(Draft {
             stream: Stream::User,
             phone_number_id: number.clone(),
@@ -318,6 +349,8 @@ pub enum ItemError {
     Missing { index: usize, field: &'static str },
     #[error("item {index}: {reason}")]
     BadUser { index: usize, reason: String },
+    #[error("item {index}: the timestamp is more than 30 days old or in the future")]
+    ImplausibleTime { index: usize },
 }
 
 fn item_user(index: usize, user: Option<&v1::UserRef>) -> Result<UserKey, ItemError> {
@@ -341,16 +374,22 @@ pub fn map_item(
     phone_number_id: &str,
     index: usize,
     item: v1::InboundItem,
+    now: Timestamp,
 ) -> Result<Draft, ItemError> {
     use v1::inbound_item::Item;
+    // Whole seconds, like the webhook's timestamps: the history is keyed by (event id, time),
+    // so one message reported both ways must carry the same time.
     let at = item
         .timestamp
         .as_ref()
-        .map(|t| Timestamp::from_micros(finestra_proto::time::to_micros(t)))
+        .map(|t| Timestamp::from_secs(t.seconds))
         .ok_or(ItemError::Missing {
             index,
             field: "timestamp",
         })?;
+    if !is_plausible_event_time(at, now) {
+        return Err(ItemError::ImplausibleTime { index });
+    }
     let number = phone_number_id.to_owned();
     match item.item.ok_or(ItemError::Missing {
         index,
@@ -430,6 +469,9 @@ pub fn map_item(
 mod tests {
     use super::*;
 
+    /// Test payloads carry timestamps around 2023-11 (1_700_000_000) and 2024-11.
+    const NOW: Timestamp = Timestamp::from_secs(1_700_000_100);
+
     fn value(json: &str) -> webhook::Value {
         serde_json::from_str(json).expect("test payload parses")
     }
@@ -443,7 +485,7 @@ mod tests {
                 "messages":[{"from":"16315551181","id":"wamid.A","timestamp":"1700000000",
                              "type":"text","text":{"body":"Hello"}}]}"#,
         );
-        let m = map_messages(&v);
+        let m = map_messages(&v, NOW);
         assert!(m.skipped.is_empty());
         let [d] = m.drafts.as_slice() else {
             panic!("one draft expected")
@@ -473,7 +515,7 @@ mod tests {
                   "referral":{"source_url":"https://fb.me/x","source_type":"ad","source_id":"42",
                               "headline":"Sale","ctwa_clid":"abc"}}]}"#,
         );
-        let m = map_messages(&v);
+        let m = map_messages(&v, NOW);
         let Payload::InboundMessage(msg) = &m.drafts[0].payload else {
             panic!()
         };
@@ -500,7 +542,7 @@ mod tests {
                   {"id":"wamid.S","status":"failed","timestamp":"1700000002","recipient_id":"393331234567",
                    "errors":[{"code":131047,"title":"Re-engagement message","error_data":{"details":"x"}}]}]}"#,
         );
-        let m = map_messages(&v);
+        let m = map_messages(&v, NOW);
         let ids: Vec<&str> = m.drafts.iter().map(|d| d.event_id.as_str()).collect();
         assert_eq!(ids, ["st:wamid.S:delivered", "st:wamid.S:failed"]);
         let Payload::MessageStatus(failed) = &m.drafts[1].payload else {
@@ -519,8 +561,8 @@ mod tests {
     fn provider_errors_get_a_stable_digest_id() {
         let json = r#"{"metadata":{"phone_number_id":"PN1"},
                        "errors":[{"code":131000,"title":"Something went wrong"}]}"#;
-        let a = map_messages(&value(json));
-        let b = map_messages(&value(json));
+        let a = map_messages(&value(json), NOW);
+        let b = map_messages(&value(json), NOW);
         assert_eq!(a.drafts[0].event_id, b.drafts[0].event_id);
         assert!(a.drafts[0].event_id.starts_with("pe:PN1:"));
         assert!(a.drafts[0].user.is_none());
@@ -535,7 +577,7 @@ mod tests {
                             {"from":"15551234567","id":"wamid.Z","timestamp":"1700000000","type":"image",
                              "image":{"caption":"look"}}]}"#,
         );
-        let m = map_messages(&v);
+        let m = map_messages(&v, NOW);
         assert_eq!(m.drafts.len(), 1);
         let Payload::InboundMessage(msg) = &m.drafts[0].payload else {
             panic!()
@@ -552,11 +594,11 @@ mod tests {
                 "contacts":[{"wa_id":"16505551234","profile":{"name":"S"}}],
                 "user_preferences":[
                   {"wa_id":"16505551234","detail":"User requested to stop marketing messages",
-                   "category":"marketing_messages","value":"stop","timestamp":1731705721},
-                  {"wa_id":"16505551234","category":"marketing_messages","value":"resume","timestamp":1731705800},
-                  {"wa_id":"16505551234","category":"marketing_messages","value":"maybe","timestamp":1731705800}]}"#,
+                   "category":"marketing_messages","value":"stop","timestamp":1700000021},
+                  {"wa_id":"16505551234","category":"marketing_messages","value":"resume","timestamp":1700000080},
+                  {"wa_id":"16505551234","category":"marketing_messages","value":"maybe","timestamp":1700000080}]}"#,
         );
-        let m = map_user_preferences(&v);
+        let m = map_user_preferences(&v, NOW);
         assert_eq!(m.drafts.len(), 2);
         assert_eq!(m.skipped[0].reason, "unknown_preference");
         let Payload::UserPreference(p) = &m.drafts[0].payload else {
@@ -566,7 +608,7 @@ mod tests {
         assert_eq!(m.drafts[0].stream, Stream::User);
         assert_eq!(
             m.drafts[0].event_id,
-            "up:PN1:16505551234:marketing_messages:stop:1731705721000000"
+            "up:PN1:16505551234:marketing_messages:stop:1700000021000000"
         );
     }
 
@@ -584,7 +626,7 @@ mod tests {
                 ..Default::default()
             })),
         };
-        let d = map_item("PN1", 0, item).expect("valid item");
+        let d = map_item("PN1", 0, item, NOW).expect("valid item");
         assert_eq!(d.event_id, inbound_event_id("wamid.G"));
         assert_eq!(d.user.as_ref().map(UserKey::as_str), Some("393331234567"));
         let Payload::InboundMessage(m) = d.payload else {
@@ -604,25 +646,76 @@ mod tests {
             item: None,
         };
         assert_eq!(
-            map_item("PN1", 3, no_time),
+            map_item("PN1", 3, no_time, NOW),
             Err(ItemError::Missing {
                 index: 3,
                 field: "timestamp"
             })
         );
         let no_user = v1::InboundItem {
-            timestamp: Some(finestra_proto::time::from_micros(1)),
+            timestamp: Some(finestra_proto::time::from_micros(1_700_000_000_000_000)),
             item: Some(v1::inbound_item::Item::Block(v1::UserBlock {
                 blocked: true,
                 ..Default::default()
             })),
         };
         assert_eq!(
-            map_item("PN1", 0, no_user),
+            map_item("PN1", 0, no_user, NOW),
             Err(ItemError::Missing {
                 index: 0,
                 field: "user"
             })
         );
+    }
+
+    #[test]
+    fn items_with_implausible_timestamps_are_skipped_or_refused() {
+        let v = value(
+            r#"{"metadata":{"phone_number_id":"PN1"},
+                "messages":[{"from":"15551234567","id":"wamid.ms","timestamp":"1700000000000","type":"text"},
+                            {"from":"15551234567","id":"wamid.zero","timestamp":"0","type":"text"}],
+                "statuses":[{"id":"wamid.S","status":"sent","timestamp":"1600000000","recipient_id":"15551234567"}]}"#,
+        );
+        let m = map_messages(&v, NOW);
+        assert!(m.drafts.is_empty());
+        assert!(
+            m.skipped
+                .iter()
+                .all(|s| s.reason == "implausible_timestamp")
+        );
+        assert_eq!(m.skipped.len(), 3);
+
+        let item = v1::InboundItem {
+            timestamp: Some(finestra_proto::time::from_micros(1_700_000_000_000_000_000)),
+            item: Some(v1::inbound_item::Item::Block(v1::UserBlock {
+                user: Some(v1::UserRef {
+                    wa_id: "15551234567".into(),
+                    ..Default::default()
+                }),
+                blocked: true,
+                ..Default::default()
+            })),
+        };
+        assert_eq!(
+            map_item("PN1", 2, item, NOW),
+            Err(ItemError::ImplausibleTime { index: 2 })
+        );
+    }
+
+    #[test]
+    fn grpc_item_times_are_whole_seconds_like_webhooks() {
+        let item = v1::InboundItem {
+            timestamp: Some(finestra_proto::time::from_micros(1_700_000_000_654_321)),
+            item: Some(v1::inbound_item::Item::Block(v1::UserBlock {
+                user: Some(v1::UserRef {
+                    wa_id: "15551234567".into(),
+                    ..Default::default()
+                }),
+                blocked: true,
+                ..Default::default()
+            })),
+        };
+        let d = map_item("PN1", 0, item, NOW).expect("valid");
+        assert_eq!(d.occurred_at, Some(Timestamp::from_secs(1_700_000_000)));
     }
 }

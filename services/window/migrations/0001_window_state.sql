@@ -1,13 +1,14 @@
 -- Current state per (tenant, number, user): the system of record the Redis hash is rebuilt
--- from. Times are microseconds since the Unix epoch (the domain's unit). Every column only
+-- from. Text that is compared or ordered is in the "C" collation: byte order, as the domain
+-- (Rust) and the Redis script compare, whatever the database's locale. Times are microseconds since the Unix epoch (the domain's unit). Every column only
 -- moves "up" (see finestra_domain::WindowState::merge), so upserts merge, never overwrite.
 CREATE TABLE pair_state (
     tenant_id       text NOT NULL,
     phone_number_id text NOT NULL,
-    user_key        text NOT NULL,
+    user_key        text COLLATE "C" NOT NULL,
     csw_until       bigint,
     last_inbound_at bigint,
-    last_inbound_id text,
+    last_inbound_id text COLLATE "C",
     referral_at     bigint,
     fep_until       bigint,
     opt_out_at      bigint,
@@ -51,6 +52,10 @@ BEGIN
             'CREATE TABLE windows.%I PARTITION OF windows.window_events FOR VALUES FROM (%L) TO (%L)',
             name, first, (first + interval '1 month')::date);
     END IF;
-EXCEPTION WHEN duplicate_table THEN
-    NULL; -- another process created it first
+EXCEPTION
+    WHEN duplicate_table THEN
+        NULL; -- another process created it first
+    WHEN check_violation THEN
+        -- The default partition already holds rows of that month; they stay there.
+        RAISE WARNING 'partition % not created: the default partition has rows of that month', name;
 END $$;

@@ -29,6 +29,19 @@ pub enum ApplyError {
     Bus(#[from] BusError),
 }
 
+impl ApplyError {
+    /// Postgres refused the data itself (SQLSTATE class 22, data exception, or a check
+    /// violation): retrying cannot help, the event is poison.
+    pub fn is_data_error(&self) -> bool {
+        match self {
+            ApplyError::Postgres(sqlx::Error::Database(db)) => db
+                .code()
+                .is_some_and(|c| c.starts_with("22") || c == "23514"),
+            _ => false,
+        }
+    }
+}
+
 /// What a batch did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Applied {
@@ -117,7 +130,7 @@ impl Applier {
             let Some(s) = states.get_mut(&e.key) else {
                 continue;
             };
-            if let Some(change) = state::apply(s, e) {
+            if let Some(change) = state::apply(s, e, now) {
                 match change {
                     WindowChange::Opened { .. } => applied.windows_opened += 1,
                     WindowChange::Refreshed { .. } => applied.windows_refreshed += 1,
@@ -140,15 +153,19 @@ impl Applier {
         // it, a crash in between would lose them (a re-delivery finds nothing changed).
         let writes = async {
             let new_rows = pg::append_history(&mut tx, events).await?;
-            pg::merge_states(&mut tx, &states).await?;
-            Ok::<_, sqlx::Error>(new_rows)
+            let stored = pg::merge_states(&mut tx, &states).await?;
+            Ok::<_, sqlx::Error>((new_rows, stored))
         };
         let (published, written) =
             tokio::join!(kafka::publish_all(&self.producer, &outgoing), writes);
-        applied.new_history_rows = written?;
+        let (new_rows, stored) = written?;
+        applied.new_history_rows = new_rows;
         published?;
         tx.commit().await?;
-        self.hot.merge_all(&states, now).await?;
+        // Redis gets the rows as Postgres stored them (merged with what was there).
+        let stored: Vec<(PairKey, WindowState)> =
+            stored.iter().map(|r| (r.key(), r.state())).collect();
+        self.hot.merge_all(&stored, now).await?;
         Ok(applied)
     }
 }

@@ -68,19 +68,27 @@ impl Loop {
                 }
                 continue;
             }
+            let now = self.applier.clock.now();
             let mut events: Vec<WindowEvent> = Vec::with_capacity(batch.len());
+            let mut sources: Vec<&OwnedMessage> = Vec::with_capacity(batch.len());
             let mut poison = Vec::new();
             for m in &batch {
                 let decoded = kafka::decode(m)
                     .map_err(|e| e.to_string())
-                    .and_then(|env| state::decode(&env).map_err(|e| e.to_string()));
+                    .and_then(|env| state::decode(&env, now).map_err(|e| e.to_string()));
                 match decoded {
-                    Ok(Some(e)) => events.push(e),
+                    Ok(Some(e)) => {
+                        events.push(e);
+                        sources.push(m);
+                    }
                     Ok(None) => {}
                     Err(error) => poison.push(dead_letter(m, &group, error)),
                 }
             }
-            if !self.settle(&events, poison, &shutdown).await {
+            if !self
+                .settle(events, &sources, poison, &group, &shutdown)
+                .await
+            {
                 // Shut down while the batch kept failing: leave it uncommitted for the next run.
                 break;
             }
@@ -92,36 +100,21 @@ impl Loop {
         tracing::info!(group, "window consumer stopped");
     }
 
-    /// Applies the batch (and dead-letters its poison), retrying until it succeeds. Returns
-    /// false if shutdown began before it could.
+    /// Applies the batch (and dead-letters its poison), retrying until it succeeds. An event
+    /// the store refuses as data (not as an outage) is found, dead-lettered, and the rest is
+    /// applied: one bad record never blocks the partition. Returns false if shutdown began
+    /// before the batch was settled.
     async fn settle(
         &self,
-        events: &[WindowEvent],
-        poison: Vec<Envelope>,
+        mut events: Vec<WindowEvent>,
+        sources: &[&OwnedMessage],
+        mut poison: Vec<Envelope>,
+        group: &str,
         shutdown: &Shutdown,
     ) -> bool {
-        let dead: Vec<Outgoing<'_>> = poison
-            .into_iter()
-            .map(|envelope| Outgoing {
-                topic: &self.dlq_topic,
-                key: envelope.event_id.clone(),
-                envelope,
-            })
-            .collect();
         let mut attempt = 0;
         loop {
-            let result = async {
-                if !dead.is_empty() {
-                    kafka::publish_all(&self.applier.producer, &dead)
-                        .await
-                        .map_err(ApplyError::from)?;
-                    metrics::counter!("finestra_window_dead_letters_total")
-                        .increment(dead.len() as u64);
-                }
-                self.applier.apply(events).await
-            }
-            .await;
-            match result {
+            match self.apply_with_dead_letters(&events, &poison).await {
                 Ok(applied) => {
                     metrics::counter!("finestra_window_events_applied_total")
                         .increment(applied.events as u64);
@@ -134,6 +127,19 @@ impl Loop {
                         .increment(applied.windows_refreshed as u64);
                     return true;
                 }
+                Err(e) if e.is_data_error() && !events.is_empty() => {
+                    tracing::warn!(error = %e, "the store refused part of a batch; isolating the bad events");
+                    match self.isolate(&events, sources, group).await {
+                        Ok(bad) => {
+                            poison.extend(bad);
+                            // Everything else is applied; only the dead letters remain to send.
+                            events.clear();
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "isolating failed; retrying the batch")
+                        }
+                    }
+                }
                 Err(e) => {
                     metrics::counter!("finestra_window_apply_failures_total").increment(1);
                     tracing::error!(error = %e, attempt, "applying a batch failed; retrying");
@@ -145,5 +151,47 @@ impl Loop {
                 }
             }
         }
+    }
+
+    /// Applies the events, then dead-letters the poison (after, so a batch whose apply fails
+    /// sends its dead letters once, when it is settled).
+    async fn apply_with_dead_letters(
+        &self,
+        events: &[WindowEvent],
+        poison: &[Envelope],
+    ) -> Result<crate::apply::Applied, ApplyError> {
+        let applied = self.applier.apply(events).await?;
+        if !poison.is_empty() {
+            let dead: Vec<Outgoing<'_>> = poison
+                .iter()
+                .map(|envelope| Outgoing {
+                    topic: &self.dlq_topic,
+                    key: envelope.event_id.clone(),
+                    envelope: envelope.clone(),
+                })
+                .collect();
+            kafka::publish_all(&self.applier.producer, &dead).await?;
+            metrics::counter!("finestra_window_dead_letters_total").increment(dead.len() as u64);
+        }
+        Ok(applied)
+    }
+
+    /// Applies the events one by one; returns dead letters for those the store refuses as
+    /// data. Any other failure aborts (the batch is retried whole; applying is idempotent).
+    async fn isolate(
+        &self,
+        events: &[WindowEvent],
+        sources: &[&OwnedMessage],
+        group: &str,
+    ) -> Result<Vec<Envelope>, ApplyError> {
+        let mut bad = Vec::new();
+        for (event, source) in events.iter().zip(sources) {
+            match self.applier.apply(std::slice::from_ref(event)).await {
+                Ok(_) => {}
+                Err(e) if e.is_data_error() => bad.push(dead_letter(source, group, e.to_string())),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(bad)
     }
 }

@@ -25,6 +25,14 @@ const MERGE_LUA: &str = r#"
 local key = KEYS[1]
 local cur = redis.call('HMGET', key, 'csw', 'li_at', 'li_id', 'ref', 'fep', 'mo_at', 'mo', 'bl_at', 'bl')
 local function num(v) if v == false or v == nil or v == '' then return nil end return tonumber(v) end
+-- Byte order, as Rust and Postgres ("C") compare: independent of Redis's locale.
+local function bytes_gt(a, b)
+  for i = 1, math.min(#a, #b) do
+    local x, y = a:byte(i), b:byte(i)
+    if x ~= y then return x > y end
+  end
+  return #a > #b
+end
 local out = {}
 local function max_field(f, i, v)
   local new = num(v)
@@ -41,7 +49,7 @@ local function pair_field(fat, fval, i, at, val, numeric)
   local newer = old_at == nil or new_at > old_at
   if not newer and new_at == old_at then
     if numeric then newer = tonumber(val) > (num(cur[i + 1]) or -1)
-    else newer = val > (cur[i + 1] or '') end
+    else newer = bytes_gt(val, cur[i + 1] or '') end
   end
   if newer then table.insert(out, fat); table.insert(out, at); table.insert(out, fval); table.insert(out, val) end
 end

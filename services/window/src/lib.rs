@@ -61,7 +61,10 @@ pub async fn start(
     let common = &config.common;
     let pool = stores::postgres(common).await?;
     pg::migrate(&pool).await?;
-    pg::ensure_partitions(&pool, clock.now()).await?;
+    if let Err(e) = pg::ensure_partitions(&pool, clock.now()).await {
+        // Rows then land in the default partition; nothing is lost.
+        tracing::warn!(error = %e, "creating this month's history partitions failed");
+    }
     let redis = stores::redis(common).await?;
     let hot = hot::HotStore::new(redis.clone(), &common.redis_prefix);
     let producer = kafka::producer(&common.kafka_brokers)?;

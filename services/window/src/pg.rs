@@ -176,11 +176,11 @@ pub async fn append_history(
 
 /// Upserts states, merging with what is stored (the lattice join of
 /// `WindowState::merge`), so a concurrent writer can never move a field backwards.
-/// One entry per key.
+/// One entry per key. Returns the rows as stored, which is what Redis receives.
 pub async fn merge_states(
     conn: &mut PgConnection,
     states: &[(PairKey, WindowState)],
-) -> Result<(), sqlx::Error> {
+) -> Result<Vec<PairRow>, sqlx::Error> {
     let (t, n, u) = key_arrays(states.iter().map(|(k, _)| k));
     let s = states.iter().map(|(_, s)| s);
     let csw: Vec<Option<i64>> = s
@@ -216,7 +216,7 @@ pub async fn merge_states(
         .map(|s| s.blocked.map(|f| f.at.micros()))
         .collect();
     let bl: Vec<Option<bool>> = s.map(|s| s.blocked.map(|f| f.on)).collect();
-    sqlx::query(
+    sqlx::query_as::<_, PairRow>(&format!(
         "INSERT INTO windows.pair_state AS p
             (tenant_id, phone_number_id, user_key, csw_until, last_inbound_at, last_inbound_id,
              referral_at, fep_until, opt_out_at, opt_out, blocked_at, blocked)
@@ -244,8 +244,9 @@ pub async fn merge_states(
            blocked = CASE WHEN p.blocked_at IS NULL
                  OR (EXCLUDED.blocked_at, EXCLUDED.blocked) > (p.blocked_at, p.blocked)
                THEN EXCLUDED.blocked ELSE p.blocked END,
-           updated_at = now()",
-    )
+           updated_at = now()
+         RETURNING {PAIR_COLUMNS}"
+    ))
     .bind(t)
     .bind(n)
     .bind(u)
@@ -258,9 +259,8 @@ pub async fn merge_states(
     .bind(oo)
     .bind(bl_at)
     .bind(bl)
-    .execute(conn)
-    .await?;
-    Ok(())
+    .fetch_all(conn)
+    .await
 }
 
 /// Open windows of a number at `now`, ordered by user, after `after` (keyset pagination).

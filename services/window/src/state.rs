@@ -44,22 +44,34 @@ pub enum DecodeError {
     Missing(&'static str),
     #[error("bad user: {0}")]
     User(#[from] finestra_domain::UserKeyError),
+    #[error("occurred_at {0} is before 2010 or more than a day ahead")]
+    ImplausibleTime(Timestamp),
 }
+
+/// Ingest refuses implausible provider times; this wider bound only keeps values no store can
+/// hold out of the stores (a replay of old events must still apply).
+const EARLIEST_EVENT: Timestamp = Timestamp::from_secs(1_262_304_000); // 2010-01-01
 
 /// Only marketing preferences change the window's opt-out; other categories are not tracked.
 const MARKETING: &str = "marketing_messages";
 
 /// The window-relevant event of an envelope; `Ok(None)` for envelopes this service ignores.
-pub fn decode(env: &Envelope) -> Result<Option<WindowEvent>, DecodeError> {
+pub fn decode(env: &Envelope, now: Timestamp) -> Result<Option<WindowEvent>, DecodeError> {
     let occurred_at = env
         .occurred_at
         .as_ref()
         .map(|t| Timestamp::from_micros(to_micros(t)))
         .ok_or(DecodeError::Missing("occurred_at"))?;
+    if occurred_at < EARLIEST_EVENT || occurred_at > now.plus_hours(24) {
+        return Err(DecodeError::ImplausibleTime(occurred_at));
+    }
     if env.tenant_id.is_empty() || env.event_id.is_empty() {
         return Err(DecodeError::Missing("tenant_id or event_id"));
     }
     let (number, user, kind) = match &env.payload {
+        // Notices the network writes on the user's behalf (e.g. "changed their number") are
+        // not the user writing: they open no window.
+        Some(Payload::InboundMessage(m)) if m.message_type == "system" => return Ok(None),
         Some(Payload::InboundMessage(m)) => (
             &m.phone_number_id,
             m.user.as_ref(),
@@ -97,13 +109,17 @@ pub fn decode(env: &Envelope) -> Result<Option<WindowEvent>, DecodeError> {
     }))
 }
 
-/// Applies an event to a state; returns what a user message did to the window.
-pub fn apply(state: &mut WindowState, e: &WindowEvent) -> Option<finestra_domain::WindowChange> {
+/// Applies an event to a state at `now`; returns what a user message did to the window.
+pub fn apply(
+    state: &mut WindowState,
+    e: &WindowEvent,
+    now: Timestamp,
+) -> Option<finestra_domain::WindowChange> {
     match &e.kind {
         EventKind::UserMessage {
             message_id,
             referral,
-        } => state.on_user_message(e.occurred_at, message_id, *referral),
+        } => state.on_user_message(e.occurred_at, message_id, *referral, now),
         EventKind::MarketingPreference { stop } => {
             state.on_marketing_preference(e.occurred_at, *stop);
             None
@@ -112,5 +128,68 @@ pub fn apply(state: &mut WindowState, e: &WindowEvent) -> Option<finestra_domain
             state.on_block(e.occurred_at, *blocked);
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use finestra_proto::time::from_micros;
+    use finestra_proto::v1::{InboundMessage, UserRef};
+
+    const NOW: Timestamp = Timestamp::from_secs(1_764_000_000);
+
+    fn envelope(at: Timestamp, message_type: &str) -> Envelope {
+        Envelope {
+            event_id: "in:wamid.1".into(),
+            tenant_id: "t1".into(),
+            occurred_at: Some(from_micros(at.micros())),
+            recorded_at: None,
+            payload: Some(Payload::InboundMessage(InboundMessage {
+                phone_number_id: "pn1".into(),
+                user: Some(UserRef {
+                    wa_id: "393331234567".into(),
+                    ..Default::default()
+                }),
+                message_id: "wamid.1".into(),
+                message_type: message_type.into(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    #[test]
+    fn a_user_message_becomes_a_window_event() {
+        let e = decode(&envelope(NOW, "text"), NOW)
+            .expect("valid")
+            .expect("relevant");
+        assert_eq!(e.key.user, "393331234567");
+        assert_eq!(
+            e.kind,
+            EventKind::UserMessage {
+                message_id: "wamid.1".into(),
+                referral: false
+            }
+        );
+    }
+
+    #[test]
+    fn system_notices_open_no_window() {
+        assert_eq!(decode(&envelope(NOW, "system"), NOW), Ok(None));
+    }
+
+    #[test]
+    fn times_no_store_can_hold_are_refused() {
+        let far = Timestamp::from_secs(1_764_000_000_000);
+        assert_eq!(
+            decode(&envelope(far, "text"), NOW),
+            Err(DecodeError::ImplausibleTime(far))
+        );
+        let zero = Timestamp::from_secs(0);
+        assert!(decode(&envelope(zero, "text"), NOW).is_err());
+        assert!(
+            decode(&envelope(Timestamp::from_secs(1_300_000_000), "text"), NOW).is_ok(),
+            "old replays apply"
+        );
     }
 }
