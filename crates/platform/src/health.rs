@@ -16,7 +16,9 @@ use crate::shutdown::Shutdown;
 #[derive(Clone)]
 pub enum Dependency {
     Postgres(sqlx::PgPool),
-    Redis(redis::aio::ConnectionManager),
+    /// A client, not a connection: the check opens its own, so health can watch Redis
+    /// before the service managed to connect.
+    Redis(redis::Client),
     Kafka(FutureProducer),
 }
 
@@ -40,10 +42,12 @@ impl Dependency {
                     Err(_) => Err("timed out".into()),
                 }
             }
-            Dependency::Redis(conn) => {
-                let mut conn = conn.clone();
-                let ping = redis::cmd("PING");
-                match tokio::time::timeout(timeout, ping.query_async::<String>(&mut conn)).await {
+            Dependency::Redis(client) => {
+                let ping = async {
+                    let mut conn = client.get_multiplexed_async_connection().await?;
+                    redis::cmd("PING").query_async::<String>(&mut conn).await
+                };
+                match tokio::time::timeout(timeout, ping).await {
                     Ok(Ok(_)) => Ok(()),
                     Ok(Err(e)) => Err(e.to_string()),
                     Err(_) => Err("timed out".into()),

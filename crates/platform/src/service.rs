@@ -18,6 +18,35 @@ pub enum StartError {
     Io(#[from] std::io::Error),
     #[error("grpc reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("shut down before the service finished starting")]
+    Interrupted,
+}
+
+/// Retries `attempt` with capped exponential backoff until it succeeds; `None` once shutdown
+/// began. For start-up steps that need a dependency which may not be up yet (health says
+/// `NOT_SERVING` meanwhile).
+pub async fn retry_until_ready<T, E, F, Fut>(
+    what: &str,
+    shutdown: &crate::Shutdown,
+    mut attempt: F,
+) -> Option<T>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut pause = std::time::Duration::from_millis(200);
+    loop {
+        match attempt().await {
+            Ok(v) => return Some(v),
+            Err(e) => tracing::warn!(error = %e, "{what} failed; retrying in {pause:?}"),
+        }
+        tokio::select! {
+            () = shutdown.wait() => return None,
+            () = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(std::time::Duration::from_secs(5));
+    }
 }
 
 /// A started service: its bound addresses (port 0 resolved) and the tasks it owns. Trigger the

@@ -17,6 +17,15 @@ pub async fn postgres(config: &CommonConfig) -> Result<PgPool, sqlx::Error> {
 
 /// A reconnecting Redis connection with bounded waits: a hung Redis must turn into an error
 /// (callers fall back to Postgres or retry), never into a request that waits forever.
+/// A pool that connects on first use: a service starts (and reports `NOT_SERVING`) while
+/// Postgres is still down, instead of exiting.
+pub fn postgres_lazy(config: &CommonConfig) -> Result<PgPool, sqlx::Error> {
+    PgPoolOptions::new()
+        .max_connections(config.db_max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy(&config.database_url)
+}
+
 pub async fn redis(config: &CommonConfig) -> redis::RedisResult<redis::aio::ConnectionManager> {
     let client = redis::Client::open(config.redis_url.as_str())?;
     let settings = redis::aio::ConnectionManagerConfig::new()

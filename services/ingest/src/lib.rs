@@ -62,7 +62,8 @@ pub async fn start(
     clock: Arc<dyn Clock>,
     shutdown: Shutdown,
 ) -> Result<Running, StartError> {
-    let pool = stores::postgres(&config.common).await?;
+    // Connects on first use: the service starts and says NOT_SERVING while Postgres is down.
+    let pool = stores::postgres_lazy(&config.common)?;
     let producer = kafka::producer(&config.common.kafka_brokers)?;
     let app = Arc::new(App {
         directory: numbers::NumberDirectory::new(

@@ -9,7 +9,13 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = Shutdown::new();
     shutdown.trigger_on_signals()?;
     let grace = config.common.shutdown_grace;
-    let running = finestra_ingest::start(config, Arc::new(SystemClock), shutdown.clone()).await?;
+    let running =
+        match finestra_ingest::start(config, Arc::new(SystemClock), shutdown.clone()).await {
+            Ok(running) => running,
+            // SIGTERM while waiting for a dependency: nothing to drain.
+            Err(finestra_platform::StartError::Interrupted) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
     shutdown.wait().await;
     if tokio::time::timeout(grace, running.wait()).await.is_err() {
         anyhow::bail!("drain did not finish within {grace:?}");

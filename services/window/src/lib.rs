@@ -16,6 +16,7 @@ use finestra_domain::Clock;
 use finestra_platform::config::{env_parse, env_string};
 use finestra_platform::health::{self, Dependency};
 use finestra_platform::kafka::{self, BatchConsumer, ConsumerSettings};
+use finestra_platform::service::retry_until_ready;
 use finestra_platform::{CommonConfig, ConfigError, Running, Shutdown, StartError, admin, stores};
 use finestra_proto::v1::window_service_server::WindowServiceServer;
 
@@ -59,28 +60,16 @@ pub async fn start(
     shutdown: Shutdown,
 ) -> Result<Running, StartError> {
     let common = &config.common;
-    let pool = stores::postgres(common).await?;
-    pg::migrate(&pool).await?;
-    if let Err(e) = pg::ensure_partitions(&pool, clock.now()).await {
-        // Rows then land in the default partition; nothing is lost.
-        tracing::warn!(error = %e, "creating this month's history partitions failed");
-    }
-    let redis = stores::redis(common).await?;
-    let hot = hot::HotStore::new(redis.clone(), &common.redis_prefix);
+    // Nothing here waits for a dependency: health and the admin endpoint come up first and
+    // say NOT_SERVING until Postgres, Redis and the broker answer.
+    let pool = stores::postgres_lazy(common)?;
+    let redis_client = redis::Client::open(common.redis_url.as_str())?;
     let producer = kafka::producer(&common.kafka_brokers)?;
-    let consumer = BatchConsumer::new(ConsumerSettings {
-        brokers: common.kafka_brokers.clone(),
-        group_id: config.consumer_group.clone(),
-        topics: vec![common.topics.inbound.clone(), common.topics.user.clone()],
-        max_batch: config.max_batch,
-        linger: config.linger,
-    })?;
-
     let (readiness, health_service, health_task) = health::watch(
         &[SERVICE_NAME],
         vec![
             Dependency::Postgres(pool.clone()),
-            Dependency::Redis(redis),
+            Dependency::Redis(redis_client),
             Dependency::Kafka(producer.clone()),
         ],
         shutdown.clone(),
@@ -88,6 +77,27 @@ pub async fn start(
     .await;
     let (metrics_addr, admin_task) =
         admin::serve(common.metrics_addr, readiness, shutdown.clone()).await?;
+
+    let migrated = retry_until_ready("migrating the window schema", &shutdown, || {
+        pg::migrate(&pool)
+    })
+    .await;
+    migrated.ok_or(StartError::Interrupted)?;
+    if let Err(e) = pg::ensure_partitions(&pool, clock.now()).await {
+        // Rows then land in the default partition; nothing is lost.
+        tracing::warn!(error = %e, "creating this month's history partitions failed");
+    }
+    let redis = retry_until_ready("connecting to redis", &shutdown, || stores::redis(common))
+        .await
+        .ok_or(StartError::Interrupted)?;
+    let hot = hot::HotStore::new(redis, &common.redis_prefix);
+    let consumer = BatchConsumer::new(ConsumerSettings {
+        brokers: common.kafka_brokers.clone(),
+        group_id: config.consumer_group.clone(),
+        topics: vec![common.topics.inbound.clone(), common.topics.user.clone()],
+        max_batch: config.max_batch,
+        linger: config.linger,
+    })?;
 
     let api = api::WindowApi {
         hot: hot.clone(),
