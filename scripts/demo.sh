@@ -22,14 +22,17 @@ $fin dev send-text --phone-number-id "$NUMBER" --from 393479876543 --name Marco 
   --text "Do you deliver?" --minutes-ago 1500
 
 step "The window service applied both events; the windows:"
-for _ in $(seq 1 50); do
-  $fin --json window get --tenant "$TENANT" --phone-number-id "$NUMBER" --user 393471234567 | grep -q '"open":true' && break
-  sleep 0.2
-done
-for _ in $(seq 1 50); do
-  $fin --json window get --tenant "$TENANT" --phone-number-id "$NUMBER" --user 393479876543 | grep -q '"csw_until":[0-9]' && break
-  sleep 0.2
-done
+# The events travel through the broker; on a fresh broker the consumer group joins first.
+wait_for() { # user pattern
+  for _ in $(seq 1 150); do
+    $fin --json window get --tenant "$TENANT" --phone-number-id "$NUMBER" --user "$1" | grep -q "$2" && return 0
+    sleep 0.2
+  done
+  echo "the window service has not applied $1's message after 30 s; see var/run/window.log" >&2
+  return 1
+}
+wait_for 393471234567 '"open":true'
+wait_for 393479876543 '"csw_until":[0-9]'
 $fin window get --tenant "$TENANT" --phone-number-id "$NUMBER" --user 393471234567
 echo "  -> the business may reply free-form, free of charge, until the window closes."
 $fin window get --tenant "$TENANT" --phone-number-id "$NUMBER" --user 393479876543

@@ -20,15 +20,18 @@ export PGHOST PGUSER
 
 if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
   say "starting PostgreSQL"
+  # Debian's cluster tools (this machine kind runs as root; elsewhere start it yourself).
   pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start
   wait_port 5432 30 PostgreSQL
+  for _ in $(seq 1 50); do pg_isready -h 127.0.0.1 -p 5432 -q && break; sleep 0.2; done
 fi
 if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   say "starting Redis"
   redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
   wait_port 6379 10 Redis
 fi
-if ! psql -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'finestra'" | grep -q 1; then
+exists=$(psql -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'finestra'")
+if [ "$exists" != "1" ]; then
   say "creating database finestra"
   createdb finestra
 fi
@@ -42,8 +45,9 @@ if ! port_open 9092; then
   # The SQLite path must be relative to the working directory (an absolute one is mangled).
   nohup tansu broker --storage-engine sqlite://var/tansu.db \
     --listener-url tcp://127.0.0.1:9092 --advertised-listener-url tcp://127.0.0.1:9092 \
-    >var/run/tansu.log 2>&1 &
-  echo $! >var/run/tansu.pid
+    >var/tansu.log 2>&1 &
+  # `make up` records the pid in its run folder so `make down` stops it; otherwise it stays.
+  echo $! >"${FINESTRA_TANSU_PIDFILE:-var/tansu.pid}"
   wait_port 9092 30 tansu
 fi
 

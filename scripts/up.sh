@@ -3,7 +3,7 @@
 # var/run), then the demo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/infra.sh
+FINESTRA_TANSU_PIDFILE=var/run/tansu.pid bash scripts/infra.sh
 RUN=var/run
 mkdir -p "$RUN"
 
