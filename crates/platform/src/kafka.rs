@@ -137,6 +137,10 @@ impl BatchConsumer {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", "10000")
+            // Also the rebalance timeout: how long a rebalance waits for a member that died
+            // without leaving (SIGKILL, lost node) before the survivors get its partitions.
+            // A batch is applied well within it.
+            .set("max.poll.interval.ms", "20000")
             .set("fetch.wait.max.ms", "50")
             .set("fetch.min.bytes", "1")
             .create()?;

@@ -56,12 +56,24 @@ pub fn init(
         .as_ref()
         .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service_name)));
     let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
+    // Logs go to stderr (stdout stays free for a command's output); colours only on a terminal.
     let installed = if json {
         registry
-            .with(tracing_subscriber::fmt::layer().json())
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
             .try_init()
     } else {
-        registry.with(tracing_subscriber::fmt::layer()).try_init()
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(ansi),
+            )
+            .try_init()
     };
     if let Err(e) = installed {
         eprintln!("tracing already initialised: {e}");

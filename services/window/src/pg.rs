@@ -9,8 +9,18 @@ use crate::state::{EventKind, PairKey, WindowEvent};
 pub const SCHEMA: &str = "windows";
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// Applies the schema and creates the history partitions around the database's now, so no
+/// writer (a service, a test, a tool) ever fills the default partition with this month's rows
+/// before the month's partition exists.
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::Error> {
-    finestra_platform::stores::migrate_schema(pool, SCHEMA, &MIGRATOR).await
+    finestra_platform::stores::migrate_schema(pool, SCHEMA, &MIGRATOR).await?;
+    sqlx::query(
+        "SELECT windows.ensure_window_events_partition((now() + m * interval '1 month')::date)
+         FROM generate_series(-1, 2) AS m",
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// Creates the monthly history partitions around `now` (last month to two months ahead).
