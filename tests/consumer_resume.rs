@@ -335,8 +335,9 @@ async fn a_window_process_killed_mid_stream_loses_and_duplicates_nothing() -> an
     );
 
     // The successor starts after the dead member's session expired (10 s), as a restarted pod
-    // would. (tansu 0.6 does not hand a dead leader's partitions to a member that joined while
-    // the leader's session was still alive; Kafka does.)
+    // would. On Kafka it could start at once. tansu 0.6 cannot: when the dead leader's session
+    // expires during the newcomer's SyncGroup, the group settles with the newcomer owning no
+    // partition and never rebalances again (see README, "Dev broker").
     tokio::time::sleep(Duration::from_secs(11)).await;
     let mut second = spawn_window(&scope, &group)?;
     let finished = eventually(
