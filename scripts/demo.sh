@@ -8,10 +8,17 @@ TENANT=demo-pizzeria
 NUMBER=100200300
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-step "A business joins: tenant '$TENANT' with number $NUMBER (its webhooks are signed with its app secret)"
-$fin tenant add --id "$TENANT" --name "Pizzeria Napoli"
+step "A partner (BSP) onboards a business: tenant '$TENANT' with number $NUMBER (its webhooks are signed with its app secret)"
+$fin partner create --id demo-bsp --name "Demo BSP"
+$fin tenant add --partner demo-bsp --id "$TENANT" --name "Pizzeria Napoli"
 $fin number add --tenant "$TENANT" --phone-number-id "$NUMBER" --display "+39 02 1234 5678" \
   --app-secret demo-app-secret-0001
+
+step "The business gets a read-only API key (only its hash is stored)"
+FINESTRA_API_KEY=$($fin --json key create --tenant "$TENANT" --scopes read --label demo --prefix fin_test_ \
+  | sed -n 's/.*"secret":"\([^"]*\)".*/\1/p')
+export FINESTRA_API_KEY
+echo "key ${FINESTRA_API_KEY:0:13}… created; window queries below authenticate with it"
 
 step "Giulia writes now: a signed webhook reaches ingest, which answers 200 once Kafka has the event"
 $fin dev send-text --phone-number-id "$NUMBER" --from 393471234567 --name Giulia \

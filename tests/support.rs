@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
+use finestra_platform::auth::{AuthedChannel, Scope as KeyScope};
 use finestra_proto::v1::window_service_client::WindowServiceClient;
 use finestra_proto::v1::{GetWindowRequest, Window};
 use finestra_testkit::{Scope, Started};
-use tonic::transport::Channel;
 
 pub const WAIT: Duration = Duration::from_secs(30);
 
@@ -19,7 +19,8 @@ pub struct Slice {
     pub number: String,
     pub secret: String,
     pub http: reqwest::Client,
-    pub windows: WindowServiceClient<Channel>,
+    /// Authenticated with a `read` key of the tenant.
+    pub windows: WindowServiceClient<AuthedChannel>,
 }
 
 impl Slice {
@@ -30,7 +31,10 @@ impl Slice {
         let (tenant, number, secret) = scope.tenant_with_number("acme", 1).await?;
         let ingest = finestra_testkit::start_ingest(&scope).await?;
         let window = finestra_testkit::start_window(&scope, "window", 500).await?;
-        let windows = WindowServiceClient::connect(window.running.grpc_url()).await?;
+        let key = scope.tenant_key("acme", &[KeyScope::Read]).await?;
+        let windows = WindowServiceClient::new(
+            finestra_testkit::authed_channel(window.running.grpc_url(), &key).await?,
+        );
         Ok(Self {
             scope,
             ingest,

@@ -4,8 +4,13 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["events.proto", "window.proto", "ingest.proto"]
-        .map(|f| proto_root.join("finestra/v1").join(f));
+    let files = [
+        "events.proto",
+        "window.proto",
+        "ingest.proto",
+        "accounts.proto",
+    ]
+    .map(|f| proto_root.join("finestra/v1").join(f));
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
     }

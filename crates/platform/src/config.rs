@@ -62,6 +62,7 @@ pub struct Topics {
     pub user: String,
     pub window: String,
     pub dlq: String,
+    pub accounts: String,
 }
 
 impl Topics {
@@ -73,16 +74,18 @@ impl Topics {
             user: format!("{}{suffix}", t::USER),
             window: format!("{}{suffix}", t::WINDOW),
             dlq: format!("{}{suffix}", t::DLQ),
+            accounts: format!("{}{suffix}", t::ACCOUNTS),
         }
     }
 
-    pub fn all(&self) -> [&str; 5] {
+    pub fn all(&self) -> [&str; 6] {
         [
             &self.inbound,
             &self.status,
             &self.user,
             &self.window,
             &self.dlq,
+            &self.accounts,
         ]
     }
 }
@@ -139,7 +142,7 @@ mod tests {
     fn topics_carry_the_suffix() {
         let t = Topics::with_suffix(".abc");
         assert_eq!(t.inbound, "finestra.inbound.v1.abc");
-        assert_eq!(t.all().len(), 5);
+        assert_eq!(t.all().len(), 6);
         assert_eq!(Topics::with_suffix("").window, "finestra.window.v1");
     }
 }

@@ -3,6 +3,7 @@
 //! reflection, graceful shutdown, and the Postgres, Redis and Kafka clients.
 
 pub mod admin;
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod grpc;

@@ -19,7 +19,8 @@ pub mod topics {
     pub const USER: &str = "finestra.user.v1";
     pub const WINDOW: &str = "finestra.window.v1";
     pub const DLQ: &str = "finestra.dlq.v1";
-    pub const ALL: [&str; 5] = [INBOUND, STATUS, USER, WINDOW, DLQ];
+    pub const ACCOUNTS: &str = "finestra.accounts.v1";
+    pub const ALL: [&str; 6] = [INBOUND, STATUS, USER, WINDOW, DLQ, ACCOUNTS];
 }
 
 /// Conversions between protobuf timestamps and microseconds since the Unix epoch, the unit

@@ -2,6 +2,8 @@
 //! signs that number's webhooks. Lives in the `accounts` schema, which the control-plane
 //! service takes over.
 
+pub mod keys;
+
 pub use sqlx::PgPool;
 
 pub const SCHEMA: &str = "accounts";
@@ -15,6 +17,8 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::Error> {
 pub enum RegistryError {
     #[error("tenant {0:?} does not exist")]
     UnknownTenant(String),
+    #[error("tenant {0:?} already belongs to another partner")]
+    TenantTaken(String),
     #[error("number {phone_number_id:?} already belongs to another tenant")]
     NumberTaken { phone_number_id: String },
     #[error("invalid {field}: {reason}")]
@@ -28,6 +32,12 @@ pub struct Tenant {
     pub tenant_id: String,
     pub name: String,
     pub status: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct TenantOwner {
+    pub tenant_id: String,
+    pub partner_id: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
@@ -67,18 +77,54 @@ impl Registry {
         Self { pool }
     }
 
-    /// Creates the tenant, or renames it if it exists (so scripts can run twice).
-    pub async fn put_tenant(&self, tenant_id: &str, name: &str) -> Result<Tenant, RegistryError> {
+    /// Creates the tenant under `partner_id`, or renames it if that partner already has it
+    /// (so scripts can run twice). A tenant of another partner is refused.
+    pub async fn put_tenant(
+        &self,
+        partner_id: &str,
+        tenant_id: &str,
+        name: &str,
+    ) -> Result<Tenant, RegistryError> {
         sqlx::query_as::<_, Tenant>(
-            "INSERT INTO accounts.tenants (tenant_id, name) VALUES ($1, $2)
+            "INSERT INTO accounts.tenants (partner_id, tenant_id, name) VALUES ($1, $2, $3)
              ON CONFLICT (tenant_id) DO UPDATE SET name = EXCLUDED.name
+               WHERE tenants.partner_id = EXCLUDED.partner_id
              RETURNING tenant_id, name, status",
         )
+        .bind(partner_id)
         .bind(tenant_id)
         .bind(name)
-        .fetch_one(&self.pool)
+        .fetch_optional(&self.pool)
         .await
-        .map_err(|e| check_violation(e, "tenant"))
+        .map_err(|e| check_violation(e, "tenant"))?
+        .ok_or_else(|| RegistryError::TenantTaken(tenant_id.to_owned()))
+    }
+
+    /// Creates the partner, or renames it if it exists.
+    pub async fn put_partner(&self, partner_id: &str, name: &str) -> Result<(), RegistryError> {
+        sqlx::query(
+            "INSERT INTO accounts.partners (partner_id, name) VALUES ($1, $2)
+             ON CONFLICT (partner_id) DO UPDATE SET name = EXCLUDED.name",
+        )
+        .bind(partner_id)
+        .bind(name)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| check_violation(e, "partner"))?;
+        Ok(())
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub async fn tenant(&self, tenant_id: &str) -> Result<Option<TenantOwner>, RegistryError> {
+        Ok(sqlx::query_as::<_, TenantOwner>(
+            "SELECT tenant_id, partner_id FROM accounts.tenants WHERE tenant_id = $1",
+        )
+        .bind(tenant_id)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     pub async fn tenants(&self) -> Result<Vec<Tenant>, RegistryError> {

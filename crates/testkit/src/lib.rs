@@ -105,6 +105,11 @@ impl Scope {
         format!("t{}-{name}", self.id)
     }
 
+    /// The partner this test's tenants belong to.
+    pub fn partner_id(&self) -> String {
+        format!("p{}", self.id)
+    }
+
     pub fn phone_number_id(&self, n: u32) -> String {
         format!("pn{}{n}", self.id)
     }
@@ -149,12 +154,62 @@ impl Scope {
         let tenant = self.tenant_id(name);
         let number = self.phone_number_id(n);
         let secret = format!("secret-{}-{name}-{n}", self.id);
-        registry.put_tenant(&tenant, name).await?;
+        registry
+            .put_partner(&self.partner_id(), "Test partner")
+            .await?;
+        registry
+            .put_tenant(&self.partner_id(), &tenant, name)
+            .await?;
         registry
             .put_number(&tenant, &number, "+39 02 0000 0000", &secret)
             .await?;
         Ok((tenant, number, secret))
     }
+}
+
+impl Scope {
+    /// Creates an API key (prefix `fin_test_`) and returns its secret.
+    pub async fn key(
+        &self,
+        owner: finestra_platform::auth::Owner,
+        scopes: &[finestra_platform::auth::Scope],
+    ) -> anyhow::Result<String> {
+        let infra = infra().await?;
+        let (_, secret) =
+            finestra_registry::keys::create(&infra.pool, &owner, scopes, "test", "fin_test_")
+                .await?;
+        Ok(secret)
+    }
+
+    /// A key of this test's tenant `name` (which `tenant_with_number` created).
+    pub async fn tenant_key(
+        &self,
+        name: &str,
+        scopes: &[finestra_platform::auth::Scope],
+    ) -> anyhow::Result<String> {
+        self.key(
+            finestra_platform::auth::Owner::Tenant {
+                partner_id: self.partner_id(),
+                tenant_id: self.tenant_id(name),
+            },
+            scopes,
+        )
+        .await
+    }
+}
+
+/// A channel to `url` whose calls carry `key`.
+pub async fn authed_channel(
+    url: String,
+    key: &str,
+) -> anyhow::Result<finestra_platform::auth::AuthedChannel> {
+    let channel = tonic::transport::Channel::from_shared(url)?
+        .connect()
+        .await?;
+    Ok(tonic::service::interceptor::InterceptedService::new(
+        channel,
+        finestra_platform::auth::Bearer::new(key)?,
+    ))
 }
 
 /// A service started in-process, with the shutdown that stops it.

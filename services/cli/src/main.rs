@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use finestra_platform::auth::{AuthedChannel, Bearer, Owner, Scope};
 use finestra_platform::config::env_string;
 use finestra_proto::v1::window_service_client::WindowServiceClient;
 use finestra_proto::v1::{GetWindowRequest, ListOpenWindowsRequest, Window};
@@ -29,9 +30,21 @@ enum Command {
         #[arg(long, default_value_t = 4)]
         partitions: i32,
     },
+    /// Create the first operator key (printed once). Refused when one exists.
+    Bootstrap {
+        /// `fin_live_` in production, `fin_test_` elsewhere.
+        #[arg(long, default_value = "fin_live_")]
+        prefix: String,
+    },
+    /// Partners (BSPs).
+    #[command(subcommand)]
+    Partner(PartnerCommand),
     /// Tenants (businesses).
     #[command(subcommand)]
     Tenant(TenantCommand),
+    /// API keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// Business phone numbers.
     #[command(subcommand)]
     Number(NumberCommand),
@@ -44,6 +57,40 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum PartnerCommand {
+    /// Create a partner (or rename an existing one).
+    Create {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Create a key for a partner or a tenant; the secret is printed once.
+    Create {
+        #[arg(long, conflicts_with = "tenant")]
+        partner: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Comma-separated: read, send, admin.
+        #[arg(long, default_value = "read")]
+        scopes: String,
+        #[arg(long, default_value = "")]
+        label: String,
+        #[arg(long, default_value = "fin_live_")]
+        prefix: String,
+    },
+    /// Revoke a key; every service refuses it within 5 seconds.
+    Revoke {
+        #[arg(long)]
+        key_id: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum TenantCommand {
     /// Create a tenant (or rename an existing one).
     Add {
@@ -51,6 +98,9 @@ enum TenantCommand {
         id: String,
         #[arg(long)]
         name: String,
+        /// The partner (BSP) that owns the tenant.
+        #[arg(long, default_value = "default")]
+        partner: String,
     },
     List,
 }
@@ -84,6 +134,9 @@ struct WindowTarget {
         default_value = "http://127.0.0.1:50052"
     )]
     endpoint: String,
+    /// A key with the read scope for the tenant.
+    #[arg(long, env = "FINESTRA_API_KEY", hide_env_values = true)]
+    api_key: String,
     #[arg(long)]
     tenant: String,
     #[arg(long)]
@@ -210,14 +263,27 @@ fn print_window(w: &Window) {
 
 async fn window_client(
     endpoint: &str,
-) -> anyhow::Result<WindowServiceClient<tonic::transport::Channel>> {
+    key: &str,
+) -> anyhow::Result<WindowServiceClient<AuthedChannel>> {
     let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(10))
         .connect()
         .await
         .with_context(|| format!("connecting to the window service at {endpoint}"))?;
-    Ok(WindowServiceClient::new(channel))
+    Ok(WindowServiceClient::with_interceptor(
+        channel,
+        Bearer::new(key)?,
+    ))
+}
+
+fn parse_scopes(list: &str) -> anyhow::Result<Vec<Scope>> {
+    list.split(',')
+        .map(|s| {
+            Scope::parse(s.trim())
+                .with_context(|| format!("unknown scope {s:?} (read, send, admin)"))
+        })
+        .collect()
 }
 
 /// One line with the status's reason, e.g. `INVALID_ARGUMENT: user is required`.
@@ -228,8 +294,15 @@ fn rpc_error(s: tonic::Status) -> anyhow::Error {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+async fn main() {
+    // One line, with the cause chain; no backtrace for an operator's typo.
+    if let Err(e) = run(Cli::parse()).await {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Migrate => {
             let url = env_string(
@@ -246,8 +319,92 @@ async fn main() -> anyhow::Result<()> {
             finestra_platform::kafka::ensure_topics(&brokers, &topics.all(), partitions).await?;
             println!("topics ready: {}", topics.all().join(", "));
         }
-        Command::Tenant(TenantCommand::Add { id, name }) => {
-            let t = registry().await?.put_tenant(&id, &name).await?;
+        Command::Bootstrap { prefix } => {
+            let url = env_string(
+                "DATABASE_URL",
+                "postgres://postgres@127.0.0.1:5432/finestra",
+            );
+            let pool = sqlx_pool(&url).await?;
+            finestra_registry::migrate(&pool).await?;
+            if finestra_registry::keys::operator_key_exists(&pool).await? {
+                anyhow::bail!("an operator key exists already; create further keys with it");
+            }
+            let (key, secret) = finestra_registry::keys::create(
+                &pool,
+                &Owner::Operator,
+                &[Scope::Admin],
+                "bootstrap",
+                &prefix,
+            )
+            .await?;
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"key_id": key.key_id, "secret": secret})
+                );
+            } else {
+                println!(
+                    "operator key {} (shown once, store it now):\n{secret}",
+                    key.key_id
+                );
+            }
+        }
+        Command::Partner(PartnerCommand::Create { id, name }) => {
+            registry().await?.put_partner(&id, &name).await?;
+            println!("partner {id} ({name})");
+        }
+        Command::Key(KeyCommand::Create {
+            partner,
+            tenant,
+            scopes,
+            label,
+            prefix,
+        }) => {
+            let registry = registry().await?;
+            let owner = match (partner, tenant) {
+                (Some(partner_id), None) => Owner::Partner { partner_id },
+                (None, Some(tenant_id)) => {
+                    let t = registry
+                        .tenant(&tenant_id)
+                        .await?
+                        .with_context(|| format!("no tenant {tenant_id}"))?;
+                    Owner::Tenant {
+                        partner_id: t.partner_id,
+                        tenant_id,
+                    }
+                }
+                _ => anyhow::bail!("name the key's owner: --partner or --tenant"),
+            };
+            let (key, secret) = finestra_registry::keys::create(
+                registry.pool(),
+                &owner,
+                &parse_scopes(&scopes)?,
+                &label,
+                &prefix,
+            )
+            .await?;
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"key_id": key.key_id, "secret": secret, "scopes": key.scopes})
+                );
+            } else {
+                println!(
+                    "key {} [{}] (shown once):\n{secret}",
+                    key.key_id,
+                    key.scopes.join(",")
+                );
+            }
+        }
+        Command::Key(KeyCommand::Revoke { key_id }) => {
+            let registry = registry().await?;
+            let key = finestra_registry::keys::revoke(registry.pool(), &key_id)
+                .await?
+                .with_context(|| format!("no key {key_id}"))?;
+            println!("key {} revoked", key.key_id);
+        }
+        Command::Tenant(TenantCommand::Add { id, name, partner }) => {
+            let t = registry().await?.put_tenant(&partner, &id, &name).await?;
             if cli.json {
                 println!(
                     "{}",
@@ -307,7 +464,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Window(WindowCommand::Get { target, user }) => {
-            let mut client = window_client(&target.endpoint).await?;
+            let mut client = window_client(&target.endpoint, &target.api_key).await?;
             let w = client
                 .get_window(GetWindowRequest {
                     tenant_id: target.tenant,
@@ -324,7 +481,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Window(WindowCommand::ListOpen { target, page_size }) => {
-            let mut client = window_client(&target.endpoint).await?;
+            let mut client = window_client(&target.endpoint, &target.api_key).await?;
             let mut page_token = String::new();
             loop {
                 let page = client

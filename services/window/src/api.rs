@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use finestra_domain::{Clock, Timestamp, UserKey, WindowState};
+use finestra_platform::auth::{self, Authenticator, Scope};
 use finestra_platform::status;
 use finestra_proto::time::from_micros;
 use finestra_proto::v1::window_service_server::WindowService;
@@ -23,6 +24,7 @@ pub struct WindowApi {
     pub hot: HotStore,
     pub pool: PgPool,
     pub clock: Arc<dyn Clock>,
+    pub auth: Authenticator,
 }
 
 fn required<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
@@ -124,8 +126,12 @@ impl WindowService for WindowApi {
         &self,
         request: Request<ListOpenWindowsRequest>,
     ) -> Result<Response<ListOpenWindowsResponse>, Status> {
+        let principal = auth::principal(&request)?;
         let req = request.into_inner();
         let tenant_id = required("tenant_id", &req.tenant_id)?;
+        self.auth
+            .authorize_tenant(&principal, tenant_id, Scope::Read)
+            .await?;
         let number = required("phone_number_id", &req.phone_number_id)?;
         let page_size = match req.page_size {
             0 => DEFAULT_PAGE,

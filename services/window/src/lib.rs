@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use finestra_domain::Clock;
+use finestra_platform::auth::{Authenticator, RequireKey};
 use finestra_platform::config::{env_parse, env_string};
 use finestra_platform::health::{self, Dependency};
 use finestra_platform::kafka::{self, BatchConsumer, ConsumerSettings};
@@ -103,12 +104,17 @@ pub async fn start(
         hot: hot.clone(),
         pool: pool.clone(),
         clock: clock.clone(),
+        auth: Authenticator::new(pool.clone()),
     };
+    let auth_for_layer = api.auth.clone();
     let (incoming, grpc_addr) = finestra_platform::grpc::bind(common.grpc_addr).await?;
     let router = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(finestra_platform::grpc::reflection()?)
-        .add_service(WindowServiceServer::new(api));
+        .add_service(RequireKey::new(
+            WindowServiceServer::new(api),
+            auth_for_layer,
+        ));
     let grpc_task = finestra_platform::service::spawn_grpc(router, incoming, shutdown.clone());
 
     let pool_for_partitions = pool.clone();

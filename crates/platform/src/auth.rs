@@ -1,0 +1,498 @@
+//! API-key authentication and tenant authorization, shared by every tenant-facing service.
+//!
+//! Keys look like `fin_live_<40 base62 chars>` (or `fin_test_…`); only their SHA-256 is stored
+//! (`accounts.api_keys`, the control plane's table, read here as a documented read model).
+//! [`RequireKey`] wraps a gRPC service: it turns `authorization: Bearer <key>` into a
+//! [`Principal`] in the request's extensions, or answers UNAUTHENTICATED. Handlers then call
+//! [`Principal::authorize`] for the tenant the request names: another tenant's or partner's
+//! data answers NOT_FOUND (existence is never confirmed), a missing scope PERMISSION_DENIED.
+//!
+//! Lookups are cached for at most [`CACHE_TTL`], so a revoked key stops working everywhere
+//! within that time even if no invalidation reaches a service; invalidation on the accounts
+//! event makes it immediate.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use moka::future::Cache;
+use rand::Rng as _;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use tonic::{Code, Status};
+
+use crate::status;
+
+/// Upper bound of how long a key or tenant lookup is trusted without asking Postgres.
+pub const CACHE_TTL: Duration = Duration::from_secs(4);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scope {
+    Read,
+    Send,
+    Admin,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Send => "send",
+            Scope::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "read" => Some(Scope::Read),
+            "send" => Some(Scope::Send),
+            "admin" => Some(Scope::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// Who a key belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Owner {
+    Operator,
+    Partner {
+        partner_id: String,
+    },
+    Tenant {
+        partner_id: String,
+        tenant_id: String,
+    },
+}
+
+/// The authenticated caller of a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    pub key_id: String,
+    pub owner: Owner,
+    pub scopes: Vec<Scope>,
+}
+
+/// What authorization needs to know of a tenant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TenantRef {
+    pub tenant_id: String,
+    pub partner_id: String,
+}
+
+fn not_found(kind: &str, id: &str) -> Status {
+    status::with_reason(
+        Code::NotFound,
+        "NOT_FOUND",
+        format!("no such {kind}"),
+        &[(kind, id)],
+    )
+}
+
+impl Principal {
+    /// `admin` implies every scope; `send` implies `read`.
+    pub fn has(&self, scope: Scope) -> bool {
+        self.scopes.iter().any(|s| {
+            *s == scope || *s == Scope::Admin || (*s == Scope::Send && scope == Scope::Read)
+        })
+    }
+
+    pub fn require(&self, scope: Scope) -> Result<(), Status> {
+        if self.has(scope) {
+            Ok(())
+        } else {
+            Err(status::with_reason(
+                Code::PermissionDenied,
+                "PERMISSION_DENIED",
+                format!("this key lacks the {} scope", scope.as_str()),
+                &[("scope", scope.as_str()), ("key_id", &self.key_id)],
+            ))
+        }
+    }
+
+    pub fn is_operator(&self) -> bool {
+        self.owner == Owner::Operator
+    }
+
+    /// Whether the tenant is within this key's reach (its own, its partner's, or any for the
+    /// operator).
+    pub fn sees_tenant(&self, tenant: &TenantRef) -> bool {
+        match &self.owner {
+            Owner::Operator => true,
+            Owner::Partner { partner_id } => *partner_id == tenant.partner_id,
+            Owner::Tenant { tenant_id, .. } => *tenant_id == tenant.tenant_id,
+        }
+    }
+
+    pub fn sees_partner(&self, partner_id: &str) -> bool {
+        match &self.owner {
+            Owner::Operator => true,
+            Owner::Partner { partner_id: p } => p == partner_id,
+            Owner::Tenant { .. } => false,
+        }
+    }
+
+    /// The check every tenant-scoped RPC makes: the tenant must exist within reach
+    /// (NOT_FOUND otherwise, whether or not it exists), then the key needs `scope`.
+    pub fn authorize(
+        &self,
+        tenant: Option<&TenantRef>,
+        tenant_id: &str,
+        scope: Scope,
+    ) -> Result<(), Status> {
+        match tenant {
+            Some(t) if self.sees_tenant(t) => self.require(scope),
+            _ => Err(not_found("tenant_id", tenant_id)),
+        }
+    }
+}
+
+/// Takes the principal `RequireKey` put on the request.
+pub fn principal<T>(request: &tonic::Request<T>) -> Result<Arc<Principal>, Status> {
+    request
+        .extensions()
+        .get::<Arc<Principal>>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("no API key"))
+}
+
+/// A new key: `<prefix><40 base62 chars>` (about 238 bits of entropy).
+pub fn generate_key(prefix: &str) -> String {
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut rng = rand::rng();
+    let body: String = (0..40)
+        .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
+        .collect();
+    format!("{prefix}{body}")
+}
+
+/// What is stored of a key.
+pub fn hash_key(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+/// Resolves keys and tenants against the accounts tables, with short-lived caches.
+#[derive(Clone)]
+pub struct Authenticator {
+    pool: PgPool,
+    keys: Cache<String, Option<Arc<Principal>>>,
+    tenants: Cache<String, Option<Arc<TenantRef>>>,
+}
+
+#[derive(sqlx::FromRow)]
+struct KeyRow {
+    key_id: String,
+    owner_kind: String,
+    partner_id: Option<String>,
+    tenant_id: Option<String>,
+    scopes: Vec<String>,
+}
+
+impl Authenticator {
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            pool,
+            keys: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(CACHE_TTL)
+                .build(),
+            tenants: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(CACHE_TTL)
+                .build(),
+        }
+    }
+
+    /// The principal of an `authorization` header value (`Bearer <key>`).
+    pub async fn authenticate(&self, header: Option<&str>) -> Result<Arc<Principal>, Status> {
+        let key = header
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| {
+                status::with_reason(
+                    Code::Unauthenticated,
+                    "UNAUTHENTICATED",
+                    "an API key is required: authorization: Bearer <key>",
+                    &[],
+                )
+            })?;
+        let hash = hash_key(key);
+        let pool = self.pool.clone();
+        let found = self
+            .keys
+            .try_get_with(hash.clone(), async move { lookup_key(&pool, &hash).await })
+            .await
+            .map_err(|e| status::internal("authenticating a key", &e))?;
+        found.ok_or_else(|| {
+            status::with_reason(
+                Code::Unauthenticated,
+                "UNAUTHENTICATED",
+                "unknown or revoked API key",
+                &[],
+            )
+        })
+    }
+
+    /// The tenant's owner, `None` if it does not exist or is not active.
+    pub async fn tenant(&self, tenant_id: &str) -> Result<Option<Arc<TenantRef>>, Status> {
+        let pool = self.pool.clone();
+        let id = tenant_id.to_owned();
+        self.tenants
+            .try_get_with(tenant_id.to_owned(), async move {
+                sqlx::query_as::<_, (String, String)>(
+                    "SELECT t.tenant_id, t.partner_id FROM accounts.tenants t
+                     JOIN accounts.partners p USING (partner_id)
+                     WHERE t.tenant_id = $1 AND t.status = 'active' AND p.status = 'active'",
+                )
+                .bind(&id)
+                .fetch_optional(&pool)
+                .await
+                .map(|r| {
+                    r.map(|(tenant_id, partner_id)| {
+                        Arc::new(TenantRef {
+                            tenant_id,
+                            partner_id,
+                        })
+                    })
+                })
+            })
+            .await
+            .map_err(|e| status::internal("looking up a tenant", &e))
+    }
+
+    /// Authenticated principal + the tenant it names, authorized for `scope`.
+    pub async fn authorize_tenant(
+        &self,
+        principal: &Principal,
+        tenant_id: &str,
+        scope: Scope,
+    ) -> Result<Arc<TenantRef>, Status> {
+        let tenant = self.tenant(tenant_id).await?;
+        principal.authorize(tenant.as_deref(), tenant_id, scope)?;
+        tenant.ok_or_else(|| not_found("tenant_id", tenant_id))
+    }
+
+    /// Drops cached entries after an accounts change (a revoked key: all keys, since the
+    /// cache is keyed by hash; a changed tenant: that tenant).
+    pub fn invalidate_keys(&self) {
+        self.keys.invalidate_all();
+    }
+
+    pub async fn invalidate_tenant(&self, tenant_id: &str) {
+        self.tenants.invalidate(tenant_id).await;
+    }
+}
+
+async fn lookup_key(pool: &PgPool, hash: &str) -> Result<Option<Arc<Principal>>, sqlx::Error> {
+    // The owner must be active too: a suspended partner's or tenant's keys stop working.
+    let row = sqlx::query_as::<_, KeyRow>(
+        "UPDATE accounts.api_keys k SET last_used_at = now()
+         WHERE k.key_hash = $1 AND k.revoked_at IS NULL
+           AND NOT EXISTS (SELECT 1 FROM accounts.partners p WHERE p.partner_id = k.partner_id AND p.status <> 'active')
+           AND NOT EXISTS (SELECT 1 FROM accounts.tenants t WHERE t.tenant_id = k.tenant_id AND t.status <> 'active')
+         RETURNING k.key_id, k.owner_kind, k.partner_id, k.tenant_id, k.scopes",
+    )
+    .bind(hash)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.and_then(|r| {
+        let owner = match (r.owner_kind.as_str(), r.partner_id, r.tenant_id) {
+            ("operator", _, _) => Owner::Operator,
+            ("partner", Some(partner_id), _) => Owner::Partner { partner_id },
+            ("tenant", Some(partner_id), Some(tenant_id)) => Owner::Tenant {
+                partner_id,
+                tenant_id,
+            },
+            _ => return None,
+        };
+        Some(Arc::new(Principal {
+            key_id: r.key_id,
+            owner,
+            scopes: r.scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
+        }))
+    }))
+}
+
+/// Wraps a gRPC service so every call is authenticated first.
+#[derive(Clone)]
+pub struct RequireKey<S> {
+    inner: S,
+    auth: Authenticator,
+}
+
+impl<S> RequireKey<S> {
+    pub fn new(inner: S, auth: Authenticator) -> Self {
+        Self { inner, auth }
+    }
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for RequireKey<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> tower::Service<http::Request<B>> for RequireKey<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        // The clone is the one that is ready; keep it for this call (tower's usual dance).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let auth = self.auth.clone();
+        Box::pin(async move {
+            let header = request
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            match auth.authenticate(header.as_deref()).await {
+                Ok(principal) => {
+                    request.extensions_mut().insert(principal);
+                    inner.call(request).await
+                }
+                Err(status) => Ok(status.into_http()),
+            }
+        })
+    }
+}
+
+/// A client interceptor that sends `authorization: Bearer <key>` on every call.
+#[derive(Clone)]
+pub struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl Bearer {
+    pub fn new(key: &str) -> Result<Self, Status> {
+        format!("Bearer {key}").parse().map(Self).map_err(|_| {
+            Status::invalid_argument("the API key has characters a header cannot carry")
+        })
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+/// A channel whose calls carry the key.
+pub type AuthedChannel =
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn principal(owner: Owner, scopes: &[Scope]) -> Principal {
+        Principal {
+            key_id: "k".into(),
+            owner,
+            scopes: scopes.to_vec(),
+        }
+    }
+
+    fn tenant_a() -> TenantRef {
+        TenantRef {
+            tenant_id: "a".into(),
+            partner_id: "x".into(),
+        }
+    }
+
+    #[test]
+    fn reach_follows_the_hierarchy() {
+        let a = tenant_a();
+        let all = [Scope::Admin];
+        assert!(
+            principal(Owner::Operator, &all)
+                .authorize(Some(&a), "a", Scope::Admin)
+                .is_ok()
+        );
+        assert!(
+            principal(
+                Owner::Partner {
+                    partner_id: "x".into()
+                },
+                &all
+            )
+            .authorize(Some(&a), "a", Scope::Admin)
+            .is_ok()
+        );
+        let other_partner = principal(
+            Owner::Partner {
+                partner_id: "y".into(),
+            },
+            &all,
+        );
+        assert_eq!(
+            other_partner
+                .authorize(Some(&a), "a", Scope::Read)
+                .map_err(|s| s.code()),
+            Err(Code::NotFound)
+        );
+        let other_tenant = principal(
+            Owner::Tenant {
+                partner_id: "x".into(),
+                tenant_id: "b".into(),
+            },
+            &all,
+        );
+        assert_eq!(
+            other_tenant
+                .authorize(Some(&a), "a", Scope::Read)
+                .map_err(|s| s.code()),
+            Err(Code::NotFound)
+        );
+        assert_eq!(
+            principal(Owner::Operator, &all)
+                .authorize(None, "ghost", Scope::Read)
+                .map_err(|s| s.code()),
+            Err(Code::NotFound),
+            "an unknown tenant looks like someone else's"
+        );
+    }
+
+    #[test]
+    fn scopes_nest_admin_over_send_over_read() {
+        let own = principal(
+            Owner::Tenant {
+                partner_id: "x".into(),
+                tenant_id: "a".into(),
+            },
+            &[Scope::Read],
+        );
+        assert!(own.authorize(Some(&tenant_a()), "a", Scope::Read).is_ok());
+        let denied = own
+            .authorize(Some(&tenant_a()), "a", Scope::Send)
+            .map_err(|s| s.code());
+        assert_eq!(denied, Err(Code::PermissionDenied));
+        let sender = principal(Owner::Operator, &[Scope::Send]);
+        assert!(sender.has(Scope::Read) && sender.has(Scope::Send) && !sender.has(Scope::Admin));
+        assert!(principal(Owner::Operator, &[Scope::Admin]).has(Scope::Send));
+    }
+
+    #[test]
+    fn keys_are_prefixed_random_and_stored_as_a_hash() {
+        let a = generate_key("fin_test_");
+        let b = generate_key("fin_test_");
+        assert!(a.starts_with("fin_test_") && a.len() == 49);
+        assert_ne!(a, b);
+        assert_eq!(hash_key(&a).len(), 64);
+        assert!(!hash_key(&a).contains(&a[9..]));
+    }
+}
