@@ -110,7 +110,15 @@ impl WindowService for WindowApi {
         &self,
         request: Request<GetWindowRequest>,
     ) -> Result<Response<Window>, Status> {
+        let principal = auth::principal(&request)?;
         let req = request.into_inner();
+        self.auth
+            .authorize_tenant(
+                &principal,
+                required("tenant_id", &req.tenant_id)?,
+                Scope::Read,
+            )
+            .await?;
         let key = PairKey {
             tenant_id: required("tenant_id", &req.tenant_id)?.to_owned(),
             phone_number_id: required("phone_number_id", &req.phone_number_id)?.to_owned(),

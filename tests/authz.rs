@@ -1,0 +1,311 @@
+//! Authorization of every tenant-facing RPC, table-driven: a new RPC is one more row in
+//! `rpcs()`. Against the real services, Postgres and broker.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use finestra_platform::auth::{AuthedChannel, Owner, Scope};
+use finestra_proto::v1::window_service_client::WindowServiceClient;
+use finestra_proto::v1::{GetWindowRequest, ListOpenWindowsRequest};
+use finestra_testkit::{Scope as TestScope, Started};
+use futures::future::BoxFuture;
+use tonic::Code;
+
+/// One tenant-facing RPC: the scope it needs and a call of it about `tenant`.
+struct Rpc {
+    name: &'static str,
+    service: Service,
+    needs: Scope,
+    call: fn(&World, AuthedChannel, String) -> BoxFuture<'static, Result<(), tonic::Status>>,
+}
+
+/// Every tenant-facing RPC that exists. Add new ones here.
+fn rpcs() -> Vec<Rpc> {
+    vec![
+        Rpc {
+            name: "WindowService/GetWindow",
+            service: Service::Window,
+            needs: Scope::Read,
+            call: |w, ch, tenant| {
+                let number = w.number.clone();
+                Box::pin(async move {
+                    WindowServiceClient::new(ch)
+                        .get_window(GetWindowRequest {
+                            tenant_id: tenant,
+                            phone_number_id: number,
+                            user: "393470000001".into(),
+                        })
+                        .await
+                        .map(|_| ())
+                })
+            },
+        },
+        Rpc {
+            name: "WindowService/ListOpenWindows",
+            service: Service::Window,
+            needs: Scope::Read,
+            call: |w, ch, tenant| {
+                let number = w.number.clone();
+                Box::pin(async move {
+                    WindowServiceClient::new(ch)
+                        .list_open_windows(ListOpenWindowsRequest {
+                            tenant_id: tenant,
+                            phone_number_id: number,
+                            page_size: 10,
+                            page_token: String::new(),
+                        })
+                        .await
+                        .map(|_| ())
+                })
+            },
+        },
+    ]
+}
+
+/// The services that serve tenant-facing RPCs.
+#[derive(Clone, Copy)]
+enum Service {
+    Window,
+}
+
+fn endpoint(world: &World, rpc: &Rpc) -> String {
+    match rpc.service {
+        Service::Window => world.window.running.grpc_url(),
+    }
+}
+
+struct World {
+    scope: TestScope,
+    window: Started,
+    tenant_a: String,
+    number: String,
+}
+
+async fn world() -> anyhow::Result<World> {
+    let scope = TestScope::new();
+    scope.create_topics().await?;
+    let (tenant_a, number, _) = scope.tenant_with_number("a", 1).await?;
+    scope.tenant_with_number("b", 2).await?;
+    let window = finestra_testkit::start_window(&scope, "window", 100).await?;
+    Ok(World {
+        scope,
+        window,
+        tenant_a,
+        number,
+    })
+}
+
+async fn call(world: &World, rpc: &Rpc, key: &str) -> Result<(), tonic::Status> {
+    let channel = finestra_testkit::authed_channel(endpoint(world, rpc), key)
+        .await
+        .map_err(|e| tonic::Status::internal(e.to_string()))?;
+    (rpc.call)(world, channel, world.tenant_a.clone()).await
+}
+
+fn code(r: &Result<(), tonic::Status>) -> Code {
+    r.as_ref().err().map_or(Code::Ok, tonic::Status::code)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_tenant_facing_rpc_enforces_reach_and_scope() -> anyhow::Result<()> {
+    let w = world().await?;
+    let s = &w.scope;
+    let other_partner = format!("py{}", s.id());
+    finestra_registry::Registry::new(finestra_testkit::infra().await?.pool.clone())
+        .put_partner(&other_partner, "Other BSP")
+        .await?;
+    let all = [Scope::Admin];
+    let own_admin = s.tenant_key("a", &all).await?;
+    let own_partner = s
+        .key(
+            Owner::Partner {
+                partner_id: s.partner_id(),
+            },
+            &all,
+        )
+        .await?;
+    let operator = s.key(Owner::Operator, &all).await?;
+    let tenant_b = s.tenant_key("b", &all).await?;
+    let partner_y = s
+        .key(
+            Owner::Partner {
+                partner_id: other_partner,
+            },
+            &all,
+        )
+        .await?;
+    let read_only = s.tenant_key("a", &[Scope::Read]).await?;
+
+    for rpc in rpcs() {
+        for (who, key) in [
+            ("tenant A admin", &own_admin),
+            ("A's partner", &own_partner),
+            ("operator", &operator),
+        ] {
+            assert_eq!(
+                code(&call(&w, &rpc, key).await),
+                Code::Ok,
+                "{}: {who}",
+                rpc.name
+            );
+        }
+        for (who, key) in [("tenant B", &tenant_b), ("partner Y", &partner_y)] {
+            let r = call(&w, &rpc, key).await;
+            assert_eq!(
+                code(&r),
+                Code::NotFound,
+                "{}: {who} must not see tenant A",
+                rpc.name
+            );
+            if let Err(status) = &r {
+                assert_eq!(
+                    finestra_platform::status::reason_of(status).as_deref(),
+                    Some("NOT_FOUND")
+                );
+            }
+        }
+        let expected = if rpc.needs == Scope::Read {
+            Code::Ok
+        } else {
+            Code::PermissionDenied
+        };
+        assert_eq!(
+            code(&call(&w, &rpc, &read_only).await),
+            expected,
+            "{}: read-only key",
+            rpc.name
+        );
+        for (who, key) in [("garbage key", "fin_test_nope"), ("empty key", "")] {
+            assert_eq!(
+                code(&call(&w, &rpc, key).await),
+                Code::Unauthenticated,
+                "{}: {who}",
+                rpc.name
+            );
+        }
+        // No authorization header at all.
+        let bare = tonic::transport::Channel::from_shared(endpoint(&w, &rpc))?
+            .connect()
+            .await?;
+        let r = WindowServiceClient::new(bare)
+            .get_window(GetWindowRequest {
+                tenant_id: w.tenant_a.clone(),
+                phone_number_id: w.number.clone(),
+                user: "393470000001".into(),
+            })
+            .await;
+        assert_eq!(
+            r.err().map(|e| e.code()),
+            Some(Code::Unauthenticated),
+            "{}: no key",
+            rpc.name
+        );
+    }
+    w.window.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_key_is_refused_within_5_seconds() -> anyhow::Result<()> {
+    let w = world().await?;
+    let infra = finestra_testkit::infra().await?;
+    let (info, key) = finestra_registry::keys::create(
+        &infra.pool,
+        &Owner::Tenant {
+            partner_id: w.scope.partner_id(),
+            tenant_id: w.tenant_a.clone(),
+        },
+        &[Scope::Read],
+        "to revoke",
+        "fin_test_",
+    )
+    .await?;
+    let rpcs = rpcs();
+    let rpc = &rpcs[0];
+    assert_eq!(
+        code(&call(&w, rpc, &key).await),
+        Code::Ok,
+        "works (and is now cached)"
+    );
+    finestra_registry::keys::revoke(&infra.pool, &info.key_id).await?;
+    let revoked_at = Instant::now();
+    loop {
+        if code(&call(&w, rpc, &key).await) == Code::Unauthenticated {
+            break;
+        }
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(5),
+            "still accepted 5 s after revocation"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    w.window.stop().await;
+    Ok(())
+}
+
+/// A `tracing` writer into a shared buffer, to read what the services logged.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut b) = self.0.lock() {
+            b.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_never_appear_in_plaintext_in_the_database_logs_or_errors() -> anyhow::Result<()> {
+    let logs = Captured::default();
+    // This test's process logs everything (debug included) into the buffer.
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(logs.clone())
+        .try_init();
+    let w = world().await?;
+    let infra = finestra_testkit::infra().await?;
+    let key = w.scope.tenant_key("a", &[Scope::Read]).await?;
+    let secret_part = &key["fin_test_".len()..];
+    let rpcs = rpcs();
+    assert_eq!(code(&call(&w, &rpcs[0], &key).await), Code::Ok);
+    // A wrong key close to the real one: its error must not echo it either.
+    let wrong = format!("{key}x");
+    let refused = call(&w, &rpcs[0], &wrong).await.expect_err("wrong key");
+    assert!(
+        !refused.message().contains(secret_part),
+        "error echoes the key: {}",
+        refused.message()
+    );
+
+    let rows: Vec<String> = sqlx::query_scalar(
+        "SELECT row_to_json(k)::text FROM accounts.api_keys k WHERE tenant_id = $1",
+    )
+    .bind(&w.tenant_a)
+    .fetch_all(&infra.pool)
+    .await?;
+    assert!(!rows.is_empty());
+    for row in &rows {
+        assert!(
+            !row.contains(secret_part),
+            "a key is stored in plaintext: {row}"
+        );
+    }
+    w.window.stop().await;
+    let logged = String::from_utf8_lossy(&logs.0.lock().map_err(|_| anyhow::anyhow!("poisoned"))?)
+        .to_string();
+    assert!(!logged.is_empty(), "the services logged something");
+    assert!(!logged.contains(secret_part), "a key was logged");
+    Ok(())
+}
