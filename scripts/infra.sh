@@ -52,7 +52,7 @@ if ! port_open 9092; then
 fi
 
 say "building the CLI and services"
-cargo build --quiet -p finestra-cli -p finestra-window -p finestra-ingest --bins
+cargo build --quiet -p finestra-cli -p finestra-window -p finestra-ingest -p finestra-accounts --bins
 ./target/debug/finestra migrate
 FINESTRA_LOG=warn ./target/debug/finestra-window migrate
 ./target/debug/finestra topics --partitions 4

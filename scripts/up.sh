@@ -20,18 +20,21 @@ start() { # name binary env...
   echo "[up] $name started (pid $!, log $RUN/$name.log)"
 }
 
+start accounts finestra-accounts \
+  FINESTRA_GRPC_ADDR=127.0.0.1:50050 FINESTRA_METRICS_ADDR=127.0.0.1:9100 FINESTRA_KEY_PREFIX=fin_test_
 start ingest finestra-ingest \
   FINESTRA_HTTP_ADDR=127.0.0.1:8080 FINESTRA_GRPC_ADDR=127.0.0.1:50051 FINESTRA_METRICS_ADDR=127.0.0.1:9101
 start window finestra-window \
   FINESTRA_GRPC_ADDR=127.0.0.1:50052 FINESTRA_METRICS_ADDR=127.0.0.1:9102
 
-for port in 9101 9102; do
+for port in 9100 9101 9102; do
   for _ in $(seq 1 100); do
     curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
     sleep 0.2
   done
   curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null || { echo "[up] service on $port is not ready; see $RUN/*.log"; exit 1; }
 done
+echo "[up] accounts: gRPC 127.0.0.1:50050, metrics http://127.0.0.1:9100/metrics"
 echo "[up] ingest: webhooks http://127.0.0.1:8080/webhooks/cloud-api, gRPC 127.0.0.1:50051, metrics http://127.0.0.1:9101/metrics"
 echo "[up] window: gRPC 127.0.0.1:50052, metrics http://127.0.0.1:9102/metrics"
 bash scripts/demo.sh

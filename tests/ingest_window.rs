@@ -473,3 +473,51 @@ async fn list_open_windows_pages_through_open_windows_only() -> anyhow::Result<(
     s.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_secret_rotation_both_secrets_verify_during_the_overlap_only() -> anyhow::Result<()>
+{
+    let s = Slice::start().await?;
+    let infra = finestra_testkit::infra().await?;
+    let rotate = |overlap_secs: i64| {
+        sqlx::query(
+            "UPDATE accounts.numbers SET previous_app_secret = app_secret, app_secret = $2,
+                    previous_secret_valid_until = now() + $3 * interval '1 second'
+             WHERE phone_number_id = $1",
+        )
+        .bind(s.number.clone())
+        .bind(format!("{}-new", s.secret))
+        .bind(overlap_secs)
+    };
+    rotate(3600).execute(&infra.pool).await?;
+    // The number lookup is cached briefly; wait until ingest sees the new secret.
+    let body = serde_json::to_vec(&s.text("wamid.rot.1", "393471119001", now_secs(), None))?;
+    let new_secret = format!("{}-new", s.secret);
+    eventually("the new secret verifies", WAIT, || async {
+        let st =
+            finestra_testkit::post_webhook(&s.http, &s.ingest.running, &body, Some(&new_secret))
+                .await?;
+        Ok((st == 200).then_some(()))
+    })
+    .await?;
+    let old =
+        finestra_testkit::post_webhook(&s.http, &s.ingest.running, &body, Some(&s.secret)).await?;
+    assert_eq!(
+        old, 200,
+        "the previous secret still verifies during the overlap"
+    );
+
+    // Overlap over: only the newest secret verifies.
+    sqlx::query("UPDATE accounts.numbers SET previous_secret_valid_until = now() - interval '1 second' WHERE phone_number_id = $1")
+        .bind(&s.number)
+        .execute(&infra.pool)
+        .await?;
+    eventually("the previous secret is refused", WAIT, || async {
+        let st = finestra_testkit::post_webhook(&s.http, &s.ingest.running, &body, Some(&s.secret))
+            .await?;
+        Ok((st == 401).then_some(()))
+    })
+    .await?;
+    s.stop().await;
+    Ok(())
+}

@@ -372,21 +372,31 @@ where
 
 /// A client interceptor that sends `authorization: Bearer <key>` on every call.
 #[derive(Clone)]
-pub struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
 
 impl Bearer {
     pub fn new(key: &str) -> Result<Self, Status> {
-        format!("Bearer {key}").parse().map(Self).map_err(|_| {
-            Status::invalid_argument("the API key has characters a header cannot carry")
-        })
+        format!("Bearer {key}")
+            .parse()
+            .map(|v| Self(Some(v)))
+            .map_err(|_| {
+                Status::invalid_argument("the API key has characters a header cannot carry")
+            })
+    }
+
+    /// Sends no `authorization` header at all.
+    pub fn anonymous() -> Self {
+        Self(None)
     }
 }
 
 impl tonic::service::Interceptor for Bearer {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.0.clone());
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
         Ok(request)
     }
 }

@@ -47,11 +47,26 @@ pub struct Number {
     pub display_phone_number: String,
     pub app_secret: String,
     pub status: String,
+    /// After a rotation: the previous secret, still valid until `previous_secret_valid_until`.
+    pub previous_app_secret: Option<String>,
+    pub previous_secret_valid_until: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Number {
     pub fn is_active(&self) -> bool {
         self.status == "active"
+    }
+
+    /// The secrets that verify this number's webhooks at `now_micros`: the current one, and
+    /// the previous one during a rotation's overlap.
+    pub fn webhook_secrets(&self, now_micros: i64) -> impl Iterator<Item = &str> {
+        let previous = match (&self.previous_app_secret, self.previous_secret_valid_until) {
+            (Some(secret), Some(until)) if now_micros < until.timestamp_micros() => {
+                Some(secret.as_str())
+            }
+            _ => None,
+        };
+        std::iter::once(self.app_secret.as_str()).chain(previous)
     }
 }
 
@@ -159,7 +174,8 @@ impl Registry {
                SET display_phone_number = EXCLUDED.display_phone_number,
                    app_secret = EXCLUDED.app_secret
                WHERE numbers.tenant_id = EXCLUDED.tenant_id
-             RETURNING phone_number_id, tenant_id, display_phone_number, app_secret, status",
+             RETURNING phone_number_id, tenant_id, display_phone_number, app_secret, status,
+                       previous_app_secret, previous_secret_valid_until",
         )
         .bind(phone_number_id)
         .bind(tenant_id)
@@ -176,7 +192,8 @@ impl Registry {
     pub async fn number(&self, phone_number_id: &str) -> Result<Option<Number>, RegistryError> {
         Ok(sqlx::query_as::<_, Number>(
             "SELECT n.phone_number_id, n.tenant_id, n.display_phone_number, n.app_secret,
-                    CASE WHEN t.status = 'active' THEN n.status ELSE t.status END AS status
+                    CASE WHEN t.status = 'active' THEN n.status ELSE t.status END AS status,
+                    n.previous_app_secret, n.previous_secret_valid_until
              FROM accounts.numbers n JOIN accounts.tenants t USING (tenant_id)
              WHERE n.phone_number_id = $1",
         )
@@ -187,7 +204,8 @@ impl Registry {
 
     pub async fn numbers(&self, tenant_id: &str) -> Result<Vec<Number>, RegistryError> {
         Ok(sqlx::query_as::<_, Number>(
-            "SELECT phone_number_id, tenant_id, display_phone_number, app_secret, status
+            "SELECT phone_number_id, tenant_id, display_phone_number, app_secret, status,
+                    previous_app_secret, previous_secret_valid_until
              FROM accounts.numbers WHERE tenant_id = $1 ORDER BY phone_number_id",
         )
         .bind(tenant_id)

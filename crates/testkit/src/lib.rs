@@ -254,6 +254,16 @@ pub async fn start_window(scope: &Scope, group: &str, max_batch: usize) -> anyho
     Ok(Started { running, shutdown })
 }
 
+pub async fn start_accounts(scope: &Scope) -> anyhow::Result<Started> {
+    let config = finestra_accounts::AccountsConfig {
+        common: scope.config()?,
+        key_prefix: "fin_test_".into(),
+    };
+    let shutdown = Shutdown::new();
+    let running = finestra_accounts::start(config, shutdown.clone()).await?;
+    Ok(Started { running, shutdown })
+}
+
 /// Posts a webhook body signed with `secret` (or unsigned when `None`).
 pub async fn post_webhook(
     client: &reqwest::Client,

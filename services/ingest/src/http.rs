@@ -149,7 +149,11 @@ async fn receive(
         };
         match number {
             Some(n) => {
-                if signature::verify(n.app_secret.as_bytes(), &body, &claimed).is_err() {
+                let now = app.clock.now().micros();
+                let verified = n
+                    .webhook_secrets(now)
+                    .any(|secret| signature::verify(secret.as_bytes(), &body, &claimed).is_ok());
+                if !verified {
                     outcome("bad_signature");
                     tracing::warn!(phone_number_id = id, "webhook signature mismatch");
                     return (StatusCode::UNAUTHORIZED, "signature mismatch");

@@ -1,0 +1,680 @@
+//! The `AccountsService` RPCs. Every call is authenticated by `RequireKey`; each handler checks
+//! reach (NOT_FOUND outside it) and scope (PERMISSION_DENIED) before touching data.
+
+use std::sync::Arc;
+
+use finestra_platform::auth::{self, Authenticator, Owner, Principal, Scope};
+use finestra_platform::kafka::{self, Outgoing};
+use finestra_platform::status;
+use finestra_proto::v1::accounts_service_server::AccountsService;
+use finestra_proto::v1::envelope::Payload;
+use finestra_proto::v1::{self, account_changed::Kind};
+use rdkafka::producer::FutureProducer;
+use sqlx::PgPool;
+use tonic::{Code, Request, Response, Status};
+
+use crate::convert::{self, NumberRow, PartnerRow, TenantRow};
+
+pub struct AccountsApi {
+    pub pool: PgPool,
+    pub auth: Authenticator,
+    pub producer: FutureProducer,
+    pub topic: String,
+    pub key_prefix: String,
+}
+
+const DEFAULT_PAGE: u32 = 100;
+const MAX_PAGE: u32 = 1_000;
+const TIERS: [u32; 4] = [250, 2_000, 10_000, 100_000];
+const UNLIMITED_TIER: u32 = u32::MAX;
+
+fn page_size(n: u32) -> Result<i64, Status> {
+    match n {
+        0 => Ok(i64::from(DEFAULT_PAGE)),
+        n if n <= MAX_PAGE => Ok(i64::from(n)),
+        _ => Err(status::invalid_argument(
+            "page_size",
+            format!("page_size must be 1..{MAX_PAGE}"),
+        )),
+    }
+}
+
+fn after(token: &str) -> Result<String, Status> {
+    if token.is_empty() {
+        return Ok(String::new());
+    }
+    hex::decode(token)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| {
+            status::invalid_argument("page_token", "page_token is not one this service issued")
+        })
+}
+
+/// Trims a fetched page (one row more than asked) and gives the next token.
+fn paginate<T>(mut rows: Vec<T>, size: i64, id: impl Fn(&T) -> &str) -> (Vec<T>, String) {
+    let size = usize::try_from(size).unwrap_or(usize::MAX);
+    let more = rows.len() > size;
+    rows.truncate(size);
+    let token = match (more, rows.last()) {
+        (true, Some(last)) => hex::encode(id(last)),
+        _ => String::new(),
+    };
+    (rows, token)
+}
+
+fn required<'a>(field: &str, v: &'a str) -> Result<&'a str, Status> {
+    if v.trim().is_empty() {
+        Err(status::invalid_argument(
+            field,
+            format!("{field} is required"),
+        ))
+    } else {
+        Ok(v)
+    }
+}
+
+fn db_error(context: &str, e: sqlx::Error) -> Status {
+    if let sqlx::Error::Database(db) = &e {
+        match db.code().as_deref() {
+            Some("23505") => {
+                return status::with_reason(
+                    Code::AlreadyExists,
+                    "ALREADY_EXISTS",
+                    "it exists already",
+                    &[],
+                );
+            }
+            Some("23514") | Some("22001") => {
+                return status::with_reason(
+                    Code::InvalidArgument,
+                    "INVALID_ARGUMENT",
+                    db.message().to_owned(),
+                    &[],
+                );
+            }
+            _ => {}
+        }
+    }
+    status::internal(context, &e)
+}
+
+fn registry_error(context: &str, e: finestra_registry::RegistryError) -> Status {
+    match e {
+        finestra_registry::RegistryError::Db(e) => db_error(context, e),
+        finestra_registry::RegistryError::Invalid { field, reason } => {
+            status::invalid_argument(field, reason)
+        }
+        other => status::with_reason(
+            Code::FailedPrecondition,
+            "FAILED_PRECONDITION",
+            other.to_string(),
+            &[],
+        ),
+    }
+}
+
+fn not_found(kind: &str, id: &str) -> Status {
+    status::with_reason(
+        Code::NotFound,
+        "NOT_FOUND",
+        format!("no such {kind}"),
+        &[(kind, id)],
+    )
+}
+
+fn operator_only(p: &Principal) -> Result<(), Status> {
+    if p.is_operator() {
+        p.require(Scope::Admin)
+    } else {
+        Err(status::with_reason(
+            Code::PermissionDenied,
+            "PERMISSION_DENIED",
+            "only the operator may do this",
+            &[],
+        ))
+    }
+}
+
+fn tier(n: u32) -> Result<Option<i32>, Status> {
+    if n == UNLIMITED_TIER {
+        return Ok(None);
+    }
+    let n = if n == 0 { 250 } else { n };
+    if TIERS.contains(&n) {
+        Ok(Some(i32::try_from(n).unwrap_or(250)))
+    } else {
+        Err(status::invalid_argument(
+            "tier",
+            "tier is 250, 2000, 10000, 100000 or unlimited",
+        ))
+    }
+}
+
+const TENANT_COLUMNS: &str = "tenant_id, partner_id, name, status, tier, created_at";
+const NUMBER_COLUMNS: &str = "phone_number_id, tenant_id, display_phone_number, throughput_per_second, status, previous_secret_valid_until";
+
+impl AccountsApi {
+    /// Announces a change caches must drop; a lost announcement is bounded by the caches' TTL.
+    async fn announce(
+        &self,
+        kind: Kind,
+        tenant_id: &str,
+        partner_id: &str,
+        key_id: &str,
+        number: &str,
+    ) {
+        let envelope = v1::Envelope {
+            event_id: format!(
+                "acct:{}:{tenant_id}:{partner_id}:{key_id}:{number}:{}",
+                kind.as_str_name(),
+                chrono::Utc::now().timestamp_micros()
+            ),
+            tenant_id: tenant_id.to_owned(),
+            occurred_at: Some(convert::ts(chrono::Utc::now())),
+            recorded_at: None,
+            payload: Some(Payload::AccountChanged(v1::AccountChanged {
+                kind: kind as i32,
+                key_id: key_id.to_owned(),
+                partner_id: partner_id.to_owned(),
+                phone_number_id: number.to_owned(),
+            })),
+        };
+        let record = Outgoing {
+            topic: &self.topic,
+            key: tenant_id.to_owned(),
+            envelope,
+        };
+        if let Err(e) = kafka::publish_all(&self.producer, std::slice::from_ref(&record)).await {
+            tracing::warn!(error = %e, "announcing an accounts change failed; caches expire on their own");
+        }
+        self.auth.invalidate_keys();
+        if !tenant_id.is_empty() {
+            self.auth.invalidate_tenant(tenant_id).await;
+        }
+    }
+
+    async fn partner_row(&self, partner_id: &str) -> Result<Option<PartnerRow>, Status> {
+        sqlx::query_as::<_, PartnerRow>("SELECT partner_id, name, status, created_at FROM accounts.partners WHERE partner_id = $1")
+            .bind(partner_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| db_error("reading a partner", e))
+    }
+
+    /// The tenant if the principal reaches it (any status), else NOT_FOUND.
+    async fn reachable_tenant(&self, p: &Principal, tenant_id: &str) -> Result<TenantRow, Status> {
+        let row = sqlx::query_as::<_, TenantRow>(&format!(
+            "SELECT {TENANT_COLUMNS} FROM accounts.tenants WHERE tenant_id = $1"
+        ))
+        .bind(tenant_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| db_error("reading a tenant", e))?;
+        match row {
+            Some(t)
+                if p.sees_tenant(&auth::TenantRef {
+                    tenant_id: t.tenant_id.clone(),
+                    partner_id: t.partner_id.clone(),
+                }) =>
+            {
+                Ok(t)
+            }
+            _ => Err(not_found("tenant_id", tenant_id)),
+        }
+    }
+
+    /// Changing a tenant itself (tier, status) is for its partner or the operator.
+    fn above_tenant(p: &Principal) -> Result<(), Status> {
+        match p.owner {
+            Owner::Tenant { .. } => Err(status::with_reason(
+                Code::PermissionDenied,
+                "PERMISSION_DENIED",
+                "a tenant key cannot change its own tenant",
+                &[],
+            )),
+            _ => p.require(Scope::Admin),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl AccountsService for AccountsApi {
+    async fn create_partner(
+        &self,
+        request: Request<v1::CreatePartnerRequest>,
+    ) -> Result<Response<v1::Partner>, Status> {
+        let p = auth::principal(&request)?;
+        operator_only(&p)?;
+        let req = request.into_inner();
+        let row = sqlx::query_as::<_, PartnerRow>(
+            "INSERT INTO accounts.partners (partner_id, name) VALUES ($1, $2) RETURNING partner_id, name, status, created_at",
+        )
+        .bind(required("partner_id", &req.partner_id)?)
+        .bind(required("name", &req.name)?)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| db_error("creating a partner", e))?;
+        Ok(Response::new(row.into()))
+    }
+
+    async fn list_partners(
+        &self,
+        request: Request<v1::ListPartnersRequest>,
+    ) -> Result<Response<v1::ListPartnersResponse>, Status> {
+        let p = auth::principal(&request)?;
+        operator_only(&p)?;
+        let req = request.into_inner();
+        let size = page_size(req.page_size)?;
+        let rows = sqlx::query_as::<_, PartnerRow>(
+            "SELECT partner_id, name, status, created_at FROM accounts.partners WHERE partner_id > $1 ORDER BY partner_id LIMIT $2",
+        )
+        .bind(after(&req.page_token)?)
+        .bind(size + 1)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error("listing partners", e))?;
+        let (rows, next_page_token) = paginate(rows, size, |r| &r.partner_id);
+        Ok(Response::new(v1::ListPartnersResponse {
+            partners: rows.into_iter().map(Into::into).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn set_partner_status(
+        &self,
+        request: Request<v1::SetPartnerStatusRequest>,
+    ) -> Result<Response<v1::Partner>, Status> {
+        let p = auth::principal(&request)?;
+        operator_only(&p)?;
+        let req = request.into_inner();
+        let status_name = convert::status_name(req.status)
+            .ok_or_else(|| status::invalid_argument("status", "ACTIVE or SUSPENDED"))?;
+        let row = sqlx::query_as::<_, PartnerRow>(
+            "UPDATE accounts.partners SET status = $2 WHERE partner_id = $1 RETURNING partner_id, name, status, created_at",
+        )
+        .bind(&req.partner_id)
+        .bind(status_name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| db_error("changing a partner", e))?
+        .ok_or_else(|| not_found("partner_id", &req.partner_id))?;
+        self.announce(Kind::PartnerChanged, "", &row.partner_id, "", "")
+            .await;
+        Ok(Response::new(row.into()))
+    }
+
+    async fn get_partner(
+        &self,
+        request: Request<v1::GetPartnerRequest>,
+    ) -> Result<Response<v1::Partner>, Status> {
+        let p = auth::principal(&request)?;
+        let req = request.into_inner();
+        if !p.sees_partner(&req.partner_id) {
+            return Err(not_found("partner_id", &req.partner_id));
+        }
+        p.require(Scope::Read)?;
+        let row = self
+            .partner_row(&req.partner_id)
+            .await?
+            .ok_or_else(|| not_found("partner_id", &req.partner_id))?;
+        Ok(Response::new(row.into()))
+    }
+
+    async fn create_tenant(
+        &self,
+        request: Request<v1::CreateTenantRequest>,
+    ) -> Result<Response<v1::Tenant>, Status> {
+        let p = auth::principal(&request)?;
+        let req = request.into_inner();
+        if !p.sees_partner(&req.partner_id) || self.partner_row(&req.partner_id).await?.is_none() {
+            return Err(not_found("partner_id", &req.partner_id));
+        }
+        p.require(Scope::Admin)?;
+        let row = sqlx::query_as::<_, TenantRow>(&format!(
+            "INSERT INTO accounts.tenants (partner_id, tenant_id, name, tier) VALUES ($1, $2, $3, $4) RETURNING {TENANT_COLUMNS}"
+        ))
+        .bind(&req.partner_id)
+        .bind(required("tenant_id", &req.tenant_id)?)
+        .bind(required("name", &req.name)?)
+        .bind(tier(req.tier)?)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| db_error("creating a tenant", e))?;
+        Ok(Response::new(row.into()))
+    }
+
+    async fn list_tenants(
+        &self,
+        request: Request<v1::ListTenantsRequest>,
+    ) -> Result<Response<v1::ListTenantsResponse>, Status> {
+        let p = auth::principal(&request)?;
+        let req = request.into_inner();
+        if !p.sees_partner(&req.partner_id) {
+            return Err(not_found("partner_id", &req.partner_id));
+        }
+        p.require(Scope::Read)?;
+        let size = page_size(req.page_size)?;
+        let rows = sqlx::query_as::<_, TenantRow>(&format!(
+            "SELECT {TENANT_COLUMNS} FROM accounts.tenants WHERE partner_id = $1 AND tenant_id > $2 ORDER BY tenant_id LIMIT $3"
+        ))
+        .bind(&req.partner_id)
+        .bind(after(&req.page_token)?)
+        .bind(size + 1)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error("listing tenants", e))?;
+        let (rows, next_page_token) = paginate(rows, size, |r| &r.tenant_id);
+        Ok(Response::new(v1::ListTenantsResponse {
+            tenants: rows.into_iter().map(Into::into).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn update_tenant(
+        &self,
+        request: Request<v1::UpdateTenantRequest>,
+    ) -> Result<Response<v1::Tenant>, Status> {
+        let p = auth::principal(&request)?;
+        let req = request.into_inner();
+        self.reachable_tenant(&p, &req.tenant_id).await?;
+        Self::above_tenant(&p)?;
+        let new_tier = if req.tier == 0 {
+            None
+        } else {
+            Some(tier(req.tier)?)
+        };
+        let row = sqlx::query_as::<_, TenantRow>(&format!(
+            "UPDATE accounts.tenants SET name = coalesce(nullif($2, ''), name),
+                    tier = CASE WHEN $3 THEN $4 ELSE tier END
+             WHERE tenant_id = $1 RETURNING {TENANT_COLUMNS}"
+        ))
+        .bind(&req.tenant_id)
+        .bind(&req.name)
+        .bind(new_tier.is_some())
+        .bind(new_tier.flatten())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| db_error("updating a tenant", e))?;
+        self.announce(Kind::TenantChanged, &row.tenant_id, &row.partner_id, "", "")
+            .await;
+        Ok(Response::new(row.into()))
+    }
+
+    async fn set_tenant_status(
+        &self,
+        request: Request<v1::SetTenantStatusRequest>,
+    ) -> Result<Response<v1::Tenant>, Status> {
+        let p = auth::principal(&request)?;
+        let req = request.into_inner();
+        self.reachable_tenant(&p, &req.tenant_id).await?;
+        Self::above_tenant(&p)?;
+        let status_name = convert::status_name(req.status)
+            .ok_or_else(|| status::invalid_argument("status", "ACTIVE or SUSPENDED"))?;
+        let row = sqlx::query_as::<_, TenantRow>(&format!(
+            "UPDATE accounts.tenants SET status = $2 WHERE tenant_id = $1 RETURNING {TENANT_COLUMNS}"
+        ))
+        .bind(&req.tenant_id)
+        .bind(status_name)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| db_error("changing a tenant", e))?;
+        self.announce(Kind::TenantChanged, &row.tenant_id, &row.partner_id, "", "")
+            .await;
+        Ok(Response::new(row.into()))
+    }
+
+    async fn get_tenant(
+        &self,
+        request: Request<v1::GetTenantRequest>,
+    ) -> Result<Response<v1::Tenant>, Status> {
+        let p = auth::principal(&request)?;
+        let req = request.into_inner();
+        let row = self.reachable_tenant(&p, &req.tenant_id).await?;
+        p.require(Scope::Read)?;
+        Ok(Response::new(row.into()))
+    }
+
+    async fn add_number(
+        &self,
+        request: Request<v1::AddNumberRequest>,
+    ) -> Result<Response<v1::Number>, Status> {
+        let p = auth::principal(&request)?;
+        let req = request.into_inner();
+        self.reachable_tenant(&p, &req.tenant_id).await?;
+        p.require(Scope::Admin)?;
+        let throughput = match req.throughput_per_second {
+            0 => 80,
+            n @ 1..=1_000 => i32::try_from(n).unwrap_or(80),
+            _ => {
+                return Err(status::invalid_argument(
+                    "throughput_per_second",
+                    "1..1000 messages per second",
+                ));
+            }
+        };
+        let row = sqlx::query_as::<_, NumberRow>(&format!(
+            "INSERT INTO accounts.numbers (phone_number_id, tenant_id, display_phone_number, app_secret, throughput_per_second)
+             VALUES ($1, $2, $3, $4, $5) RETURNING {NUMBER_COLUMNS}"
+        ))
+        .bind(required("phone_number_id", &req.phone_number_id)?)
+        .bind(&req.tenant_id)
+        .bind(required("display_phone_number", &req.display_phone_number)?)
+        .bind(required("app_secret", &req.app_secret)?)
+        .bind(throughput)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| db_error("adding a number", e))?;
+        Ok(Response::new(row.into()))
+    }
+
+    async fn list_numbers(
+        &self,
+        request: Request<v1::ListNumbersRequest>,
+    ) -> Result<Response<v1::ListNumbersResponse>, Status> {
+        let p = auth::principal(&request)?;
+        let req = request.into_inner();
+        self.reachable_tenant(&p, &req.tenant_id).await?;
+        p.require(Scope::Read)?;
+        let size = page_size(req.page_size)?;
+        let rows = sqlx::query_as::<_, NumberRow>(&format!(
+            "SELECT {NUMBER_COLUMNS} FROM accounts.numbers WHERE tenant_id = $1 AND phone_number_id > $2
+             ORDER BY phone_number_id LIMIT $3"
+        ))
+        .bind(&req.tenant_id)
+        .bind(after(&req.page_token)?)
+        .bind(size + 1)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error("listing numbers", e))?;
+        let (rows, next_page_token) = paginate(rows, size, |r| &r.phone_number_id);
+        Ok(Response::new(v1::ListNumbersResponse {
+            numbers: rows.into_iter().map(Into::into).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn rotate_number_secret(
+        &self,
+        request: Request<v1::RotateNumberSecretRequest>,
+    ) -> Result<Response<v1::Number>, Status> {
+        let p = auth::principal(&request)?;
+        let req = request.into_inner();
+        self.reachable_tenant(&p, &req.tenant_id).await?;
+        p.require(Scope::Admin)?;
+        let overlap = match req.overlap_seconds {
+            0 => 24 * 3600,
+            n if n <= 7 * 24 * 3600 => i64::from(n),
+            _ => {
+                return Err(status::invalid_argument(
+                    "overlap_seconds",
+                    "at most 7 days",
+                ));
+            }
+        };
+        let row = sqlx::query_as::<_, NumberRow>(&format!(
+            "UPDATE accounts.numbers SET previous_app_secret = app_secret, app_secret = $3,
+                    previous_secret_valid_until = now() + $4 * interval '1 second'
+             WHERE tenant_id = $1 AND phone_number_id = $2 RETURNING {NUMBER_COLUMNS}"
+        ))
+        .bind(&req.tenant_id)
+        .bind(&req.phone_number_id)
+        .bind(required("new_app_secret", &req.new_app_secret)?)
+        .bind(overlap)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| db_error("rotating a secret", e))?
+        .ok_or_else(|| not_found("phone_number_id", &req.phone_number_id))?;
+        self.announce(
+            Kind::NumberChanged,
+            &row.tenant_id,
+            "",
+            "",
+            &row.phone_number_id,
+        )
+        .await;
+        Ok(Response::new(row.into()))
+    }
+
+    async fn create_api_key(
+        &self,
+        request: Request<v1::CreateApiKeyRequest>,
+    ) -> Result<Response<v1::CreatedApiKey>, Status> {
+        let p = auth::principal(&request)?;
+        let req = request.into_inner();
+        let owner = self.key_owner(&p, &req.partner_id, &req.tenant_id).await?;
+        let scopes = req
+            .scopes
+            .iter()
+            .map(|s| {
+                convert::scope(*s)
+                    .ok_or_else(|| status::invalid_argument("scopes", "READ, SEND or ADMIN"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let (key, secret) = finestra_registry::keys::create(
+            &self.pool,
+            &owner,
+            &scopes,
+            &req.label,
+            &self.key_prefix,
+        )
+        .await
+        .map_err(|e| registry_error("creating a key", e))?;
+        tracing::info!(key_id = %key.key_id, by = %p.key_id, "API key created");
+        Ok(Response::new(v1::CreatedApiKey {
+            key: Some(convert::api_key(key)),
+            secret,
+        }))
+    }
+
+    async fn list_api_keys(
+        &self,
+        request: Request<v1::ListApiKeysRequest>,
+    ) -> Result<Response<v1::ListApiKeysResponse>, Status> {
+        let p = auth::principal(&request)?;
+        let req = request.into_inner();
+        let owner = self.key_owner(&p, &req.partner_id, &req.tenant_id).await?;
+        let size = page_size(req.page_size)?;
+        let (partner, tenant) = match &owner {
+            Owner::Partner { partner_id } => (partner_id.clone(), None),
+            Owner::Tenant {
+                partner_id,
+                tenant_id,
+            } => (partner_id.clone(), Some(tenant_id.clone())),
+            Owner::Operator => (String::new(), None),
+        };
+        let rows = sqlx::query_as::<_, finestra_registry::keys::KeyInfo>(&format!(
+            "SELECT {} FROM accounts.api_keys
+             WHERE partner_id = $1 AND tenant_id IS NOT DISTINCT FROM $2 AND key_id > $3
+             ORDER BY key_id LIMIT $4",
+            finestra_registry::keys::KEY_COLUMNS
+        ))
+        .bind(partner)
+        .bind(tenant)
+        .bind(after(&req.page_token)?)
+        .bind(size + 1)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error("listing keys", e))?;
+        let (rows, next_page_token) = paginate(rows, size, |r| &r.key_id);
+        Ok(Response::new(v1::ListApiKeysResponse {
+            keys: rows.into_iter().map(convert::api_key).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn revoke_api_key(
+        &self,
+        request: Request<v1::RevokeApiKeyRequest>,
+    ) -> Result<Response<v1::ApiKey>, Status> {
+        let p = auth::principal(&request)?;
+        let req = request.into_inner();
+        let key = finestra_registry::keys::get(&self.pool, &req.key_id)
+            .await
+            .map_err(|e| registry_error("reading a key", e))?
+            .ok_or_else(|| not_found("key_id", &req.key_id))?;
+        // Whoever could create this key may revoke it; to anyone else it does not exist.
+        self.key_owner(
+            &p,
+            key.partner_id.as_deref().unwrap_or_default(),
+            key.tenant_id.as_deref().unwrap_or_default(),
+        )
+        .await
+        .map_err(|e| {
+            if e.code() == Code::NotFound {
+                not_found("key_id", &req.key_id)
+            } else {
+                e
+            }
+        })?;
+        let revoked = finestra_registry::keys::revoke(&self.pool, &req.key_id)
+            .await
+            .map_err(|e| registry_error("revoking a key", e))?
+            .ok_or_else(|| not_found("key_id", &req.key_id))?;
+        self.announce(
+            Kind::ApiKeyRevoked,
+            revoked.tenant_id.as_deref().unwrap_or_default(),
+            revoked.partner_id.as_deref().unwrap_or_default(),
+            &revoked.key_id,
+            "",
+        )
+        .await;
+        tracing::info!(key_id = %revoked.key_id, by = %p.key_id, "API key revoked");
+        Ok(Response::new(convert::api_key(revoked)))
+    }
+}
+
+impl AccountsApi {
+    /// The owner a principal may manage keys of: partner keys are the operator's to manage,
+    /// tenant keys the tenant's partner's (and the tenant admin's own).
+    async fn key_owner(
+        &self,
+        p: &Arc<Principal>,
+        partner_id: &str,
+        tenant_id: &str,
+    ) -> Result<Owner, Status> {
+        match (partner_id.is_empty(), tenant_id.is_empty()) {
+            (_, false) => {
+                let t = self.reachable_tenant(p, tenant_id).await?;
+                p.require(Scope::Admin)?;
+                Ok(Owner::Tenant {
+                    partner_id: t.partner_id,
+                    tenant_id: t.tenant_id,
+                })
+            }
+            (false, true) => {
+                if !p.sees_partner(partner_id) || self.partner_row(partner_id).await?.is_none() {
+                    return Err(not_found("partner_id", partner_id));
+                }
+                operator_only(p)?;
+                Ok(Owner::Partner {
+                    partner_id: partner_id.to_owned(),
+                })
+            }
+            (true, true) => Err(status::invalid_argument(
+                "tenant_id",
+                "name the key's owner: partner_id or tenant_id",
+            )),
+        }
+    }
+}

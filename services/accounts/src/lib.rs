@@ -1,0 +1,77 @@
+//! Accounts: the control plane of partners, tenants, numbers and API keys. It owns the
+//! `accounts` schema (migrations in `crates/registry`, shared with the read models of the
+//! other services) and announces changes that caches must drop on `finestra.accounts.v1`.
+
+pub mod api;
+pub mod convert;
+
+use finestra_platform::auth::{Authenticator, RequireKey};
+use finestra_platform::config::env_string;
+use finestra_platform::health::{self, Dependency};
+use finestra_platform::service::retry_until_ready;
+use finestra_platform::{
+    CommonConfig, ConfigError, Running, Shutdown, StartError, admin, kafka, stores,
+};
+use finestra_proto::v1::accounts_service_server::AccountsServiceServer;
+
+#[derive(Clone, Debug)]
+pub struct AccountsConfig {
+    pub common: CommonConfig,
+    /// `fin_live_` in production; `fin_test_` for test deployments.
+    pub key_prefix: String,
+}
+
+impl AccountsConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Ok(Self {
+            common: CommonConfig::from_env("0.0.0.0:50050", "0.0.0.0:9100")?,
+            key_prefix: env_string("KEY_PREFIX", "fin_live_"),
+        })
+    }
+}
+
+pub const SERVICE_NAME: &str = "finestra.v1.AccountsService";
+
+pub async fn start(config: AccountsConfig, shutdown: Shutdown) -> Result<Running, StartError> {
+    let common = &config.common;
+    let pool = stores::postgres_lazy(common)?;
+    let producer = kafka::producer(&common.kafka_brokers)?;
+    let (readiness, health_service, health_task) = health::watch(
+        &[SERVICE_NAME],
+        vec![
+            Dependency::Postgres(pool.clone()),
+            Dependency::Kafka(producer.clone()),
+        ],
+        shutdown.clone(),
+    )
+    .await;
+    let (metrics_addr, admin_task) =
+        admin::serve(common.metrics_addr, readiness, shutdown.clone()).await?;
+    retry_until_ready("migrating the accounts schema", &shutdown, || {
+        finestra_registry::migrate(&pool)
+    })
+    .await
+    .ok_or(StartError::Interrupted)?;
+
+    let auth = Authenticator::new(pool.clone());
+    let api = api::AccountsApi {
+        pool,
+        auth: auth.clone(),
+        producer,
+        topic: common.topics.accounts.clone(),
+        key_prefix: config.key_prefix.clone(),
+    };
+    let (incoming, grpc_addr) = finestra_platform::grpc::bind(common.grpc_addr).await?;
+    let router = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(finestra_platform::grpc::reflection()?)
+        .add_service(RequireKey::new(AccountsServiceServer::new(api), auth));
+    let grpc_task = finestra_platform::service::spawn_grpc(router, incoming, shutdown.clone());
+
+    let mut running = Running::new(grpc_addr, metrics_addr, None);
+    running.own("health", health_task);
+    running.own("admin", admin_task);
+    running.own("grpc", grpc_task);
+    tracing::info!(%grpc_addr, %metrics_addr, "accounts started");
+    Ok(running)
+}

@@ -1,0 +1,21 @@
+use finestra_platform::{Shutdown, telemetry};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = finestra_accounts::AccountsConfig::from_env()?;
+    let _telemetry = telemetry::init("finestra-accounts", config.common.otlp_endpoint.as_deref())?;
+    let shutdown = Shutdown::new();
+    shutdown.trigger_on_signals()?;
+    let grace = config.common.shutdown_grace;
+    let running = match finestra_accounts::start(config, shutdown.clone()).await {
+        Ok(running) => running,
+        Err(finestra_platform::StartError::Interrupted) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    shutdown.wait().await;
+    if tokio::time::timeout(grace, running.wait()).await.is_err() {
+        anyhow::bail!("drain did not finish within {grace:?}");
+    }
+    tracing::info!("accounts stopped");
+    Ok(())
+}
