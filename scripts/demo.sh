@@ -21,12 +21,13 @@ export FINESTRA_API_KEY
 echo "key ${FINESTRA_API_KEY:0:13}… created; window queries below authenticate with it"
 
 step "Giulia writes now: a signed webhook reaches ingest, which answers 200 once Kafka has the event"
+RUN_ID=$(date +%s%N)
 $fin dev send-text --phone-number-id "$NUMBER" --from 393471234567 --name Giulia \
-  --text "Ciao! Are you open tonight?"
+  --text "Ciao! Are you open tonight?" --wamid "wamid.demo.giulia.$RUN_ID"
 
 step "Marco's message was sent 25 hours ago (the provider delivers it late)"
 $fin dev send-text --phone-number-id "$NUMBER" --from 393479876543 --name Marco \
-  --text "Do you deliver?" --minutes-ago 1500
+  --text "Do you deliver?" --minutes-ago 1500 --wamid "wamid.demo.marco.$RUN_ID"
 
 step "The window service applied both events; the windows:"
 # The events travel through the broker; on a fresh broker the consumer group joins first.
@@ -38,8 +39,8 @@ wait_for() { # user pattern
   echo "the window service has not applied $1's message after 30 s; see var/run/window.log" >&2
   return 1
 }
-wait_for 393471234567 '"open":true'
-wait_for 393479876543 '"csw_until":[0-9]'
+wait_for 393471234567 "wamid.demo.giulia.$RUN_ID"
+wait_for 393479876543 "wamid.demo.marco.$RUN_ID"
 $fin window get --tenant "$TENANT" --phone-number-id "$NUMBER" --user 393471234567
 echo "  -> the business may reply free-form, free of charge, until the window closes."
 $fin window get --tenant "$TENANT" --phone-number-id "$NUMBER" --user 393479876543
