@@ -2,6 +2,7 @@
 //! signed webhook → ingest → Kafka → window service → GetWindow.
 
 use finestra_e2e::{Slice, WAIT, secs};
+use finestra_platform::auth::{Owner, Scope as KeyScope};
 use finestra_proto::v1::envelope::Payload;
 use finestra_proto::v1::ingest_service_client::IngestServiceClient;
 use finestra_proto::v1::{
@@ -308,7 +309,15 @@ async fn after_redis_loses_everything_get_window_gives_the_same_answer() -> anyh
 #[tokio::test(flavor = "multi_thread")]
 async fn ingest_inbound_over_grpc_has_the_webhook_semantics() -> anyhow::Result<()> {
     let s = Slice::start().await?;
-    let mut client = IngestServiceClient::connect(s.ingest.running.grpc_url()).await?;
+    let operator = s.scope.key(Owner::Operator, &[KeyScope::Send]).await?;
+    let mut client = IngestServiceClient::new(
+        finestra_testkit::authed_channel(s.ingest.running.grpc_url(), &operator).await?,
+    );
+    // Internal: a tenant key (even an admin one) is refused.
+    let tenant_key = s.scope.tenant_key("acme", &[KeyScope::Admin]).await?;
+    let mut as_tenant = IngestServiceClient::new(
+        finestra_testkit::authed_channel(s.ingest.running.grpc_url(), &tenant_key).await?,
+    );
     let sent = now_secs() - 5;
     let item = |id: &str| InboundItem {
         timestamp: Some(finestra_proto::time::from_micros(sent * 1_000_000)),
@@ -327,6 +336,11 @@ async fn ingest_inbound_over_grpc_has_the_webhook_semantics() -> anyhow::Result<
         phone_number_id: s.number.clone(),
         items: vec![item("wamid.grpc.1")],
     };
+    let refused = as_tenant
+        .ingest_inbound(req.clone())
+        .await
+        .expect_err("tenant key");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
     let answer = client.ingest_inbound(req.clone()).await?.into_inner();
     assert_eq!(answer.event_ids, ["in:wamid.grpc.1"]);
     client.ingest_inbound(req).await?;

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use finestra_platform::auth::{self, Scope};
 use finestra_platform::status;
 use finestra_proto::v1::ingest_service_server::IngestService;
 use finestra_proto::v1::{IngestInboundRequest, IngestInboundResponse};
@@ -23,6 +24,17 @@ impl IngestService for IngestApi {
         &self,
         request: Request<IngestInboundRequest>,
     ) -> Result<Response<IngestInboundResponse>, Status> {
+        // Internal: channels run by the operator, never tenants or partners.
+        let principal = auth::principal(&request)?;
+        if !principal.is_operator() {
+            return Err(status::with_reason(
+                Code::PermissionDenied,
+                "PERMISSION_DENIED",
+                "IngestInbound is internal: an operator key is required",
+                &[],
+            ));
+        }
+        principal.require(Scope::Send)?;
         let req = request.into_inner();
         if req.phone_number_id.is_empty() {
             return Err(status::invalid_argument(

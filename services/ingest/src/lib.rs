@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use finestra_domain::Clock;
+use finestra_platform::auth::{Authenticator, RequireKey};
 use finestra_platform::config::{env_addr, env_parse, env_string};
 use finestra_platform::health::{self, Dependency};
 use finestra_platform::{
@@ -64,6 +65,7 @@ pub async fn start(
 ) -> Result<Running, StartError> {
     // Connects on first use: the service starts and says NOT_SERVING while Postgres is down.
     let pool = stores::postgres_lazy(&config.common)?;
+    let authenticator = Authenticator::new(pool.clone());
     let producer = kafka::producer(&config.common.kafka_brokers)?;
     let app = Arc::new(App {
         directory: numbers::NumberDirectory::new(
@@ -92,9 +94,10 @@ pub async fn start(
     let router = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(finestra_platform::grpc::reflection()?)
-        .add_service(IngestServiceServer::new(grpc::IngestApi {
-            app: app.clone(),
-        }));
+        .add_service(RequireKey::new(
+            IngestServiceServer::new(grpc::IngestApi { app: app.clone() }),
+            authenticator,
+        ));
     let grpc_task = finestra_platform::service::spawn_grpc(router, incoming, shutdown.clone());
 
     let listener = tokio::net::TcpListener::bind(config.http_addr).await?;
