@@ -405,7 +405,23 @@ async fn a_revoked_key_is_refused_within_5_seconds() -> anyhow::Result<()> {
         Code::Ok,
         "works (and is now cached)"
     );
-    finestra_registry::keys::revoke(&infra.pool, &info.key_id).await?;
+    // Revoked through the control plane (another service than the one it is used on).
+    let partner_admin = w
+        .scope
+        .key(
+            Owner::Partner {
+                partner_id: w.scope.partner_id(),
+            },
+            &[Scope::Admin],
+        )
+        .await?;
+    AccountsServiceClient::new(
+        finestra_testkit::authed_channel(w.accounts.running.grpc_url(), &partner_admin).await?,
+    )
+    .revoke_api_key(v1::RevokeApiKeyRequest {
+        key_id: info.key_id.clone(),
+    })
+    .await?;
     let revoked_at = Instant::now();
     loop {
         if code(&call(&w, rpc, &key).await) == Code::Unauthenticated {
@@ -417,6 +433,10 @@ async fn a_revoked_key_is_refused_within_5_seconds() -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    eprintln!(
+        "revocation took effect on the window service after {:?}",
+        revoked_at.elapsed()
+    );
     w.window.stop().await;
     Ok(())
 }

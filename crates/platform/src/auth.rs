@@ -314,6 +314,61 @@ async fn lookup_key(pool: &PgPool, hash: &str) -> Result<Option<Arc<Principal>>,
     }))
 }
 
+/// Drops cached keys and tenants as the control plane announces changes on the accounts
+/// topic (`AccountChanged`), so a revocation takes effect at once rather than after the
+/// cache's TTL. Every instance reads every announcement: its consumer group is its own.
+pub fn spawn_invalidation(
+    auth: Authenticator,
+    brokers: &str,
+    topic: &str,
+    shutdown: crate::Shutdown,
+) -> Result<tokio::task::JoinHandle<()>, crate::kafka::BusError> {
+    use rdkafka::Message as _;
+    use rdkafka::consumer::{Consumer as _, StreamConsumer};
+    // Assigned, not subscribed: no group to join, so it listens from the moment it starts.
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "finestra-auth-cache")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
+    let mut partitions = rdkafka::TopicPartitionList::new();
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            partitions.add_partition_offset(topic, p.id(), rdkafka::Offset::End)?;
+        }
+    }
+    consumer.assign(&partitions)?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let message = tokio::select! {
+                () = shutdown.wait() => break,
+                m = consumer.recv() => m,
+            };
+            let envelope = match message {
+                Ok(m) => <finestra_proto::v1::Envelope as prost::Message>::decode(
+                    m.payload().unwrap_or_default(),
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading account changes failed");
+                    continue;
+                }
+            };
+            if let Ok(finestra_proto::v1::Envelope {
+                tenant_id,
+                payload: Some(finestra_proto::v1::envelope::Payload::AccountChanged(_)),
+                ..
+            }) = envelope
+            {
+                auth.invalidate_keys();
+                if !tenant_id.is_empty() {
+                    auth.invalidate_tenant(&tenant_id).await;
+                }
+            }
+        }
+    }))
+}
+
 /// Wraps a gRPC service so every call is authenticated first.
 #[derive(Clone)]
 pub struct RequireKey<S> {

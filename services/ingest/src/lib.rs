@@ -66,6 +66,12 @@ pub async fn start(
     // Connects on first use: the service starts and says NOT_SERVING while Postgres is down.
     let pool = stores::postgres_lazy(&config.common)?;
     let authenticator = Authenticator::new(pool.clone());
+    let invalidation_task = finestra_platform::auth::spawn_invalidation(
+        authenticator.clone(),
+        &config.common.kafka_brokers,
+        &config.common.topics.accounts,
+        shutdown.clone(),
+    )?;
     let producer = kafka::producer(&config.common.kafka_brokers)?;
     let app = Arc::new(App {
         directory: numbers::NumberDirectory::new(
@@ -127,6 +133,7 @@ pub async fn start(
     running.own("admin", admin_task);
     running.own("grpc", grpc_task);
     running.own("webhooks", http_task);
+    running.own("auth-invalidation", invalidation_task);
     tracing::info!(%http_addr, %grpc_addr, %metrics_addr, "ingest started");
     Ok(running)
 }

@@ -107,6 +107,12 @@ pub async fn start(
         auth: Authenticator::new(pool.clone()),
     };
     let auth_for_layer = api.auth.clone();
+    let invalidation_task = finestra_platform::auth::spawn_invalidation(
+        api.auth.clone(),
+        &common.kafka_brokers,
+        &common.topics.accounts,
+        shutdown.clone(),
+    )?;
     let (incoming, grpc_addr) = finestra_platform::grpc::bind(common.grpc_addr).await?;
     let router = tonic::transport::Server::builder()
         .add_service(health_service)
@@ -142,6 +148,7 @@ pub async fn start(
     running.own("admin", admin_task);
     running.own("grpc", grpc_task);
     running.own("consumer", consumer_task);
+    running.own("auth-invalidation", invalidation_task);
     running.own("partitions", partitions_task);
     tracing::info!(%grpc_addr, %metrics_addr, group = %config.consumer_group, "window started");
     Ok(running)
