@@ -71,7 +71,7 @@ fn rpcs() -> Vec<Rpc> {
             "AccountsService/GetTenant",
             Scope::Read,
             true,
-            |ch, tenant, _number, _| {
+            |ch, Ctx { tenant, .. }| {
                 Box::pin(async move {
                     AccountsServiceClient::new(ch)
                         .get_tenant(v1::GetTenantRequest { tenant_id: tenant })
@@ -84,7 +84,7 @@ fn rpcs() -> Vec<Rpc> {
             "AccountsService/UpdateTenant",
             Scope::Admin,
             false,
-            |ch, tenant, _number, _| {
+            |ch, Ctx { tenant, .. }| {
                 Box::pin(async move {
                     AccountsServiceClient::new(ch)
                         .update_tenant(v1::UpdateTenantRequest {
@@ -101,7 +101,7 @@ fn rpcs() -> Vec<Rpc> {
             "AccountsService/SetTenantStatus",
             Scope::Admin,
             false,
-            |ch, tenant, _number, _| {
+            |ch, Ctx { tenant, .. }| {
                 Box::pin(async move {
                     AccountsServiceClient::new(ch)
                         .set_tenant_status(v1::SetTenantStatusRequest {
@@ -117,7 +117,7 @@ fn rpcs() -> Vec<Rpc> {
             "AccountsService/AddNumber",
             Scope::Admin,
             true,
-            |ch, tenant, _number, unique| {
+            |ch, Ctx { tenant, unique, .. }| {
                 Box::pin(async move {
                     AccountsServiceClient::new(ch)
                         .add_number(v1::AddNumberRequest {
@@ -136,7 +136,7 @@ fn rpcs() -> Vec<Rpc> {
             "AccountsService/ListNumbers",
             Scope::Read,
             true,
-            |ch, tenant, _number, _| {
+            |ch, Ctx { tenant, .. }| {
                 Box::pin(async move {
                     AccountsServiceClient::new(ch)
                         .list_numbers(v1::ListNumbersRequest {
@@ -153,7 +153,7 @@ fn rpcs() -> Vec<Rpc> {
             "AccountsService/CreateApiKey",
             Scope::Admin,
             true,
-            |ch, tenant, _number, _| {
+            |ch, Ctx { tenant, .. }| {
                 Box::pin(async move {
                     AccountsServiceClient::new(ch)
                         .create_api_key(v1::CreateApiKeyRequest {
@@ -171,7 +171,7 @@ fn rpcs() -> Vec<Rpc> {
             "AccountsService/ListApiKeys",
             Scope::Admin,
             true,
-            |ch, tenant, _number, _| {
+            |ch, Ctx { tenant, .. }| {
                 Box::pin(async move {
                     AccountsServiceClient::new(ch)
                         .list_api_keys(v1::ListApiKeysRequest {
@@ -189,7 +189,13 @@ fn rpcs() -> Vec<Rpc> {
             "AccountsService/RotateNumberSecret",
             Scope::Admin,
             true,
-            |ch, tenant, number, unique| {
+            |ch,
+             Ctx {
+                 tenant,
+                 number,
+                 unique,
+                 ..
+             }| {
                 Box::pin(async move {
                     AccountsServiceClient::new(ch)
                         .rotate_number_secret(v1::RotateNumberSecretRequest {
@@ -203,11 +209,95 @@ fn rpcs() -> Vec<Rpc> {
                 })
             },
         ),
+        accounts(
+            "AccountsService/CreateTemplate",
+            Scope::Admin,
+            true,
+            |ch, Ctx { tenant, unique, .. }| {
+                Box::pin(async move {
+                    AccountsServiceClient::new(ch)
+                        .create_template(v1::CreateTemplateRequest {
+                            tenant_id: tenant,
+                            name: format!("promo_{unique}"),
+                            language: "it".into(),
+                            category: "MARKETING".into(),
+                            body: "Ciao {{1}}, sconto del {{2}}%".into(),
+                            ..Default::default()
+                        })
+                        .await
+                        .map(|_| ())
+                })
+            },
+        ),
+        accounts(
+            "AccountsService/GetTemplate",
+            Scope::Read,
+            true,
+            |ch,
+             Ctx {
+                 tenant, template, ..
+             }| {
+                Box::pin(async move {
+                    AccountsServiceClient::new(ch)
+                        .get_template(v1::GetTemplateRequest {
+                            tenant_id: tenant,
+                            template_id: template,
+                        })
+                        .await
+                        .map(|_| ())
+                })
+            },
+        ),
+        accounts(
+            "AccountsService/ListTemplates",
+            Scope::Read,
+            true,
+            |ch, Ctx { tenant, .. }| {
+                Box::pin(async move {
+                    AccountsServiceClient::new(ch)
+                        .list_templates(v1::ListTemplatesRequest {
+                            tenant_id: tenant,
+                            page_size: 10,
+                            page_token: String::new(),
+                        })
+                        .await
+                        .map(|_| ())
+                })
+            },
+        ),
+        // Last: deleting is idempotent, but the template is gone for the rows above.
+        accounts(
+            "AccountsService/DeleteTemplate",
+            Scope::Admin,
+            true,
+            |ch,
+             Ctx {
+                 tenant, template, ..
+             }| {
+                Box::pin(async move {
+                    AccountsServiceClient::new(ch)
+                        .delete_template(v1::DeleteTemplateRequest {
+                            tenant_id: tenant,
+                            template_id: template,
+                        })
+                        .await
+                        .map(|_| ())
+                })
+            },
+        ),
     ]
 }
 
-type AccountsCall =
-    fn(AuthedChannel, String, String, u32) -> BoxFuture<'static, Result<(), tonic::Status>>;
+/// What an accounts call may need: tenant A, its number and template, a unique number.
+#[derive(Clone)]
+struct Ctx {
+    tenant: String,
+    number: String,
+    template: String,
+    unique: u32,
+}
+
+type AccountsCall = fn(AuthedChannel, Ctx) -> BoxFuture<'static, Result<(), tonic::Status>>;
 
 /// Accounts RPCs get a unique number per call (for those that create things).
 fn accounts(name: &'static str, needs: Scope, tenant_self: bool, call: AccountsCall) -> Rpc {
@@ -240,6 +330,7 @@ struct World {
     scope: TestScope,
     window: Started,
     accounts: Started,
+    template: String,
     tenant_a: String,
     number: String,
 }
@@ -251,13 +342,32 @@ async fn world() -> anyhow::Result<World> {
     scope.tenant_with_number("b", 2).await?;
     let window = finestra_testkit::start_window(&scope, "window", 100).await?;
     let accounts = finestra_testkit::start_accounts(&scope).await?;
+    let template: String = sqlx::query_scalar(
+        "INSERT INTO accounts.templates (template_id, tenant_id, name, language, category, body, parameter_count)
+         VALUES ('tpl_' || $1, $1, 'order_ready', 'en', 'UTILITY', 'Order {{1}} is ready', 1) RETURNING template_id",
+    )
+    .bind(&tenant_a)
+    .fetch_one(&finestra_testkit::infra().await?.pool)
+    .await?;
     Ok(World {
         scope,
         window,
         accounts,
+        template,
         tenant_a,
         number,
     })
+}
+
+impl World {
+    fn ctx(&self) -> Ctx {
+        Ctx {
+            tenant: self.tenant_a.clone(),
+            number: self.number.clone(),
+            template: self.template.clone(),
+            unique: UNIQUE.fetch_add(1, Ordering::SeqCst),
+        }
+    }
 }
 
 async fn call(world: &World, rpc: &Rpc, key: &str) -> Result<(), tonic::Status> {
@@ -265,15 +375,7 @@ async fn call(world: &World, rpc: &Rpc, key: &str) -> Result<(), tonic::Status> 
         .await
         .map_err(|e| tonic::Status::internal(e.to_string()))?;
     match rpc.service {
-        Service::Accounts(f) => {
-            f(
-                channel,
-                world.tenant_a.clone(),
-                world.number.clone(),
-                UNIQUE.fetch_add(1, Ordering::SeqCst),
-            )
-            .await
-        }
+        Service::Accounts(f) => f(channel, world.ctx()).await,
         Service::Window => (rpc.call)(world, channel, world.tenant_a.clone()).await,
     }
 }
@@ -373,7 +475,7 @@ async fn every_tenant_facing_rpc_enforces_reach_and_scope() -> anyhow::Result<()
         let anonymous =
             tonic::service::interceptor::InterceptedService::new(bare, Bearer::anonymous());
         let r = match rpc.service {
-            Service::Accounts(f) => f(anonymous, w.tenant_a.clone(), w.number.clone(), 0).await,
+            Service::Accounts(f) => f(anonymous, w.ctx()).await,
             Service::Window => (rpc.call)(&w, anonymous, w.tenant_a.clone()).await,
         };
         assert_eq!(code(&r), Code::Unauthenticated, "{}: no key", rpc.name);

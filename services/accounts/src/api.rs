@@ -24,6 +24,10 @@ pub struct AccountsApi {
 }
 
 const DEFAULT_PAGE: u32 = 100;
+
+fn now() -> finestra_domain::Timestamp {
+    finestra_domain::Clock::now(&finestra_platform::SystemClock)
+}
 const MAX_PAGE: u32 = 1_000;
 const TIERS: [u32; 4] = [250, 2_000, 10_000, 100_000];
 const UNLIMITED_TIER: u32 = u32::MAX;
@@ -641,6 +645,100 @@ impl AccountsService for AccountsApi {
         .await;
         tracing::info!(key_id = %revoked.key_id, by = %p.key_id, "API key revoked");
         Ok(Response::new(convert::api_key(revoked)))
+    }
+
+    async fn create_template(
+        &self,
+        request: Request<v1::CreateTemplateRequest>,
+    ) -> Result<Response<v1::Template>, Status> {
+        let p = auth::principal(&request)?;
+        let req = request.into_inner();
+        self.reachable_tenant(&p, &req.tenant_id).await?;
+        p.require(Scope::Admin)?;
+        let row = crate::templates::create(&self.pool, &req).await?;
+        Ok(Response::new(row.wire(now())))
+    }
+
+    async fn get_template(
+        &self,
+        request: Request<v1::GetTemplateRequest>,
+    ) -> Result<Response<v1::Template>, Status> {
+        let p = auth::principal(&request)?;
+        let req = request.into_inner();
+        self.reachable_tenant(&p, &req.tenant_id).await?;
+        p.require(Scope::Read)?;
+        let row = crate::templates::get(&self.pool, &req.tenant_id, &req.template_id).await?;
+        Ok(Response::new(row.wire(now())))
+    }
+
+    async fn list_templates(
+        &self,
+        request: Request<v1::ListTemplatesRequest>,
+    ) -> Result<Response<v1::ListTemplatesResponse>, Status> {
+        let p = auth::principal(&request)?;
+        let req = request.into_inner();
+        self.reachable_tenant(&p, &req.tenant_id).await?;
+        p.require(Scope::Read)?;
+        let size = page_size(req.page_size)?;
+        let rows = sqlx::query_as::<_, crate::templates::TemplateRow>(&format!(
+            "SELECT {} FROM accounts.templates WHERE tenant_id = $1 AND deleted_at IS NULL AND template_id > $2
+             ORDER BY template_id LIMIT $3",
+            crate::templates::COLUMNS
+        ))
+        .bind(&req.tenant_id)
+        .bind(after(&req.page_token)?)
+        .bind(size + 1)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| db_error("listing templates", e))?;
+        let (rows, next_page_token) = paginate(rows, size, |r| &r.template_id);
+        let now = now();
+        Ok(Response::new(v1::ListTemplatesResponse {
+            templates: rows.into_iter().map(|r| r.wire(now)).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn delete_template(
+        &self,
+        request: Request<v1::DeleteTemplateRequest>,
+    ) -> Result<Response<v1::Template>, Status> {
+        let p = auth::principal(&request)?;
+        let req = request.into_inner();
+        self.reachable_tenant(&p, &req.tenant_id).await?;
+        p.require(Scope::Admin)?;
+        let row = sqlx::query_as::<_, crate::templates::TemplateRow>(&format!(
+            // Idempotent: deleting again answers the deleted template.
+            "UPDATE accounts.templates SET deleted_at = coalesce(deleted_at, now())
+             WHERE tenant_id = $1 AND template_id = $2 RETURNING {}",
+            crate::templates::COLUMNS
+        ))
+        .bind(&req.tenant_id)
+        .bind(&req.template_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| db_error("deleting a template", e))?
+        .ok_or_else(|| not_found("template_id", &req.template_id))?;
+        Ok(Response::new(row.wire(now())))
+    }
+
+    async fn review_template(
+        &self,
+        request: Request<v1::ReviewTemplateRequest>,
+    ) -> Result<Response<v1::Template>, Status> {
+        let p = auth::principal(&request)?;
+        operator_only(&p)?;
+        let req = request.into_inner();
+        let review = crate::templates::parse_review(&req.event, &req.new_category)?;
+        let at = req
+            .reviewed_at
+            .as_ref()
+            .map(|t| finestra_domain::Timestamp::from_micros(finestra_proto::time::to_micros(t)))
+            .unwrap_or_else(now);
+        let row =
+            crate::templates::review(&self.pool, &req.tenant_id, &req.template_id, review, at)
+                .await?;
+        Ok(Response::new(row.wire(now())))
     }
 }
 

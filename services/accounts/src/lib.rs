@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod convert;
+pub mod templates;
 
 use finestra_platform::auth::{Authenticator, RequireKey};
 use finestra_platform::config::env_string;

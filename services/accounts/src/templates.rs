@@ -1,0 +1,238 @@
+//! Templates: storage of the domain lifecycle (`finestra_domain::template`).
+
+use finestra_domain::Timestamp;
+use finestra_domain::template::{self, Applied, Category, Lifecycle, Review, Status as TStatus};
+use finestra_platform::status;
+use finestra_proto::v1;
+use sqlx::PgPool;
+use tonic::{Code, Status};
+
+use crate::convert::ts;
+
+#[derive(sqlx::FromRow)]
+pub struct TemplateRow {
+    pub template_id: String,
+    pub tenant_id: String,
+    pub name: String,
+    pub language: String,
+    pub category: String,
+    pub body: String,
+    pub header: String,
+    pub footer: String,
+    pub buttons: Option<String>,
+    pub parameter_count: i32,
+    pub status: String,
+    pub paused_until: Option<chrono::DateTime<chrono::Utc>>,
+    pub pauses: i32,
+    pub last_review_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+pub const COLUMNS: &str = "template_id, tenant_id, name, language, category, body, header, footer, \
+     buttons::text AS buttons, parameter_count, status, paused_until, pauses, last_review_at, created_at";
+
+fn micros(t: chrono::DateTime<chrono::Utc>) -> Timestamp {
+    Timestamp::from_micros(t.timestamp_micros())
+}
+
+impl TemplateRow {
+    pub fn lifecycle(&self) -> Lifecycle {
+        let status = match self.status.as_str() {
+            "APPROVED" => TStatus::Approved,
+            "REJECTED" => TStatus::Rejected,
+            "PAUSED" => TStatus::Paused {
+                until: self.paused_until.map(micros).unwrap_or_default(),
+            },
+            "DISABLED" => TStatus::Disabled,
+            _ => TStatus::Pending,
+        };
+        Lifecycle {
+            status,
+            category: Category::parse(&self.category).unwrap_or(Category::Marketing),
+            pauses: u8::try_from(self.pauses).unwrap_or(u8::MAX),
+            last_review_at: self.last_review_at.map(micros),
+        }
+    }
+
+    pub fn wire(self, now: Timestamp) -> v1::Template {
+        let lifecycle = self.lifecycle();
+        let status = lifecycle.status_at(now);
+        v1::Template {
+            template_id: self.template_id,
+            tenant_id: self.tenant_id,
+            name: self.name,
+            language: self.language,
+            category: self.category,
+            body: self.body,
+            header: self.header,
+            footer: self.footer,
+            buttons_json: self.buttons.unwrap_or_default(),
+            parameter_count: u32::try_from(self.parameter_count).unwrap_or(0),
+            status: status.name().to_owned(),
+            paused_until: match status {
+                TStatus::Paused { until } => {
+                    Some(finestra_proto::time::from_micros(until.micros()))
+                }
+                _ => None,
+            },
+            pauses: u32::try_from(self.pauses).unwrap_or(0),
+            created_at: Some(ts(self.created_at)),
+        }
+    }
+}
+
+pub fn parse_review(event: &str, new_category: &str) -> Result<Review, Status> {
+    Ok(match event.to_ascii_uppercase().as_str() {
+        "APPROVED" => Review::Approve,
+        "REJECTED" => Review::Reject,
+        "PAUSED" => Review::Pause,
+        "UNPAUSED" | "REINSTATED" => Review::Unpause,
+        "DISABLED" => Review::Disable,
+        "RECATEGORISED" | "RECATEGORIZED" => {
+            Review::Recategorise(Category::parse(new_category).ok_or_else(|| {
+                status::invalid_argument("new_category", "MARKETING, UTILITY or AUTHENTICATION")
+            })?)
+        }
+        _ => {
+            return Err(status::invalid_argument(
+                "event",
+                "APPROVED, REJECTED, PAUSED, UNPAUSED, DISABLED or RECATEGORISED",
+            ));
+        }
+    })
+}
+
+/// Validates and stores a new PENDING template.
+pub async fn create(pool: &PgPool, req: &v1::CreateTemplateRequest) -> Result<TemplateRow, Status> {
+    let category = Category::parse(&req.category).ok_or_else(|| {
+        status::invalid_argument("category", "MARKETING, UTILITY or AUTHENTICATION")
+    })?;
+    let params = template::validate(
+        &req.name,
+        &req.language,
+        &req.body,
+        &req.header,
+        &req.footer,
+    )
+    .map_err(|e| {
+        status::with_reason(
+            Code::InvalidArgument,
+            "INVALID_TEMPLATE",
+            e.to_string(),
+            &[("name", &req.name)],
+        )
+    })?;
+    let buttons: Option<&str> =
+        (!req.buttons_json.trim().is_empty()).then_some(req.buttons_json.as_str());
+    if let Some(b) = buttons
+        && !serde_json_is_array(b)
+    {
+        return Err(status::invalid_argument(
+            "buttons_json",
+            "buttons must be a JSON array",
+        ));
+    }
+    let id = format!("tpl_{:016x}", rand::random::<u64>());
+    sqlx::query_as::<_, TemplateRow>(&format!(
+        "INSERT INTO accounts.templates (template_id, tenant_id, name, language, category, body, header, footer, buttons, parameter_count)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10) RETURNING {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(&req.tenant_id)
+    .bind(&req.name)
+    .bind(&req.language)
+    .bind(category.as_str())
+    .bind(&req.body)
+    .bind(&req.header)
+    .bind(&req.footer)
+    .bind(buttons)
+    .bind(i32::try_from(params).unwrap_or(i32::MAX))
+    .fetch_one(pool)
+    .await
+    .map_err(|e| match &e {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => status::with_reason(
+            Code::AlreadyExists,
+            "ALREADY_EXISTS",
+            "the tenant has a template with this name and language",
+            &[("name", &req.name), ("language", &req.language)],
+        ),
+        _ => status::internal("creating a template", &e),
+    })
+}
+
+fn serde_json_is_array(s: &str) -> bool {
+    let t = s.trim();
+    t.starts_with('[') && t.ends_with(']')
+}
+
+pub async fn get(pool: &PgPool, tenant_id: &str, template_id: &str) -> Result<TemplateRow, Status> {
+    sqlx::query_as::<_, TemplateRow>(&format!(
+        "SELECT {COLUMNS} FROM accounts.templates WHERE tenant_id = $1 AND template_id = $2 AND deleted_at IS NULL"
+    ))
+    .bind(tenant_id)
+    .bind(template_id)
+    .fetch_optional(pool)
+    .await
+    .map_err(|e| status::internal("reading a template", &e))?
+    .ok_or_else(|| status::with_reason(Code::NotFound, "NOT_FOUND", "no such template", &[("template_id", template_id)]))
+}
+
+/// Applies a provider review under a row lock; stale reviews change nothing.
+pub async fn review(
+    pool: &PgPool,
+    tenant_id: &str,
+    template_id: &str,
+    review: Review,
+    at: Timestamp,
+) -> Result<TemplateRow, Status> {
+    let mut tx = pool
+        .begin()
+        .await
+        .map_err(|e| status::internal("reviewing a template", &e))?;
+    let row = sqlx::query_as::<_, TemplateRow>(&format!(
+        "SELECT {COLUMNS} FROM accounts.templates WHERE tenant_id = $1 AND template_id = $2 AND deleted_at IS NULL FOR UPDATE"
+    ))
+    .bind(tenant_id)
+    .bind(template_id)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(|e| status::internal("reviewing a template", &e))?
+    .ok_or_else(|| status::with_reason(Code::NotFound, "NOT_FOUND", "no such template", &[("template_id", template_id)]))?;
+    let mut lifecycle = row.lifecycle();
+    match lifecycle.apply(review, at) {
+        Ok(Applied::Stale) => return Ok(row),
+        Ok(Applied::Changed) => {}
+        Err(e) => {
+            return Err(status::with_reason(
+                Code::FailedPrecondition,
+                "INVALID_TRANSITION",
+                e.to_string(),
+                &[("template_id", template_id)],
+            ));
+        }
+    }
+    let paused_until = match lifecycle.status {
+        TStatus::Paused { until } => Some(until.micros()),
+        _ => None,
+    };
+    let updated = sqlx::query_as::<_, TemplateRow>(&format!(
+        "UPDATE accounts.templates SET status = $3, category = $4, pauses = $5,
+                paused_until = timestamptz 'epoch' + $6 * interval '1 microsecond',
+                last_review_at = timestamptz 'epoch' + $7 * interval '1 microsecond'
+         WHERE tenant_id = $1 AND template_id = $2 RETURNING {COLUMNS}"
+    ))
+    .bind(tenant_id)
+    .bind(template_id)
+    .bind(lifecycle.status.name())
+    .bind(lifecycle.category.as_str())
+    .bind(i32::from(lifecycle.pauses))
+    .bind(paused_until)
+    .bind(at.micros())
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(|e| status::internal("reviewing a template", &e))?;
+    tx.commit()
+        .await
+        .map_err(|e| status::internal("reviewing a template", &e))?;
+    Ok(updated)
+}
