@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help up down infra test lint bench-ingest
+.PHONY: help up down infra test lint bench-ingest bench-auth
 
 help:
 	@echo "make up            infrastructure + ingest + window in the background, then the demo"
@@ -10,6 +10,7 @@ help:
 	@echo "make test          unit and integration tests (starts the infrastructure first)"
 	@echo "make lint          rustfmt check + clippy -D warnings"
 	@echo "make bench-ingest  webhook and window-update throughput (release build)"
+	@echo "make bench-auth    GetWindow calls/s with and without the auth layer"
 
 up:
 	@bash scripts/up.sh
@@ -35,3 +36,7 @@ bench-ingest: infra
 	cargo build --release -p finestra-e2e --bin bench-ingest
 	BENCH_BROKER_ENGINE="$$(ps -o args= -C tansu | grep -o 'storage-engine [^ ]*' | head -n1 || echo unknown)" \
 		./target/release/bench-ingest
+
+bench-auth: infra
+	cargo build --release -p finestra-e2e --bin bench-auth
+	./target/release/bench-auth

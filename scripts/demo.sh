@@ -1,24 +1,48 @@
 #!/usr/bin/env bash
-# The foundation demo: a tenant and its number are registered, two users write (one now, one
-# 25 hours ago) through signed Cloud API webhooks, and both windows are shown.
+# The demo so far: an operator onboards a partner, the partner a business with its number and
+# an approved template; two users write (one now, one 25 hours ago) through signed Cloud API
+# webhooks; the business reads both windows with its own read-only key.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 fin=./target/debug/finestra
 TENANT=demo-pizzeria
 NUMBER=100200300
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+# Re-running the demo finds its partner, tenant, number and template already there.
+once() {
+  local out
+  if out=$("$@" 2>&1); then echo "$out"; return 0; fi
+  if grep -q ALREADY_EXISTS <<<"$out"; then echo "(exists already, kept)"; return 0; fi
+  echo "$out" >&2
+  return 1
+}
+secret_of() { sed -n 's/.*"secret":"\([^"]*\)".*/\1/p'; }
 
-step "A partner (BSP) onboards a business: tenant '$TENANT' with number $NUMBER (its webhooks are signed with its app secret)"
-$fin partner create --id demo-bsp --name "Demo BSP"
-$fin tenant add --partner demo-bsp --id "$TENANT" --name "Pizzeria Napoli"
-$fin number add --tenant "$TENANT" --phone-number-id "$NUMBER" --display "+39 02 1234 5678" \
+step "The operator's key (created once by 'finestra bootstrap', kept in var/run/operator.key)"
+mkdir -p var/run
+if [ ! -s var/run/operator.key ]; then
+  $fin --json bootstrap --prefix fin_test_ --another | secret_of >var/run/operator.key
+fi
+export FINESTRA_API_KEY
+FINESTRA_API_KEY=$(cat var/run/operator.key)
+echo "operator key ${FINESTRA_API_KEY:0:13}… (only its hash is stored)"
+
+step "A partner (BSP) onboards a business: tenant '$TENANT' with number $NUMBER"
+once $fin partner create --id demo-bsp --name "Demo BSP"
+once $fin tenant create --partner demo-bsp --id "$TENANT" --name "Pizzeria Napoli"
+once $fin number add --tenant "$TENANT" --phone-number-id "$NUMBER" --display "+39 02 1234 5678" \
   --app-secret demo-app-secret-0001
 
-step "The business gets a read-only API key (only its hash is stored)"
-FINESTRA_API_KEY=$($fin --json key create --tenant "$TENANT" --scopes read --label demo --prefix fin_test_ \
-  | sed -n 's/.*"secret":"\([^"]*\)".*/\1/p')
-export FINESTRA_API_KEY
-echo "key ${FINESTRA_API_KEY:0:13}… created; window queries below authenticate with it"
+step "The business submits a template; the provider approves it (here: the operator's review command)"
+once $fin template create --tenant "$TENANT" --name order_ready --language it --category UTILITY \
+  --body "Ciao {{1}}, il tuo ordine {{2}} è pronto"
+TEMPLATE=$($fin --json template list --tenant "$TENANT" | grep '"name":"order_ready"' | sed -n 's/.*"template_id":"\([^"]*\)".*/\1/p')
+$fin template review --tenant "$TENANT" --id "$TEMPLATE" --event APPROVED \
+  || echo "(already reviewed: a stale or repeated review never moves a template backwards)"
+
+step "The business gets its own read-only API key"
+TENANT_KEY=$($fin --json key create --tenant "$TENANT" --scopes read --label demo | secret_of)
+echo "tenant key ${TENANT_KEY:0:13}… created"
 
 step "Giulia writes now: a signed webhook reaches ingest, which answers 200 once Kafka has the event"
 RUN_ID=$(date +%s%N)
@@ -29,7 +53,8 @@ step "Marco's message was sent 25 hours ago (the provider delivers it late)"
 $fin dev send-text --phone-number-id "$NUMBER" --from 393479876543 --name Marco \
   --text "Do you deliver?" --minutes-ago 1500 --wamid "wamid.demo.marco.$RUN_ID"
 
-step "The window service applied both events; the windows:"
+step "The window service applied both events; the business reads the windows with its key:"
+export FINESTRA_API_KEY=$TENANT_KEY
 # The events travel through the broker; on a fresh broker the consumer group joins first.
 wait_for() { # user pattern
   for _ in $(seq 1 150); do
@@ -45,3 +70,4 @@ $fin window get --tenant "$TENANT" --phone-number-id "$NUMBER" --user 3934712345
 echo "  -> the business may reply free-form, free of charge, until the window closes."
 $fin window get --tenant "$TENANT" --phone-number-id "$NUMBER" --user 393479876543
 echo "  -> Marco's 24-hour window closed an hour ago: only an approved template may reach him now."
+

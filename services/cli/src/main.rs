@@ -1,5 +1,6 @@
-//! `finestra`: register tenants and numbers, inspect windows, and (for development) post signed
-//! webhooks the way the provider does.
+//! `finestra`: the operator and admin CLI. Control-plane commands talk to the accounts service
+//! over gRPC with an API key (`FINESTRA_ENDPOINT`, `FINESTRA_API_KEY`); `bootstrap`, `migrate`,
+//! `topics` and `dev` work on the stores directly, for whoever runs the installation.
 
 use std::time::Duration;
 
@@ -7,8 +8,9 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use finestra_platform::auth::{AuthedChannel, Bearer, Owner, Scope};
 use finestra_platform::config::env_string;
+use finestra_proto::v1::accounts_service_client::AccountsServiceClient;
 use finestra_proto::v1::window_service_client::WindowServiceClient;
-use finestra_proto::v1::{GetWindowRequest, ListOpenWindowsRequest, Window};
+use finestra_proto::v1::{self, GetWindowRequest, ListOpenWindowsRequest, Window};
 use finestra_registry::Registry;
 
 #[derive(Parser)]
@@ -21,36 +23,87 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Args, Clone)]
+struct Api {
+    /// The accounts service's gRPC endpoint.
+    #[arg(
+        long,
+        env = "FINESTRA_ENDPOINT",
+        default_value = "http://127.0.0.1:50050"
+    )]
+    endpoint: String,
+    /// The API key to act with.
+    #[arg(long, env = "FINESTRA_API_KEY", hide_env_values = true)]
+    api_key: String,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Apply the tenant registry's database migrations.
+    /// Apply the accounts schema's migrations.
     Migrate,
     /// Create the event topics (existing ones are left alone).
     Topics {
         #[arg(long, default_value_t = 4)]
         partitions: i32,
     },
-    /// Create the first operator key (printed once). Refused when one exists.
+    /// Create an operator key (printed once). Refused when one exists, unless --another.
     Bootstrap {
         /// `fin_live_` in production, `fin_test_` elsewhere.
         #[arg(long, default_value = "fin_live_")]
         prefix: String,
+        /// Create one more operator key although one exists (needs database access anyway).
+        #[arg(long)]
+        another: bool,
     },
     /// Partners (BSPs).
-    #[command(subcommand)]
-    Partner(PartnerCommand),
+    Partner {
+        #[command(flatten)]
+        api: Api,
+        #[command(subcommand)]
+        command: PartnerCommand,
+    },
     /// Tenants (businesses).
-    #[command(subcommand)]
-    Tenant(TenantCommand),
-    /// API keys.
-    #[command(subcommand)]
-    Key(KeyCommand),
+    Tenant {
+        #[command(flatten)]
+        api: Api,
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
     /// Business phone numbers.
-    #[command(subcommand)]
-    Number(NumberCommand),
+    Number {
+        #[command(flatten)]
+        api: Api,
+        #[command(subcommand)]
+        command: NumberCommand,
+    },
+    /// API keys.
+    Key {
+        #[command(flatten)]
+        api: Api,
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+    /// Message templates.
+    Template {
+        #[command(flatten)]
+        api: Api,
+        #[command(subcommand)]
+        command: TemplateCommand,
+    },
     /// Customer-service windows.
-    #[command(subcommand)]
-    Window(WindowCommand),
+    Window {
+        /// The window service's gRPC endpoint.
+        #[arg(
+            long,
+            env = "FINESTRA_WINDOW_ENDPOINT",
+            default_value = "http://127.0.0.1:50052"
+        )]
+        endpoint: String,
+        #[arg(long, env = "FINESTRA_API_KEY", hide_env_values = true)]
+        api_key: String,
+        #[command(subcommand)]
+        command: WindowCommand,
+    },
     /// Development helpers that play the provider.
     #[command(subcommand)]
     Dev(DevCommand),
@@ -58,18 +111,60 @@ enum Command {
 
 #[derive(Subcommand)]
 enum PartnerCommand {
-    /// Create a partner (or rename an existing one).
     Create {
         #[arg(long)]
         id: String,
         #[arg(long)]
         name: String,
     },
+    List,
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    Create {
+        #[arg(long)]
+        partner: String,
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        name: String,
+        /// 250, 2000, 10000, 100000 (default 250).
+        #[arg(long, default_value_t = 0)]
+        tier: u32,
+    },
+    List {
+        #[arg(long)]
+        partner: String,
+    },
+    Suspend {
+        #[arg(long)]
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum NumberCommand {
+    Add {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        phone_number_id: String,
+        #[arg(long)]
+        display: String,
+        /// The app secret that signs this number's webhooks.
+        #[arg(long, env = "FINESTRA_APP_SECRET", hide_env_values = true)]
+        app_secret: String,
+    },
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
 }
 
 #[derive(Subcommand)]
 enum KeyCommand {
-    /// Create a key for a partner or a tenant; the secret is printed once.
+    /// Create a key for a partner (operator) or a tenant; the secret is printed once.
     Create {
         #[arg(long, conflicts_with = "tenant")]
         partner: Option<String>,
@@ -80,10 +175,14 @@ enum KeyCommand {
         scopes: String,
         #[arg(long, default_value = "")]
         label: String,
-        #[arg(long, default_value = "fin_live_")]
-        prefix: String,
     },
-    /// Revoke a key; every service refuses it within 5 seconds.
+    List {
+        #[arg(long, conflicts_with = "tenant")]
+        partner: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Revoke a key; every service refuses it within seconds.
     Revoke {
         #[arg(long)]
         key_id: String,
@@ -91,72 +190,67 @@ enum KeyCommand {
 }
 
 #[derive(Subcommand)]
-enum TenantCommand {
-    /// Create a tenant (or rename an existing one).
-    Add {
-        #[arg(long)]
-        id: String,
-        #[arg(long)]
-        name: String,
-        /// The partner (BSP) that owns the tenant.
-        #[arg(long, default_value = "default")]
-        partner: String,
-    },
-    List,
-}
-
-#[derive(Subcommand)]
-enum NumberCommand {
-    /// Give a tenant a number (or update its display number and secret).
-    Add {
+enum TemplateCommand {
+    Create {
         #[arg(long)]
         tenant: String,
         #[arg(long)]
-        phone_number_id: String,
+        name: String,
         #[arg(long)]
-        display: String,
-        /// The app secret that signs this number's webhooks.
-        #[arg(long, env = "FINESTRA_APP_SECRET")]
-        app_secret: String,
+        language: String,
+        /// MARKETING, UTILITY or AUTHENTICATION.
+        #[arg(long)]
+        category: String,
+        /// With positional parameters {{1}}..{{n}}.
+        #[arg(long)]
+        body: String,
+        #[arg(long, default_value = "")]
+        header: String,
+        #[arg(long, default_value = "")]
+        footer: String,
     },
     List {
         #[arg(long)]
         tenant: String,
     },
-}
-
-#[derive(Args)]
-struct WindowTarget {
-    /// The window service's gRPC endpoint.
-    #[arg(
-        long,
-        env = "FINESTRA_WINDOW_ENDPOINT",
-        default_value = "http://127.0.0.1:50052"
-    )]
-    endpoint: String,
-    /// A key with the read scope for the tenant.
-    #[arg(long, env = "FINESTRA_API_KEY", hide_env_values = true)]
-    api_key: String,
-    #[arg(long)]
-    tenant: String,
-    #[arg(long)]
-    phone_number_id: String,
+    Show {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        id: String,
+    },
+    /// Operator: apply a provider review (APPROVED, REJECTED, PAUSED, UNPAUSED, DISABLED,
+    /// RECATEGORISED).
+    Review {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        event: String,
+        #[arg(long, default_value = "")]
+        new_category: String,
+    },
 }
 
 #[derive(Subcommand)]
 enum WindowCommand {
     /// The window of one (number, user) pair.
     Get {
-        #[command(flatten)]
-        target: WindowTarget,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        phone_number_id: String,
         /// wa_id (E.164 digits) or business-scoped user id.
         #[arg(long)]
         user: String,
     },
     /// Open windows of a number.
     ListOpen {
-        #[command(flatten)]
-        target: WindowTarget,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        phone_number_id: String,
         #[arg(long, default_value_t = 100)]
         page_size: u32,
     },
@@ -194,19 +288,76 @@ enum DevCommand {
     },
 }
 
-async fn registry() -> anyhow::Result<Registry> {
-    let url = env_string(
+fn database_url() -> String {
+    env_string(
         "DATABASE_URL",
         "postgres://postgres@127.0.0.1:5432/finestra",
-    );
-    let pool = sqlx_pool(&url).await?;
-    Ok(Registry::new(pool))
+    )
 }
 
-async fn sqlx_pool(url: &str) -> anyhow::Result<finestra_registry::PgPool> {
-    finestra_registry::connect(url)
+async fn pool() -> anyhow::Result<finestra_registry::PgPool> {
+    let url = database_url();
+    finestra_registry::connect(&url)
         .await
         .with_context(|| format!("connecting to {url}"))
+}
+
+async fn channel(endpoint: &str, key: &str) -> anyhow::Result<AuthedChannel> {
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(15))
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {endpoint}"))?;
+    Ok(tonic::service::interceptor::InterceptedService::new(
+        channel,
+        Bearer::new(key)?,
+    ))
+}
+
+async fn accounts(api: &Api) -> anyhow::Result<AccountsServiceClient<AuthedChannel>> {
+    Ok(AccountsServiceClient::new(
+        channel(&api.endpoint, &api.api_key).await?,
+    ))
+}
+
+/// One line with the status's reason, e.g. `NOT_FOUND: no such tenant`.
+fn rpc_error(s: tonic::Status) -> anyhow::Error {
+    let reason =
+        finestra_platform::status::reason_of(&s).unwrap_or_else(|| format!("{:?}", s.code()));
+    anyhow::anyhow!("{reason}: {}", s.message())
+}
+
+fn parse_scopes(list: &str) -> anyhow::Result<Vec<i32>> {
+    list.split(',')
+        .map(|s| match s.trim() {
+            "read" => Ok(v1::Scope::Read as i32),
+            "send" => Ok(v1::Scope::Send as i32),
+            "admin" => Ok(v1::Scope::Admin as i32),
+            other => anyhow::bail!("unknown scope {other:?} (read, send, admin)"),
+        })
+        .collect()
+}
+
+fn status_name(s: i32) -> &'static str {
+    match v1::Status::try_from(s) {
+        Ok(v1::Status::Active) => "active",
+        Ok(v1::Status::Suspended) => "suspended",
+        _ => "?",
+    }
+}
+
+fn scope_names(scopes: &[i32]) -> String {
+    scopes
+        .iter()
+        .map(|s| match v1::Scope::try_from(*s) {
+            Ok(v1::Scope::Read) => "read",
+            Ok(v1::Scope::Send) => "send",
+            Ok(v1::Scope::Admin) => "admin",
+            _ => "?",
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn fmt_ts(ts: Option<&finestra_proto::prost_types::Timestamp>) -> String {
@@ -261,36 +412,23 @@ fn print_window(w: &Window) {
     }
 }
 
-async fn window_client(
-    endpoint: &str,
-    key: &str,
-) -> anyhow::Result<WindowServiceClient<AuthedChannel>> {
-    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .with_context(|| format!("connecting to the window service at {endpoint}"))?;
-    Ok(WindowServiceClient::with_interceptor(
-        channel,
-        Bearer::new(key)?,
-    ))
+fn template_json(t: &v1::Template) -> serde_json::Value {
+    serde_json::json!({
+        "template_id": t.template_id, "tenant_id": t.tenant_id, "name": t.name, "language": t.language,
+        "category": t.category, "status": t.status, "parameter_count": t.parameter_count, "pauses": t.pauses,
+        "body": t.body,
+    })
 }
 
-fn parse_scopes(list: &str) -> anyhow::Result<Vec<Scope>> {
-    list.split(',')
-        .map(|s| {
-            Scope::parse(s.trim())
-                .with_context(|| format!("unknown scope {s:?} (read, send, admin)"))
-        })
-        .collect()
-}
-
-/// One line with the status's reason, e.g. `INVALID_ARGUMENT: user is required`.
-fn rpc_error(s: tonic::Status) -> anyhow::Error {
-    let reason =
-        finestra_platform::status::reason_of(&s).unwrap_or_else(|| format!("{:?}", s.code()));
-    anyhow::anyhow!("{reason}: {}", s.message())
+fn print_template(t: &v1::Template, json: bool) {
+    if json {
+        println!("{}", template_json(t));
+    } else {
+        println!(
+            "{:<24} {:<20} {:<6} {:<15} {:<9} {} parameter(s)",
+            t.template_id, t.name, t.language, t.category, t.status, t.parameter_count
+        );
+    }
 }
 
 #[tokio::main]
@@ -303,15 +441,11 @@ async fn main() {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let json = cli.json;
     match cli.command {
         Command::Migrate => {
-            let url = env_string(
-                "DATABASE_URL",
-                "postgres://postgres@127.0.0.1:5432/finestra",
-            );
-            let pool = sqlx_pool(&url).await?;
-            finestra_registry::migrate(&pool).await?;
-            println!("registry migrations applied");
+            finestra_registry::migrate(&pool().await?).await?;
+            println!("accounts migrations applied");
         }
         Command::Topics { partitions } => {
             let brokers = env_string("KAFKA_BROKERS", "127.0.0.1:9092");
@@ -319,15 +453,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             finestra_platform::kafka::ensure_topics(&brokers, &topics.all(), partitions).await?;
             println!("topics ready: {}", topics.all().join(", "));
         }
-        Command::Bootstrap { prefix } => {
-            let url = env_string(
-                "DATABASE_URL",
-                "postgres://postgres@127.0.0.1:5432/finestra",
-            );
-            let pool = sqlx_pool(&url).await?;
+        Command::Bootstrap { prefix, another } => {
+            let pool = pool().await?;
             finestra_registry::migrate(&pool).await?;
-            if finestra_registry::keys::operator_key_exists(&pool).await? {
-                anyhow::bail!("an operator key exists already; create further keys with it");
+            if !another && finestra_registry::keys::operator_key_exists(&pool).await? {
+                anyhow::bail!(
+                    "an operator key exists already; create further keys with it (or pass --another)"
+                );
             }
             let (key, secret) = finestra_registry::keys::create(
                 &pool,
@@ -337,7 +469,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 &prefix,
             )
             .await?;
-            if cli.json {
+            if json {
                 println!(
                     "{}",
                     serde_json::json!({"key_id": key.key_id, "secret": secret})
@@ -349,162 +481,396 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Partner(PartnerCommand::Create { id, name }) => {
-            registry().await?.put_partner(&id, &name).await?;
-            println!("partner {id} ({name})");
-        }
-        Command::Key(KeyCommand::Create {
-            partner,
-            tenant,
-            scopes,
-            label,
-            prefix,
-        }) => {
-            let registry = registry().await?;
-            let owner = match (partner, tenant) {
-                (Some(partner_id), None) => Owner::Partner { partner_id },
-                (None, Some(tenant_id)) => {
-                    let t = registry
-                        .tenant(&tenant_id)
-                        .await?
-                        .with_context(|| format!("no tenant {tenant_id}"))?;
-                    Owner::Tenant {
-                        partner_id: t.partner_id,
-                        tenant_id,
-                    }
-                }
-                _ => anyhow::bail!("name the key's owner: --partner or --tenant"),
-            };
-            let (key, secret) = finestra_registry::keys::create(
-                registry.pool(),
-                &owner,
-                &parse_scopes(&scopes)?,
-                &label,
-                &prefix,
-            )
-            .await?;
-            if cli.json {
-                println!(
-                    "{}",
-                    serde_json::json!({"key_id": key.key_id, "secret": secret, "scopes": key.scopes})
-                );
-            } else {
-                println!(
-                    "key {} [{}] (shown once):\n{secret}",
-                    key.key_id,
-                    key.scopes.join(",")
-                );
-            }
-        }
-        Command::Key(KeyCommand::Revoke { key_id }) => {
-            let registry = registry().await?;
-            let key = finestra_registry::keys::revoke(registry.pool(), &key_id)
-                .await?
-                .with_context(|| format!("no key {key_id}"))?;
-            println!("key {} revoked", key.key_id);
-        }
-        Command::Tenant(TenantCommand::Add { id, name, partner }) => {
-            let t = registry().await?.put_tenant(&partner, &id, &name).await?;
-            if cli.json {
-                println!(
-                    "{}",
-                    serde_json::json!({"tenant_id": t.tenant_id, "name": t.name, "status": t.status})
-                );
-            } else {
-                println!("tenant {} ({}) is {}", t.tenant_id, t.name, t.status);
-            }
-        }
-        Command::Tenant(TenantCommand::List) => {
-            for t in registry().await?.tenants().await? {
-                if cli.json {
-                    println!(
-                        "{}",
-                        serde_json::json!({"tenant_id": t.tenant_id, "name": t.name, "status": t.status})
-                    );
-                } else {
-                    println!("{:<32} {:<10} {}", t.tenant_id, t.status, t.name);
-                }
-            }
-        }
-        Command::Number(NumberCommand::Add {
-            tenant,
-            phone_number_id,
-            display,
-            app_secret,
-        }) => {
-            let n = registry()
-                .await?
-                .put_number(&tenant, &phone_number_id, &display, &app_secret)
-                .await?;
-            if cli.json {
-                println!(
-                    "{}",
-                    serde_json::json!({"phone_number_id": n.phone_number_id, "tenant_id": n.tenant_id, "display_phone_number": n.display_phone_number})
-                );
-            } else {
-                println!(
-                    "number {} ({}) belongs to {}",
-                    n.phone_number_id, n.display_phone_number, n.tenant_id
-                );
-            }
-        }
-        Command::Number(NumberCommand::List { tenant }) => {
-            for n in registry().await?.numbers(&tenant).await? {
-                if cli.json {
-                    println!(
-                        "{}",
-                        serde_json::json!({"phone_number_id": n.phone_number_id, "display_phone_number": n.display_phone_number, "status": n.status})
-                    );
-                } else {
-                    println!(
-                        "{:<24} {:<20} {}",
-                        n.phone_number_id, n.display_phone_number, n.status
-                    );
-                }
-            }
-        }
-        Command::Window(WindowCommand::Get { target, user }) => {
-            let mut client = window_client(&target.endpoint, &target.api_key).await?;
-            let w = client
-                .get_window(GetWindowRequest {
-                    tenant_id: target.tenant,
-                    phone_number_id: target.phone_number_id,
-                    user,
-                })
-                .await
-                .map_err(rpc_error)?
-                .into_inner();
-            if cli.json {
-                println!("{}", window_json(&w));
-            } else {
-                print_window(&w);
-            }
-        }
-        Command::Window(WindowCommand::ListOpen { target, page_size }) => {
-            let mut client = window_client(&target.endpoint, &target.api_key).await?;
-            let mut page_token = String::new();
-            loop {
-                let page = client
-                    .list_open_windows(ListOpenWindowsRequest {
-                        tenant_id: target.tenant.clone(),
-                        phone_number_id: target.phone_number_id.clone(),
-                        page_size,
-                        page_token,
-                    })
-                    .await
-                    .map_err(rpc_error)?
-                    .into_inner();
-                for w in &page.windows {
-                    if cli.json {
-                        println!("{}", window_json(w));
+        Command::Partner { api, command } => {
+            let mut c = accounts(&api).await?;
+            match command {
+                PartnerCommand::Create { id, name } => {
+                    let p = c
+                        .create_partner(v1::CreatePartnerRequest {
+                            partner_id: id,
+                            name,
+                        })
+                        .await
+                        .map_err(rpc_error)?
+                        .into_inner();
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::json!({"partner_id": p.partner_id, "name": p.name})
+                        );
                     } else {
-                        print_window(w);
+                        println!("partner {} ({}) created", p.partner_id, p.name);
                     }
                 }
-                if page.next_page_token.is_empty() {
-                    break;
+                PartnerCommand::List => {
+                    let mut token = String::new();
+                    loop {
+                        let page = c
+                            .list_partners(v1::ListPartnersRequest {
+                                page_size: 100,
+                                page_token: token,
+                            })
+                            .await
+                            .map_err(rpc_error)?
+                            .into_inner();
+                        for p in &page.partners {
+                            if json {
+                                println!(
+                                    "{}",
+                                    serde_json::json!({"partner_id": p.partner_id, "name": p.name, "status": status_name(p.status)})
+                                );
+                            } else {
+                                println!(
+                                    "{:<32} {:<10} {}",
+                                    p.partner_id,
+                                    status_name(p.status),
+                                    p.name
+                                );
+                            }
+                        }
+                        if page.next_page_token.is_empty() {
+                            break;
+                        }
+                        token = page.next_page_token;
+                    }
                 }
-                page_token = page.next_page_token;
+            }
+        }
+        Command::Tenant { api, command } => {
+            let mut c = accounts(&api).await?;
+            let print = |t: &v1::Tenant| {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"tenant_id": t.tenant_id, "partner_id": t.partner_id, "name": t.name, "status": status_name(t.status), "tier": t.tier})
+                    );
+                } else {
+                    println!(
+                        "{:<32} {:<20} {:<10} tier {:<7} {}",
+                        t.tenant_id,
+                        t.partner_id,
+                        status_name(t.status),
+                        t.tier,
+                        t.name
+                    );
+                }
+            };
+            match command {
+                TenantCommand::Create {
+                    partner,
+                    id,
+                    name,
+                    tier,
+                } => {
+                    let t = c
+                        .create_tenant(v1::CreateTenantRequest {
+                            partner_id: partner,
+                            tenant_id: id,
+                            name,
+                            tier,
+                        })
+                        .await
+                        .map_err(rpc_error)?
+                        .into_inner();
+                    print(&t);
+                }
+                TenantCommand::List { partner } => {
+                    let mut token = String::new();
+                    loop {
+                        let page = c
+                            .list_tenants(v1::ListTenantsRequest {
+                                partner_id: partner.clone(),
+                                page_size: 100,
+                                page_token: token,
+                            })
+                            .await
+                            .map_err(rpc_error)?
+                            .into_inner();
+                        page.tenants.iter().for_each(print);
+                        if page.next_page_token.is_empty() {
+                            break;
+                        }
+                        token = page.next_page_token;
+                    }
+                }
+                TenantCommand::Suspend { id } => {
+                    let t = c
+                        .set_tenant_status(v1::SetTenantStatusRequest {
+                            tenant_id: id,
+                            status: v1::Status::Suspended as i32,
+                        })
+                        .await
+                        .map_err(rpc_error)?
+                        .into_inner();
+                    print(&t);
+                }
+            }
+        }
+        Command::Number { api, command } => {
+            let mut c = accounts(&api).await?;
+            let print = |n: &v1::Number| {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"phone_number_id": n.phone_number_id, "tenant_id": n.tenant_id, "display_phone_number": n.display_phone_number, "throughput_per_second": n.throughput_per_second})
+                    );
+                } else {
+                    println!(
+                        "{:<24} {:<20} {:<28} {} msg/s",
+                        n.phone_number_id,
+                        n.display_phone_number,
+                        n.tenant_id,
+                        n.throughput_per_second
+                    );
+                }
+            };
+            match command {
+                NumberCommand::Add {
+                    tenant,
+                    phone_number_id,
+                    display,
+                    app_secret,
+                } => {
+                    let n = c
+                        .add_number(v1::AddNumberRequest {
+                            tenant_id: tenant,
+                            phone_number_id,
+                            display_phone_number: display,
+                            app_secret,
+                            throughput_per_second: 0,
+                        })
+                        .await
+                        .map_err(rpc_error)?
+                        .into_inner();
+                    print(&n);
+                }
+                NumberCommand::List { tenant } => {
+                    let page = c
+                        .list_numbers(v1::ListNumbersRequest {
+                            tenant_id: tenant,
+                            page_size: 1_000,
+                            page_token: String::new(),
+                        })
+                        .await
+                        .map_err(rpc_error)?
+                        .into_inner();
+                    page.numbers.iter().for_each(print);
+                }
+            }
+        }
+        Command::Key { api, command } => {
+            let mut c = accounts(&api).await?;
+            let print = |k: &v1::ApiKey| {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"key_id": k.key_id, "prefix": k.display_prefix, "partner_id": k.partner_id, "tenant_id": k.tenant_id, "scopes": scope_names(&k.scopes), "revoked": k.revoked_at.is_some()})
+                    );
+                } else {
+                    let revoked = if k.revoked_at.is_some() {
+                        "revoked"
+                    } else {
+                        "active"
+                    };
+                    println!(
+                        "{:<22} {:<14}… {:<16} {:<8} last used {}",
+                        k.key_id,
+                        k.display_prefix,
+                        scope_names(&k.scopes),
+                        revoked,
+                        fmt_ts(k.last_used_at.as_ref())
+                    );
+                }
+            };
+            match command {
+                KeyCommand::Create {
+                    partner,
+                    tenant,
+                    scopes,
+                    label,
+                } => {
+                    let created = c
+                        .create_api_key(v1::CreateApiKeyRequest {
+                            partner_id: partner.unwrap_or_default(),
+                            tenant_id: tenant.unwrap_or_default(),
+                            scopes: parse_scopes(&scopes)?,
+                            label,
+                        })
+                        .await
+                        .map_err(rpc_error)?
+                        .into_inner();
+                    let key = created.key.context("the service returned no key")?;
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::json!({"key_id": key.key_id, "secret": created.secret, "scopes": scope_names(&key.scopes)})
+                        );
+                    } else {
+                        println!(
+                            "key {} [{}] (shown once, store it now):\n{}",
+                            key.key_id,
+                            scope_names(&key.scopes),
+                            created.secret
+                        );
+                    }
+                }
+                KeyCommand::List { partner, tenant } => {
+                    let page = c
+                        .list_api_keys(v1::ListApiKeysRequest {
+                            partner_id: partner.unwrap_or_default(),
+                            tenant_id: tenant.unwrap_or_default(),
+                            page_size: 1_000,
+                            page_token: String::new(),
+                        })
+                        .await
+                        .map_err(rpc_error)?
+                        .into_inner();
+                    page.keys.iter().for_each(print);
+                }
+                KeyCommand::Revoke { key_id } => {
+                    let k = c
+                        .revoke_api_key(v1::RevokeApiKeyRequest { key_id })
+                        .await
+                        .map_err(rpc_error)?
+                        .into_inner();
+                    print(&k);
+                }
+            }
+        }
+        Command::Template { api, command } => {
+            let mut c = accounts(&api).await?;
+            match command {
+                TemplateCommand::Create {
+                    tenant,
+                    name,
+                    language,
+                    category,
+                    body,
+                    header,
+                    footer,
+                } => {
+                    let t = c
+                        .create_template(v1::CreateTemplateRequest {
+                            tenant_id: tenant,
+                            name,
+                            language,
+                            category,
+                            body,
+                            header,
+                            footer,
+                            buttons_json: String::new(),
+                        })
+                        .await
+                        .map_err(rpc_error)?
+                        .into_inner();
+                    print_template(&t, json);
+                }
+                TemplateCommand::List { tenant } => {
+                    let page = c
+                        .list_templates(v1::ListTemplatesRequest {
+                            tenant_id: tenant,
+                            page_size: 1_000,
+                            page_token: String::new(),
+                        })
+                        .await
+                        .map_err(rpc_error)?
+                        .into_inner();
+                    page.templates.iter().for_each(|t| print_template(t, json));
+                }
+                TemplateCommand::Show { tenant, id } => {
+                    let t = c
+                        .get_template(v1::GetTemplateRequest {
+                            tenant_id: tenant,
+                            template_id: id,
+                        })
+                        .await
+                        .map_err(rpc_error)?
+                        .into_inner();
+                    if json {
+                        println!("{}", template_json(&t));
+                    } else {
+                        print_template(&t, false);
+                        println!("  {}", t.body);
+                    }
+                }
+                TemplateCommand::Review {
+                    tenant,
+                    id,
+                    event,
+                    new_category,
+                } => {
+                    let t = c
+                        .review_template(v1::ReviewTemplateRequest {
+                            tenant_id: tenant,
+                            template_id: id,
+                            event,
+                            new_category,
+                            reviewed_at: None,
+                        })
+                        .await
+                        .map_err(rpc_error)?
+                        .into_inner();
+                    print_template(&t, json);
+                }
+            }
+        }
+        Command::Window {
+            endpoint,
+            api_key,
+            command,
+        } => {
+            let mut c = WindowServiceClient::new(channel(&endpoint, &api_key).await?);
+            match command {
+                WindowCommand::Get {
+                    tenant,
+                    phone_number_id,
+                    user,
+                } => {
+                    let w = c
+                        .get_window(GetWindowRequest {
+                            tenant_id: tenant,
+                            phone_number_id,
+                            user,
+                        })
+                        .await
+                        .map_err(rpc_error)?
+                        .into_inner();
+                    if json {
+                        println!("{}", window_json(&w));
+                    } else {
+                        print_window(&w);
+                    }
+                }
+                WindowCommand::ListOpen {
+                    tenant,
+                    phone_number_id,
+                    page_size,
+                } => {
+                    let mut token = String::new();
+                    loop {
+                        let page = c
+                            .list_open_windows(ListOpenWindowsRequest {
+                                tenant_id: tenant.clone(),
+                                phone_number_id: phone_number_id.clone(),
+                                page_size,
+                                page_token: token,
+                            })
+                            .await
+                            .map_err(rpc_error)?
+                            .into_inner();
+                        for w in &page.windows {
+                            if json {
+                                println!("{}", window_json(w));
+                            } else {
+                                print_window(w);
+                            }
+                        }
+                        if page.next_page_token.is_empty() {
+                            break;
+                        }
+                        token = page.next_page_token;
+                    }
+                }
             }
         }
         Command::Dev(DevCommand::SendText {
@@ -520,8 +886,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let secret = match app_secret {
                 Some(s) => s,
                 None => {
-                    registry()
-                        .await?
+                    Registry::new(pool().await?)
                         .number(&phone_number_id)
                         .await?
                         .with_context(|| format!("no tenant has number {phone_number_id}"))?

@@ -1,0 +1,208 @@
+//! The `finestra` binary end to end against a real accounts service: bootstrap → partner →
+//! tenant → number → key → template, with JSON output for scripts and one-line errors.
+
+use std::process::{Command, Output};
+
+fn finestra_binary() -> anyhow::Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .ok_or_else(|| anyhow::anyhow!("no target dir above {}", exe.display()))?;
+    let bin = dir.join("finestra");
+    anyhow::ensure!(
+        bin.exists(),
+        "{} is missing: run `make test` (or `cargo build -p finestra-cli`) first",
+        bin.display()
+    );
+    Ok(bin)
+}
+
+struct Cli {
+    bin: std::path::PathBuf,
+    endpoint: String,
+}
+
+impl Cli {
+    fn run(&self, key: Option<&str>, args: &[&str]) -> anyhow::Result<Output> {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(args)
+            .env("FINESTRA_ENDPOINT", &self.endpoint)
+            .env_remove("FINESTRA_API_KEY");
+        if let Some(k) = key {
+            cmd.env("FINESTRA_API_KEY", k);
+        }
+        Ok(cmd.output()?)
+    }
+
+    /// Runs, requires success, returns stdout.
+    fn ok(&self, key: Option<&str>, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.run(key, args)?;
+        anyhow::ensure!(
+            out.status.success(),
+            "finestra {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?)
+    }
+}
+
+fn field(json_line: &str, name: &str) -> anyhow::Result<String> {
+    let v: serde_json::Value = serde_json::from_str(json_line.trim())?;
+    v[name]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("no {name} in {json_line}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bootstrap_partner_tenant_number_key_template() -> anyhow::Result<()> {
+    let scope = finestra_testkit::Scope::new();
+    finestra_testkit::infra().await?;
+    scope.create_topics().await?;
+    let accounts = finestra_testkit::start_accounts(&scope).await?;
+    let cli = Cli {
+        bin: finestra_binary()?,
+        endpoint: accounts.running.grpc_url(),
+    };
+    let id = scope.id();
+    let (partner, tenant, number) = (
+        format!("pcli{id}"),
+        format!("tcli{id}"),
+        format!("pncli{id}"),
+    );
+
+    let operator = field(
+        &cli.ok(
+            None,
+            &["--json", "bootstrap", "--prefix", "fin_test_", "--another"],
+        )?,
+        "secret",
+    )?;
+    assert!(operator.starts_with("fin_test_"));
+    let op = Some(operator.as_str());
+    cli.ok(
+        op,
+        &["partner", "create", "--id", &partner, "--name", "CLI BSP"],
+    )?;
+    let created = cli.ok(
+        op,
+        &[
+            "--json",
+            "tenant",
+            "create",
+            "--partner",
+            &partner,
+            "--id",
+            &tenant,
+            "--name",
+            "CLI Shop",
+        ],
+    )?;
+    assert_eq!(field(&created, "partner_id")?, partner);
+    cli.ok(
+        op,
+        &[
+            "number",
+            "add",
+            "--tenant",
+            &tenant,
+            "--phone-number-id",
+            &number,
+            "--display",
+            "+39 02 9",
+            "--app-secret",
+            "cli-secret-123",
+        ],
+    )?;
+    let listed = cli.ok(op, &["--json", "number", "list", "--tenant", &tenant])?;
+    assert_eq!(field(&listed, "phone_number_id")?, number);
+
+    let tenant_admin = field(
+        &cli.ok(
+            op,
+            &[
+                "--json", "key", "create", "--tenant", &tenant, "--scopes", "admin", "--label",
+                "cli",
+            ],
+        )?,
+        "secret",
+    )?;
+    let ta = Some(tenant_admin.as_str());
+    let template = cli.ok(
+        ta,
+        &[
+            "--json",
+            "template",
+            "create",
+            "--tenant",
+            &tenant,
+            "--name",
+            "order_ready",
+            "--language",
+            "en",
+            "--category",
+            "UTILITY",
+            "--body",
+            "Order {{1}} is ready",
+        ],
+    )?;
+    assert_eq!(field(&template, "status")?, "PENDING");
+    let template_id = field(&template, "template_id")?;
+    let reviewed = cli.ok(
+        op,
+        &[
+            "--json",
+            "template",
+            "review",
+            "--tenant",
+            &tenant,
+            "--id",
+            &template_id,
+            "--event",
+            "APPROVED",
+        ],
+    )?;
+    assert_eq!(field(&reviewed, "status")?, "APPROVED");
+    let shown = cli.ok(
+        ta,
+        &[
+            "--json",
+            "template",
+            "show",
+            "--tenant",
+            &tenant,
+            "--id",
+            &template_id,
+        ],
+    )?;
+    assert_eq!(field(&shown, "status")?, "APPROVED");
+    let keys = cli.ok(ta, &["key", "list", "--tenant", &tenant])?;
+    assert!(
+        keys.contains("admin") && !keys.contains(&tenant_admin[9..]),
+        "keys listed without their secret"
+    );
+
+    // Errors are one line with the reason; the tenant key cannot touch the partner level.
+    let refused = cli.run(
+        ta,
+        &[
+            "tenant",
+            "create",
+            "--partner",
+            &partner,
+            "--id",
+            &format!("{tenant}x"),
+            "--name",
+            "X",
+        ],
+    )?;
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8(refused.stderr)?;
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.starts_with("error: NOT_FOUND:"), "{stderr}");
+    let no_key = cli.run(None, &["partner", "list"])?;
+    assert!(!no_key.status.success(), "a key is required");
+    accounts.stop().await;
+    Ok(())
+}
