@@ -154,3 +154,127 @@ async fn a_template_goes_through_review_and_never_backwards() -> anyhow::Result<
     accounts.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn provider_template_webhooks_drive_the_lifecycle_and_stale_ones_change_nothing()
+-> anyhow::Result<()> {
+    let scope = finestra_testkit::Scope::new();
+    scope.create_topics().await?;
+    let infra = finestra_testkit::infra().await?;
+    let (tenant, _, secret) = scope.tenant_with_number("hook", 1).await?;
+    let waba = format!("waba{}", scope.id());
+    sqlx::query("UPDATE accounts.tenants SET waba_id = $2 WHERE tenant_id = $1")
+        .bind(&tenant)
+        .bind(&waba)
+        .execute(&infra.pool)
+        .await?;
+    let accounts = finestra_testkit::start_accounts(&scope).await?;
+    let ingest = finestra_testkit::start_ingest(&scope).await?;
+    let admin = scope.tenant_key("hook", &[Scope::Admin]).await?;
+    let mut client = AccountsServiceClient::new(
+        finestra_testkit::authed_channel(accounts.running.grpc_url(), &admin).await?,
+    );
+    let template = client
+        .create_template(v1::CreateTemplateRequest {
+            tenant_id: tenant.clone(),
+            name: "weekly_offer".into(),
+            language: "it".into(),
+            category: "UTILITY".into(),
+            body: "Offerta per {{1}}".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let http = reqwest::Client::new();
+    let post = |body: serde_json::Value, secret: String| {
+        let http = http.clone();
+        let running = &ingest.running;
+        async move {
+            let bytes = serde_json::to_vec(&body)?;
+            finestra_testkit::post_webhook(&http, running, &bytes, Some(&secret)).await
+        }
+    };
+    let status_of = || {
+        let mut client = client.clone();
+        let req = v1::GetTemplateRequest {
+            tenant_id: tenant.clone(),
+            template_id: template.template_id.clone(),
+        };
+        async move { anyhow::Ok(client.get_template(req).await?.into_inner()) }
+    };
+    let t0 = finestra_testkit::now_secs() - 600;
+    let approved = finestra_cloudapi::build::template_status(
+        &waba,
+        t0,
+        "77",
+        "weekly_offer",
+        "it",
+        "APPROVED",
+    );
+    assert_eq!(post(approved.clone(), secret.clone()).await?, 200);
+    finestra_testkit::eventually("approved", finestra_e2e::WAIT, || async {
+        Ok((status_of().await?.status == "APPROVED").then_some(()))
+    })
+    .await?;
+
+    let recategorised = finestra_cloudapi::build::template_category(
+        &waba,
+        t0 + 10,
+        "weekly_offer",
+        "it",
+        "UTILITY",
+        "MARKETING",
+    );
+    assert_eq!(post(recategorised, secret.clone()).await?, 200);
+    let paused = finestra_cloudapi::build::template_status(
+        &waba,
+        t0 + 20,
+        "77",
+        "weekly_offer",
+        "it",
+        "PAUSED",
+    );
+    assert_eq!(post(paused, secret.clone()).await?, 200);
+    // The approval delivered again after the pause: stale.
+    assert_eq!(post(approved, secret.clone()).await?, 200);
+    // A marker review after everything, so that once it shows, all earlier ones were applied.
+    let reinstated = finestra_cloudapi::build::template_status(
+        &waba,
+        t0 + 30,
+        "77",
+        "weekly_offer",
+        "it",
+        "REINSTATED",
+    );
+    assert_eq!(post(reinstated, secret.clone()).await?, 200);
+    let t = finestra_testkit::eventually("reinstated", finestra_e2e::WAIT, || async {
+        let t = status_of().await?;
+        Ok((t.pauses == 1 && t.status == "APPROVED").then_some(t))
+    })
+    .await?;
+    assert_eq!(t.category, "MARKETING", "re-categorised by the provider");
+
+    // Wrong signature: refused; unknown business account: acknowledged, dropped.
+    let other = finestra_cloudapi::build::template_status(
+        &waba,
+        t0 + 40,
+        "77",
+        "weekly_offer",
+        "it",
+        "DISABLED",
+    );
+    assert_eq!(post(other.clone(), "not-the-secret".into()).await?, 401);
+    let unknown = finestra_cloudapi::build::template_status(
+        "waba-nobody",
+        t0 + 40,
+        "77",
+        "weekly_offer",
+        "it",
+        "DISABLED",
+    );
+    assert_eq!(post(unknown, secret.clone()).await?, 200);
+    assert_eq!(status_of().await?.status, "APPROVED");
+    ingest.stop().await;
+    accounts.stop().await;
+    Ok(())
+}

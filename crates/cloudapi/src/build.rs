@@ -121,3 +121,41 @@ pub fn status(
     });
     notification("WABA", vec![("messages", value)])
 }
+
+/// A `message_template_status_update` notification of a business account.
+pub fn template_status(
+    waba_id: &str,
+    time: i64,
+    template_id: &str,
+    name: &str,
+    language: &str,
+    event: &str,
+) -> Value {
+    json!({
+        "object": "whatsapp_business_account",
+        "entry": [{ "id": waba_id, "time": time, "changes": [{
+            "field": "message_template_status_update",
+            "value": { "event": event, "message_template_id": template_id, "message_template_name": name,
+                       "message_template_language": language, "reason": "NONE" }
+        }]}]
+    })
+}
+
+/// A `template_category_update` notification of a business account.
+pub fn template_category(
+    waba_id: &str,
+    time: i64,
+    name: &str,
+    language: &str,
+    previous: &str,
+    new: &str,
+) -> Value {
+    json!({
+        "object": "whatsapp_business_account",
+        "entry": [{ "id": waba_id, "time": time, "changes": [{
+            "field": "template_category_update",
+            "value": { "message_template_id": "1", "message_template_name": name, "message_template_language": language,
+                       "previous_category": previous, "new_category": new }
+        }]}]
+    })
+}

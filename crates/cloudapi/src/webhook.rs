@@ -13,8 +13,12 @@ pub struct Notification {
 
 #[derive(Debug, Deserialize)]
 pub struct Entry {
+    /// The business account (WABA) id.
     #[serde(default)]
     pub id: String,
+    /// Unix seconds; template webhooks carry their time here.
+    #[serde(default)]
+    pub time: i64,
     #[serde(default)]
     pub changes: Vec<Change>,
 }
@@ -205,4 +209,42 @@ fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
         Secs::Number(n) => Ok(n),
         Secs::Text(s) => s.trim().parse().map_err(serde::de::Error::custom),
     }
+}
+
+/// `value` of a `message_template_status_update` change.
+#[derive(Debug, Deserialize)]
+pub struct TemplateStatusUpdate {
+    pub event: String,
+    #[serde(default, deserialize_with = "id_text")]
+    pub message_template_id: String,
+    pub message_template_name: String,
+    pub message_template_language: String,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// `value` of a `template_category_update` change.
+#[derive(Debug, Deserialize)]
+pub struct TemplateCategoryUpdate {
+    #[serde(default, deserialize_with = "id_text")]
+    pub message_template_id: String,
+    pub message_template_name: String,
+    pub message_template_language: String,
+    #[serde(default)]
+    pub previous_category: String,
+    pub new_category: String,
+}
+
+/// Ids Meta sends as numbers or strings.
+fn id_text<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Id {
+        Text(String),
+        Number(u64),
+    }
+    Ok(match Id::deserialize(d)? {
+        Id::Text(s) => s,
+        Id::Number(n) => n.to_string(),
+    })
 }

@@ -63,6 +63,7 @@ pub struct Topics {
     pub window: String,
     pub dlq: String,
     pub accounts: String,
+    pub provider: String,
 }
 
 impl Topics {
@@ -75,10 +76,11 @@ impl Topics {
             window: format!("{}{suffix}", t::WINDOW),
             dlq: format!("{}{suffix}", t::DLQ),
             accounts: format!("{}{suffix}", t::ACCOUNTS),
+            provider: format!("{}{suffix}", t::PROVIDER),
         }
     }
 
-    pub fn all(&self) -> [&str; 6] {
+    pub fn all(&self) -> [&str; 7] {
         [
             &self.inbound,
             &self.status,
@@ -86,6 +88,7 @@ impl Topics {
             &self.window,
             &self.dlq,
             &self.accounts,
+            &self.provider,
         ]
     }
 }
@@ -142,7 +145,7 @@ mod tests {
     fn topics_carry_the_suffix() {
         let t = Topics::with_suffix(".abc");
         assert_eq!(t.inbound, "finestra.inbound.v1.abc");
-        assert_eq!(t.all().len(), 6);
+        assert_eq!(t.all().len(), 7);
         assert_eq!(Topics::with_suffix("").window, "finestra.window.v1");
     }
 }

@@ -20,7 +20,8 @@ pub mod topics {
     pub const WINDOW: &str = "finestra.window.v1";
     pub const DLQ: &str = "finestra.dlq.v1";
     pub const ACCOUNTS: &str = "finestra.accounts.v1";
-    pub const ALL: [&str; 6] = [INBOUND, STATUS, USER, WINDOW, DLQ, ACCOUNTS];
+    pub const PROVIDER: &str = "finestra.provider.v1";
+    pub const ALL: [&str; 7] = [INBOUND, STATUS, USER, WINDOW, DLQ, ACCOUNTS, PROVIDER];
 }
 
 /// Conversions between protobuf timestamps and microseconds since the Unix epoch, the unit

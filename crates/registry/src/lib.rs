@@ -202,6 +202,26 @@ impl Registry {
         .await?)
     }
 
+    /// The tenant of a provider business account, with every number's current webhook
+    /// secrets (a WABA-level webhook is signed like the numbers' ones).
+    pub async fn tenant_by_waba(
+        &self,
+        waba_id: &str,
+    ) -> Result<Option<(String, Vec<Number>)>, RegistryError> {
+        let tenant: Option<String> =
+            sqlx::query_scalar("SELECT tenant_id FROM accounts.tenants WHERE waba_id = $1")
+                .bind(waba_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        match tenant {
+            Some(t) => {
+                let numbers = self.numbers(&t).await?;
+                Ok(Some((t, numbers)))
+            }
+            None => Ok(None),
+        }
+    }
+
     pub async fn numbers(&self, tenant_id: &str) -> Result<Vec<Number>, RegistryError> {
         Ok(sqlx::query_as::<_, Number>(
             "SELECT phone_number_id, tenant_id, display_phone_number, app_secret, status,

@@ -258,6 +258,7 @@ pub async fn start_accounts(scope: &Scope) -> anyhow::Result<Started> {
     let config = finestra_accounts::AccountsConfig {
         common: scope.config()?,
         key_prefix: "fin_test_".into(),
+        consumer_group: scope.group("accounts"),
     };
     let shutdown = Shutdown::new();
     let running = finestra_accounts::start(config, shutdown.clone()).await?;

@@ -155,7 +155,7 @@ fn tier(n: u32) -> Result<Option<i32>, Status> {
     }
 }
 
-const TENANT_COLUMNS: &str = "tenant_id, partner_id, name, status, tier, created_at";
+const TENANT_COLUMNS: &str = "tenant_id, partner_id, name, status, tier, created_at, waba_id";
 const NUMBER_COLUMNS: &str = "phone_number_id, tenant_id, display_phone_number, throughput_per_second, status, previous_secret_valid_until";
 
 impl AccountsApi {
@@ -336,12 +336,13 @@ impl AccountsService for AccountsApi {
         }
         p.require(Scope::Admin)?;
         let row = sqlx::query_as::<_, TenantRow>(&format!(
-            "INSERT INTO accounts.tenants (partner_id, tenant_id, name, tier) VALUES ($1, $2, $3, $4) RETURNING {TENANT_COLUMNS}"
+            "INSERT INTO accounts.tenants (partner_id, tenant_id, name, tier, waba_id) VALUES ($1, $2, $3, $4, nullif($5, '')) RETURNING {TENANT_COLUMNS}"
         ))
         .bind(&req.partner_id)
         .bind(required("tenant_id", &req.tenant_id)?)
         .bind(required("name", &req.name)?)
         .bind(tier(req.tier)?)
+        .bind(&req.waba_id)
         .fetch_one(&self.pool)
         .await
         .map_err(|e| db_error("creating a tenant", e))?;

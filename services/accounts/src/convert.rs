@@ -69,6 +69,7 @@ pub struct TenantRow {
     pub status: String,
     pub tier: Option<i32>,
     pub created_at: chrono::DateTime<chrono::Utc>,
+    pub waba_id: Option<String>,
 }
 
 impl From<TenantRow> for v1::Tenant {
@@ -80,6 +81,7 @@ impl From<TenantRow> for v1::Tenant {
             status: status(&r.status),
             tier: r.tier.map_or(0, |t| u32::try_from(t).unwrap_or(0)),
             created_at: Some(ts(r.created_at)),
+            waba_id: r.waba_id.unwrap_or_default(),
         }
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod convert;
+pub mod reviews;
 pub mod templates;
 
 use finestra_platform::auth::{Authenticator, RequireKey};
@@ -20,6 +21,8 @@ pub struct AccountsConfig {
     pub common: CommonConfig,
     /// `fin_live_` in production; `fin_test_` for test deployments.
     pub key_prefix: String,
+    /// Consumer group of the template-review consumer.
+    pub consumer_group: String,
 }
 
 impl AccountsConfig {
@@ -27,6 +30,7 @@ impl AccountsConfig {
         Ok(Self {
             common: CommonConfig::from_env("0.0.0.0:50050", "0.0.0.0:9100")?,
             key_prefix: env_string("KEY_PREFIX", "fin_live_"),
+            consumer_group: env_string("ACCOUNTS_CONSUMER_GROUP", "finestra-accounts"),
         })
     }
 }
@@ -54,6 +58,14 @@ pub async fn start(config: AccountsConfig, shutdown: Shutdown) -> Result<Running
     .await
     .ok_or(StartError::Interrupted)?;
 
+    let consumer = kafka::BatchConsumer::new(kafka::ConsumerSettings {
+        brokers: common.kafka_brokers.clone(),
+        group_id: config.consumer_group.clone(),
+        topics: vec![common.topics.provider.clone()],
+        max_batch: 500,
+        linger: std::time::Duration::from_millis(20),
+    })?;
+    let reviews_task = tokio::spawn(reviews::run(consumer, pool.clone(), shutdown.clone()));
     let auth = Authenticator::new(pool.clone());
     let api = api::AccountsApi {
         pool,
@@ -73,6 +85,7 @@ pub async fn start(config: AccountsConfig, shutdown: Shutdown) -> Result<Running
     running.own("health", health_task);
     running.own("admin", admin_task);
     running.own("grpc", grpc_task);
+    running.own("template-reviews", reviews_task);
     tracing::info!(%grpc_addr, %metrics_addr, "accounts started");
     Ok(running)
 }

@@ -132,6 +132,9 @@ enum TenantCommand {
         /// 250, 2000, 10000, 100000 (default 250).
         #[arg(long, default_value_t = 0)]
         tier: u32,
+        /// The provider's business account id (its template webhooks name it).
+        #[arg(long)]
+        waba_id: Option<String>,
     },
     List {
         #[arg(long)]
@@ -561,6 +564,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     id,
                     name,
                     tier,
+                    waba_id,
                 } => {
                     let t = c
                         .create_tenant(v1::CreateTenantRequest {
@@ -568,6 +572,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             tenant_id: id,
                             name,
                             tier,
+                            waba_id: waba_id.unwrap_or_default(),
                         })
                         .await
                         .map_err(rpc_error)?

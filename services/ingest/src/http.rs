@@ -123,7 +123,7 @@ async fn receive(
             return (StatusCode::UNAUTHORIZED, "missing or malformed signature");
         }
     };
-    let changes = match parse(&body) {
+    let (changes, account_changes) = match parse(&body) {
         Ok(c) => c,
         Err(e) => {
             outcome("malformed");
@@ -191,6 +191,46 @@ async fn receive(
         events.extend(drafts.into_iter().map(|d| (tenant.clone(), d)));
     }
 
+    // Template reviews name the business account; they are signed like its numbers' webhooks.
+    for change in &account_changes {
+        let owner = match app.directory.by_waba(&change.waba_id).await {
+            Ok(o) => o,
+            Err(e) => {
+                outcome("registry_unavailable");
+                tracing::error!(error = %e, "business account lookup failed");
+                return (StatusCode::SERVICE_UNAVAILABLE, "try again");
+            }
+        };
+        let Some(owner) = owner else {
+            metrics::counter!("finestra_ingest_unknown_number_total").increment(1);
+            tracing::warn!(waba_id = %change.waba_id, "template webhook for an unknown business account; ignored");
+            continue;
+        };
+        let now = app.clock.now();
+        let verified = owner.1.iter().any(|n| {
+            n.webhook_secrets(now.micros())
+                .any(|secret| signature::verify(secret.as_bytes(), &body, &claimed).is_ok())
+        });
+        if !verified {
+            outcome("bad_signature");
+            tracing::warn!(waba_id = %change.waba_id, "template webhook signature mismatch");
+            return (StatusCode::UNAUTHORIZED, "signature mismatch");
+        }
+        let Mapped { drafts, skipped } = mapping::map_template_change(
+            &change.waba_id,
+            change.time,
+            &change.field,
+            change.value.get(),
+            now,
+        );
+        for s in skipped {
+            metrics::counter!("finestra_ingest_items_skipped_total", "reason" => s.reason)
+                .increment(1);
+            tracing::warn!(reason = s.reason, detail = %s.detail, "webhook item skipped");
+        }
+        events.extend(drafts.into_iter().map(|d| (owner.0.clone(), d)));
+    }
+
     match crate::publish::publish(&app.producer, &app.topics, app.clock.as_ref(), events).await {
         Ok(()) => {
             outcome("accepted");
@@ -206,7 +246,15 @@ async fn receive(
 
 /// Parses the notification and the changes Finestra handles; other fields are counted and
 /// ignored.
-fn parse(body: &[u8]) -> Result<Vec<ParsedChange>, serde_json::Error> {
+/// A business-account-level change (template reviews): it names the WABA, not a number.
+struct AccountChange {
+    waba_id: String,
+    time: i64,
+    field: String,
+    value: Box<serde_json::value::RawValue>,
+}
+
+fn parse(body: &[u8]) -> Result<(Vec<ParsedChange>, Vec<AccountChange>), serde_json::Error> {
     let note: Notification = serde_json::from_slice(body)?;
     if note.object != "whatsapp_business_account" {
         return Err(serde::de::Error::custom(format!(
@@ -215,11 +263,21 @@ fn parse(body: &[u8]) -> Result<Vec<ParsedChange>, serde_json::Error> {
         )));
     }
     let mut out = Vec::new();
+    let mut account = Vec::new();
     for entry in note.entry {
         for change in entry.changes {
             let field = match change.field.as_str() {
                 "messages" => Field::Messages,
                 "user_preferences" => Field::UserPreferences,
+                "message_template_status_update" | "template_category_update" => {
+                    account.push(AccountChange {
+                        waba_id: entry.id.clone(),
+                        time: entry.time,
+                        field: change.field,
+                        value: change.value,
+                    });
+                    continue;
+                }
                 _ => {
                     metrics::counter!("finestra_ingest_ignored_changes_total").increment(1);
                     tracing::debug!(field = %change.field, "change field not handled");
@@ -238,5 +296,5 @@ fn parse(body: &[u8]) -> Result<Vec<ParsedChange>, serde_json::Error> {
             }
         }
     }
-    Ok(out)
+    Ok((out, account))
 }

@@ -14,6 +14,8 @@ pub enum Stream {
     Inbound,
     Status,
     User,
+    /// Provider account events (template reviews).
+    Provider,
 }
 
 /// An event before the tenant is known.
@@ -338,6 +340,68 @@ pub fn map_user_preferences(value: &webhook::Value, now: Timestamp) -> Mapped {
             }),
             user: Some(user),
         });
+    }
+    out
+}
+
+/// Maps a template webhook of business account `waba_id` sent at `time` (Unix seconds).
+/// `field` is `message_template_status_update` or `template_category_update`.
+pub fn map_template_change(
+    waba_id: &str,
+    time: i64,
+    field: &str,
+    value: &str,
+    now: Timestamp,
+) -> Mapped {
+    let mut out = Mapped::default();
+    let at = Timestamp::from_secs(time);
+    if !is_plausible_event_time(at, now) {
+        out.skip(
+            "implausible_timestamp",
+            format!("template change of {waba_id}: {time}"),
+        );
+        return out;
+    }
+    let reviewed = match field {
+        "message_template_status_update" => {
+            serde_json::from_str::<webhook::TemplateStatusUpdate>(value).map(|v| {
+                v1::TemplateReviewed {
+                    waba_id: waba_id.to_owned(),
+                    provider_template_id: v.message_template_id,
+                    name: v.message_template_name,
+                    language: v.message_template_language,
+                    event: v.event.to_ascii_uppercase(),
+                    reason: v.reason.unwrap_or_default(),
+                    new_category: String::new(),
+                }
+            })
+        }
+        _ => serde_json::from_str::<webhook::TemplateCategoryUpdate>(value).map(|v| {
+            v1::TemplateReviewed {
+                waba_id: waba_id.to_owned(),
+                provider_template_id: v.message_template_id,
+                name: v.message_template_name,
+                language: v.message_template_language,
+                event: "RECATEGORISED".into(),
+                reason: format!("was {}", v.previous_category),
+                new_category: v.new_category.to_ascii_uppercase(),
+            }
+        }),
+    };
+    match reviewed {
+        Ok(r) => out.drafts.push(Draft {
+            stream: Stream::Provider,
+            // Keys the record: one template's reviews stay in order on one partition.
+            phone_number_id: waba_id.to_owned(),
+            user: None,
+            event_id: format!(
+                "tpl:{waba_id}:{}:{}:{}:{}:{time}",
+                r.name, r.language, r.event, r.new_category
+            ),
+            occurred_at: Some(at),
+            payload: Payload::TemplateReviewed(r),
+        }),
+        Err(e) => out.skip("malformed_template_change", e.to_string()),
     }
     out
 }

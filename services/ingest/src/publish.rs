@@ -15,6 +15,7 @@ fn topic(topics: &Topics, stream: Stream) -> &str {
         Stream::Inbound => &topics.inbound,
         Stream::Status => &topics.status,
         Stream::User => &topics.user,
+        Stream::Provider => &topics.provider,
     }
 }
 
@@ -23,6 +24,7 @@ fn label(stream: Stream) -> &'static str {
         Stream::Inbound => "inbound",
         Stream::Status => "status",
         Stream::User => "user",
+        Stream::Provider => "provider",
     }
 }
 

@@ -1,0 +1,115 @@
+//! Applies the provider's template reviews (`TemplateReviewed` on finestra.provider.v1, from
+//! ingest's template webhooks). Idempotent and order-safe: a review not newer than the last one
+//! applied changes nothing; offsets are committed after the batch is applied.
+
+use std::time::Duration;
+
+use finestra_domain::Timestamp;
+use finestra_domain::template::{Category, Review};
+use finestra_platform::Shutdown;
+use finestra_platform::kafka::{self, BatchConsumer};
+use finestra_proto::v1::envelope::Payload;
+use sqlx::PgPool;
+use tonic::Code;
+
+/// The lifecycle step a provider event means; `None` for events that are not one.
+pub fn review_of(event: &str, new_category: &str) -> Option<Review> {
+    match event {
+        "APPROVED" => Some(Review::Approve),
+        "REJECTED" => Some(Review::Reject),
+        "PAUSED" => Some(Review::Pause),
+        "REINSTATED" | "UNPAUSED" => Some(Review::Unpause),
+        "DISABLED" => Some(Review::Disable),
+        "RECATEGORISED" => Category::parse(new_category).map(Review::Recategorise),
+        _ => None,
+    }
+}
+
+pub async fn run(consumer: BatchConsumer, pool: PgPool, shutdown: Shutdown) {
+    loop {
+        let batch = match consumer.next_batch(&shutdown).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "consuming template reviews failed; retrying");
+                tokio::select! {
+                    () = shutdown.wait() => break,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        if batch.is_empty() {
+            if shutdown.is_triggered() {
+                break;
+            }
+            continue;
+        }
+        let mut retry = true;
+        while retry {
+            retry = false;
+            for m in &batch {
+                let Ok(env) = kafka::decode(m) else {
+                    tracing::warn!("undecodable provider event skipped");
+                    continue;
+                };
+                let Some(Payload::TemplateReviewed(r)) = env.payload else {
+                    continue;
+                };
+                let at = env
+                    .occurred_at
+                    .as_ref()
+                    .map(|t| Timestamp::from_micros(finestra_proto::time::to_micros(t)))
+                    .unwrap_or_default();
+                if let Err(e) = apply(&pool, &env.tenant_id, &r, at).await {
+                    tracing::error!(error = %e, "applying a template review failed; retrying the batch");
+                    retry = true;
+                    break;
+                }
+            }
+            if retry {
+                tokio::select! {
+                    () = shutdown.wait() => return,
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+            }
+        }
+        if let Err(e) = consumer.commit(&batch).await {
+            tracing::warn!(error = %e, "offset commit failed; the batch will be re-applied harmlessly");
+        }
+    }
+}
+
+/// Applies one review. Unknown templates, stale and illegal reviews are logged and dropped;
+/// only store failures are errors (the batch is retried).
+async fn apply(
+    pool: &PgPool,
+    tenant_id: &str,
+    r: &finestra_proto::v1::TemplateReviewed,
+    at: Timestamp,
+) -> Result<(), tonic::Status> {
+    let Some(review) = review_of(&r.event, &r.new_category) else {
+        tracing::debug!(event = %r.event, "provider template event without a lifecycle step");
+        return Ok(());
+    };
+    let template_id: Option<String> = sqlx::query_scalar(
+        "SELECT template_id FROM accounts.templates
+         WHERE tenant_id = $1 AND name = $2 AND language = $3 AND deleted_at IS NULL",
+    )
+    .bind(tenant_id)
+    .bind(&r.name)
+    .bind(&r.language)
+    .fetch_optional(pool)
+    .await
+    .map_err(|e| tonic::Status::internal(e.to_string()))?;
+    let Some(template_id) = template_id else {
+        tracing::warn!(tenant_id, name = %r.name, language = %r.language, "review of an unknown template dropped");
+        return Ok(());
+    };
+    match crate::templates::review(pool, tenant_id, &template_id, review, at).await {
+        Ok(_) => Ok(()),
+        Err(s) if s.code() == Code::FailedPrecondition || s.code() == Code::NotFound => {
+            tracing::warn!(tenant_id, template_id, event = %r.event, reason = %s.message(), "template review not applicable; dropped");
+            Ok(())
+        }
+        Err(s) => Err(s),
+    }
+}
