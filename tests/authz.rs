@@ -265,6 +265,57 @@ fn rpcs() -> Vec<Rpc> {
                 })
             },
         ),
+        accounts(
+            "AccountsService/GetNumber",
+            Scope::Read,
+            true,
+            |ch, Ctx { tenant, number, .. }| {
+                Box::pin(async move {
+                    AccountsServiceClient::new(ch)
+                        .get_number(v1::GetNumberRequest {
+                            tenant_id: tenant,
+                            phone_number_id: number,
+                        })
+                        .await
+                        .map(|_| ())
+                })
+            },
+        ),
+        accounts(
+            "AccountsService/UpdateNumber",
+            Scope::Admin,
+            true,
+            |ch, Ctx { tenant, number, .. }| {
+                Box::pin(async move {
+                    AccountsServiceClient::new(ch)
+                        .update_number(v1::UpdateNumberRequest {
+                            tenant_id: tenant,
+                            phone_number_id: number,
+                            display_phone_number: String::new(),
+                            throughput_per_second: 80,
+                        })
+                        .await
+                        .map(|_| ())
+                })
+            },
+        ),
+        accounts(
+            "AccountsService/SetNumberStatus",
+            Scope::Admin,
+            false,
+            |ch, Ctx { tenant, number, .. }| {
+                Box::pin(async move {
+                    AccountsServiceClient::new(ch)
+                        .set_number_status(v1::SetNumberStatusRequest {
+                            tenant_id: tenant,
+                            phone_number_id: number,
+                            status: v1::Status::Active as i32,
+                        })
+                        .await
+                        .map(|_| ())
+                })
+            },
+        ),
         // Last: deleting is idempotent, but the template is gone for the rows above.
         accounts(
             "AccountsService/DeleteTemplate",

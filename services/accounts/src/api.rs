@@ -648,6 +648,118 @@ impl AccountsService for AccountsApi {
         Ok(Response::new(convert::api_key(revoked)))
     }
 
+    async fn update_partner(
+        &self,
+        request: Request<v1::UpdatePartnerRequest>,
+    ) -> Result<Response<v1::Partner>, Status> {
+        let p = auth::principal(&request)?;
+        operator_only(&p)?;
+        let req = request.into_inner();
+        let row = sqlx::query_as::<_, PartnerRow>(
+            "UPDATE accounts.partners SET name = $2 WHERE partner_id = $1 RETURNING partner_id, name, status, created_at",
+        )
+        .bind(&req.partner_id)
+        .bind(required("name", &req.name)?)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| db_error("renaming a partner", e))?
+        .ok_or_else(|| not_found("partner_id", &req.partner_id))?;
+        Ok(Response::new(row.into()))
+    }
+
+    async fn get_number(
+        &self,
+        request: Request<v1::GetNumberRequest>,
+    ) -> Result<Response<v1::Number>, Status> {
+        let p = auth::principal(&request)?;
+        let req = request.into_inner();
+        self.reachable_tenant(&p, &req.tenant_id).await?;
+        p.require(Scope::Read)?;
+        let row = sqlx::query_as::<_, NumberRow>(&format!(
+            "SELECT {NUMBER_COLUMNS} FROM accounts.numbers WHERE tenant_id = $1 AND phone_number_id = $2"
+        ))
+        .bind(&req.tenant_id)
+        .bind(&req.phone_number_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| db_error("reading a number", e))?
+        .ok_or_else(|| not_found("phone_number_id", &req.phone_number_id))?;
+        Ok(Response::new(row.into()))
+    }
+
+    async fn update_number(
+        &self,
+        request: Request<v1::UpdateNumberRequest>,
+    ) -> Result<Response<v1::Number>, Status> {
+        let p = auth::principal(&request)?;
+        let req = request.into_inner();
+        self.reachable_tenant(&p, &req.tenant_id).await?;
+        p.require(Scope::Admin)?;
+        let throughput = match req.throughput_per_second {
+            0 => None,
+            n @ 1..=1_000 => Some(i32::try_from(n).unwrap_or(80)),
+            _ => {
+                return Err(status::invalid_argument(
+                    "throughput_per_second",
+                    "1..1000 messages per second",
+                ));
+            }
+        };
+        let row = sqlx::query_as::<_, NumberRow>(&format!(
+            "UPDATE accounts.numbers SET display_phone_number = coalesce(nullif($3, ''), display_phone_number),
+                    throughput_per_second = coalesce($4, throughput_per_second)
+             WHERE tenant_id = $1 AND phone_number_id = $2 RETURNING {NUMBER_COLUMNS}"
+        ))
+        .bind(&req.tenant_id)
+        .bind(&req.phone_number_id)
+        .bind(&req.display_phone_number)
+        .bind(throughput)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| db_error("updating a number", e))?
+        .ok_or_else(|| not_found("phone_number_id", &req.phone_number_id))?;
+        self.announce(
+            Kind::NumberChanged,
+            &row.tenant_id,
+            "",
+            "",
+            &row.phone_number_id,
+        )
+        .await;
+        Ok(Response::new(row.into()))
+    }
+
+    async fn set_number_status(
+        &self,
+        request: Request<v1::SetNumberStatusRequest>,
+    ) -> Result<Response<v1::Number>, Status> {
+        let p = auth::principal(&request)?;
+        let req = request.into_inner();
+        self.reachable_tenant(&p, &req.tenant_id).await?;
+        Self::above_tenant(&p)?;
+        let status_name = convert::status_name(req.status)
+            .ok_or_else(|| status::invalid_argument("status", "ACTIVE or SUSPENDED"))?;
+        let row = sqlx::query_as::<_, NumberRow>(&format!(
+            "UPDATE accounts.numbers SET status = $3 WHERE tenant_id = $1 AND phone_number_id = $2 RETURNING {NUMBER_COLUMNS}"
+        ))
+        .bind(&req.tenant_id)
+        .bind(&req.phone_number_id)
+        .bind(status_name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| db_error("changing a number", e))?
+        .ok_or_else(|| not_found("phone_number_id", &req.phone_number_id))?;
+        self.announce(
+            Kind::NumberChanged,
+            &row.tenant_id,
+            "",
+            "",
+            &row.phone_number_id,
+        )
+        .await;
+        Ok(Response::new(row.into()))
+    }
+
     async fn create_template(
         &self,
         request: Request<v1::CreateTemplateRequest>,
