@@ -116,7 +116,7 @@ fn rpcs() -> Vec<Rpc> {
         accounts(
             "AccountsService/AddNumber",
             Scope::Admin,
-            true,
+            false,
             |ch, Ctx { tenant, unique, .. }| {
                 Box::pin(async move {
                     AccountsServiceClient::new(ch)
@@ -188,7 +188,7 @@ fn rpcs() -> Vec<Rpc> {
         accounts(
             "AccountsService/RotateNumberSecret",
             Scope::Admin,
-            true,
+            false,
             |ch,
              Ctx {
                  tenant,
@@ -658,5 +658,142 @@ async fn keys_never_appear_in_plaintext_in_the_database_logs_or_errors() -> anyh
         .to_string();
     assert!(!logged.is_empty(), "the services logged something");
     assert!(!logged.contains(secret_part), "a key was logged");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn partner_level_calls_stay_within_the_partner_and_suspension_stops_keys()
+-> anyhow::Result<()> {
+    let w = world().await?;
+    let s = &w.scope;
+    let url = w.accounts.running.grpc_url();
+    let client = |key: String| {
+        let url = url.clone();
+        async move {
+            anyhow::Ok(AccountsServiceClient::new(
+                finestra_testkit::authed_channel(url, &key).await?,
+            ))
+        }
+    };
+    let other_partner = format!("pz{}", s.id());
+    finestra_registry::Registry::new(finestra_testkit::infra().await?.pool.clone())
+        .put_partner(&other_partner, "Other BSP")
+        .await?;
+    let mut operator = client(s.key(Owner::Operator, &[Scope::Admin]).await?).await?;
+    let mut partner_x = client(
+        s.key(
+            Owner::Partner {
+                partner_id: s.partner_id(),
+            },
+            &[Scope::Admin],
+        )
+        .await?,
+    )
+    .await?;
+    let mut partner_y = client(
+        s.key(
+            Owner::Partner {
+                partner_id: other_partner.clone(),
+            },
+            &[Scope::Admin],
+        )
+        .await?,
+    )
+    .await?;
+    let mut tenant_a = client(s.tenant_key("a", &[Scope::Admin]).await?).await?;
+    let x = s.partner_id();
+
+    let get = |p: &str| v1::GetPartnerRequest {
+        partner_id: p.to_owned(),
+    };
+    let list = |p: &str| v1::ListTenantsRequest {
+        partner_id: p.to_owned(),
+        page_size: 10,
+        page_token: String::new(),
+    };
+    assert!(partner_x.get_partner(get(&x)).await.is_ok());
+    assert!(partner_x.list_tenants(list(&x)).await.is_ok());
+    assert!(operator.list_tenants(list(&x)).await.is_ok());
+    for (who, c) in [("partner Y", &mut partner_y), ("tenant A", &mut tenant_a)] {
+        assert_eq!(
+            c.get_partner(get(&x)).await.err().map(|e| e.code()),
+            Some(Code::NotFound),
+            "{who}"
+        );
+        assert_eq!(
+            c.list_tenants(list(&x)).await.err().map(|e| e.code()),
+            Some(Code::NotFound),
+            "{who}"
+        );
+        let create = v1::CreateTenantRequest {
+            partner_id: x.clone(),
+            tenant_id: format!("t{}-new", s.id()),
+            name: "N".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            c.create_tenant(create).await.err().map(|e| e.code()),
+            Some(Code::NotFound),
+            "{who}"
+        );
+    }
+    // Operator-only calls.
+    let create_partner = v1::CreatePartnerRequest {
+        partner_id: format!("pw{}", s.id()),
+        name: "W".into(),
+    };
+    assert_eq!(
+        partner_x
+            .create_partner(create_partner.clone())
+            .await
+            .err()
+            .map(|e| e.code()),
+        Some(Code::PermissionDenied)
+    );
+    assert!(operator.create_partner(create_partner).await.is_ok());
+
+    // An operator key is revoked by the operator only; to others it does not exist.
+    let infra = finestra_testkit::infra().await?;
+    let (spare, _) = finestra_registry::keys::create(
+        &infra.pool,
+        &Owner::Operator,
+        &[Scope::Read],
+        "spare",
+        "fin_test_",
+    )
+    .await?;
+    let revoke = v1::RevokeApiKeyRequest {
+        key_id: spare.key_id.clone(),
+    };
+    assert_eq!(
+        partner_x
+            .revoke_api_key(revoke.clone())
+            .await
+            .err()
+            .map(|e| e.code()),
+        Some(Code::NotFound)
+    );
+    assert!(operator.revoke_api_key(revoke).await.is_ok());
+
+    // Suspending tenant A stops its keys everywhere (here: the window service).
+    let a_key = s.tenant_key("a", &[Scope::Read]).await?;
+    let rpcs = rpcs();
+    assert_eq!(code(&call(&w, &rpcs[0], &a_key).await), Code::Ok);
+    partner_x
+        .set_tenant_status(v1::SetTenantStatusRequest {
+            tenant_id: w.tenant_a.clone(),
+            status: v1::Status::Suspended as i32,
+        })
+        .await?;
+    let suspended_at = Instant::now();
+    while code(&call(&w, &rpcs[0], &a_key).await) != Code::Unauthenticated {
+        assert!(
+            suspended_at.elapsed() < Duration::from_secs(5),
+            "a suspended tenant's key still works"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    w.window.stop().await;
+    w.accounts.stop().await;
     Ok(())
 }

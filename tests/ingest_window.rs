@@ -535,3 +535,21 @@ async fn after_a_secret_rotation_both_secrets_verify_during_the_overlap_only() -
     s.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_suspended_numbers_webhooks_are_acknowledged_and_dropped() -> anyhow::Result<()> {
+    let s = Slice::start().await?;
+    sqlx::query("UPDATE accounts.numbers SET status = 'suspended' WHERE phone_number_id = $1")
+        .bind(&s.number)
+        .execute(&finestra_testkit::infra().await?.pool)
+        .await?;
+    // Nothing was cached for this number yet, so the suspension is seen at once.
+    assert_eq!(
+        s.post_signed(&s.text("wamid.susp.1", "393471118001", now_secs(), None))
+            .await?,
+        200
+    );
+    assert_eq!(count_records(&s.scope.topics().inbound).await?, 0);
+    s.stop().await;
+    Ok(())
+}

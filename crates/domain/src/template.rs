@@ -153,8 +153,15 @@ impl Lifecycle {
                 }
             }
             (Status::Paused { .. }, Review::Unpause) => Status::Approved,
+            // The provider reinstates a template whose pause already ran out: nothing to do,
+            // but the review is recorded (older ones are stale from now on).
+            (Status::Approved, Review::Unpause) => Status::Approved,
             (Status::Approved | Status::Paused { .. }, Review::Disable) => Status::Disabled,
-            (Status::Approved | Status::Paused { .. }, Review::Recategorise(c)) => {
+            // The category is the provider's to change at any time before the template ends.
+            (
+                Status::Pending | Status::Approved | Status::Paused { .. },
+                Review::Recategorise(c),
+            ) => {
                 self.category = c;
                 current
             }
@@ -361,15 +368,16 @@ mod tests {
         let legal = |state: &str, r: Review| {
             matches!(
                 (state, r),
-                ("pending", Review::Approve | Review::Reject)
-                    | (
-                        "approved",
-                        Review::Pause | Review::Disable | Review::Recategorise(_)
-                    )
-                    | (
-                        "paused",
-                        Review::Unpause | Review::Disable | Review::Recategorise(_)
-                    )
+                (
+                    "pending",
+                    Review::Approve | Review::Reject | Review::Recategorise(_)
+                ) | (
+                    "approved",
+                    Review::Pause | Review::Unpause | Review::Disable | Review::Recategorise(_)
+                ) | (
+                    "paused",
+                    Review::Unpause | Review::Disable | Review::Recategorise(_)
+                )
             )
         };
         for (name, state) in &states {

@@ -166,6 +166,14 @@ pub fn generate_key(prefix: &str) -> String {
     format!("{prefix}{body}")
 }
 
+/// `fin_live_` or `fin_test_` followed by 40 base62 characters.
+pub fn is_key_shaped(key: &str) -> bool {
+    let body = key
+        .strip_prefix("fin_live_")
+        .or_else(|| key.strip_prefix("fin_test_"));
+    body.is_some_and(|b| b.len() == 40 && b.bytes().all(|c| c.is_ascii_alphanumeric()))
+}
+
 /// What is stored of a key.
 pub fn hash_key(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
@@ -217,6 +225,16 @@ impl Authenticator {
                     &[],
                 )
             })?;
+        // Anything not shaped like a key is refused without a store round trip, so made-up
+        // tokens cannot flood Postgres or push real keys out of the cache.
+        if !is_key_shaped(key) {
+            return Err(status::with_reason(
+                Code::Unauthenticated,
+                "UNAUTHENTICATED",
+                "unknown or revoked API key",
+                &[],
+            ));
+        }
         let hash = hash_key(key);
         let pool = self.pool.clone();
         let found = self
@@ -324,22 +342,35 @@ pub fn spawn_invalidation(
     shutdown: crate::Shutdown,
 ) -> Result<tokio::task::JoinHandle<()>, crate::kafka::BusError> {
     use rdkafka::Message as _;
-    use rdkafka::consumer::{Consumer as _, StreamConsumer};
+    use rdkafka::consumer::StreamConsumer;
     // Assigned, not subscribed: no group to join, so it listens from the moment it starts.
     let consumer: StreamConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "finestra-auth-cache")
         .set("enable.auto.commit", "false")
         .create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
-    let mut partitions = rdkafka::TopicPartitionList::new();
-    for t in metadata.topics() {
-        for p in t.partitions() {
-            partitions.add_partition_offset(topic, p.id(), rdkafka::Offset::End)?;
-        }
-    }
-    consumer.assign(&partitions)?;
+    let topic = topic.to_owned();
+    let consumer = Arc::new(consumer);
     Ok(tokio::spawn(async move {
+        // The broker may be down at start: keep trying (the caches' TTL bounds staleness
+        // meanwhile).
+        loop {
+            let (c, t) = (consumer.clone(), topic.clone());
+            match tokio::task::spawn_blocking(move || assign_all(&c, &t)).await {
+                Ok(Ok(n)) if n > 0 => break,
+                Ok(Ok(_)) => tracing::warn!(topic, "no partitions to listen to yet; retrying"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "listening for account changes failed; retrying")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "listening for account changes failed; retrying")
+                }
+            }
+            tokio::select! {
+                () = shutdown.wait() => return,
+                () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+        }
         loop {
             let message = tokio::select! {
                 () = shutdown.wait() => break,
@@ -367,6 +398,23 @@ pub fn spawn_invalidation(
             }
         }
     }))
+}
+
+/// Assigns every partition of `topic` from its end; returns how many.
+fn assign_all(
+    consumer: &rdkafka::consumer::StreamConsumer,
+    topic: &str,
+) -> Result<usize, rdkafka::error::KafkaError> {
+    use rdkafka::consumer::Consumer as _;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
+    let mut partitions = rdkafka::TopicPartitionList::new();
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            partitions.add_partition_offset(topic, p.id(), rdkafka::Offset::End)?;
+        }
+    }
+    consumer.assign(&partitions)?;
+    Ok(partitions.count())
 }
 
 /// Wraps a gRPC service so every call is authenticated first.

@@ -208,11 +208,13 @@ impl Registry {
         &self,
         waba_id: &str,
     ) -> Result<Option<(String, Vec<Number>)>, RegistryError> {
-        let tenant: Option<String> =
-            sqlx::query_scalar("SELECT tenant_id FROM accounts.tenants WHERE waba_id = $1")
-                .bind(waba_id)
-                .fetch_optional(&self.pool)
-                .await?;
+        let tenant: Option<String> = sqlx::query_scalar(
+            "SELECT t.tenant_id FROM accounts.tenants t JOIN accounts.partners p USING (partner_id)
+                 WHERE t.waba_id = $1 AND t.status = 'active' AND p.status = 'active'",
+        )
+        .bind(waba_id)
+        .fetch_optional(&self.pool)
+        .await?;
         match tenant {
             Some(t) => {
                 let numbers = self.numbers(&t).await?;

@@ -25,6 +25,14 @@ pub struct AccountsApi {
 
 const DEFAULT_PAGE: u32 = 100;
 
+/// Why keys of an owner are being reached for.
+#[derive(Clone, Copy)]
+enum KeyUse {
+    Create,
+    /// Listing and revoking.
+    Manage,
+}
+
 fn now() -> finestra_domain::Timestamp {
     finestra_domain::Clock::now(&finestra_platform::SystemClock)
 }
@@ -346,6 +354,8 @@ impl AccountsService for AccountsApi {
         .fetch_one(&self.pool)
         .await
         .map_err(|e| db_error("creating a tenant", e))?;
+        self.announce(Kind::TenantChanged, &row.tenant_id, &row.partner_id, "", "")
+            .await;
         Ok(Response::new(row.into()))
     }
 
@@ -447,7 +457,9 @@ impl AccountsService for AccountsApi {
         let p = auth::principal(&request)?;
         let req = request.into_inner();
         self.reachable_tenant(&p, &req.tenant_id).await?;
-        p.require(Scope::Admin)?;
+        // Webhook secrets belong to the partner's provider app: a tenant setting its own
+        // could sign webhooks for itself.
+        Self::above_tenant(&p)?;
         let throughput = match req.throughput_per_second {
             0 => 80,
             n @ 1..=1_000 => i32::try_from(n).unwrap_or(80),
@@ -470,6 +482,14 @@ impl AccountsService for AccountsApi {
         .fetch_one(&self.pool)
         .await
         .map_err(|e| db_error("adding a number", e))?;
+        self.announce(
+            Kind::NumberChanged,
+            &row.tenant_id,
+            "",
+            "",
+            &row.phone_number_id,
+        )
+        .await;
         Ok(Response::new(row.into()))
     }
 
@@ -506,7 +526,9 @@ impl AccountsService for AccountsApi {
         let p = auth::principal(&request)?;
         let req = request.into_inner();
         self.reachable_tenant(&p, &req.tenant_id).await?;
-        p.require(Scope::Admin)?;
+        // Webhook secrets belong to the partner's provider app: a tenant setting its own
+        // could sign webhooks for itself.
+        Self::above_tenant(&p)?;
         let overlap = match req.overlap_seconds {
             0 => 24 * 3600,
             n if n <= 7 * 24 * 3600 => i64::from(n),
@@ -547,7 +569,9 @@ impl AccountsService for AccountsApi {
     ) -> Result<Response<v1::CreatedApiKey>, Status> {
         let p = auth::principal(&request)?;
         let req = request.into_inner();
-        let owner = self.key_owner(&p, &req.partner_id, &req.tenant_id).await?;
+        let owner = self
+            .key_owner(&p, &req.partner_id, &req.tenant_id, KeyUse::Create)
+            .await?;
         let scopes = req
             .scopes
             .iter()
@@ -578,7 +602,9 @@ impl AccountsService for AccountsApi {
     ) -> Result<Response<v1::ListApiKeysResponse>, Status> {
         let p = auth::principal(&request)?;
         let req = request.into_inner();
-        let owner = self.key_owner(&p, &req.partner_id, &req.tenant_id).await?;
+        let owner = self
+            .key_owner(&p, &req.partner_id, &req.tenant_id, KeyUse::Manage)
+            .await?;
         let size = page_size(req.page_size)?;
         let (partner, tenant) = match &owner {
             Owner::Partner { partner_id } => (partner_id.clone(), None),
@@ -618,20 +644,28 @@ impl AccountsService for AccountsApi {
             .await
             .map_err(|e| registry_error("reading a key", e))?
             .ok_or_else(|| not_found("key_id", &req.key_id))?;
-        // Whoever could create this key may revoke it; to anyone else it does not exist.
-        self.key_owner(
-            &p,
-            key.partner_id.as_deref().unwrap_or_default(),
-            key.tenant_id.as_deref().unwrap_or_default(),
-        )
-        .await
-        .map_err(|e| {
-            if e.code() == Code::NotFound {
-                not_found("key_id", &req.key_id)
-            } else {
-                e
+        // Whoever manages keys of this owner may revoke it; to anyone else it does not exist.
+        if key.owner_kind == "operator" {
+            if !p.is_operator() {
+                return Err(not_found("key_id", &req.key_id));
             }
-        })?;
+            p.require(Scope::Admin)?;
+        } else {
+            self.key_owner(
+                &p,
+                key.partner_id.as_deref().unwrap_or_default(),
+                key.tenant_id.as_deref().unwrap_or_default(),
+                KeyUse::Manage,
+            )
+            .await
+            .map_err(|e| {
+                if e.code() == Code::NotFound {
+                    not_found("key_id", &req.key_id)
+                } else {
+                    e
+                }
+            })?;
+        }
         let revoked = finestra_registry::keys::revoke(&self.pool, &req.key_id)
             .await
             .map_err(|e| registry_error("revoking a key", e))?
@@ -863,6 +897,7 @@ impl AccountsApi {
         p: &Arc<Principal>,
         partner_id: &str,
         tenant_id: &str,
+        purpose: KeyUse,
     ) -> Result<Owner, Status> {
         match (partner_id.is_empty(), tenant_id.is_empty()) {
             (_, false) => {
@@ -877,7 +912,11 @@ impl AccountsApi {
                 if !p.sees_partner(partner_id) || self.partner_row(partner_id).await?.is_none() {
                     return Err(not_found("partner_id", partner_id));
                 }
-                operator_only(p)?;
+                // Partner keys are created by the operator; a partner may list and revoke its own.
+                match purpose {
+                    KeyUse::Create => operator_only(p)?,
+                    KeyUse::Manage => p.require(Scope::Admin)?,
+                }
                 Ok(Owner::Partner {
                     partner_id: partner_id.to_owned(),
                 })

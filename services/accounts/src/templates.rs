@@ -125,7 +125,10 @@ pub async fn create(pool: &PgPool, req: &v1::CreateTemplateRequest) -> Result<Te
     let buttons: Option<&str> =
         (!req.buttons_json.trim().is_empty()).then_some(req.buttons_json.as_str());
     if let Some(b) = buttons
-        && !serde_json_is_array(b)
+        && !matches!(
+            serde_json::from_str::<serde_json::Value>(b),
+            Ok(serde_json::Value::Array(_))
+        )
     {
         return Err(status::invalid_argument(
             "buttons_json",
@@ -158,11 +161,6 @@ pub async fn create(pool: &PgPool, req: &v1::CreateTemplateRequest) -> Result<Te
         ),
         _ => status::internal("creating a template", &e),
     })
-}
-
-fn serde_json_is_array(s: &str) -> bool {
-    let t = s.trim();
-    t.starts_with('[') && t.ends_with(']')
 }
 
 pub async fn get(pool: &PgPool, tenant_id: &str, template_id: &str) -> Result<TemplateRow, Status> {

@@ -302,7 +302,8 @@ async fn pool() -> anyhow::Result<finestra_registry::PgPool> {
     let url = database_url();
     finestra_registry::connect(&url)
         .await
-        .with_context(|| format!("connecting to {url}"))
+        // Not the URL itself: it may carry a password.
+        .context("connecting to the database (FINESTRA_DATABASE_URL)")
 }
 
 async fn channel(endpoint: &str, key: &str) -> anyhow::Result<AuthedChannel> {

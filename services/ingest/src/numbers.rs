@@ -33,18 +33,27 @@ impl NumberDirectory {
         }
     }
 
-    /// The number, `None` when no tenant has it (that answer is cached too).
+    /// The active number, `None` when no tenant has it or it (or its tenant) is suspended.
+    /// Only found numbers are cached: a number added a moment ago is seen at once.
     pub async fn lookup(
         &self,
         phone_number_id: &str,
     ) -> Result<Option<Arc<Number>>, Arc<RegistryError>> {
-        let registry = self.registry.clone();
-        let id = phone_number_id.to_owned();
-        self.numbers
-            .try_get_with(phone_number_id.to_owned(), async move {
-                registry.number(&id).await.map(|n| n.map(Arc::new))
-            })
+        if let Some(n) = self.numbers.get(phone_number_id).await {
+            return Ok(n);
+        }
+        let found = self
+            .registry
+            .number(phone_number_id)
             .await
+            .map_err(Arc::new)?;
+        let active = found.filter(Number::is_active).map(Arc::new);
+        if active.is_some() {
+            self.numbers
+                .insert(phone_number_id.to_owned(), active.clone())
+                .await;
+        }
+        Ok(active)
     }
 
     /// The tenant owning a business account (WABA), `None` when none does.
