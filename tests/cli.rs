@@ -3,21 +3,6 @@
 
 use std::process::{Command, Output};
 
-fn finestra_binary() -> anyhow::Result<std::path::PathBuf> {
-    let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .ok_or_else(|| anyhow::anyhow!("no target dir above {}", exe.display()))?;
-    let bin = dir.join("finestra");
-    anyhow::ensure!(
-        bin.exists(),
-        "{} is missing: run `make test` (or `cargo build -p finestra-cli`) first",
-        bin.display()
-    );
-    Ok(bin)
-}
-
 struct Cli {
     bin: std::path::PathBuf,
     endpoint: String,
@@ -62,7 +47,7 @@ async fn bootstrap_partner_tenant_number_key_template() -> anyhow::Result<()> {
     scope.create_topics().await?;
     let accounts = finestra_testkit::start_accounts(&scope).await?;
     let cli = Cli {
-        bin: finestra_binary()?,
+        bin: finestra_testkit::workspace_binary("finestra")?,
         endpoint: accounts.running.grpc_url(),
     };
     let id = scope.id();

@@ -8,9 +8,7 @@ use finestra_e2e::WAIT;
 use finestra_platform::kafka::{self, BatchConsumer, ConsumerSettings, Outgoing};
 use finestra_proto::v1::envelope::Payload;
 use finestra_proto::v1::{Envelope, InboundMessage, UserRef};
-use finestra_testkit::{Scope, count_records, eventually, infra, now_secs};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Offset, TopicPartitionList};
+use finestra_testkit::{Scope, committed, count_records, eventually, infra, now_secs};
 
 fn inbound(tenant: &str, number: &str, i: usize, sent: i64) -> (String, Envelope) {
     let user = format!("3934{:08}", i % 997);
@@ -64,35 +62,6 @@ async fn history_rows(tenant: &str) -> anyhow::Result<i64> {
             .fetch_one(&infra().await?.pool)
             .await?,
     )
-}
-
-/// Σ committed offsets of `group` on `topic` (0 for partitions it never committed).
-async fn committed(group: &str, topic: &str) -> anyhow::Result<i64> {
-    let brokers = infra().await?.brokers.clone();
-    let (group, topic) = (group.to_owned(), topic.to_owned());
-    tokio::task::spawn_blocking(move || -> anyhow::Result<i64> {
-        let c: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .set("group.id", &group)
-            .create()?;
-        let md = c.fetch_metadata(Some(&topic), Duration::from_secs(5))?;
-        let mut tpl = TopicPartitionList::new();
-        for t in md.topics() {
-            for p in t.partitions() {
-                tpl.add_partition(&topic, p.id());
-            }
-        }
-        let offsets = c.committed_offsets(tpl, Duration::from_secs(5))?;
-        Ok(offsets
-            .elements()
-            .iter()
-            .map(|e| match e.offset() {
-                Offset::Offset(o) => o,
-                _ => 0,
-            })
-            .sum())
-    })
-    .await?
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -275,32 +244,18 @@ async fn poison_records_go_to_the_dead_letter_topic_and_never_block_the_partitio
     Ok(())
 }
 
-/// The `finestra-window` binary next to this test's executable (`make test` builds it first).
-fn window_binary() -> anyhow::Result<std::path::PathBuf> {
-    let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .ok_or_else(|| anyhow::anyhow!("no target dir above {}", exe.display()))?;
-    let bin = dir.join("finestra-window");
-    anyhow::ensure!(
-        bin.exists(),
-        "{} is missing: run `make test` (or `cargo build -p finestra-window`) first",
-        bin.display()
-    );
-    Ok(bin)
-}
-
 fn spawn_window(scope: &Scope, group: &str) -> anyhow::Result<std::process::Child> {
-    Ok(std::process::Command::new(window_binary()?)
-        .env("FINESTRA_TOPIC_SUFFIX", format!(".{}", scope.id()))
-        .env("FINESTRA_WINDOW_CONSUMER_GROUP", group)
-        .env("FINESTRA_WINDOW_MAX_BATCH", "7")
-        .env("FINESTRA_GRPC_ADDR", "127.0.0.1:0")
-        .env("FINESTRA_METRICS_ADDR", "127.0.0.1:0")
-        .env("FINESTRA_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .spawn()?)
+    Ok(
+        std::process::Command::new(finestra_testkit::workspace_binary("finestra-window")?)
+            .env("FINESTRA_TOPIC_SUFFIX", format!(".{}", scope.id()))
+            .env("FINESTRA_WINDOW_CONSUMER_GROUP", group)
+            .env("FINESTRA_WINDOW_MAX_BATCH", "7")
+            .env("FINESTRA_GRPC_ADDR", "127.0.0.1:0")
+            .env("FINESTRA_METRICS_ADDR", "127.0.0.1:0")
+            .env("FINESTRA_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()?,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]

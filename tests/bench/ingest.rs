@@ -142,36 +142,6 @@ async fn webhooks(
 
 /// Pre-fills the inbound topic with `n` user messages over `users` users, then times a fresh
 /// window service until it committed every record.
-/// Σ committed offsets of `group` on `topic`: records the group has fully processed.
-async fn committed(group: &str, topic: &str) -> anyhow::Result<i64> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let brokers = infra().await?.brokers.clone();
-    let (group, topic) = (group.to_owned(), topic.to_owned());
-    tokio::task::spawn_blocking(move || -> anyhow::Result<i64> {
-        let c: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .set("group.id", &group)
-            .create()?;
-        let md = c.fetch_metadata(Some(&topic), Duration::from_secs(5))?;
-        let mut tpl = rdkafka::TopicPartitionList::new();
-        for t in md.topics() {
-            for p in t.partitions() {
-                tpl.add_partition(&topic, p.id());
-            }
-        }
-        let offsets = c.committed_offsets(tpl, Duration::from_secs(5))?;
-        Ok(offsets
-            .elements()
-            .iter()
-            .map(|e| match e.offset() {
-                rdkafka::Offset::Offset(o) => o,
-                _ => 0,
-            })
-            .sum())
-    })
-    .await?
-}
-
 struct WindowFigures {
     /// From the service's start until every record was applied.
     overall_per_second: f64,
@@ -229,7 +199,7 @@ async fn window_updates(scope: &Scope, n: usize, users: usize) -> anyhow::Result
     loop {
         // Committed offsets, not a count over the history table: polling a growing table would
         // take CPU from what is measured.
-        let applied = committed(&scope.group("bench"), &topics.inbound).await?;
+        let applied = finestra_testkit::committed(&scope.group("bench"), &topics.inbound).await?;
         if first.is_none() && applied > 0 {
             first = Some((Instant::now(), applied));
         }

@@ -383,3 +383,51 @@ pub async fn read_all(topic: &str) -> anyhow::Result<Vec<finestra_proto::v1::Env
     )
     .await?
 }
+
+/// Σ committed offsets of consumer group `group` on `topic` (0 for partitions it never
+/// committed): how many records the group has fully processed.
+pub async fn committed(group: &str, topic: &str) -> anyhow::Result<i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let brokers = infra().await?.brokers.clone();
+    let (group, topic) = (group.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || -> anyhow::Result<i64> {
+        let c: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", &group)
+            .create()?;
+        let md = c.fetch_metadata(Some(&topic), Duration::from_secs(5))?;
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for t in md.topics() {
+            for p in t.partitions() {
+                tpl.add_partition(&topic, p.id());
+            }
+        }
+        let offsets = c.committed_offsets(tpl, Duration::from_secs(5))?;
+        Ok(offsets
+            .elements()
+            .iter()
+            .map(|e| match e.offset() {
+                rdkafka::Offset::Offset(o) => o,
+                _ => 0,
+            })
+            .sum())
+    })
+    .await?
+}
+
+/// A binary of the workspace next to the running test's executable (`make test` builds the
+/// service binaries and the CLI before the tests).
+pub fn workspace_binary(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .ok_or_else(|| anyhow::anyhow!("no target dir above {}", exe.display()))?;
+    let bin = dir.join(name);
+    anyhow::ensure!(
+        bin.exists(),
+        "{} is missing: run `make test` (or `cargo build --bins`) first",
+        bin.display()
+    );
+    Ok(bin)
+}
