@@ -640,6 +640,30 @@ async fn keys_never_appear_in_plaintext_in_the_database_logs_or_errors() -> anyh
         refused.message()
     );
 
+    // A key created over the control plane's RPC: its secret is in the response only.
+    let partner_admin = w
+        .scope
+        .key(
+            Owner::Partner {
+                partner_id: w.scope.partner_id(),
+            },
+            &[Scope::Admin],
+        )
+        .await?;
+    let created = AccountsServiceClient::new(
+        finestra_testkit::authed_channel(w.accounts.running.grpc_url(), &partner_admin).await?,
+    )
+    .create_api_key(v1::CreateApiKeyRequest {
+        partner_id: String::new(),
+        tenant_id: w.tenant_a.clone(),
+        scopes: vec![v1::Scope::Read as i32],
+        label: "plaintext check".into(),
+    })
+    .await?
+    .into_inner();
+    let rpc_secret = created.secret["fin_test_".len()..].to_owned();
+    assert_eq!(code(&call(&w, &rpcs[0], &created.secret).await), Code::Ok);
+
     let rows: Vec<String> = sqlx::query_scalar(
         "SELECT row_to_json(k)::text FROM accounts.api_keys k WHERE tenant_id = $1",
     )
@@ -652,12 +676,18 @@ async fn keys_never_appear_in_plaintext_in_the_database_logs_or_errors() -> anyh
             !row.contains(secret_part),
             "a key is stored in plaintext: {row}"
         );
+        assert!(
+            !row.contains(&rpc_secret),
+            "a key is stored in plaintext: {row}"
+        );
     }
     w.window.stop().await;
+    w.accounts.stop().await;
     let logged = String::from_utf8_lossy(&logs.0.lock().map_err(|_| anyhow::anyhow!("poisoned"))?)
         .to_string();
     assert!(!logged.is_empty(), "the services logged something");
     assert!(!logged.contains(secret_part), "a key was logged");
+    assert!(!logged.contains(&rpc_secret), "a key was logged");
     Ok(())
 }
 

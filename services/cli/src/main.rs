@@ -651,16 +651,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     print(&n);
                 }
                 NumberCommand::List { tenant } => {
-                    let page = c
-                        .list_numbers(v1::ListNumbersRequest {
-                            tenant_id: tenant,
-                            page_size: 1_000,
-                            page_token: String::new(),
-                        })
-                        .await
-                        .map_err(rpc_error)?
-                        .into_inner();
-                    page.numbers.iter().for_each(print);
+                    let mut token = String::new();
+                    loop {
+                        let page = c
+                            .list_numbers(v1::ListNumbersRequest {
+                                tenant_id: tenant.clone(),
+                                page_size: 1_000,
+                                page_token: token,
+                            })
+                            .await
+                            .map_err(rpc_error)?
+                            .into_inner();
+                        page.numbers.iter().for_each(print);
+                        if page.next_page_token.is_empty() {
+                            break;
+                        }
+                        token = page.next_page_token;
+                    }
                 }
             }
         }
@@ -721,17 +728,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                 }
                 KeyCommand::List { partner, tenant } => {
-                    let page = c
-                        .list_api_keys(v1::ListApiKeysRequest {
-                            partner_id: partner.unwrap_or_default(),
-                            tenant_id: tenant.unwrap_or_default(),
-                            page_size: 1_000,
-                            page_token: String::new(),
-                        })
-                        .await
-                        .map_err(rpc_error)?
-                        .into_inner();
-                    page.keys.iter().for_each(print);
+                    let mut token = String::new();
+                    loop {
+                        let page = c
+                            .list_api_keys(v1::ListApiKeysRequest {
+                                partner_id: partner.clone().unwrap_or_default(),
+                                tenant_id: tenant.clone().unwrap_or_default(),
+                                page_size: 1_000,
+                                page_token: token,
+                            })
+                            .await
+                            .map_err(rpc_error)?
+                            .into_inner();
+                        page.keys.iter().for_each(print);
+                        if page.next_page_token.is_empty() {
+                            break;
+                        }
+                        token = page.next_page_token;
+                    }
                 }
                 KeyCommand::Revoke { key_id } => {
                     let k = c
@@ -772,16 +786,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     print_template(&t, json);
                 }
                 TemplateCommand::List { tenant } => {
-                    let page = c
-                        .list_templates(v1::ListTemplatesRequest {
-                            tenant_id: tenant,
-                            page_size: 1_000,
-                            page_token: String::new(),
-                        })
-                        .await
-                        .map_err(rpc_error)?
-                        .into_inner();
-                    page.templates.iter().for_each(|t| print_template(t, json));
+                    let mut token = String::new();
+                    loop {
+                        let page = c
+                            .list_templates(v1::ListTemplatesRequest {
+                                tenant_id: tenant.clone(),
+                                page_size: 1_000,
+                                page_token: token,
+                            })
+                            .await
+                            .map_err(rpc_error)?
+                            .into_inner();
+                        page.templates.iter().for_each(|t| print_template(t, json));
+                        if page.next_page_token.is_empty() {
+                            break;
+                        }
+                        token = page.next_page_token;
+                    }
                 }
                 TemplateCommand::Show { tenant, id } => {
                     let t = c
