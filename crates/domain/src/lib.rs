@@ -5,6 +5,7 @@ pub mod pricing;
 pub mod template;
 pub mod time;
 pub mod user;
+pub mod wallet;
 pub mod window;
 
 pub use time::{Clock, FixedClock, Timestamp, is_plausible_event_time};
