@@ -553,3 +553,43 @@ async fn a_suspended_numbers_webhooks_are_acknowledged_and_dropped() -> anyhow::
     s.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_who_never_wrote_is_cached_as_closed_and_then_opens_normally() -> anyhow::Result<()>
+{
+    let s = Slice::start().await?;
+    let user = "393471117001";
+    let w = s.window(user).await?;
+    assert!(!w.open && w.csw_until.is_none());
+    // The answer is now cached in Redis as an empty state. (Polled: another test's FLUSHALL
+    // may wipe it in between; the next read caches it again.)
+    let redis = finestra_testkit::infra().await?.redis.clone();
+    let key = format!("{}win:{}:{user}", s.scope.redis_prefix("acme"), s.number);
+    eventually("the empty state cached", WAIT, || {
+        let (mut redis, key) = (redis.clone(), key.clone());
+        let s = &s;
+        async move {
+            s.window(user).await?;
+            let fields: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+                .arg(&key)
+                .query_async(&mut redis)
+                .await?;
+            Ok(
+                (fields.len() == 1 && fields.get("v").map(String::as_str) == Some("1"))
+                    .then_some(()),
+            )
+        }
+    })
+    .await?;
+    // ...which the user's first message then completes.
+    let sent = now_secs() - 30;
+    assert_eq!(
+        s.post_signed(&s.text("wamid.neg.1", user, sent, None))
+            .await?,
+        200
+    );
+    let w = s.wait_window(user, |w| w.open).await?;
+    assert_eq!(secs(w.csw_until.as_ref()), Some(sent + DAY));
+    s.stop().await;
+    Ok(())
+}

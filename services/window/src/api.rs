@@ -89,10 +89,8 @@ impl WindowApi {
         let row = pg::read_state(&self.pool, key)
             .await
             .map_err(|e| status::internal("reading window state", &e))?;
-        let Some(row) = row else {
-            return Ok(WindowState::default());
-        };
-        let state = row.state();
+        // No row: the user never wrote. The empty state is complete too; cache it.
+        let state = row.map(|r| r.state()).unwrap_or_default();
         if let Err(e) = self
             .hot
             .merge_all(&[(key.clone(), state.clone())], self.clock.now())

@@ -8,7 +8,8 @@
 //! Only complete states are ever written (the merged Postgres row), through a Lua script that
 //! merges field by field like `WindowState::merge`. So a hash is always the join of complete
 //! states: never a partial state, never moved backwards by a stale writer. A missing key is
-//! rebuilt from Postgres.
+//! rebuilt from Postgres; a pair Postgres does not know is cached as an empty state (field `v`
+//! only), so repeated reads of users who never wrote do not reach Postgres.
 
 use std::collections::HashMap;
 
@@ -59,7 +60,10 @@ max_field('ref', 4, ARGV[4])
 local fep = max_field('fep', 5, ARGV[5]) or 0
 pair_field('mo_at', 'mo', 6, ARGV[6], ARGV[7], true)
 pair_field('bl_at', 'bl', 8, ARGV[8], ARGV[9], true)
-if #out > 0 then redis.call('HSET', key, unpack(out)) end
+-- `v` marks the hash as holding a complete state even when it has no field yet (a pair whose
+-- user never wrote), so such reads are answered from Redis too.
+table.insert(out, 'v'); table.insert(out, '1')
+redis.call('HSET', key, unpack(out))
 local expire_us = math.max(csw, fep, tonumber(ARGV[10])) + tonumber(ARGV[11])
 redis.call('PEXPIREAT', key, math.floor(expire_us / 1000))
 return 1
