@@ -183,7 +183,7 @@ pub fn hash_key(key: &str) -> String {
 #[derive(Clone)]
 pub struct Authenticator {
     pool: PgPool,
-    keys: Cache<String, Option<Arc<Principal>>>,
+    keys: Cache<[u8; 32], Option<Arc<Principal>>>,
     tenants: Cache<String, Option<Arc<TenantRef>>>,
 }
 
@@ -235,13 +235,20 @@ impl Authenticator {
                 &[],
             ));
         }
-        let hash = hash_key(key);
-        let pool = self.pool.clone();
-        let found = self
-            .keys
-            .try_get_with(hash.clone(), async move { lookup_key(&pool, &hash).await })
-            .await
-            .map_err(|e| status::internal("authenticating a key", &e))?;
+        // The cache is keyed by the raw digest: no hex string is built on the hot path.
+        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        let found = match self.keys.get(&digest).await {
+            Some(found) => found,
+            None => {
+                let pool = self.pool.clone();
+                self.keys
+                    .try_get_with(digest, async move {
+                        lookup_key(&pool, &hex::encode(digest)).await
+                    })
+                    .await
+                    .map_err(|e| status::internal("authenticating a key", &e))?
+            }
+        };
         found.ok_or_else(|| {
             status::with_reason(
                 Code::Unauthenticated,
@@ -254,6 +261,10 @@ impl Authenticator {
 
     /// The tenant's owner, `None` if it does not exist or is not active.
     pub async fn tenant(&self, tenant_id: &str) -> Result<Option<Arc<TenantRef>>, Status> {
+        // Hot path: a cached answer, without building the loader.
+        if let Some(found) = self.tenants.get(tenant_id).await {
+            return Ok(found);
+        }
         let pool = self.pool.clone();
         let id = tenant_id.to_owned();
         self.tenants
