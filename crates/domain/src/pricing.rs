@@ -225,6 +225,131 @@ pub fn price(
     Ok(quote(cost, markup.apply(cost)))
 }
 
+/// The card shipped with Finestra (`crates/domain/rates/`).
+pub const DEFAULT_CARD: &str = include_str!("../rates/2025-07-01.card");
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("rate card line {line}: {reason}")]
+pub struct CardSyntaxError {
+    pub line: usize,
+    pub reason: String,
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` (UTC only, as rate cards are written).
+fn parse_utc(s: &str) -> Option<Timestamp> {
+    let b = s.as_bytes();
+    if b.len() != 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+        || b[19] != b'Z'
+    {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, mo, d, h, mi, se) = (
+        n(0..4)?,
+        n(5..7)?,
+        n(8..10)?,
+        n(11..13)?,
+        n(14..16)?,
+        n(17..19)?,
+    );
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 59 {
+        return None;
+    }
+    Some(Timestamp::from_secs(
+        days_from_civil(y, mo, d) * 86_400 + h * 3_600 + mi * 60 + se,
+    ))
+}
+
+/// Parses a rate card file: `key = value` headers, then `CATEGORY, MARKET, micros` lines;
+/// `#` starts a comment.
+pub fn parse_card(text: &str) -> Result<RateCard, CardSyntaxError> {
+    let mut card = RateCard {
+        version: String::new(),
+        effective_from: Timestamp::default(),
+        currency: String::new(),
+        prices: BTreeMap::new(),
+        utility_free_in_csw: true,
+        free_in_fep: true,
+    };
+    let mut has_from = false;
+    for (i, raw) in text.lines().enumerate() {
+        let line_no = i + 1;
+        let err = |reason: &str| CardSyntaxError {
+            line: line_no,
+            reason: reason.to_owned(),
+        };
+        let line = raw.split('#').next().unwrap_or_default().trim();
+        if line.is_empty() {
+            continue;
+        }
+        if let Some((key, value)) = line.split_once('=') {
+            let value = value.trim();
+            let flag = || match value {
+                "true" => Ok(true),
+                "false" => Ok(false),
+                _ => Err(err("expected true or false")),
+            };
+            match key.trim() {
+                "version" => card.version = value.to_owned(),
+                "currency" => card.currency = value.to_owned(),
+                "effective_from" => {
+                    card.effective_from =
+                        parse_utc(value).ok_or_else(|| err("expected YYYY-MM-DDTHH:MM:SSZ"))?;
+                    has_from = true;
+                }
+                "utility_free_in_csw" => card.utility_free_in_csw = flag()?,
+                "free_in_fep" => card.free_in_fep = flag()?,
+                other => return Err(err(&format!("unknown setting {other:?}"))),
+            }
+            continue;
+        }
+        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+        let [category, market, micros] = fields.as_slice() else {
+            return Err(err("expected CATEGORY, MARKET, micros"));
+        };
+        let micros: Micros = micros
+            .parse()
+            .map_err(|_| err("the price must be integer micro-units"))?;
+        if micros < 0 {
+            return Err(err("a price must not be negative"));
+        }
+        let key = (category.to_ascii_uppercase(), market.to_ascii_uppercase());
+        if card.prices.insert(key, micros).is_some() {
+            return Err(err("this category and market are priced twice"));
+        }
+    }
+    let missing = |what: &str| CardSyntaxError {
+        line: 0,
+        reason: format!("{what} is missing"),
+    };
+    if card.version.is_empty() {
+        return Err(missing("version"));
+    }
+    if card.currency.is_empty() {
+        return Err(missing("currency"));
+    }
+    if !has_from {
+        return Err(missing("effective_from"));
+    }
+    Ok(card)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -464,5 +589,61 @@ mod tests {
             &Markup::None,
         );
         assert!(matches!(r, Err(PricingError::NoPrice { .. })));
+    }
+
+    #[test]
+    fn the_shipped_card_parses_and_prices_every_market() {
+        let card = parse_card(DEFAULT_CARD).expect("the default card parses");
+        assert_eq!(card.version, "2025-07-01");
+        assert_eq!(card.currency, "EUR");
+        assert_eq!(
+            card.effective_from,
+            Timestamp::from_secs(1_751_328_000),
+            "2025-07-01T00:00:00Z"
+        );
+        let b = RateBook::new(vec![card]).expect("book");
+        let at = Timestamp::from_secs(1_764_000_000);
+        for wa in [
+            "393471234567",
+            "5511988880000",
+            "919800000001",
+            "14155550100",
+            "4915112345678",
+            "447700900000",
+            "33612345678",
+        ] {
+            for c in [MARKETING, UTILITY, AUTHENTICATION] {
+                let q = price(&b, at, wa, &template(c), CLOSED, &Markup::None).expect("priced");
+                assert!(q.cost > 0, "{c} to {wa}");
+            }
+        }
+    }
+
+    #[test]
+    fn card_syntax_errors_name_the_line() {
+        let e = parse_card(
+            "version = x\ncurrency = EUR\neffective_from = 2026-01-01T00:00:00Z\nMARKETING, IT, 1.5\n",
+        );
+        assert_eq!(e.map_err(|e| e.line), Err(4));
+        let dup = parse_card(
+            "version = x\ncurrency = EUR\neffective_from = 2026-01-01T00:00:00Z\nUTILITY, IT, 1\nutility, it, 2\n",
+        );
+        assert_eq!(dup.map_err(|e| e.line), Err(5));
+        assert!(
+            parse_card("version = x\ncurrency = EUR\n").is_err(),
+            "effective_from is required"
+        );
+        assert!(
+            parse_card("version = x\ncurrency = EUR\neffective_from = 2026-13-01T00:00:00Z\n")
+                .is_err()
+        );
+        assert_eq!(
+            parse_utc("1970-01-01T00:00:00Z"),
+            Some(Timestamp::from_secs(0))
+        );
+        assert_eq!(
+            parse_utc("2024-02-29T12:00:00Z"),
+            Some(Timestamp::from_secs(1_709_208_000))
+        );
     }
 }
