@@ -80,15 +80,6 @@ pub struct TenantRef {
     pub partner_id: String,
 }
 
-fn not_found(kind: &str, id: &str) -> Status {
-    status::with_reason(
-        Code::NotFound,
-        "NOT_FOUND",
-        format!("no such {kind}"),
-        &[(kind, id)],
-    )
-}
-
 impl Principal {
     /// `admin` implies every scope; `send` implies `read`.
     pub fn has(&self, scope: Scope) -> bool {
@@ -142,7 +133,7 @@ impl Principal {
     ) -> Result<(), Status> {
         match tenant {
             Some(t) if self.sees_tenant(t) => self.require(scope),
-            _ => Err(not_found("tenant_id", tenant_id)),
+            _ => Err(status::not_found("tenant_id", tenant_id)),
         }
     }
 }
@@ -299,7 +290,7 @@ impl Authenticator {
     ) -> Result<Arc<TenantRef>, Status> {
         let tenant = self.tenant(tenant_id).await?;
         principal.authorize(tenant.as_deref(), tenant_id, scope)?;
-        tenant.ok_or_else(|| not_found("tenant_id", tenant_id))
+        tenant.ok_or_else(|| status::not_found("tenant_id", tenant_id))
     }
 
     /// Drops cached entries after an accounts change (a revoked key: all keys, since the

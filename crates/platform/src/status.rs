@@ -46,3 +46,22 @@ pub fn internal(context: &str, error: &dyn std::fmt::Display) -> Status {
 pub fn reason_of(status: &Status) -> Option<String> {
     status.get_details_error_info().map(|i| i.reason)
 }
+
+/// `INVALID_ARGUMENT` when a required field is empty.
+pub fn required<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
+    if value.trim().is_empty() {
+        Err(invalid_argument(field, format!("{field} is required")))
+    } else {
+        Ok(value)
+    }
+}
+
+/// `NOT_FOUND` for a resource outside the caller's reach or absent (never telling which).
+pub fn not_found(kind: &str, id: &str) -> Status {
+    with_reason(
+        Code::NotFound,
+        "NOT_FOUND",
+        format!("no such {kind}"),
+        &[(kind, id)],
+    )
+}

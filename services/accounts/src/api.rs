@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use finestra_platform::auth::{self, Authenticator, Owner, Principal, Scope};
 use finestra_platform::kafka::{self, Outgoing};
-use finestra_platform::status;
+use finestra_platform::paging::{after, page_size, paginate};
+use finestra_platform::status::{self, not_found, required};
 use finestra_proto::v1::accounts_service_server::AccountsService;
 use finestra_proto::v1::envelope::Payload;
 use finestra_proto::v1::{self, account_changed::Kind};
@@ -23,8 +24,6 @@ pub struct AccountsApi {
     pub key_prefix: String,
 }
 
-const DEFAULT_PAGE: u32 = 100;
-
 /// Why keys of an owner are being reached for.
 #[derive(Clone, Copy)]
 enum KeyUse {
@@ -36,55 +35,8 @@ enum KeyUse {
 fn now() -> finestra_domain::Timestamp {
     finestra_domain::Clock::now(&finestra_platform::SystemClock)
 }
-const MAX_PAGE: u32 = 1_000;
 const TIERS: [u32; 4] = [250, 2_000, 10_000, 100_000];
 const UNLIMITED_TIER: u32 = u32::MAX;
-
-fn page_size(n: u32) -> Result<i64, Status> {
-    match n {
-        0 => Ok(i64::from(DEFAULT_PAGE)),
-        n if n <= MAX_PAGE => Ok(i64::from(n)),
-        _ => Err(status::invalid_argument(
-            "page_size",
-            format!("page_size must be 1..{MAX_PAGE}"),
-        )),
-    }
-}
-
-fn after(token: &str) -> Result<String, Status> {
-    if token.is_empty() {
-        return Ok(String::new());
-    }
-    hex::decode(token)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .ok_or_else(|| {
-            status::invalid_argument("page_token", "page_token is not one this service issued")
-        })
-}
-
-/// Trims a fetched page (one row more than asked) and gives the next token.
-fn paginate<T>(mut rows: Vec<T>, size: i64, id: impl Fn(&T) -> &str) -> (Vec<T>, String) {
-    let size = usize::try_from(size).unwrap_or(usize::MAX);
-    let more = rows.len() > size;
-    rows.truncate(size);
-    let token = match (more, rows.last()) {
-        (true, Some(last)) => hex::encode(id(last)),
-        _ => String::new(),
-    };
-    (rows, token)
-}
-
-fn required<'a>(field: &str, v: &'a str) -> Result<&'a str, Status> {
-    if v.trim().is_empty() {
-        Err(status::invalid_argument(
-            field,
-            format!("{field} is required"),
-        ))
-    } else {
-        Ok(v)
-    }
-}
 
 fn db_error(context: &str, e: sqlx::Error) -> Status {
     if let sqlx::Error::Database(db) = &e {
@@ -124,15 +76,6 @@ fn registry_error(context: &str, e: finestra_registry::RegistryError) -> Status 
             &[],
         ),
     }
-}
-
-fn not_found(kind: &str, id: &str) -> Status {
-    status::with_reason(
-        Code::NotFound,
-        "NOT_FOUND",
-        format!("no such {kind}"),
-        &[(kind, id)],
-    )
 }
 
 fn operator_only(p: &Principal) -> Result<(), Status> {

@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use finestra_domain::{Clock, Timestamp, UserKey, WindowState};
 use finestra_platform::auth::{self, Authenticator, Scope};
-use finestra_platform::status;
+use finestra_platform::paging::{after, page_size, paginate};
+use finestra_platform::status::{self, required};
 use finestra_proto::time::from_micros;
 use finestra_proto::v1::window_service_server::WindowService;
 use finestra_proto::v1::{
@@ -17,25 +18,11 @@ use crate::hot::HotStore;
 use crate::pg;
 use crate::state::PairKey;
 
-pub const DEFAULT_PAGE: u32 = 100;
-pub const MAX_PAGE: u32 = 1_000;
-
 pub struct WindowApi {
     pub hot: HotStore,
     pub pool: PgPool,
     pub clock: Arc<dyn Clock>,
     pub auth: Authenticator,
-}
-
-fn required<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
-    if value.trim().is_empty() {
-        Err(status::invalid_argument(
-            field,
-            format!("{field} is required"),
-        ))
-    } else {
-        Ok(value)
-    }
 }
 
 /// A user as given by a client: a wa_id (digits, optional '+') or a business-scoped user id.
@@ -139,47 +126,14 @@ impl WindowService for WindowApi {
             .authorize_tenant(&principal, tenant_id, Scope::Read)
             .await?;
         let number = required("phone_number_id", &req.phone_number_id)?;
-        let page_size = match req.page_size {
-            0 => DEFAULT_PAGE,
-            n if n > MAX_PAGE => {
-                return Err(status::invalid_argument(
-                    "page_size",
-                    format!("page_size must be 1..{MAX_PAGE}"),
-                ));
-            }
-            n => n,
-        };
-        let after = if req.page_token.is_empty() {
-            String::new()
-        } else {
-            hex::decode(&req.page_token)
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .ok_or_else(|| {
-                    status::invalid_argument(
-                        "page_token",
-                        "page_token is not one this service issued",
-                    )
-                })?
-        };
+        let size = page_size(req.page_size)?;
+        let after = after(&req.page_token)?;
         let now = self.clock.now();
         // One extra row tells whether another page exists.
-        let mut rows = pg::list_open(
-            &self.pool,
-            tenant_id,
-            number,
-            now,
-            &after,
-            i64::from(page_size) + 1,
-        )
-        .await
-        .map_err(|e| status::internal("listing open windows", &e))?;
-        let more = rows.len() > page_size as usize;
-        rows.truncate(page_size as usize);
-        let next_page_token = match (more, rows.last()) {
-            (true, Some(last)) => hex::encode(&last.user_key),
-            _ => String::new(),
-        };
+        let rows = pg::list_open(&self.pool, tenant_id, number, now, &after, size + 1)
+            .await
+            .map_err(|e| status::internal("listing open windows", &e))?;
+        let (rows, next_page_token) = paginate(rows, size, |r| &r.user_key);
         let windows = rows
             .iter()
             .map(|r| to_window(&r.key(), &r.state(), now))
