@@ -243,8 +243,7 @@ impl AccountsService for AccountsApi {
         let p = auth::principal(&request)?;
         operator_only(&p)?;
         let req = request.into_inner();
-        let status_name = convert::status_name(req.status)
-            .ok_or_else(|| status::invalid_argument("status", "ACTIVE or SUSPENDED"))?;
+        let status_name = convert::status_name(req.status)?;
         let row = sqlx::query_as::<_, PartnerRow>(
             "UPDATE accounts.partners SET status = $2 WHERE partner_id = $1 RETURNING partner_id, name, status, created_at",
         )
@@ -367,8 +366,7 @@ impl AccountsService for AccountsApi {
         let req = request.into_inner();
         self.reachable_tenant(&p, &req.tenant_id).await?;
         Self::above_tenant(&p)?;
-        let status_name = convert::status_name(req.status)
-            .ok_or_else(|| status::invalid_argument("status", "ACTIVE or SUSPENDED"))?;
+        let status_name = convert::status_name(req.status)?;
         let row = sqlx::query_as::<_, TenantRow>(&format!(
             "UPDATE accounts.tenants SET status = $2 WHERE tenant_id = $1 RETURNING {TENANT_COLUMNS}"
         ))
@@ -714,8 +712,7 @@ impl AccountsService for AccountsApi {
         let req = request.into_inner();
         self.reachable_tenant(&p, &req.tenant_id).await?;
         Self::above_tenant(&p)?;
-        let status_name = convert::status_name(req.status)
-            .ok_or_else(|| status::invalid_argument("status", "ACTIVE or SUSPENDED"))?;
+        let status_name = convert::status_name(req.status)?;
         let row = sqlx::query_as::<_, NumberRow>(&format!(
             "UPDATE accounts.numbers SET status = $3 WHERE tenant_id = $1 AND phone_number_id = $2 RETURNING {NUMBER_COLUMNS}"
         ))

@@ -16,11 +16,15 @@ pub fn status(s: &str) -> i32 {
     }
 }
 
-pub fn status_name(s: i32) -> Option<&'static str> {
-    match v1::Status::try_from(s).ok()? {
-        v1::Status::Active => Some("active"),
-        v1::Status::Suspended => Some("suspended"),
-        v1::Status::Unspecified => None,
+/// The stored name of a requested status; anything but ACTIVE or SUSPENDED is refused.
+pub fn status_name(s: i32) -> Result<&'static str, tonic::Status> {
+    match v1::Status::try_from(s) {
+        Ok(v1::Status::Active) => Ok("active"),
+        Ok(v1::Status::Suspended) => Ok("suspended"),
+        _ => Err(finestra_platform::status::invalid_argument(
+            "status",
+            "ACTIVE or SUSPENDED",
+        )),
     }
 }
 
