@@ -52,8 +52,10 @@ if ! port_open 9092; then
 fi
 
 say "building the CLI and services"
-cargo build --quiet -p finestra-cli -p finestra-window -p finestra-ingest -p finestra-accounts --bins
+cargo build --quiet -p finestra-cli -p finestra-window -p finestra-ingest -p finestra-accounts \
+  -p finestra-billing --bins
 ./target/debug/finestra migrate
 FINESTRA_LOG=warn ./target/debug/finestra-window migrate
+FINESTRA_LOG=warn ./target/debug/finestra-billing migrate
 ./target/debug/finestra topics --partitions 4
 say "ready: postgres 5432, redis 6379, kafka (tansu) 9092"

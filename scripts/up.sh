@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make up`: infrastructure, then ingest and window in the background (pids and logs in
+# `make up`: infrastructure, then accounts, ingest, window and billing in the background (pids and logs in
 # var/run), then the demo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,8 +26,10 @@ start ingest finestra-ingest \
   FINESTRA_HTTP_ADDR=127.0.0.1:8080 FINESTRA_GRPC_ADDR=127.0.0.1:50051 FINESTRA_METRICS_ADDR=127.0.0.1:9101
 start window finestra-window \
   FINESTRA_GRPC_ADDR=127.0.0.1:50052 FINESTRA_METRICS_ADDR=127.0.0.1:9102
+start billing finestra-billing \
+  FINESTRA_GRPC_ADDR=127.0.0.1:50053 FINESTRA_METRICS_ADDR=127.0.0.1:9103
 
-for port in 9100 9101 9102; do
+for port in 9100 9101 9102 9103; do
   for _ in $(seq 1 100); do
     curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
     sleep 0.2
@@ -37,6 +39,7 @@ done
 echo "[up] accounts: gRPC 127.0.0.1:50050, metrics http://127.0.0.1:9100/metrics"
 echo "[up] ingest: webhooks http://127.0.0.1:8080/webhooks/cloud-api, gRPC 127.0.0.1:50051, metrics http://127.0.0.1:9101/metrics"
 echo "[up] window: gRPC 127.0.0.1:50052, metrics http://127.0.0.1:9102/metrics"
+echo "[up] billing: gRPC 127.0.0.1:50053, metrics http://127.0.0.1:9103/metrics"
 bash scripts/demo.sh
 echo
 echo "[up] Finestra keeps running; 'make down' stops it."

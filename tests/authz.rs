@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use finestra_platform::auth::{AuthedChannel, Bearer, Owner, Scope};
 use finestra_proto::v1;
 use finestra_proto::v1::accounts_service_client::AccountsServiceClient;
+use finestra_proto::v1::billing_service_client::BillingServiceClient;
 use finestra_proto::v1::window_service_client::WindowServiceClient;
 use finestra_proto::v1::{GetWindowRequest, ListOpenWindowsRequest};
 use finestra_testkit::{Scope as TestScope, Started};
@@ -336,6 +337,102 @@ fn rpcs() -> Vec<Rpc> {
                 })
             },
         ),
+        billing("BillingService/GetWallet", Scope::Read, true, |ch, c| {
+            Box::pin(async move {
+                BillingServiceClient::new(ch)
+                    .get_wallet(v1::GetWalletRequest {
+                        tenant_id: c.tenant,
+                    })
+                    .await
+                    .map(|_| ())
+            })
+        }),
+        billing(
+            "BillingService/ListWalletHistory",
+            Scope::Read,
+            true,
+            |ch, c| {
+                Box::pin(async move {
+                    BillingServiceClient::new(ch)
+                        .list_wallet_history(v1::ListWalletHistoryRequest {
+                            tenant_id: c.tenant,
+                            page_size: 10,
+                            page_token: String::new(),
+                        })
+                        .await
+                        .map(|_| ())
+                })
+            },
+        ),
+        billing("BillingService/ListUsage", Scope::Read, true, |ch, c| {
+            Box::pin(async move {
+                BillingServiceClient::new(ch)
+                    .list_usage(v1::ListUsageRequest {
+                        tenant_id: c.tenant,
+                        from: Some(finestra_proto::time::from_micros(0)),
+                        to: Some(finestra_proto::time::from_micros(i64::MAX / 2)),
+                        group_by: vec!["day".into()],
+                    })
+                    .await
+                    .map(|_| ())
+            })
+        }),
+        billing("BillingService/GetInvoice", Scope::Read, true, |ch, c| {
+            Box::pin(async move {
+                BillingServiceClient::new(ch)
+                    .get_invoice(v1::GetInvoiceRequest {
+                        tenant_id: c.tenant,
+                        month: "2026-11".into(),
+                        csv: true,
+                    })
+                    .await
+                    .map(|_| ())
+            })
+        }),
+        billing("BillingService/QuoteMessage", Scope::Read, true, |ch, c| {
+            Box::pin(async move {
+                BillingServiceClient::new(ch)
+                    .quote_message(v1::QuoteMessageRequest {
+                        tenant_id: c.tenant,
+                        phone_number_id: c.number,
+                        user: "393470000001".into(),
+                        free_form: true,
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|_| ())
+            })
+        }),
+        billing("BillingService/TopUp", Scope::Admin, false, |ch, c| {
+            Box::pin(async move {
+                BillingServiceClient::new(ch)
+                    .top_up(v1::TopUpRequest {
+                        tenant_id: c.tenant,
+                        amount_micros: 1_000,
+                        top_up_id: format!("authz-{}", c.unique),
+                        note: String::new(),
+                    })
+                    .await
+                    .map(|_| ())
+            })
+        }),
+        billing(
+            "BillingService/SetCreditLimit",
+            Scope::Admin,
+            false,
+            |ch, c| {
+                Box::pin(async move {
+                    BillingServiceClient::new(ch)
+                        .set_credit_limit(v1::SetCreditLimitRequest {
+                            tenant_id: c.tenant,
+                            credit_limit_micros: 0,
+                            low_balance_threshold_micros: 0,
+                        })
+                        .await
+                        .map(|_| ())
+                })
+            },
+        ),
     ]
 }
 
@@ -361,6 +458,16 @@ fn accounts(name: &'static str, needs: Scope, tenant_self: bool, call: AccountsC
     }
 }
 
+fn billing(name: &'static str, needs: Scope, tenant_self: bool, call: AccountsCall) -> Rpc {
+    Rpc {
+        name,
+        service: Service::Billing(call),
+        needs,
+        tenant_self,
+        call: |_, _, _| Box::pin(async { Ok(()) }),
+    }
+}
+
 static UNIQUE: AtomicU32 = AtomicU32::new(0);
 
 /// The services that serve tenant-facing RPCs.
@@ -368,12 +475,14 @@ static UNIQUE: AtomicU32 = AtomicU32::new(0);
 enum Service {
     Window,
     Accounts(AccountsCall),
+    Billing(AccountsCall),
 }
 
 fn endpoint(world: &World, rpc: &Rpc) -> String {
     match rpc.service {
         Service::Window => world.window.running.grpc_url(),
         Service::Accounts(_) => world.accounts.running.grpc_url(),
+        Service::Billing(_) => world.billing.running.grpc_url(),
     }
 }
 
@@ -381,6 +490,7 @@ struct World {
     scope: TestScope,
     window: Started,
     accounts: Started,
+    billing: Started,
     template: String,
     tenant_a: String,
     number: String,
@@ -393,6 +503,7 @@ async fn world() -> anyhow::Result<World> {
     scope.tenant_with_number("b", 2).await?;
     let window = finestra_testkit::start_window(&scope, "window", 100).await?;
     let accounts = finestra_testkit::start_accounts(&scope).await?;
+    let billing = finestra_testkit::start_billing(&scope, "billing").await?;
     let template: String = sqlx::query_scalar(
         "INSERT INTO accounts.templates (template_id, tenant_id, name, language, category, body, parameter_count)
          VALUES ('tpl_' || $1, $1, 'order_ready', 'en', 'UTILITY', 'Order {{1}} is ready', 1) RETURNING template_id",
@@ -404,6 +515,7 @@ async fn world() -> anyhow::Result<World> {
         scope,
         window,
         accounts,
+        billing,
         template,
         tenant_a,
         number,
@@ -426,7 +538,7 @@ async fn call(world: &World, rpc: &Rpc, key: &str) -> Result<(), tonic::Status> 
         .await
         .map_err(|e| tonic::Status::internal(e.to_string()))?;
     match rpc.service {
-        Service::Accounts(f) => f(channel, world.ctx()).await,
+        Service::Accounts(f) | Service::Billing(f) => f(channel, world.ctx()).await,
         Service::Window => (rpc.call)(world, channel, world.tenant_a.clone()).await,
     }
 }
@@ -526,13 +638,14 @@ async fn every_tenant_facing_rpc_enforces_reach_and_scope() -> anyhow::Result<()
         let anonymous =
             tonic::service::interceptor::InterceptedService::new(bare, Bearer::anonymous());
         let r = match rpc.service {
-            Service::Accounts(f) => f(anonymous, w.ctx()).await,
+            Service::Accounts(f) | Service::Billing(f) => f(anonymous, w.ctx()).await,
             Service::Window => (rpc.call)(&w, anonymous, w.tenant_a.clone()).await,
         };
         assert_eq!(code(&r), Code::Unauthenticated, "{}: no key", rpc.name);
     }
     w.window.stop().await;
     w.accounts.stop().await;
+    w.billing.stop().await;
     Ok(())
 }
 

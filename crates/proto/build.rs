@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "window.proto",
         "ingest.proto",
         "accounts.proto",
+        "billing.proto",
     ]
     .map(|f| proto_root.join("finestra/v1").join(f));
     for f in &files {

@@ -111,13 +111,38 @@ pub fn status(
     recipient: &str,
     timestamp: i64,
 ) -> Value {
+    status_with_callback(
+        phone_number_id,
+        display,
+        wamid,
+        status,
+        recipient,
+        timestamp,
+        "",
+    )
+}
+
+/// A status of a message that was sent with `biz_opaque_callback_data` (echoed back).
+pub fn status_with_callback(
+    phone_number_id: &str,
+    display: &str,
+    wamid: &str,
+    status: &str,
+    recipient: &str,
+    timestamp: i64,
+    callback_data: &str,
+) -> Value {
+    let mut item = json!({
+        "id": wamid, "status": status, "timestamp": timestamp.to_string(), "recipient_id": recipient,
+        "pricing": { "billable": true, "pricing_model": "PMP", "category": "marketing" }
+    });
+    if !callback_data.is_empty() {
+        item["biz_opaque_callback_data"] = json!(callback_data);
+    }
     let value = json!({
         "messaging_product": "whatsapp",
         "metadata": metadata(phone_number_id, display),
-        "statuses": [{
-            "id": wamid, "status": status, "timestamp": timestamp.to_string(), "recipient_id": recipient,
-            "pricing": { "billable": true, "pricing_model": "PMP", "category": "marketing" }
-        }],
+        "statuses": [item],
     });
     notification("WABA", vec![("messages", value)])
 }

@@ -148,6 +148,9 @@ pub struct Status {
     pub pricing: Option<Pricing>,
     #[serde(default)]
     pub errors: Vec<ErrorObject>,
+    /// What the sender put in the message's `biz_opaque_callback_data`.
+    #[serde(default)]
+    pub biz_opaque_callback_data: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -141,6 +141,45 @@ impl Markup {
     }
 }
 
+impl std::fmt::Display for Markup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Markup::None => f.write_str("none"),
+            Markup::BasisPoints(bp) => write!(f, "{bp}bp"),
+            Markup::Fixed(m) => write!(f, "{m}µ fixed"),
+        }
+    }
+}
+
+/// A partner's markups: one per category where set, else the default.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MarkupPlan {
+    pub default: Markup,
+    pub per_category: BTreeMap<CategoryName, Markup>,
+}
+
+impl Default for MarkupPlan {
+    fn default() -> Self {
+        Self::flat(Markup::None)
+    }
+}
+
+impl MarkupPlan {
+    /// The same markup on every category.
+    pub fn flat(markup: Markup) -> Self {
+        Self {
+            default: markup,
+            per_category: BTreeMap::new(),
+        }
+    }
+
+    pub fn for_category(&self, category: &str) -> &Markup {
+        self.per_category
+            .get(&category.to_ascii_uppercase())
+            .unwrap_or(&self.default)
+    }
+}
+
 /// Why a message costs nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FreeBecause {
@@ -171,6 +210,19 @@ pub struct Quote {
     /// What the tenant pays (cost + markup).
     pub price: Micros,
     pub free: Option<FreeBecause>,
+    /// The markup that made `price` from `cost` (None on a free message).
+    pub markup: Markup,
+}
+
+impl FreeBecause {
+    /// The machine-readable reason (proto `Quote.free_reason`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FreeBecause::Service => "SERVICE",
+            FreeBecause::UtilityInWindow => "UTILITY_IN_WINDOW",
+            FreeBecause::FreeEntryPoint => "FREE_ENTRY_POINT",
+        }
+    }
 }
 
 /// Prices one message accepted at `accepted_at` for `recipient` (wa_id). Used by the quote and
@@ -181,7 +233,7 @@ pub fn price(
     recipient: &str,
     kind: &MessageKind,
     window: WindowAt,
-    markup: &Markup,
+    markups: &MarkupPlan,
 ) -> Result<Quote, PricingError> {
     let card = book.card_at(accepted_at)?;
     let market = market_of(recipient);
@@ -198,7 +250,7 @@ pub fn price(
     } else {
         None
     };
-    let quote = |cost, price| Quote {
+    let quote = |cost, price, markup: &Markup| Quote {
         card_version: card.version.clone(),
         currency: card.currency.clone(),
         category: category.clone(),
@@ -206,9 +258,10 @@ pub fn price(
         cost,
         price,
         free,
+        markup: markup.clone(),
     };
     if free.is_some() {
-        return Ok(quote(0, 0));
+        return Ok(quote(0, 0, &Markup::None));
     }
     let cost = *card
         .prices
@@ -222,7 +275,8 @@ pub fn price(
             category: category.clone(),
             market: market.to_owned(),
         })?;
-    Ok(quote(cost, markup.apply(cost)))
+    let markup = markups.for_category(&category);
+    Ok(quote(cost, markup.apply(cost), markup))
 }
 
 /// The card shipped with Finestra (`crates/domain/rates/`).
@@ -427,7 +481,15 @@ mod tests {
     fn every_category_inside_and_outside_the_window() {
         let b = book();
         let q = |kind: &MessageKind, w| {
-            price(&b, T0, "393471234567", kind, w, &Markup::None).expect("priced")
+            price(
+                &b,
+                T0,
+                "393471234567",
+                kind,
+                w,
+                &MarkupPlan::flat(Markup::None),
+            )
+            .expect("priced")
         };
         assert_eq!(
             q(&MessageKind::FreeForm, OPEN).free,
@@ -478,9 +540,16 @@ mod tests {
         ]
         .iter()
         .map(|r| {
-            price(&b, T0, r, &template(MARKETING), CLOSED, &Markup::None)
-                .expect("priced")
-                .cost
+            price(
+                &b,
+                T0,
+                r,
+                &template(MARKETING),
+                CLOSED,
+                &MarkupPlan::flat(Markup::None),
+            )
+            .expect("priced")
+            .cost
         })
         .collect();
         assert_eq!(
@@ -499,7 +568,7 @@ mod tests {
             "393471234567",
             &template(MARKETING),
             CLOSED,
-            &Markup::None,
+            &MarkupPlan::flat(Markup::None),
         )
         .expect("priced");
         let at = price(
@@ -508,7 +577,7 @@ mod tests {
             "393471234567",
             &template(MARKETING),
             CLOSED,
-            &Markup::None,
+            &MarkupPlan::flat(Markup::None),
         )
         .expect("priced");
         assert_eq!(
@@ -523,7 +592,7 @@ mod tests {
                 "39",
                 &template(MARKETING),
                 CLOSED,
-                &Markup::None
+                &MarkupPlan::flat(Markup::None)
             ),
             Err(PricingError::NoCard(T0.plus_micros(-1)))
         );
@@ -548,7 +617,7 @@ mod tests {
             "393471234567",
             &template(MARKETING),
             CLOSED,
-            &Markup::BasisPoints(250),
+            &MarkupPlan::flat(Markup::BasisPoints(250)),
         )
         .expect("priced");
         assert_eq!((bp.cost, bp.price), (60_000, 61_500));
@@ -558,7 +627,7 @@ mod tests {
             "393471234567",
             &template(MARKETING),
             CLOSED,
-            &Markup::Fixed(5_000),
+            &MarkupPlan::flat(Markup::Fixed(5_000)),
         )
         .expect("priced");
         assert_eq!((fixed.cost, fixed.price), (60_000, 65_000));
@@ -568,10 +637,24 @@ mod tests {
             "393471234567",
             &template(UTILITY),
             OPEN,
-            &Markup::Fixed(5_000),
+            &MarkupPlan::flat(Markup::Fixed(5_000)),
         )
         .expect("priced");
         assert_eq!(free.price, 0, "no markup on a free message");
+        let mut plan = MarkupPlan::flat(Markup::BasisPoints(1_000));
+        plan.per_category
+            .insert(AUTHENTICATION.into(), Markup::Fixed(1));
+        let per_category =
+            |c: &str| price(&b, T0, "393471234567", &template(c), CLOSED, &plan).expect("priced");
+        assert_eq!(per_category(MARKETING).price, 66_000, "the default: 10 %");
+        assert_eq!(
+            (
+                per_category("authentication").price,
+                per_category("authentication").markup
+            ),
+            (30_001, Markup::Fixed(1)),
+            "the category's own markup"
+        );
         // Half up: 33 bp of 1,001 µ = 3.3033 → 3.
         assert_eq!(Markup::BasisPoints(33).apply(1_001), 1_004);
         assert_eq!(Markup::BasisPoints(50).apply(1_000), 1_005);
@@ -586,7 +669,7 @@ mod tests {
             "393471234567",
             &template("MARKETING_LITE"),
             CLOSED,
-            &Markup::None,
+            &MarkupPlan::flat(Markup::None),
         );
         assert!(matches!(r, Err(PricingError::NoPrice { .. })));
     }
@@ -613,7 +696,15 @@ mod tests {
             "33612345678",
         ] {
             for c in [MARKETING, UTILITY, AUTHENTICATION] {
-                let q = price(&b, at, wa, &template(c), CLOSED, &Markup::None).expect("priced");
+                let q = price(
+                    &b,
+                    at,
+                    wa,
+                    &template(c),
+                    CLOSED,
+                    &MarkupPlan::flat(Markup::None),
+                )
+                .expect("priced");
                 assert!(q.cost > 0, "{c} to {wa}");
             }
         }

@@ -64,6 +64,7 @@ pub struct Topics {
     pub dlq: String,
     pub accounts: String,
     pub provider: String,
+    pub billing: String,
 }
 
 impl Topics {
@@ -77,10 +78,11 @@ impl Topics {
             dlq: format!("{}{suffix}", t::DLQ),
             accounts: format!("{}{suffix}", t::ACCOUNTS),
             provider: format!("{}{suffix}", t::PROVIDER),
+            billing: format!("{}{suffix}", t::BILLING),
         }
     }
 
-    pub fn all(&self) -> [&str; 7] {
+    pub fn all(&self) -> [&str; 8] {
         [
             &self.inbound,
             &self.status,
@@ -89,6 +91,7 @@ impl Topics {
             &self.dlq,
             &self.accounts,
             &self.provider,
+            &self.billing,
         ]
     }
 }
@@ -145,7 +148,7 @@ mod tests {
     fn topics_carry_the_suffix() {
         let t = Topics::with_suffix(".abc");
         assert_eq!(t.inbound, "finestra.inbound.v1.abc");
-        assert_eq!(t.all().len(), 7);
+        assert_eq!(t.all().len(), 8);
         assert_eq!(Topics::with_suffix("").window, "finestra.window.v1");
     }
 }

@@ -21,7 +21,10 @@ pub mod topics {
     pub const DLQ: &str = "finestra.dlq.v1";
     pub const ACCOUNTS: &str = "finestra.accounts.v1";
     pub const PROVIDER: &str = "finestra.provider.v1";
-    pub const ALL: [&str; 7] = [INBOUND, STATUS, USER, WINDOW, DLQ, ACCOUNTS, PROVIDER];
+    pub const BILLING: &str = "finestra.billing.v1";
+    pub const ALL: [&str; 8] = [
+        INBOUND, STATUS, USER, WINDOW, DLQ, ACCOUNTS, PROVIDER, BILLING,
+    ];
 }
 
 /// Conversions between protobuf timestamps and microseconds since the Unix epoch, the unit

@@ -50,6 +50,8 @@ async fn migrate() -> anyhow::Result<()> {
         .with_context(|| format!("postgres at {} (run scripts/infra.sh)", base.database_url))?;
     finestra_registry::migrate(&pool).await?;
     finestra_window::pg::migrate(&pool).await?;
+    finestra_billing::pg::migrate(&pool).await?;
+    finestra_billing::pg::ensure_default_card(&pool).await?;
     pool.close().await;
     Ok(())
 }
@@ -251,6 +253,40 @@ pub async fn start_window(scope: &Scope, group: &str, max_batch: usize) -> anyho
     };
     let shutdown = Shutdown::new();
     let running = finestra_window::start(config, system_clock(), shutdown.clone()).await?;
+    Ok(Started { running, shutdown })
+}
+
+/// Billing settings for a test: this scope's topics and consumer group `group`, short
+/// caches so changes show at once.
+pub fn billing_config(
+    scope: &Scope,
+    group: &str,
+) -> anyhow::Result<finestra_billing::BillingConfig> {
+    Ok(finestra_billing::BillingConfig {
+        common: scope.config()?,
+        consumer_group: scope.group(group),
+        max_batch: 2_000,
+        linger: Duration::from_millis(10),
+        wallet_cache: Duration::from_secs(600),
+        reservation_expiry: Duration::from_secs(30 * 24 * 3_600),
+        sweep_every: Duration::from_secs(3_600),
+        card_margin: Duration::from_secs(60),
+        reserve_batch: 500,
+        reserve_parallel: 4,
+        crash_after_batches: None,
+    })
+}
+
+pub async fn start_billing(scope: &Scope, group: &str) -> anyhow::Result<Started> {
+    start_billing_with(billing_config(scope, group)?, system_clock()).await
+}
+
+pub async fn start_billing_with(
+    config: finestra_billing::BillingConfig,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Started> {
+    let shutdown = Shutdown::new();
+    let running = finestra_billing::start(config, clock, shutdown.clone()).await?;
     Ok(Started { running, shutdown })
 }
 

@@ -263,6 +263,7 @@ pub fn map_messages(value: &webhook::Value, now: Timestamp) -> Mapped {
                 .unwrap_or_default(),
             billable: s.pricing.is_some_and(|p| p.billable),
             raw_json: raw.get().as_bytes().to_vec(),
+            callback_data: s.biz_opaque_callback_data,
         });
         out.drafts.push(Draft {
             stream: Stream::Status,

@@ -1,0 +1,329 @@
+//! The capture consumer: status events (`delivered`/`read` → capture, `failed` → release,
+//! `sent` → no longer released by a block) and user blocks (→ release of the messages still
+//! queued to that user). Offsets are committed only after the batch is durable in Postgres and
+//! mirrored in Redis, so a crash re-delivers it and the replay changes nothing.
+
+use std::time::Duration;
+
+use finestra_domain::Clock;
+use finestra_platform::Shutdown;
+use finestra_platform::kafka::{self, BatchConsumer, Outgoing};
+use finestra_proto::v1::envelope::Payload;
+use finestra_proto::v1::{DeadLetter, Envelope};
+use rdkafka::Message;
+use rdkafka::message::OwnedMessage;
+use rdkafka::producer::FutureProducer;
+use sqlx::PgPool;
+use std::sync::Arc;
+
+use crate::hot::HotWallets;
+use crate::reservations::{self, End, Settlement};
+use crate::settle::{self, SettleError};
+
+pub struct Loop {
+    pub consumer: BatchConsumer,
+    pub pool: PgPool,
+    pub hot: HotWallets,
+    pub producer: FutureProducer,
+    pub dlq_topic: String,
+    pub clock: Arc<dyn Clock>,
+    /// Test failpoint: abort the process after this many batches were written to Postgres,
+    /// before Redis and the offset commit (proves a crash there loses and doubles nothing).
+    pub crash_after_batches: Option<u64>,
+}
+
+/// What one record asks of billing.
+#[derive(Debug, PartialEq, Eq)]
+enum Action {
+    Settle(Settlement),
+    Sent(String, String),
+    /// Release what is still queued to this user.
+    Blocked {
+        tenant_id: String,
+        phone_number_id: String,
+        user: String,
+        at: i64,
+    },
+    Nothing,
+}
+
+fn action_of(envelope: &Envelope, now: i64) -> Action {
+    let at = envelope
+        .occurred_at
+        .as_ref()
+        .map_or(now, finestra_proto::time::to_micros);
+    let tenant_id = envelope.tenant_id.clone();
+    match &envelope.payload {
+        Some(Payload::MessageStatus(s)) => {
+            // Dispatch sends Finestra's message id as biz_opaque_callback_data; a status
+            // without it is keyed by the provider's id.
+            let message_id = if s.callback_data.is_empty() {
+                s.message_id.clone()
+            } else {
+                s.callback_data.clone()
+            };
+            if tenant_id.is_empty() || message_id.is_empty() {
+                return Action::Nothing;
+            }
+            let end = match s.status.as_str() {
+                // A `read` can arrive before (or instead of) `delivered`: it implies delivery.
+                "delivered" | "read" => End::Capture,
+                "failed" => End::Release,
+                "sent" => return Action::Sent(tenant_id, message_id),
+                _ => return Action::Nothing,
+            };
+            Action::Settle(Settlement {
+                tenant_id,
+                message_id,
+                end,
+                at,
+                reason: s.status.clone(),
+            })
+        }
+        Some(Payload::UserBlock(b)) if b.blocked => {
+            let user = b
+                .user
+                .as_ref()
+                .map(|u| {
+                    if u.wa_id.is_empty() {
+                        u.user_id.clone()
+                    } else {
+                        u.wa_id.clone()
+                    }
+                })
+                .unwrap_or_default();
+            Action::Blocked {
+                tenant_id,
+                phone_number_id: b.phone_number_id.clone(),
+                user,
+                at,
+            }
+        }
+        _ => Action::Nothing,
+    }
+}
+
+fn dead_letter(m: &OwnedMessage, consumer: &str, error: String) -> Envelope {
+    Envelope {
+        event_id: format!(
+            "dlq:{}:{}:{}:{consumer}",
+            m.topic(),
+            m.partition(),
+            m.offset()
+        ),
+        tenant_id: String::new(),
+        occurred_at: None,
+        recorded_at: None,
+        payload: Some(Payload::DeadLetter(DeadLetter {
+            source_topic: m.topic().to_owned(),
+            partition: m.partition(),
+            offset: m.offset(),
+            consumer: consumer.to_owned(),
+            error,
+            key: m.key().unwrap_or_default().to_vec(),
+            payload: m.payload().unwrap_or_default().to_vec(),
+        })),
+    }
+}
+
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(100u64.saturating_mul(1 << attempt.min(6)).min(5_000))
+}
+
+impl Loop {
+    pub async fn run(self, shutdown: Shutdown) {
+        let group = self.consumer.group_id().to_owned();
+        let mut batches_written = 0u64;
+        loop {
+            let batch = match self.consumer.next_batch(&shutdown).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(error = %e, "consuming failed; retrying");
+                    tokio::select! {
+                        () = shutdown.wait() => break,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            };
+            if batch.is_empty() {
+                if shutdown.is_triggered() {
+                    break;
+                }
+                continue;
+            }
+            let now = self.clock.now().micros();
+            let mut actions = Vec::with_capacity(batch.len());
+            let mut poison = Vec::new();
+            for m in &batch {
+                match kafka::decode(m) {
+                    Ok(envelope) => actions.push(action_of(&envelope, now)),
+                    Err(e) => poison.push(dead_letter(m, &group, e.to_string())),
+                }
+            }
+            let mut attempt = 0;
+            let done = loop {
+                match self.apply(&actions, &poison, &mut batches_written).await {
+                    Ok(()) => break true,
+                    Err(e) => {
+                        metrics::counter!("finestra_billing_settle_failures_total").increment(1);
+                        tracing::error!(error = %e, attempt, "settling a batch failed; retrying");
+                        tokio::select! {
+                            () = shutdown.wait() => break false,
+                            () = tokio::time::sleep(backoff(attempt)) => {}
+                        }
+                        attempt += 1;
+                    }
+                }
+            };
+            if !done {
+                break;
+            }
+            if let Err(e) = self.consumer.commit(&batch).await {
+                tracing::warn!(error = %e, "offset commit failed; the batch will be replayed");
+            }
+        }
+        tracing::info!(group, "billing consumer stopped");
+    }
+
+    async fn apply(
+        &self,
+        actions: &[Action],
+        poison: &[Envelope],
+        batches_written: &mut u64,
+    ) -> Result<(), ApplyError> {
+        let mut settlements = Vec::new();
+        let mut sent = Vec::new();
+        for a in actions {
+            match a {
+                Action::Settle(s) => settlements.push(s.clone()),
+                Action::Sent(t, m) => sent.push((t.clone(), m.clone())),
+                Action::Blocked {
+                    tenant_id,
+                    phone_number_id,
+                    user,
+                    at,
+                } => {
+                    for message_id in
+                        reservations::queued_to(&self.pool, tenant_id, phone_number_id, user)
+                            .await?
+                    {
+                        settlements.push(Settlement {
+                            tenant_id: tenant_id.clone(),
+                            message_id,
+                            end: End::Release,
+                            at: *at,
+                            reason: "blocked".into(),
+                        });
+                    }
+                }
+                Action::Nothing => {}
+            }
+        }
+        reservations::mark_sent(&self.pool, &sent).await?;
+        let settled = reservations::settle(&self.pool, &settlements).await?;
+        *batches_written += 1;
+        if self.crash_after_batches == Some(*batches_written) {
+            tracing::error!("failpoint: aborting after the ledger write, before the commit");
+            std::process::abort();
+        }
+        settle::sync_hot(&self.hot, &settled).await?;
+        metrics::counter!("finestra_billing_captured_total").increment(settled.captured as u64);
+        metrics::counter!("finestra_billing_released_total").increment(settled.released as u64);
+        if !poison.is_empty() {
+            let dead: Vec<Outgoing<'_>> = poison
+                .iter()
+                .map(|envelope| Outgoing {
+                    topic: &self.dlq_topic,
+                    key: envelope.event_id.clone(),
+                    envelope: envelope.clone(),
+                })
+                .collect();
+            kafka::publish_all(&self.producer, &dead).await?;
+            metrics::counter!("finestra_billing_dead_letters_total").increment(dead.len() as u64);
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ApplyError {
+    #[error(transparent)]
+    Settle(#[from] SettleError),
+    #[error("postgres: {0}")]
+    Store(#[from] sqlx::Error),
+    #[error(transparent)]
+    Bus(#[from] finestra_platform::kafka::BusError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use finestra_proto::v1::{MessageStatus, UserBlock, UserRef};
+
+    fn status(status: &str, callback: &str) -> Envelope {
+        Envelope {
+            event_id: "e".into(),
+            tenant_id: "t".into(),
+            occurred_at: Some(finestra_proto::time::from_micros(5)),
+            recorded_at: None,
+            payload: Some(Payload::MessageStatus(MessageStatus {
+                message_id: "wamid.1".into(),
+                status: status.into(),
+                callback_data: callback.into(),
+                ..MessageStatus::default()
+            })),
+        }
+    }
+
+    #[test]
+    fn statuses_become_captures_releases_and_sent_marks() {
+        let capture = |s: &str| match action_of(&status(s, "m1"), 9) {
+            Action::Settle(x) => Some((x.end, x.message_id, x.at)),
+            _ => None,
+        };
+        assert_eq!(capture("delivered"), Some((End::Capture, "m1".into(), 5)));
+        assert_eq!(
+            capture("read"),
+            Some((End::Capture, "m1".into(), 5)),
+            "read implies delivered"
+        );
+        assert_eq!(capture("failed"), Some((End::Release, "m1".into(), 5)));
+        assert_eq!(
+            action_of(&status("sent", "m1"), 9),
+            Action::Sent("t".into(), "m1".into())
+        );
+        assert_eq!(action_of(&status("deleted", "m1"), 9), Action::Nothing);
+        match action_of(&status("delivered", ""), 9) {
+            Action::Settle(x) => assert_eq!(x.message_id, "wamid.1", "keyed by the provider id"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_block_releases_the_users_queue_and_an_unblock_nothing() {
+        let block = |blocked| Envelope {
+            event_id: "e".into(),
+            tenant_id: "t".into(),
+            occurred_at: None,
+            recorded_at: None,
+            payload: Some(Payload::UserBlock(UserBlock {
+                phone_number_id: "pn".into(),
+                user: Some(UserRef {
+                    wa_id: "39333".into(),
+                    ..UserRef::default()
+                }),
+                blocked,
+            })),
+        };
+        assert_eq!(
+            action_of(&block(true), 7),
+            Action::Blocked {
+                tenant_id: "t".into(),
+                phone_number_id: "pn".into(),
+                user: "39333".into(),
+                at: 7
+            }
+        );
+        assert_eq!(action_of(&block(false), 7), Action::Nothing);
+    }
+}

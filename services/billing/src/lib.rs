@@ -1,0 +1,252 @@
+//! Billing service: rate cards and partner markups price every message (DESIGN 1.6); tenant
+//! wallets hold reservations (Redis hot, Postgres durable) that the status consumer captures
+//! into an append-only ledger or releases (DESIGN 1.7); usage, invoices and reconciliation are
+//! read from the ledger.
+
+pub mod api;
+pub mod consumer;
+pub mod hot;
+pub mod pg;
+pub mod pricer;
+pub mod reconcile;
+pub mod reports;
+pub mod reservations;
+pub mod reserve;
+pub mod settle;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use finestra_domain::{Clock, Timestamp};
+use finestra_platform::auth::{Authenticator, RequireKey};
+use finestra_platform::config::{env_parse, env_string};
+use finestra_platform::health::{self, Dependency};
+use finestra_platform::kafka::{self, BatchConsumer, ConsumerSettings};
+use finestra_platform::service::retry_until_ready;
+use finestra_platform::{CommonConfig, ConfigError, Running, Shutdown, StartError, admin, stores};
+use finestra_proto::v1::billing_service_server::BillingServiceServer;
+
+#[derive(Clone, Debug)]
+pub struct BillingConfig {
+    pub common: CommonConfig,
+    pub consumer_group: String,
+    pub max_batch: usize,
+    pub linger: Duration,
+    /// How long a loaded hot wallet lives before it is reloaded from Postgres.
+    pub wallet_cache: Duration,
+    /// Reservations never delivered are released after this long (default 30 days).
+    pub reservation_expiry: Duration,
+    pub sweep_every: Duration,
+    /// A new rate card must start at least this far ahead (replicas reload within it).
+    pub card_margin: Duration,
+    pub reserve_batch: usize,
+    pub reserve_parallel: usize,
+    /// Test failpoint (`FINESTRA_BILLING_CRASH_AFTER_BATCHES`): abort after this many
+    /// consumer batches were written to Postgres, before the offset commit.
+    pub crash_after_batches: Option<u64>,
+}
+
+impl BillingConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let crash: u64 = env_parse("BILLING_CRASH_AFTER_BATCHES", 0u64)?;
+        Ok(Self {
+            common: CommonConfig::from_env("0.0.0.0:50053", "0.0.0.0:9103")?,
+            consumer_group: env_string("BILLING_CONSUMER_GROUP", "finestra-billing"),
+            max_batch: env_parse("BILLING_MAX_BATCH", 2_000usize)?,
+            linger: Duration::from_millis(env_parse("BILLING_LINGER_MS", 20u64)?),
+            wallet_cache: Duration::from_secs(env_parse("BILLING_WALLET_CACHE_SECS", 600u64)?),
+            reservation_expiry: Duration::from_secs(
+                env_parse("BILLING_RESERVATION_EXPIRY_HOURS", 30 * 24u64)? * 3_600,
+            ),
+            sweep_every: Duration::from_secs(env_parse("BILLING_SWEEP_SECS", 60u64)?),
+            card_margin: Duration::from_secs(env_parse("BILLING_CARD_MARGIN_SECS", 60u64)?),
+            reserve_batch: env_parse("BILLING_RESERVE_BATCH", 500usize)?,
+            reserve_parallel: env_parse("BILLING_RESERVE_PARALLEL", 4usize)?,
+            crash_after_batches: (crash > 0).then_some(crash),
+        })
+    }
+}
+
+pub const SERVICE_NAME: &str = "finestra.v1.BillingService";
+
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// Releases reservations that were never delivered within the expiry.
+async fn sweep_expired(
+    pool: sqlx::PgPool,
+    hot: hot::HotWallets,
+    clock: Arc<dyn Clock>,
+    expiry: Duration,
+    every: Duration,
+    shutdown: Shutdown,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.wait() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let now = clock.now();
+        let before = now.plus_micros(-micros(expiry));
+        match sweep_once(&pool, &hot, before, now).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(released = n, "expired reservations released"),
+            Err(e) => tracing::warn!(error = %e, "the expiry sweep failed; retrying later"),
+        }
+    }
+}
+
+/// One sweep: releases up to 5,000 reservations accepted before `before`.
+pub async fn sweep_once(
+    pool: &sqlx::PgPool,
+    hot: &hot::HotWallets,
+    before: Timestamp,
+    now: Timestamp,
+) -> Result<usize, settle::SettleError> {
+    let expired = reservations::expired(pool, before.micros(), 5_000).await?;
+    let batch: Vec<reservations::Settlement> = expired
+        .into_iter()
+        .map(|(tenant_id, message_id)| reservations::Settlement {
+            tenant_id,
+            message_id,
+            end: reservations::End::Release,
+            at: now.micros(),
+            reason: "expired".into(),
+        })
+        .collect();
+    let settled = settle::settle(pool, hot, &batch).await?;
+    metrics::counter!("finestra_billing_expired_total").increment(settled.released as u64);
+    Ok(settled.released)
+}
+
+pub async fn start(
+    config: BillingConfig,
+    clock: Arc<dyn Clock>,
+    shutdown: Shutdown,
+) -> Result<Running, StartError> {
+    let common = &config.common;
+    let pool = stores::postgres_lazy(common)?;
+    let redis_client = redis::Client::open(common.redis_url.as_str())?;
+    let producer = kafka::producer(&common.kafka_brokers)?;
+    let (readiness, health_service, health_task) = health::watch(
+        &[SERVICE_NAME],
+        vec![
+            Dependency::Postgres(pool.clone()),
+            Dependency::Redis(redis_client),
+            Dependency::Kafka(producer.clone()),
+        ],
+        shutdown.clone(),
+    )
+    .await;
+    let (metrics_addr, admin_task) =
+        admin::serve(common.metrics_addr, readiness, shutdown.clone()).await?;
+
+    retry_until_ready("migrating the billing schema", &shutdown, || async {
+        pg::migrate(&pool).await?;
+        pg::ensure_default_card(&pool)
+            .await
+            .map_err(|e| sqlx::Error::Protocol(e.to_string()))
+    })
+    .await
+    .ok_or(StartError::Interrupted)?;
+    let pricer = retry_until_ready("loading rate cards", &shutdown, || {
+        pricer::Pricer::load(pool.clone(), Duration::from_secs(5))
+    })
+    .await
+    .ok_or(StartError::Interrupted)?;
+    let redis = retry_until_ready("connecting to redis", &shutdown, || stores::redis(common))
+        .await
+        .ok_or(StartError::Interrupted)?;
+    let hot = hot::HotWallets::new(redis.clone(), &common.redis_prefix, config.wallet_cache);
+
+    let currency_pricer = pricer.clone();
+    let (writer, writer_task) = reserve::Writer::spawn(reserve::WriterSettings {
+        pool: pool.clone(),
+        hot: hot.clone(),
+        producer: producer.clone(),
+        billing_topic: common.topics.billing.clone(),
+        currency: Arc::new(move || currency_pricer.currency()),
+        max_batch: config.reserve_batch,
+        parallel: config.reserve_parallel,
+        clock: clock.clone(),
+    });
+    let consumer = BatchConsumer::new(ConsumerSettings {
+        brokers: common.kafka_brokers.clone(),
+        group_id: config.consumer_group.clone(),
+        topics: vec![common.topics.status.clone(), common.topics.user.clone()],
+        max_batch: config.max_batch,
+        linger: config.linger,
+    })?;
+
+    let auth = Authenticator::new(pool.clone());
+    let invalidation_task = finestra_platform::auth::spawn_invalidation(
+        auth.clone(),
+        &common.kafka_brokers,
+        &common.topics.accounts,
+        shutdown.clone(),
+    )?;
+    let api = api::BillingApi {
+        pool: pool.clone(),
+        redis,
+        redis_prefix: common.redis_prefix.clone(),
+        hot: hot.clone(),
+        writer,
+        pricer: pricer.clone(),
+        auth: auth.clone(),
+        clock: clock.clone(),
+        card_margin_micros: micros(config.card_margin),
+    };
+    let (incoming, grpc_addr) = finestra_platform::grpc::bind(common.grpc_addr).await?;
+    let router = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(finestra_platform::grpc::reflection()?)
+        .add_service(RequireKey::new(BillingServiceServer::new(api), auth));
+    let grpc_task = finestra_platform::service::spawn_grpc(router, incoming, shutdown.clone());
+
+    let consumer_task = tokio::spawn(
+        consumer::Loop {
+            consumer,
+            pool: pool.clone(),
+            hot: hot.clone(),
+            producer,
+            dlq_topic: common.topics.dlq.clone(),
+            clock: clock.clone(),
+            crash_after_batches: config.crash_after_batches,
+        }
+        .run(shutdown.clone()),
+    );
+    let sweep_task = tokio::spawn(sweep_expired(
+        pool.clone(),
+        hot,
+        clock,
+        config.reservation_expiry,
+        config.sweep_every,
+        shutdown.clone(),
+    ));
+    let reload_pricer = pricer;
+    let reload_shutdown = shutdown.clone();
+    let reload_task = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = reload_shutdown.wait() => return,
+                () = tokio::time::sleep(Duration::from_secs(15)) => {}
+            }
+            if let Err(e) = reload_pricer.reload().await {
+                tracing::warn!(error = %e, "reloading rate cards failed; keeping the loaded ones");
+            }
+        }
+    });
+
+    let mut running = Running::new(grpc_addr, metrics_addr, None);
+    running.own("health", health_task);
+    running.own("admin", admin_task);
+    running.own("grpc", grpc_task);
+    running.own("reservation-writer", writer_task);
+    running.own("consumer", consumer_task);
+    running.own("auth-invalidation", invalidation_task);
+    running.own("expiry-sweep", sweep_task);
+    running.own("card-reload", reload_task);
+    tracing::info!(%grpc_addr, %metrics_addr, group = %config.consumer_group, "billing started");
+    Ok(running)
+}

@@ -1,0 +1,272 @@
+//! The `billing` schema: rate cards, markups and wallets (reservations and the ledger are in
+//! `reservations`, reports in `reports`).
+
+use finestra_domain::Timestamp;
+use finestra_domain::pricing::{self, Markup, MarkupPlan, Micros, RateBook, RateCard};
+use sqlx::PgPool;
+
+pub const SCHEMA: &str = "billing";
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::Error> {
+    finestra_platform::stores::migrate_schema(pool, SCHEMA, &MIGRATOR).await
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CardError {
+    #[error(transparent)]
+    Syntax(#[from] pricing::CardSyntaxError),
+    #[error(transparent)]
+    Pricing(#[from] pricing::PricingError),
+    #[error("a new card must start after {0} (the newest card, and now plus the reload margin)")]
+    TooEarly(Timestamp),
+    #[error("the card's currency {card} differs from the wallets' {wallets}")]
+    Currency { card: String, wallets: String },
+    #[error("a card with version {0} exists")]
+    DuplicateVersion(String),
+    #[error(transparent)]
+    Store(#[from] sqlx::Error),
+}
+
+/// Stores the shipped default card unless the book has one already.
+pub async fn ensure_default_card(pool: &PgPool) -> Result<(), CardError> {
+    let card = pricing::parse_card(pricing::DEFAULT_CARD)?;
+    sqlx::query(
+        "INSERT INTO billing.rate_cards (version, effective_from, currency, source)
+         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+    )
+    .bind(&card.version)
+    .bind(card.effective_from.micros())
+    .bind(&card.currency)
+    .bind(pricing::DEFAULT_CARD)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Every card, oldest first.
+pub async fn load_book(pool: &PgPool) -> Result<(RateBook, Vec<RateCard>), CardError> {
+    let sources: Vec<(String,)> =
+        sqlx::query_as("SELECT source FROM billing.rate_cards ORDER BY effective_from")
+            .fetch_all(pool)
+            .await?;
+    let cards = sources
+        .iter()
+        .map(|(s,)| pricing::parse_card(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((RateBook::new(cards.clone())?, cards))
+}
+
+/// Appends a card. It must start after every existing card and no earlier than
+/// `not_before` (now plus the time every replica needs to load it), in the same currency.
+pub async fn add_card(
+    pool: &PgPool,
+    source: &str,
+    not_before: Timestamp,
+) -> Result<RateCard, CardError> {
+    let card = pricing::parse_card(source)?;
+    let mut tx = pool.begin().await?;
+    // Serialises appends so two concurrent ones cannot both pass the "newest" check.
+    sqlx::query("LOCK TABLE billing.rate_cards IN EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await?;
+    let newest: Option<(i64, String, String)> = sqlx::query_as(
+        "SELECT effective_from, currency, version FROM billing.rate_cards
+         ORDER BY effective_from DESC LIMIT 1",
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    let floor = newest.as_ref().map_or(not_before, |(from, _, _)| {
+        Timestamp::from_micros(*from).max(not_before)
+    });
+    if card.effective_from <= floor {
+        return Err(CardError::TooEarly(floor));
+    }
+    if let Some((_, currency, _)) = &newest
+        && *currency != card.currency
+    {
+        return Err(CardError::Currency {
+            card: card.currency.clone(),
+            wallets: currency.clone(),
+        });
+    }
+    let inserted = sqlx::query(
+        "INSERT INTO billing.rate_cards (version, effective_from, currency, source)
+         VALUES ($1, $2, $3, $4) ON CONFLICT (version) DO NOTHING",
+    )
+    .bind(&card.version)
+    .bind(card.effective_from.micros())
+    .bind(&card.currency)
+    .bind(source)
+    .execute(&mut *tx)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        return Err(CardError::DuplicateVersion(card.version));
+    }
+    tx.commit().await?;
+    Ok(card)
+}
+
+/// The partner's markups ('*' is the default).
+pub async fn markups(pool: &PgPool, partner_id: &str) -> Result<MarkupPlan, sqlx::Error> {
+    let rows: Vec<(String, i32, i64)> = sqlx::query_as(
+        "SELECT category, basis_points, fixed_micros FROM billing.markups WHERE partner_id = $1",
+    )
+    .bind(partner_id)
+    .fetch_all(pool)
+    .await?;
+    let mut plan = MarkupPlan::default();
+    for (category, bp, fixed) in rows {
+        let markup = if bp > 0 {
+            Markup::BasisPoints(u32::try_from(bp).unwrap_or(0))
+        } else if fixed > 0 {
+            Markup::Fixed(fixed)
+        } else {
+            Markup::None
+        };
+        if category == "*" {
+            plan.default = markup;
+        } else {
+            plan.per_category.insert(category, markup);
+        }
+    }
+    Ok(plan)
+}
+
+pub async fn set_markup(
+    pool: &PgPool,
+    partner_id: &str,
+    category: &str,
+    basis_points: u32,
+    fixed: Micros,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO billing.markups (partner_id, category, basis_points, fixed_micros)
+         VALUES ($1, $2, $3, $4)
+         ON CONFLICT (partner_id, category) DO UPDATE
+           SET basis_points = excluded.basis_points, fixed_micros = excluded.fixed_micros",
+    )
+    .bind(partner_id)
+    .bind(category)
+    .bind(i32::try_from(basis_points).unwrap_or(i32::MAX))
+    .bind(fixed)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, sqlx::FromRow)]
+pub struct WalletRow {
+    pub balance: i64,
+    pub credit_limit: i64,
+    pub reserved: i64,
+    pub low_balance_threshold: i64,
+}
+
+impl WalletRow {
+    pub fn available(&self) -> Micros {
+        self.balance + self.credit_limit - self.reserved
+    }
+}
+
+/// The wallet (all zero when the tenant never had one).
+pub async fn wallet(pool: &PgPool, tenant_id: &str) -> Result<WalletRow, sqlx::Error> {
+    Ok(sqlx::query_as(
+        "SELECT balance, credit_limit, reserved, low_balance_threshold
+         FROM billing.wallets WHERE tenant_id = $1",
+    )
+    .bind(tenant_id)
+    .fetch_optional(pool)
+    .await?
+    .unwrap_or_default())
+}
+
+/// Credits a top-up once per `top_up_id` (a ledger entry, and the balance with it).
+pub async fn top_up(
+    pool: &PgPool,
+    tenant_id: &str,
+    top_up_id: &str,
+    amount: Micros,
+    currency: &str,
+    note: &str,
+    now: Timestamp,
+) -> Result<WalletRow, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let inserted = sqlx::query(
+        "INSERT INTO billing.ledger (tenant_id, reference, kind, amount, currency, note, occurred_at)
+         VALUES ($1, $2, 'top_up', $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+    )
+    .bind(tenant_id)
+    .bind(top_up_id)
+    .bind(amount)
+    .bind(currency)
+    .bind(note)
+    .bind(now.micros())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    let credited = if inserted == 1 { amount } else { 0 };
+    let row: WalletRow = sqlx::query_as(
+        "INSERT INTO billing.wallets (tenant_id, balance) VALUES ($1, $2)
+         ON CONFLICT (tenant_id) DO UPDATE
+           SET balance = billing.wallets.balance + excluded.balance, updated_at = now()
+         RETURNING balance, credit_limit, reserved, low_balance_threshold",
+    )
+    .bind(tenant_id)
+    .bind(credited)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(row)
+}
+
+pub async fn set_credit_limit(
+    pool: &PgPool,
+    tenant_id: &str,
+    credit_limit: Micros,
+    low_balance_threshold: Micros,
+) -> Result<WalletRow, sqlx::Error> {
+    sqlx::query_as(
+        "INSERT INTO billing.wallets (tenant_id, credit_limit, low_balance_threshold)
+         VALUES ($1, $2, $3)
+         ON CONFLICT (tenant_id) DO UPDATE
+           SET credit_limit = excluded.credit_limit,
+               low_balance_threshold = excluded.low_balance_threshold, updated_at = now()
+         RETURNING balance, credit_limit, reserved, low_balance_threshold",
+    )
+    .bind(tenant_id)
+    .bind(credit_limit)
+    .bind(low_balance_threshold)
+    .fetch_one(pool)
+    .await
+}
+
+/// The wallet and its open (priced) reservations, as one consistent snapshot, to load Redis.
+pub async fn snapshot(pool: &PgPool, tenant_id: &str) -> Result<crate::hot::Snapshot, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let w: WalletRow = sqlx::query_as(
+        "SELECT balance, credit_limit, reserved, low_balance_threshold
+         FROM billing.wallets WHERE tenant_id = $1",
+    )
+    .bind(tenant_id)
+    .fetch_optional(&mut *tx)
+    .await?
+    .unwrap_or_default();
+    let open: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT message_id, price FROM billing.reservations
+         WHERE tenant_id = $1 AND state = 'open' AND price > 0",
+    )
+    .bind(tenant_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(crate::hot::Snapshot {
+        balance: w.balance,
+        credit_limit: w.credit_limit,
+        reserved: open.iter().map(|(_, p)| p).sum(),
+        open,
+    })
+}

@@ -1,0 +1,203 @@
+//! Prices messages: the rate book (reloaded from Postgres), the partner's markups (cached
+//! briefly), and, for quotes, the window and the template as the window and accounts services
+//! store them. `Reserve` and `QuoteMessage` both end in `finestra_domain::pricing::price`.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use finestra_domain::Timestamp;
+use finestra_domain::pricing::{
+    self, MarkupPlan, MessageKind, Quote, RateBook, RateCard, WindowAt,
+};
+use redis::aio::ConnectionManager;
+use sqlx::PgPool;
+
+use crate::pg;
+
+#[derive(Clone)]
+pub struct Pricer {
+    pool: PgPool,
+    book: Arc<RwLock<Arc<(RateBook, Vec<RateCard>)>>>,
+    markups: moka::future::Cache<String, Arc<MarkupPlan>>,
+}
+
+/// The window of a pair as a quote reports it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WindowFacts {
+    pub csw_until: Option<Timestamp>,
+    pub fep_until: Option<Timestamp>,
+}
+
+impl WindowFacts {
+    pub fn at(&self, now: Timestamp) -> WindowAt {
+        WindowAt {
+            csw_open: self.csw_until.is_some_and(|u| now < u),
+            fep_open: self.fep_until.is_some_and(|u| now < u),
+        }
+    }
+}
+
+impl Pricer {
+    pub async fn load(pool: PgPool, markup_ttl: Duration) -> Result<Self, pg::CardError> {
+        let book = pg::load_book(&pool).await?;
+        Ok(Self {
+            pool,
+            book: Arc::new(RwLock::new(Arc::new(book))),
+            markups: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(markup_ttl)
+                .build(),
+        })
+    }
+
+    /// Reads the cards again (after an append here or on another replica).
+    pub async fn reload(&self) -> Result<(), pg::CardError> {
+        let book = pg::load_book(&self.pool).await?;
+        if let Ok(mut guard) = self.book.write() {
+            *guard = Arc::new(book);
+        }
+        Ok(())
+    }
+
+    pub fn cards(&self) -> Vec<RateCard> {
+        self.book.read().map(|b| b.1.clone()).unwrap_or_default()
+    }
+
+    /// The currency wallets are kept in: the newest card's.
+    pub fn currency(&self) -> String {
+        self.cards()
+            .last()
+            .map(|c| c.currency.clone())
+            .unwrap_or_else(|| "EUR".into())
+    }
+
+    pub async fn markups(&self, partner_id: &str) -> Result<Arc<MarkupPlan>, sqlx::Error> {
+        if let Some(plan) = self.markups.get(partner_id).await {
+            return Ok(plan);
+        }
+        let plan = Arc::new(pg::markups(&self.pool, partner_id).await?);
+        self.markups
+            .insert(partner_id.to_owned(), plan.clone())
+            .await;
+        Ok(plan)
+    }
+
+    pub async fn forget_markups(&self, partner_id: &str) {
+        self.markups.invalidate(partner_id).await;
+    }
+
+    /// Prices one message accepted at `at` for a tenant of `partner_id`.
+    pub async fn price(
+        &self,
+        partner_id: &str,
+        at: Timestamp,
+        recipient: &str,
+        kind: &MessageKind,
+        window: WindowAt,
+    ) -> Result<Quote, PriceError> {
+        let plan = self.markups(partner_id).await?;
+        let book = self
+            .book
+            .read()
+            .map(|b| b.clone())
+            .map_err(|_| PriceError::Poisoned)?;
+        Ok(pricing::price(&book.0, at, recipient, kind, window, &plan)?)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PriceError {
+    #[error(transparent)]
+    Pricing(#[from] pricing::PricingError),
+    #[error(transparent)]
+    Store(#[from] sqlx::Error),
+    #[error("the rate book lock is poisoned")]
+    Poisoned,
+}
+
+/// Reads a pair's window: the window service's Redis read model first (documented in
+/// `proto/finestra/v1/window.proto`), else its Postgres record.
+pub async fn window_of(
+    redis: &ConnectionManager,
+    pool: &PgPool,
+    prefix: &str,
+    tenant_id: &str,
+    phone_number_id: &str,
+    user: &str,
+) -> Result<WindowFacts, WindowReadError> {
+    let mut conn = redis.clone();
+    let key = format!("{prefix}:{{{tenant_id}}}:win:{phone_number_id}:{user}");
+    let (v, csw, fep): (Option<String>, Option<i64>, Option<i64>) = redis::cmd("HMGET")
+        .arg(&key)
+        .arg("v")
+        .arg("csw")
+        .arg("fep")
+        .query_async(&mut conn)
+        .await?;
+    if v.is_some() {
+        return Ok(WindowFacts {
+            csw_until: csw.map(Timestamp::from_micros),
+            fep_until: fep.map(Timestamp::from_micros),
+        });
+    }
+    let row: Option<(Option<i64>, Option<i64>)> = sqlx::query_as(
+        "SELECT csw_until, fep_until FROM windows.pair_state
+          WHERE tenant_id = $1 AND phone_number_id = $2 AND user_key = $3",
+    )
+    .bind(tenant_id)
+    .bind(phone_number_id)
+    .bind(user)
+    .fetch_optional(pool)
+    .await?;
+    Ok(
+        row.map_or_else(WindowFacts::default, |(csw, fep)| WindowFacts {
+            csw_until: csw.map(Timestamp::from_micros),
+            fep_until: fep.map(Timestamp::from_micros),
+        }),
+    )
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WindowReadError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("postgres: {0}")]
+    Store(#[from] sqlx::Error),
+}
+
+/// A template's pricing category and review status (accounts' record), if the tenant has it.
+pub async fn template_of(
+    pool: &PgPool,
+    tenant_id: &str,
+    template_id: &str,
+    name: &str,
+    language: &str,
+) -> Result<Option<(String, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT category, status FROM accounts.templates
+          WHERE tenant_id = $1 AND deleted_at IS NULL
+            AND (template_id = $2 OR ($2 = '' AND name = $3 AND language = $4))",
+    )
+    .bind(tenant_id)
+    .bind(template_id)
+    .bind(name)
+    .bind(language)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Whether the number is the tenant's.
+pub async fn number_of_tenant(
+    pool: &PgPool,
+    tenant_id: &str,
+    phone_number_id: &str,
+) -> Result<bool, sqlx::Error> {
+    let row: Option<(i32,)> = sqlx::query_as(
+        "SELECT 1 FROM accounts.numbers WHERE tenant_id = $1 AND phone_number_id = $2",
+    )
+    .bind(tenant_id)
+    .bind(phone_number_id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.is_some())
+}
