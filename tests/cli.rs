@@ -191,3 +191,133 @@ async fn bootstrap_partner_tenant_number_key_template() -> anyhow::Result<()> {
     accounts.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn billing_top_up_wallet_quote_invoice_and_reconcile() -> anyhow::Result<()> {
+    let scope = finestra_testkit::Scope::new();
+    finestra_testkit::infra().await?;
+    scope.create_topics().await?;
+    let (tenant, number, _) = scope.tenant_with_number("clibill", 1).await?;
+    let billing = finestra_testkit::start_billing(&scope, "billing").await?;
+    let cli = Cli {
+        bin: finestra_testkit::workspace_binary("finestra")?,
+        endpoint: String::new(),
+    };
+    let partner = scope
+        .key(
+            finestra_platform::auth::Owner::Partner {
+                partner_id: scope.partner_id(),
+            },
+            &[finestra_platform::auth::Scope::Admin],
+        )
+        .await?;
+    let operator = scope
+        .key(
+            finestra_platform::auth::Owner::Operator,
+            &[finestra_platform::auth::Scope::Admin],
+        )
+        .await?;
+    let url = billing.running.grpc_url();
+    let billing_args = |rest: &[&str]| {
+        let mut a = vec!["billing", "--endpoint", url.as_str()];
+        a.extend_from_slice(rest);
+        a.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let run = |key: &str, rest: &[&str]| -> anyhow::Result<Output> {
+        let args = billing_args(rest);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        cli.run(Some(key), &refs)
+    };
+    let ok = |key: &str, rest: &[&str]| -> anyhow::Result<String> {
+        let out = run(key, rest)?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{rest:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?)
+    };
+    for _ in 0..2 {
+        // The same top-up id twice: credited once.
+        ok(
+            &partner,
+            &[
+                "top-up", "--tenant", &tenant, "--micros", "2500000", "--id", "pay-1",
+            ],
+        )?;
+    }
+    let wallet: serde_json::Value =
+        serde_json::from_str(ok(&partner, &["--json", "wallet", "--tenant", &tenant])?.trim())?;
+    assert_eq!(wallet["balance_micros"], 2_500_000);
+    let quote = ok(
+        &partner,
+        &[
+            "quote",
+            "--tenant",
+            &tenant,
+            "--phone-number-id",
+            &number,
+            "--user",
+            "393471234567",
+            "--free-form",
+        ],
+    )?;
+    assert!(quote.starts_with("free (SERVICE)"), "{quote}");
+    let month = chrono_month();
+    let invoice = ok(
+        &partner,
+        &["invoice", "--tenant", &tenant, "--month", &month],
+    )?;
+    assert!(
+        invoice.contains("top-ups this month: 2.500000 EUR"),
+        "{invoice}"
+    );
+    let reconciled = ok(&operator, &["reconcile", "--tenant", &tenant])?;
+    assert!(reconciled.contains("the books balance"), "{reconciled}");
+
+    // A difference makes reconcile exit non-zero and name it.
+    let pool = finestra_testkit::infra().await?.pool.clone();
+    sqlx::query("UPDATE billing.wallets SET reserved = reserved + 7 WHERE tenant_id = $1")
+        .bind(&tenant)
+        .execute(&pool)
+        .await?;
+    let out = run(&operator, &["reconcile", "--tenant", &tenant])?;
+    sqlx::query("UPDATE billing.wallets SET reserved = reserved - 7 WHERE tenant_id = $1")
+        .bind(&tenant)
+        .execute(&pool)
+        .await?;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("reserved == open reservations"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // A tenant key cannot top up its own wallet.
+    let own = scope
+        .tenant_key("clibill", &[finestra_platform::auth::Scope::Admin])
+        .await?;
+    let out = run(
+        &own,
+        &[
+            "top-up", "--tenant", &tenant, "--micros", "1", "--id", "self",
+        ],
+    )?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PERMISSION_DENIED"));
+    billing.stop().await;
+    Ok(())
+}
+
+fn chrono_month() -> String {
+    let secs = finestra_testkit::now_secs();
+    // Civil year and month of now (UTC).
+    let days = secs.div_euclid(86_400) + 719_468;
+    let era = days.div_euclid(146_097);
+    let doe = days - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}")
+}

@@ -2,6 +2,8 @@
 //! over gRPC with an API key (`FINESTRA_ENDPOINT`, `FINESTRA_API_KEY`); `bootstrap`, `migrate`,
 //! `topics` and `dev` work on the stores directly, for whoever runs the installation.
 
+mod billing;
+
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -103,6 +105,20 @@ enum Command {
         api_key: String,
         #[command(subcommand)]
         command: WindowCommand,
+    },
+    /// Billing: quotes, wallets, top-ups, usage, invoices, rate cards, reconciliation.
+    Billing {
+        /// The billing service's gRPC endpoint.
+        #[arg(
+            long,
+            env = "FINESTRA_BILLING_ENDPOINT",
+            default_value = "http://127.0.0.1:50053"
+        )]
+        endpoint: String,
+        #[arg(long, env = "FINESTRA_API_KEY", hide_env_values = true)]
+        api_key: String,
+        #[command(subcommand)]
+        command: billing::BillingCommand,
     },
     /// Development helpers that play the provider.
     #[command(subcommand)]
@@ -840,6 +856,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     print_template(&t, json);
                 }
             }
+        }
+        Command::Billing {
+            endpoint,
+            api_key,
+            command,
+        } => {
+            billing::run(channel(&endpoint, &api_key).await?, command, json).await?;
         }
         Command::Window {
             endpoint,
