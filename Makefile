@@ -2,15 +2,16 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help up down infra test lint bench-ingest bench-auth
+.PHONY: help up down infra test lint bench-ingest bench-auth bench-billing
 
 help:
-	@echo "make up            infrastructure + ingest + window in the background, then the demo"
+	@echo "make up            infrastructure + every service in the background, then the demo"
 	@echo "make down          stop what 'make up' started"
 	@echo "make test          unit and integration tests (starts the infrastructure first)"
 	@echo "make lint          rustfmt check + clippy -D warnings"
 	@echo "make bench-ingest  webhook and window-update throughput (release build)"
 	@echo "make bench-auth    GetWindow calls/s with and without the auth layer"
+	@echo "make bench-billing reservations/s and captures/s (release build)"
 
 up:
 	@bash scripts/up.sh
@@ -40,3 +41,7 @@ bench-ingest: infra
 bench-auth: infra
 	cargo build --release -p finestra-e2e --bin bench-auth
 	./target/release/bench-auth
+
+bench-billing: infra
+	cargo build --release -p finestra-e2e --bin bench-billing
+	./target/release/bench-billing

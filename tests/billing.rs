@@ -1099,3 +1099,58 @@ async fn billing_killed_between_the_ledger_write_and_the_commit_loses_and_double
     assert!(report.differences.is_empty(), "{:?}", report.differences);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crossing_the_low_balance_threshold_tells_the_tenant_once() -> anyhow::Result<()> {
+    let b = Books::start("low").await?;
+    let price = default_cost(&b, "MARKETING", "IT").await?;
+    b.top_up(10 * price, "low-1").await?;
+    let w = b
+        .partner
+        .clone()
+        .set_credit_limit(v1::SetCreditLimitRequest {
+            tenant_id: b.tenant.clone(),
+            credit_limit_micros: 2 * price,
+            low_balance_threshold_micros: 5 * price,
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        w.available_micros,
+        12 * price,
+        "the credit limit is headroom"
+    );
+    for i in 0..9 {
+        b.reserve(&format!("l{i}"), "MARKETING").await?;
+    }
+    let topic = b.scope.topics().billing;
+    let events = eventually("a low-balance event", WAIT, || async {
+        let events = finestra_testkit::read_all(&topic).await?;
+        Ok((!events.is_empty()).then_some(events))
+    })
+    .await?;
+    assert_eq!(events.len(), 1, "once per crossing: {events:?}");
+    match &events[0].payload {
+        Some(Payload::WalletLowBalance(l)) => {
+            assert_eq!(
+                l.available_micros,
+                4 * price,
+                "crossed by the 8th reservation"
+            );
+            assert_eq!(l.threshold_micros, 5 * price);
+            assert_eq!(events[0].tenant_id, b.tenant);
+        }
+        other => anyhow::bail!("unexpected {other:?}"),
+    }
+    // Postpaid: the credit limit lets the balance go negative, never past it.
+    for i in 9..12 {
+        b.reserve(&format!("l{i}"), "MARKETING").await?;
+    }
+    assert_reason(
+        b.reserve("l12", "MARKETING").await,
+        Code::FailedPrecondition,
+        "INSUFFICIENT_FUNDS",
+    );
+    b.billing.stop().await;
+    Ok(())
+}
