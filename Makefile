@@ -28,6 +28,8 @@ test: infra
 	else \
 		cargo test --workspace --no-fail-fast; \
 	fi
+	@# After every test: the books of every tenant any test touched still balance.
+	@FINESTRA_LOG=warn ./target/debug/finestra-billing reconcile
 
 lint:
 	cargo fmt --all -- --check

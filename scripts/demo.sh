@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo so far: an operator onboards a partner, the partner a business with its number and
-# an approved template; two users write (one now, one 25 hours ago) through signed Cloud API
-# webhooks; the business reads both windows with its own read-only key.
+# approved templates; two users write (one now, one 25 hours ago) through signed Cloud API
+# webhooks; the business reads both windows with its own read-only key; then billing: a top-up,
+# what each kind of message would cost and why, the month's invoice, and a reconciliation.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 fin=./target/debug/finestra
@@ -36,9 +37,14 @@ once $fin number add --tenant "$TENANT" --phone-number-id "$NUMBER" --display "+
 step "The business submits a template; the provider approves it (here: the operator's review command)"
 once $fin template create --tenant "$TENANT" --name order_ready --language it --category UTILITY \
   --body "Ciao {{1}}, il tuo ordine {{2}} è pronto"
-TEMPLATE=$($fin --json template list --tenant "$TENANT" | grep '"name":"order_ready"' | sed -n 's/.*"template_id":"\([^"]*\)".*/\1/p')
-$fin template review --tenant "$TENANT" --id "$TEMPLATE" --event APPROVED \
-  || echo "(already reviewed: a stale or repeated review never moves a template backwards)"
+once $fin template create --tenant "$TENANT" --name weekend_offer --language it --category MARKETING \
+  --body "Ciao {{1}}, questo weekend pizza a metà prezzo!"
+for name in order_ready weekend_offer; do
+  TEMPLATE=$($fin --json template list --tenant "$TENANT" | grep "\"name\":\"$name\"" | sed -n 's/.*"template_id":"\([^"]*\)".*/\1/p')
+  $fin template review --tenant "$TENANT" --id "$TEMPLATE" --event APPROVED \
+    || echo "(already reviewed: a stale or repeated review never moves a template backwards)"
+done
+OPERATOR_KEY=$FINESTRA_API_KEY
 
 step "The business gets its own read-only API key"
 TENANT_KEY=$($fin --json key create --tenant "$TENANT" --scopes read --label demo | secret_of)
@@ -71,3 +77,30 @@ echo "  -> the business may reply free-form, free of charge, until the window cl
 $fin window get --tenant "$TENANT" --phone-number-id "$NUMBER" --user 393479876543
 echo "  -> Marco's 24-hour window closed an hour ago: only an approved template may reach him now."
 
+
+step "Billing: the partner tops up the business's wallet (idempotent by its payment reference)"
+bill() { $fin billing --api-key "$OPERATOR_KEY" "$@"; }
+bill top-up --tenant "$TENANT" --micros 5000000 --id "demo-payment-$(date +%Y%m)" --note "demo credit"
+bill top-up --tenant "$TENANT" --micros 5000000 --id "demo-payment-$(date +%Y%m)" --note "demo credit"
+echo "  -> the same payment reference twice: credited once."
+
+step "What would each message cost, and why? (the business asks with its read-only key)"
+quote() { $fin billing quote --tenant "$TENANT" --phone-number-id "$NUMBER" "$@"; }
+echo "A free-form reply to Giulia (window open):"
+quote --user 393471234567 --free-form
+echo "The utility template order_ready to Giulia (window open):"
+quote --user 393471234567 --template order_ready --language it
+echo "The same utility template to Marco (window closed):"
+quote --user 393479876543 --template order_ready --language it
+echo "The marketing template weekend_offer to Giulia (marketing is always charged):"
+quote --user 393471234567 --template weekend_offer --language it
+echo "The marketing template to a user in Brazil (+55) and one in India (+91): priced by market"
+quote --user 5511988880000 --template weekend_offer --language it
+quote --user 919800000001 --template weekend_offer --language it
+
+step "The business's wallet and this month's invoice"
+$fin billing wallet --tenant "$TENANT"
+$fin billing invoice --tenant "$TENANT" --month "$(date -u +%Y-%m)"
+
+step "The operator reconciles the books: balance = top-ups - charges, reserved = open reservations"
+bill reconcile --tenant "$TENANT"

@@ -271,12 +271,16 @@ async fn main() -> anyhow::Result<()> {
     let total = reserved.len() as i64;
     let started = Instant::now();
     let mut first: Option<Instant> = None;
+    let mut last_print = Instant::now();
     loop {
         let n = charges(&infra.pool, &tenant_ids).await?;
         if n > 0 && first.is_none() {
             first = Some(Instant::now());
         }
-        eprint!("\r[bench-billing] capturing: {n:>8} of {total}");
+        if last_print.elapsed() >= Duration::from_secs(1) || n >= total {
+            eprint!("\r[bench-billing] capturing: {n:>8} of {total}");
+            last_print = Instant::now();
+        }
         if n >= total {
             break;
         }

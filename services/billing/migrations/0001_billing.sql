@@ -54,8 +54,11 @@ CREATE TABLE reservations (
     end_reason      text,
     PRIMARY KEY (tenant_id, message_id)
 );
-CREATE INDEX reservations_open_pair ON reservations (tenant_id, phone_number_id, recipient)
-    WHERE state = 'open';
+-- What a block releases. Its predicate is deliberately narrower than the settlement's
+-- (`state = 'open'`), so settlement always finds its rows through the primary key: with this
+-- index usable there, a busy tenant's lookups would scan all its open reservations.
+CREATE INDEX reservations_queued_pair ON reservations (tenant_id, phone_number_id, recipient)
+    WHERE state = 'open' AND NOT sent;
 CREATE INDEX reservations_open_age ON reservations (accepted_at) WHERE state = 'open';
 
 -- The append-only ledger. A redelivered event cannot write twice: (tenant, reference, kind) is

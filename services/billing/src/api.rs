@@ -28,7 +28,7 @@ use crate::pg::{self, CardError, WalletRow};
 use crate::pricer::{self, PriceError, Pricer, WindowFacts};
 use crate::reports::{self, GroupBy};
 use crate::reservations::{self, End, ReservationRow, Settlement};
-use crate::reserve::{self, ReserveError, Writer};
+use crate::reserve::{ReserveError, Writer};
 use crate::{reconcile, settle};
 
 pub struct BillingApi {
@@ -721,7 +721,7 @@ impl BillingService for BillingApi {
                 .to_owned(),
             accepted_at: at.micros(),
         };
-        match reserve::reserve(&self.hot, &self.writer, &self.pool, row).await {
+        match self.writer.reserve(row).await {
             Ok(r) => {
                 let mut quote = quote_of_row(&r.row);
                 quote.csw_open = open.csw_open;

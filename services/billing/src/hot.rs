@@ -8,21 +8,37 @@
 //! reservation reloads it). A reservation written to Postgres after a reload's snapshot is
 //! confirmed into the hash afterwards (`confirm`, idempotent), so a reload never forgets one.
 
+use std::collections::BTreeMap;
+
 use redis::aio::ConnectionManager;
 
 use finestra_domain::pricing::Micros;
 
+// Reserves a batch of one tenant's messages, in order: ARGV = message, amount, message, ...
+// Answers a (code, value) pair per message: 1 reserved (value: available after), 0 already
+// reserved (value: its amount), -1 insufficient (value: available). {-2} when not loaded.
+// Amounts stay strings in HINCRBY: Lua 5.1 prints large numbers in exponent form.
 const RESERVE_LUA: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 0 then return {-2, 0} end
-local f = 'm:' .. ARGV[1]
-local cur = redis.call('HGET', KEYS[1], f)
-if cur then return {0, tonumber(cur)} end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-2} end
 local v = redis.call('HMGET', KEYS[1], 'b', 'c', 'r')
 local avail = tonumber(v[1]) + tonumber(v[2]) - tonumber(v[3])
-if avail < tonumber(ARGV[2]) then return {-1, avail} end
-redis.call('HINCRBY', KEYS[1], 'r', ARGV[2])
-redis.call('HSET', KEYS[1], f, ARGV[2])
-return {1, avail - tonumber(ARGV[2])}
+local out = {}
+for i = 1, #ARGV, 2 do
+  local f = 'm:' .. ARGV[i]
+  local amount = tonumber(ARGV[i + 1])
+  local cur = redis.call('HGET', KEYS[1], f)
+  if cur then
+    out[#out + 1] = 0; out[#out + 1] = tonumber(cur)
+  elseif avail < amount then
+    out[#out + 1] = -1; out[#out + 1] = avail
+  else
+    redis.call('HSET', KEYS[1], f, ARGV[i + 1])
+    redis.call('HINCRBY', KEYS[1], 'r', ARGV[i + 1])
+    avail = avail - amount
+    out[#out + 1] = 1; out[#out + 1] = avail
+  end
+end
+return out
 "#;
 
 const LOAD_LUA: &str = r#"
@@ -33,25 +49,43 @@ redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return 1
 "#;
 
+// ARGV = message, amount, ...
 const CONFIRM_LUA: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if redis.call('HSETNX', KEYS[1], 'm:' .. ARGV[1], ARGV[2]) == 1 then
-  redis.call('HINCRBY', KEYS[1], 'r', ARGV[2])
-  return 1
+local n = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('HSETNX', KEYS[1], 'm:' .. ARGV[i], ARGV[i + 1]) == 1 then
+    redis.call('HINCRBY', KEYS[1], 'r', ARGV[i + 1])
+    n = n + 1
+  end
 end
-return 0
+return n
 "#;
 
-// Amounts stay strings: Lua 5.1 prints large numbers in exponent form.
+// ARGV = message, captured (1|0), ...
 const END_LUA: &str = r#"
-local f = 'm:' .. ARGV[1]
-local a = redis.call('HGET', KEYS[1], f)
-if not a then return 0 end
-redis.call('HDEL', KEYS[1], f)
-redis.call('HINCRBY', KEYS[1], 'r', '-' .. a)
-if ARGV[2] == '1' then redis.call('HINCRBY', KEYS[1], 'b', '-' .. a) end
-return 1
+local n = 0
+for i = 1, #ARGV, 2 do
+  local f = 'm:' .. ARGV[i]
+  local a = redis.call('HGET', KEYS[1], f)
+  if a then
+    redis.call('HDEL', KEYS[1], f)
+    redis.call('HINCRBY', KEYS[1], 'r', '-' .. a)
+    if ARGV[i + 1] == '1' then redis.call('HINCRBY', KEYS[1], 'b', '-' .. a) end
+    n = n + 1
+  end
+end
+return n
 "#;
+
+/// Groups `(tenant, rest)` items by tenant, keeping their order within each tenant.
+fn by_tenant<'a, T>(items: &'a [(&'a str, T)]) -> BTreeMap<&'a str, Vec<&'a T>> {
+    let mut groups: BTreeMap<&str, Vec<&T>> = BTreeMap::new();
+    for (tenant, rest) in items {
+        groups.entry(tenant).or_default().push(rest);
+    }
+    groups
+}
 
 /// What the reserve script answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,26 +150,36 @@ impl HotWallets {
         format!("{}:{{{tenant_id}}}:wallet", self.prefix)
     }
 
+    /// Reserves one tenant's messages in one script call, in order. `None` when the wallet
+    /// is not cached (load it and try again).
     pub async fn reserve(
         &self,
         tenant_id: &str,
-        message_id: &str,
-        amount: Micros,
-    ) -> redis::RedisResult<HotReserve> {
+        items: &[(&str, Micros)],
+    ) -> redis::RedisResult<Option<Vec<HotReserve>>> {
         let mut conn = self.conn.clone();
-        let (code, value): (i64, i64) = self
-            .reserve
-            .key(self.key(tenant_id))
-            .arg(message_id)
-            .arg(amount)
-            .invoke_async(&mut conn)
-            .await?;
-        Ok(match code {
-            1 => HotReserve::Reserved { available: value },
-            0 => HotReserve::Existing { amount: value },
-            -1 => HotReserve::Insufficient { available: value },
-            _ => HotReserve::NotLoaded,
-        })
+        let mut inv = self.reserve.key(self.key(tenant_id));
+        for (message_id, amount) in items {
+            inv.arg(*message_id).arg(*amount);
+        }
+        let out: Vec<i64> = inv.invoke_async(&mut conn).await?;
+        if out.first() == Some(&-2) && out.len() == 1 {
+            return Ok(None);
+        }
+        Ok(Some(
+            out.chunks(2)
+                .map(|pair| match pair {
+                    [1, available] => HotReserve::Reserved {
+                        available: *available,
+                    },
+                    [0, amount] => HotReserve::Existing { amount: *amount },
+                    [_, available] => HotReserve::Insufficient {
+                        available: *available,
+                    },
+                    _ => HotReserve::NotLoaded,
+                })
+                .collect(),
+        ))
     }
 
     /// Loads a snapshot unless the hash exists already (another loader won).
@@ -154,20 +198,20 @@ impl HotWallets {
     }
 
     /// Makes sure durable open reservations are in the hash (no-op when they are, or when the
-    /// hash is not loaded: the next load reads them from Postgres).
+    /// hash is not loaded: the next load reads them from Postgres). One script call per tenant.
     pub async fn confirm(&self, items: &[(&str, &str, Micros)]) -> redis::RedisResult<()> {
         if items.is_empty() {
             return Ok(());
         }
+        let pairs: Vec<(&str, (&str, Micros))> =
+            items.iter().map(|(t, m, a)| (*t, (*m, *a))).collect();
         let mut pipe = redis::pipe();
-        for (tenant_id, message_id, amount) in items {
-            pipe.invoke_script(
-                self.confirm
-                    .key(self.key(tenant_id))
-                    .arg(*message_id)
-                    .arg(*amount),
-            )
-            .ignore();
+        for (tenant_id, messages) in by_tenant(&pairs) {
+            let mut inv = self.confirm.key(self.key(tenant_id));
+            for (message_id, amount) in messages {
+                inv.arg(*message_id).arg(*amount);
+            }
+            pipe.invoke_script(&inv).ignore();
         }
         self.run_pipeline(&pipe, &self.confirm).await
     }
@@ -191,20 +235,20 @@ impl HotWallets {
     }
 
     /// Ends reservations in the hash (`captured`: the balance is charged too). Idempotent: a
-    /// reservation the hash does not hold is left alone.
+    /// reservation the hash does not hold is left alone. One script call per tenant.
     pub async fn end(&self, items: &[(&str, &str, bool)]) -> redis::RedisResult<()> {
         if items.is_empty() {
             return Ok(());
         }
+        let pairs: Vec<(&str, (&str, bool))> =
+            items.iter().map(|(t, m, c)| (*t, (*m, *c))).collect();
         let mut pipe = redis::pipe();
-        for (tenant_id, message_id, captured) in items {
-            pipe.invoke_script(
-                self.end
-                    .key(self.key(tenant_id))
-                    .arg(*message_id)
-                    .arg(if *captured { "1" } else { "0" }),
-            )
-            .ignore();
+        for (tenant_id, messages) in by_tenant(&pairs) {
+            let mut inv = self.end.key(self.key(tenant_id));
+            for (message_id, captured) in messages {
+                inv.arg(*message_id).arg(if *captured { "1" } else { "0" });
+            }
+            pipe.invoke_script(&inv).ignore();
         }
         self.run_pipeline(&pipe, &self.end).await
     }

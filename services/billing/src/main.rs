@@ -3,7 +3,7 @@ use std::sync::Arc;
 use finestra_platform::{Shutdown, SystemClock, stores, telemetry};
 
 /// `finestra-billing` serves; `finestra-billing migrate` applies the schema (and the default
-/// rate card) and exits.
+/// rate card) and exits; `finestra-billing reconcile [--tenant T]` checks the books offline.
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = finestra_billing::BillingConfig::from_env()?;
@@ -13,6 +13,43 @@ async fn main() -> anyhow::Result<()> {
         finestra_billing::pg::migrate(&pool).await?;
         finestra_billing::pg::ensure_default_card(&pool).await?;
         tracing::info!("billing migrations applied");
+        return Ok(());
+    }
+    if std::env::args().nth(1).as_deref() == Some("reconcile") {
+        // Offline, for CI and operators without a running service: exits non-zero on any
+        // difference. `--tenant <id>` limits it to one tenant.
+        let args: Vec<String> = std::env::args().collect();
+        let tenant = args
+            .iter()
+            .position(|a| a == "--tenant")
+            .and_then(|i| args.get(i + 1))
+            .cloned();
+        let pool = stores::postgres(&config.common).await?;
+        let hot = finestra_billing::hot::HotWallets::new(
+            stores::redis(&config.common).await?,
+            &config.common.redis_prefix,
+            config.wallet_cache,
+        );
+        let report = finestra_billing::reconcile::run(&pool, &hot, tenant.as_deref()).await?;
+        println!(
+            "reconcile: {} tenants, {} ledger entries, {} captured messages, {} open reservations",
+            report.tenants_checked,
+            report.ledger_entries,
+            report.captured_messages,
+            report.open_reservations
+        );
+        for d in &report.differences {
+            println!(
+                "DIFFERENCE {}: {} (expected {}, found {})",
+                d.tenant_id, d.check, d.expected, d.actual
+            );
+        }
+        anyhow::ensure!(
+            report.differences.is_empty(),
+            "{} differences",
+            report.differences.len()
+        );
+        println!("reconcile: the books balance");
         return Ok(());
     }
     let shutdown = Shutdown::new();

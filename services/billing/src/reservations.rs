@@ -292,7 +292,7 @@ pub async fn settle(pool: &PgPool, batch: &[Settlement]) -> Result<Settled, sqlx
     wallet_tenants.sort();
     wallet_tenants.dedup();
     lock_wallets(&mut tx, &wallet_tenants).await?;
-    let ended: Vec<(String, String, i64)> = sqlx::query_as(
+    let ended: Vec<(String, String, String, i64)> = sqlx::query_as(
         "WITH input AS (
             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[])
               AS i(tenant_id, message_id, new_state, at, reason)
@@ -310,7 +310,7 @@ pub async fn settle(pool: &PgPool, batch: &[Settlement]) -> Result<Settled, sqlx
               FROM ended WHERE state = 'captured'
             ON CONFLICT DO NOTHING
          )
-         SELECT tenant_id, state, price FROM ended",
+         SELECT tenant_id, message_id, state, price FROM ended",
     )
     .bind(&tenants)
     .bind(&messages)
@@ -322,7 +322,7 @@ pub async fn settle(pool: &PgPool, batch: &[Settlement]) -> Result<Settled, sqlx
 
     let mut settled = Settled::default();
     let mut per_tenant: BTreeMap<String, (i64, i64)> = BTreeMap::new();
-    for (tenant_id, state, price) in &ended {
+    for (tenant_id, _, state, price) in &ended {
         let e = per_tenant.entry(tenant_id.clone()).or_default();
         if state == "captured" {
             settled.captured += 1;
@@ -347,25 +347,45 @@ pub async fn settle(pool: &PgPool, batch: &[Settlement]) -> Result<Settled, sqlx
         .execute(&mut *tx)
         .await?;
     }
-    let final_states: Vec<(String, String, String)> = sqlx::query_as(
-        "SELECT r.tenant_id, r.message_id, r.state FROM billing.reservations r
-           JOIN unnest($1::text[], $2::text[]) AS k(tenant_id, message_id)
-             ON r.tenant_id = k.tenant_id AND r.message_id = k.message_id
-          WHERE r.state <> 'open' AND r.price > 0",
-    )
-    .bind(&tenants)
-    .bind(&messages)
-    .fetch_all(&mut *tx)
-    .await?;
+    // The ones this batch did not end may have ended earlier (a replay): their final states
+    // too, so the caller can repair Redis.
+    let ended_now: std::collections::HashSet<(&str, &str)> = ended
+        .iter()
+        .map(|(t, m, _, _)| (t.as_str(), m.as_str()))
+        .collect();
+    let (rest_tenants, rest_messages): (Vec<String>, Vec<String>) = tenants
+        .iter()
+        .zip(&messages)
+        .filter(|(t, m)| !ended_now.contains(&(t.as_str(), m.as_str())))
+        .map(|(t, m)| (t.clone(), m.clone()))
+        .unzip();
+    let earlier: Vec<(String, String, String)> = if rest_tenants.is_empty() {
+        Vec::new()
+    } else {
+        sqlx::query_as(
+            "SELECT r.tenant_id, r.message_id, r.state FROM billing.reservations r
+               JOIN unnest($1::text[], $2::text[]) AS k(tenant_id, message_id)
+                 ON r.tenant_id = k.tenant_id AND r.message_id = k.message_id
+              WHERE r.state <> 'open' AND r.price > 0",
+        )
+        .bind(&rest_tenants)
+        .bind(&rest_messages)
+        .fetch_all(&mut *tx)
+        .await?
+    };
     tx.commit().await?;
-    settled.ended_priced = final_states
+    settled.ended_priced = ended
         .into_iter()
+        .filter(|(_, _, _, price)| *price > 0)
+        .map(|(t, m, s, _)| (t, m, s))
+        .chain(earlier)
         .map(|(t, m, s)| (t, m, s == "captured"))
         .collect();
     Ok(settled)
 }
 
-/// Marks reservations as sent by the provider (a later block no longer releases them).
+/// Marks reservations as sent by the provider (a later block no longer releases them). Not
+/// filtered on `state` (marking an ended one is harmless), so the lookup is by primary key.
 pub async fn mark_sent(pool: &PgPool, keys: &[(String, String)]) -> Result<(), sqlx::Error> {
     if keys.is_empty() {
         return Ok(());
@@ -373,8 +393,7 @@ pub async fn mark_sent(pool: &PgPool, keys: &[(String, String)]) -> Result<(), s
     sqlx::query(
         "UPDATE billing.reservations r SET sent = true
            FROM unnest($1::text[], $2::text[]) AS k(tenant_id, message_id)
-          WHERE r.tenant_id = k.tenant_id AND r.message_id = k.message_id
-            AND r.state = 'open' AND NOT r.sent",
+          WHERE r.tenant_id = k.tenant_id AND r.message_id = k.message_id AND NOT r.sent",
     )
     .bind(keys.iter().map(|k| k.0.clone()).collect::<Vec<_>>())
     .bind(keys.iter().map(|k| k.1.clone()).collect::<Vec<_>>())

@@ -6,6 +6,7 @@
 //! worst funds withheld in Redis (never an overdraft) until the caller's retry writes the row
 //! or the hash is reloaded. A free message is recorded in Postgres only.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use finestra_domain::pricing::Micros;
@@ -25,12 +26,8 @@ pub enum ReserveError {
     InsufficientFunds { needed: Micros, available: Micros },
     #[error("message {0} was reserved for a different charge")]
     Conflict(String),
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
-    #[error("postgres: {0}")]
-    Store(#[from] sqlx::Error),
-    #[error("the reservation writer stopped")]
-    WriterGone,
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// What a reservation came to.
@@ -43,11 +40,12 @@ pub struct Reserved {
 
 struct Job {
     row: ReservationRow,
-    reply: oneshot::Sender<Result<Stored, Arc<sqlx::Error>>>,
+    reply: oneshot::Sender<Result<Reserved, ReserveError>>,
 }
 
-/// Batches reservation writes: whatever arrived while the previous batches were being
-/// written goes into the next one; `parallel` batches are in flight at once.
+/// Batches reservations: whatever arrived while the previous batches were being handled
+/// goes into the next one (one Redis script call per tenant, one Postgres transaction);
+/// `parallel` batches are in flight at once.
 #[derive(Clone)]
 pub struct Writer {
     jobs: mpsc::Sender<Job>,
@@ -71,17 +69,17 @@ impl Writer {
         (Self { jobs: tx }, task)
     }
 
-    pub async fn write(&self, row: ReservationRow) -> Result<Stored, ReserveError> {
+    /// Reserves the priced message: funds held in Redis (loading the wallet when it is not
+    /// cached), then the durable row, then the answer.
+    pub async fn reserve(&self, row: ReservationRow) -> Result<Reserved, ReserveError> {
         let (reply, answer) = oneshot::channel();
         self.jobs
             .send(Job { row, reply })
             .await
-            .map_err(|_| ReserveError::WriterGone)?;
-        match answer.await {
-            Ok(Ok(stored)) => Ok(stored),
-            Ok(Err(e)) => Err(ReserveError::Store(sqlx::Error::Protocol(e.to_string()))),
-            Err(_) => Err(ReserveError::WriterGone),
-        }
+            .map_err(|_| ReserveError::Unavailable("the reservation writer stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| ReserveError::Unavailable("the reservation writer stopped".into()))?
     }
 }
 
@@ -112,36 +110,181 @@ async fn run_writer(settings: WriterSettings, mut rx: mpsc::Receiver<Job>) {
     while in_flight.join_next().await.is_some() {}
 }
 
-async fn flush(settings: &WriterSettings, jobs: Vec<Job>) {
-    let rows: Vec<ReservationRow> = jobs.iter().map(|j| j.row.clone()).collect();
-    metrics::histogram!("finestra_billing_reserve_batch_size").record(rows.len() as f64);
-    match reservations::insert_batch(&settings.pool, &rows).await {
-        Ok((answers, low)) => {
-            // Durable: make sure the hot wallets hold every new priced reservation (a reload
-            // may have snapshotted Postgres before these rows existed).
-            let confirm: Vec<(&str, &str, Micros)> = rows
+/// The Redis verdict of each priced job (`None` for free ones, which skip Redis), loading
+/// wallets that are not cached. A tenant whose script fails gets the error.
+async fn hold_funds(
+    settings: &WriterSettings,
+    jobs: &[Job],
+) -> Vec<Option<Result<HotReserve, String>>> {
+    let mut verdicts: Vec<Option<Result<HotReserve, String>>> = vec![None; jobs.len()];
+    let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, j) in jobs.iter().enumerate() {
+        if j.row.price > 0 {
+            groups.entry(j.row.tenant_id.as_str()).or_default().push(i);
+        }
+    }
+    for _attempt in 0..3 {
+        if groups.is_empty() {
+            break;
+        }
+        let calls = groups.iter().map(|(tenant, idx)| {
+            let items: Vec<(&str, Micros)> = idx
                 .iter()
-                .zip(&answers)
-                .filter(|(r, a)| r.price > 0 && **a == Stored::Inserted)
-                .map(|(r, _)| (r.tenant_id.as_str(), r.message_id.as_str(), r.price))
+                .map(|i| (jobs[*i].row.message_id.as_str(), jobs[*i].row.price))
                 .collect();
-            if let Err(e) = settings.hot.confirm(&confirm).await {
-                tracing::warn!(error = %e, "confirming reservations in redis failed; the hash heals on reload");
-            }
-            if !low.is_empty() {
-                publish_low_balance(settings, &low).await;
-            }
-            for (job, answer) in jobs.into_iter().zip(answers) {
-                let _ = job.reply.send(Ok(answer));
+            async move { (*tenant, settings.hot.reserve(tenant, &items).await) }
+        });
+        let mut unloaded = Vec::new();
+        for (tenant, result) in futures::future::join_all(calls).await {
+            let Some(idx) = groups.get(tenant) else {
+                continue;
+            };
+            match result {
+                Ok(Some(answers)) => {
+                    for (i, a) in idx.iter().zip(answers) {
+                        verdicts[*i] = Some(Ok(a));
+                    }
+                }
+                Ok(None) => unloaded.push(tenant),
+                Err(e) => {
+                    for i in idx {
+                        verdicts[*i] = Some(Err(e.to_string()));
+                    }
+                }
             }
         }
+        groups.retain(|t, _| unloaded.contains(t));
+        for tenant in unloaded {
+            let loaded = async {
+                let snapshot = crate::pg::snapshot(&settings.pool, tenant)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                settings
+                    .hot
+                    .load(tenant, &snapshot)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            .await;
+            metrics::counter!("finestra_billing_wallet_loads_total").increment(1);
+            if let Err(e) = loaded {
+                if let Some(idx) = groups.remove(tenant) {
+                    for i in idx {
+                        verdicts[i] = Some(Err(e.clone()));
+                    }
+                }
+            }
+        }
+    }
+    for idx in groups.into_values() {
+        for i in idx {
+            verdicts[i] = Some(Err("the wallet could not be loaded into redis".into()));
+        }
+    }
+    verdicts
+}
+
+async fn flush(settings: &WriterSettings, jobs: Vec<Job>) {
+    metrics::histogram!("finestra_billing_reserve_batch_size").record(jobs.len() as f64);
+    let verdicts = hold_funds(settings, &jobs).await;
+    // Decide per job: refused here, or on to Postgres (remembering whether Redis added it).
+    let mut to_write: Vec<(Job, bool)> = Vec::with_capacity(jobs.len());
+    for (job, verdict) in jobs.into_iter().zip(verdicts) {
+        let price = job.row.price;
+        let outcome = match verdict {
+            None => Ok(false),
+            Some(Ok(HotReserve::Reserved { .. })) => Ok(true),
+            Some(Ok(HotReserve::Existing { amount })) if amount == price => Ok(false),
+            Some(Ok(HotReserve::Existing { .. })) => {
+                Err(ReserveError::Conflict(job.row.message_id.clone()))
+            }
+            Some(Ok(HotReserve::Insufficient { available })) => {
+                metrics::counter!("finestra_billing_reservations_refused_total").increment(1);
+                Err(ReserveError::InsufficientFunds {
+                    needed: price,
+                    available,
+                })
+            }
+            Some(Ok(HotReserve::NotLoaded)) => {
+                Err(ReserveError::Unavailable("the wallet is not loaded".into()))
+            }
+            Some(Err(e)) => Err(ReserveError::Unavailable(e)),
+        };
+        match outcome {
+            Ok(fresh) => to_write.push((job, fresh)),
+            Err(e) => {
+                let _ = job.reply.send(Err(e));
+            }
+        }
+    }
+    if to_write.is_empty() {
+        return;
+    }
+    let rows: Vec<ReservationRow> = to_write.iter().map(|(j, _)| j.row.clone()).collect();
+    let (answers, low) = match reservations::insert_batch(&settings.pool, &rows).await {
+        Ok(done) => done,
         Err(e) => {
+            // Funds held in Redis stay held (never an overdraft) until a retry writes the row
+            // or the hash is reloaded.
             tracing::error!(error = %e, rows = rows.len(), "writing reservations failed");
-            let e = Arc::new(e);
-            for job in jobs {
-                let _ = job.reply.send(Err(e.clone()));
+            for (job, _) in to_write {
+                let _ = job
+                    .reply
+                    .send(Err(ReserveError::Unavailable(format!("postgres: {e}"))));
+            }
+            return;
+        }
+    };
+    let mut confirm: Vec<(&str, &str, Micros)> = Vec::new();
+    let mut undo: Vec<(&str, &str, bool)> = Vec::new();
+    let mut replies: Vec<Result<Reserved, ReserveError>> = Vec::with_capacity(rows.len());
+    for ((row, (_, fresh)), answer) in rows.iter().zip(&to_write).zip(answers) {
+        match answer {
+            Stored::Inserted => {
+                if row.price > 0 {
+                    confirm.push((&row.tenant_id, &row.message_id, row.price));
+                }
+                metrics::counter!("finestra_billing_reservations_total").increment(1);
+                replies.push(Ok(Reserved {
+                    row: row.clone(),
+                    replayed: false,
+                    state: "open".into(),
+                }));
+            }
+            Stored::Existing { row: stored, state } => {
+                let conflict = !stored.same_charge(row);
+                if row.price > 0 && (*fresh && (conflict || state != "open")) {
+                    // Redis added it just now for a request that reserves nothing: undo.
+                    undo.push((&row.tenant_id, &row.message_id, false));
+                } else if row.price > 0 && !*fresh && state != "open" && !conflict {
+                    // The hash still held an ended reservation (stale): end it as Postgres did.
+                    undo.push((&row.tenant_id, &row.message_id, state == "captured"));
+                }
+                replies.push(if conflict {
+                    Err(ReserveError::Conflict(row.message_id.clone()))
+                } else {
+                    Ok(Reserved {
+                        row: stored,
+                        replayed: true,
+                        state,
+                    })
+                });
             }
         }
+    }
+    // Durable: make sure the hot wallets hold every new priced reservation (a reload may
+    // have snapshotted Postgres before these rows existed).
+    if let Err(e) = settings.hot.confirm(&confirm).await {
+        tracing::warn!(error = %e, "confirming reservations in redis failed; the hash heals on reload");
+    }
+    if let Err(e) = settings.hot.end(&undo).await {
+        tracing::warn!(error = %e, "undoing held funds in redis failed; the hash heals on reload");
+    }
+    if !low.is_empty() {
+        publish_low_balance(settings, &low).await;
+    }
+    for ((job, _), reply) in to_write.into_iter().zip(replies) {
+        let _ = job.reply.send(reply);
     }
 }
 
@@ -174,81 +317,5 @@ async fn publish_low_balance(settings: &WriterSettings, low: &[LowBalance]) {
         Ok(()) => metrics::counter!("finestra_billing_low_balance_events_total")
             .increment(records.len() as u64),
         Err(e) => tracing::warn!(error = %e, "publishing a low-balance event failed"),
-    }
-}
-
-/// Reserves the priced message: funds in Redis (loading the wallet when it is not cached),
-/// then the durable row.
-pub async fn reserve(
-    hot: &HotWallets,
-    writer: &Writer,
-    pool: &PgPool,
-    row: ReservationRow,
-) -> Result<Reserved, ReserveError> {
-    // Whether the script added the reservation now (false: the hash held it already).
-    let mut fresh = false;
-    if row.price > 0 {
-        let mut loads = 0;
-        loop {
-            match hot
-                .reserve(&row.tenant_id, &row.message_id, row.price)
-                .await?
-            {
-                HotReserve::Reserved { .. } => {
-                    fresh = true;
-                    break;
-                }
-                HotReserve::Existing { amount } if amount == row.price => break,
-                HotReserve::Existing { .. } => {
-                    return Err(ReserveError::Conflict(row.message_id));
-                }
-                HotReserve::Insufficient { available } => {
-                    metrics::counter!("finestra_billing_reservations_refused_total").increment(1);
-                    return Err(ReserveError::InsufficientFunds {
-                        needed: row.price,
-                        available,
-                    });
-                }
-                HotReserve::NotLoaded if loads < 3 => {
-                    loads += 1;
-                    let snapshot = crate::pg::snapshot(pool, &row.tenant_id).await?;
-                    hot.load(&row.tenant_id, &snapshot).await?;
-                    metrics::counter!("finestra_billing_wallet_loads_total").increment(1);
-                }
-                HotReserve::NotLoaded => {
-                    return Err(ReserveError::Redis(redis::RedisError::from((
-                        redis::ErrorKind::ResponseError,
-                        "the wallet hash vanished after every load",
-                    ))));
-                }
-            }
-        }
-    }
-    match writer.write(row.clone()).await? {
-        Stored::Inserted => {
-            metrics::counter!("finestra_billing_reservations_total").increment(1);
-            Ok(Reserved {
-                row,
-                replayed: false,
-                state: "open".into(),
-            })
-        }
-        Stored::Existing { row: stored, state } => {
-            if !stored.same_charge(&row) {
-                return Err(ReserveError::Conflict(row.message_id));
-            }
-            if state != "open" && stored.price > 0 {
-                // A retry after the reservation ended. If the script added it just now, undo
-                // that; if the hash held it, the hash is stale: end it as Postgres did.
-                let captured = !fresh && state == "captured";
-                hot.end(&[(&stored.tenant_id, &stored.message_id, captured)])
-                    .await?;
-            }
-            Ok(Reserved {
-                row: stored,
-                replayed: true,
-                state,
-            })
-        }
     }
 }

@@ -603,7 +603,8 @@ mod tests {
         let v = value(
             r#"{"metadata":{"phone_number_id":"PN1"},
                 "statuses":[{"id":"wamid.S","status":"delivered","timestamp":"1700000001",
-                  "recipient_id":"393331234567","pricing":{"billable":true,"category":"marketing"}},
+                  "recipient_id":"393331234567","pricing":{"billable":true,"category":"marketing"},
+                  "biz_opaque_callback_data":"msg_01"},
                   {"id":"wamid.S","status":"failed","timestamp":"1700000002","recipient_id":"393331234567",
                    "errors":[{"code":131047,"title":"Re-engagement message","error_data":{"details":"x"}}]}]}"#,
         );
@@ -620,6 +621,14 @@ mod tests {
         };
         assert!(delivered.billable);
         assert_eq!(delivered.pricing_category, "marketing");
+        assert_eq!(
+            (
+                delivered.callback_data.as_str(),
+                failed.callback_data.as_str()
+            ),
+            ("msg_01", ""),
+            "the sender's callback data is echoed; absent stays empty"
+        );
     }
 
     #[test]
