@@ -1154,3 +1154,77 @@ async fn crossing_the_low_balance_threshold_tells_the_tenant_once() -> anyhow::R
     b.billing.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reserve_batch_answers_each_reservation_on_its_own() -> anyhow::Result<()> {
+    let b = Books::start("batch").await?;
+    let price = default_cost(&b, "MARKETING", "IT").await?;
+    b.top_up(3 * price, "batch-1").await?;
+    b.reserve("x0", "MARKETING").await?;
+    let batch = |ids: &[(&str, &str)]| v1::ReserveBatchRequest {
+        reservations: ids
+            .iter()
+            .map(|(m, c)| b.reserve_request(m, c, IT_USER))
+            .collect(),
+    };
+    let results = b
+        .operator
+        .clone()
+        .reserve_batch(batch(&[
+            ("x0", "MARKETING"), // a retry: replayed
+            ("x1", "MARKETING"),
+            ("x2", "MARKETING"),
+            ("x3", "MARKETING"), // no funds left
+            ("x0", "UTILITY"),   // same id, another charge
+            ("x4", ""),          // free-form: free, always reserved
+        ]))
+        .await?
+        .into_inner()
+        .results;
+    let summary: Vec<(bool, bool, &str)> = results
+        .iter()
+        .map(|r| {
+            (
+                r.reserved.is_some(),
+                r.reserved.as_ref().is_some_and(|x| x.replayed),
+                r.reason.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(summary[0], (true, true, ""), "the retry is replayed");
+    // Funds for two of x1..x3 (which two depends on the order they reach the writer).
+    let mut middle = summary[1..4].to_vec();
+    middle.sort();
+    assert_eq!(
+        middle,
+        vec![
+            (false, false, "INSUFFICIENT_FUNDS"),
+            (true, false, ""),
+            (true, false, "")
+        ]
+    );
+    assert_eq!(summary[4], (false, false, "IDEMPOTENCY_CONFLICT"));
+    assert_eq!(
+        summary[5],
+        (true, false, ""),
+        "a free message needs no funds"
+    );
+    assert!(
+        results[1..4]
+            .iter()
+            .any(|r| r.code == Code::FailedPrecondition as i32)
+    );
+    let w = b.wallet().await?;
+    assert_eq!((w.reserved_micros, w.available_micros), (3 * price, 0));
+    assert_reason(
+        b.tenant_read
+            .clone()
+            .reserve_batch(batch(&[("y", "")]))
+            .await,
+        Code::PermissionDenied,
+        "PERMISSION_DENIED",
+    );
+    assert!(b.reconcile().await?.differences.is_empty());
+    b.billing.stop().await;
+    Ok(())
+}

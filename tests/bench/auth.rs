@@ -144,6 +144,10 @@ fn print(label: &str, f: &Figures) {
     );
 }
 
+// The services under test run in this process: the same allocator as their binaries.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let seconds: u64 = std::env::var("BENCH_SECONDS")

@@ -31,7 +31,7 @@ struct ReserveFigures {
 }
 
 /// Closed loop: `in_flight` callers over `connections` channels for `duration`; each call
-/// reserves a new message of one of `tenants`.
+/// reserves `batch` new messages of `tenants` (`Reserve` when 1, else `ReserveBatch`).
 async fn reserve_load(
     url: &str,
     key: &str,
@@ -39,6 +39,7 @@ async fn reserve_load(
     in_flight: usize,
     connections: usize,
     duration: Duration,
+    batch: usize,
 ) -> anyhow::Result<(ReserveFigures, Vec<(String, String, String)>)> {
     let mut clients: Vec<BillingServiceClient<AuthedChannel>> = Vec::new();
     for _ in 0..connections {
@@ -59,27 +60,63 @@ async fn reserve_load(
             let mut reserved = Vec::new();
             let mut errors = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let (tenant, number) = &tenants[(i as usize) % tenants.len()];
-                let message_id = format!("b{i}");
-                let t = Instant::now();
-                let r = client
-                    .reserve(v1::ReserveRequest {
-                        tenant_id: tenant.clone(),
-                        message_id: message_id.clone(),
-                        phone_number_id: number.clone(),
-                        recipient: "393471234567".into(),
-                        free_form: false,
-                        category: "MARKETING".into(),
-                        csw_open: false,
-                        fep_open: false,
-                        accepted_at: None,
+                let first = next.fetch_add(batch as u64, Ordering::Relaxed);
+                let requests: Vec<v1::ReserveRequest> = (first..first + batch as u64)
+                    .map(|i| {
+                        let (tenant, number) = &tenants[(i as usize) % tenants.len()];
+                        v1::ReserveRequest {
+                            tenant_id: tenant.clone(),
+                            message_id: format!("b{i}"),
+                            phone_number_id: number.clone(),
+                            recipient: "393471234567".into(),
+                            free_form: false,
+                            category: "MARKETING".into(),
+                            csw_open: false,
+                            fep_open: false,
+                            accepted_at: None,
+                        }
                     })
-                    .await;
+                    .collect();
+                let keys: Vec<(String, String, String)> = requests
+                    .iter()
+                    .map(|r| {
+                        (
+                            r.tenant_id.clone(),
+                            r.phone_number_id.clone(),
+                            r.message_id.clone(),
+                        )
+                    })
+                    .collect();
+                let t = Instant::now();
+                let oks: Vec<bool> = if batch == 1 {
+                    let r = requests.into_iter().next().map(|req| client.reserve(req));
+                    match r {
+                        Some(call) => vec![call.await.is_ok()],
+                        None => Vec::new(),
+                    }
+                } else {
+                    match client
+                        .reserve_batch(v1::ReserveBatchRequest {
+                            reservations: requests,
+                        })
+                        .await
+                    {
+                        Ok(r) => r
+                            .into_inner()
+                            .results
+                            .iter()
+                            .map(|x| x.reserved.is_some())
+                            .collect(),
+                        Err(_) => vec![false; keys.len()],
+                    }
+                };
                 hist.record(t.elapsed().as_micros() as u64)?;
-                match r {
-                    Ok(_) => reserved.push((tenant.clone(), number.clone(), message_id)),
-                    Err(_) => errors += 1,
+                for (ok, key) in oks.into_iter().zip(keys) {
+                    if ok {
+                        reserved.push(key);
+                    } else {
+                        errors += 1;
+                    }
                 }
             }
             anyhow::Ok((hist, reserved, errors))
@@ -175,6 +212,10 @@ async fn single_row_inserts(
     Ok(rate)
 }
 
+// The services under test run in this process: the same allocator as their binaries.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let seconds = env_num("BENCH_SECONDS", 10);
@@ -208,19 +249,30 @@ async fn main() -> anyhow::Result<()> {
         finestra_testkit::start_billing_with(config.clone(), finestra_testkit::system_clock())
             .await?;
     let url = billing.running.grpc_url();
+    let batch = env_num("BENCH_BATCH", 100) as usize;
     // Warm the caches (keys, tenants, markups, hot wallets) before timing.
-    let _ = reserve_load(&url, &operator, &tenants, 16, 2, Duration::from_millis(500)).await?;
+    let (_, warm) = reserve_load(
+        &url,
+        &operator,
+        &tenants,
+        16,
+        2,
+        Duration::from_millis(500),
+        1,
+    )
+    .await?;
 
     eprintln!(
         "[bench-billing] Reserve: {in_flight} in flight over {connections} connections, {tenant_count} tenants, {seconds} s"
     );
-    let (r, reserved) = reserve_load(
+    let (r, mut reserved) = reserve_load(
         &url,
         &operator,
         &tenants,
         in_flight,
         connections,
         Duration::from_secs(seconds),
+        1,
     )
     .await?;
     let reserves_per_s = r.ok as f64 / r.seconds;
@@ -228,6 +280,27 @@ async fn main() -> anyhow::Result<()> {
         "[bench-billing] reservations: {} ok, {} errors, {reserves_per_s:.0}/s, p50 {:.2} ms, p99 {:.2} ms",
         r.ok, r.errors, r.p50_ms, r.p99_ms
     );
+    let batch_in_flight = (in_flight / batch).max(4);
+    eprintln!(
+        "[bench-billing] ReserveBatch: {batch} per call, {batch_in_flight} calls in flight over {connections} connections, {seconds} s"
+    );
+    let (rb, reserved_in_batches) = reserve_load(
+        &url,
+        &operator,
+        &tenants,
+        batch_in_flight,
+        connections,
+        Duration::from_secs(seconds),
+        batch,
+    )
+    .await?;
+    let batched_per_s = rb.ok as f64 / rb.seconds;
+    eprintln!(
+        "[bench-billing] batched reservations: {} ok, {} errors, {batched_per_s:.0}/s, call p50 {:.2} ms, p99 {:.2} ms",
+        rb.ok, rb.errors, rb.p50_ms, rb.p99_ms
+    );
+    reserved.extend(warm);
+    reserved.extend(reserved_in_batches);
     billing.stop().await;
 
     // Pre-fill the status topic with one `delivered` per reservation, then let a fresh
@@ -324,12 +397,18 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "  captures:            {captures_per_s:>9.0}/s  first to last of {total}; {with_join:.0}/s including the group join"
     );
+    println!(
+        "  batched reservations:{batched_per_s:>9.0}/s  (ReserveBatch of {batch}: {} ok, {} errors; call p50 {:.2} ms, p99 {:.2} ms)",
+        rb.ok, rb.errors, rb.p50_ms, rb.p99_ms
+    );
     println!("  pg single-row INSERT: {single:>8.0}/s  (32 connections, same run)");
     println!("  raw broker produce:  {produce_per_s:>9.0}/s  (pre-filling the status topic)");
     println!("  reconcile differences after the run: {differences}");
     let json = serde_json::json!({
         "reservations_per_s": reserves_per_s, "reserve_p50_ms": r.p50_ms, "reserve_p99_ms": r.p99_ms,
         "reserve_errors": r.errors, "captures_per_s": captures_per_s,
+        "batched_reservations_per_s": batched_per_s, "batch": batch,
+        "batch_call_p50_ms": rb.p50_ms, "batch_call_p99_ms": rb.p99_ms,
         "captures_per_s_with_join": with_join, "captured": total,
         "pg_single_row_inserts_per_s": single, "raw_produce_per_s": produce_per_s,
         "reconcile_differences": differences, "tenants": tenant_count,

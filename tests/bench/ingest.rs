@@ -232,6 +232,10 @@ async fn window_updates(scope: &Scope, n: usize, users: usize) -> anyhow::Result
     })
 }
 
+// The services under test run in this process: the same allocator as their binaries.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let clients = env_usize("BENCH_CLIENTS", 64);

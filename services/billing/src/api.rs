@@ -16,8 +16,8 @@ use finestra_proto::v1::{
     ListUsageRequest, ListUsageResponse, ListWalletHistoryRequest, ListWalletHistoryResponse,
     Markup, Markups, PartnerRollup, PartnerRollupLine, Price, Quote, QuoteMessageRequest, RateCard,
     ReconcileDifference, ReconcileReport, ReconcileRequest, ReleaseRequest, ReleaseResponse,
-    ReserveRequest, ReserveResponse, SetCreditLimitRequest, SetMarkupRequest, TopUpRequest,
-    UsageRow, Wallet, WalletEntry,
+    ReserveBatchRequest, ReserveBatchResponse, ReserveRequest, ReserveResponse, ReserveResult,
+    SetCreditLimitRequest, SetMarkupRequest, TopUpRequest, UsageRow, Wallet, WalletEntry,
 };
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
@@ -43,6 +43,9 @@ pub struct BillingApi {
     /// How far ahead of now a new rate card must start (every replica reloads within it).
     pub card_margin_micros: i64,
 }
+
+/// Most reservations one `ReserveBatch` call may carry.
+pub const MAX_BATCH: usize = 1_000;
 
 fn operator_only(p: &Principal, what: &str, scope: Scope) -> Result<(), Status> {
     if !p.is_operator() {
@@ -160,6 +163,86 @@ fn card_of(c: &finestra_domain::pricing::RateCard) -> RateCard {
 }
 
 impl BillingApi {
+    /// One reservation (the caller is authorized already).
+    async fn reserve_one(&self, req: ReserveRequest) -> Result<ReserveResponse, Status> {
+        let tenant_id = required("tenant_id", &req.tenant_id)?;
+        let message_id = required("message_id", &req.message_id)?;
+        let number = required("phone_number_id", &req.phone_number_id)?;
+        let recipient = required("recipient", &req.recipient)?
+            .trim()
+            .trim_start_matches('+');
+        let kind = if req.free_form {
+            MessageKind::FreeForm
+        } else {
+            MessageKind::Template {
+                category: required("category", &req.category)?.to_ascii_uppercase(),
+            }
+        };
+        let partner_id = self.partner_of(tenant_id).await?;
+        let at = req.accepted_at.as_ref().map_or_else(
+            || self.clock.now(),
+            |t| Timestamp::from_micros(to_micros(t)),
+        );
+        let open = WindowAt {
+            csw_open: req.csw_open,
+            fep_open: req.fep_open,
+        };
+        let q = self
+            .pricer
+            .price(&partner_id, at, recipient, &kind, open)
+            .await
+            .map_err(|e| pricing_status(e, tenant_id))?;
+        let row = ReservationRow {
+            tenant_id: tenant_id.to_owned(),
+            message_id: message_id.to_owned(),
+            phone_number_id: number.to_owned(),
+            recipient: recipient.to_owned(),
+            category: q.category.clone(),
+            market: q.market.to_owned(),
+            card_version: q.card_version.clone(),
+            currency: q.currency.clone(),
+            cost: q.cost,
+            price: q.price,
+            markup: q.markup.to_string(),
+            free_reason: q
+                .free
+                .map(FreeBecause::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            accepted_at: at.micros(),
+        };
+        match self.writer.reserve(row).await {
+            Ok(r) => {
+                let mut quote = quote_of_row(&r.row);
+                quote.csw_open = open.csw_open;
+                quote.fep_open = open.fep_open;
+                Ok(ReserveResponse {
+                    quote: Some(quote),
+                    replayed: r.replayed,
+                    state: r.state,
+                })
+            }
+            Err(ReserveError::InsufficientFunds { needed, available }) => Err(with_reason(
+                Code::FailedPrecondition,
+                "INSUFFICIENT_FUNDS",
+                format!("{needed} needed, {available} available"),
+                &[
+                    ("tenant_id", tenant_id),
+                    ("message_id", message_id),
+                    ("needed_micros", &needed.to_string()),
+                    ("available_micros", &available.to_string()),
+                ],
+            )),
+            Err(ReserveError::Conflict(_)) => Err(with_reason(
+                Code::AlreadyExists,
+                "IDEMPOTENCY_CONFLICT",
+                "this message id was reserved for a different charge",
+                &[("tenant_id", tenant_id), ("message_id", message_id)],
+            )),
+            Err(e) => Err(internal("reserving", &e)),
+        }
+    }
+
     async fn partner_of(&self, tenant_id: &str) -> Result<String, Status> {
         self.auth
             .tenant(tenant_id)
@@ -674,83 +757,42 @@ impl BillingService for BillingApi {
     ) -> Result<Response<ReserveResponse>, Status> {
         let p = auth::principal(&request)?;
         operator_only(&p, "Reserve (internal)", Scope::Send)?;
-        let req = request.into_inner();
-        let tenant_id = required("tenant_id", &req.tenant_id)?;
-        let message_id = required("message_id", &req.message_id)?;
-        let number = required("phone_number_id", &req.phone_number_id)?;
-        let recipient = required("recipient", &req.recipient)?
-            .trim()
-            .trim_start_matches('+');
-        let kind = if req.free_form {
-            MessageKind::FreeForm
-        } else {
-            MessageKind::Template {
-                category: required("category", &req.category)?.to_ascii_uppercase(),
-            }
-        };
-        let partner_id = self.partner_of(tenant_id).await?;
-        let at = req.accepted_at.as_ref().map_or_else(
-            || self.clock.now(),
-            |t| Timestamp::from_micros(to_micros(t)),
-        );
-        let open = WindowAt {
-            csw_open: req.csw_open,
-            fep_open: req.fep_open,
-        };
-        let q = self
-            .pricer
-            .price(&partner_id, at, recipient, &kind, open)
-            .await
-            .map_err(|e| pricing_status(e, tenant_id))?;
-        let row = ReservationRow {
-            tenant_id: tenant_id.to_owned(),
-            message_id: message_id.to_owned(),
-            phone_number_id: number.to_owned(),
-            recipient: recipient.to_owned(),
-            category: q.category.clone(),
-            market: q.market.to_owned(),
-            card_version: q.card_version.clone(),
-            currency: q.currency.clone(),
-            cost: q.cost,
-            price: q.price,
-            markup: q.markup.to_string(),
-            free_reason: q
-                .free
-                .map(FreeBecause::as_str)
-                .unwrap_or_default()
-                .to_owned(),
-            accepted_at: at.micros(),
-        };
-        match self.writer.reserve(row).await {
-            Ok(r) => {
-                let mut quote = quote_of_row(&r.row);
-                quote.csw_open = open.csw_open;
-                quote.fep_open = open.fep_open;
-                Ok(Response::new(ReserveResponse {
-                    quote: Some(quote),
-                    replayed: r.replayed,
-                    state: r.state,
-                }))
-            }
-            Err(ReserveError::InsufficientFunds { needed, available }) => Err(with_reason(
-                Code::FailedPrecondition,
-                "INSUFFICIENT_FUNDS",
-                format!("{needed} needed, {available} available"),
-                &[
-                    ("tenant_id", tenant_id),
-                    ("message_id", message_id),
-                    ("needed_micros", &needed.to_string()),
-                    ("available_micros", &available.to_string()),
-                ],
-            )),
-            Err(ReserveError::Conflict(_)) => Err(with_reason(
-                Code::AlreadyExists,
-                "IDEMPOTENCY_CONFLICT",
-                "this message id was reserved for a different charge",
-                &[("tenant_id", tenant_id), ("message_id", message_id)],
-            )),
-            Err(e) => Err(internal("reserving", &e)),
+        Ok(Response::new(self.reserve_one(request.into_inner()).await?))
+    }
+
+    async fn reserve_batch(
+        &self,
+        request: Request<ReserveBatchRequest>,
+    ) -> Result<Response<ReserveBatchResponse>, Status> {
+        let p = auth::principal(&request)?;
+        operator_only(&p, "ReserveBatch (internal)", Scope::Send)?;
+        let reservations = request.into_inner().reservations;
+        if reservations.len() > MAX_BATCH {
+            return Err(invalid_argument(
+                "reservations",
+                format!("at most {MAX_BATCH} reservations per call"),
+            ));
         }
+        // Concurrently: they share the writer's next batches.
+        let results =
+            futures::future::join_all(reservations.into_iter().map(|r| self.reserve_one(r))).await;
+        Ok(Response::new(ReserveBatchResponse {
+            results: results
+                .into_iter()
+                .map(|r| match r {
+                    Ok(reserved) => ReserveResult {
+                        reserved: Some(reserved),
+                        ..ReserveResult::default()
+                    },
+                    Err(status) => ReserveResult {
+                        reserved: None,
+                        reason: finestra_platform::status::reason_of(&status).unwrap_or_default(),
+                        code: status.code() as i32,
+                        message: status.message().to_owned(),
+                    },
+                })
+                .collect(),
+        }))
     }
 
     async fn release(
