@@ -40,6 +40,8 @@ async fn reserve_load(
     connections: usize,
     duration: Duration,
     batch: usize,
+    // Message ids are `<prefix><n>`: each phase reserves messages of its own.
+    prefix: &str,
 ) -> anyhow::Result<(ReserveFigures, Vec<(String, String, String)>)> {
     let mut clients: Vec<BillingServiceClient<AuthedChannel>> = Vec::new();
     for _ in 0..connections {
@@ -55,6 +57,7 @@ async fn reserve_load(
         let mut client = clients[w % clients.len()].clone();
         let (stop, next) = (stop.clone(), next.clone());
         let tenants = tenants.to_vec();
+        let prefix = prefix.to_owned();
         tasks.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new(3).map_err(anyhow::Error::from)?;
             let mut reserved = Vec::new();
@@ -66,7 +69,7 @@ async fn reserve_load(
                         let (tenant, number) = &tenants[(i as usize) % tenants.len()];
                         v1::ReserveRequest {
                             tenant_id: tenant.clone(),
-                            message_id: format!("b{i}"),
+                            message_id: format!("{prefix}{i}"),
                             phone_number_id: number.clone(),
                             recipient: "393471234567".into(),
                             free_form: false,
@@ -245,6 +248,8 @@ async fn main() -> anyhow::Result<()> {
     let operator = scope.key(Owner::Operator, &[KeyScope::Admin]).await?;
     let mut config = finestra_testkit::billing_config(&scope, "billing")?;
     config.common.db_max_connections = 16;
+    // As the service defaults (FINESTRA_BILLING_MAX_BATCH).
+    config.max_batch = env_num("BENCH_CAPTURE_BATCH", 5_000) as usize;
     let billing =
         finestra_testkit::start_billing_with(config.clone(), finestra_testkit::system_clock())
             .await?;
@@ -259,6 +264,7 @@ async fn main() -> anyhow::Result<()> {
         2,
         Duration::from_millis(500),
         1,
+        "warm",
     )
     .await?;
 
@@ -273,6 +279,7 @@ async fn main() -> anyhow::Result<()> {
         connections,
         Duration::from_secs(seconds),
         1,
+        "single",
     )
     .await?;
     let reserves_per_s = r.ok as f64 / r.seconds;
@@ -292,6 +299,7 @@ async fn main() -> anyhow::Result<()> {
         connections,
         Duration::from_secs(seconds),
         batch,
+        "batched",
     )
     .await?;
     let batched_per_s = rb.ok as f64 / rb.seconds;

@@ -52,7 +52,9 @@ impl BillingConfig {
         Ok(Self {
             common: CommonConfig::from_env("0.0.0.0:50053", "0.0.0.0:9103")?,
             consumer_group: env_string("BILLING_CONSUMER_GROUP", "finestra-billing"),
-            max_batch: env_parse("BILLING_MAX_BATCH", 2_000usize)?,
+            // Larger than the window's: a settlement batch is one transaction whose fixed costs
+            // (commit, wallet locks, offset commit) dominate below a few thousand statuses.
+            max_batch: env_parse("BILLING_MAX_BATCH", 5_000usize)?,
             linger: Duration::from_millis(env_parse("BILLING_LINGER_MS", 20u64)?),
             wallet_cache: Duration::from_secs(env_parse("BILLING_WALLET_CACHE_SECS", 600u64)?),
             reservation_expiry: Duration::from_secs(
