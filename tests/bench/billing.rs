@@ -30,19 +30,32 @@ struct ReserveFigures {
     p99_ms: f64,
 }
 
+/// One load phase.
+struct Phase<'a> {
+    in_flight: usize,
+    connections: usize,
+    duration: Duration,
+    /// Reservations per call: `Reserve` when 1, else `ReserveBatch`.
+    batch: usize,
+    /// Message ids are `<prefix><n>`: each phase reserves messages of its own.
+    prefix: &'a str,
+}
+
 /// Closed loop: `in_flight` callers over `connections` channels for `duration`; each call
-/// reserves `batch` new messages of `tenants` (`Reserve` when 1, else `ReserveBatch`).
+/// reserves `batch` new messages of `tenants`.
 async fn reserve_load(
     url: &str,
     key: &str,
     tenants: &[(String, String)],
-    in_flight: usize,
-    connections: usize,
-    duration: Duration,
-    batch: usize,
-    // Message ids are `<prefix><n>`: each phase reserves messages of its own.
-    prefix: &str,
+    phase: Phase<'_>,
 ) -> anyhow::Result<(ReserveFigures, Vec<(String, String, String)>)> {
+    let Phase {
+        in_flight,
+        connections,
+        duration,
+        batch,
+        prefix,
+    } = phase;
     let mut clients: Vec<BillingServiceClient<AuthedChannel>> = Vec::new();
     for _ in 0..connections {
         clients.push(BillingServiceClient::new(
@@ -260,11 +273,13 @@ async fn main() -> anyhow::Result<()> {
         &url,
         &operator,
         &tenants,
-        16,
-        2,
-        Duration::from_millis(500),
-        1,
-        "warm",
+        Phase {
+            in_flight: 16,
+            connections: 2,
+            duration: Duration::from_millis(500),
+            batch: 1,
+            prefix: "warm",
+        },
     )
     .await?;
 
@@ -275,11 +290,13 @@ async fn main() -> anyhow::Result<()> {
         &url,
         &operator,
         &tenants,
-        in_flight,
-        connections,
-        Duration::from_secs(seconds),
-        1,
-        "single",
+        Phase {
+            in_flight,
+            connections,
+            duration: Duration::from_secs(seconds),
+            batch: 1,
+            prefix: "single",
+        },
     )
     .await?;
     let reserves_per_s = r.ok as f64 / r.seconds;
@@ -295,11 +312,13 @@ async fn main() -> anyhow::Result<()> {
         &url,
         &operator,
         &tenants,
-        batch_in_flight,
-        connections,
-        Duration::from_secs(seconds),
-        batch,
-        "batched",
+        Phase {
+            in_flight: batch_in_flight,
+            connections,
+            duration: Duration::from_secs(seconds),
+            batch,
+            prefix: "batched",
+        },
     )
     .await?;
     let batched_per_s = rb.ok as f64 / rb.seconds;

@@ -14,10 +14,13 @@ use sqlx::PgPool;
 
 use crate::pg;
 
+/// The priced book and the cards it was built from (for listing).
+type Book = Arc<(RateBook, Vec<RateCard>)>;
+
 #[derive(Clone)]
 pub struct Pricer {
     pool: PgPool,
-    book: Arc<RwLock<Arc<(RateBook, Vec<RateCard>)>>>,
+    book: Arc<RwLock<Book>>,
     markups: moka::future::Cache<String, Arc<MarkupPlan>>,
 }
 

@@ -43,7 +43,7 @@ pub enum Stored {
     Inserted,
     /// It existed already (a retry): as stored, and its state.
     Existing {
-        row: ReservationRow,
+        row: Box<ReservationRow>,
         state: String,
     },
 }
@@ -210,13 +210,13 @@ pub async fn insert_batch(
                 Stored::Inserted
             } else if let Some((row, state)) = existing.get(&key) {
                 Stored::Existing {
-                    row: row.clone(),
+                    row: Box::new(row.clone()),
                     state: state.clone(),
                 }
             } else {
                 // A duplicate within this batch of a row inserted just now.
                 Stored::Existing {
-                    row: r.clone(),
+                    row: Box::new(r.clone()),
                     state: "open".into(),
                 }
             }

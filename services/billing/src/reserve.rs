@@ -167,11 +167,11 @@ async fn hold_funds(
             }
             .await;
             metrics::counter!("finestra_billing_wallet_loads_total").increment(1);
-            if let Err(e) = loaded {
-                if let Some(idx) = groups.remove(tenant) {
-                    for i in idx {
-                        verdicts[i] = Some(Err(e.clone()));
-                    }
+            if let Err(e) = loaded
+                && let Some(idx) = groups.remove(tenant)
+            {
+                for i in idx {
+                    verdicts[i] = Some(Err(e.clone()));
                 }
             }
         }
@@ -264,7 +264,7 @@ async fn flush(settings: &WriterSettings, jobs: Vec<Job>) {
                     Err(ReserveError::Conflict(row.message_id.clone()))
                 } else {
                     Ok(Reserved {
-                        row: stored,
+                        row: *stored,
                         replayed: true,
                         state,
                     })
