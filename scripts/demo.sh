@@ -84,6 +84,9 @@ bill top-up --tenant "$TENANT" --micros 5000000 --id "demo-payment-$(date +%Y%m)
 bill top-up --tenant "$TENANT" --micros 5000000 --id "demo-payment-$(date +%Y%m)" --note "demo credit"
 echo "  -> the same payment reference twice: credited once."
 
+step "The partner earns a 15 % markup on marketing (provider cost -> the business's price)"
+bill markup set --partner demo-bsp --category MARKETING --bp 1500
+
 step "What would each message cost, and why? (the business asks with its read-only key)"
 quote() { $fin billing quote --tenant "$TENANT" --phone-number-id "$NUMBER" "$@"; }
 echo "A free-form reply to Giulia (window open):"

@@ -21,13 +21,13 @@ start() { # name binary env...
 }
 
 start accounts finestra-accounts \
-  FINESTRA_GRPC_ADDR=127.0.0.1:50050 FINESTRA_METRICS_ADDR=127.0.0.1:9100 FINESTRA_KEY_PREFIX=fin_test_
+  FINESTRA_GRPC_ADDR=127.0.0.1:7050 FINESTRA_METRICS_ADDR=127.0.0.1:9100 FINESTRA_KEY_PREFIX=fin_test_
 start ingest finestra-ingest \
-  FINESTRA_HTTP_ADDR=127.0.0.1:8080 FINESTRA_GRPC_ADDR=127.0.0.1:50051 FINESTRA_METRICS_ADDR=127.0.0.1:9101
+  FINESTRA_HTTP_ADDR=127.0.0.1:8080 FINESTRA_GRPC_ADDR=127.0.0.1:7051 FINESTRA_METRICS_ADDR=127.0.0.1:9101
 start window finestra-window \
-  FINESTRA_GRPC_ADDR=127.0.0.1:50052 FINESTRA_METRICS_ADDR=127.0.0.1:9102
+  FINESTRA_GRPC_ADDR=127.0.0.1:7052 FINESTRA_METRICS_ADDR=127.0.0.1:9102
 start billing finestra-billing \
-  FINESTRA_GRPC_ADDR=127.0.0.1:50053 FINESTRA_METRICS_ADDR=127.0.0.1:9103
+  FINESTRA_GRPC_ADDR=127.0.0.1:7053 FINESTRA_METRICS_ADDR=127.0.0.1:9103
 
 for port in 9100 9101 9102 9103; do
   for _ in $(seq 1 100); do
@@ -36,10 +36,10 @@ for port in 9100 9101 9102 9103; do
   done
   curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null || { echo "[up] service on $port is not ready; see $RUN/*.log"; exit 1; }
 done
-echo "[up] accounts: gRPC 127.0.0.1:50050, metrics http://127.0.0.1:9100/metrics"
-echo "[up] ingest: webhooks http://127.0.0.1:8080/webhooks/cloud-api, gRPC 127.0.0.1:50051, metrics http://127.0.0.1:9101/metrics"
-echo "[up] window: gRPC 127.0.0.1:50052, metrics http://127.0.0.1:9102/metrics"
-echo "[up] billing: gRPC 127.0.0.1:50053, metrics http://127.0.0.1:9103/metrics"
+echo "[up] accounts: gRPC 127.0.0.1:7050, metrics http://127.0.0.1:9100/metrics"
+echo "[up] ingest: webhooks http://127.0.0.1:8080/webhooks/cloud-api, gRPC 127.0.0.1:7051, metrics http://127.0.0.1:9101/metrics"
+echo "[up] window: gRPC 127.0.0.1:7052, metrics http://127.0.0.1:9102/metrics"
+echo "[up] billing: gRPC 127.0.0.1:7053, metrics http://127.0.0.1:9103/metrics"
 bash scripts/demo.sh
 echo
 echo "[up] Finestra keeps running; 'make down' stops it."

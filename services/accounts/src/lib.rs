@@ -28,7 +28,7 @@ pub struct AccountsConfig {
 impl AccountsConfig {
     pub fn from_env() -> Result<Self, ConfigError> {
         Ok(Self {
-            common: CommonConfig::from_env("0.0.0.0:50050", "0.0.0.0:9100")?,
+            common: CommonConfig::from_env("0.0.0.0:7050", "0.0.0.0:9100")?,
             key_prefix: env_string("KEY_PREFIX", "fin_live_"),
             consumer_group: env_string("ACCOUNTS_CONSUMER_GROUP", "finestra-accounts"),
         })

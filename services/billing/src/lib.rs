@@ -50,7 +50,7 @@ impl BillingConfig {
     pub fn from_env() -> Result<Self, ConfigError> {
         let crash: u64 = env_parse("BILLING_CRASH_AFTER_BATCHES", 0u64)?;
         Ok(Self {
-            common: CommonConfig::from_env("0.0.0.0:50053", "0.0.0.0:9103")?,
+            common: CommonConfig::from_env("0.0.0.0:7053", "0.0.0.0:9103")?,
             consumer_group: env_string("BILLING_CONSUMER_GROUP", "finestra-billing"),
             // Larger than the window's: a settlement batch is one transaction whose fixed costs
             // (commit, wallet locks, offset commit) dominate below a few thousand statuses.

@@ -31,7 +31,7 @@ struct Api {
     #[arg(
         long,
         env = "FINESTRA_ENDPOINT",
-        default_value = "http://127.0.0.1:50050"
+        default_value = "http://127.0.0.1:7050"
     )]
     endpoint: String,
     /// The API key to act with.
@@ -98,7 +98,7 @@ enum Command {
         #[arg(
             long,
             env = "FINESTRA_WINDOW_ENDPOINT",
-            default_value = "http://127.0.0.1:50052"
+            default_value = "http://127.0.0.1:7052"
         )]
         endpoint: String,
         #[arg(long, env = "FINESTRA_API_KEY", hide_env_values = true)]
@@ -112,7 +112,7 @@ enum Command {
         #[arg(
             long,
             env = "FINESTRA_BILLING_ENDPOINT",
-            default_value = "http://127.0.0.1:50053"
+            default_value = "http://127.0.0.1:7053"
         )]
         endpoint: String,
         #[arg(long, env = "FINESTRA_API_KEY", hide_env_values = true)]

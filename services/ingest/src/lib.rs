@@ -38,7 +38,7 @@ pub struct IngestConfig {
 impl IngestConfig {
     pub fn from_env() -> Result<Self, ConfigError> {
         Ok(Self {
-            common: CommonConfig::from_env("0.0.0.0:50051", "0.0.0.0:9101")?,
+            common: CommonConfig::from_env("0.0.0.0:7051", "0.0.0.0:9101")?,
             http_addr: env_addr("HTTP_ADDR", "0.0.0.0:8080")?,
             verify_token: env_string("WEBHOOK_VERIFY_TOKEN", "finestra-dev-verify-token"),
             number_cache_ttl: Duration::from_millis(env_parse("NUMBER_CACHE_TTL_MS", 5_000u64)?),

@@ -32,7 +32,7 @@ pub struct WindowConfig {
 impl WindowConfig {
     pub fn from_env() -> Result<Self, ConfigError> {
         Ok(Self {
-            common: CommonConfig::from_env("0.0.0.0:50052", "0.0.0.0:9102")?,
+            common: CommonConfig::from_env("0.0.0.0:7052", "0.0.0.0:9102")?,
             consumer_group: env_string("WINDOW_CONSUMER_GROUP", "finestra-window"),
             max_batch: env_parse("WINDOW_MAX_BATCH", 2_000usize)?,
             linger: Duration::from_millis(env_parse("WINDOW_LINGER_MS", 20u64)?),
