@@ -174,28 +174,46 @@ impl BatchConsumer {
     /// Commits, per partition, the offset after the last record of `batch` (synchronously, on
     /// a blocking thread).
     pub async fn commit(&self, batch: &[OwnedMessage]) -> Result<(), BusError> {
-        let mut next: HashMap<(String, i32), i64> = HashMap::new();
-        for m in batch {
-            let e = next
-                .entry((m.topic().to_owned(), m.partition()))
-                .or_insert(0);
-            *e = (*e).max(m.offset() + 1);
-        }
-        if next.is_empty() {
+        let tpl = next_offsets(batch)?;
+        if tpl.count() == 0 {
             return Ok(());
-        }
-        let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), offset) in next {
-            tpl.add_partition_offset(&topic, partition, Offset::Offset(offset))?;
         }
         let consumer = self.consumer.clone();
         tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync)).await??;
         Ok(())
     }
 
+    /// Like `commit`, without waiting for the broker: for a consumer that commits after every
+    /// batch, where a lost commit only means a replay of an idempotent batch. Finish with a
+    /// synchronous `commit` of the last batch before stopping.
+    pub fn commit_async(&self, batch: &[OwnedMessage]) -> Result<(), BusError> {
+        let tpl = next_offsets(batch)?;
+        if tpl.count() == 0 {
+            return Ok(());
+        }
+        self.consumer.commit(&tpl, CommitMode::Async)?;
+        Ok(())
+    }
+
     pub fn group_id(&self) -> &str {
         &self.settings.group_id
     }
+}
+
+/// Per partition, the offset after the last record of `batch`.
+fn next_offsets(batch: &[OwnedMessage]) -> Result<TopicPartitionList, BusError> {
+    let mut next: HashMap<(String, i32), i64> = HashMap::new();
+    for m in batch {
+        let e = next
+            .entry((m.topic().to_owned(), m.partition()))
+            .or_insert(0);
+        *e = (*e).max(m.offset() + 1);
+    }
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, partition), offset) in next {
+        tpl.add_partition_offset(&topic, partition, Offset::Offset(offset))?;
+    }
+    Ok(tpl)
 }
 
 /// Decodes an `Envelope` from a record.

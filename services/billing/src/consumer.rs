@@ -134,6 +134,9 @@ impl Loop {
     pub async fn run(self, shutdown: Shutdown) {
         let group = self.consumer.group_id().to_owned();
         let mut batches_written = 0u64;
+        // The last batch committed without waiting: committed again, synchronously, on the
+        // way out.
+        let mut last_committed = Vec::new();
         loop {
             let batch = match self.consumer.next_batch(&shutdown).await {
                 Ok(b) => b,
@@ -178,9 +181,15 @@ impl Loop {
             if !done {
                 break;
             }
-            if let Err(e) = self.consumer.commit(&batch).await {
+            // Not waiting for the broker here saves a round trip per batch; a lost commit only
+            // replays an idempotent batch.
+            if let Err(e) = self.consumer.commit_async(&batch) {
                 tracing::warn!(error = %e, "offset commit failed; the batch will be replayed");
             }
+            last_committed = batch;
+        }
+        if let Err(e) = self.consumer.commit(&last_committed).await {
+            tracing::warn!(error = %e, "the final offset commit failed; the last batch will be replayed");
         }
         tracing::info!(group, "billing consumer stopped");
     }

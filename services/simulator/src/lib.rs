@@ -1,0 +1,415 @@
+//! The simulator: the default messaging network. It serves the Cloud API's send surface
+//! (`POST /v{version}/{phone_number_id}/messages`, bearer token), applies the network's own
+//! rules (window, block, throughput: `network`), answers a `wamid`, then posts signed status
+//! webhooks (`sent`, `delivered`, `read`, or `failed`) to ingest, echoing
+//! `biz_opaque_callback_data`. A control API plays the users: a user writes to a number (an
+//! inbound webhook, with a chosen time), blocks or unblocks it.
+
+pub mod network;
+pub mod webhooks;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use finestra_domain::Clock;
+use finestra_platform::Shutdown;
+use finestra_platform::config::{env_addr, env_parse, env_string};
+use finestra_registry::Registry;
+use rand::Rng as _;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use network::{Network, Refusal};
+use webhooks::Poster;
+
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub http_addr: SocketAddr,
+    pub database_url: String,
+    /// Where the network posts its webhooks (ingest).
+    pub webhook_url: String,
+    /// The bearer token senders must present.
+    pub access_token: String,
+    /// Delay before each status webhook.
+    pub status_delay: Duration,
+    /// Share of sends that fail after `sent`, per mille.
+    pub failure_per_mille: u32,
+    /// Share of delivered messages the user reads, per mille.
+    pub read_per_mille: u32,
+    /// Messages per second a number may send before 130429.
+    pub number_rate: u32,
+}
+
+impl SimConfig {
+    pub fn from_env() -> Result<Self, finestra_platform::ConfigError> {
+        Ok(Self {
+            http_addr: env_addr("SIM_HTTP_ADDR", "127.0.0.1:8090")?,
+            database_url: env_string(
+                "DATABASE_URL",
+                "postgres://postgres@127.0.0.1:5432/finestra",
+            ),
+            webhook_url: env_string(
+                "SIM_WEBHOOK_URL",
+                "http://127.0.0.1:8080/webhooks/cloud-api",
+            ),
+            access_token: env_string("SIM_ACCESS_TOKEN", "finestra-simulator-token"),
+            status_delay: Duration::from_millis(env_parse("SIM_STATUS_DELAY_MS", 50u64)?),
+            failure_per_mille: env_parse("SIM_FAILURE_PER_MILLE", 0u32)?,
+            read_per_mille: env_parse("SIM_READ_PER_MILLE", 500u32)?,
+            number_rate: env_parse("SIM_NUMBER_RATE", 80u32)?,
+        })
+    }
+}
+
+struct Sim {
+    net: Mutex<Network>,
+    registry: Registry,
+    poster: Poster,
+    config: SimConfig,
+    clock: Arc<dyn Clock>,
+}
+
+/// A Cloud-API-shaped error answer.
+fn cloud_error(
+    status: StatusCode,
+    code: i32,
+    title: &str,
+    details: &str,
+) -> (StatusCode, Json<Value>) {
+    (
+        status,
+        Json(json!({
+            "error": {
+                "message": format!("({code}) {title}"),
+                "type": "OAuthException",
+                "code": code,
+                "error_data": { "messaging_product": "whatsapp", "details": details },
+                "fbtrace_id": "sim"
+            }
+        })),
+    )
+}
+
+/// Message types the send surface accepts.
+const TYPES: [&str; 11] = [
+    "text",
+    "template",
+    "image",
+    "document",
+    "interactive",
+    "reaction",
+    "location",
+    "audio",
+    "video",
+    "sticker",
+    "contacts",
+];
+
+async fn send(
+    State(sim): State<Arc<Sim>>,
+    Path((version, phone_number_id)): Path<(String, String)>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> (StatusCode, Json<Value>) {
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if token != Some(sim.config.access_token.as_str()) {
+        return cloud_error(
+            StatusCode::UNAUTHORIZED,
+            190,
+            "Invalid OAuth access token",
+            "the bearer token is missing or wrong",
+        );
+    }
+    if !version.starts_with('v') {
+        return cloud_error(
+            StatusCode::BAD_REQUEST,
+            100,
+            "Invalid parameter",
+            "unknown API version",
+        );
+    }
+    let number = match sim.registry.number(&phone_number_id).await {
+        Ok(Some(n)) => n,
+        Ok(None) => {
+            return cloud_error(
+                StatusCode::BAD_REQUEST,
+                100,
+                "Invalid parameter",
+                "unknown phone number id",
+            );
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "looking up a number failed");
+            return cloud_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                1,
+                "Unknown error",
+                "try again",
+            );
+        }
+    };
+    let to = body["to"]
+        .as_str()
+        .unwrap_or_default()
+        .trim_start_matches('+')
+        .to_owned();
+    let kind = body["type"].as_str().unwrap_or("text");
+    if body["messaging_product"] != "whatsapp"
+        || to.is_empty()
+        || !to.bytes().all(|b| b.is_ascii_digit())
+        || !TYPES.contains(&kind)
+        || body.get(kind).is_none()
+    {
+        return cloud_error(
+            StatusCode::BAD_REQUEST,
+            100,
+            "Invalid parameter",
+            "messaging_product, to (digits), type and its object are required",
+        );
+    }
+    let now = sim.clock.now().micros();
+    let admitted = sim.net.lock().map_err(|_| ()).map(|mut net| {
+        net.admit(
+            &phone_number_id,
+            &to,
+            kind == "template",
+            now,
+            sim.config.number_rate,
+        )
+    });
+    match admitted {
+        Ok(Ok(())) => {}
+        Ok(Err(refusal)) => {
+            metrics::counter!("finestra_simulator_refused_total", "code" => refusal.code().to_string())
+                .increment(1);
+            let status = if refusal == Refusal::RateLimited {
+                StatusCode::TOO_MANY_REQUESTS
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            return cloud_error(status, refusal.code(), refusal.title(), &to);
+        }
+        Err(()) => {
+            return cloud_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                1,
+                "Unknown error",
+                "try again",
+            );
+        }
+    }
+    let wamid = format!("wamid.sim.{:032x}", rand::rng().random::<u128>());
+    let callback = body["biz_opaque_callback_data"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    metrics::counter!("finestra_simulator_accepted_total").increment(1);
+    tokio::spawn(report_statuses(
+        sim.clone(),
+        number.phone_number_id.clone(),
+        number.display_phone_number.clone(),
+        number.app_secret.clone(),
+        wamid.clone(),
+        to.clone(),
+        callback,
+    ));
+    (
+        StatusCode::OK,
+        Json(json!({
+            "messaging_product": "whatsapp",
+            "contacts": [{ "input": to, "wa_id": to }],
+            "messages": [{ "id": wamid }]
+        })),
+    )
+}
+
+/// Posts the message's statuses in order, each after the configured delay.
+async fn report_statuses(
+    sim: Arc<Sim>,
+    number: String,
+    display: String,
+    secret: String,
+    wamid: String,
+    to: String,
+    callback: String,
+) {
+    let (fail, read) = {
+        let mut rng = rand::rng();
+        (
+            rng.random_range(0..1_000) < sim.config.failure_per_mille,
+            rng.random_range(0..1_000) < sim.config.read_per_mille,
+        )
+    };
+    let mut statuses = vec!["sent"];
+    if fail {
+        statuses.push("failed");
+    } else {
+        statuses.push("delivered");
+        if read {
+            statuses.push("read");
+        }
+    }
+    for status in statuses {
+        tokio::time::sleep(sim.config.status_delay).await;
+        let at = sim.clock.now().micros() / 1_000_000;
+        let mut body = finestra_cloudapi::build::status_with_callback(
+            &number, &display, &wamid, status, &to, at, &callback,
+        );
+        if status == "failed" {
+            body["entry"][0]["changes"][0]["value"]["statuses"][0]["errors"] = json!([{
+                "code": 131000, "title": "Something went wrong",
+                "message": "Something went wrong",
+                "error_data": { "details": "the simulator failed this message" }
+            }]);
+        }
+        if let Err(e) = sim.poster.post(&secret, &body, 8).await {
+            tracing::warn!(error = %e, %wamid, status, "a status webhook could not be delivered");
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Say {
+    phone_number_id: String,
+    from: String,
+    #[serde(default)]
+    name: String,
+    text: String,
+    /// The message was sent this long ago (the provider delivers late).
+    #[serde(default)]
+    seconds_ago: i64,
+    /// The user came from this ad (a referral: an FEP if the business replies in time).
+    #[serde(default)]
+    referral_source_id: Option<String>,
+}
+
+/// A user writes to a number: the network records the window and posts the webhook.
+async fn say(State(sim): State<Arc<Sim>>, Json(say): Json<Say>) -> (StatusCode, Json<Value>) {
+    let number = match sim.registry.number(&say.phone_number_id).await {
+        Ok(Some(n)) => n,
+        Ok(None) => {
+            return (
+                StatusCode::NOT_FOUND,
+                Json(json!({"error": "unknown phone number id"})),
+            );
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "looking up a number failed");
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(json!({"error": "try again"})),
+            );
+        }
+    };
+    let at = sim.clock.now().micros() - say.seconds_ago.max(0) * 1_000_000;
+    let wamid = format!("wamid.sim.in.{:032x}", rand::rng().random::<u128>());
+    let msg = finestra_cloudapi::build::InboundText {
+        wamid: &wamid,
+        from: &say.from,
+        profile_name: &say.name,
+        timestamp: at / 1_000_000,
+        body: &say.text,
+        referral: say
+            .referral_source_id
+            .as_deref()
+            .map(finestra_cloudapi::build::ad_referral),
+    };
+    let body = finestra_cloudapi::build::text_messages(
+        &number.phone_number_id,
+        &number.display_phone_number,
+        &[msg],
+    );
+    if let Ok(mut net) = sim.net.lock() {
+        net.user_wrote(&number.phone_number_id, &say.from, at);
+    }
+    match sim.poster.post(&number.app_secret, &body, 8).await {
+        Ok(status) if status < 300 => (StatusCode::OK, Json(json!({ "wamid": wamid }))),
+        Ok(status) => (
+            StatusCode::BAD_GATEWAY,
+            Json(json!({ "wamid": wamid, "error": format!("ingest answered {status}") })),
+        ),
+        Err(e) => (
+            StatusCode::BAD_GATEWAY,
+            Json(json!({ "wamid": wamid, "error": e })),
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+struct Block {
+    phone_number_id: String,
+    user: String,
+    blocked: bool,
+}
+
+/// A user blocks (or unblocks) a number: sends to them fail with 131026 meanwhile.
+async fn block(State(sim): State<Arc<Sim>>, Json(b): Json<Block>) -> (StatusCode, Json<Value>) {
+    match sim.net.lock() {
+        Ok(mut net) => {
+            net.set_blocked(&b.phone_number_id, &b.user, b.blocked);
+            (StatusCode::OK, Json(json!({ "blocked": b.blocked })))
+        }
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"error": "try again"})),
+        ),
+    }
+}
+
+/// A started simulator.
+pub struct Running {
+    pub http_addr: SocketAddr,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.http_addr)
+    }
+}
+
+pub async fn start(
+    config: SimConfig,
+    clock: Arc<dyn Clock>,
+    shutdown: Shutdown,
+) -> anyhow::Result<Running> {
+    let pool = finestra_registry::connect(&config.database_url).await?;
+    let sim = Arc::new(Sim {
+        net: Mutex::new(Network::default()),
+        registry: Registry::new(pool),
+        poster: Poster {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()?,
+            url: config.webhook_url.clone(),
+        },
+        config: config.clone(),
+        clock,
+    });
+    let app = Router::new()
+        .route("/{version}/{phone_number_id}/messages", post(send))
+        .route("/sim/v1/say", post(say))
+        .route("/sim/v1/block", post(block))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(sim);
+    let listener = tokio::net::TcpListener::bind(config.http_addr).await?;
+    let http_addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.wait().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "the simulator's HTTP server failed");
+        }
+    });
+    tracing::info!(%http_addr, "simulator started");
+    Ok(Running { http_addr, task })
+}

@@ -1,0 +1,170 @@
+//! The simulated network's own rules, as the real one applies them to a send: the number's
+//! throughput, the user's block, and the customer-service window it tracks from the user
+//! messages it delivered itself. Pure: times are given.
+
+use std::collections::{HashMap, HashSet};
+
+/// A user message opens the window for this long.
+pub const WINDOW_MICROS: i64 = 24 * 3_600 * 1_000_000;
+
+/// Why the network refuses a send (Cloud API error codes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// 131047: free-form outside the 24-hour window.
+    OutsideWindow,
+    /// 131026: the user cannot receive it (here: the user blocked the number).
+    Undeliverable,
+    /// 130429: the number's throughput is exceeded.
+    RateLimited,
+}
+
+impl Refusal {
+    pub fn code(self) -> i32 {
+        match self {
+            Refusal::OutsideWindow => 131_047,
+            Refusal::Undeliverable => 131_026,
+            Refusal::RateLimited => 130_429,
+        }
+    }
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Refusal::OutsideWindow => "Re-engagement message",
+            Refusal::Undeliverable => "Message Undeliverable",
+            Refusal::RateLimited => "Rate limit hit",
+        }
+    }
+}
+
+/// A token bucket of one number: `rate` tokens a second, at most `rate` held.
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    tokens: f64,
+    at: i64,
+}
+
+type Pair = (String, String);
+
+#[derive(Debug, Default)]
+pub struct Network {
+    last_inbound: HashMap<Pair, i64>,
+    blocked: HashSet<Pair>,
+    buckets: HashMap<String, Bucket>,
+}
+
+fn pair(number: &str, user: &str) -> Pair {
+    (number.to_owned(), user.to_owned())
+}
+
+impl Network {
+    /// The user wrote to the number at `at` (µs): the window runs 24 h from the newest message.
+    pub fn user_wrote(&mut self, number: &str, user: &str, at: i64) {
+        let e = self.last_inbound.entry(pair(number, user)).or_insert(at);
+        *e = (*e).max(at);
+    }
+
+    pub fn set_blocked(&mut self, number: &str, user: &str, blocked: bool) {
+        if blocked {
+            self.blocked.insert(pair(number, user));
+        } else {
+            self.blocked.remove(&pair(number, user));
+        }
+    }
+
+    pub fn window_open(&self, number: &str, user: &str, now: i64) -> bool {
+        self.last_inbound
+            .get(&pair(number, user))
+            .is_some_and(|at| now < at + WINDOW_MICROS)
+    }
+
+    /// Whether a message may go out now: throughput first (a refused send takes no token
+    /// twice), then the block, then the window (templates need none).
+    pub fn admit(
+        &mut self,
+        number: &str,
+        user: &str,
+        template: bool,
+        now: i64,
+        rate_per_second: u32,
+    ) -> Result<(), Refusal> {
+        let rate = f64::from(rate_per_second.max(1));
+        let bucket = self.buckets.entry(number.to_owned()).or_insert(Bucket {
+            tokens: rate,
+            at: now,
+        });
+        let elapsed = (now - bucket.at).max(0) as f64 / 1_000_000.0;
+        bucket.tokens = (bucket.tokens + elapsed * rate).min(rate);
+        bucket.at = now;
+        if bucket.tokens < 1.0 {
+            return Err(Refusal::RateLimited);
+        }
+        bucket.tokens -= 1.0;
+        if self.blocked.contains(&pair(number, user)) {
+            return Err(Refusal::Undeliverable);
+        }
+        if !template && !self.window_open(number, user, now) {
+            return Err(Refusal::OutsideWindow);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: i64 = 1_764_000_000_000_000;
+
+    #[test]
+    fn free_form_needs_the_window_templates_do_not() {
+        let mut n = Network::default();
+        assert_eq!(
+            n.admit("pn", "39", false, T, 80),
+            Err(Refusal::OutsideWindow)
+        );
+        assert_eq!(n.admit("pn", "39", true, T, 80), Ok(()));
+        n.user_wrote("pn", "39", T - WINDOW_MICROS + 1);
+        assert_eq!(n.admit("pn", "39", false, T, 80), Ok(()), "1 µs left");
+        assert_eq!(
+            n.admit("pn", "39", false, T + 1, 80),
+            Err(Refusal::OutsideWindow),
+            "closed exactly 24 h after the user's message"
+        );
+        n.user_wrote("pn", "39", T - 10 * WINDOW_MICROS);
+        assert!(
+            n.window_open("pn", "39", T),
+            "an older message never shortens it"
+        );
+        assert!(!n.window_open("pn2", "39", T), "per number");
+    }
+
+    #[test]
+    fn a_block_refuses_everything_until_unblocked() {
+        let mut n = Network::default();
+        n.user_wrote("pn", "39", T);
+        n.set_blocked("pn", "39", true);
+        assert_eq!(
+            n.admit("pn", "39", true, T, 80),
+            Err(Refusal::Undeliverable)
+        );
+        n.set_blocked("pn", "39", false);
+        assert_eq!(n.admit("pn", "39", false, T, 80), Ok(()));
+    }
+
+    #[test]
+    fn throughput_is_a_token_bucket_per_number() {
+        let mut n = Network::default();
+        let sent = (0..15)
+            .filter(|_| n.admit("pn", "39", true, T, 10).is_ok())
+            .count();
+        assert_eq!(sent, 10, "a burst of one second's worth");
+        assert_eq!(n.admit("pn", "39", true, T, 10), Err(Refusal::RateLimited));
+        assert_eq!(n.admit("other", "39", true, T, 10), Ok(()), "per number");
+        assert_eq!(
+            n.admit("pn", "39", true, T + 100_000, 10),
+            Ok(()),
+            "a token back every 100 ms"
+        );
+        assert_eq!(Refusal::RateLimited.code(), 130_429, "the Cloud API's code");
+    }
+}
