@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make up`: infrastructure, then accounts, ingest, window and billing in the background (pids and logs in
+# `make up`: infrastructure, then accounts, ingest, window, billing and the simulator in the background (pids and logs in
 # var/run), then the demo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +28,8 @@ start window finestra-window \
   FINESTRA_GRPC_ADDR=127.0.0.1:7052 FINESTRA_METRICS_ADDR=127.0.0.1:9102
 start billing finestra-billing \
   FINESTRA_GRPC_ADDR=127.0.0.1:7053 FINESTRA_METRICS_ADDR=127.0.0.1:9103
+start simulator finestra-simulator \
+  FINESTRA_SIM_HTTP_ADDR=127.0.0.1:8090 FINESTRA_SIM_WEBHOOK_URL=http://127.0.0.1:8080/webhooks/cloud-api
 
 for port in 9100 9101 9102 9103; do
   for _ in $(seq 1 100); do
@@ -36,10 +38,16 @@ for port in 9100 9101 9102 9103; do
   done
   curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null || { echo "[up] service on $port is not ready; see $RUN/*.log"; exit 1; }
 done
+for _ in $(seq 1 100); do
+  curl -fsS "http://127.0.0.1:8090/healthz" >/dev/null 2>&1 && break
+  sleep 0.2
+done
+curl -fsS "http://127.0.0.1:8090/healthz" >/dev/null || { echo "[up] the simulator is not up; see $RUN/simulator.log"; exit 1; }
 echo "[up] accounts: gRPC 127.0.0.1:7050, metrics http://127.0.0.1:9100/metrics"
 echo "[up] ingest: webhooks http://127.0.0.1:8080/webhooks/cloud-api, gRPC 127.0.0.1:7051, metrics http://127.0.0.1:9101/metrics"
 echo "[up] window: gRPC 127.0.0.1:7052, metrics http://127.0.0.1:9102/metrics"
 echo "[up] billing: gRPC 127.0.0.1:7053, metrics http://127.0.0.1:9103/metrics"
+echo "[up] simulator (the messaging network): http://127.0.0.1:8090 (Cloud API send surface, /sim/v1 users)"
 bash scripts/demo.sh
 echo
 echo "[up] Finestra keeps running; 'make down' stops it."

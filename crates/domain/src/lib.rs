@@ -2,6 +2,7 @@
 //! time comes in through [`Clock`] or as arguments, so every rule is testable exhaustively.
 
 pub mod pricing;
+pub mod send;
 pub mod template;
 pub mod time;
 pub mod user;

@@ -3,6 +3,7 @@
 //! `topics` and `dev` work on the stores directly, for whoever runs the installation.
 
 mod billing;
+mod sim;
 
 use std::time::Duration;
 
@@ -119,6 +120,18 @@ enum Command {
         api_key: String,
         #[command(subcommand)]
         command: billing::BillingCommand,
+    },
+    /// Play the simulator's users: write to a number, block or unblock it.
+    Sim {
+        /// The simulator's HTTP address.
+        #[arg(
+            long,
+            env = "FINESTRA_SIM_URL",
+            default_value = "http://127.0.0.1:8090"
+        )]
+        url: String,
+        #[command(subcommand)]
+        command: sim::SimCommand,
     },
     /// Development helpers that play the provider.
     #[command(subcommand)]
@@ -857,6 +870,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Sim { url, command } => sim::run(&url, command).await?,
         Command::Billing {
             endpoint,
             api_key,
