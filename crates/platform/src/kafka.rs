@@ -15,7 +15,8 @@ use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
-use finestra_proto::v1::Envelope;
+use finestra_proto::v1::envelope::Payload;
+use finestra_proto::v1::{DeadLetter, Envelope};
 
 use crate::shutdown::Shutdown;
 
@@ -171,6 +172,28 @@ impl BatchConsumer {
         Ok(batch)
     }
 
+    /// The next non-empty batch; a failing broker is retried after a pause. `None` once
+    /// shutdown began (the caller then stops).
+    pub async fn next_batch_until_shutdown(
+        &self,
+        shutdown: &Shutdown,
+    ) -> Option<Vec<OwnedMessage>> {
+        loop {
+            match self.next_batch(shutdown).await {
+                Ok(batch) if !batch.is_empty() => return Some(batch),
+                Ok(_) if shutdown.is_triggered() => return None,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, group = %self.settings.group_id, "consuming failed; retrying");
+                    tokio::select! {
+                        () = shutdown.wait() => return None,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+    }
+
     /// Commits, per partition, the offset after the last record of `batch` (synchronously, on
     /// a blocking thread).
     pub async fn commit(&self, batch: &[OwnedMessage]) -> Result<(), BusError> {
@@ -214,6 +237,36 @@ fn next_offsets(batch: &[OwnedMessage]) -> Result<TopicPartitionList, BusError> 
         tpl.add_partition_offset(&topic, partition, Offset::Offset(offset))?;
     }
     Ok(tpl)
+}
+
+/// Backoff between retries of a failing batch: doubling from 100 ms, capped at 5 s.
+pub fn retry_backoff(attempt: u32) -> Duration {
+    Duration::from_millis(100u64.saturating_mul(1 << attempt.min(6)).min(5_000))
+}
+
+/// The dead letter of a record `consumer` could not process: the record whole, with the
+/// error, for `finestra.dlq.v1` (and a later redrive). Its id is stable per record and consumer.
+pub fn dead_letter(m: &OwnedMessage, consumer: &str, error: String) -> Envelope {
+    Envelope {
+        event_id: format!(
+            "dlq:{}:{}:{}:{consumer}",
+            m.topic(),
+            m.partition(),
+            m.offset()
+        ),
+        tenant_id: String::new(),
+        occurred_at: None,
+        recorded_at: None,
+        payload: Some(Payload::DeadLetter(DeadLetter {
+            source_topic: m.topic().to_owned(),
+            partition: m.partition(),
+            offset: m.offset(),
+            consumer: consumer.to_owned(),
+            error,
+            key: m.key().unwrap_or_default().to_vec(),
+            payload: m.payload().unwrap_or_default().to_vec(),
+        })),
+    }
 }
 
 /// Decodes an `Envelope` from a record.

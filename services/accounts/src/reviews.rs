@@ -27,22 +27,9 @@ pub fn review_of(event: &str, new_category: &str) -> Option<Review> {
 
 pub async fn run(consumer: BatchConsumer, pool: PgPool, shutdown: Shutdown) {
     loop {
-        let batch = match consumer.next_batch(&shutdown).await {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!(error = %e, "consuming template reviews failed; retrying");
-                tokio::select! {
-                    () = shutdown.wait() => break,
-                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                }
-            }
+        let Some(batch) = consumer.next_batch_until_shutdown(&shutdown).await else {
+            break;
         };
-        if batch.is_empty() {
-            if shutdown.is_triggered() {
-                break;
-            }
-            continue;
-        }
         let mut retry = true;
         while retry {
             retry = false;

@@ -3,15 +3,11 @@
 //! queued to that user). Offsets are committed only after the batch is durable in Postgres and
 //! mirrored in Redis, so a crash re-delivers it and the replay changes nothing.
 
-use std::time::Duration;
-
 use finestra_domain::Clock;
 use finestra_platform::Shutdown;
 use finestra_platform::kafka::{self, BatchConsumer, Outgoing};
+use finestra_proto::v1::Envelope;
 use finestra_proto::v1::envelope::Payload;
-use finestra_proto::v1::{DeadLetter, Envelope};
-use rdkafka::Message;
-use rdkafka::message::OwnedMessage;
 use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -103,33 +99,6 @@ fn action_of(envelope: &Envelope, now: i64) -> Action {
     }
 }
 
-fn dead_letter(m: &OwnedMessage, consumer: &str, error: String) -> Envelope {
-    Envelope {
-        event_id: format!(
-            "dlq:{}:{}:{}:{consumer}",
-            m.topic(),
-            m.partition(),
-            m.offset()
-        ),
-        tenant_id: String::new(),
-        occurred_at: None,
-        recorded_at: None,
-        payload: Some(Payload::DeadLetter(DeadLetter {
-            source_topic: m.topic().to_owned(),
-            partition: m.partition(),
-            offset: m.offset(),
-            consumer: consumer.to_owned(),
-            error,
-            key: m.key().unwrap_or_default().to_vec(),
-            payload: m.payload().unwrap_or_default().to_vec(),
-        })),
-    }
-}
-
-fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(100u64.saturating_mul(1 << attempt.min(6)).min(5_000))
-}
-
 impl Loop {
     pub async fn run(self, shutdown: Shutdown) {
         let group = self.consumer.group_id().to_owned();
@@ -138,29 +107,16 @@ impl Loop {
         // way out.
         let mut last_committed = Vec::new();
         loop {
-            let batch = match self.consumer.next_batch(&shutdown).await {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::error!(error = %e, "consuming failed; retrying");
-                    tokio::select! {
-                        () = shutdown.wait() => break,
-                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                    }
-                }
+            let Some(batch) = self.consumer.next_batch_until_shutdown(&shutdown).await else {
+                break;
             };
-            if batch.is_empty() {
-                if shutdown.is_triggered() {
-                    break;
-                }
-                continue;
-            }
             let now = self.clock.now().micros();
             let mut actions = Vec::with_capacity(batch.len());
             let mut poison = Vec::new();
             for m in &batch {
                 match kafka::decode(m) {
                     Ok(envelope) => actions.push(action_of(&envelope, now)),
-                    Err(e) => poison.push(dead_letter(m, &group, e.to_string())),
+                    Err(e) => poison.push(kafka::dead_letter(m, &group, e.to_string())),
                 }
             }
             let mut attempt = 0;
@@ -172,7 +128,7 @@ impl Loop {
                         tracing::error!(error = %e, attempt, "settling a batch failed; retrying");
                         tokio::select! {
                             () = shutdown.wait() => break false,
-                            () = tokio::time::sleep(backoff(attempt)) => {}
+                            () = tokio::time::sleep(kafka::retry_backoff(attempt)) => {}
                         }
                         attempt += 1;
                     }

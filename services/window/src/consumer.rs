@@ -1,13 +1,9 @@
 //! The consumer loop: batch in, decide, apply durably, then commit offsets. Records that cannot
 //! be decoded go to the dead-letter topic and never block the partition.
 
-use std::time::Duration;
-
 use finestra_platform::Shutdown;
 use finestra_platform::kafka::{self, BatchConsumer, Outgoing};
-use finestra_proto::v1::envelope::Payload;
-use finestra_proto::v1::{DeadLetter, Envelope};
-use rdkafka::Message;
+use finestra_proto::v1::Envelope;
 use rdkafka::message::OwnedMessage;
 
 use crate::apply::{Applier, ApplyError};
@@ -19,55 +15,14 @@ pub struct Loop {
     pub dlq_topic: String,
 }
 
-fn dead_letter(m: &OwnedMessage, consumer: &str, error: String) -> Envelope {
-    Envelope {
-        event_id: format!(
-            "dlq:{}:{}:{}:{consumer}",
-            m.topic(),
-            m.partition(),
-            m.offset()
-        ),
-        tenant_id: String::new(),
-        occurred_at: None,
-        recorded_at: None,
-        payload: Some(Payload::DeadLetter(DeadLetter {
-            source_topic: m.topic().to_owned(),
-            partition: m.partition(),
-            offset: m.offset(),
-            consumer: consumer.to_owned(),
-            error,
-            key: m.key().unwrap_or_default().to_vec(),
-            payload: m.payload().unwrap_or_default().to_vec(),
-        })),
-    }
-}
-
-/// Backoff between retries of a failing batch, capped.
-fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(100u64.saturating_mul(1 << attempt.min(6)).min(5_000))
-}
-
 impl Loop {
     /// Runs until shutdown; the batch in hand is finished and committed first.
     pub async fn run(self, shutdown: Shutdown) {
         let group = self.consumer.group_id().to_owned();
         loop {
-            let batch = match self.consumer.next_batch(&shutdown).await {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::error!(error = %e, "consuming failed; retrying");
-                    tokio::select! {
-                        () = shutdown.wait() => break,
-                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                    }
-                }
+            let Some(batch) = self.consumer.next_batch_until_shutdown(&shutdown).await else {
+                break;
             };
-            if batch.is_empty() {
-                if shutdown.is_triggered() {
-                    break;
-                }
-                continue;
-            }
             let now = self.applier.clock.now();
             let mut events: Vec<WindowEvent> = Vec::with_capacity(batch.len());
             let mut sources: Vec<&OwnedMessage> = Vec::with_capacity(batch.len());
@@ -82,7 +37,7 @@ impl Loop {
                         sources.push(m);
                     }
                     Ok(None) => {}
-                    Err(error) => poison.push(dead_letter(m, &group, error)),
+                    Err(error) => poison.push(kafka::dead_letter(m, &group, error)),
                 }
             }
             if !self
@@ -145,7 +100,7 @@ impl Loop {
                     tracing::error!(error = %e, attempt, "applying a batch failed; retrying");
                     tokio::select! {
                         () = shutdown.wait() => return false,
-                        () = tokio::time::sleep(backoff(attempt)) => {}
+                        () = tokio::time::sleep(kafka::retry_backoff(attempt)) => {}
                     }
                     attempt += 1;
                 }
@@ -188,7 +143,9 @@ impl Loop {
         for (event, source) in events.iter().zip(sources) {
             match self.applier.apply(std::slice::from_ref(event)).await {
                 Ok(_) => {}
-                Err(e) if e.is_data_error() => bad.push(dead_letter(source, group, e.to_string())),
+                Err(e) if e.is_data_error() => {
+                    bad.push(kafka::dead_letter(source, group, e.to_string()))
+                }
                 Err(e) => return Err(e),
             }
         }
