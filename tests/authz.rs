@@ -504,6 +504,15 @@ async fn world() -> anyhow::Result<World> {
     let window = finestra_testkit::start_window(&scope, "window", 100).await?;
     let accounts = finestra_testkit::start_accounts(&scope).await?;
     let billing = finestra_testkit::start_billing(&scope, "billing").await?;
+    // The user the billing rows quote a free-form reply to has an open window.
+    sqlx::query(
+        "INSERT INTO windows.pair_state (tenant_id, phone_number_id, user_key, csw_until)
+         VALUES ($1, $2, '393470000001', 9000000000000000)",
+    )
+    .bind(&tenant_a)
+    .bind(&number)
+    .execute(&finestra_testkit::infra().await?.pool)
+    .await?;
     let template: String = sqlx::query_scalar(
         "INSERT INTO accounts.templates (template_id, tenant_id, name, language, category, body, parameter_count)
          VALUES ('tpl_' || $1, $1, 'order_ready', 'en', 'UTILITY', 'Order {{1}} is ready', 1) RETURNING template_id",

@@ -287,7 +287,13 @@ async fn quotes_price_by_window_category_market_and_partner_markup() -> anyhow::
     let it_marketing = default_cost(&b, "MARKETING", "IT").await?;
     let it_utility = default_cost(&b, "UTILITY", "IT").await?;
 
-    // No window: templates are charged, marketing with its fixed markup, utility with 10 %.
+    // No window: a free-form message cannot be sent, so it is not priced.
+    assert_reason(
+        quote(IT_USER, true, "", "").await,
+        Code::FailedPrecondition,
+        "WINDOW_CLOSED",
+    );
+    // Templates are charged, marketing with its fixed markup, utility with 10 %.
     let q = quote(IT_USER, false, &marketing, "").await?;
     assert_eq!(
         (q.cost_micros, q.price_micros, q.free, q.market.as_str()),

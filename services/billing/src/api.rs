@@ -349,6 +349,16 @@ impl BillingService for BillingApi {
         .await
         .map_err(|e| internal("reading the window", &e))?;
         let open = window.at(now);
+        if kind == MessageKind::FreeForm && !open.csw_open {
+            // DESIGN 1.2: free-form only inside the window (an FEP changes prices, not that);
+            // a quote never prices what a send would refuse.
+            return Err(with_reason(
+                Code::FailedPrecondition,
+                "WINDOW_CLOSED",
+                "the customer-service window is closed: only a template may be sent",
+                &[("tenant_id", &req.tenant_id), ("user", user)],
+            ));
+        }
         let q = self
             .pricer
             .price(&tenant.partner_id, now, user, &kind, open)
