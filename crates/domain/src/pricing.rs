@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::time::Timestamp;
+use crate::time::{Timestamp, days_from_civil};
 
 /// Money in micro-units of a currency (1 EUR = 1,000,000). Never a float.
 pub type Micros = i64;
@@ -287,17 +287,6 @@ pub const DEFAULT_CARD: &str = include_str!("../rates/2025-07-01.card");
 pub struct CardSyntaxError {
     pub line: usize,
     pub reason: String,
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` (UTC only, as rate cards are written).

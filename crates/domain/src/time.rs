@@ -38,6 +38,35 @@ impl fmt::Display for Timestamp {
     }
 }
 
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// `YYYY-MM` (UTC) → [its first µs, the next month's first µs).
+pub fn month_range(month: &str) -> Option<(Timestamp, Timestamp)> {
+    let (y, m) = month.split_once('-')?;
+    if y.len() != 4 || m.len() != 2 {
+        return None;
+    }
+    let y: i64 = y.parse().ok()?;
+    let m: i64 = m.parse().ok()?;
+    if !(1..=12).contains(&m) || !(1970..=9999).contains(&y) {
+        return None;
+    }
+    let (next_y, next_m) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+    Some((
+        Timestamp::from_secs(days_from_civil(y, m, 1) * 86_400),
+        Timestamp::from_secs(days_from_civil(next_y, next_m, 1) * 86_400),
+    ))
+}
+
 /// How old a provider timestamp may be when it reaches Finestra (the provider retries a
 /// webhook for days; a month is generous).
 pub const MAX_EVENT_AGE_HOURS: i64 = 30 * 24;

@@ -101,8 +101,6 @@ pub enum HotReserve {
     Insufficient {
         available: Micros,
     },
-    /// The wallet is not cached: load it from Postgres and try again.
-    NotLoaded,
 }
 
 /// A snapshot of a wallet in Postgres, to load.
@@ -166,20 +164,23 @@ impl HotWallets {
         if out.first() == Some(&-2) && out.len() == 1 {
             return Ok(None);
         }
-        Ok(Some(
-            out.chunks(2)
-                .map(|pair| match pair {
-                    [1, available] => HotReserve::Reserved {
-                        available: *available,
-                    },
-                    [0, amount] => HotReserve::Existing { amount: *amount },
-                    [_, available] => HotReserve::Insufficient {
-                        available: *available,
-                    },
-                    _ => HotReserve::NotLoaded,
-                })
-                .collect(),
-        ))
+        let answers = out
+            .chunks(2)
+            .map(|pair| match pair {
+                [1, available] => Ok(HotReserve::Reserved {
+                    available: *available,
+                }),
+                [0, amount] => Ok(HotReserve::Existing { amount: *amount }),
+                [-1, available] => Ok(HotReserve::Insufficient {
+                    available: *available,
+                }),
+                _ => Err(redis::RedisError::from((
+                    redis::ErrorKind::TypeError,
+                    "unexpected answer of the reserve script",
+                ))),
+            })
+            .collect::<redis::RedisResult<Vec<_>>>()?;
+        Ok(Some(answers))
     }
 
     /// Loads a snapshot unless the hash exists already (another loader won).

@@ -76,38 +76,7 @@ pub async fn usage(
     .await
 }
 
-/// `YYYY-MM` → [first µs of the month, first µs of the next).
-pub fn month_range(month: &str) -> Option<(Timestamp, Timestamp)> {
-    let (y, m) = month.split_once('-')?;
-    if y.len() != 4 || m.len() != 2 {
-        return None;
-    }
-    let y: i64 = y.parse().ok()?;
-    let m: i64 = m.parse().ok()?;
-    if !(1..=12).contains(&m) || !(1970..=9999).contains(&y) {
-        return None;
-    }
-    let start = days_from_civil(y, m, 1);
-    let end = if m == 12 {
-        days_from_civil(y + 1, 1, 1)
-    } else {
-        days_from_civil(y, m + 1, 1)
-    };
-    Some((
-        Timestamp::from_secs(start * 86_400),
-        Timestamp::from_secs(end * 86_400),
-    ))
-}
-
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
+pub use finestra_domain::time::month_range;
 
 /// Top-ups credited in [from, to).
 pub async fn top_ups(

@@ -205,9 +205,6 @@ async fn flush(settings: &WriterSettings, jobs: Vec<Job>) {
                     available,
                 })
             }
-            Some(Ok(HotReserve::NotLoaded)) => {
-                Err(ReserveError::Unavailable("the wallet is not loaded".into()))
-            }
             Some(Err(e)) => Err(ReserveError::Unavailable(e)),
         };
         match outcome {
