@@ -78,6 +78,8 @@ async fn the_simulator_sends_applies_the_networks_rules_and_reports_statuses() -
             failure_per_mille: 0,
             read_per_mille: 1_000,
             number_rate: 80,
+            ingest_url: String::new(),
+            ingest_key: String::new(),
         },
         finestra_testkit::system_clock(),
         shutdown.clone(),
@@ -202,6 +204,8 @@ async fn the_simulator_refuses_beyond_a_numbers_throughput() -> anyhow::Result<(
             // One message a second, burst of one: the second of two back-to-back sends is
             // refused unless a whole second passed between them (timing-proof on a busy box).
             number_rate: 1,
+            ingest_url: String::new(),
+            ingest_key: String::new(),
         },
         finestra_testkit::system_clock(),
         shutdown.clone(),

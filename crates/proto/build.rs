@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "ingest.proto",
         "accounts.proto",
         "billing.proto",
+        "dispatch.proto",
     ]
     .map(|f| proto_root.join("finestra/v1").join(f));
     for f in &files {

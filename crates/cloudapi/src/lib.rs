@@ -2,6 +2,7 @@
 //! (build it) and, later, the simulator (speaks it).
 
 pub mod build;
+pub mod send;
 pub mod signature;
 pub mod webhook;
 

@@ -1,6 +1,7 @@
 //! The product's rules (DESIGN section 1) as pure code. No tokio, no stores, no proto types:
 //! time comes in through [`Clock`] or as arguments, so every rule is testable exhaustively.
 
+pub mod delivery;
 pub mod pacing;
 pub mod pricing;
 pub mod send;

@@ -70,11 +70,46 @@ impl Pacer {
         self.pairs.insert(pair_key, pair_tat);
         Timestamp::from_micros(at)
     }
+
+    /// Drops buckets that are full again at `now` (they would schedule exactly as an unknown
+    /// one), so a long-running worker keeps only the pairs it recently paced.
+    pub fn forget_idle(&mut self, now: Timestamp) {
+        let now = now.micros();
+        self.numbers.retain(|_, tat| *tat > now);
+        self.pairs.retain(|_, tat| *tat > now);
+    }
+
+    /// Buckets held (numbers + pairs).
+    pub fn len(&self) -> usize {
+        self.numbers.len() + self.pairs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn idle_buckets_are_forgotten_without_changing_any_schedule() {
+        let mut p = Pacer::default();
+        let rate = Rate::per_second(10);
+        let first = p.schedule("n", "u", rate, T);
+        assert_eq!(first, T);
+        p.forget_idle(T);
+        assert_eq!(p.len(), 2, "both buckets still drain after T");
+        p.forget_idle(T.plus_micros(7_000_000));
+        assert!(p.is_empty());
+        let mut fresh = Pacer::default();
+        let later = T.plus_micros(7_000_000);
+        assert_eq!(
+            p.schedule("n", "u", rate, later),
+            fresh.schedule("n", "u", rate, later)
+        );
+    }
 
     const T: Timestamp = Timestamp::from_secs(1_764_000_000);
 

@@ -65,6 +65,7 @@ pub struct Topics {
     pub accounts: String,
     pub provider: String,
     pub billing: String,
+    pub outbound: String,
 }
 
 impl Topics {
@@ -79,10 +80,11 @@ impl Topics {
             accounts: format!("{}{suffix}", t::ACCOUNTS),
             provider: format!("{}{suffix}", t::PROVIDER),
             billing: format!("{}{suffix}", t::BILLING),
+            outbound: format!("{}{suffix}", t::OUTBOUND),
         }
     }
 
-    pub fn all(&self) -> [&str; 8] {
+    pub fn all(&self) -> [&str; 9] {
         [
             &self.inbound,
             &self.status,
@@ -92,6 +94,7 @@ impl Topics {
             &self.accounts,
             &self.provider,
             &self.billing,
+            &self.outbound,
         ]
     }
 }
@@ -148,7 +151,7 @@ mod tests {
     fn topics_carry_the_suffix() {
         let t = Topics::with_suffix(".abc");
         assert_eq!(t.inbound, "finestra.inbound.v1.abc");
-        assert_eq!(t.all().len(), 8);
+        assert_eq!(t.all().len(), 9);
         assert_eq!(Topics::with_suffix("").window, "finestra.window.v1");
     }
 }

@@ -218,6 +218,38 @@ impl BatchConsumer {
         Ok(())
     }
 
+    /// Commits the given next offsets (topic, partition, offset of the next record to read),
+    /// without waiting: for consumers that finish records out of order and track themselves
+    /// how far each partition is done (see `offsets::InFlight`).
+    pub fn commit_positions(&self, positions: &[(String, i32, i64)]) -> Result<(), BusError> {
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition, offset) in positions {
+            tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+        }
+        if tpl.count() == 0 {
+            return Ok(());
+        }
+        self.consumer.commit(&tpl, CommitMode::Async)?;
+        Ok(())
+    }
+
+    /// Like `commit_positions`, waiting for the broker (the last commit before stopping).
+    pub async fn commit_positions_sync(
+        &self,
+        positions: &[(String, i32, i64)],
+    ) -> Result<(), BusError> {
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition, offset) in positions {
+            tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+        }
+        if tpl.count() == 0 {
+            return Ok(());
+        }
+        let consumer = self.consumer.clone();
+        tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync)).await??;
+        Ok(())
+    }
+
     pub fn group_id(&self) -> &str {
         &self.settings.group_id
     }

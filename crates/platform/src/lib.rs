@@ -10,6 +10,7 @@ pub mod grpc;
 pub mod health;
 pub mod kafka;
 pub mod metrics;
+pub mod offsets;
 pub mod paging;
 pub mod service;
 pub mod shutdown;

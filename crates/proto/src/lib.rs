@@ -22,8 +22,9 @@ pub mod topics {
     pub const ACCOUNTS: &str = "finestra.accounts.v1";
     pub const PROVIDER: &str = "finestra.provider.v1";
     pub const BILLING: &str = "finestra.billing.v1";
-    pub const ALL: [&str; 8] = [
-        INBOUND, STATUS, USER, WINDOW, DLQ, ACCOUNTS, PROVIDER, BILLING,
+    pub const OUTBOUND: &str = "finestra.outbound.v1";
+    pub const ALL: [&str; 9] = [
+        INBOUND, STATUS, USER, WINDOW, DLQ, ACCOUNTS, PROVIDER, BILLING, OUTBOUND,
     ];
 }
 

@@ -3,6 +3,7 @@
 //! service takes over.
 
 pub mod keys;
+pub mod windows;
 
 pub use sqlx::PgPool;
 

@@ -52,6 +52,7 @@ async fn migrate() -> anyhow::Result<()> {
     finestra_window::pg::migrate(&pool).await?;
     finestra_billing::pg::migrate(&pool).await?;
     finestra_billing::pg::ensure_default_card(&pool).await?;
+    finestra_dispatch::pg::migrate(&pool).await?;
     pool.close().await;
     Ok(())
 }
@@ -288,6 +289,102 @@ pub async fn start_billing_with(
     let shutdown = Shutdown::new();
     let running = finestra_billing::start(config, clock, shutdown.clone()).await?;
     Ok(Started { running, shutdown })
+}
+
+/// Dispatch settings for a test: this scope's topics and groups, `billing_url` for
+/// reservations (with an operator key made here), `provider_url` as the network, and retries
+/// fast enough for a test (base 20 ms, cap 200 ms, 4 attempts).
+pub async fn dispatch_config(
+    scope: &Scope,
+    billing_url: &str,
+    provider_url: &str,
+    provider_token: &str,
+) -> anyhow::Result<finestra_dispatch::DispatchConfig> {
+    use finestra_platform::auth::{Owner, Scope as KeyScope};
+    let billing_key = scope.key(Owner::Operator, &[KeyScope::Send]).await?;
+    Ok(finestra_dispatch::DispatchConfig {
+        common: scope.config()?,
+        worker_group: scope.group("dispatch-worker"),
+        status_group: scope.group("dispatch-status"),
+        billing_url: billing_url.to_owned(),
+        billing_key,
+        billing_connections: 2,
+        billing_timeout: Duration::from_secs(5),
+        provider_url: provider_url.to_owned(),
+        provider_version: "v21.0".into(),
+        provider_token: provider_token.to_owned(),
+        provider_timeout: Duration::from_secs(5),
+        retry: finestra_domain::delivery::RetryPolicy {
+            base_micros: 20_000,
+            cap_micros: 200_000,
+            max_attempts: 4,
+        },
+        max_in_flight: 10_000,
+        send_concurrency: 64,
+        accept_batch: 200,
+        accept_parallel: 2,
+        max_batch: 500,
+        linger: Duration::from_millis(5),
+        facts_ttl: Duration::from_millis(200),
+        replay_wait: Duration::from_secs(5),
+    })
+}
+
+pub async fn start_dispatch_with(
+    config: finestra_dispatch::DispatchConfig,
+) -> anyhow::Result<Started> {
+    let shutdown = Shutdown::new();
+    let running = finestra_dispatch::start(config, system_clock(), shutdown.clone()).await?;
+    Ok(Started { running, shutdown })
+}
+
+/// A simulator started in-process for a test.
+pub struct StartedSim {
+    pub running: finestra_simulator::Running,
+    pub shutdown: Shutdown,
+}
+
+impl StartedSim {
+    pub fn base_url(&self) -> String {
+        self.running.base_url()
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.trigger();
+        let _ = self.running.task.await;
+    }
+}
+
+/// Starts the simulator posting webhooks to `ingest` (HTTP and gRPC addresses), reporting
+/// blocks with an operator key, statuses 10 ms apart.
+pub async fn start_simulator(
+    scope: &Scope,
+    ingest: &Running,
+    token: &str,
+    number_rate: u32,
+) -> anyhow::Result<StartedSim> {
+    use finestra_platform::auth::{Owner, Scope as KeyScope};
+    let http = ingest.http_addr.context("ingest has an HTTP listener")?;
+    let ingest_key = scope.key(Owner::Operator, &[KeyScope::Send]).await?;
+    let shutdown = Shutdown::new();
+    let running = finestra_simulator::start(
+        finestra_simulator::SimConfig {
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            database_url: scope.config()?.database_url,
+            webhook_url: format!("http://{http}/webhooks/cloud-api"),
+            access_token: token.to_owned(),
+            status_delay: Duration::from_millis(10),
+            failure_per_mille: 0,
+            read_per_mille: 0,
+            number_rate,
+            ingest_url: ingest.grpc_url(),
+            ingest_key,
+        },
+        system_clock(),
+        shutdown.clone(),
+    )
+    .await?;
+    Ok(StartedSim { running, shutdown })
 }
 
 pub async fn start_accounts(scope: &Scope) -> anyhow::Result<Started> {

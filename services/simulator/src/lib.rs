@@ -21,7 +21,9 @@ use finestra_platform::Shutdown;
 use finestra_platform::config::{env_addr, env_parse, env_string};
 use finestra_registry::Registry;
 use rand::Rng as _;
-use serde::Deserialize;
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use network::{Network, Refusal};
@@ -43,6 +45,11 @@ pub struct SimConfig {
     pub read_per_mille: u32,
     /// Messages per second a number may send before 130429.
     pub number_rate: u32,
+    /// Ingest's gRPC address and an operator key (scope `send`): blocks are reported through
+    /// `IngestInbound`, as a channel without block webhooks does. Empty: blocks stay inside
+    /// the network (it still refuses sends with 131026).
+    pub ingest_url: String,
+    pub ingest_key: String,
 }
 
 impl SimConfig {
@@ -62,11 +69,40 @@ impl SimConfig {
             failure_per_mille: env_parse("SIM_FAILURE_PER_MILLE", 0u32)?,
             read_per_mille: env_parse("SIM_READ_PER_MILLE", 500u32)?,
             number_rate: env_parse("SIM_NUMBER_RATE", 80u32)?,
+            ingest_url: env_string("SIM_INGEST_URL", "http://127.0.0.1:7051"),
+            ingest_key: env_string("SIM_INGEST_KEY", ""),
         })
     }
 }
 
+/// Failures a test or a demo injects for a number: the next `next` sends (or every send while
+/// `always`) answer HTTP `http_status` with a temporary Cloud API error.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize)]
+pub struct Fault {
+    #[serde(default)]
+    pub next: u32,
+    #[serde(default)]
+    pub always: bool,
+    #[serde(default = "default_fault_status")]
+    pub http_status: u16,
+}
+
+fn default_fault_status() -> u16 {
+    500
+}
+
+/// What the network did with a number's sends (for tests and demos).
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct NumberStats {
+    pub accepted: u64,
+    pub refused: u64,
+    pub rate_limited: u64,
+    pub injected_failures: u64,
+}
+
 struct Sim {
+    faults: Mutex<HashMap<String, Fault>>,
+    stats: Mutex<HashMap<String, NumberStats>>,
     net: Mutex<Network>,
     registry: Registry,
     poster: Poster,
@@ -156,6 +192,14 @@ async fn send(
             );
         }
     };
+    if sim.take_fault(&phone_number_id) {
+        return cloud_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            1,
+            "An unknown error occurred",
+            "injected by the simulator",
+        );
+    }
     let to = body["to"]
         .as_str()
         .unwrap_or_default()
@@ -188,6 +232,12 @@ async fn send(
     match admitted {
         Ok(Ok(())) => {}
         Ok(Err(refusal)) => {
+            sim.count(&phone_number_id, |s| {
+                s.refused += 1;
+                if refusal == Refusal::RateLimited {
+                    s.rate_limited += 1;
+                }
+            });
             metrics::counter!("finestra_simulator_refused_total", "code" => refusal.code().to_string())
                 .increment(1);
             let status = if refusal == Refusal::RateLimited {
@@ -212,6 +262,7 @@ async fn send(
         .unwrap_or_default()
         .to_owned();
     metrics::counter!("finestra_simulator_accepted_total").increment(1);
+    sim.count(&phone_number_id, |s| s.accepted += 1);
     tokio::spawn(report_statuses(
         sim.clone(),
         number.phone_number_id.clone(),
@@ -229,6 +280,75 @@ async fn send(
             "messages": [{ "id": wamid }]
         })),
     )
+}
+
+impl Sim {
+    /// Consumes one injected failure of the number, if any.
+    fn take_fault(&self, number: &str) -> bool {
+        let Ok(mut faults) = self.faults.lock() else {
+            return false;
+        };
+        let Some(f) = faults.get_mut(number) else {
+            return false;
+        };
+        let fire = if f.always {
+            true
+        } else if f.next > 0 {
+            f.next -= 1;
+            true
+        } else {
+            false
+        };
+        drop(faults);
+        if fire {
+            self.count(number, |s| s.injected_failures += 1);
+        }
+        fire
+    }
+
+    fn count(&self, number: &str, f: impl FnOnce(&mut NumberStats)) {
+        if let Ok(mut stats) = self.stats.lock() {
+            f(stats.entry(number.to_owned()).or_default());
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct FaultRequest {
+    phone_number_id: String,
+    #[serde(flatten)]
+    fault: Fault,
+}
+
+/// Injects failures for a number (`next: 0, always: false` clears them).
+async fn faults(
+    State(sim): State<Arc<Sim>>,
+    Json(f): Json<FaultRequest>,
+) -> (StatusCode, Json<Value>) {
+    match sim.faults.lock() {
+        Ok(mut faults) => {
+            faults.insert(f.phone_number_id, f.fault);
+            (StatusCode::OK, Json(json!({ "ok": true })))
+        }
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"error": "try again"})),
+        ),
+    }
+}
+
+/// A number's counters.
+async fn stats(
+    State(sim): State<Arc<Sim>>,
+    Path(phone_number_id): Path<String>,
+) -> (StatusCode, Json<Value>) {
+    let s = sim
+        .stats
+        .lock()
+        .ok()
+        .and_then(|s| s.get(&phone_number_id).copied())
+        .unwrap_or_default();
+    (StatusCode::OK, Json(json!(s)))
 }
 
 /// Posts the message's statuses in order, each after the configured delay.
@@ -350,17 +470,115 @@ struct Block {
     blocked: bool,
 }
 
-/// A user blocks (or unblocks) a number: sends to them fail with 131026 meanwhile.
+/// A user blocks (or unblocks) a number: sends to them fail with 131026 meanwhile, and the
+/// block is reported to ingest.
 async fn block(State(sim): State<Arc<Sim>>, Json(b): Json<Block>) -> (StatusCode, Json<Value>) {
     match sim.net.lock() {
-        Ok(mut net) => {
-            net.set_blocked(&b.phone_number_id, &b.user, b.blocked);
-            (StatusCode::OK, Json(json!({ "blocked": b.blocked })))
+        Ok(mut net) => net.set_blocked(&b.phone_number_id, &b.user, b.blocked),
+        Err(_) => {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(json!({"error": "try again"})),
+            );
         }
-        Err(_) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Json(json!({"error": "try again"})),
+    }
+    if sim.config.ingest_key.is_empty() {
+        return (
+            StatusCode::OK,
+            Json(json!({ "blocked": b.blocked, "reported": false })),
+        );
+    }
+    match report_block(&sim, &b).await {
+        Ok(()) => (
+            StatusCode::OK,
+            Json(json!({ "blocked": b.blocked, "reported": true })),
         ),
+        Err(e) => (
+            StatusCode::BAD_GATEWAY,
+            Json(json!({ "blocked": b.blocked, "error": e })),
+        ),
+    }
+}
+
+async fn report_block(sim: &Sim, b: &Block) -> Result<(), String> {
+    use finestra_proto::v1::ingest_service_client::IngestServiceClient;
+    use finestra_proto::v1::{InboundItem, IngestInboundRequest, UserBlock, UserRef, inbound_item};
+    let channel = tonic::transport::Channel::from_shared(sim.config.ingest_url.clone())
+        .map_err(|e| e.to_string())?
+        .connect()
+        .await
+        .map_err(|e| format!("ingest is unreachable: {e}"))?;
+    let bearer =
+        finestra_platform::auth::Bearer::new(&sim.config.ingest_key).map_err(|e| e.to_string())?;
+    let mut client = IngestServiceClient::new(
+        tonic::service::interceptor::InterceptedService::new(channel, bearer),
+    );
+    let at = sim.clock.now().micros();
+    client
+        .ingest_inbound(IngestInboundRequest {
+            phone_number_id: b.phone_number_id.clone(),
+            items: vec![InboundItem {
+                timestamp: Some(finestra_proto::time::from_micros(at)),
+                item: Some(inbound_item::Item::Block(UserBlock {
+                    phone_number_id: b.phone_number_id.clone(),
+                    user: Some(UserRef {
+                        wa_id: b.user.clone(),
+                        ..UserRef::default()
+                    }),
+                    blocked: b.blocked,
+                })),
+            }],
+        })
+        .await
+        .map_err(|s| format!("ingest refused the block: {}", s.message()))?;
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct Preference {
+    phone_number_id: String,
+    user: String,
+    /// true: stop marketing messages; false: resume them.
+    stop: bool,
+}
+
+/// A user stops (or resumes) marketing messages: the network posts a `user_preferences`
+/// webhook (Finestra then refuses marketing templates to them with MARKETING_OPT_OUT).
+async fn preference(
+    State(sim): State<Arc<Sim>>,
+    Json(p): Json<Preference>,
+) -> (StatusCode, Json<Value>) {
+    let number = match sim.registry.number(&p.phone_number_id).await {
+        Ok(Some(n)) => n,
+        Ok(None) => {
+            return (
+                StatusCode::NOT_FOUND,
+                Json(json!({"error": "unknown phone number id"})),
+            );
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "looking up a number failed");
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(json!({"error": "try again"})),
+            );
+        }
+    };
+    let at = sim.clock.now().micros() / 1_000_000;
+    let body = finestra_cloudapi::build::marketing_preference(
+        &number.phone_number_id,
+        &number.display_phone_number,
+        &p.user,
+        p.stop,
+        at,
+    );
+    match sim.poster.post(&number.app_secret, &body, 8).await {
+        Ok(status) if status < 300 => (StatusCode::OK, Json(json!({ "stop": p.stop }))),
+        Ok(status) => (
+            StatusCode::BAD_GATEWAY,
+            Json(json!({ "error": format!("ingest answered {status}") })),
+        ),
+        Err(e) => (StatusCode::BAD_GATEWAY, Json(json!({ "error": e }))),
     }
 }
 
@@ -383,6 +601,8 @@ pub async fn start(
 ) -> anyhow::Result<Running> {
     let pool = finestra_registry::connect(&config.database_url).await?;
     let sim = Arc::new(Sim {
+        faults: Mutex::new(HashMap::new()),
+        stats: Mutex::new(HashMap::new()),
         net: Mutex::new(Network::default()),
         registry: Registry::new(pool),
         poster: Poster {
@@ -398,6 +618,9 @@ pub async fn start(
         .route("/{version}/{phone_number_id}/messages", post(send))
         .route("/sim/v1/say", post(say))
         .route("/sim/v1/block", post(block))
+        .route("/sim/v1/faults", post(faults))
+        .route("/sim/v1/preference", post(preference))
+        .route("/sim/v1/stats/{phone_number_id}", get(stats))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(sim);
     let listener = tokio::net::TcpListener::bind(config.http_addr).await?;

@@ -95,7 +95,12 @@ pub async fn start(
     let consumer = BatchConsumer::new(ConsumerSettings {
         brokers: common.kafka_brokers.clone(),
         group_id: config.consumer_group.clone(),
-        topics: vec![common.topics.inbound.clone(), common.topics.user.clone()],
+        topics: vec![
+            common.topics.inbound.clone(),
+            common.topics.user.clone(),
+            // Replies that start a free entry point.
+            common.topics.outbound.clone(),
+        ],
         max_batch: config.max_batch,
         linger: config.linger,
     })?;

@@ -155,6 +155,11 @@ pub async fn append_history(
                 referral.push(*r);
                 flag.push(None);
             }
+            EventKind::BusinessReply { message_id: m } => {
+                message_id.push(Some(m));
+                referral.push(false);
+                flag.push(None);
+            }
             EventKind::MarketingPreference { stop: f } | EventKind::Block { blocked: f } => {
                 message_id.push(None);
                 referral.push(false);

@@ -15,9 +15,20 @@ pub struct PairKey {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EventKind {
-    UserMessage { message_id: String, referral: bool },
-    MarketingPreference { stop: bool },
-    Block { blocked: bool },
+    UserMessage {
+        message_id: String,
+        referral: bool,
+    },
+    MarketingPreference {
+        stop: bool,
+    },
+    Block {
+        blocked: bool,
+    },
+    /// The business answered inside the window of a referral message: an FEP starts.
+    BusinessReply {
+        message_id: String,
+    },
 }
 
 impl EventKind {
@@ -26,6 +37,7 @@ impl EventKind {
             EventKind::UserMessage { .. } => "user_message",
             EventKind::MarketingPreference { .. } => "marketing_preference",
             EventKind::Block { .. } => "block",
+            EventKind::BusinessReply { .. } => "business_reply",
         }
     }
 }
@@ -90,6 +102,25 @@ pub fn decode(env: &Envelope, now: Timestamp) -> Result<Option<WindowEvent>, Dec
             b.user.as_ref(),
             EventKind::Block { blocked: b.blocked },
         ),
+        // Only replies that start a free entry point change a window.
+        Some(Payload::OutboundMessage(o)) if o.starts_fep => {
+            let user = UserKey::from_parts(&o.to, "")?;
+            if o.phone_number_id.is_empty() {
+                return Err(DecodeError::Missing("phone_number_id"));
+            }
+            return Ok(Some(WindowEvent {
+                key: PairKey {
+                    tenant_id: env.tenant_id.clone(),
+                    phone_number_id: o.phone_number_id.clone(),
+                    user: user.as_str().to_owned(),
+                },
+                event_id: env.event_id.clone(),
+                occurred_at,
+                kind: EventKind::BusinessReply {
+                    message_id: o.message_id.clone(),
+                },
+            }));
+        }
         _ => return Ok(None),
     };
     let user = user.ok_or(DecodeError::Missing("user"))?;
@@ -126,6 +157,10 @@ pub fn apply(
         }
         EventKind::Block { blocked } => {
             state.on_block(e.occurred_at, *blocked);
+            None
+        }
+        EventKind::BusinessReply { .. } => {
+            state.on_business_reply(e.occurred_at);
             None
         }
     }
@@ -171,6 +206,35 @@ mod tests {
                 referral: false
             }
         );
+    }
+
+    #[test]
+    fn a_reply_that_starts_an_fep_is_an_event_and_other_replies_are_not() {
+        use finestra_proto::v1::OutboundMessage;
+        let mut env = envelope(NOW, "text");
+        env.event_id = "out:m_1".into();
+        env.payload = Some(Payload::OutboundMessage(OutboundMessage {
+            message_id: "m_1".into(),
+            phone_number_id: "pn1".into(),
+            to: "393331234567".into(),
+            starts_fep: true,
+            ..Default::default()
+        }));
+        let e = decode(&env, NOW).expect("valid").expect("relevant");
+        assert_eq!(
+            e.kind,
+            EventKind::BusinessReply {
+                message_id: "m_1".into()
+            }
+        );
+        let mut s = WindowState::default();
+        s.on_user_message(NOW.plus_hours(-1), "wamid.r", true, NOW);
+        apply(&mut s, &e, NOW);
+        assert_eq!(s.fep_until, Some(NOW.plus_hours(72)));
+        if let Some(Payload::OutboundMessage(o)) = env.payload.as_mut() {
+            o.starts_fep = false;
+        }
+        assert_eq!(decode(&env, NOW), Ok(None));
     }
 
     #[test]

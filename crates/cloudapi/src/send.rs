@@ -1,0 +1,156 @@
+//! The Cloud API's send request (`POST /v{n}/{phone_number_id}/messages`) and its answers, as
+//! Meta defines them: the body builders dispatch uses and the simulator reads, the success
+//! answer (`messages[0].id`) and the error object (`error.code`).
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// A send body: `type` and its object, the recipient, and `biz_opaque_callback_data` (which the
+/// network echoes on every status of the message).
+pub fn body(to: &str, kind: &str, object: Value, callback: &str) -> Value {
+    let mut v = json!({
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": to,
+        "type": kind,
+        "biz_opaque_callback_data": callback,
+    });
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert(kind.to_owned(), object);
+    }
+    v
+}
+
+pub fn text(body_text: &str, preview_url: bool) -> Value {
+    json!({ "body": body_text, "preview_url": preview_url })
+}
+
+/// image / document / video / audio / sticker by link. Audio and stickers carry no caption;
+/// only documents carry a file name.
+pub fn media(kind: &str, link: &str, caption: &str, filename: &str) -> Value {
+    let mut v = json!({ "link": link });
+    if let Some(obj) = v.as_object_mut() {
+        if !caption.is_empty() && !matches!(kind, "audio" | "sticker") {
+            obj.insert("caption".into(), json!(caption));
+        }
+        if !filename.is_empty() && kind == "document" {
+            obj.insert("filename".into(), json!(filename));
+        }
+    }
+    v
+}
+
+/// A template with positional body parameters.
+pub fn template(name: &str, language: &str, parameters: &[String]) -> Value {
+    let mut v = json!({ "name": name, "language": { "code": language } });
+    if !parameters.is_empty()
+        && let Some(obj) = v.as_object_mut()
+    {
+        let params: Vec<Value> = parameters
+            .iter()
+            .map(|p| json!({ "type": "text", "text": p }))
+            .collect();
+        obj.insert(
+            "components".into(),
+            json!([{ "type": "body", "parameters": params }]),
+        );
+    }
+    v
+}
+
+pub fn location(latitude: f64, longitude: f64, name: &str, address: &str) -> Value {
+    json!({ "latitude": latitude, "longitude": longitude, "name": name, "address": address })
+}
+
+pub fn reaction(message_id: &str, emoji: &str) -> Value {
+    json!({ "message_id": message_id, "emoji": emoji })
+}
+
+#[derive(Debug, Deserialize)]
+struct Accepted {
+    messages: Vec<AcceptedMessage>,
+}
+
+#[derive(Debug, Deserialize)]
+struct AcceptedMessage {
+    id: String,
+}
+
+/// The wamid of a successful answer.
+pub fn accepted_id(answer: &[u8]) -> Option<String> {
+    serde_json::from_slice::<Accepted>(answer)
+        .ok()
+        .and_then(|a| a.messages.into_iter().next())
+        .map(|m| m.id)
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorAnswer {
+    error: ErrorObject,
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorObject {
+    #[serde(default)]
+    code: i32,
+    #[serde(default)]
+    message: String,
+}
+
+/// The `error.code` and `error.message` of an error answer.
+pub fn error_of(answer: &[u8]) -> Option<(i32, String)> {
+    serde_json::from_slice::<ErrorAnswer>(answer)
+        .ok()
+        .map(|e| (e.error.code, e.error.message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_shaped_as_meta_defines_them() {
+        let b = body(
+            "393331234567",
+            "template",
+            template("order_ready", "it", &["Giulia".into(), "A-17".into()]),
+            "m_1",
+        );
+        assert_eq!(b["type"], "template");
+        assert_eq!(b["template"]["language"]["code"], "it");
+        assert_eq!(
+            b["template"]["components"][0]["parameters"][1]["text"],
+            "A-17"
+        );
+        assert_eq!(b["biz_opaque_callback_data"], "m_1");
+        let d = media(
+            "document",
+            "https://x.example/a.pdf",
+            "Your invoice",
+            "a.pdf",
+        );
+        assert_eq!(d["filename"], "a.pdf");
+        assert_eq!(
+            media("audio", "https://x/a.ogg", "ignored", "")["caption"],
+            Value::Null
+        );
+        assert_eq!(
+            template("hello", "en", &[])["components"],
+            Value::Null,
+            "no components without parameters"
+        );
+    }
+
+    #[test]
+    fn answers_parse() {
+        let ok = br#"{"messaging_product":"whatsapp","contacts":[{"input":"39","wa_id":"39"}],"messages":[{"id":"wamid.X"}]}"#;
+        assert_eq!(accepted_id(ok), Some("wamid.X".into()));
+        let err = br#"{"error":{"message":"(#131047) Re-engagement message","type":"OAuthException","code":131047,"fbtrace_id":"A"}}"#;
+        assert_eq!(
+            error_of(err),
+            Some((131_047, "(#131047) Re-engagement message".into()))
+        );
+        assert_eq!(accepted_id(b"nonsense"), None);
+        assert_eq!(error_of(b"<html>"), None);
+    }
+}

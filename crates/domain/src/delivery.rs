@@ -1,0 +1,210 @@
+//! A sent message's life (issue 6, DESIGN 1.2/5): the status it has, how network statuses move
+//! it, and how long a retryable failure waits. Statuses arrive late, twice and out of order, so
+//! a status only ever moves a message forward: `ACCEPTED → SENT → DELIVERED → READ`, with
+//! `FAILED` final and possible only before delivery (a `read` implies `delivered`).
+
+/// Where a message is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Progress {
+    Accepted,
+    Sent,
+    Delivered,
+    Read,
+    Failed,
+}
+
+impl Progress {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Progress::Accepted => "ACCEPTED",
+            Progress::Sent => "SENT",
+            Progress::Delivered => "DELIVERED",
+            Progress::Read => "READ",
+            Progress::Failed => "FAILED",
+        }
+    }
+
+    /// Our names, or the network's lowercase status names.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_uppercase().as_str() {
+            "ACCEPTED" => Some(Progress::Accepted),
+            "SENT" => Some(Progress::Sent),
+            "DELIVERED" => Some(Progress::Delivered),
+            "READ" => Some(Progress::Read),
+            "FAILED" => Some(Progress::Failed),
+            _ => None,
+        }
+    }
+
+    /// The order statuses move in (stored beside the status so a store can compare).
+    pub fn rank(self) -> i16 {
+        match self {
+            Progress::Accepted => 0,
+            Progress::Sent => 1,
+            Progress::Delivered => 2,
+            Progress::Read => 3,
+            Progress::Failed => 4,
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, Progress::Read | Progress::Failed)
+    }
+
+    /// The status after `incoming` arrived, or `None` when it changes nothing (a duplicate, a
+    /// stale status, anything after `FAILED`, a failure after delivery).
+    pub fn advance(self, incoming: Progress) -> Option<Progress> {
+        match (self, incoming) {
+            (Progress::Failed, _) => None,
+            (current, Progress::Failed) => {
+                (current < Progress::Delivered).then_some(Progress::Failed)
+            }
+            (current, next) => (next > current).then_some(next),
+        }
+    }
+}
+
+/// Folds statuses in any order into where they leave a message that is at `start`.
+pub fn settle(start: Progress, statuses: impl IntoIterator<Item = Progress>) -> Progress {
+    statuses
+        .into_iter()
+        .fold(start, |at, s| at.advance(s).unwrap_or(at))
+}
+
+/// Retry policy of a retryable send failure: exponential backoff with full jitter
+/// (`random(0, min(cap, base · 2^attempt))`), up to `max_attempts` sends in all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub base_micros: i64,
+    pub cap_micros: i64,
+    pub max_attempts: u32,
+}
+
+impl RetryPolicy {
+    /// The pause before send number `attempt + 1` (attempt counts from 1), given a uniform
+    /// draw `unit` in [0, 1); `None` once the attempts are spent.
+    pub fn pause_after(&self, attempt: u32, unit: f64) -> Option<i64> {
+        if attempt >= self.max_attempts {
+            return None;
+        }
+        let ceiling = self
+            .base_micros
+            .saturating_mul(1i64 << (attempt.saturating_sub(1)).min(30))
+            .min(self.cap_micros);
+        // The draw only spreads the pause; the bound is integer arithmetic.
+        let unit = unit.clamp(0.0, 1.0);
+        Some(((ceiling as f64) * unit) as i64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const ALL: [Progress; 5] = [
+        Progress::Accepted,
+        Progress::Sent,
+        Progress::Delivered,
+        Progress::Read,
+        Progress::Failed,
+    ];
+
+    #[test]
+    fn statuses_move_forward_only() {
+        use Progress::*;
+        let table = [
+            (Accepted, Sent, Some(Sent)),
+            (Accepted, Delivered, Some(Delivered)),
+            (Accepted, Read, Some(Read)),
+            (Sent, Sent, None),
+            (Sent, Accepted, None),
+            (Delivered, Sent, None),
+            (Delivered, Read, Some(Read)),
+            (Read, Delivered, None),
+            (Accepted, Failed, Some(Failed)),
+            (Sent, Failed, Some(Failed)),
+            (Delivered, Failed, None),
+            (Read, Failed, None),
+            (Failed, Sent, None),
+            (Failed, Read, None),
+            (Failed, Failed, None),
+        ];
+        for (from, incoming, want) in table {
+            assert_eq!(from.advance(incoming), want, "{from:?} + {incoming:?}");
+        }
+    }
+
+    #[test]
+    fn names_round_trip_and_accept_the_networks_lowercase() {
+        for p in ALL {
+            assert_eq!(Progress::parse(p.as_str()), Some(p));
+            assert_eq!(Progress::parse(&p.as_str().to_lowercase()), Some(p));
+        }
+        assert_eq!(Progress::parse("deleted"), None);
+        let mut ranks: Vec<i16> = ALL.iter().map(|p| p.rank()).collect();
+        ranks.dedup();
+        assert_eq!(ranks.len(), 5);
+    }
+
+    #[test]
+    fn retry_pauses_grow_to_the_cap_and_stop_after_the_last_attempt() {
+        let p = RetryPolicy {
+            base_micros: 100_000,
+            cap_micros: 1_000_000,
+            max_attempts: 6,
+        };
+        let full: Vec<Option<i64>> = (1..=6).map(|a| p.pause_after(a, 0.999_999)).collect();
+        assert_eq!(
+            full,
+            vec![
+                Some(99_999),
+                Some(199_999),
+                Some(399_999),
+                Some(799_999),
+                Some(999_999),
+                None
+            ]
+        );
+        assert_eq!(p.pause_after(3, 0.0), Some(0), "full jitter starts at zero");
+    }
+
+    fn progress() -> impl Strategy<Value = Progress> {
+        prop::sample::select(ALL.to_vec())
+    }
+
+    proptest! {
+        /// Any order of the same statuses settles where the forward order does, and a
+        /// replay of all of them changes nothing.
+        #[test]
+        fn order_and_duplicates_do_not_matter_for_the_successful_path(
+            mut statuses in prop::collection::vec(
+                prop::sample::select(vec![Progress::Sent, Progress::Delivered, Progress::Read]), 1..12),
+            seed in any::<u64>(),
+        ) {
+            let forward = settle(Progress::Accepted, statuses.clone());
+            let n = statuses.len();
+            statuses.rotate_left((seed as usize) % n);
+            prop_assert_eq!(settle(Progress::Accepted, statuses.clone()), forward);
+            prop_assert_eq!(settle(forward, statuses), forward);
+        }
+
+        #[test]
+        fn never_moves_backwards_and_failed_is_final(
+            start in progress(), statuses in prop::collection::vec(progress(), 0..10)
+        ) {
+            let mut at = start;
+            for s in statuses {
+                let next = at.advance(s).unwrap_or(at);
+                if at == Progress::Failed {
+                    prop_assert_eq!(next, Progress::Failed);
+                }
+                prop_assert!(next == Progress::Failed || next >= at);
+                if next == Progress::Failed && at != Progress::Failed {
+                    prop_assert!(at < Progress::Delivered);
+                }
+                at = next;
+            }
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! Acceptance as a group commit: concurrent sends that passed the rules are gathered into
+//! batches, and each batch does one `ReserveBatch` call to billing, one multi-row INSERT and
+//! one round of broker produces, before anyone is answered. The per-call costs (a gRPC round
+//! trip, a Postgres commit) are what limit a per-message path; batching amortises them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use finestra_platform::auth::AuthedChannel;
+use finestra_platform::kafka::{self, Outgoing};
+use finestra_proto::v1::billing_service_client::BillingServiceClient;
+use finestra_proto::v1::envelope::Payload;
+use finestra_proto::v1::{Envelope, OutboundMessage, ReserveBatchRequest, ReserveRequest};
+use rdkafka::producer::FutureProducer;
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot};
+use tonic::{Code, Status};
+
+use crate::pg::{self, NewMessage};
+
+/// One admitted send waiting for its batch.
+pub struct Pending {
+    pub message: NewMessage,
+    pub csw_open: bool,
+    pub fep_open: bool,
+    pub reply: oneshot::Sender<Result<Accepted, Refused>>,
+}
+
+/// What the batch did with a send.
+#[derive(Clone, Debug)]
+pub enum Accepted {
+    /// Reserved, stored and queued: the message as stored.
+    New(Box<NewMessage>),
+    /// A row with this id existed already (the key was used before): the caller compares.
+    Existing,
+}
+
+#[derive(Debug)]
+pub enum Refused {
+    /// Billing refused the reservation (INSUFFICIENT_FUNDS, IDEMPOTENCY_CONFLICT, ...).
+    Billing(Status),
+    /// A store or the broker failed; nothing is known to be queued.
+    Unavailable(String),
+}
+
+#[derive(Clone)]
+pub struct Acceptor {
+    tx: mpsc::Sender<Pending>,
+}
+
+impl Acceptor {
+    pub async fn accept(&self, pending: Pending) -> Result<(), Refused> {
+        self.tx
+            .send(pending)
+            .await
+            .map_err(|_| Refused::Unavailable("dispatch is shutting down".into()))
+    }
+}
+
+pub struct AcceptorSettings {
+    pub pool: PgPool,
+    pub billing: Vec<BillingServiceClient<AuthedChannel>>,
+    pub producer: FutureProducer,
+    pub outbound_topic: String,
+    pub max_batch: usize,
+    pub parallel: usize,
+    pub billing_timeout: Duration,
+}
+
+/// Starts `parallel` batch loops sharing one queue; they stop when every `Acceptor` is gone.
+pub fn spawn(settings: AcceptorSettings) -> (Acceptor, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel::<Pending>(settings.max_batch * settings.parallel * 4);
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let settings = Arc::new(settings);
+    let next_client = Arc::new(AtomicUsize::new(0));
+    let task = tokio::spawn(async move {
+        let loops: Vec<_> = (0..settings.parallel.max(1))
+            .map(|_| {
+                let rx = rx.clone();
+                let settings = settings.clone();
+                let next_client = next_client.clone();
+                tokio::spawn(async move {
+                    loop {
+                        let mut batch = Vec::with_capacity(settings.max_batch);
+                        {
+                            let mut rx = rx.lock().await;
+                            // Waits for the first, then takes whatever else is queued.
+                            if rx.recv_many(&mut batch, settings.max_batch).await == 0 {
+                                return;
+                            }
+                        }
+                        let i = next_client.fetch_add(1, Ordering::Relaxed);
+                        let client = settings.billing[i % settings.billing.len()].clone();
+                        run_batch(&settings, client, batch).await;
+                    }
+                })
+            })
+            .collect();
+        for l in loops {
+            if let Err(e) = l.await {
+                tracing::error!(error = %e, "an acceptance loop ended abnormally");
+            }
+        }
+    });
+    (Acceptor { tx }, task)
+}
+
+fn outbound_event(m: &NewMessage, csw_open: bool) -> Envelope {
+    let at = finestra_proto::time::from_micros(m.accepted_at);
+    Envelope {
+        event_id: format!("out:{}", m.message_id),
+        tenant_id: m.tenant_id.clone(),
+        occurred_at: Some(at),
+        recorded_at: Some(at),
+        payload: Some(Payload::OutboundMessage(OutboundMessage {
+            message_id: m.message_id.clone(),
+            phone_number_id: m.phone_number_id.clone(),
+            to: m.recipient.clone(),
+            kind: m.kind.clone(),
+            body_json: m.body.clone().into_bytes(),
+            accepted_at: Some(at),
+            csw_open,
+            starts_fep: m.starts_fep,
+            business_initiated: m.business_initiated,
+            category: m.category.clone(),
+        })),
+    }
+}
+
+async fn run_batch(
+    settings: &AcceptorSettings,
+    mut billing: BillingServiceClient<AuthedChannel>,
+    batch: Vec<Pending>,
+) {
+    let started = std::time::Instant::now();
+    let requests: Vec<ReserveRequest> = batch
+        .iter()
+        .map(|p| ReserveRequest {
+            tenant_id: p.message.tenant_id.clone(),
+            message_id: p.message.message_id.clone(),
+            phone_number_id: p.message.phone_number_id.clone(),
+            recipient: p.message.recipient.clone(),
+            free_form: p.message.kind != "template",
+            category: p.message.category.clone(),
+            csw_open: p.csw_open,
+            fep_open: p.fep_open,
+            accepted_at: Some(finestra_proto::time::from_micros(p.message.accepted_at)),
+        })
+        .collect();
+    let mut call = tonic::Request::new(ReserveBatchRequest {
+        reservations: requests,
+    });
+    call.set_timeout(settings.billing_timeout);
+    let results = match billing.reserve_batch(call).await {
+        Ok(r) => r.into_inner().results,
+        Err(status) => {
+            tracing::warn!(error = %status, "reserving a batch failed");
+            for p in batch {
+                let _ = p.reply.send(Err(Refused::Unavailable(format!(
+                    "billing is unavailable: {}",
+                    status.message()
+                ))));
+            }
+            return;
+        }
+    };
+    let mut reserved = Vec::with_capacity(batch.len());
+    for (mut p, r) in batch.into_iter().zip(results) {
+        match r.reserved.and_then(|res| res.quote) {
+            Some(q) => {
+                p.message.price_micros = q.price_micros;
+                p.message.currency = q.currency;
+                p.message.free = q.free;
+                p.message.free_reason = q.free_reason;
+                if p.message.category.is_empty() {
+                    p.message.category = q.category;
+                }
+                reserved.push(p);
+            }
+            None => {
+                let status = finestra_platform::status::with_reason(
+                    Code::from_i32(r.code),
+                    &r.reason,
+                    r.message,
+                    &[("message_id", &p.message.message_id)],
+                );
+                let _ = p.reply.send(Err(Refused::Billing(status)));
+            }
+        }
+    }
+    let rows: Vec<NewMessage> = reserved.iter().map(|p| p.message.clone()).collect();
+    let new_ids: std::collections::HashSet<String> = match pg::insert(&settings.pool, &rows).await {
+        Ok(ids) => ids.into_iter().collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "storing accepted messages failed");
+            for p in reserved {
+                let _ = p
+                    .reply
+                    .send(Err(Refused::Unavailable("the message store failed".into())));
+            }
+            return;
+        }
+    };
+    let outgoing: Vec<Outgoing<'_>> = reserved
+        .iter()
+        .filter(|p| new_ids.contains(&p.message.message_id))
+        .map(|p| Outgoing {
+            topic: &settings.outbound_topic,
+            key: kafka::conversation_key(
+                &p.message.tenant_id,
+                &p.message.phone_number_id,
+                &p.message.recipient,
+            ),
+            envelope: outbound_event(&p.message, p.csw_open),
+        })
+        .collect();
+    let produced = kafka::publish_all(&settings.producer, &outgoing).await;
+    for p in reserved {
+        let answer = if !new_ids.contains(&p.message.message_id) {
+            Ok(Accepted::Existing)
+        } else if let Err(e) = &produced {
+            tracing::warn!(error = %e, "queueing accepted messages failed");
+            Err(Refused::Unavailable(
+                "the broker did not take the message; retry with the same idempotency key".into(),
+            ))
+        } else {
+            Ok(Accepted::New(Box::new(p.message)))
+        };
+        let _ = p.reply.send(answer);
+    }
+    metrics::histogram!("finestra_dispatch_accept_batch_seconds")
+        .record(started.elapsed().as_secs_f64());
+}

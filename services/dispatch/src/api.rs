@@ -1,0 +1,519 @@
+//! The tenant-facing gRPC API: SendMessage (DESIGN 1.2's checks in order, then the tier
+//! limit, then acceptance), GetMessage and ListMessages.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use finestra_domain::send::{self, Facts as SendFacts, Outgoing, Refusal};
+use finestra_domain::{Clock, Timestamp};
+use finestra_platform::auth::{self, Authenticator, Scope};
+use finestra_platform::paging;
+use finestra_platform::status::{self, invalid_argument, not_found, required, with_reason};
+use finestra_proto::v1::dispatch_service_server::DispatchService;
+use finestra_proto::v1::{
+    GetMessageRequest, ListMessagesRequest, ListMessagesResponse, Message, SendMessageRequest,
+    SendMessageResponse,
+};
+use tokio::sync::oneshot;
+use tonic::{Code, Request, Response, Status};
+
+use crate::accept::{Accepted, Acceptor, Pending, Refused};
+use crate::content;
+use crate::facts::Facts;
+use crate::hot::{Claim, Hot, TierVerdict};
+use crate::pg::{self, MessageRow, NewMessage};
+
+const DAY_MICROS: i64 = 24 * 3_600 * 1_000_000;
+const MAX_KEY_CHARS: usize = 128;
+
+pub struct DispatchApi {
+    pub facts: Facts,
+    pub hot: Hot,
+    pub acceptor: Acceptor,
+    pub auth: Authenticator,
+    pub clock: Arc<dyn Clock>,
+    pub redis_prefix: String,
+    /// How long a repeated key waits for the first request with it to finish.
+    pub replay_wait: Duration,
+}
+
+fn refusal_status(r: &Refusal, message_id: &str) -> Status {
+    let code = match r {
+        Refusal::TenantInactive | Refusal::NumberNotFound => Code::NotFound,
+        Refusal::InvalidMessage(_) | Refusal::TemplateParamsMismatch { .. } => {
+            Code::InvalidArgument
+        }
+        Refusal::UserBlocked
+        | Refusal::WindowClosed
+        | Refusal::TemplateNotApproved
+        | Refusal::MarketingOptOut => Code::FailedPrecondition,
+    };
+    let message = match r {
+        Refusal::TenantInactive => "no such tenant".to_owned(),
+        Refusal::NumberNotFound => "no such phone_number_id".to_owned(),
+        Refusal::UserBlocked => "the user blocked this number".to_owned(),
+        Refusal::InvalidMessage(why) => why.clone(),
+        Refusal::WindowClosed => {
+            "the customer-service window is closed: only approved templates may be sent".to_owned()
+        }
+        Refusal::TemplateNotApproved => {
+            "the template does not exist in that language or is not approved".to_owned()
+        }
+        Refusal::TemplateParamsMismatch { expected, given } => {
+            format!("the template takes {expected} parameters, {given} given")
+        }
+        Refusal::MarketingOptOut => "the user stopped marketing messages".to_owned(),
+    };
+    with_reason(code, r.reason(), message, &[("message_id", message_id)])
+}
+
+fn conflict(message_id: &str) -> Status {
+    with_reason(
+        Code::AlreadyExists,
+        "IDEMPOTENCY_CONFLICT",
+        "this idempotency_key was used with a different request",
+        &[("message_id", message_id)],
+    )
+}
+
+fn ts(micros: Option<i64>) -> Option<prost_types::Timestamp> {
+    micros.map(finestra_proto::time::from_micros)
+}
+
+pub fn to_message(r: MessageRow) -> Message {
+    Message {
+        message_id: r.message_id,
+        tenant_id: r.tenant_id,
+        phone_number_id: r.phone_number_id,
+        to: r.recipient,
+        kind: r.kind,
+        template_name: r.template_name,
+        category: r.category,
+        status: r.status,
+        failure_reason: r.failure_reason,
+        provider_error_code: r.error_code,
+        provider_error_title: r.error_title,
+        provider_message_id: r.provider_message_id.unwrap_or_default(),
+        price_micros: r.price_micros,
+        free: r.free,
+        free_reason: r.free_reason,
+        attempts: u32::try_from(r.attempts).unwrap_or(0),
+        accepted_at: ts(Some(r.accepted_at)),
+        sent_at: ts(r.sent_at),
+        delivered_at: ts(r.delivered_at),
+        read_at: ts(r.read_at),
+        failed_at: ts(r.failed_at),
+        idempotency_key: r.idempotency_key,
+    }
+}
+
+fn replayed(r: &MessageRow) -> SendMessageResponse {
+    SendMessageResponse {
+        message_id: r.message_id.clone(),
+        status: r.status.clone(),
+        replayed: true,
+        price_micros: r.price_micros,
+        currency: r.currency.clone(),
+        free: r.free,
+        free_reason: r.free_reason.clone(),
+        category: r.category.clone(),
+    }
+}
+
+impl DispatchApi {
+    fn store_error(&self, context: &str, e: &dyn std::fmt::Display) -> Status {
+        status::internal(context, e)
+    }
+
+    /// The stored message of a key, compared with this request.
+    async fn existing(
+        &self,
+        tenant_id: &str,
+        message_id: &str,
+        hash: &[u8],
+    ) -> Result<Option<SendMessageResponse>, Status> {
+        let row = pg::get(self.facts.pool(), tenant_id, message_id)
+            .await
+            .map_err(|e| self.store_error("reading a message", &e))?;
+        match row {
+            Some(r) if r.request_hash == hash => Ok(Some(replayed(&r))),
+            Some(_) => Err(conflict(message_id)),
+            None => Ok(None),
+        }
+    }
+
+    /// Another request with this key is in flight: wait for its message (or for it to be
+    /// refused, which frees the key).
+    async fn wait_for_first(
+        &self,
+        tenant_id: &str,
+        message_id: &str,
+        hash: &[u8],
+    ) -> Result<Option<SendMessageResponse>, Status> {
+        let deadline = tokio::time::Instant::now() + self.replay_wait;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            if let Some(found) = self.existing(tenant_id, message_id, hash).await? {
+                return Ok(Some(found));
+            }
+            match self.hot.claim(tenant_id, message_id, hash).await {
+                Ok(Claim::New) => return Ok(None),
+                Ok(Claim::Conflict) => return Err(conflict(message_id)),
+                Ok(Claim::Same) => {}
+                Err(e) => return Err(self.store_error("claiming an idempotency key", &e)),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(with_reason(
+                    Code::Aborted,
+                    "IN_PROGRESS",
+                    "a request with this idempotency_key is still in progress; retry",
+                    &[("message_id", message_id)],
+                ));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    async fn tier(
+        &self,
+        tenant_id: &str,
+        user: &str,
+        now: Timestamp,
+    ) -> Result<TierVerdict, Status> {
+        let limit = self
+            .facts
+            .tier(tenant_id)
+            .await
+            .map_err(|e| self.store_error("reading the tier", &e))?;
+        for _ in 0..3 {
+            let verdict = self
+                .hot
+                .tier_admit(tenant_id, user, limit, now.micros())
+                .await
+                .map_err(|e| self.store_error("counting the tier", &e))?;
+            if verdict != TierVerdict::NotLoaded {
+                return Ok(verdict);
+            }
+            let users = pg::business_initiated_users(
+                self.facts.pool(),
+                tenant_id,
+                now.micros() - DAY_MICROS,
+            )
+            .await
+            .map_err(|e| self.store_error("rebuilding the tier", &e))?;
+            self.hot
+                .tier_load(tenant_id, &users)
+                .await
+                .map_err(|e| self.store_error("rebuilding the tier", &e))?;
+        }
+        Err(Status::unavailable("the tier counter could not be loaded"))
+    }
+
+    async fn send(&self, req: SendMessageRequest) -> Result<SendMessageResponse, Status> {
+        let tenant_id = req.tenant_id.clone();
+        let number_id = required("phone_number_id", &req.phone_number_id)?.to_owned();
+        let key = required("idempotency_key", &req.idempotency_key)?.to_owned();
+        if key.chars().count() > MAX_KEY_CHARS {
+            return Err(invalid_argument(
+                "idempotency_key",
+                format!("idempotency_key is longer than {MAX_KEY_CHARS} characters"),
+            ));
+        }
+        let recipient = content::recipient(&req.to).to_owned();
+        let parsed = content::parse(&req)
+            .map_err(|e| with_reason(Code::InvalidArgument, "INVALID_MESSAGE", e.0, &[]))?;
+        let message_id = content::message_id(&tenant_id, &key);
+        let hash = content::request_hash(&req);
+
+        match self
+            .hot
+            .claim(&tenant_id, &message_id, &hash)
+            .await
+            .map_err(|e| self.store_error("claiming an idempotency key", &e))?
+        {
+            Claim::Conflict => return Err(conflict(&message_id)),
+            Claim::Same => {
+                if let Some(found) = self.wait_for_first(&tenant_id, &message_id, &hash).await? {
+                    return Ok(found);
+                }
+            }
+            Claim::New => {
+                // The durable check: Redis may have lost the key.
+                if let Some(found) = self.existing(&tenant_id, &message_id, &hash).await? {
+                    return Ok(found);
+                }
+            }
+        }
+        let outcome = self
+            .decide_and_accept(
+                &req,
+                &parsed,
+                &recipient,
+                &number_id,
+                &key,
+                &message_id,
+                &hash,
+            )
+            .await;
+        if outcome.is_err() {
+            // Nothing was sent: the key is free for a retry to be decided afresh.
+            if let Err(e) = self.hot.unclaim(&tenant_id, &message_id).await {
+                tracing::warn!(error = %e, "freeing an idempotency key failed; it expires in 24 h");
+            }
+        }
+        outcome
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn decide_and_accept(
+        &self,
+        req: &SendMessageRequest,
+        parsed: &content::Parsed,
+        recipient: &str,
+        number_id: &str,
+        key: &str,
+        message_id: &str,
+        hash: &[u8],
+    ) -> Result<SendMessageResponse, Status> {
+        let tenant_id = req.tenant_id.as_str();
+        let number = self
+            .facts
+            .number(number_id)
+            .await
+            .map_err(|e| self.store_error("reading a number", &e))?;
+        let number_active = number
+            .as_ref()
+            .is_some_and(|n| n.tenant_id == tenant_id && n.active);
+        // A user key that is not a plausible number never reaches the stores' key space.
+        let window = if number_active && !recipient.is_empty() && recipient.len() <= 32 {
+            finestra_registry::windows::read(
+                self.hot.conn(),
+                self.facts.pool(),
+                &self.redis_prefix,
+                tenant_id,
+                number_id,
+                recipient,
+            )
+            .await
+            .map_err(|e| self.store_error("reading the window", &e))?
+        } else {
+            finestra_domain::WindowState::default()
+        };
+        let now = self.clock.now();
+        let template = match &parsed.outgoing {
+            Outgoing::Template { name, language, .. } if number_active => self
+                .facts
+                .template(tenant_id, name, language, now)
+                .await
+                .map_err(|e| self.store_error("reading a template", &e))?,
+            _ => None,
+        };
+        let admitted = send::admit(
+            &parsed.outgoing,
+            &SendFacts {
+                tenant_active: true,
+                number_active,
+                recipient: &req.to,
+                window: &window,
+                template,
+                now,
+            },
+        )
+        .map_err(|r| {
+            metrics::counter!("finestra_dispatch_refused_total", "reason" => r.reason())
+                .increment(1);
+            refusal_status(&r, message_id)
+        })?;
+        let starts_fep = admitted.csw_open && window.fep_eligible(now);
+        let mut counted = false;
+        if admitted.business_initiated {
+            match self.tier(tenant_id, recipient, now).await? {
+                TierVerdict::LimitReached => {
+                    metrics::counter!("finestra_dispatch_refused_total", "reason" => "TIER_LIMIT_REACHED")
+                        .increment(1);
+                    return Err(with_reason(
+                        Code::ResourceExhausted,
+                        "TIER_LIMIT_REACHED",
+                        "the tenant's tier allows no more new users in the last 24 hours",
+                        &[("message_id", message_id)],
+                    ));
+                }
+                TierVerdict::Counted => counted = true,
+                TierVerdict::AlreadyCounted | TierVerdict::NotLoaded => {}
+            }
+        }
+        let template_name = match &parsed.outgoing {
+            Outgoing::Template { name, .. } => name.clone(),
+            Outgoing::FreeForm(_) => String::new(),
+        };
+        let body = finestra_cloudapi::send::body(
+            recipient,
+            &parsed.kind,
+            parsed.object.clone(),
+            message_id,
+        );
+        let message = NewMessage {
+            tenant_id: tenant_id.to_owned(),
+            message_id: message_id.to_owned(),
+            idempotency_key: key.to_owned(),
+            request_hash: hash.to_vec(),
+            phone_number_id: number_id.to_owned(),
+            recipient: recipient.to_owned(),
+            kind: parsed.kind.clone(),
+            template_name,
+            category: admitted
+                .category
+                .map(|c| c.as_str().to_owned())
+                .unwrap_or_default(),
+            body: body.to_string(),
+            price_micros: 0,
+            currency: String::new(),
+            free: true,
+            free_reason: String::new(),
+            business_initiated: admitted.business_initiated,
+            starts_fep,
+            accepted_at: now.micros(),
+        };
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending {
+            message,
+            csw_open: admitted.csw_open,
+            fep_open: admitted.fep_open || starts_fep,
+            reply,
+        };
+        let outcome = match self.acceptor.accept(pending).await {
+            Ok(()) => answer
+                .await
+                .unwrap_or_else(|_| Err(Refused::Unavailable("acceptance was cut short".into()))),
+            Err(e) => Err(e),
+        };
+        let result = match outcome {
+            Ok(Accepted::New(m)) => {
+                metrics::counter!("finestra_dispatch_accepted_total").increment(1);
+                Ok(SendMessageResponse {
+                    message_id: m.message_id,
+                    status: "ACCEPTED".into(),
+                    replayed: false,
+                    price_micros: m.price_micros,
+                    currency: m.currency,
+                    free: m.free,
+                    free_reason: m.free_reason,
+                    category: m.category,
+                })
+            }
+            Ok(Accepted::Existing) => self
+                .existing(tenant_id, message_id, hash)
+                .await?
+                .ok_or_else(|| Status::unavailable("the message vanished; retry")),
+            Err(Refused::Billing(status)) => {
+                if let Some(reason) = status::reason_of(&status) {
+                    let reason: &'static str = match reason.as_str() {
+                        "INSUFFICIENT_FUNDS" => "INSUFFICIENT_FUNDS",
+                        "IDEMPOTENCY_CONFLICT" => "IDEMPOTENCY_CONFLICT",
+                        _ => "BILLING",
+                    };
+                    metrics::counter!("finestra_dispatch_refused_total", "reason" => reason)
+                        .increment(1);
+                }
+                Err(status)
+            }
+            Err(Refused::Unavailable(why)) => Err(Status::unavailable(why)),
+        };
+        if result.is_err()
+            && counted
+            && let Err(e) = self.hot.tier_undo(tenant_id, recipient, now.micros()).await
+        {
+            tracing::warn!(error = %e, "taking a refused send out of the tier count failed");
+        }
+        result
+    }
+}
+
+#[tonic::async_trait]
+impl DispatchService for DispatchApi {
+    async fn send_message(
+        &self,
+        request: Request<SendMessageRequest>,
+    ) -> Result<Response<SendMessageResponse>, Status> {
+        let p = auth::principal(&request)?;
+        let req = request.into_inner();
+        self.auth
+            .authorize_tenant(&p, &req.tenant_id, Scope::Send)
+            .await?;
+        let started = std::time::Instant::now();
+        let answer = self.send(req).await;
+        metrics::histogram!("finestra_dispatch_send_seconds")
+            .record(started.elapsed().as_secs_f64());
+        answer.map(Response::new)
+    }
+
+    async fn get_message(
+        &self,
+        request: Request<GetMessageRequest>,
+    ) -> Result<Response<Message>, Status> {
+        let p = auth::principal(&request)?;
+        let req = request.into_inner();
+        self.auth
+            .authorize_tenant(&p, &req.tenant_id, Scope::Read)
+            .await?;
+        let id = required("message_id", &req.message_id)?;
+        let row = pg::get(self.facts.pool(), &req.tenant_id, id)
+            .await
+            .map_err(|e| self.store_error("reading a message", &e))?
+            .ok_or_else(|| not_found("message_id", id))?;
+        Ok(Response::new(to_message(row)))
+    }
+
+    async fn list_messages(
+        &self,
+        request: Request<ListMessagesRequest>,
+    ) -> Result<Response<ListMessagesResponse>, Status> {
+        let p = auth::principal(&request)?;
+        let req = request.into_inner();
+        self.auth
+            .authorize_tenant(&p, &req.tenant_id, Scope::Read)
+            .await?;
+        let size = paging::page_size(req.page_size)?;
+        let after = paging::after(&req.page_token)?;
+        let after = if after.is_empty() {
+            None
+        } else {
+            let (at, id) = after.split_once('/').ok_or_else(|| {
+                invalid_argument("page_token", "page_token is not one this service issued")
+            })?;
+            let at: i64 = at.parse().map_err(|_| {
+                invalid_argument("page_token", "page_token is not one this service issued")
+            })?;
+            Some((at, id.to_owned()))
+        };
+        if !req.status.is_empty()
+            && finestra_domain::delivery::Progress::parse(&req.status).is_none()
+        {
+            return Err(invalid_argument(
+                "status",
+                "status is one of ACCEPTED, SENT, DELIVERED, READ, FAILED",
+            ));
+        }
+        let filter = pg::ListFilter {
+            phone_number_id: req.phone_number_id.clone(),
+            recipient: content::recipient(&req.to).to_owned(),
+            status: req.status.to_ascii_uppercase(),
+            from: req.from.as_ref().map(finestra_proto::time::to_micros),
+            until: req.until.as_ref().map(finestra_proto::time::to_micros),
+            after,
+        };
+        let rows = pg::list(self.facts.pool(), &req.tenant_id, &filter, size + 1)
+            .await
+            .map_err(|e| self.store_error("listing messages", &e))?;
+        let keyed: Vec<(String, MessageRow)> = rows
+            .into_iter()
+            .map(|r| (format!("{}/{}", r.accepted_at, r.message_id), r))
+            .collect();
+        let (page, next_page_token) = paging::paginate(keyed, size, |(k, _)| k);
+        Ok(Response::new(ListMessagesResponse {
+            messages: page.into_iter().map(|(_, r)| to_message(r)).collect(),
+            next_page_token,
+        }))
+    }
+}

@@ -1,0 +1,133 @@
+//! The control plane's facts a send is decided on, read from the accounts schema (the
+//! registry's tables) with short caches: a suspended number or a changed tier takes effect
+//! within seconds; templates are read fresh, since a pause must stop the next send.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use finestra_domain::Timestamp;
+use finestra_domain::send::TemplateFacts;
+use finestra_domain::template::{Category, Status};
+use sqlx::PgPool;
+
+/// A business number as dispatch needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NumberFacts {
+    pub tenant_id: String,
+    pub active: bool,
+    /// Messages per second the network allows this number.
+    pub throughput_per_second: i64,
+}
+
+#[derive(Clone)]
+pub struct Facts {
+    pool: PgPool,
+    numbers: moka::future::Cache<String, Option<Arc<NumberFacts>>>,
+    tiers: moka::future::Cache<String, Option<i64>>,
+}
+
+impl Facts {
+    pub fn new(pool: PgPool, ttl: Duration) -> Self {
+        Self {
+            pool,
+            numbers: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(ttl)
+                .build(),
+            tiers: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(ttl)
+                .build(),
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub async fn number(
+        &self,
+        phone_number_id: &str,
+    ) -> Result<Option<Arc<NumberFacts>>, sqlx::Error> {
+        if let Some(found) = self.numbers.get(phone_number_id).await {
+            return Ok(found);
+        }
+        let row: Option<(String, String, i32)> = sqlx::query_as(
+            "SELECT tenant_id, status, throughput_per_second FROM accounts.numbers
+              WHERE phone_number_id = $1",
+        )
+        .bind(phone_number_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let facts = row.map(|(tenant_id, status, tps)| {
+            Arc::new(NumberFacts {
+                tenant_id,
+                active: status == "active",
+                throughput_per_second: i64::from(tps),
+            })
+        });
+        self.numbers
+            .insert(phone_number_id.to_owned(), facts.clone())
+            .await;
+        Ok(facts)
+    }
+
+    /// The tenant's tier: distinct users per rolling 24 h it may message first; `None` is
+    /// unlimited.
+    pub async fn tier(&self, tenant_id: &str) -> Result<Option<i64>, sqlx::Error> {
+        if let Some(found) = self.tiers.get(tenant_id).await {
+            return Ok(found);
+        }
+        let row: Option<(Option<i32>,)> =
+            sqlx::query_as("SELECT tier FROM accounts.tenants WHERE tenant_id = $1")
+                .bind(tenant_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        let tier = row.and_then(|(t,)| t).map(i64::from);
+        self.tiers.insert(tenant_id.to_owned(), tier).await;
+        Ok(tier)
+    }
+
+    /// The tenant's template `name` in `language`, as of `now`.
+    pub async fn template(
+        &self,
+        tenant_id: &str,
+        name: &str,
+        language: &str,
+        now: Timestamp,
+    ) -> Result<Option<TemplateFacts>, sqlx::Error> {
+        let row: Option<(String, String, i32, Option<i64>)> = sqlx::query_as(
+            "SELECT status, category, parameter_count,
+                    (extract(epoch FROM paused_until) * 1000000)::bigint
+               FROM accounts.templates
+              WHERE tenant_id = $1 AND name = $2 AND language = $3 AND deleted_at IS NULL",
+        )
+        .bind(tenant_id)
+        .bind(name)
+        .bind(language)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.and_then(|(status, category, params, paused_until)| {
+            let status = match status.as_str() {
+                "APPROVED" => Status::Approved,
+                "PENDING" => Status::Pending,
+                "REJECTED" => Status::Rejected,
+                "DISABLED" => Status::Disabled,
+                // A pause whose time is over counts as approved (DESIGN 1.4).
+                "PAUSED" => match paused_until {
+                    Some(until) if now.micros() >= until => Status::Approved,
+                    Some(until) => Status::Paused {
+                        until: Timestamp::from_micros(until),
+                    },
+                    None => Status::Paused { until: now },
+                },
+                _ => return None,
+            };
+            Some(TemplateFacts {
+                status,
+                category: Category::parse(&category)?,
+                parameter_count: usize::try_from(params).unwrap_or(usize::MAX),
+            })
+        }))
+    }
+}

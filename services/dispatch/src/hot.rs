@@ -1,0 +1,201 @@
+//! Dispatch's Redis state, each key in its tenant's hash slot:
+//!
+//!   fin:{<tenant>}:idem:<message_id>   the request hash of an idempotency key (24 h): the fast
+//!                                      path in front of the durable primary key
+//!   fin:{<tenant>}:tier                sorted set: user → newest business-initiated send (µs);
+//!                                      the tier limit's distinct users of the rolling 24 h
+//!   fin:{<tenant>}:tier:v              the set was loaded from Postgres (it may be lost; it is
+//!                                      rebuilt on a miss)
+
+use redis::Script;
+use redis::aio::ConnectionManager;
+
+const DAY_MICROS: i64 = 24 * 3_600 * 1_000_000;
+const IDEMPOTENCY_SECONDS: u64 = 24 * 3_600;
+
+/// Counts `user` in the tenant's 24 h set unless the limit is reached. Returns 1 (newly
+/// counted), 0 (already counted), -1 (limit reached), -2 (not loaded).
+const TIER_ADMIT: &str = r#"
+if redis.call('EXISTS', KEYS[2]) == 0 then return -2 end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[2])
+if redis.call('ZSCORE', KEYS[1], ARGV[4]) then
+  redis.call('ZADD', KEYS[1], 'GT', ARGV[1], ARGV[4])
+  return 0
+end
+local limit = tonumber(ARGV[3])
+if limit >= 0 and redis.call('ZCARD', KEYS[1]) >= limit then return -1 end
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return 1
+"#;
+
+/// Loads (user, time) pairs and marks the set loaded.
+const TIER_LOAD: &str = r#"
+for i = 1, #ARGV - 1, 2 do
+  redis.call('ZADD', KEYS[1], 'GT', ARGV[i + 1], ARGV[i])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[#ARGV])
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[#ARGV])
+return 1
+"#;
+
+/// Takes a user out again if the count it got at `at` was its only one (a send refused later).
+const TIER_UNDO: &str = r#"
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+end
+return 1
+"#;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TierVerdict {
+    Counted,
+    AlreadyCounted,
+    LimitReached,
+    NotLoaded,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// First use of the key.
+    New,
+    /// Seen before with the same request.
+    Same,
+    /// Seen before with another request.
+    Conflict,
+}
+
+#[derive(Clone)]
+pub struct Hot {
+    conn: ConnectionManager,
+    prefix: String,
+    admit: Script,
+    load: Script,
+    undo: Script,
+}
+
+impl Hot {
+    pub fn new(conn: ConnectionManager, prefix: &str) -> Self {
+        Self {
+            conn,
+            prefix: prefix.to_owned(),
+            admit: Script::new(TIER_ADMIT),
+            load: Script::new(TIER_LOAD),
+            undo: Script::new(TIER_UNDO),
+        }
+    }
+
+    pub fn conn(&self) -> &ConnectionManager {
+        &self.conn
+    }
+
+    fn idem_key(&self, tenant_id: &str, message_id: &str) -> String {
+        format!("{}:{{{tenant_id}}}:idem:{message_id}", self.prefix)
+    }
+
+    fn tier_keys(&self, tenant_id: &str) -> (String, String) {
+        let k = format!("{}:{{{tenant_id}}}:tier", self.prefix);
+        let v = format!("{k}:v");
+        (k, v)
+    }
+
+    /// Claims an idempotency key for a request (`SET NX`), or says whose it is.
+    pub async fn claim(
+        &self,
+        tenant_id: &str,
+        message_id: &str,
+        hash: &[u8],
+    ) -> redis::RedisResult<Claim> {
+        let mut conn = self.conn.clone();
+        let key = self.idem_key(tenant_id, message_id);
+        let set: Option<String> = redis::cmd("SET")
+            .arg(&key)
+            .arg(hash)
+            .arg("NX")
+            .arg("EX")
+            .arg(IDEMPOTENCY_SECONDS)
+            .query_async(&mut conn)
+            .await?;
+        if set.is_some() {
+            return Ok(Claim::New);
+        }
+        let held: Option<Vec<u8>> = redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
+        Ok(match held {
+            Some(h) if h == hash => Claim::Same,
+            Some(_) => Claim::Conflict,
+            // Expired between the two calls: claim again.
+            None => Claim::New,
+        })
+    }
+
+    /// Frees a key whose request was refused (nothing was sent: a retry decides afresh).
+    pub async fn unclaim(&self, tenant_id: &str, message_id: &str) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
+        redis::cmd("DEL")
+            .arg(self.idem_key(tenant_id, message_id))
+            .query_async::<()>(&mut conn)
+            .await
+    }
+
+    pub async fn tier_admit(
+        &self,
+        tenant_id: &str,
+        user: &str,
+        limit: Option<i64>,
+        now_micros: i64,
+    ) -> redis::RedisResult<TierVerdict> {
+        let (k, v) = self.tier_keys(tenant_id);
+        let mut conn = self.conn.clone();
+        let answer: i64 = self
+            .admit
+            .key(&k)
+            .key(&v)
+            .arg(now_micros)
+            .arg(now_micros - DAY_MICROS)
+            .arg(limit.unwrap_or(-1))
+            .arg(user)
+            .arg((DAY_MICROS + 3_600_000_000) / 1_000)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(match answer {
+            1 => TierVerdict::Counted,
+            0 => TierVerdict::AlreadyCounted,
+            -1 => TierVerdict::LimitReached,
+            _ => TierVerdict::NotLoaded,
+        })
+    }
+
+    /// Loads the tenant's 24 h set from the durable record.
+    pub async fn tier_load(
+        &self,
+        tenant_id: &str,
+        users: &[(String, i64)],
+    ) -> redis::RedisResult<()> {
+        let (k, v) = self.tier_keys(tenant_id);
+        let mut conn = self.conn.clone();
+        let mut call = self.load.key(&k);
+        call.key(&v);
+        for (user, at) in users {
+            call.arg(user).arg(*at);
+        }
+        call.arg((DAY_MICROS + 3_600_000_000) / 1_000);
+        call.invoke_async::<i64>(&mut conn).await.map(|_| ())
+    }
+
+    pub async fn tier_undo(
+        &self,
+        tenant_id: &str,
+        user: &str,
+        at_micros: i64,
+    ) -> redis::RedisResult<()> {
+        let (k, _) = self.tier_keys(tenant_id);
+        let mut conn = self.conn.clone();
+        self.undo
+            .key(&k)
+            .arg(user)
+            .arg(at_micros.to_string())
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .map(|_| ())
+    }
+}

@@ -1,0 +1,234 @@
+//! Dispatch service: `SendMessage` under the channel's rules (DESIGN 1.2, 1.5), acceptance as a
+//! group commit (billing reservation, Postgres, `finestra.outbound.v1`), the paced delivery
+//! worker with its Cloud API connector, and the message status machine.
+
+pub mod accept;
+pub mod api;
+pub mod content;
+pub mod facts;
+pub mod hot;
+pub mod pg;
+pub mod provider;
+pub mod statuses;
+pub mod worker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use finestra_domain::Clock;
+use finestra_domain::delivery::RetryPolicy;
+use finestra_platform::auth::{Authenticator, Bearer, RequireKey};
+use finestra_platform::config::{env_parse, env_string};
+use finestra_platform::health::{self, Dependency};
+use finestra_platform::kafka::{self, BatchConsumer, ConsumerSettings};
+use finestra_platform::service::retry_until_ready;
+use finestra_platform::{CommonConfig, ConfigError, Running, Shutdown, StartError, admin, stores};
+use finestra_proto::v1::billing_service_client::BillingServiceClient;
+use finestra_proto::v1::dispatch_service_server::DispatchServiceServer;
+
+#[derive(Clone, Debug)]
+pub struct DispatchConfig {
+    pub common: CommonConfig,
+    /// The worker's consumer group (outbound topic).
+    pub worker_group: String,
+    /// The status consumer's group.
+    pub status_group: String,
+    pub billing_url: String,
+    /// An operator key with `send` scope: Reserve/ReserveBatch are internal calls.
+    pub billing_key: String,
+    pub billing_connections: usize,
+    pub billing_timeout: Duration,
+    pub provider_url: String,
+    pub provider_version: String,
+    pub provider_token: String,
+    pub provider_timeout: Duration,
+    pub retry: RetryPolicy,
+    pub max_in_flight: usize,
+    pub send_concurrency: usize,
+    pub accept_batch: usize,
+    pub accept_parallel: usize,
+    pub max_batch: usize,
+    pub linger: Duration,
+    pub facts_ttl: Duration,
+    pub replay_wait: Duration,
+}
+
+impl DispatchConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Ok(Self {
+            common: CommonConfig::from_env("0.0.0.0:7054", "0.0.0.0:9104")?,
+            worker_group: env_string("DISPATCH_WORKER_GROUP", "finestra-dispatch-worker"),
+            status_group: env_string("DISPATCH_STATUS_GROUP", "finestra-dispatch-status"),
+            billing_url: env_string("DISPATCH_BILLING_URL", "http://127.0.0.1:7053"),
+            billing_key: env_string("DISPATCH_BILLING_KEY", ""),
+            billing_connections: env_parse("DISPATCH_BILLING_CONNECTIONS", 4usize)?,
+            billing_timeout: Duration::from_millis(env_parse(
+                "DISPATCH_BILLING_TIMEOUT_MS",
+                5_000u64,
+            )?),
+            provider_url: env_string("PROVIDER_URL", "http://127.0.0.1:8090"),
+            provider_version: env_string("PROVIDER_API_VERSION", "v21.0"),
+            provider_token: env_string("PROVIDER_TOKEN", "finestra-simulator-token"),
+            provider_timeout: Duration::from_millis(env_parse("PROVIDER_TIMEOUT_MS", 10_000u64)?),
+            retry: RetryPolicy {
+                base_micros: env_parse("DISPATCH_RETRY_BASE_MS", 250i64)? * 1_000,
+                cap_micros: env_parse("DISPATCH_RETRY_CAP_MS", 30_000i64)? * 1_000,
+                max_attempts: env_parse("DISPATCH_RETRY_ATTEMPTS", 8u32)?,
+            },
+            max_in_flight: env_parse("DISPATCH_MAX_IN_FLIGHT", 50_000usize)?,
+            send_concurrency: env_parse("DISPATCH_SEND_CONCURRENCY", 256usize)?,
+            accept_batch: env_parse("DISPATCH_ACCEPT_BATCH", 500usize)?,
+            accept_parallel: env_parse("DISPATCH_ACCEPT_PARALLEL", 4usize)?,
+            max_batch: env_parse("DISPATCH_MAX_BATCH", 2_000usize)?,
+            linger: Duration::from_millis(env_parse("DISPATCH_LINGER_MS", 5u64)?),
+            facts_ttl: Duration::from_millis(env_parse("DISPATCH_FACTS_TTL_MS", 2_000u64)?),
+            replay_wait: Duration::from_millis(env_parse("DISPATCH_REPLAY_WAIT_MS", 5_000u64)?),
+        })
+    }
+}
+
+pub const SERVICE_NAME: &str = "finestra.v1.DispatchService";
+
+pub async fn start(
+    config: DispatchConfig,
+    clock: Arc<dyn Clock>,
+    shutdown: Shutdown,
+) -> Result<Running, StartError> {
+    let common = &config.common;
+    let pool = stores::postgres_lazy(common)?;
+    let redis_client = redis::Client::open(common.redis_url.as_str())?;
+    let producer = kafka::producer(&common.kafka_brokers)?;
+    let (readiness, health_service, health_task) = health::watch(
+        &[SERVICE_NAME],
+        vec![
+            Dependency::Postgres(pool.clone()),
+            Dependency::Redis(redis_client),
+            Dependency::Kafka(producer.clone()),
+        ],
+        shutdown.clone(),
+    )
+    .await;
+    let (metrics_addr, admin_task) =
+        admin::serve(common.metrics_addr, readiness, shutdown.clone()).await?;
+    retry_until_ready("migrating the dispatch schema", &shutdown, || {
+        pg::migrate(&pool)
+    })
+    .await
+    .ok_or(StartError::Interrupted)?;
+    let redis = retry_until_ready("connecting to redis", &shutdown, || stores::redis(common))
+        .await
+        .ok_or(StartError::Interrupted)?;
+
+    let bearer = Bearer::new(&config.billing_key).map_err(|s| ConfigError::Invalid {
+        name: "FINESTRA_DISPATCH_BILLING_KEY".into(),
+        value: "(hidden)".into(),
+        reason: s.message().to_owned(),
+    })?;
+    let mut billing = Vec::new();
+    for _ in 0..config.billing_connections.max(1) {
+        let channel = tonic::transport::Channel::from_shared(config.billing_url.clone())
+            .map_err(|e| ConfigError::Invalid {
+                name: "FINESTRA_DISPATCH_BILLING_URL".into(),
+                value: config.billing_url.clone(),
+                reason: e.to_string(),
+            })?
+            .connect_lazy();
+        billing.push(BillingServiceClient::new(
+            tonic::service::interceptor::InterceptedService::new(channel, bearer.clone()),
+        ));
+    }
+    let (acceptor, accept_task) = accept::spawn(accept::AcceptorSettings {
+        pool: pool.clone(),
+        billing,
+        producer: producer.clone(),
+        outbound_topic: common.topics.outbound.clone(),
+        max_batch: config.accept_batch,
+        parallel: config.accept_parallel,
+        billing_timeout: config.billing_timeout,
+    });
+    let provider = provider::CloudApi::new(
+        &config.provider_url,
+        &config.provider_version,
+        &config.provider_token,
+        config.provider_timeout,
+    )
+    .map_err(|e| ConfigError::Invalid {
+        name: "FINESTRA_PROVIDER_URL".into(),
+        value: config.provider_url.clone(),
+        reason: e.to_string(),
+    })?;
+    let facts = facts::Facts::new(pool.clone(), config.facts_ttl);
+    let hot = hot::Hot::new(redis.clone(), &common.redis_prefix);
+
+    let auth = Authenticator::new(pool.clone());
+    let invalidation_task = finestra_platform::auth::spawn_invalidation(
+        auth.clone(),
+        &common.kafka_brokers,
+        &common.topics.accounts,
+        shutdown.clone(),
+    )?;
+    let api = api::DispatchApi {
+        facts: facts.clone(),
+        hot,
+        acceptor,
+        auth: auth.clone(),
+        clock: clock.clone(),
+        redis_prefix: common.redis_prefix.clone(),
+        replay_wait: config.replay_wait,
+    };
+    let (incoming, grpc_addr) = finestra_platform::grpc::bind(common.grpc_addr).await?;
+    let router = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(finestra_platform::grpc::reflection()?)
+        .add_service(RequireKey::new(DispatchServiceServer::new(api), auth));
+    let grpc_task = finestra_platform::service::spawn_grpc(router, incoming, shutdown.clone());
+
+    let worker = worker::Worker {
+        consumer: Arc::new(BatchConsumer::new(ConsumerSettings {
+            brokers: common.kafka_brokers.clone(),
+            group_id: config.worker_group.clone(),
+            topics: vec![common.topics.outbound.clone()],
+            max_batch: config.max_batch,
+            linger: config.linger,
+        })?),
+        pool: pool.clone(),
+        redis,
+        redis_prefix: common.redis_prefix.clone(),
+        facts,
+        provider: Arc::new(provider),
+        producer,
+        status_topic: common.topics.status.clone(),
+        dlq_topic: common.topics.dlq.clone(),
+        retry: config.retry,
+        max_in_flight: config.max_in_flight,
+        send_concurrency: config.send_concurrency,
+        clock: clock.clone(),
+    };
+    let worker_task = tokio::spawn(worker.run(shutdown.clone()));
+    let status_task = tokio::spawn(
+        statuses::StatusLoop {
+            consumer: BatchConsumer::new(ConsumerSettings {
+                brokers: common.kafka_brokers.clone(),
+                group_id: config.status_group.clone(),
+                topics: vec![common.topics.status.clone()],
+                max_batch: config.max_batch,
+                linger: config.linger,
+            })?,
+            pool,
+            clock,
+        }
+        .run(shutdown.clone()),
+    );
+
+    let mut running = Running::new(grpc_addr, metrics_addr, None);
+    running.own("health", health_task);
+    running.own("admin", admin_task);
+    running.own("grpc", grpc_task);
+    running.own("worker", worker_task);
+    running.own("statuses", status_task);
+    running.own("auth-invalidation", invalidation_task);
+    // Last: acceptance drains once the gRPC server (its only sender) has stopped.
+    running.own("acceptance", accept_task);
+    tracing::info!(%grpc_addr, %metrics_addr, "dispatch started");
+    Ok(running)
+}

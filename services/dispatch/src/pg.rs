@@ -1,0 +1,289 @@
+//! The `dispatch` schema: outbound messages and their progress.
+
+use finestra_domain::delivery::Progress;
+use sqlx::{PgPool, QueryBuilder};
+
+pub const SCHEMA: &str = "dispatch";
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::Error> {
+    finestra_platform::stores::migrate_schema(pool, SCHEMA, &MIGRATOR).await
+}
+
+/// A message as accepted.
+#[derive(Clone, Debug)]
+pub struct NewMessage {
+    pub tenant_id: String,
+    pub message_id: String,
+    pub idempotency_key: String,
+    pub request_hash: Vec<u8>,
+    pub phone_number_id: String,
+    pub recipient: String,
+    pub kind: String,
+    pub template_name: String,
+    pub category: String,
+    pub body: String,
+    pub price_micros: i64,
+    pub currency: String,
+    pub free: bool,
+    pub free_reason: String,
+    pub business_initiated: bool,
+    pub starts_fep: bool,
+    pub accepted_at: i64,
+}
+
+/// A stored message.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct MessageRow {
+    pub tenant_id: String,
+    pub message_id: String,
+    pub idempotency_key: String,
+    pub request_hash: Vec<u8>,
+    pub phone_number_id: String,
+    pub recipient: String,
+    pub kind: String,
+    pub template_name: String,
+    pub category: String,
+    pub status: String,
+    pub failure_reason: String,
+    pub error_code: i32,
+    pub error_title: String,
+    pub provider_message_id: Option<String>,
+    pub price_micros: i64,
+    pub currency: String,
+    pub free: bool,
+    pub free_reason: String,
+    pub attempts: i32,
+    pub accepted_at: i64,
+    pub sent_at: Option<i64>,
+    pub delivered_at: Option<i64>,
+    pub read_at: Option<i64>,
+    pub failed_at: Option<i64>,
+}
+
+const COLUMNS: &str = "tenant_id, message_id, idempotency_key, request_hash, phone_number_id, \
+    recipient, kind, template_name, category, status, failure_reason, error_code, error_title, \
+    provider_message_id, price_micros, currency, free, free_reason, attempts, accepted_at, \
+    sent_at, delivered_at, read_at, failed_at";
+
+/// Inserts accepted messages (one statement); returns the ids that were new. An id already
+/// present (a retried key) is left as it is.
+pub async fn insert(pool: &PgPool, rows: &[NewMessage]) -> Result<Vec<String>, sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut q = QueryBuilder::new(
+        "INSERT INTO dispatch.messages (tenant_id, message_id, idempotency_key, request_hash, \
+         phone_number_id, recipient, kind, template_name, category, body, price_micros, \
+         currency, free, free_reason, business_initiated, starts_fep, accepted_at, updated_at) ",
+    );
+    q.push_values(rows, |mut b, r| {
+        b.push_bind(&r.tenant_id)
+            .push_bind(&r.message_id)
+            .push_bind(&r.idempotency_key)
+            .push_bind(&r.request_hash)
+            .push_bind(&r.phone_number_id)
+            .push_bind(&r.recipient)
+            .push_bind(&r.kind)
+            .push_bind(&r.template_name)
+            .push_bind(&r.category)
+            .push_bind(&r.body)
+            .push_bind(r.price_micros)
+            .push_bind(&r.currency)
+            .push_bind(r.free)
+            .push_bind(&r.free_reason)
+            .push_bind(r.business_initiated)
+            .push_bind(r.starts_fep)
+            .push_bind(r.accepted_at)
+            .push_bind(r.accepted_at);
+    });
+    q.push(" ON CONFLICT (tenant_id, message_id) DO NOTHING RETURNING message_id");
+    let ids: Vec<(String,)> = q.build_query_as().fetch_all(pool).await?;
+    Ok(ids.into_iter().map(|(id,)| id).collect())
+}
+
+pub async fn get(
+    pool: &PgPool,
+    tenant_id: &str,
+    message_id: &str,
+) -> Result<Option<MessageRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM dispatch.messages WHERE tenant_id = $1 AND message_id = $2"
+    ))
+    .bind(tenant_id)
+    .bind(message_id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Filters of ListMessages; empty strings and `None` match everything.
+#[derive(Clone, Debug, Default)]
+pub struct ListFilter {
+    pub phone_number_id: String,
+    pub recipient: String,
+    pub status: String,
+    pub from: Option<i64>,
+    pub until: Option<i64>,
+    /// Continue after this (accepted_at, message_id), newest first.
+    pub after: Option<(i64, String)>,
+}
+
+pub async fn list(
+    pool: &PgPool,
+    tenant_id: &str,
+    f: &ListFilter,
+    limit: i64,
+) -> Result<Vec<MessageRow>, sqlx::Error> {
+    let mut q = QueryBuilder::new(format!(
+        "SELECT {COLUMNS} FROM dispatch.messages WHERE tenant_id = "
+    ));
+    q.push_bind(tenant_id);
+    if !f.phone_number_id.is_empty() {
+        q.push(" AND phone_number_id = ")
+            .push_bind(&f.phone_number_id);
+    }
+    if !f.recipient.is_empty() {
+        q.push(" AND recipient = ").push_bind(&f.recipient);
+    }
+    if !f.status.is_empty() {
+        q.push(" AND status = ").push_bind(&f.status);
+    }
+    if let Some(from) = f.from {
+        q.push(" AND accepted_at >= ").push_bind(from);
+    }
+    if let Some(until) = f.until {
+        q.push(" AND accepted_at < ").push_bind(until);
+    }
+    if let Some((at, id)) = &f.after {
+        q.push(" AND (accepted_at, message_id) < (")
+            .push_bind(*at)
+            .push(", ")
+            .push_bind(id)
+            .push(")");
+    }
+    q.push(" ORDER BY accepted_at DESC, message_id DESC LIMIT ")
+        .push_bind(limit);
+    q.build_query_as().fetch_all(pool).await
+}
+
+/// The users a tenant messaged first (templates outside the window) since `since`, with the
+/// newest such send: the tier counter's durable source.
+pub async fn business_initiated_users(
+    pool: &PgPool,
+    tenant_id: &str,
+    since: i64,
+) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT recipient, max(accepted_at) FROM dispatch.messages
+          WHERE tenant_id = $1 AND business_initiated AND accepted_at >= $2
+          GROUP BY recipient",
+    )
+    .bind(tenant_id)
+    .bind(since)
+    .fetch_all(pool)
+    .await
+}
+
+/// The current status of messages (for the worker: only ACCEPTED ones are sent).
+pub async fn statuses(
+    pool: &PgPool,
+    keys: &[(String, String)],
+) -> Result<Vec<(String, String, String)>, sqlx::Error> {
+    let (tenants, ids): (Vec<&str>, Vec<&str>) =
+        keys.iter().map(|(t, m)| (t.as_str(), m.as_str())).unzip();
+    sqlx::query_as(
+        "SELECT m.tenant_id, m.message_id, m.status FROM dispatch.messages m
+           JOIN unnest($1::text[], $2::text[]) AS k(tenant_id, message_id)
+             ON m.tenant_id = k.tenant_id AND m.message_id = k.message_id",
+    )
+    .bind(&tenants)
+    .bind(&ids)
+    .fetch_all(pool)
+    .await
+}
+
+/// A status change to apply: the message moves to `progress` unless it is already there or
+/// beyond (Progress::advance, in SQL).
+#[derive(Clone, Debug)]
+pub struct StatusChange {
+    pub tenant_id: String,
+    pub message_id: String,
+    pub progress: Progress,
+    pub at: i64,
+    pub provider_message_id: String,
+    pub failure_reason: String,
+    pub error_code: i32,
+    pub error_title: String,
+    /// Send attempts so far (the worker's count; 0 leaves it as it is).
+    pub attempts: i32,
+}
+
+/// Applies status changes in one statement; the `WHERE` is `Progress::advance`: forward only,
+/// FAILED final and only before delivery. Several changes of one message must be folded by the
+/// caller first. Returns the (tenant, message, new status) that moved.
+pub async fn apply_statuses(
+    pool: &PgPool,
+    changes: &[StatusChange],
+) -> Result<Vec<(String, String, String)>, sqlx::Error> {
+    if changes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut tenants = Vec::with_capacity(changes.len());
+    let mut ids = Vec::with_capacity(changes.len());
+    let mut statuses = Vec::with_capacity(changes.len());
+    let mut ranks = Vec::with_capacity(changes.len());
+    let mut ats = Vec::with_capacity(changes.len());
+    let mut wamids = Vec::with_capacity(changes.len());
+    let mut reasons = Vec::with_capacity(changes.len());
+    let mut codes = Vec::with_capacity(changes.len());
+    let mut titles = Vec::with_capacity(changes.len());
+    let mut attempts = Vec::with_capacity(changes.len());
+    for c in changes {
+        tenants.push(c.tenant_id.as_str());
+        ids.push(c.message_id.as_str());
+        statuses.push(c.progress.as_str());
+        ranks.push(c.progress.rank());
+        ats.push(c.at);
+        wamids.push(c.provider_message_id.as_str());
+        reasons.push(c.failure_reason.as_str());
+        codes.push(c.error_code);
+        titles.push(c.error_title.as_str());
+        attempts.push(c.attempts);
+    }
+    sqlx::query_as(
+        "UPDATE dispatch.messages m SET
+            status = u.status,
+            rank = u.rank,
+            provider_message_id = COALESCE(m.provider_message_id, NULLIF(u.wamid, '')),
+            sent_at = CASE WHEN u.status IN ('SENT', 'DELIVERED', 'READ')
+                           THEN COALESCE(m.sent_at, u.at) ELSE m.sent_at END,
+            delivered_at = CASE WHEN u.status IN ('DELIVERED', 'READ')
+                                THEN COALESCE(m.delivered_at, u.at) ELSE m.delivered_at END,
+            read_at = CASE WHEN u.status = 'READ' THEN u.at ELSE m.read_at END,
+            failed_at = CASE WHEN u.status = 'FAILED' THEN u.at ELSE m.failed_at END,
+            failure_reason = CASE WHEN u.status = 'FAILED' THEN u.reason ELSE m.failure_reason END,
+            error_code = CASE WHEN u.status = 'FAILED' THEN u.code ELSE m.error_code END,
+            error_title = CASE WHEN u.status = 'FAILED' THEN u.title ELSE m.error_title END,
+            attempts = GREATEST(m.attempts, u.attempts),
+            updated_at = u.at
+          FROM unnest($1::text[], $2::text[], $3::text[], $4::smallint[], $5::bigint[],
+                      $6::text[], $7::text[], $8::int[], $9::text[], $10::int[])
+               AS u(tenant_id, message_id, status, rank, at, wamid, reason, code, title, attempts)
+         WHERE m.tenant_id = u.tenant_id AND m.message_id = u.message_id
+           AND m.status <> 'FAILED'
+           AND CASE WHEN u.status = 'FAILED' THEN m.rank < 2 ELSE m.rank < u.rank END
+         RETURNING m.tenant_id, m.message_id, m.status",
+    )
+    .bind(&tenants)
+    .bind(&ids)
+    .bind(&statuses)
+    .bind(&ranks)
+    .bind(&ats)
+    .bind(&wamids)
+    .bind(&reasons)
+    .bind(&codes)
+    .bind(&titles)
+    .bind(&attempts)
+    .fetch_all(pool)
+    .await
+}

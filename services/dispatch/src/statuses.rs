@@ -1,0 +1,178 @@
+//! The status consumer: the network's statuses (and dispatch's own `failed` reports) from
+//! `finestra.status.v1` move messages along `Progress`. A batch is applied in rounds, each
+//! message's statuses in order of progress, so every timestamp is its own status's; the
+//! store's `WHERE` makes a duplicate or stale status change nothing.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use finestra_domain::Clock;
+use finestra_domain::delivery::Progress;
+use finestra_platform::Shutdown;
+use finestra_platform::kafka::{self, BatchConsumer};
+use finestra_proto::v1::envelope::Payload;
+use sqlx::PgPool;
+
+use crate::pg::{self, StatusChange};
+use crate::provider::ProviderError;
+
+pub struct StatusLoop {
+    pub consumer: BatchConsumer,
+    pub pool: PgPool,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// The change a status envelope asks for, if it is about one of dispatch's messages.
+fn change_of(env: &finestra_proto::v1::Envelope, now: i64) -> Option<StatusChange> {
+    let Some(Payload::MessageStatus(s)) = &env.payload else {
+        return None;
+    };
+    if env.tenant_id.is_empty() || s.callback_data.is_empty() {
+        return None;
+    }
+    let progress = Progress::parse(&s.status)?;
+    let at = env
+        .occurred_at
+        .as_ref()
+        .map_or(now, finestra_proto::time::to_micros);
+    let (reason, code, title) = match (progress, s.errors.first()) {
+        (Progress::Failed, Some(e)) => {
+            // Dispatch's own reports carry the reason as the title.
+            let reason = if e.title.chars().all(|c| c.is_ascii_uppercase() || c == '_')
+                && !e.title.is_empty()
+            {
+                e.title.clone()
+            } else {
+                ProviderError::from_code(400, e.code, String::new())
+                    .reason
+                    .to_owned()
+            };
+            let title = if e.message.is_empty() {
+                e.title.clone()
+            } else {
+                e.message.clone()
+            };
+            (reason, e.code, title)
+        }
+        (Progress::Failed, None) => ("PROVIDER_ERROR".to_owned(), 0, String::new()),
+        _ => (String::new(), 0, String::new()),
+    };
+    Some(StatusChange {
+        tenant_id: env.tenant_id.clone(),
+        message_id: s.callback_data.clone(),
+        progress,
+        at,
+        provider_message_id: s.message_id.clone(),
+        failure_reason: reason,
+        error_code: code,
+        error_title: title,
+        attempts: 0,
+    })
+}
+
+/// Splits changes into rounds: round i holds each message's i-th status by progress.
+fn rounds(changes: Vec<StatusChange>) -> Vec<Vec<StatusChange>> {
+    let mut per_message: HashMap<(String, String), Vec<StatusChange>> = HashMap::new();
+    for c in changes {
+        per_message
+            .entry((c.tenant_id.clone(), c.message_id.clone()))
+            .or_default()
+            .push(c);
+    }
+    let mut out: Vec<Vec<StatusChange>> = Vec::new();
+    for (_, mut list) in per_message {
+        list.sort_by_key(|c| c.progress.rank());
+        list.dedup_by_key(|c| c.progress);
+        for (i, c) in list.into_iter().enumerate() {
+            if out.len() <= i {
+                out.push(Vec::new());
+            }
+            out[i].push(c);
+        }
+    }
+    out
+}
+
+impl StatusLoop {
+    pub async fn run(self, shutdown: Shutdown) {
+        let mut last = None;
+        while let Some(batch) = self.consumer.next_batch_until_shutdown(&shutdown).await {
+            let now = self.clock.now().micros();
+            let changes: Vec<StatusChange> = batch
+                .iter()
+                .filter_map(|m| kafka::decode(m).ok())
+                .filter_map(|env| change_of(&env, now))
+                .collect();
+            let mut attempt = 0;
+            'apply: loop {
+                let mut failed = false;
+                for round in rounds(changes.clone()) {
+                    match pg::apply_statuses(&self.pool, &round).await {
+                        Ok(moved) => metrics::counter!("finestra_dispatch_status_applied_total")
+                            .increment(moved.len() as u64),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "applying statuses failed; retrying");
+                            failed = true;
+                            break;
+                        }
+                    }
+                }
+                if !failed {
+                    break 'apply;
+                }
+                tokio::select! {
+                    () = shutdown.wait() => return,
+                    () = tokio::time::sleep(kafka::retry_backoff(attempt)) => {}
+                }
+                attempt += 1;
+            }
+            if let Err(e) = self.consumer.commit_async(&batch) {
+                tracing::warn!(error = %e, "committing status offsets failed; replay is harmless");
+            }
+            last = Some(batch);
+        }
+        if let Some(batch) = last
+            && let Err(e) = self.consumer.commit(&batch).await
+        {
+            tracing::warn!(error = %e, "the final status commit failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(msg: &str, p: Progress) -> StatusChange {
+        StatusChange {
+            tenant_id: "t".into(),
+            message_id: msg.into(),
+            progress: p,
+            at: 0,
+            provider_message_id: String::new(),
+            failure_reason: String::new(),
+            error_code: 0,
+            error_title: String::new(),
+            attempts: 0,
+        }
+    }
+
+    #[test]
+    fn each_message_gets_one_status_per_round_in_progress_order() {
+        let r = rounds(vec![
+            change("a", Progress::Read),
+            change("a", Progress::Sent),
+            change("b", Progress::Delivered),
+            change("a", Progress::Delivered),
+            change("a", Progress::Sent),
+        ]);
+        assert_eq!(r.len(), 3);
+        let a: Vec<Progress> = r
+            .iter()
+            .filter_map(|round| round.iter().find(|c| c.message_id == "a"))
+            .map(|c| c.progress)
+            .collect();
+        assert_eq!(a, vec![Progress::Sent, Progress::Delivered, Progress::Read]);
+        assert_eq!(r[0].len(), 2);
+    }
+}

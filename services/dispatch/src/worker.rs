@@ -1,0 +1,543 @@
+//! The delivery worker: consumes `finestra.outbound.v1`, paces every number and (number, user)
+//! pair (DESIGN 1.5), sends through the `Provider`, retries what is retryable with backoff and
+//! full jitter, and records the outcome. Each message is its own task, so a paced number never
+//! holds up another number or tenant; offsets are committed per partition only below the
+//! oldest message not yet finished (`offsets::InFlight`).
+//!
+//! A failure is published as a `failed` status on `finestra.status.v1` (billing releases the
+//! reservation from it, tenants see it); one that exhausted its retries also goes to the DLQ.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use finestra_domain::delivery::{Progress, RetryPolicy};
+use finestra_domain::pacing::{Pacer, Rate};
+use finestra_domain::{Clock, Timestamp};
+use finestra_platform::Shutdown;
+use finestra_platform::kafka::{self, BatchConsumer, Outgoing};
+use finestra_platform::offsets::InFlight;
+use finestra_proto::v1::envelope::Payload;
+use finestra_proto::v1::{Envelope, MessageStatus, StatusError, UserRef};
+use rand::Rng as _;
+use rdkafka::Message as _;
+use rdkafka::message::OwnedMessage;
+use rdkafka::producer::FutureProducer;
+use redis::aio::ConnectionManager;
+use sqlx::PgPool;
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::facts::Facts;
+use crate::pg::{self, StatusChange};
+use crate::provider::{Provider, ProviderError};
+
+const CONSUMER: &str = "dispatch-worker";
+
+pub struct Worker {
+    pub consumer: Arc<BatchConsumer>,
+    pub pool: PgPool,
+    pub redis: ConnectionManager,
+    pub redis_prefix: String,
+    pub facts: Facts,
+    pub provider: Arc<dyn Provider>,
+    pub producer: FutureProducer,
+    pub status_topic: String,
+    pub dlq_topic: String,
+    pub retry: RetryPolicy,
+    /// Messages taken up and not finished, at most (then consuming pauses).
+    pub max_in_flight: usize,
+    /// Provider calls at once.
+    pub send_concurrency: usize,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// One message to deliver.
+struct Job {
+    record: Arc<OwnedMessage>,
+    tenant_id: String,
+    message_id: String,
+    phone_number_id: String,
+    to: String,
+    body: Vec<u8>,
+    slot: Timestamp,
+}
+
+enum Outcome {
+    Sent {
+        wamid: String,
+        attempts: u32,
+    },
+    Failed {
+        error: ProviderError,
+        attempts: u32,
+        /// Retries were exhausted: the record goes to the DLQ too.
+        exhausted: bool,
+    },
+    /// Shutdown came before it was sent: left unfinished, so it is redelivered.
+    Abandoned,
+}
+
+struct Done {
+    job: Job,
+    outcome: Outcome,
+}
+
+/// What the delivery tasks share.
+struct Shared {
+    redis: ConnectionManager,
+    pool: PgPool,
+    redis_prefix: String,
+    provider: Arc<dyn Provider>,
+    retry: RetryPolicy,
+    sends: Semaphore,
+    clock: Arc<dyn Clock>,
+}
+
+fn micros_until(at: Timestamp, now: Timestamp) -> Duration {
+    Duration::from_micros(u64::try_from(at.micros() - now.micros()).unwrap_or(0))
+}
+
+/// Waits `d`, or returns false when shutdown comes first.
+async fn pause(d: Duration, shutdown: &Shutdown) -> bool {
+    if d.is_zero() {
+        return true;
+    }
+    tokio::select! {
+        () = shutdown.wait() => false,
+        () = tokio::time::sleep(d) => true,
+    }
+}
+
+async fn deliver(shared: Arc<Shared>, job: Job, shutdown: Shutdown) -> Done {
+    if !pause(micros_until(job.slot, shared.clock.now()), &shutdown).await {
+        return Done {
+            job,
+            outcome: Outcome::Abandoned,
+        };
+    }
+    let Ok(_permit) = shared.sends.acquire().await else {
+        return Done {
+            job,
+            outcome: Outcome::Abandoned,
+        };
+    };
+    // A user who blocked since acceptance receives nothing more (DESIGN 1.3).
+    let window = finestra_registry::windows::read(
+        &shared.redis,
+        &shared.pool,
+        &shared.redis_prefix,
+        &job.tenant_id,
+        &job.phone_number_id,
+        &job.to,
+    )
+    .await;
+    match window {
+        Ok(w) if w.is_blocked() => {
+            return Done {
+                job,
+                outcome: Outcome::Failed {
+                    error: ProviderError {
+                        retryable: false,
+                        code: 0,
+                        title: "the user blocked this number".into(),
+                        reason: "USER_BLOCKED",
+                    },
+                    attempts: 0,
+                    exhausted: false,
+                },
+            };
+        }
+        Ok(_) => {}
+        // The network refuses blocked users itself (131026): go on without the check.
+        Err(e) => tracing::warn!(error = %e, "reading the window before a send failed"),
+    }
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let started = std::time::Instant::now();
+        let sent = shared.provider.send(&job.phone_number_id, &job.body).await;
+        metrics::histogram!("finestra_dispatch_provider_seconds")
+            .record(started.elapsed().as_secs_f64());
+        match sent {
+            Ok(wamid) => {
+                return Done {
+                    job,
+                    outcome: Outcome::Sent { wamid, attempts },
+                };
+            }
+            Err(error) if error.retryable => {
+                let unit: f64 = rand::rng().random();
+                let Some(wait) = shared.retry.pause_after(attempts, unit) else {
+                    return Done {
+                        job,
+                        outcome: Outcome::Failed {
+                            error,
+                            attempts,
+                            exhausted: true,
+                        },
+                    };
+                };
+                metrics::counter!("finestra_dispatch_retries_total", "reason" => error.reason)
+                    .increment(1);
+                let wait = Duration::from_micros(u64::try_from(wait).unwrap_or(0));
+                if !pause(wait, &shutdown).await {
+                    return Done {
+                        job,
+                        outcome: Outcome::Abandoned,
+                    };
+                }
+            }
+            Err(error) => {
+                return Done {
+                    job,
+                    outcome: Outcome::Failed {
+                        error,
+                        attempts,
+                        exhausted: false,
+                    },
+                };
+            }
+        }
+    }
+}
+
+/// The `failed` status dispatch reports for a message it could not send.
+fn failed_status(job: &Job, error: &ProviderError, at: Timestamp) -> Envelope {
+    let ts = finestra_proto::time::from_micros(at.micros());
+    Envelope {
+        event_id: format!("failed:{}", job.message_id),
+        tenant_id: job.tenant_id.clone(),
+        occurred_at: Some(ts),
+        recorded_at: Some(ts),
+        payload: Some(Payload::MessageStatus(MessageStatus {
+            phone_number_id: job.phone_number_id.clone(),
+            message_id: String::new(),
+            status: "failed".into(),
+            recipient: Some(UserRef {
+                wa_id: job.to.clone(),
+                ..UserRef::default()
+            }),
+            errors: vec![StatusError {
+                code: error.code,
+                title: error.reason.to_owned(),
+                message: error.title.clone(),
+                details: String::new(),
+            }],
+            callback_data: job.message_id.clone(),
+            ..MessageStatus::default()
+        })),
+    }
+}
+
+impl Worker {
+    pub async fn run(self, shutdown: Shutdown) {
+        let shared = Arc::new(Shared {
+            redis: self.redis.clone(),
+            pool: self.pool.clone(),
+            redis_prefix: self.redis_prefix.clone(),
+            provider: self.provider.clone(),
+            retry: self.retry,
+            sends: Semaphore::new(self.send_concurrency.max(1)),
+            clock: self.clock.clone(),
+        });
+        let consumer = self.consumer.clone();
+        // Fetching runs on its own so a batch being gathered is never dropped half-way.
+        let (batch_tx, mut batch_rx) = mpsc::channel::<Vec<OwnedMessage>>(1);
+        let fetch_consumer = consumer.clone();
+        let fetch_shutdown = shutdown.clone();
+        let fetcher = tokio::spawn(async move {
+            while let Some(batch) = fetch_consumer
+                .next_batch_until_shutdown(&fetch_shutdown)
+                .await
+            {
+                if batch_tx.send(batch).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+        let mut state = LoopState {
+            in_flight: InFlight::default(),
+            active: HashSet::new(),
+            tasks: 0,
+            pacer: Pacer::default(),
+            finished: Vec::new(),
+        };
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        let mut stopping = false;
+        loop {
+            let room = state.tasks < self.max_in_flight;
+            tokio::select! {
+                biased;
+                Some(done) = done_rx.recv() => {
+                    state.tasks -= 1;
+                    state.finished.push(done);
+                    if state.finished.len() >= 1_000 {
+                        self.flush(&consumer, &mut state, &shutdown).await;
+                    }
+                }
+                _ = tick.tick() => {
+                    self.flush(&consumer, &mut state, &shutdown).await;
+                    state.pacer.forget_idle(self.clock.now());
+                }
+                batch = batch_rx.recv(), if room && !stopping => match batch {
+                    Some(batch) => self.take_up(batch, &mut state, &shared, &done_tx, &shutdown).await,
+                    None => stopping = true,
+                },
+                () = shutdown.wait(), if !stopping => stopping = true,
+            }
+            if stopping && state.tasks == 0 {
+                break;
+            }
+        }
+        self.flush(&consumer, &mut state, &shutdown).await;
+        if let Err(e) = consumer
+            .commit_positions_sync(&state.in_flight.positions())
+            .await
+        {
+            tracing::warn!(error = %e, "the final offset commit failed; the next owner replays");
+        }
+        fetcher.abort();
+        tracing::info!("dispatch worker stopped");
+    }
+
+    /// Takes up a batch: decodes it, skips what is no longer waiting to be sent, paces the
+    /// rest and starts a task per message.
+    async fn take_up(
+        &self,
+        batch: Vec<OwnedMessage>,
+        state: &mut LoopState,
+        shared: &Arc<Shared>,
+        done_tx: &mpsc::UnboundedSender<Done>,
+        shutdown: &Shutdown,
+    ) {
+        let mut jobs = Vec::with_capacity(batch.len());
+        let mut dead = Vec::new();
+        for m in batch {
+            state.in_flight.start(m.topic(), m.partition(), m.offset());
+            match kafka::decode(&m) {
+                Ok(Envelope {
+                    tenant_id,
+                    payload: Some(Payload::OutboundMessage(o)),
+                    ..
+                }) if !tenant_id.is_empty() && !o.message_id.is_empty() => jobs.push(Job {
+                    record: Arc::new(m),
+                    tenant_id,
+                    message_id: o.message_id,
+                    phone_number_id: o.phone_number_id,
+                    to: o.to,
+                    body: o.body_json,
+                    slot: Timestamp::from_micros(0),
+                }),
+                Ok(_) => dead.push((m, "not an outbound message".to_owned())),
+                Err(e) => dead.push((m, format!("undecodable: {e}"))),
+            }
+        }
+        if !dead.is_empty() {
+            let letters: Vec<Envelope> = dead
+                .iter()
+                .map(|(m, why)| kafka::dead_letter(m, CONSUMER, why.clone()))
+                .collect();
+            let outgoing: Vec<Outgoing<'_>> = letters
+                .into_iter()
+                .map(|envelope| Outgoing {
+                    topic: &self.dlq_topic,
+                    key: String::new(),
+                    envelope,
+                })
+                .collect();
+            retry_forever("dead-lettering records", shutdown, || {
+                kafka::publish_all(&self.producer, &outgoing)
+            })
+            .await;
+            for (m, _) in &dead {
+                state.in_flight.finish(m.topic(), m.partition(), m.offset());
+            }
+        }
+        let keys: Vec<(String, String)> = jobs
+            .iter()
+            .map(|j| (j.tenant_id.clone(), j.message_id.clone()))
+            .collect();
+        let Some(current) = retry_forever("reading message states", shutdown, || {
+            pg::statuses(&self.pool, &keys)
+        })
+        .await
+        else {
+            return;
+        };
+        let waiting: HashSet<(String, String)> = current
+            .into_iter()
+            .filter(|(_, _, status)| status == Progress::Accepted.as_str())
+            .map(|(t, m, _)| (t, m))
+            .collect();
+        let now = self.clock.now();
+        for mut job in jobs {
+            let key = (job.tenant_id.clone(), job.message_id.clone());
+            if !waiting.contains(&key) || !state.active.insert(job.message_id.clone()) {
+                // Sent already, failed, unknown, or being sent by this worker: a replay.
+                let r = &job.record;
+                state.in_flight.finish(r.topic(), r.partition(), r.offset());
+                continue;
+            }
+            let tps = match self.facts.number(&job.phone_number_id).await {
+                Ok(Some(n)) => n.throughput_per_second,
+                _ => 80,
+            };
+            // 5% under the network's own rate and half its burst: requests reach the network
+            // with their own transit jitter, and the slack absorbs it (a 130429 costs a retry).
+            let mut rate = Rate::per_second(tps);
+            rate.interval_micros += rate.interval_micros / 20;
+            rate.burst = (rate.burst / 2).max(1);
+            job.slot = state
+                .pacer
+                .schedule(&job.phone_number_id, &job.to, rate, now);
+            state.tasks += 1;
+            let shared = shared.clone();
+            let done_tx = done_tx.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let done = deliver(shared, job, shutdown).await;
+                // The loop outlives every task it counts; a closed channel means it is gone.
+                let _ = done_tx.send(done);
+            });
+        }
+    }
+
+    /// Records finished sends (statuses, failure events), then commits what is done.
+    async fn flush(&self, consumer: &BatchConsumer, state: &mut LoopState, shutdown: &Shutdown) {
+        if state.finished.is_empty() {
+            return;
+        }
+        let finished = std::mem::take(&mut state.finished);
+        let now = self.clock.now();
+        let mut changes = Vec::new();
+        let mut events = Vec::new();
+        for d in &finished {
+            match &d.outcome {
+                Outcome::Sent { wamid, attempts } => {
+                    metrics::counter!("finestra_dispatch_sent_total").increment(1);
+                    changes.push(StatusChange {
+                        tenant_id: d.job.tenant_id.clone(),
+                        message_id: d.job.message_id.clone(),
+                        progress: Progress::Sent,
+                        at: now.micros(),
+                        provider_message_id: wamid.clone(),
+                        failure_reason: String::new(),
+                        error_code: 0,
+                        error_title: String::new(),
+                        attempts: i32::try_from(*attempts).unwrap_or(i32::MAX),
+                    });
+                }
+                Outcome::Failed {
+                    error,
+                    attempts,
+                    exhausted,
+                } => {
+                    metrics::counter!("finestra_dispatch_failed_total", "reason" => error.reason)
+                        .increment(1);
+                    changes.push(StatusChange {
+                        tenant_id: d.job.tenant_id.clone(),
+                        message_id: d.job.message_id.clone(),
+                        progress: Progress::Failed,
+                        at: now.micros(),
+                        provider_message_id: String::new(),
+                        failure_reason: error.reason.to_owned(),
+                        error_code: error.code,
+                        error_title: error.title.clone(),
+                        attempts: i32::try_from(*attempts).unwrap_or(i32::MAX),
+                    });
+                    let key = kafka::conversation_key(
+                        &d.job.tenant_id,
+                        &d.job.phone_number_id,
+                        &d.job.to,
+                    );
+                    events.push((
+                        self.status_topic.as_str(),
+                        key,
+                        failed_status(&d.job, error, now),
+                    ));
+                    if *exhausted {
+                        events.push((
+                            self.dlq_topic.as_str(),
+                            String::new(),
+                            kafka::dead_letter(
+                                &d.job.record,
+                                CONSUMER,
+                                format!(
+                                    "{} after {attempts} attempts: {} ({})",
+                                    error.reason, error.title, error.code
+                                ),
+                            ),
+                        ));
+                    }
+                }
+                Outcome::Abandoned => {}
+            }
+        }
+        if retry_forever("recording send outcomes", shutdown, || {
+            pg::apply_statuses(&self.pool, &changes)
+        })
+        .await
+        .is_none()
+        {
+            return;
+        }
+        let outgoing: Vec<Outgoing<'_>> = events
+            .into_iter()
+            .map(|(topic, key, envelope)| Outgoing {
+                topic,
+                key,
+                envelope,
+            })
+            .collect();
+        if retry_forever("publishing failures", shutdown, || {
+            kafka::publish_all(&self.producer, &outgoing)
+        })
+        .await
+        .is_none()
+        {
+            return;
+        }
+        for d in &finished {
+            state.active.remove(&d.job.message_id);
+            if !matches!(d.outcome, Outcome::Abandoned) {
+                let r = &d.job.record;
+                state.in_flight.finish(r.topic(), r.partition(), r.offset());
+            }
+        }
+        let moved = state.in_flight.advanced();
+        if let Err(e) = consumer.commit_positions(&moved) {
+            tracing::warn!(error = %e, "committing offsets failed; a restart replays idempotently");
+        }
+    }
+}
+
+struct LoopState {
+    in_flight: InFlight,
+    /// Message ids with a task running (a replayed event for one of them is skipped).
+    active: HashSet<String>,
+    tasks: usize,
+    pacer: Pacer,
+    finished: Vec<Done>,
+}
+
+/// Retries a store or broker step until it succeeds; `None` if shutdown came first (the
+/// records stay uncommitted and are replayed by the next owner).
+async fn retry_forever<T, E, F, Fut>(what: &str, shutdown: &Shutdown, mut step: F) -> Option<T>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut attempt = 0;
+    loop {
+        match step().await {
+            Ok(v) => return Some(v),
+            Err(e) => tracing::warn!(error = %e, "{what} failed; retrying"),
+        }
+        if !pause(kafka::retry_backoff(attempt), shutdown).await {
+            return None;
+        }
+        attempt += 1;
+    }
+}

@@ -1,0 +1,692 @@
+//! Dispatch end to end, with every part real: the simulator as the network, ingest taking its
+//! signed webhooks, the window service, billing reserving and capturing, and dispatch
+//! accepting, pacing, sending and following statuses; Postgres, Redis and the broker are the
+//! machine's.
+
+use std::time::Duration;
+
+use finestra_e2e::WAIT;
+use finestra_platform::auth::{AuthedChannel, Owner, Scope as KeyScope};
+use finestra_platform::status::reason_of;
+use finestra_proto::v1::billing_service_client::BillingServiceClient;
+use finestra_proto::v1::dispatch_service_client::DispatchServiceClient;
+use finestra_proto::v1::send_message_request::Content;
+use finestra_proto::v1::{self, SendMessageRequest, SendMessageResponse};
+use finestra_testkit::{Scope, Started, StartedSim, eventually, infra};
+use serde_json::{Value, json};
+use tonic::Code;
+
+const TOKEN: &str = "dispatch-test-token";
+/// MARKETING to IT on the shipped card (crates/domain/rates/2025-07-01.card), no markup.
+const MARKETING_IT: i64 = 69_100;
+const UTILITY_IT: i64 = 30_000;
+
+/// A whole platform for one test, with one tenant ("acme") and its number.
+struct Chain {
+    scope: Scope,
+    ingest: Started,
+    window: Started,
+    billing: Started,
+    dispatch: Started,
+    sim: StartedSim,
+    tenant: String,
+    number: String,
+    /// A `send` key of the tenant.
+    client: DispatchServiceClient<AuthedChannel>,
+    /// An operator `admin` key.
+    books: BillingServiceClient<AuthedChannel>,
+    http: reqwest::Client,
+}
+
+impl Chain {
+    async fn start(number_rate: u32) -> anyhow::Result<Self> {
+        let scope = Scope::new();
+        infra().await?;
+        scope.create_topics().await?;
+        let (tenant, number, _) = scope.tenant_with_number("acme", 1).await?;
+        let ingest = finestra_testkit::start_ingest(&scope).await?;
+        let window = finestra_testkit::start_window(&scope, "window", 500).await?;
+        let billing = finestra_testkit::start_billing(&scope, "billing").await?;
+        let sim =
+            finestra_testkit::start_simulator(&scope, &ingest.running, TOKEN, number_rate).await?;
+        let config = finestra_testkit::dispatch_config(
+            &scope,
+            &billing.running.grpc_url(),
+            &sim.base_url(),
+            TOKEN,
+        )
+        .await?;
+        let dispatch = finestra_testkit::start_dispatch_with(config).await?;
+        let send_key = scope.tenant_key("acme", &[KeyScope::Send]).await?;
+        let operator = scope.key(Owner::Operator, &[KeyScope::Admin]).await?;
+        let client = DispatchServiceClient::new(
+            finestra_testkit::authed_channel(dispatch.running.grpc_url(), &send_key).await?,
+        );
+        let books = BillingServiceClient::new(
+            finestra_testkit::authed_channel(billing.running.grpc_url(), &operator).await?,
+        );
+        Ok(Self {
+            scope,
+            ingest,
+            window,
+            billing,
+            dispatch,
+            sim,
+            tenant,
+            number,
+            client,
+            books,
+            http: reqwest::Client::new(),
+        })
+    }
+
+    async fn stop(self) {
+        self.dispatch.stop().await;
+        self.sim.stop().await;
+        self.billing.stop().await;
+        self.window.stop().await;
+        self.ingest.stop().await;
+    }
+
+    async fn sim(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        let r = self
+            .http
+            .post(format!("{}/sim/v1/{path}", self.sim.base_url()))
+            .json(&body)
+            .send()
+            .await?;
+        anyhow::ensure!(r.status().is_success(), "sim {path}: {}", r.status());
+        Ok(r.json().await?)
+    }
+
+    async fn sim_stats(&self, number: &str) -> anyhow::Result<Value> {
+        Ok(self
+            .http
+            .get(format!("{}/sim/v1/stats/{number}", self.sim.base_url()))
+            .send()
+            .await?
+            .json()
+            .await?)
+    }
+
+    /// The user writes `seconds_ago`; returns once the window service recorded it.
+    async fn user_says(&self, user: &str, seconds_ago: i64, referral: bool) -> anyhow::Result<()> {
+        let mut body = json!({
+            "phone_number_id": self.number, "from": user, "name": "Giulia",
+            "text": "Ciao!", "seconds_ago": seconds_ago,
+        });
+        if referral {
+            body["referral_source_id"] = json!("ad-42");
+        }
+        let said = self.sim("say", body).await?;
+        let wamid = said["wamid"].as_str().unwrap_or_default().to_owned();
+        let infra = infra().await?;
+        eventually("the window service records the message", WAIT, || async {
+            let w = finestra_registry::windows::read(
+                &infra.redis,
+                &infra.pool,
+                "fin",
+                &self.tenant,
+                &self.number,
+                user,
+            )
+            .await?;
+            Ok(w.last_inbound.filter(|l| l.message_id == wamid).map(|_| ()))
+        })
+        .await
+    }
+
+    async fn window(&self, user: &str) -> anyhow::Result<finestra_domain::WindowState> {
+        let infra = infra().await?;
+        Ok(finestra_registry::windows::read(
+            &infra.redis,
+            &infra.pool,
+            "fin",
+            &self.tenant,
+            &self.number,
+            user,
+        )
+        .await?)
+    }
+
+    /// Adds an approved template straight to the control plane's table.
+    async fn template(&self, name: &str, category: &str, params: i32) -> anyhow::Result<()> {
+        self.template_with_status(name, category, params, "APPROVED")
+            .await
+    }
+
+    async fn template_with_status(
+        &self,
+        name: &str,
+        category: &str,
+        params: i32,
+        status: &str,
+    ) -> anyhow::Result<()> {
+        let infra = infra().await?;
+        sqlx::query(
+            "INSERT INTO accounts.templates
+                (template_id, tenant_id, name, language, category, body, parameter_count, status)
+             VALUES ($1, $2, $3, 'it', $4, 'Ciao {{1}}', $5, $6)",
+        )
+        .bind(format!("tpl-{}-{name}", self.scope.id()))
+        .bind(&self.tenant)
+        .bind(name)
+        .bind(category)
+        .bind(params)
+        .bind(status)
+        .execute(&infra.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn top_up(&self, amount: i64) -> anyhow::Result<()> {
+        self.books
+            .clone()
+            .top_up(v1::TopUpRequest {
+                tenant_id: self.tenant.clone(),
+                amount_micros: amount,
+                top_up_id: format!("t-{amount}-{}", rand_suffix()),
+                note: "test".into(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn wallet(&self) -> anyhow::Result<v1::Wallet> {
+        Ok(self
+            .books
+            .clone()
+            .get_wallet(v1::GetWalletRequest {
+                tenant_id: self.tenant.clone(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    fn request(&self, to: &str, key: &str, content: Content) -> SendMessageRequest {
+        SendMessageRequest {
+            tenant_id: self.tenant.clone(),
+            phone_number_id: self.number.clone(),
+            to: to.into(),
+            idempotency_key: key.into(),
+            content: Some(content),
+        }
+    }
+
+    async fn send(&self, req: SendMessageRequest) -> Result<SendMessageResponse, tonic::Status> {
+        self.client
+            .clone()
+            .send_message(req)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    async fn text(
+        &self,
+        to: &str,
+        key: &str,
+        body: &str,
+    ) -> Result<SendMessageResponse, tonic::Status> {
+        self.send(self.request(to, key, text(body))).await
+    }
+
+    async fn template_send(
+        &self,
+        to: &str,
+        key: &str,
+        name: &str,
+        params: &[&str],
+    ) -> Result<SendMessageResponse, tonic::Status> {
+        self.send(self.request(to, key, template(name, params)))
+            .await
+    }
+
+    async fn message(&self, id: &str) -> anyhow::Result<v1::Message> {
+        Ok(self
+            .client
+            .clone()
+            .get_message(v1::GetMessageRequest {
+                tenant_id: self.tenant.clone(),
+                message_id: id.into(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Waits until the message has one of `statuses`.
+    async fn settles(&self, id: &str, statuses: &[&str]) -> anyhow::Result<v1::Message> {
+        eventually(&format!("{id} reaches {statuses:?}"), WAIT, || async {
+            let m = self.message(id).await?;
+            Ok(statuses.contains(&m.status.as_str()).then_some(m))
+        })
+        .await
+    }
+
+    /// Waits until billing has settled every reservation (nothing reserved).
+    async fn books_settled(&self) -> anyhow::Result<v1::Wallet> {
+        eventually(
+            "every reservation is captured or released",
+            WAIT,
+            || async {
+                let w = self.wallet().await?;
+                Ok((w.reserved_micros == 0).then_some(w))
+            },
+        )
+        .await
+    }
+
+    async fn reservations(&self) -> anyhow::Result<i64> {
+        let infra = infra().await?;
+        let (n,): (i64,) =
+            sqlx::query_as("SELECT count(*) FROM billing.reservations WHERE tenant_id = $1")
+                .bind(&self.tenant)
+                .fetch_one(&infra.pool)
+                .await?;
+        Ok(n)
+    }
+
+    async fn charges(&self) -> anyhow::Result<Vec<(String, i64)>> {
+        let infra = infra().await?;
+        Ok(sqlx::query_as(
+            "SELECT reference, amount FROM billing.ledger
+              WHERE tenant_id = $1 AND kind = 'charge' ORDER BY reference",
+        )
+        .bind(&self.tenant)
+        .fetch_all(&infra.pool)
+        .await?)
+    }
+
+    async fn reconcile(&self) -> anyhow::Result<()> {
+        let report = self
+            .books
+            .clone()
+            .reconcile(v1::ReconcileRequest {
+                tenant_id: self.tenant.clone(),
+            })
+            .await?
+            .into_inner();
+        anyhow::ensure!(
+            report.differences.is_empty(),
+            "reconcile: {:?}",
+            report.differences
+        );
+        Ok(())
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use rand::Rng as _;
+    rand::rng().random()
+}
+
+fn text(body: &str) -> Content {
+    Content::Text(v1::TextContent {
+        body: body.into(),
+        preview_url: false,
+    })
+}
+
+fn template(name: &str, params: &[&str]) -> Content {
+    Content::Template(v1::TemplateContent {
+        name: name.into(),
+        language: "it".into(),
+        parameters: params.iter().map(|p| (*p).to_owned()).collect(),
+    })
+}
+
+fn reason(r: &Result<SendMessageResponse, tonic::Status>) -> (Code, String) {
+    match r {
+        Ok(ok) => (Code::Ok, ok.message_id.clone()),
+        Err(s) => (s.code(), reason_of(s).unwrap_or_default()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reply_inside_the_window_is_sent_delivered_and_not_charged() -> anyhow::Result<()> {
+    let c = Chain::start(80).await?;
+    let giulia = "393331110001";
+    c.user_says(giulia, 0, false).await?;
+
+    let reply = c.text(giulia, "reply-1", "Your order is ready").await?;
+    assert_eq!(reply.status, "ACCEPTED");
+    assert!(reply.free, "a service reply is free");
+    assert_eq!(
+        (reply.price_micros, reply.free_reason.as_str()),
+        (0, "SERVICE")
+    );
+    let doc = c
+        .send(c.request(
+            giulia,
+            "doc-1",
+            Content::Media(v1::MediaContent {
+                kind: "document".into(),
+                link: "https://files.example/invoice-17.pdf".into(),
+                caption: "Your invoice".into(),
+                filename: "invoice-17.pdf".into(),
+            }),
+        ))
+        .await?;
+    for id in [&reply.message_id, &doc.message_id] {
+        let m = c.settles(id, &["DELIVERED"]).await?;
+        assert!(m.provider_message_id.starts_with("wamid.sim."));
+        assert!(m.sent_at.is_some() && m.delivered_at.is_some());
+        assert_eq!(m.attempts, 1);
+    }
+    let wallet = c.books_settled().await?;
+    assert_eq!(wallet.balance_micros, 0, "nothing charged");
+    assert!(c.charges().await?.iter().all(|(_, amount)| *amount == 0));
+
+    let listed = c
+        .client
+        .clone()
+        .list_messages(v1::ListMessagesRequest {
+            tenant_id: c.tenant.clone(),
+            to: giulia.into(),
+            page_size: 1,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(listed.messages.len(), 1);
+    assert!(!listed.next_page_token.is_empty());
+    let second = c
+        .client
+        .clone()
+        .list_messages(v1::ListMessagesRequest {
+            tenant_id: c.tenant.clone(),
+            to: giulia.into(),
+            page_size: 1,
+            page_token: listed.next_page_token,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(second.messages.len(), 1);
+    assert_ne!(second.messages[0].message_id, listed.messages[0].message_id);
+    c.reconcile().await?;
+    c.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_the_window_a_free_form_is_refused_and_a_template_is_charged_once()
+-> anyhow::Result<()> {
+    let c = Chain::start(80).await?;
+    let marco = "393331110002";
+    c.template("weekend_offer", "MARKETING", 1).await?;
+    c.top_up(1_000_000).await?;
+    c.user_says(marco, 25 * 3_600, false).await?;
+
+    let refused = c.text(marco, "late-1", "Are you still there?").await;
+    assert_eq!(
+        reason(&refused),
+        (Code::FailedPrecondition, "WINDOW_CLOSED".into())
+    );
+    assert_eq!(c.reservations().await?, 0, "nothing reserved");
+
+    let offer = c
+        .template_send(marco, "offer-1", "weekend_offer", &["Marco"])
+        .await?;
+    assert!(!offer.free);
+    assert_eq!(offer.price_micros, MARKETING_IT);
+    assert_eq!(offer.category, "MARKETING");
+    let m = c.settles(&offer.message_id, &["DELIVERED"]).await?;
+    assert_eq!(m.price_micros, MARKETING_IT);
+    let wallet = c.books_settled().await?;
+    assert_eq!(wallet.balance_micros, 1_000_000 - MARKETING_IT);
+    assert_eq!(
+        c.charges().await?,
+        vec![(offer.message_id.clone(), -MARKETING_IT)],
+        "charged exactly once"
+    );
+    c.reconcile().await?;
+    c.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn utility_inside_the_window_is_free_and_a_referral_reply_opens_a_free_entry_point()
+-> anyhow::Result<()> {
+    let c = Chain::start(80).await?;
+    c.template("order_ready", "UTILITY", 1).await?;
+    c.template("weekend_offer", "MARKETING", 1).await?;
+    c.top_up(1_000_000).await?;
+
+    let giulia = "393331110003";
+    c.user_says(giulia, 0, false).await?;
+    let utility = c
+        .template_send(giulia, "u-1", "order_ready", &["A-17"])
+        .await?;
+    assert!(utility.free);
+    assert_eq!(utility.free_reason, "UTILITY_IN_WINDOW");
+
+    // A user from an ad writes; the business replies inside the window: a 72 h FEP starts.
+    let ada = "393331110004";
+    c.user_says(ada, 60, true).await?;
+    let reply = c.text(ada, "r-1", "Thanks for your interest").await?;
+    assert!(reply.free);
+    eventually("the window service records the FEP", WAIT, || async {
+        Ok(c.window(ada).await?.fep_until.map(|_| ()))
+    })
+    .await?;
+    let offer = c
+        .template_send(ada, "o-1", "weekend_offer", &["Ada"])
+        .await?;
+    assert!(offer.free, "marketing inside the FEP is free");
+    assert_eq!(offer.free_reason, "FREE_ENTRY_POINT");
+    for id in [&utility.message_id, &reply.message_id, &offer.message_id] {
+        c.settles(id, &["DELIVERED"]).await?;
+    }
+    let wallet = c.books_settled().await?;
+    assert_eq!(wallet.balance_micros, 1_000_000, "nothing charged");
+    c.reconcile().await?;
+    c.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_send_ten_times_at_once_is_one_message_and_one_charge() -> anyhow::Result<()> {
+    let c = Chain::start(80).await?;
+    c.template("weekend_offer", "MARKETING", 1).await?;
+    c.top_up(1_000_000).await?;
+    let luca = "393331110005";
+    let req = c.request(
+        luca,
+        "campaign-7/luca",
+        template("weekend_offer", &["Luca"]),
+    );
+    let answers = futures::future::join_all((0..10).map(|_| c.send(req.clone()))).await;
+    let ids: std::collections::HashSet<String> = answers
+        .iter()
+        .map(|a| {
+            a.as_ref()
+                .map(|r| r.message_id.clone())
+                .map_err(|s| anyhow::anyhow!("{s:?}"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    assert_eq!(ids.len(), 1, "one message: {answers:?}");
+    let id = ids.into_iter().next().unwrap_or_default();
+    assert_eq!(
+        answers
+            .iter()
+            .filter(|a| a.as_ref().is_ok_and(|r| !r.replayed))
+            .count(),
+        1,
+        "exactly one was new"
+    );
+
+    let mut other = req.clone();
+    other.content = Some(template("weekend_offer", &["Someone else"]));
+    assert_eq!(
+        reason(&c.send(other).await),
+        (Code::AlreadyExists, "IDEMPOTENCY_CONFLICT".into())
+    );
+    c.settles(&id, &["DELIVERED"]).await?;
+    let again = c.send(req).await?;
+    assert!(again.replayed);
+    assert_eq!(again.message_id, id);
+    assert_eq!(again.status, "DELIVERED");
+    c.books_settled().await?;
+    assert_eq!(c.charges().await?, vec![(id, -MARKETING_IT)]);
+    assert_eq!(c.reservations().await?, 1);
+    c.reconcile().await?;
+    c.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn provider_errors_are_retried_then_dead_lettered_and_released() -> anyhow::Result<()> {
+    let c = Chain::start(80).await?;
+    c.template("weekend_offer", "MARKETING", 1).await?;
+    c.top_up(1_000_000).await?;
+    let sara = "393331110006";
+
+    c.sim("faults", json!({"phone_number_id": c.number, "next": 2}))
+        .await?;
+    let flaky = c
+        .template_send(sara, "flaky-1", "weekend_offer", &["Sara"])
+        .await?;
+    let m = c
+        .settles(&flaky.message_id, &["DELIVERED", "FAILED"])
+        .await?;
+    assert_eq!((m.status.as_str(), m.attempts), ("DELIVERED", 3));
+
+    c.sim(
+        "faults",
+        json!({"phone_number_id": c.number, "always": true}),
+    )
+    .await?;
+    let doomed = c
+        .template_send(sara, "doomed-1", "weekend_offer", &["Sara"])
+        .await?;
+    let m = c
+        .settles(&doomed.message_id, &["FAILED", "DELIVERED"])
+        .await?;
+    assert_eq!(m.status, "FAILED");
+    assert_eq!(m.failure_reason, "PROVIDER_ERROR");
+    assert_eq!(m.attempts, 4, "the configured bound");
+    let dlq = finestra_testkit::read_all(&c.scope.topics().dlq).await?;
+    assert!(
+        dlq.iter().any(|e| matches!(&e.payload,
+            Some(v1::envelope::Payload::DeadLetter(d)) if d.error.contains("after 4 attempts"))),
+        "the message is dead-lettered"
+    );
+    let wallet = c.books_settled().await?;
+    assert_eq!(
+        c.charges().await?,
+        vec![(flaky.message_id.clone(), -MARKETING_IT)],
+        "the delivered one charged once, the failed one released"
+    );
+    assert_eq!(wallet.balance_micros, 1_000_000 - MARKETING_IT);
+    c.reconcile().await?;
+    c.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_number_is_paced_while_another_tenants_messages_flow() -> anyhow::Result<()> {
+    let c = Chain::start(10).await?;
+    let infra = infra().await?;
+    // The slow number: 10 messages a second, on the network and in the control plane.
+    sqlx::query(
+        "UPDATE accounts.numbers SET throughput_per_second = 10 WHERE phone_number_id = $1",
+    )
+    .bind(&c.number)
+    .execute(&infra.pool)
+    .await?;
+    sqlx::query("UPDATE accounts.tenants SET tier = NULL WHERE tenant_id = $1")
+        .bind(&c.tenant)
+        .execute(&infra.pool)
+        .await?;
+    c.template("order_ready", "UTILITY", 1).await?;
+    c.top_up(200 * UTILITY_IT).await?;
+    let (other_tenant, other_number, _) = c.scope.tenant_with_number("other", 2).await?;
+    let other_key = c.scope.tenant_key("other", &[KeyScope::Send]).await?;
+    let mut other = DispatchServiceClient::new(
+        finestra_testkit::authed_channel(c.dispatch.running.grpc_url(), &other_key).await?,
+    );
+
+    let started = std::time::Instant::now();
+    let sends = (0..200).map(|i| {
+        c.send(c.request(
+            &format!("39333200{i:04}"),
+            &format!("bulk-{i}"),
+            template("order_ready", &["A-1"]),
+        ))
+    });
+    let accepted: Vec<String> = futures::future::join_all(sends)
+        .await
+        .into_iter()
+        .map(|r| r.map(|a| a.message_id))
+        .collect::<Result<_, _>>()?;
+
+    // The other tenant's user writes and gets a reply while the slow number is paced.
+    let user = "393334440000";
+    let say = c
+        .http
+        .post(format!("{}/sim/v1/say", c.sim.base_url()))
+        .json(&json!({"phone_number_id": other_number, "from": user, "text": "hi"}))
+        .send()
+        .await?;
+    assert!(say.status().is_success());
+    eventually("the other window opens", WAIT, || async {
+        let w = finestra_registry::windows::read(
+            &infra.redis,
+            &infra.pool,
+            "fin",
+            &other_tenant,
+            &other_number,
+            user,
+        )
+        .await?;
+        Ok(w.last_inbound.map(|_| ()))
+    })
+    .await?;
+    let reply = other
+        .send_message(SendMessageRequest {
+            tenant_id: other_tenant.clone(),
+            phone_number_id: other_number.clone(),
+            to: user.into(),
+            idempotency_key: "other-1".into(),
+            content: Some(text("On its way")),
+        })
+        .await?
+        .into_inner();
+    let other_delivered = eventually("the other tenant's reply is delivered", WAIT, || async {
+        let m = other
+            .clone()
+            .get_message(v1::GetMessageRequest {
+                tenant_id: other_tenant.clone(),
+                message_id: reply.message_id.clone(),
+            })
+            .await?
+            .into_inner();
+        Ok((m.status == "DELIVERED").then(|| started.elapsed()))
+    })
+    .await?;
+    let slow_done = c.sim_stats(&c.number).await?["accepted"]
+        .as_u64()
+        .unwrap_or_default();
+    assert!(
+        slow_done < 150,
+        "the other tenant was not queued behind the slow number ({slow_done} of 200 sent when it was delivered after {other_delivered:?})"
+    );
+
+    for id in &accepted {
+        c.settles(id, &["DELIVERED"]).await?;
+    }
+    let paced_for = started.elapsed();
+    let stats = c.sim_stats(&c.number).await?;
+    assert_eq!(
+        stats["rate_limited"], 0,
+        "the network never said 130429: {stats}"
+    );
+    assert_eq!(stats["accepted"], 200);
+    assert!(
+        paced_for >= Duration::from_secs(17),
+        "200 messages at 10/s (burst 10) take at least 19 s, took {paced_for:?}"
+    );
+    c.reconcile().await?;
+    c.stop().await;
+    Ok(())
+}
