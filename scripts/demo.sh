@@ -50,14 +50,13 @@ step "The business gets its own read-only API key"
 TENANT_KEY=$($fin --json key create --tenant "$TENANT" --scopes read --label demo | secret_of)
 echo "tenant key ${TENANT_KEY:0:13}… created"
 
-step "Giulia writes now: a signed webhook reaches ingest, which answers 200 once Kafka has the event"
-RUN_ID=$(date +%s%N)
-$fin dev send-text --phone-number-id "$NUMBER" --from 393471234567 --name Giulia \
-  --text "Ciao! Are you open tonight?" --wamid "wamid.demo.giulia.$RUN_ID"
+step "Giulia writes now: the network (the simulator) posts a signed webhook to ingest, which answers 200 once Kafka has the event"
+GIULIA_WAMID=$($fin sim user-says --phone-number-id "$NUMBER" --from 393471234567 --name Giulia \
+  --text "Ciao! Are you open tonight?" | tee /dev/stderr | sed -n 's/.*: \(wamid[^ ]*\) .*/\1/p')
 
-step "Marco's message was sent 25 hours ago (the provider delivers it late)"
-$fin dev send-text --phone-number-id "$NUMBER" --from 393479876543 --name Marco \
-  --text "Do you deliver?" --minutes-ago 1500 --wamid "wamid.demo.marco.$RUN_ID"
+step "Marco's message was sent 25 hours ago (the network delivers it late)"
+MARCO_WAMID=$($fin sim user-says --phone-number-id "$NUMBER" --from 393479876543 --name Marco \
+  --text "Do you deliver?" --seconds-ago 90000 | tee /dev/stderr | sed -n 's/.*: \(wamid[^ ]*\) .*/\1/p')
 
 step "The window service applied both events; the business reads the windows with its key:"
 export FINESTRA_API_KEY=$TENANT_KEY
@@ -70,8 +69,8 @@ wait_for() { # user pattern
   echo "the window service has not applied $1's message after 30 s; see var/run/window.log" >&2
   return 1
 }
-wait_for 393471234567 "wamid.demo.giulia.$RUN_ID"
-wait_for 393479876543 "wamid.demo.marco.$RUN_ID"
+wait_for 393471234567 "$GIULIA_WAMID"
+wait_for 393479876543 "$MARCO_WAMID"
 $fin window get --tenant "$TENANT" --phone-number-id "$NUMBER" --user 393471234567
 echo "  -> the business may reply free-form, free of charge, until the window closes."
 $fin window get --tenant "$TENANT" --phone-number-id "$NUMBER" --user 393479876543
@@ -100,6 +99,39 @@ quote --user 393471234567 --template weekend_offer --language it
 echo "The marketing template to a user in Brazil (+55) and one in India (+91): priced by market"
 quote --user 5511988880000 --template weekend_offer --language it
 quote --user 919800000001 --template weekend_offer --language it
+
+step "The business sends, with its own send key (dispatch applies the channel's rules in order)"
+SEND_KEY=$(FINESTRA_API_KEY=$OPERATOR_KEY $fin --json key create --tenant "$TENANT" --scopes send \
+  --label demo-send | secret_of)
+send() { $fin send --api-key "$SEND_KEY" "$@"; }
+echo "A free-form reply to Giulia, inside her window:"
+REPLY=$(send text --tenant "$TENANT" --phone-number-id "$NUMBER" --to 393471234567 \
+  --body "Yes, open until 23:00!" | tee /dev/stderr | cut -d' ' -f1)
+echo "A document to Giulia (the menu), inside her window:"
+send document --tenant "$TENANT" --phone-number-id "$NUMBER" --to 393471234567 \
+  --link https://pizzeria.example/menu.pdf --caption "Our menu" --filename menu.pdf
+echo "A free-form message to Marco, whose window closed:"
+if send text --tenant "$TENANT" --phone-number-id "$NUMBER" --to 393479876543 --body "Still hungry?"; then
+  echo "unexpected: the send was accepted" >&2; exit 1
+fi
+echo "  -> refused before anything is reserved or queued: only a template may reach him now."
+echo "The marketing template to Marco instead:"
+OFFER=$(send template --tenant "$TENANT" --phone-number-id "$NUMBER" --to 393479876543 \
+  --name weekend_offer --language it --param Marco | tee /dev/stderr | cut -d' ' -f1)
+msg() { $fin message --api-key "$SEND_KEY" "$@"; }
+for id in "$REPLY" "$OFFER"; do
+  for _ in $(seq 1 150); do
+    msg --json get --tenant "$TENANT" --id "$id" | grep -Eq '"status":"(DELIVERED|READ|FAILED)"' && break
+    sleep 0.2
+  done
+done
+echo "The business's messages: sent at the network's pace, then delivered (statuses come back as signed webhooks):"
+msg list --tenant "$TENANT" --page-size 5
+for _ in $(seq 1 150); do
+  $fin --json billing --api-key "$OPERATOR_KEY" wallet --tenant "$TENANT" | grep -q '"reserved_micros":0' && break
+  sleep 0.2
+done
+echo "  -> the reply and the document were free; the offer is charged once, on delivery."
 
 step "The business's wallet and this month's invoice"
 $fin billing wallet --tenant "$TENANT"

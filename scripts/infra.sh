@@ -53,9 +53,10 @@ fi
 
 say "building the CLI and services"
 cargo build --quiet -p finestra-cli -p finestra-window -p finestra-ingest -p finestra-accounts \
-  -p finestra-billing -p finestra-simulator --bins
+  -p finestra-billing -p finestra-simulator -p finestra-dispatch --bins
 ./target/debug/finestra migrate
 FINESTRA_LOG=warn ./target/debug/finestra-window migrate
 FINESTRA_LOG=warn ./target/debug/finestra-billing migrate
+FINESTRA_LOG=warn ./target/debug/finestra-dispatch migrate
 ./target/debug/finestra topics --partitions 4
 say "ready: postgres 5432, redis 6379, kafka (tansu) 9092"

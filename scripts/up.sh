@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make up`: infrastructure, then accounts, ingest, window, billing and the simulator in the background (pids and logs in
+# `make up`: infrastructure, then accounts, ingest, window, billing, the simulator and dispatch in the background (pids and logs in
 # var/run), then the demo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +20,14 @@ start() { # name binary env...
   echo "[up] $name started (pid $!, log $RUN/$name.log)"
 }
 
+# One operator key, created once: the demo uses it, and the services that make internal calls
+# (dispatch -> billing reservations, the simulator -> ingest block reports) present it.
+if [ ! -s "$RUN/operator.key" ]; then
+  ./target/debug/finestra --json bootstrap --prefix fin_test_ --another \
+    | sed -n 's/.*"secret":"\([^"]*\)".*/\1/p' >"$RUN/operator.key"
+fi
+OPERATOR_KEY=$(cat "$RUN/operator.key")
+
 start accounts finestra-accounts \
   FINESTRA_GRPC_ADDR=127.0.0.1:7050 FINESTRA_METRICS_ADDR=127.0.0.1:9100 FINESTRA_KEY_PREFIX=fin_test_
 start ingest finestra-ingest \
@@ -29,9 +37,14 @@ start window finestra-window \
 start billing finestra-billing \
   FINESTRA_GRPC_ADDR=127.0.0.1:7053 FINESTRA_METRICS_ADDR=127.0.0.1:9103
 start simulator finestra-simulator \
-  FINESTRA_SIM_HTTP_ADDR=127.0.0.1:8090 FINESTRA_SIM_WEBHOOK_URL=http://127.0.0.1:8080/webhooks/cloud-api
+  FINESTRA_SIM_HTTP_ADDR=127.0.0.1:8090 FINESTRA_SIM_WEBHOOK_URL=http://127.0.0.1:8080/webhooks/cloud-api \
+  FINESTRA_SIM_INGEST_URL=http://127.0.0.1:7051 FINESTRA_SIM_INGEST_KEY="$OPERATOR_KEY"
+start dispatch finestra-dispatch \
+  FINESTRA_GRPC_ADDR=127.0.0.1:7054 FINESTRA_METRICS_ADDR=127.0.0.1:9104 \
+  FINESTRA_DISPATCH_BILLING_URL=http://127.0.0.1:7053 FINESTRA_DISPATCH_BILLING_KEY="$OPERATOR_KEY" \
+  FINESTRA_PROVIDER_URL=http://127.0.0.1:8090
 
-for port in 9100 9101 9102 9103; do
+for port in 9100 9101 9102 9103 9104; do
   for _ in $(seq 1 100); do
     curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
     sleep 0.2
@@ -47,6 +60,7 @@ echo "[up] accounts: gRPC 127.0.0.1:7050, metrics http://127.0.0.1:9100/metrics"
 echo "[up] ingest: webhooks http://127.0.0.1:8080/webhooks/cloud-api, gRPC 127.0.0.1:7051, metrics http://127.0.0.1:9101/metrics"
 echo "[up] window: gRPC 127.0.0.1:7052, metrics http://127.0.0.1:9102/metrics"
 echo "[up] billing: gRPC 127.0.0.1:7053, metrics http://127.0.0.1:9103/metrics"
+echo "[up] dispatch: gRPC 127.0.0.1:7054, metrics http://127.0.0.1:9104/metrics"
 echo "[up] simulator (the messaging network): http://127.0.0.1:8090 (Cloud API send surface, /sim/v1 users)"
 bash scripts/demo.sh
 echo

@@ -3,6 +3,7 @@
 //! `topics` and `dev` work on the stores directly, for whoever runs the installation.
 
 mod billing;
+mod dispatch;
 mod sim;
 
 use std::time::Duration;
@@ -120,6 +121,33 @@ enum Command {
         api_key: String,
         #[command(subcommand)]
         command: billing::BillingCommand,
+    },
+    /// Send a message (text, template, document, image) under the channel's rules.
+    Send {
+        /// The dispatch service's gRPC endpoint.
+        #[arg(
+            long,
+            env = "FINESTRA_DISPATCH_ENDPOINT",
+            default_value = "http://127.0.0.1:7054"
+        )]
+        endpoint: String,
+        #[arg(long, env = "FINESTRA_API_KEY", hide_env_values = true)]
+        api_key: String,
+        #[command(subcommand)]
+        command: dispatch::SendCommand,
+    },
+    /// Sent messages and their statuses.
+    Message {
+        #[arg(
+            long,
+            env = "FINESTRA_DISPATCH_ENDPOINT",
+            default_value = "http://127.0.0.1:7054"
+        )]
+        endpoint: String,
+        #[arg(long, env = "FINESTRA_API_KEY", hide_env_values = true)]
+        api_key: String,
+        #[command(subcommand)]
+        command: dispatch::MessageCommand,
     },
     /// Play the simulator's users: write to a number, block or unblock it.
     Sim {
@@ -871,6 +899,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Sim { url, command } => sim::run(&url, command).await?,
+        Command::Send {
+            endpoint,
+            api_key,
+            command,
+        } => dispatch::send(channel(&endpoint, &api_key).await?, command, json).await?,
+        Command::Message {
+            endpoint,
+            api_key,
+            command,
+        } => dispatch::message(channel(&endpoint, &api_key).await?, command, json).await?,
         Command::Billing {
             endpoint,
             api_key,

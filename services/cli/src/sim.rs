@@ -31,6 +31,20 @@ pub enum SimCommand {
         #[arg(long)]
         user: String,
     },
+    /// A user stops marketing messages from a number (a `user_preferences` webhook).
+    StopMarketing {
+        #[arg(long)]
+        phone_number_id: String,
+        #[arg(long)]
+        user: String,
+    },
+    /// A user resumes marketing messages from a number.
+    ResumeMarketing {
+        #[arg(long)]
+        phone_number_id: String,
+        #[arg(long)]
+        user: String,
+    },
     /// A user unblocks a number.
     Unblock {
         #[arg(long)]
@@ -92,6 +106,30 @@ pub async fn run(base: &str, command: SimCommand) -> anyhow::Result<()> {
             )
             .await?;
             println!("{user} blocked {phone_number_id}");
+        }
+        SimCommand::StopMarketing {
+            phone_number_id,
+            user,
+        } => {
+            post(
+                base,
+                "preference",
+                json!({"phone_number_id": phone_number_id, "user": user, "stop": true}),
+            )
+            .await?;
+            println!("{user} stopped marketing messages from {phone_number_id}");
+        }
+        SimCommand::ResumeMarketing {
+            phone_number_id,
+            user,
+        } => {
+            post(
+                base,
+                "preference",
+                json!({"phone_number_id": phone_number_id, "user": user, "stop": false}),
+            )
+            .await?;
+            println!("{user} resumed marketing messages from {phone_number_id}");
         }
         SimCommand::Unblock {
             phone_number_id,

@@ -1,0 +1,298 @@
+//! `finestra send …` and `finestra message …`: sending under the channel's rules and following
+//! messages, over the dispatch service's gRPC API.
+
+use clap::Subcommand;
+use finestra_proto::time::to_micros;
+use finestra_proto::v1::dispatch_service_client::DispatchServiceClient;
+use finestra_proto::v1::send_message_request::Content;
+use finestra_proto::v1::{self, Message, SendMessageRequest, SendMessageResponse};
+use serde_json::json;
+
+use crate::{AuthedChannel, rpc_error};
+
+/// Who and from where, for every send.
+#[derive(clap::Args)]
+pub struct Envelope {
+    #[arg(long)]
+    tenant: String,
+    #[arg(long)]
+    phone_number_id: String,
+    /// The recipient's wa_id (E.164 digits).
+    #[arg(long)]
+    to: String,
+    /// The idempotency key: the same key and message answer the same message id. Default: a
+    /// fresh random key (so a retry of the command sends again).
+    #[arg(long)]
+    key: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum SendCommand {
+    /// A free-form text (only inside the customer-service window).
+    Text {
+        #[command(flatten)]
+        to: Envelope,
+        #[arg(long)]
+        body: String,
+    },
+    /// An approved template with its body parameters in order.
+    Template {
+        #[command(flatten)]
+        to: Envelope,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "en")]
+        language: String,
+        /// Repeat for {{1}}, {{2}}, ...
+        #[arg(long = "param")]
+        params: Vec<String>,
+    },
+    /// A document by link (inside the window).
+    Document {
+        #[command(flatten)]
+        to: Envelope,
+        #[arg(long)]
+        link: String,
+        #[arg(long, default_value = "")]
+        caption: String,
+        #[arg(long, default_value = "")]
+        filename: String,
+    },
+    /// An image by link (inside the window).
+    Image {
+        #[command(flatten)]
+        to: Envelope,
+        #[arg(long)]
+        link: String,
+        #[arg(long, default_value = "")]
+        caption: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum MessageCommand {
+    /// One message and where it is.
+    Get {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        id: String,
+    },
+    /// Messages, newest first.
+    List {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, default_value = "")]
+        phone_number_id: String,
+        #[arg(long, default_value = "")]
+        to: String,
+        /// ACCEPTED, SENT, DELIVERED, READ or FAILED.
+        #[arg(long, default_value = "")]
+        status: String,
+        #[arg(long, default_value_t = 20)]
+        page_size: u32,
+        #[arg(long, default_value = "")]
+        page_token: String,
+    },
+}
+
+fn random_key() -> String {
+    use rand::Rng as _;
+    format!("cli-{:016x}", rand::rng().random::<u64>())
+}
+
+fn request(to: Envelope, content: Content) -> SendMessageRequest {
+    SendMessageRequest {
+        tenant_id: to.tenant,
+        phone_number_id: to.phone_number_id,
+        to: to.to,
+        idempotency_key: to.key.unwrap_or_else(random_key),
+        content: Some(content),
+    }
+}
+
+fn sent_json(r: &SendMessageResponse, key: &str) -> serde_json::Value {
+    json!({
+        "message_id": r.message_id, "status": r.status, "replayed": r.replayed,
+        "price_micros": r.price_micros, "currency": r.currency, "free": r.free,
+        "free_reason": r.free_reason, "category": r.category, "idempotency_key": key,
+    })
+}
+
+fn message_json(m: &Message) -> serde_json::Value {
+    let at = |t: &Option<finestra_proto::prost_types::Timestamp>| t.as_ref().map(to_micros);
+    json!({
+        "message_id": m.message_id, "to": m.to, "kind": m.kind, "template": m.template_name,
+        "category": m.category, "status": m.status, "failure_reason": m.failure_reason,
+        "provider_error_code": m.provider_error_code, "provider_message_id": m.provider_message_id,
+        "price_micros": m.price_micros, "free": m.free, "free_reason": m.free_reason,
+        "attempts": m.attempts, "accepted_at_us": at(&m.accepted_at),
+        "delivered_at_us": at(&m.delivered_at), "read_at_us": at(&m.read_at),
+        "failed_at_us": at(&m.failed_at),
+    })
+}
+
+fn price(micros: i64, currency: &str) -> String {
+    format!(
+        "{}.{:06} {currency}",
+        micros / 1_000_000,
+        micros % 1_000_000
+    )
+}
+
+pub async fn send(
+    channel: AuthedChannel,
+    command: SendCommand,
+    json_out: bool,
+) -> anyhow::Result<()> {
+    let req = match command {
+        SendCommand::Text { to, body } => request(
+            to,
+            Content::Text(v1::TextContent {
+                body,
+                preview_url: false,
+            }),
+        ),
+        SendCommand::Template {
+            to,
+            name,
+            language,
+            params,
+        } => request(
+            to,
+            Content::Template(v1::TemplateContent {
+                name,
+                language,
+                parameters: params,
+            }),
+        ),
+        SendCommand::Document {
+            to,
+            link,
+            caption,
+            filename,
+        } => request(
+            to,
+            Content::Media(v1::MediaContent {
+                kind: "document".into(),
+                link,
+                caption,
+                filename,
+            }),
+        ),
+        SendCommand::Image { to, link, caption } => request(
+            to,
+            Content::Media(v1::MediaContent {
+                kind: "image".into(),
+                link,
+                caption,
+                filename: String::new(),
+            }),
+        ),
+    };
+    let key = req.idempotency_key.clone();
+    let r = DispatchServiceClient::new(channel)
+        .send_message(req)
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    if json_out {
+        println!("{}", sent_json(&r, &key));
+    } else {
+        let cost = if r.free {
+            format!("free ({})", r.free_reason)
+        } else {
+            format!(
+                "{} reserved, charged on delivery",
+                price(r.price_micros, &r.currency)
+            )
+        };
+        println!(
+            "{} {}{}: {cost}",
+            r.message_id,
+            r.status,
+            if r.replayed { " (replayed)" } else { "" }
+        );
+    }
+    Ok(())
+}
+
+pub async fn message(
+    channel: AuthedChannel,
+    command: MessageCommand,
+    json_out: bool,
+) -> anyhow::Result<()> {
+    let mut c = DispatchServiceClient::new(channel);
+    match command {
+        MessageCommand::Get { tenant, id } => {
+            let m = c
+                .get_message(v1::GetMessageRequest {
+                    tenant_id: tenant,
+                    message_id: id,
+                })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            if json_out {
+                println!("{}", message_json(&m));
+            } else {
+                print_message(&m);
+            }
+        }
+        MessageCommand::List {
+            tenant,
+            phone_number_id,
+            to,
+            status,
+            page_size,
+            page_token,
+        } => {
+            let page = c
+                .list_messages(v1::ListMessagesRequest {
+                    tenant_id: tenant,
+                    phone_number_id,
+                    to,
+                    status,
+                    page_size,
+                    page_token,
+                    ..Default::default()
+                })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            for m in &page.messages {
+                if json_out {
+                    println!("{}", message_json(m));
+                } else {
+                    print_message(m);
+                }
+            }
+            if !page.next_page_token.is_empty() && !json_out {
+                println!("more: --page-token {}", page.next_page_token);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_message(m: &Message) {
+    let what = if m.template_name.is_empty() {
+        m.kind.clone()
+    } else {
+        format!("template {} ({})", m.template_name, m.category)
+    };
+    let cost = if m.free {
+        format!("free ({})", m.free_reason)
+    } else {
+        format!("{} µ", m.price_micros)
+    };
+    let failure = if m.status == "FAILED" {
+        format!(" — {} {}", m.failure_reason, m.provider_error_title)
+    } else {
+        String::new()
+    };
+    println!(
+        "{} to {}: {what}, {}{failure}, {cost}, {} attempt(s)",
+        m.message_id, m.to, m.status, m.attempts
+    );
+}
