@@ -27,7 +27,10 @@ struct Chain {
     ingest: Started,
     window: Started,
     billing: Started,
-    dispatch: Started,
+    /// In-process dispatch (None when a test runs it as a process).
+    dispatch: Option<Started>,
+    dispatch_url: String,
+    dispatch_config: finestra_dispatch::DispatchConfig,
     sim: StartedSim,
     tenant: String,
     number: String,
@@ -40,6 +43,12 @@ struct Chain {
 
 impl Chain {
     async fn start(number_rate: u32) -> anyhow::Result<Self> {
+        Self::start_with(number_rate, true).await
+    }
+
+    /// `in_process`: dispatch runs in this test; otherwise `client` points at
+    /// `dispatch_url()` where the test runs the binary.
+    async fn start_with(number_rate: u32, in_process: bool) -> anyhow::Result<Self> {
         let scope = Scope::new();
         infra().await?;
         scope.create_topics().await?;
@@ -56,12 +65,23 @@ impl Chain {
             TOKEN,
         )
         .await?;
-        let dispatch = finestra_testkit::start_dispatch_with(config).await?;
         let send_key = scope.tenant_key("acme", &[KeyScope::Send]).await?;
         let operator = scope.key(Owner::Operator, &[KeyScope::Admin]).await?;
-        let client = DispatchServiceClient::new(
-            finestra_testkit::authed_channel(dispatch.running.grpc_url(), &send_key).await?,
-        );
+        let dispatch_config = config.clone();
+        let (dispatch, url) = if in_process {
+            let d = finestra_testkit::start_dispatch_with(config).await?;
+            let url = d.running.grpc_url();
+            (Some(d), url)
+        } else {
+            (None, format!("http://127.0.0.1:{}", free_port()?))
+        };
+        let dispatch_url = url.clone();
+        let channel = tonic::transport::Channel::from_shared(url)?.connect_lazy();
+        let client =
+            DispatchServiceClient::new(tonic::service::interceptor::InterceptedService::new(
+                channel,
+                finestra_platform::auth::Bearer::new(&send_key)?,
+            ));
         let books = BillingServiceClient::new(
             finestra_testkit::authed_channel(billing.running.grpc_url(), &operator).await?,
         );
@@ -71,6 +91,8 @@ impl Chain {
             window,
             billing,
             dispatch,
+            dispatch_url,
+            dispatch_config,
             sim,
             tenant,
             number,
@@ -81,7 +103,9 @@ impl Chain {
     }
 
     async fn stop(self) {
-        self.dispatch.stop().await;
+        if let Some(d) = self.dispatch {
+            d.stop().await;
+        }
         self.sim.stop().await;
         self.billing.stop().await;
         self.window.stop().await;
@@ -312,6 +336,12 @@ impl Chain {
         );
         Ok(())
     }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn rand_suffix() -> u64 {
@@ -603,7 +633,7 @@ async fn a_slow_number_is_paced_while_another_tenants_messages_flow() -> anyhow:
     let (other_tenant, other_number, _) = c.scope.tenant_with_number("other", 2).await?;
     let other_key = c.scope.tenant_key("other", &[KeyScope::Send]).await?;
     let mut other = DispatchServiceClient::new(
-        finestra_testkit::authed_channel(c.dispatch.running.grpc_url(), &other_key).await?,
+        finestra_testkit::authed_channel(c.dispatch_url.clone(), &other_key).await?,
     );
 
     let started = std::time::Instant::now();
@@ -688,5 +718,369 @@ async fn a_slow_number_is_paced_while_another_tenants_messages_flow() -> anyhow:
     );
     c.reconcile().await?;
     c.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_block_refuses_sends_fails_queued_ones_and_an_unblock_restores_sending()
+-> anyhow::Result<()> {
+    let c = Chain::start(80).await?;
+    let infra = infra().await?;
+    // One message a second: the later ones are still queued when the user blocks.
+    sqlx::query("UPDATE accounts.numbers SET throughput_per_second = 1 WHERE phone_number_id = $1")
+        .bind(&c.number)
+        .execute(&infra.pool)
+        .await?;
+    c.template("weekend_offer", "MARKETING", 1).await?;
+    c.top_up(10 * MARKETING_IT).await?;
+    let bea = "393331110007";
+    c.user_says(bea, 25 * 3_600, false).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await; // the number's new rate is read
+
+    let mut queued = Vec::new();
+    for i in 0..5 {
+        queued.push(
+            c.template_send(bea, &format!("q-{i}"), "weekend_offer", &["Bea"])
+                .await?
+                .message_id,
+        );
+    }
+    c.sim(
+        "block",
+        json!({"phone_number_id": c.number, "user": bea, "blocked": true}),
+    )
+    .await?;
+    eventually("the window service records the block", WAIT, || async {
+        Ok(c.window(bea).await?.is_blocked().then_some(()))
+    })
+    .await?;
+    assert_eq!(
+        reason(
+            &c.template_send(bea, "after-block", "weekend_offer", &["Bea"])
+                .await
+        ),
+        (Code::FailedPrecondition, "USER_BLOCKED".into())
+    );
+
+    let mut delivered = Vec::new();
+    let mut blocked = 0;
+    for id in &queued {
+        let m = c.settles(id, &["DELIVERED", "READ", "FAILED"]).await?;
+        match m.status.as_str() {
+            "FAILED" => {
+                assert!(
+                    ["USER_BLOCKED", "UNDELIVERABLE"].contains(&m.failure_reason.as_str()),
+                    "{m:?}"
+                );
+                blocked += usize::from(m.failure_reason == "USER_BLOCKED");
+            }
+            _ => delivered.push(id.clone()),
+        }
+    }
+    assert!(
+        blocked >= 2,
+        "the queued messages failed with USER_BLOCKED ({blocked})"
+    );
+    let wallet = c.books_settled().await?;
+    let charges = c.charges().await?;
+    assert_eq!(
+        charges.len(),
+        delivered.len(),
+        "only delivered ones are charged"
+    );
+    assert_eq!(
+        wallet.balance_micros,
+        10 * MARKETING_IT - MARKETING_IT * delivered.len() as i64
+    );
+
+    c.sim(
+        "block",
+        json!({"phone_number_id": c.number, "user": bea, "blocked": false}),
+    )
+    .await?;
+    eventually("the window service records the unblock", WAIT, || async {
+        Ok((!c.window(bea).await?.is_blocked()).then_some(()))
+    })
+    .await?;
+    assert_eq!(
+        reason(&c.text(bea, "after-unblock-text", "Hello again").await),
+        (Code::FailedPrecondition, "WINDOW_CLOSED".into()),
+        "an unblock opens no window"
+    );
+    let again = c
+        .template_send(bea, "after-unblock", "weekend_offer", &["Bea"])
+        .await?;
+    c.settles(&again.message_id, &["DELIVERED"]).await?;
+    c.books_settled().await?;
+    c.reconcile().await?;
+    c.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_refusal_has_its_reason_and_reserves_nothing() -> anyhow::Result<()> {
+    let c = Chain::start(80).await?;
+    let infra = infra().await?;
+    c.template("offer", "MARKETING", 1).await?;
+    c.template_with_status("draft", "MARKETING", 1, "PENDING")
+        .await?;
+    c.template_with_status("paused", "MARKETING", 1, "PAUSED")
+        .await?;
+    sqlx::query(
+        "UPDATE accounts.templates SET paused_until = now() + interval '3 hours'
+          WHERE tenant_id = $1 AND name = 'paused'",
+    )
+    .bind(&c.tenant)
+    .execute(&infra.pool)
+    .await?;
+    let ugo = "393331110008";
+    let eva = "393331110009";
+    c.user_says(ugo, 25 * 3_600, false).await?;
+    c.user_says(eva, 0, false).await?;
+
+    let cases = [
+        (
+            c.template_send(ugo, "r1", "draft", &["x"]).await,
+            Code::FailedPrecondition,
+            "TEMPLATE_NOT_APPROVED",
+        ),
+        (
+            c.template_send(ugo, "r2", "paused", &["x"]).await,
+            Code::FailedPrecondition,
+            "TEMPLATE_NOT_APPROVED",
+        ),
+        (
+            c.template_send(ugo, "r3", "missing", &["x"]).await,
+            Code::FailedPrecondition,
+            "TEMPLATE_NOT_APPROVED",
+        ),
+        (
+            c.template_send(ugo, "r4", "offer", &["x", "y"]).await,
+            Code::InvalidArgument,
+            "TEMPLATE_PARAMS_MISMATCH",
+        ),
+        (
+            c.text(eva, "r5", "").await,
+            Code::InvalidArgument,
+            "INVALID_MESSAGE",
+        ),
+        (
+            c.text(eva, "r6", &"x".repeat(4_097)).await,
+            Code::InvalidArgument,
+            "INVALID_MESSAGE",
+        ),
+        (
+            c.text("12ab", "r7", "hi").await,
+            Code::InvalidArgument,
+            "INVALID_MESSAGE",
+        ),
+        (
+            c.send(c.request(
+                eva,
+                "r8",
+                Content::Media(v1::MediaContent {
+                    kind: "image".into(),
+                    link: "not a url".into(),
+                    ..Default::default()
+                }),
+            ))
+            .await,
+            Code::InvalidArgument,
+            "INVALID_MESSAGE",
+        ),
+        // No funds yet: the first chargeable send is refused at the reservation.
+        (
+            c.template_send(ugo, "r9", "offer", &["x"]).await,
+            Code::FailedPrecondition,
+            "INSUFFICIENT_FUNDS",
+        ),
+    ];
+    for (i, (answer, code, why)) in cases.iter().enumerate() {
+        assert_eq!(reason(answer), (*code, (*why).to_owned()), "case {}", i + 1);
+    }
+
+    c.sim(
+        "preference",
+        json!({"phone_number_id": c.number, "user": ugo, "stop": true}),
+    )
+    .await?;
+    eventually("the window service records the opt-out", WAIT, || async {
+        Ok(c.window(ugo).await?.is_marketing_opted_out().then_some(()))
+    })
+    .await?;
+    assert_eq!(
+        reason(&c.template_send(ugo, "r10", "offer", &["x"]).await),
+        (Code::FailedPrecondition, "MARKETING_OPT_OUT".into())
+    );
+    assert_eq!(c.reservations().await?, 0, "no refusal reserved anything");
+
+    // The tier: 250 distinct users a day may be messaged first.
+    c.top_up(251 * MARKETING_IT).await?;
+    let sends = (0..250).map(|i| {
+        c.send(c.request(
+            &format!("39333300{i:04}"),
+            &format!("tier-{i}"),
+            template("offer", &["x"]),
+        ))
+    });
+    for answer in futures::future::join_all(sends).await {
+        answer?;
+    }
+    assert_eq!(
+        reason(
+            &c.template_send("393334009999", "tier-251", "offer", &["x"])
+                .await
+        ),
+        (Code::ResourceExhausted, "TIER_LIMIT_REACHED".into())
+    );
+    c.template_send("393333000007", "tier-again", "offer", &["x"])
+        .await?;
+    // Unlimited now, but the wallet is empty.
+    sqlx::query("UPDATE accounts.tenants SET tier = NULL WHERE tenant_id = $1")
+        .bind(&c.tenant)
+        .execute(&infra.pool)
+        .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        reason(
+            &c.template_send("393334009999", "tier-252", "offer", &["x"])
+                .await
+        ),
+        (Code::FailedPrecondition, "INSUFFICIENT_FUNDS".into())
+    );
+    assert_eq!(c.reservations().await?, 251);
+    let wallet = c.books_settled().await?;
+    assert_eq!(wallet.balance_micros, 0);
+    assert_eq!(c.charges().await?.len(), 251);
+    c.reconcile().await?;
+    c.stop().await;
+    Ok(())
+}
+
+fn spawn_dispatch(c: &Chain) -> anyhow::Result<std::process::Child> {
+    let cfg = &c.dispatch_config;
+    let addr = c.dispatch_url.trim_start_matches("http://").to_owned();
+    Ok(
+        std::process::Command::new(finestra_testkit::workspace_binary("finestra-dispatch")?)
+            .env("FINESTRA_TOPIC_SUFFIX", format!(".{}", c.scope.id()))
+            .env("FINESTRA_DISPATCH_WORKER_GROUP", &cfg.worker_group)
+            .env("FINESTRA_DISPATCH_STATUS_GROUP", &cfg.status_group)
+            .env("FINESTRA_DISPATCH_BILLING_URL", &cfg.billing_url)
+            .env("FINESTRA_DISPATCH_BILLING_KEY", &cfg.billing_key)
+            .env("FINESTRA_PROVIDER_URL", &cfg.provider_url)
+            .env("FINESTRA_PROVIDER_TOKEN", &cfg.provider_token)
+            .env("FINESTRA_DISPATCH_RETRY_BASE_MS", "20")
+            .env("FINESTRA_DISPATCH_RETRY_CAP_MS", "200")
+            .env("FINESTRA_DISPATCH_FACTS_TTL_MS", "200")
+            .env("FINESTRA_GRPC_ADDR", &addr)
+            .env("FINESTRA_METRICS_ADDR", "127.0.0.1:0")
+            .env("FINESTRA_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dispatch_killed_mid_stream_loses_nothing_and_charges_nothing_twice() -> anyhow::Result<()>
+{
+    let c = std::sync::Arc::new(Chain::start_with(80, false).await?);
+    let infra = infra().await?;
+    sqlx::query("UPDATE accounts.tenants SET tier = NULL WHERE tenant_id = $1")
+        .bind(&c.tenant)
+        .execute(&infra.pool)
+        .await?;
+    c.template("order_ready", "UTILITY", 1).await?;
+    let n = 300usize;
+    c.top_up(n as i64 * UTILITY_IT).await?;
+    let mut child = spawn_dispatch(&c)?;
+
+    // The client keeps sending; a failed call is retried with the same key, as a client must.
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sender = {
+        let c = c.clone();
+        let accepted = accepted.clone();
+        tokio::spawn(async move {
+            let mut ids = Vec::with_capacity(n);
+            for i in 0..n {
+                let req = c.request(
+                    &format!("39333500{i:04}"),
+                    &format!("crash-{i}"),
+                    template("order_ready", &["A-1"]),
+                );
+                loop {
+                    match c.send(req.clone()).await {
+                        Ok(r) => {
+                            ids.push(r.message_id);
+                            accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            break;
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                }
+            }
+            ids
+        })
+    };
+    eventually("a third of the messages are accepted", WAIT, || async {
+        Ok((accepted.load(std::sync::atomic::Ordering::Relaxed) >= n / 3).then_some(()))
+    })
+    .await?;
+    child.kill()?; // SIGKILL: no drain, no final commit
+    child.wait()?;
+    let killed_at = accepted.load(std::sync::atomic::Ordering::Relaxed);
+    // The successor starts after the dead member's session expired (10 s): tansu 0.6 leaves
+    // a group stuck when a member is replaced within it (README, "Dev broker"); Kafka does not.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let mut child = spawn_dispatch(&c)?;
+    let ids = sender.await?;
+    assert!(
+        killed_at < n,
+        "killed mid-stream ({killed_at} of {n} accepted)"
+    );
+    assert_eq!(
+        ids.iter().collect::<std::collections::HashSet<_>>().len(),
+        n
+    );
+
+    let restarted = std::time::Instant::now();
+    let mut delivered = 0i64;
+    for id in &ids {
+        // The successor joins the consumer groups only after the killed member's session
+        // expires (the broker waits for it first), then replays what was not committed.
+        let m = eventually(&format!("{id} settles"), 3 * WAIT, || async {
+            let m = c.message(id).await?;
+            Ok(["DELIVERED", "READ", "FAILED"]
+                .contains(&m.status.as_str())
+                .then_some(m))
+        })
+        .await?;
+        delivered += i64::from(m.status != "FAILED");
+    }
+    let wallet = c.books_settled().await?;
+    let charges = c.charges().await?;
+    assert_eq!(
+        charges.len() as i64,
+        delivered,
+        "one charge per delivered message"
+    );
+    assert_eq!(wallet.balance_micros, (n as i64 - delivered) * UTILITY_IT);
+    let sent = c.sim_stats(&c.number).await?["accepted"]
+        .as_u64()
+        .unwrap_or_default();
+    println!(
+        "every message settled {:?} after the restart",
+        restarted.elapsed()
+    );
+    println!(
+        "killed after {killed_at} accepted; {delivered} of {n} delivered; the network received {sent} sends ({} repeated after the kill)",
+        sent.saturating_sub(n as u64)
+    );
+    c.reconcile().await?;
+    child.kill()?;
+    child.wait()?;
+    if let Ok(c) = std::sync::Arc::try_unwrap(c) {
+        c.stop().await;
+    }
     Ok(())
 }

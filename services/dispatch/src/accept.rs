@@ -106,7 +106,8 @@ pub fn spawn(settings: AcceptorSettings) -> (Acceptor, tokio::task::JoinHandle<(
     (Acceptor { tx }, task)
 }
 
-fn outbound_event(m: &NewMessage, csw_open: bool) -> Envelope {
+/// The outbound event of an accepted message (`out:<message_id>`, keyed by conversation).
+pub fn outbound_event(m: &NewMessage, csw_open: bool) -> Envelope {
     let at = finestra_proto::time::from_micros(m.accepted_at);
     Envelope {
         event_id: format!("out:{}", m.message_id),
@@ -126,6 +127,22 @@ fn outbound_event(m: &NewMessage, csw_open: bool) -> Envelope {
             category: m.category.clone(),
         })),
     }
+}
+
+/// Queues an accepted message again: a retried request found it stored but cannot know whether
+/// its event reached the broker (the process that accepted it may have died in between). The
+/// worker skips an event whose message is no longer ACCEPTED or is already being sent.
+pub async fn requeue(
+    producer: &FutureProducer,
+    topic: &str,
+    m: &NewMessage,
+) -> Result<(), kafka::BusError> {
+    let record = Outgoing {
+        topic,
+        key: kafka::conversation_key(&m.tenant_id, &m.phone_number_id, &m.recipient),
+        envelope: outbound_event(m, !m.business_initiated),
+    };
+    kafka::publish_all(producer, std::slice::from_ref(&record)).await
 }
 
 async fn run_batch(

@@ -27,6 +27,8 @@ const DAY_MICROS: i64 = 24 * 3_600 * 1_000_000;
 const MAX_KEY_CHARS: usize = 128;
 
 pub struct DispatchApi {
+    pub producer: rdkafka::producer::FutureProducer,
+    pub outbound_topic: String,
     pub facts: Facts,
     pub hot: Hot,
     pub acceptor: Acceptor,
@@ -136,10 +138,30 @@ impl DispatchApi {
             .await
             .map_err(|e| self.store_error("reading a message", &e))?;
         match row {
-            Some(r) if r.request_hash == hash => Ok(Some(replayed(&r))),
+            Some(r) if r.request_hash == hash => {
+                if r.status == "ACCEPTED" {
+                    self.requeue(tenant_id, message_id).await?;
+                }
+                Ok(Some(replayed(&r)))
+            }
             Some(_) => Err(conflict(message_id)),
             None => Ok(None),
         }
+    }
+
+    async fn requeue(&self, tenant_id: &str, message_id: &str) -> Result<(), Status> {
+        let Some(m) = pg::outbound_of(self.facts.pool(), tenant_id, message_id)
+            .await
+            .map_err(|e| self.store_error("reading a message", &e))?
+        else {
+            return Ok(());
+        };
+        crate::accept::requeue(&self.producer, &self.outbound_topic, &m)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "queueing a message again failed");
+                Status::unavailable("the broker did not take the message; retry")
+            })
     }
 
     /// Another request with this key is in flight: wait for its message (or for it to be
@@ -256,11 +278,15 @@ impl DispatchApi {
                 &hash,
             )
             .await;
-        if outcome.is_err() {
+        let kept = match &outcome {
+            // Stored: the key answers this message for a day.
+            Ok(_) => self.hot.confirm(&tenant_id, &message_id).await,
             // Nothing was sent: the key is free for a retry to be decided afresh.
-            if let Err(e) = self.hot.unclaim(&tenant_id, &message_id).await {
-                tracing::warn!(error = %e, "freeing an idempotency key failed; it expires in 24 h");
-            }
+            Err(_) => self.hot.unclaim(&tenant_id, &message_id).await,
+        };
+        if let Err(e) = kept {
+            // The Postgres row stays the durable answer; the lease expires by itself.
+            tracing::warn!(error = %e, "updating an idempotency key in Redis failed");
         }
         outcome
     }

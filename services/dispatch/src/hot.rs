@@ -1,7 +1,8 @@
 //! Dispatch's Redis state, each key in its tenant's hash slot:
 //!
-//!   fin:{<tenant>}:idem:<message_id>   the request hash of an idempotency key (24 h): the fast
-//!                                      path in front of the durable primary key
+//!   fin:{<tenant>}:idem:<message_id>   the request hash of an idempotency key: a 10 s lease
+//!                                      while the request is decided, 24 h once stored; the
+//!                                      fast path in front of the durable primary key
 //!   fin:{<tenant>}:tier                sorted set: user → newest business-initiated send (µs);
 //!                                      the tier limit's distinct users of the rolling 24 h
 //!   fin:{<tenant>}:tier:v              the set was loaded from Postgres (it may be lost; it is
@@ -12,6 +13,9 @@ use redis::aio::ConnectionManager;
 
 const DAY_MICROS: i64 = 24 * 3_600 * 1_000_000;
 const IDEMPOTENCY_SECONDS: u64 = 24 * 3_600;
+/// A claim lives this long until its request is decided: a process that dies mid-request
+/// leaves the key blocked only briefly (the retry then finds the durable row, or none).
+const CLAIM_LEASE_SECONDS: u64 = 10;
 
 /// Counts `user` in the tenant's 24 h set unless the limit is reached. Returns 1 (newly
 /// counted), 0 (already counted), -1 (limit reached), -2 (not loaded).
@@ -113,7 +117,7 @@ impl Hot {
             .arg(hash)
             .arg("NX")
             .arg("EX")
-            .arg(IDEMPOTENCY_SECONDS)
+            .arg(CLAIM_LEASE_SECONDS)
             .query_async(&mut conn)
             .await?;
         if set.is_some() {
@@ -126,6 +130,16 @@ impl Hot {
             // Expired between the two calls: claim again.
             None => Claim::New,
         })
+    }
+
+    /// Keeps a key for 24 h once its message is stored.
+    pub async fn confirm(&self, tenant_id: &str, message_id: &str) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
+        redis::cmd("EXPIRE")
+            .arg(self.idem_key(tenant_id, message_id))
+            .arg(IDEMPOTENCY_SECONDS)
+            .query_async::<()>(&mut conn)
+            .await
     }
 
     /// Frees a key whose request was refused (nothing was sent: a retry decides afresh).

@@ -168,6 +168,8 @@ pub async fn start(
         shutdown.clone(),
     )?;
     let api = api::DispatchApi {
+        producer: producer.clone(),
+        outbound_topic: common.topics.outbound.clone(),
         facts: facts.clone(),
         hot,
         acceptor,

@@ -287,3 +287,53 @@ pub async fn apply_statuses(
     .fetch_all(pool)
     .await
 }
+
+/// An accepted message as its outbound event needs it (to queue it again).
+pub async fn outbound_of(
+    pool: &PgPool,
+    tenant_id: &str,
+    message_id: &str,
+) -> Result<Option<NewMessage>, sqlx::Error> {
+    type Row = (
+        String,
+        String,
+        String,
+        String,
+        String,
+        String,
+        String,
+        bool,
+        bool,
+        i64,
+    );
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT idempotency_key, phone_number_id, recipient, kind, template_name, category, body,
+                business_initiated, starts_fep, accepted_at
+           FROM dispatch.messages WHERE tenant_id = $1 AND message_id = $2",
+    )
+    .bind(tenant_id)
+    .bind(message_id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(
+        |(key, number, recipient, kind, template_name, category, body, bi, fep, at)| NewMessage {
+            tenant_id: tenant_id.to_owned(),
+            message_id: message_id.to_owned(),
+            idempotency_key: key,
+            request_hash: Vec::new(),
+            phone_number_id: number,
+            recipient,
+            kind,
+            template_name,
+            category,
+            body,
+            price_micros: 0,
+            currency: String::new(),
+            free: false,
+            free_reason: String::new(),
+            business_initiated: bi,
+            starts_fep: fep,
+            accepted_at: at,
+        },
+    ))
+}
