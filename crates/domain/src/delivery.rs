@@ -97,6 +97,37 @@ impl RetryPolicy {
     }
 }
 
+/// When a failed tenant-webhook delivery is tried again: `first · 4^(attempts−1)`, capped,
+/// spread ±25 % by jitter so endpoints recovering from an outage are not hit in lockstep;
+/// given up once `give_up_after` has passed since the first attempt (3 days by default).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WebhookSchedule {
+    pub first_micros: i64,
+    pub cap_micros: i64,
+    pub give_up_after_micros: i64,
+}
+
+impl WebhookSchedule {
+    pub const DEFAULT: WebhookSchedule = WebhookSchedule {
+        first_micros: 5_000_000,
+        cap_micros: 6 * 3_600 * 1_000_000,
+        give_up_after_micros: 3 * 24 * 3_600 * 1_000_000,
+    };
+
+    /// The time of the next attempt after `attempts` failed ones (≥ 1), or `None` (dead
+    /// letter) when it would fall after the give-up time. `unit` is a uniform draw in [0, 1).
+    pub fn next_attempt(&self, attempts: u32, first_at: i64, now: i64, unit: f64) -> Option<i64> {
+        let exp = attempts.saturating_sub(1).min(20);
+        let pause = self
+            .first_micros
+            .saturating_mul(4i64.saturating_pow(exp))
+            .min(self.cap_micros);
+        let spread = ((pause as f64) * (0.75 + 0.5 * unit.clamp(0.0, 1.0))) as i64;
+        let at = now.saturating_add(spread.max(1));
+        (at <= first_at.saturating_add(self.give_up_after_micros)).then_some(at)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,6 +198,34 @@ mod tests {
             ]
         );
         assert_eq!(p.pause_after(3, 0.0), Some(0), "full jitter starts at zero");
+    }
+
+    #[test]
+    fn webhook_retries_grow_fourfold_with_jitter_and_stop_after_three_days() {
+        let s = WebhookSchedule::DEFAULT;
+        let t0 = 1_000_000_000_000;
+        assert_eq!(s.next_attempt(1, t0, t0, 0.5), Some(t0 + 5_000_000));
+        assert_eq!(s.next_attempt(2, t0, t0, 0.5), Some(t0 + 20_000_000));
+        assert_eq!(s.next_attempt(1, t0, t0, 0.0), Some(t0 + 3_750_000));
+        assert_eq!(s.next_attempt(1, t0, t0, 1.0), Some(t0 + 6_250_000));
+        assert_eq!(
+            s.next_attempt(30, t0, t0, 0.5),
+            Some(t0 + 6 * 3_600 * 1_000_000),
+            "capped at 6 h"
+        );
+        let late = t0 + 3 * 24 * 3_600 * 1_000_000 - 1_000_000;
+        assert_eq!(
+            s.next_attempt(12, t0, late, 0.5),
+            None,
+            "past 3 days: dead letter"
+        );
+        // Attempts over three days: a handful, not thousands.
+        let (mut now, mut attempts) = (t0, 0);
+        while let Some(next) = s.next_attempt(attempts + 1, t0, now, 0.5) {
+            now = next;
+            attempts += 1;
+        }
+        assert!((15..30).contains(&attempts), "{attempts} attempts");
     }
 
     fn progress() -> impl Strategy<Value = Progress> {

@@ -251,6 +251,8 @@ pub async fn start_window(scope: &Scope, group: &str, max_batch: usize) -> anyho
         consumer_group: scope.group(group),
         max_batch,
         linger: Duration::from_millis(10),
+        closing_lead: Duration::from_secs(3_600),
+        notice_every: Duration::from_millis(200),
     };
     let shutdown = Shutdown::new();
     let running = finestra_window::start(config, system_clock(), shutdown.clone()).await?;
@@ -327,6 +329,14 @@ pub async fn dispatch_config(
         linger: Duration::from_millis(5),
         facts_ttl: Duration::from_millis(200),
         replay_wait: Duration::from_secs(5),
+        events_group: scope.group("dispatch-events"),
+        // Fast enough for a test: retries after ~50 ms, dead letters after 3 s.
+        webhook_schedule: finestra_domain::delivery::WebhookSchedule {
+            first_micros: 50_000,
+            cap_micros: 500_000,
+            give_up_after_micros: 3_000_000,
+        },
+        webhook_timeout: Duration::from_secs(5),
     })
 }
 

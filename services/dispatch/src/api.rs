@@ -11,8 +11,10 @@ use finestra_platform::paging;
 use finestra_platform::status::{self, invalid_argument, not_found, required, with_reason};
 use finestra_proto::v1::dispatch_service_server::DispatchService;
 use finestra_proto::v1::{
-    GetMessageRequest, ListMessagesRequest, ListMessagesResponse, Message, SendMessageRequest,
-    SendMessageResponse,
+    CreateWebhookRequest, DeleteWebhookRequest, GetMessageRequest, ListDeadLettersRequest,
+    ListDeadLettersResponse, ListMessagesRequest, ListMessagesResponse, ListWebhooksRequest,
+    ListWebhooksResponse, Message, RedriveRequest, RedriveResponse, RotateWebhookSecretRequest,
+    SendMessageRequest, SendMessageResponse, StreamEventsRequest, TenantEvent, Webhook,
 };
 use tokio::sync::oneshot;
 use tonic::{Code, Request, Response, Status};
@@ -22,11 +24,15 @@ use crate::content;
 use crate::facts::Facts;
 use crate::hot::{Claim, Hot, TierVerdict};
 use crate::pg::{self, MessageRow, NewMessage};
+use crate::tenant_api;
 
 const DAY_MICROS: i64 = 24 * 3_600 * 1_000_000;
 const MAX_KEY_CHARS: usize = 128;
 
 pub struct DispatchApi {
+    /// Woken when tenant events were recorded (streams wait on it).
+    pub recorded: Arc<tokio::sync::Notify>,
+    pub shutdown: finestra_platform::Shutdown,
     pub producer: rdkafka::producer::FutureProducer,
     pub outbound_topic: String,
     pub facts: Facts,
@@ -458,6 +464,119 @@ impl DispatchApi {
 
 #[tonic::async_trait]
 impl DispatchService for DispatchApi {
+    type StreamEventsStream = tokio_stream::wrappers::ReceiverStream<Result<TenantEvent, Status>>;
+
+    async fn stream_events(
+        &self,
+        request: Request<StreamEventsRequest>,
+    ) -> Result<Response<Self::StreamEventsStream>, Status> {
+        let p = auth::principal(&request)?;
+        let req = request.into_inner();
+        self.auth
+            .authorize_tenant(&p, &req.tenant_id, Scope::Read)
+            .await?;
+        let start = tenant_api::stream_start(self.facts.pool(), &req).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(tenant_api::feed(
+            self.facts.pool().clone(),
+            req.tenant_id,
+            start,
+            self.recorded.clone(),
+            self.shutdown.clone(),
+            tx,
+        ));
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+
+    async fn create_webhook(
+        &self,
+        request: Request<CreateWebhookRequest>,
+    ) -> Result<Response<Webhook>, Status> {
+        let p = auth::principal(&request)?;
+        let req = request.into_inner();
+        self.auth
+            .authorize_tenant(&p, &req.tenant_id, Scope::Admin)
+            .await?;
+        let now = self.clock.now().micros();
+        tenant_api::create_webhook(self.facts.pool(), req, now)
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_webhooks(
+        &self,
+        request: Request<ListWebhooksRequest>,
+    ) -> Result<Response<ListWebhooksResponse>, Status> {
+        let p = auth::principal(&request)?;
+        let req = request.into_inner();
+        self.auth
+            .authorize_tenant(&p, &req.tenant_id, Scope::Read)
+            .await?;
+        let webhooks = tenant_api::list_webhooks(self.facts.pool(), &req.tenant_id).await?;
+        Ok(Response::new(ListWebhooksResponse { webhooks }))
+    }
+
+    async fn rotate_webhook_secret(
+        &self,
+        request: Request<RotateWebhookSecretRequest>,
+    ) -> Result<Response<Webhook>, Status> {
+        let p = auth::principal(&request)?;
+        let req = request.into_inner();
+        self.auth
+            .authorize_tenant(&p, &req.tenant_id, Scope::Admin)
+            .await?;
+        let now = self.clock.now().micros();
+        tenant_api::rotate_secret(self.facts.pool(), req, now)
+            .await
+            .map(Response::new)
+    }
+
+    async fn delete_webhook(
+        &self,
+        request: Request<DeleteWebhookRequest>,
+    ) -> Result<Response<Webhook>, Status> {
+        let p = auth::principal(&request)?;
+        let req = request.into_inner();
+        self.auth
+            .authorize_tenant(&p, &req.tenant_id, Scope::Admin)
+            .await?;
+        let now = self.clock.now().micros();
+        tenant_api::delete_webhook(self.facts.pool(), &req.tenant_id, &req.endpoint_id, now)
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_dead_letters(
+        &self,
+        request: Request<ListDeadLettersRequest>,
+    ) -> Result<Response<ListDeadLettersResponse>, Status> {
+        let p = auth::principal(&request)?;
+        let req = request.into_inner();
+        self.auth
+            .authorize_tenant(&p, &req.tenant_id, Scope::Read)
+            .await?;
+        tenant_api::list_dead_letters(self.facts.pool(), &req)
+            .await
+            .map(Response::new)
+    }
+
+    async fn redrive(
+        &self,
+        request: Request<RedriveRequest>,
+    ) -> Result<Response<RedriveResponse>, Status> {
+        let p = auth::principal(&request)?;
+        let req = request.into_inner();
+        self.auth
+            .authorize_tenant(&p, &req.tenant_id, Scope::Admin)
+            .await?;
+        let now = self.clock.now().micros();
+        let answer = tenant_api::redrive(self.facts.pool(), &req, now).await?;
+        self.recorded.notify_waiters();
+        Ok(Response::new(answer))
+    }
+
     async fn send_message(
         &self,
         request: Request<SendMessageRequest>,

@@ -5,11 +5,14 @@
 pub mod accept;
 pub mod api;
 pub mod content;
+pub mod events;
 pub mod facts;
 pub mod hot;
 pub mod pg;
 pub mod provider;
 pub mod statuses;
+pub mod tenant_api;
+pub mod webhooks;
 pub mod worker;
 
 use std::sync::Arc;
@@ -51,6 +54,10 @@ pub struct DispatchConfig {
     pub linger: Duration,
     pub facts_ttl: Duration,
     pub replay_wait: Duration,
+    /// The tenant event log's consumer group.
+    pub events_group: String,
+    pub webhook_schedule: finestra_domain::delivery::WebhookSchedule,
+    pub webhook_timeout: Duration,
 }
 
 impl DispatchConfig {
@@ -83,6 +90,19 @@ impl DispatchConfig {
             linger: Duration::from_millis(env_parse("DISPATCH_LINGER_MS", 5u64)?),
             facts_ttl: Duration::from_millis(env_parse("DISPATCH_FACTS_TTL_MS", 2_000u64)?),
             replay_wait: Duration::from_millis(env_parse("DISPATCH_REPLAY_WAIT_MS", 5_000u64)?),
+            events_group: env_string("DISPATCH_EVENTS_GROUP", "finestra-dispatch-events"),
+            webhook_schedule: finestra_domain::delivery::WebhookSchedule {
+                first_micros: env_parse("DISPATCH_WEBHOOK_FIRST_RETRY_MS", 5_000i64)? * 1_000,
+                cap_micros: env_parse("DISPATCH_WEBHOOK_MAX_PAUSE_SECS", 6 * 3_600i64)? * 1_000_000,
+                give_up_after_micros: env_parse(
+                    "DISPATCH_WEBHOOK_GIVE_UP_SECS",
+                    3 * 24 * 3_600i64,
+                )? * 1_000_000,
+            },
+            webhook_timeout: Duration::from_millis(env_parse(
+                "DISPATCH_WEBHOOK_TIMEOUT_MS",
+                10_000u64,
+            )?),
         })
     }
 }
@@ -167,7 +187,10 @@ pub async fn start(
         &common.topics.accounts,
         shutdown.clone(),
     )?;
+    let recorded = Arc::new(tokio::sync::Notify::new());
     let api = api::DispatchApi {
+        recorded: recorded.clone(),
+        shutdown: shutdown.clone(),
         producer: producer.clone(),
         outbound_topic: common.topics.outbound.clone(),
         facts: facts.clone(),
@@ -185,6 +208,8 @@ pub async fn start(
         .add_service(RequireKey::new(DispatchServiceServer::new(api), auth));
     let grpc_task = finestra_platform::service::spawn_grpc(router, incoming, shutdown.clone());
 
+    let events_pool = pool.clone();
+    let webhooks_pool = pool.clone();
     let worker = worker::Worker {
         consumer: Arc::new(BatchConsumer::new(ConsumerSettings {
             brokers: common.kafka_brokers.clone(),
@@ -217,12 +242,54 @@ pub async fn start(
                 linger: config.linger,
             })?,
             pool,
-            clock,
+            clock: clock.clone(),
+        }
+        .run(shutdown.clone()),
+    );
+
+    let events_task = tokio::spawn(
+        events::EventLoop {
+            consumer: BatchConsumer::new(ConsumerSettings {
+                brokers: common.kafka_brokers.clone(),
+                group_id: config.events_group.clone(),
+                topics: vec![
+                    common.topics.status.clone(),
+                    common.topics.inbound.clone(),
+                    common.topics.user.clone(),
+                    common.topics.window.clone(),
+                ],
+                max_batch: config.max_batch,
+                linger: config.linger,
+            })?,
+            pool: events_pool,
+            clock: clock.clone(),
+            recorded: recorded.clone(),
+        }
+        .run(shutdown.clone()),
+    );
+    let deliverer_task = tokio::spawn(
+        webhooks::Deliverer {
+            pool: webhooks_pool,
+            http: reqwest::Client::builder()
+                .timeout(config.webhook_timeout)
+                .build()
+                .map_err(|e| ConfigError::Invalid {
+                    name: "FINESTRA_DISPATCH_WEBHOOK_TIMEOUT_MS".into(),
+                    value: String::new(),
+                    reason: e.to_string(),
+                })?,
+            schedule: config.webhook_schedule,
+            clock: clock.clone(),
+            recorded,
+            batch: 200,
+            lease: Duration::from_secs(60),
         }
         .run(shutdown.clone()),
     );
 
     let mut running = Running::new(grpc_addr, metrics_addr, None);
+    running.own("events", events_task);
+    running.own("webhooks", deliverer_task);
     running.own("health", health_task);
     running.own("admin", admin_task);
     running.own("grpc", grpc_task);

@@ -6,6 +6,7 @@ pub mod api;
 pub mod apply;
 pub mod consumer;
 pub mod hot;
+pub mod notices;
 pub mod pg;
 pub mod state;
 
@@ -27,6 +28,10 @@ pub struct WindowConfig {
     pub consumer_group: String,
     pub max_batch: usize,
     pub linger: Duration,
+    /// WindowClosingSoon goes out this long before a window closes (default 1 h).
+    pub closing_lead: Duration,
+    /// How often the closing-notice sweep runs.
+    pub notice_every: Duration,
 }
 
 impl WindowConfig {
@@ -36,6 +41,8 @@ impl WindowConfig {
             consumer_group: env_string("WINDOW_CONSUMER_GROUP", "finestra-window"),
             max_batch: env_parse("WINDOW_MAX_BATCH", 2_000usize)?,
             linger: Duration::from_millis(env_parse("WINDOW_LINGER_MS", 20u64)?),
+            closing_lead: Duration::from_secs(env_parse("WINDOW_CLOSING_LEAD_SECS", 3_600u64)?),
+            notice_every: Duration::from_millis(env_parse("WINDOW_NOTICE_EVERY_MS", 10_000u64)?),
         })
     }
 }
@@ -128,6 +135,17 @@ pub async fn start(
         ));
     let grpc_task = finestra_platform::service::spawn_grpc(router, incoming, shutdown.clone());
 
+    let notices_task = tokio::spawn(
+        notices::Notices {
+            pool: pool.clone(),
+            producer: producer.clone(),
+            window_topic: common.topics.window.clone(),
+            clock: clock.clone(),
+            lead: config.closing_lead,
+            every: config.notice_every,
+        }
+        .run(shutdown.clone()),
+    );
     let pool_for_partitions = pool.clone();
     let clock_for_partitions = clock.clone();
     let consumer_loop = consumer::Loop {
@@ -153,6 +171,7 @@ pub async fn start(
     running.own("admin", admin_task);
     running.own("grpc", grpc_task);
     running.own("consumer", consumer_task);
+    running.own("closing-notices", notices_task);
     running.own("auth-invalidation", invalidation_task);
     running.own("partitions", partitions_task);
     tracing::info!(%grpc_addr, %metrics_addr, group = %config.consumer_group, "window started");

@@ -1,0 +1,197 @@
+//! The tenant's event log: a consumer copies what a tenant is told about (statuses of its
+//! messages, inbound messages, window changes, blocks, marketing preferences) into
+//! `dispatch.tenant_events` with a per-tenant cursor, and fans each event out to the tenant's
+//! webhook endpoints as pending deliveries, in the same transaction. `StreamEvents` reads the
+//! log; the webhook deliverer works the deliveries.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use finestra_domain::Clock;
+use finestra_platform::Shutdown;
+use finestra_platform::kafka::{self, BatchConsumer};
+use finestra_proto::v1::Envelope;
+use finestra_proto::v1::envelope::Payload;
+use prost::Message as _;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+
+/// The kind a tenant sees, or `None` for envelopes that are not tenant events.
+pub fn kind_of(env: &Envelope) -> Option<&'static str> {
+    Some(match env.payload.as_ref()? {
+        // Only statuses of messages Finestra sent (the network echoes our message id).
+        Payload::MessageStatus(s) if !s.callback_data.is_empty() => "message_status",
+        Payload::InboundMessage(_) => "inbound_message",
+        Payload::WindowOpened(_) => "window_opened",
+        Payload::WindowRefreshed(_) => "window_refreshed",
+        Payload::WindowClosingSoon(_) => "window_closing_soon",
+        Payload::WindowClosed(_) => "window_closed",
+        Payload::UserBlock(_) => "user_block",
+        Payload::UserPreference(_) => "user_preference",
+        _ => return None,
+    })
+}
+
+/// One event to record.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub tenant_id: String,
+    pub event_id: String,
+    pub kind: &'static str,
+    pub occurred_at: i64,
+    pub envelope: Vec<u8>,
+}
+
+/// Records events (duplicates by event id are skipped) and their webhook deliveries, in one
+/// statement: the cursor rows are bumped per tenant first, which locks them until commit.
+pub async fn record(pool: &PgPool, events: &[Recorded], now: i64) -> Result<u64, sqlx::Error> {
+    if events.is_empty() {
+        return Ok(0);
+    }
+    let mut tenants = Vec::with_capacity(events.len());
+    let mut ids = Vec::with_capacity(events.len());
+    let mut kinds = Vec::with_capacity(events.len());
+    let mut ats = Vec::with_capacity(events.len());
+    let mut bodies = Vec::with_capacity(events.len());
+    for e in events {
+        tenants.push(e.tenant_id.as_str());
+        ids.push(e.event_id.as_str());
+        kinds.push(e.kind);
+        ats.push(e.occurred_at);
+        bodies.push(e.envelope.as_slice());
+    }
+    let mut tx = pool.begin().await?;
+    let done = sqlx::query(
+        "WITH input AS (
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bytea[])
+                 WITH ORDINALITY AS i(tenant_id, event_id, kind, occurred_at, envelope, ord)),
+         fresh AS (
+             SELECT i.* FROM input i
+              WHERE NOT EXISTS (SELECT 1 FROM dispatch.tenant_events e
+                                 WHERE e.tenant_id = i.tenant_id AND e.event_id = i.event_id)),
+         counts AS (SELECT tenant_id, count(*) AS n FROM fresh GROUP BY tenant_id),
+         bumped AS (
+             INSERT INTO dispatch.tenant_cursors AS c (tenant_id, next_seq)
+             SELECT tenant_id, n FROM counts
+             ON CONFLICT (tenant_id) DO UPDATE SET next_seq = c.next_seq + EXCLUDED.next_seq
+             RETURNING tenant_id, next_seq),
+         numbered AS (
+             SELECT f.*, b.next_seq - count(*) OVER (PARTITION BY f.tenant_id)
+                         + row_number() OVER (PARTITION BY f.tenant_id ORDER BY f.ord) AS seq
+               FROM fresh f JOIN bumped b USING (tenant_id)),
+         ins AS (
+             INSERT INTO dispatch.tenant_events (tenant_id, seq, event_id, kind, occurred_at, envelope)
+             SELECT tenant_id, seq, event_id, kind, occurred_at, envelope FROM numbered
+             ON CONFLICT DO NOTHING
+             RETURNING tenant_id, seq)
+         INSERT INTO dispatch.webhook_deliveries (tenant_id, endpoint_id, seq, first_at, next_attempt_at)
+         SELECT ins.tenant_id, w.endpoint_id, ins.seq, $6, $6
+           FROM ins JOIN dispatch.webhook_endpoints w
+             ON w.tenant_id = ins.tenant_id AND w.deleted_at IS NULL",
+    )
+    .bind(&tenants)
+    .bind(&ids)
+    .bind(&kinds)
+    .bind(&ats)
+    .bind(&bodies)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(done.rows_affected())
+}
+
+pub struct EventLoop {
+    pub consumer: BatchConsumer,
+    pub pool: PgPool,
+    pub clock: Arc<dyn Clock>,
+    /// Wakes streams and the webhook deliverer after new events were recorded.
+    pub recorded: Arc<Notify>,
+}
+
+impl EventLoop {
+    pub async fn run(self, shutdown: Shutdown) {
+        let mut last = None;
+        while let Some(batch) = self.consumer.next_batch_until_shutdown(&shutdown).await {
+            let now = self.clock.now().micros();
+            let mut seen = HashSet::new();
+            let events: Vec<Recorded> = batch
+                .iter()
+                .filter_map(|m| {
+                    let env = kafka::decode(m).ok()?;
+                    let kind = kind_of(&env)?;
+                    if env.tenant_id.is_empty() || !seen.insert(env.event_id.clone()) {
+                        return None;
+                    }
+                    Some(Recorded {
+                        tenant_id: env.tenant_id.clone(),
+                        event_id: env.event_id.clone(),
+                        kind,
+                        occurred_at: env
+                            .occurred_at
+                            .as_ref()
+                            .map_or(now, finestra_proto::time::to_micros),
+                        envelope: env.encode_to_vec(),
+                    })
+                })
+                .collect();
+            let mut attempt = 0;
+            loop {
+                match record(&self.pool, &events, now).await {
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "recording tenant events failed; retrying")
+                    }
+                }
+                tokio::select! {
+                    () = shutdown.wait() => return,
+                    () = tokio::time::sleep(kafka::retry_backoff(attempt)) => {}
+                }
+                attempt += 1;
+            }
+            if !events.is_empty() {
+                self.recorded.notify_waiters();
+            }
+            if let Err(e) = self.consumer.commit_async(&batch) {
+                tracing::warn!(error = %e, "committing event offsets failed; replay is harmless");
+            }
+            last = Some(batch);
+        }
+        if let Some(batch) = last
+            && let Err(e) = self.consumer.commit(&batch).await
+        {
+            tracing::warn!(error = %e, "the final event commit failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use finestra_proto::v1::{DeadLetter, MessageStatus};
+
+    #[test]
+    fn tenants_see_their_messages_statuses_and_conversation_events_only() {
+        let env = |payload| Envelope {
+            payload: Some(payload),
+            ..Envelope::default()
+        };
+        let ours = MessageStatus {
+            callback_data: "m_1".into(),
+            ..MessageStatus::default()
+        };
+        assert_eq!(
+            kind_of(&env(Payload::MessageStatus(ours))),
+            Some("message_status")
+        );
+        assert_eq!(
+            kind_of(&env(Payload::MessageStatus(MessageStatus::default()))),
+            None,
+            "a status of a message Finestra did not send"
+        );
+        assert_eq!(
+            kind_of(&env(Payload::DeadLetter(DeadLetter::default()))),
+            None
+        );
+    }
+}

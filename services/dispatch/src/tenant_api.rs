@@ -1,0 +1,348 @@
+//! The tenant-delivery side of the API: StreamEvents and webhook endpoints, dead letters and
+//! redrive. (The trait impl in `api` calls into these.)
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use finestra_platform::Shutdown;
+use finestra_platform::paging;
+use finestra_platform::status::{self, invalid_argument, not_found, required};
+use finestra_proto::v1::{
+    CreateWebhookRequest, Envelope, ListDeadLettersRequest, ListDeadLettersResponse,
+    RedriveRequest, RedriveResponse, RotateWebhookSecretRequest, StreamEventsRequest, TenantEvent,
+    Webhook, WebhookDeadLetter,
+};
+use prost::Message as _;
+use rand::Rng as _;
+use sqlx::PgPool;
+use tokio::sync::{Notify, mpsc};
+use tonic::Status;
+
+const STREAM_PAGE: i64 = 500;
+const DEFAULT_OVERLAP_SECONDS: u32 = 24 * 3_600;
+
+fn internal(context: &str, e: &dyn std::fmt::Display) -> Status {
+    status::internal(context, e)
+}
+
+fn parse_cursor(cursor: &str) -> Result<i64, Status> {
+    if cursor.is_empty() {
+        return Ok(0);
+    }
+    cursor
+        .parse::<i64>()
+        .ok()
+        .filter(|c| *c >= 0)
+        .ok_or_else(|| invalid_argument("cursor", "cursor is not one this service issued"))
+}
+
+/// Where a stream starts: after `cursor`, or after the newest event (`from_now`).
+pub async fn stream_start(pool: &PgPool, req: &StreamEventsRequest) -> Result<i64, Status> {
+    if !req.from_now {
+        return parse_cursor(&req.cursor);
+    }
+    let (max,): (Option<i64>,) =
+        sqlx::query_as("SELECT max(seq) FROM dispatch.tenant_events WHERE tenant_id = $1")
+            .bind(&req.tenant_id)
+            .fetch_one(pool)
+            .await
+            .map_err(|e| internal("reading the event log", &e))?;
+    Ok(max.unwrap_or(0))
+}
+
+/// Feeds a stream from the log until the client goes away or the service stops.
+pub async fn feed(
+    pool: PgPool,
+    tenant_id: String,
+    mut after: i64,
+    recorded: Arc<Notify>,
+    shutdown: Shutdown,
+    tx: mpsc::Sender<Result<TenantEvent, Status>>,
+) {
+    loop {
+        // Registered before the read, so an event recorded meanwhile still wakes us.
+        let wake = recorded.notified();
+        let rows: Result<Vec<(i64, String, Vec<u8>)>, _> = sqlx::query_as(
+            "SELECT seq, kind, envelope FROM dispatch.tenant_events
+              WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(&tenant_id)
+        .bind(after)
+        .bind(STREAM_PAGE)
+        .fetch_all(&pool)
+        .await;
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) => {
+                let _ = tx.send(Err(internal("reading the event log", &e))).await;
+                return;
+            }
+        };
+        let full = rows.len() as i64 == STREAM_PAGE;
+        for (seq, kind, bytes) in rows {
+            let event = TenantEvent {
+                cursor: seq.to_string(),
+                kind,
+                event: Envelope::decode(bytes.as_slice()).ok(),
+            };
+            if tx.send(Ok(event)).await.is_err() {
+                return; // the client went away
+            }
+            after = seq;
+        }
+        if full {
+            continue;
+        }
+        tokio::select! {
+            () = shutdown.wait() => return,
+            () = tx.closed() => return,
+            () = wake => {}
+            () = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::rng().fill(buf.as_mut_slice());
+    hex::encode(buf)
+}
+
+fn webhook(
+    tenant_id: String,
+    endpoint_id: String,
+    url: String,
+    secret: String,
+    until: Option<i64>,
+    created_at: i64,
+) -> Webhook {
+    Webhook {
+        tenant_id,
+        endpoint_id,
+        url,
+        secret,
+        previous_secret_valid_until: until.map(finestra_proto::time::from_micros),
+        created_at: Some(finestra_proto::time::from_micros(created_at)),
+    }
+}
+
+pub async fn create_webhook(
+    pool: &PgPool,
+    req: CreateWebhookRequest,
+    now: i64,
+) -> Result<Webhook, Status> {
+    let url = required("url", &req.url)?;
+    let plausible = (url.starts_with("https://") || url.starts_with("http://"))
+        && reqwest::Url::parse(url).is_ok_and(|u| u.host().is_some());
+    if !plausible {
+        return Err(invalid_argument("url", "url must be an http(s) URL"));
+    }
+    let endpoint_id = format!("wh_{}", random_hex(8));
+    let secret = format!("whsec_{}", random_hex(24));
+    sqlx::query(
+        "INSERT INTO dispatch.webhook_endpoints (tenant_id, endpoint_id, url, secret, created_at)
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(&req.tenant_id)
+    .bind(&endpoint_id)
+    .bind(url)
+    .bind(&secret)
+    .bind(now)
+    .execute(pool)
+    .await
+    .map_err(|e| internal("creating a webhook", &e))?;
+    Ok(webhook(
+        req.tenant_id,
+        endpoint_id,
+        url.to_owned(),
+        secret,
+        None,
+        now,
+    ))
+}
+
+pub async fn list_webhooks(pool: &PgPool, tenant_id: &str) -> Result<Vec<Webhook>, Status> {
+    let rows: Vec<(String, String, Option<i64>, i64)> = sqlx::query_as(
+        "SELECT endpoint_id, url, previous_valid_until, created_at FROM dispatch.webhook_endpoints
+          WHERE tenant_id = $1 AND deleted_at IS NULL ORDER BY created_at, endpoint_id",
+    )
+    .bind(tenant_id)
+    .fetch_all(pool)
+    .await
+    .map_err(|e| internal("listing webhooks", &e))?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, url, until, at)| {
+            webhook(tenant_id.to_owned(), id, url, String::new(), until, at)
+        })
+        .collect())
+}
+
+pub async fn rotate_secret(
+    pool: &PgPool,
+    req: RotateWebhookSecretRequest,
+    now: i64,
+) -> Result<Webhook, Status> {
+    let overlap = if req.overlap_seconds == 0 {
+        DEFAULT_OVERLAP_SECONDS
+    } else {
+        req.overlap_seconds
+    };
+    let secret = format!("whsec_{}", random_hex(24));
+    let row: Option<(String, Option<i64>, i64)> = sqlx::query_as(
+        "UPDATE dispatch.webhook_endpoints
+            SET previous_secret = secret, previous_valid_until = $3, secret = $4
+          WHERE tenant_id = $1 AND endpoint_id = $2 AND deleted_at IS NULL
+      RETURNING url, previous_valid_until, created_at",
+    )
+    .bind(&req.tenant_id)
+    .bind(&req.endpoint_id)
+    .bind(now + i64::from(overlap) * 1_000_000)
+    .bind(&secret)
+    .fetch_optional(pool)
+    .await
+    .map_err(|e| internal("rotating a webhook secret", &e))?;
+    let (url, until, created) = row.ok_or_else(|| not_found("endpoint_id", &req.endpoint_id))?;
+    Ok(webhook(
+        req.tenant_id,
+        req.endpoint_id,
+        url,
+        secret,
+        until,
+        created,
+    ))
+}
+
+pub async fn delete_webhook(
+    pool: &PgPool,
+    tenant_id: &str,
+    endpoint_id: &str,
+    now: i64,
+) -> Result<Webhook, Status> {
+    let mut tx = pool
+        .begin()
+        .await
+        .map_err(|e| internal("deleting a webhook", &e))?;
+    let row: Option<(String, i64)> = sqlx::query_as(
+        "UPDATE dispatch.webhook_endpoints SET deleted_at = $3
+          WHERE tenant_id = $1 AND endpoint_id = $2 AND deleted_at IS NULL
+      RETURNING url, created_at",
+    )
+    .bind(tenant_id)
+    .bind(endpoint_id)
+    .bind(now)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(|e| internal("deleting a webhook", &e))?;
+    let (url, created) = row.ok_or_else(|| not_found("endpoint_id", endpoint_id))?;
+    sqlx::query(
+        "UPDATE dispatch.webhook_deliveries SET state = 'dead', last_error = 'endpoint deleted'
+          WHERE tenant_id = $1 AND endpoint_id = $2 AND state = 'pending'",
+    )
+    .bind(tenant_id)
+    .bind(endpoint_id)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| internal("deleting a webhook", &e))?;
+    tx.commit()
+        .await
+        .map_err(|e| internal("deleting a webhook", &e))?;
+    Ok(webhook(
+        tenant_id.to_owned(),
+        endpoint_id.to_owned(),
+        url,
+        String::new(),
+        None,
+        created,
+    ))
+}
+
+pub async fn list_dead_letters(
+    pool: &PgPool,
+    req: &ListDeadLettersRequest,
+) -> Result<ListDeadLettersResponse, Status> {
+    let size = paging::page_size(req.page_size)?;
+    let after = paging::after(&req.page_token)?;
+    let (after_endpoint, after_seq) = match after.split_once('/') {
+        Some((e, s)) => (
+            e.to_owned(),
+            s.parse::<i64>().map_err(|_| {
+                invalid_argument("page_token", "page_token is not one this service issued")
+            })?,
+        ),
+        None => (String::new(), 0),
+    };
+    type Row = (String, i64, i32, String, i64, String, String);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT d.endpoint_id, d.seq, d.attempts, d.last_error, d.first_at, e.event_id, e.kind
+           FROM dispatch.webhook_deliveries d
+           JOIN dispatch.tenant_events e USING (tenant_id, seq)
+          WHERE d.tenant_id = $1 AND d.state = 'dead'
+            AND ($2 = '' OR d.endpoint_id = $2)
+            AND (d.endpoint_id, d.seq) > ($3, $4)
+          ORDER BY d.endpoint_id, d.seq LIMIT $5",
+    )
+    .bind(&req.tenant_id)
+    .bind(&req.endpoint_id)
+    .bind(&after_endpoint)
+    .bind(after_seq)
+    .bind(size + 1)
+    .fetch_all(pool)
+    .await
+    .map_err(|e| internal("listing dead letters", &e))?;
+    let keyed: Vec<(String, Row)> = rows
+        .into_iter()
+        .map(|r| (format!("{}/{}", r.0, r.1), r))
+        .collect();
+    let (page, next_page_token) = paging::paginate(keyed, size, |(k, _)| k);
+    Ok(ListDeadLettersResponse {
+        dead_letters: page
+            .into_iter()
+            .map(
+                |(_, (endpoint_id, seq, attempts, last_error, first_at, event_id, kind))| {
+                    WebhookDeadLetter {
+                        endpoint_id,
+                        cursor: seq.to_string(),
+                        event_id,
+                        kind,
+                        attempts: u32::try_from(attempts).unwrap_or(0),
+                        last_error,
+                        first_attempt_at: Some(finestra_proto::time::from_micros(first_at)),
+                    }
+                },
+            )
+            .collect(),
+        next_page_token,
+    })
+}
+
+pub async fn redrive(
+    pool: &PgPool,
+    req: &RedriveRequest,
+    now: i64,
+) -> Result<RedriveResponse, Status> {
+    let endpoint = required("endpoint_id", &req.endpoint_id)?;
+    let cursors: Vec<i64> = req
+        .cursors
+        .iter()
+        .map(|c| parse_cursor(c))
+        .collect::<Result<_, _>>()?;
+    let done = sqlx::query(
+        "UPDATE dispatch.webhook_deliveries SET state = 'pending', attempts = 0, first_at = $4,
+                next_attempt_at = $4, last_error = ''
+          WHERE tenant_id = $1 AND endpoint_id = $2 AND state = 'dead'
+            AND (cardinality($3::bigint[]) = 0 OR seq = ANY($3))
+            AND EXISTS (SELECT 1 FROM dispatch.webhook_endpoints w
+                         WHERE w.tenant_id = $1 AND w.endpoint_id = $2 AND w.deleted_at IS NULL)",
+    )
+    .bind(&req.tenant_id)
+    .bind(endpoint)
+    .bind(&cursors)
+    .bind(now)
+    .execute(pool)
+    .await
+    .map_err(|e| internal("redriving dead letters", &e))?;
+    Ok(RedriveResponse {
+        redriven: u32::try_from(done.rows_affected()).unwrap_or(u32::MAX),
+    })
+}
