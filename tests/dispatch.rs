@@ -145,17 +145,16 @@ impl Chain {
         let said = self.sim("say", body).await?;
         let wamid = said["wamid"].as_str().unwrap_or_default().to_owned();
         let infra = infra().await?;
+        // Its history row (not "the newest message": two in one second tie by id).
         eventually("the window service records the message", WAIT, || async {
-            let w = finestra_registry::windows::read(
-                &infra.redis,
-                &infra.pool,
-                "fin",
-                &self.tenant,
-                &self.number,
-                user,
+            let found: Option<(i32,)> = sqlx::query_as(
+                "SELECT 1 FROM windows.window_events WHERE tenant_id = $1 AND message_id = $2",
             )
+            .bind(&self.tenant)
+            .bind(&wamid)
+            .fetch_optional(&infra.pool)
             .await?;
-            Ok(w.last_inbound.filter(|l| l.message_id == wamid).map(|_| ()))
+            Ok(found.map(|_| ()))
         })
         .await
     }
@@ -1276,7 +1275,7 @@ async fn tenants_follow_events_on_a_resumable_stream_and_on_signed_retried_webho
         .into_inner();
     let before = seen.len();
     read_until(&mut resumed, &mut seen, |e| {
-        delivered_status_of(e, &second.message_id) && e.iter().any(|x| x.kind == "window_refreshed")
+        delivered_status_of(e, &second.message_id)
     })
     .await?;
     assert!(seen.len() > before, "events after the reconnect");
@@ -1294,12 +1293,8 @@ async fn tenants_follow_events_on_a_resumable_stream_and_on_signed_retried_webho
         .collect();
     assert_eq!(ids.len(), seen.len(), "no event twice");
     let kinds: std::collections::HashSet<&str> = seen.iter().map(|e| e.kind.as_str()).collect();
-    for kind in [
-        "inbound_message",
-        "window_opened",
-        "window_refreshed",
-        "message_status",
-    ] {
+    // (No window_refreshed necessarily: two messages in the same second leave csw_until as it was.)
+    for kind in ["inbound_message", "window_opened", "message_status"] {
         assert!(kinds.contains(kind), "{kind} in {kinds:?}");
     }
     // Nothing between the two streams was lost: the log from the start equals what was read.
@@ -1401,9 +1396,10 @@ async fn tenants_follow_events_on_a_resumable_stream_and_on_signed_retried_webho
         })
         .await?
         .into_inner();
-    assert_eq!(redriven.redriven as usize, dead.len());
+    // (More may have given up since the listing: the events after it.)
+    assert!(redriven.redriven as usize >= dead.len());
     eventually("the redriven events arrive", WAIT, || async {
-        Ok((down.raw().len() >= dead.len()).then_some(()))
+        Ok((down.raw().len() >= redriven.redriven as usize).then_some(()))
     })
     .await?;
 

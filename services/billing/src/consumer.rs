@@ -1,6 +1,8 @@
 //! The capture consumer: status events (`delivered`/`read` → capture, `failed` → release,
-//! `sent` → no longer released by a block) and user blocks (→ release of the messages still
-//! queued to that user). Offsets are committed only after the batch is durable in Postgres and
+//! `sent` → marked). A user's block releases nothing here: dispatch fails the messages still
+//! queued to a blocked user with a `failed` status (USER_BLOCKED), which releases them, while a
+//! message the network already took is decided by its own status; releasing on the block itself
+//! raced the `sent` status of a message in flight and let a delivered message go uncharged. Offsets are committed only after the batch is durable in Postgres and
 //! mirrored in Redis, so a crash re-delivers it and the replay changes nothing.
 
 use finestra_domain::Clock;
@@ -33,13 +35,6 @@ pub struct Loop {
 enum Action {
     Settle(Settlement),
     Sent(String, String),
-    /// Release what is still queued to this user.
-    Blocked {
-        tenant_id: String,
-        phone_number_id: String,
-        user: String,
-        at: i64,
-    },
     Nothing,
 }
 
@@ -75,25 +70,6 @@ fn action_of(envelope: &Envelope, now: i64) -> Action {
                 at,
                 reason: s.status.clone(),
             })
-        }
-        Some(Payload::UserBlock(b)) if b.blocked => {
-            let user = b
-                .user
-                .as_ref()
-                .map(|u| {
-                    if u.wa_id.is_empty() {
-                        u.user_id.clone()
-                    } else {
-                        u.wa_id.clone()
-                    }
-                })
-                .unwrap_or_default();
-            Action::Blocked {
-                tenant_id,
-                phone_number_id: b.phone_number_id.clone(),
-                user,
-                at,
-            }
         }
         _ => Action::Nothing,
     }
@@ -162,25 +138,6 @@ impl Loop {
             match a {
                 Action::Settle(s) => settlements.push(s.clone()),
                 Action::Sent(t, m) => sent.push((t.clone(), m.clone())),
-                Action::Blocked {
-                    tenant_id,
-                    phone_number_id,
-                    user,
-                    at,
-                } => {
-                    for message_id in
-                        reservations::queued_to(&self.pool, tenant_id, phone_number_id, user)
-                            .await?
-                    {
-                        settlements.push(Settlement {
-                            tenant_id: tenant_id.clone(),
-                            message_id,
-                            end: End::Release,
-                            at: *at,
-                            reason: "blocked".into(),
-                        });
-                    }
-                }
                 Action::Nothing => {}
             }
         }
@@ -265,7 +222,7 @@ mod tests {
     }
 
     #[test]
-    fn a_block_releases_the_users_queue_and_an_unblock_nothing() {
+    fn a_block_settles_nothing_itself() {
         let block = |blocked| Envelope {
             event_id: "e".into(),
             tenant_id: "t".into(),
@@ -280,15 +237,7 @@ mod tests {
                 blocked,
             })),
         };
-        assert_eq!(
-            action_of(&block(true), 7),
-            Action::Blocked {
-                tenant_id: "t".into(),
-                phone_number_id: "pn".into(),
-                user: "39333".into(),
-                at: 7
-            }
-        );
+        assert_eq!(action_of(&block(true), 7), Action::Nothing);
         assert_eq!(action_of(&block(false), 7), Action::Nothing);
     }
 }

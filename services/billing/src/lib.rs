@@ -176,7 +176,7 @@ pub async fn start(
     let consumer = BatchConsumer::new(ConsumerSettings {
         brokers: common.kafka_brokers.clone(),
         group_id: config.consumer_group.clone(),
-        topics: vec![common.topics.status.clone(), common.topics.user.clone()],
+        topics: vec![common.topics.status.clone()],
         max_batch: config.max_batch,
         linger: config.linger,
     })?;

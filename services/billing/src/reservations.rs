@@ -402,27 +402,6 @@ pub async fn mark_sent(pool: &PgPool, keys: &[(String, String)]) -> Result<(), s
     Ok(())
 }
 
-/// Open reservations to a user not yet handed to the provider (released when the user
-/// blocks the number).
-pub async fn queued_to(
-    pool: &PgPool,
-    tenant_id: &str,
-    phone_number_id: &str,
-    recipient: &str,
-) -> Result<Vec<String>, sqlx::Error> {
-    let rows: Vec<(String,)> = sqlx::query_as(
-        "SELECT message_id FROM billing.reservations
-          WHERE tenant_id = $1 AND phone_number_id = $2 AND recipient = $3
-            AND state = 'open' AND NOT sent",
-    )
-    .bind(tenant_id)
-    .bind(phone_number_id)
-    .bind(recipient)
-    .fetch_all(pool)
-    .await?;
-    Ok(rows.into_iter().map(|(m,)| m).collect())
-}
-
 /// Open reservations accepted before `before` (never delivered: they expire).
 pub async fn expired(
     pool: &PgPool,

@@ -60,8 +60,10 @@ pub async fn feed(
     tx: mpsc::Sender<Result<TenantEvent, Status>>,
 ) {
     loop {
-        // Registered before the read, so an event recorded meanwhile still wakes us.
+        // Registered (enabled) before the read, so an event recorded meanwhile still wakes us.
         let wake = recorded.notified();
+        tokio::pin!(wake);
+        wake.as_mut().enable();
         let rows: Result<Vec<(i64, String, Vec<u8>)>, _> = sqlx::query_as(
             "SELECT seq, kind, envelope FROM dispatch.tenant_events
               WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
