@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help up down infra test lint bench-ingest bench-auth bench-billing
+.PHONY: help up down infra test lint bench-ingest bench-auth bench-billing bench-send
 
 help:
 	@echo "make up            infrastructure + every service in the background, then the demo"
@@ -12,6 +12,7 @@ help:
 	@echo "make bench-ingest  webhook and window-update throughput (release build)"
 	@echo "make bench-auth    GetWindow calls/s with and without the auth layer"
 	@echo "make bench-billing reservations/s and captures/s (release build)"
+	@echo "make bench-send    the whole chain: SendMessage to delivered and charged (release build)"
 
 up:
 	@bash scripts/up.sh
@@ -47,3 +48,7 @@ bench-auth: infra
 bench-billing: infra
 	cargo build --release -p finestra-e2e --bin bench-billing
 	./target/release/bench-billing
+
+bench-send: infra
+	cargo build --release -p finestra-e2e --bin bench-send
+	./target/release/bench-send

@@ -169,6 +169,7 @@ async fn run_batch(
         reservations: requests,
     });
     call.set_timeout(settings.billing_timeout);
+    let size = batch.len();
     let results = match billing.reserve_batch(call).await {
         Ok(r) => r.into_inner().results,
         Err(status) => {
@@ -206,6 +207,7 @@ async fn run_batch(
             }
         }
     }
+    let reserved_after = started.elapsed();
     let rows: Vec<NewMessage> = reserved.iter().map(|p| p.message.clone()).collect();
     let new_ids: std::collections::HashSet<String> = match pg::insert(&settings.pool, &rows).await {
         Ok(ids) => ids.into_iter().collect(),
@@ -219,6 +221,7 @@ async fn run_batch(
             return;
         }
     };
+    let stored_after = started.elapsed();
     let outgoing: Vec<Outgoing<'_>> = reserved
         .iter()
         .filter(|p| new_ids.contains(&p.message.message_id))
@@ -233,6 +236,13 @@ async fn run_batch(
         })
         .collect();
     let produced = kafka::publish_all(&settings.producer, &outgoing).await;
+    tracing::debug!(
+        size,
+        reserve_ms = reserved_after.as_millis() as u64,
+        store_ms = (stored_after - reserved_after).as_millis() as u64,
+        produce_ms = (started.elapsed() - stored_after).as_millis() as u64,
+        "accepted a batch"
+    );
     for p in reserved {
         let answer = if !new_ids.contains(&p.message.message_id) {
             Ok(Accepted::Existing)

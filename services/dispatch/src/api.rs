@@ -266,14 +266,12 @@ impl DispatchApi {
                     return Ok(found);
                 }
             }
-            Claim::New => {
-                // The durable check: Redis may have lost the key.
-                if let Some(found) = self.existing(&tenant_id, &message_id, &hash).await? {
-                    return Ok(found);
-                }
-            }
+            // A new claim: decided afresh. Should Redis have lost an older claim, the stored
+            // message still answers: the insert finds it (Accepted::Existing), and a refusal
+            // looks for it below before it is returned.
+            Claim::New => {}
         }
-        let outcome = self
+        let mut outcome = self
             .decide_and_accept(
                 &req,
                 &parsed,
@@ -284,16 +282,27 @@ impl DispatchApi {
                 &hash,
             )
             .await;
-        let kept = match &outcome {
-            // Stored: the key answers this message for a day.
-            Ok(_) => self.hot.confirm(&tenant_id, &message_id).await,
-            // Nothing was sent: the key is free for a retry to be decided afresh.
-            Err(_) => self.hot.unclaim(&tenant_id, &message_id).await,
-        };
-        if let Err(e) = kept {
-            // The Postgres row stays the durable answer; the lease expires by itself.
-            tracing::warn!(error = %e, "updating an idempotency key in Redis failed");
+        if outcome.is_err()
+            && let Some(found) = self.existing(&tenant_id, &message_id, &hash).await?
+        {
+            outcome = Ok(found);
         }
+        let hot = self.hot.clone();
+        let stored = outcome.is_ok();
+        // Off the request path: the Postgres row is the durable answer either way, and a lease
+        // left behind expires by itself.
+        tokio::spawn(async move {
+            let kept = if stored {
+                // The key answers this message for a day.
+                hot.confirm(&tenant_id, &message_id).await
+            } else {
+                // Nothing was sent: the key is free for a retry to be decided afresh.
+                hot.unclaim(&tenant_id, &message_id).await
+            };
+            if let Err(e) = kept {
+                tracing::warn!(error = %e, "updating an idempotency key in Redis failed");
+            }
+        });
         outcome
     }
 

@@ -1,6 +1,6 @@
 //! The control plane's facts a send is decided on, read from the accounts schema (the
-//! registry's tables) with short caches: a suspended number or a changed tier takes effect
-//! within seconds; templates are read fresh, since a pause must stop the next send.
+//! registry's tables) with short caches (FINESTRA_DISPATCH_FACTS_TTL_MS, default 2 s): a
+//! suspended number, a changed tier or a paused template takes effect within that time.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,11 +19,15 @@ pub struct NumberFacts {
     pub throughput_per_second: i64,
 }
 
+/// A template row: status, category, parameter count, paused until (µs).
+type TemplateRow = (String, String, i32, Option<i64>);
+
 #[derive(Clone)]
 pub struct Facts {
     pool: PgPool,
     numbers: moka::future::Cache<String, Option<Arc<NumberFacts>>>,
     tiers: moka::future::Cache<String, Option<i64>>,
+    templates: moka::future::Cache<(String, String, String), Option<Arc<TemplateRow>>>,
 }
 
 impl Facts {
@@ -35,6 +39,10 @@ impl Facts {
                 .time_to_live(ttl)
                 .build(),
             tiers: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(ttl)
+                .build(),
+            templates: moka::future::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(ttl)
                 .build(),
@@ -96,18 +104,28 @@ impl Facts {
         language: &str,
         now: Timestamp,
     ) -> Result<Option<TemplateFacts>, sqlx::Error> {
-        let row: Option<(String, String, i32, Option<i64>)> = sqlx::query_as(
-            "SELECT status, category, parameter_count,
-                    (extract(epoch FROM paused_until) * 1000000)::bigint
-               FROM accounts.templates
-              WHERE tenant_id = $1 AND name = $2 AND language = $3 AND deleted_at IS NULL",
-        )
-        .bind(tenant_id)
-        .bind(name)
-        .bind(language)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.and_then(|(status, category, params, paused_until)| {
+        let cache_key = (tenant_id.to_owned(), name.to_owned(), language.to_owned());
+        let row = match self.templates.get(&cache_key).await {
+            Some(row) => row,
+            None => {
+                let row: Option<TemplateRow> = sqlx::query_as(
+                    "SELECT status, category, parameter_count,
+                            (extract(epoch FROM paused_until) * 1000000)::bigint
+                       FROM accounts.templates
+                      WHERE tenant_id = $1 AND name = $2 AND language = $3 AND deleted_at IS NULL",
+                )
+                .bind(tenant_id)
+                .bind(name)
+                .bind(language)
+                .fetch_optional(&self.pool)
+                .await?;
+                let row = row.map(Arc::new);
+                self.templates.insert(cache_key, row.clone()).await;
+                row
+            }
+        };
+        Ok(row.and_then(|r| {
+            let (status, category, params, paused_until) = (*r).clone();
             let status = match status.as_str() {
                 "APPROVED" => Status::Approved,
                 "PENDING" => Status::Pending,

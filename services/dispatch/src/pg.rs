@@ -220,10 +220,12 @@ pub struct StatusChange {
 
 /// Applies status changes in one statement; the `WHERE` is `Progress::advance`: forward only,
 /// FAILED final and only before delivery. Several changes of one message must be folded by the
-/// caller first. Returns the (tenant, message, new status) that moved.
+/// caller first. `updated_at` becomes `recorded_at` (when Finestra learnt it; the status times
+/// are the network's). Returns the (tenant, message, new status) that moved.
 pub async fn apply_statuses(
     pool: &PgPool,
     changes: &[StatusChange],
+    recorded_at: i64,
 ) -> Result<Vec<(String, String, String)>, sqlx::Error> {
     if changes.is_empty() {
         return Ok(Vec::new());
@@ -265,7 +267,7 @@ pub async fn apply_statuses(
             error_code = CASE WHEN u.status = 'FAILED' THEN u.code ELSE m.error_code END,
             error_title = CASE WHEN u.status = 'FAILED' THEN u.title ELSE m.error_title END,
             attempts = GREATEST(m.attempts, u.attempts),
-            updated_at = u.at
+            updated_at = $11
           FROM unnest($1::text[], $2::text[], $3::text[], $4::smallint[], $5::bigint[],
                       $6::text[], $7::text[], $8::int[], $9::text[], $10::int[])
                AS u(tenant_id, message_id, status, rank, at, wamid, reason, code, title, attempts)
@@ -284,6 +286,7 @@ pub async fn apply_statuses(
     .bind(&codes)
     .bind(&titles)
     .bind(&attempts)
+    .bind(recorded_at)
     .fetch_all(pool)
     .await
 }

@@ -107,7 +107,7 @@ impl StatusLoop {
             'apply: loop {
                 let mut failed = false;
                 for round in rounds(changes.clone()) {
-                    match pg::apply_statuses(&self.pool, &round).await {
+                    match pg::apply_statuses(&self.pool, &round, now).await {
                         Ok(moved) => metrics::counter!("finestra_dispatch_status_applied_total")
                             .increment(moved.len() as u64),
                         Err(e) => {

@@ -475,7 +475,7 @@ impl Worker {
             }
         }
         if retry_forever("recording send outcomes", shutdown, || {
-            pg::apply_statuses(&self.pool, &changes)
+            pg::apply_statuses(&self.pool, &changes, now.micros())
         })
         .await
         .is_none()

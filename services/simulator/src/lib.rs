@@ -100,7 +100,11 @@ pub struct NumberStats {
     pub injected_failures: u64,
 }
 
+/// Numbers as the registry has them, kept briefly (a send looks its number up).
+type NumberCache = Mutex<HashMap<String, (std::time::Instant, finestra_registry::Number)>>;
+
 struct Sim {
+    numbers: NumberCache,
     faults: Mutex<HashMap<String, Fault>>,
     stats: Mutex<HashMap<String, NumberStats>>,
     net: Mutex<Network>,
@@ -172,7 +176,7 @@ async fn send(
             "unknown API version",
         );
     }
-    let number = match sim.registry.number(&phone_number_id).await {
+    let number = match sim.number(&phone_number_id).await {
         Ok(Some(n)) => n,
         Ok(None) => {
             return cloud_error(
@@ -283,6 +287,27 @@ async fn send(
 }
 
 impl Sim {
+    /// The number, from a 5 s cache in front of the registry.
+    async fn number(
+        &self,
+        phone_number_id: &str,
+    ) -> Result<Option<finestra_registry::Number>, finestra_registry::RegistryError> {
+        if let Ok(cache) = self.numbers.lock()
+            && let Some((at, n)) = cache.get(phone_number_id)
+            && at.elapsed() < Duration::from_secs(5)
+        {
+            return Ok(Some(n.clone()));
+        }
+        let found = self.registry.number(phone_number_id).await?;
+        if let (Some(n), Ok(mut cache)) = (&found, self.numbers.lock()) {
+            cache.insert(
+                phone_number_id.to_owned(),
+                (std::time::Instant::now(), n.clone()),
+            );
+        }
+        Ok(found)
+    }
+
     /// Consumes one injected failure of the number, if any.
     fn take_fault(&self, number: &str) -> bool {
         let Ok(mut faults) = self.faults.lock() else {
@@ -601,6 +626,7 @@ pub async fn start(
 ) -> anyhow::Result<Running> {
     let pool = finestra_registry::connect(&config.database_url).await?;
     let sim = Arc::new(Sim {
+        numbers: Mutex::new(HashMap::new()),
         faults: Mutex::new(HashMap::new()),
         stats: Mutex::new(HashMap::new()),
         net: Mutex::new(Network::default()),

@@ -1,0 +1,467 @@
+//! `make bench-send`: the whole chain on this machine — SendMessage → broker → dispatch worker
+//! → simulator (Cloud API) → signed status webhooks → ingest → broker → dispatch statuses and
+//! billing captures — with every service in this process against the local Postgres, Redis and
+//! tansu. Two phases: an open loop at a fixed rate (SendMessage latency there), then a closed
+//! loop at full speed (sustained accepted/s). Then it waits until every accepted message is
+//! delivered and charged, and measures the raw broker produce rate in the same run. Prints the
+//! figures and writes `var/bench-send.json`.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use finestra_platform::auth::{AuthedChannel, Owner, Scope as KeyScope};
+use finestra_platform::kafka::{self, Outgoing};
+use finestra_proto::v1::dispatch_service_client::DispatchServiceClient;
+use finestra_proto::v1::send_message_request::Content;
+use finestra_proto::v1::{self, Envelope};
+use finestra_testkit::{Scope, infra};
+use hdrhistogram::Histogram;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+type Client = DispatchServiceClient<AuthedChannel>;
+
+struct Tenant {
+    id: String,
+    number: String,
+    clients: Vec<Client>,
+}
+
+fn request(t: &Tenant, n: u64, tag: &str, t_index: usize) -> v1::SendMessageRequest {
+    v1::SendMessageRequest {
+        tenant_id: t.id.clone(),
+        phone_number_id: t.number.clone(),
+        // One user per message: the pair limit never paces the benchmark.
+        to: format!("39{t_index:02}{n:09}"),
+        idempotency_key: format!("{tag}-{n}"),
+        content: Some(Content::Template(v1::TemplateContent {
+            name: "bench_util".into(),
+            language: "it".into(),
+            parameters: vec!["A-1".into()],
+        })),
+    }
+}
+
+struct LoadFigures {
+    ok: u64,
+    errors: u64,
+    seconds: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+fn figures(h: &Histogram<u64>, ok: u64, errors: u64, seconds: f64) -> LoadFigures {
+    LoadFigures {
+        ok,
+        errors,
+        seconds,
+        p50_ms: h.value_at_quantile(0.50) as f64 / 1_000.0,
+        p99_ms: h.value_at_quantile(0.99) as f64 / 1_000.0,
+        max_ms: h.max() as f64 / 1_000.0,
+    }
+}
+
+/// Open loop: `rate` sends a second for `duration`, each on its own task, whatever the answers.
+async fn open_loop(
+    tenants: &Arc<Vec<Tenant>>,
+    rate: u64,
+    duration: Duration,
+    tag: &str,
+) -> anyhow::Result<LoadFigures> {
+    let hist = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
+    let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    let mut issued = 0u64;
+    let mut tasks = tokio::task::JoinSet::new();
+    while started.elapsed() < duration {
+        tick.tick().await;
+        let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
+        while issued < due {
+            let n = issued;
+            issued += 1;
+            let t_index = (n as usize) % tenants.len();
+            let tenants = tenants.clone();
+            let (hist, errors) = (hist.clone(), errors.clone());
+            let tag = tag.to_owned();
+            tasks.spawn(async move {
+                let t = &tenants[t_index];
+                let mut client = t.clients[(n as usize / tenants.len()) % t.clients.len()].clone();
+                let at = Instant::now();
+                let answer = client.send_message(request(t, n, &tag, t_index)).await;
+                let us = at.elapsed().as_micros() as u64;
+                match answer {
+                    Ok(_) => {
+                        if let Ok(mut h) = hist.lock() {
+                            let _ = h.record(us);
+                        }
+                    }
+                    Err(_) => {
+                        errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+    let seconds = started.elapsed().as_secs_f64();
+    let h = hist
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .clone();
+    let errors = errors.load(std::sync::atomic::Ordering::Relaxed);
+    Ok(figures(&h, h.len(), errors, seconds))
+}
+
+/// Closed loop: `in_flight` senders back to back for `duration`.
+async fn closed_loop(
+    tenants: &Arc<Vec<Tenant>>,
+    in_flight: usize,
+    duration: Duration,
+    tag: &str,
+) -> anyhow::Result<LoadFigures> {
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..in_flight {
+        let tenants = tenants.clone();
+        let next = next.clone();
+        let tag = tag.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new(3)?;
+            let mut errors = 0u64;
+            while started.elapsed() < duration {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let t_index = (n as usize) % tenants.len();
+                let t = &tenants[t_index];
+                let mut client = t.clients[w % t.clients.len()].clone();
+                let at = Instant::now();
+                match client.send_message(request(t, n, &tag, t_index)).await {
+                    Ok(_) => {
+                        let _ = hist.record(at.elapsed().as_micros() as u64);
+                    }
+                    Err(_) => errors += 1,
+                }
+            }
+            Ok::<_, anyhow::Error>((hist, errors))
+        }));
+    }
+    let mut hist = Histogram::<u64>::new(3)?;
+    let mut errors = 0;
+    for t in tasks {
+        let (h, e) = t.await??;
+        hist.add(&h)?;
+        errors += e;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(figures(&hist, hist.len(), errors, seconds))
+}
+
+async fn count(pool: &sqlx::PgPool, tenants: &[String], sql: &str) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(sql)
+        .bind(tenants)
+        .fetch_one(pool)
+        .await?)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            std::env::var("FINESTRA_LOG").unwrap_or_else(|_| "warn".into()),
+        ))
+        .with_writer(std::io::stderr)
+        .try_init();
+    let seconds = env_num("BENCH_SECONDS", 10);
+    let rate = env_num("BENCH_RATE", 5_000);
+    let in_flight = env_num("BENCH_IN_FLIGHT", 512) as usize;
+    let tenant_count = env_num("BENCH_TENANTS", 10) as usize;
+    let connections = env_num("BENCH_CONNECTIONS", 8) as usize;
+    let infra = infra().await?;
+    let scope = Scope::new();
+    finestra_platform::kafka::ensure_topics(&infra.brokers, &scope.topics().all(), 4).await?;
+
+    let mut ids = Vec::new();
+    for t in 0..tenant_count {
+        let (tenant, number, _) = scope
+            .tenant_with_number(&format!("send{t}"), t as u32)
+            .await?;
+        sqlx::query("UPDATE accounts.tenants SET tier = NULL WHERE tenant_id = $1")
+            .bind(&tenant)
+            .execute(&infra.pool)
+            .await?;
+        sqlx::query(
+            "UPDATE accounts.numbers SET throughput_per_second = 1000 WHERE phone_number_id = $1",
+        )
+        .bind(&number)
+        .execute(&infra.pool)
+        .await?;
+        sqlx::query(
+            "INSERT INTO accounts.templates (template_id, tenant_id, name, language, category, body, parameter_count, status)
+             VALUES ($1, $2, 'bench_util', 'it', 'UTILITY', 'Order {{1}} ready', 1, 'APPROVED')",
+        )
+        .bind(format!("tpl-{tenant}"))
+        .bind(&tenant)
+        .execute(&infra.pool)
+        .await?;
+        finestra_billing::pg::top_up(
+            &infra.pool,
+            &tenant,
+            "bench-funds",
+            1_000_000_000_000_000,
+            "EUR",
+            "bench",
+            finestra_domain::Timestamp::from_micros(0),
+        )
+        .await?;
+        ids.push((tenant, number));
+    }
+
+    let ingest = finestra_testkit::start_ingest(&scope).await?;
+    let window = finestra_testkit::start_window(&scope, "window", 2_000).await?;
+    let mut billing_config = finestra_testkit::billing_config(&scope, "billing")?;
+    billing_config.common.db_max_connections = 16;
+    billing_config.max_batch = 5_000;
+    let billing =
+        finestra_testkit::start_billing_with(billing_config, finestra_testkit::system_clock())
+            .await?;
+    let token = "bench-token";
+    let sim = finestra_testkit::start_simulator(&scope, &ingest.running, token, 1_000).await?;
+    let mut config = finestra_testkit::dispatch_config(
+        &scope,
+        &billing.running.grpc_url(),
+        &sim.base_url(),
+        token,
+    )
+    .await?;
+    config.common.db_max_connections = 24;
+    config.accept_batch = 500;
+    config.accept_parallel = env_num("BENCH_ACCEPT_PARALLEL", 16) as usize;
+    config.billing_connections = 4;
+    config.max_in_flight = 100_000;
+    config.send_concurrency = 512;
+    config.max_batch = 2_000;
+    config.facts_ttl = Duration::from_secs(5);
+    let dispatch = finestra_testkit::start_dispatch_with(config).await?;
+    let url = dispatch.running.grpc_url();
+
+    let mut tenants = Vec::new();
+    for (t, (id, number)) in ids.iter().enumerate() {
+        let key = scope
+            .tenant_key(&format!("send{t}"), &[KeyScope::Send])
+            .await?;
+        let mut clients = Vec::new();
+        for _ in 0..connections.div_ceil(tenant_count).max(1) {
+            clients.push(Client::new(
+                finestra_testkit::authed_channel(url.clone(), &key).await?,
+            ));
+        }
+        tenants.push(Tenant {
+            id: id.clone(),
+            number: number.clone(),
+            clients,
+        });
+    }
+    let tenants = Arc::new(tenants);
+    let tenant_ids: Vec<String> = ids.iter().map(|(t, _)| t.clone()).collect();
+    let _ = Owner::Operator;
+
+    eprintln!("[bench-send] warming up (1 s at 500/s)");
+    open_loop(&tenants, 500, Duration::from_secs(1), "warm").await?;
+    let run_started = Instant::now();
+    eprintln!("[bench-send] open loop: {rate}/s for {seconds} s over {tenant_count} tenants");
+    let fixed = open_loop(&tenants, rate, Duration::from_secs(seconds), "fixed").await?;
+    eprintln!(
+        "[bench-send]   accepted {} ({:.0}/s), errors {}, SendMessage p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms",
+        fixed.ok,
+        fixed.ok as f64 / fixed.seconds,
+        fixed.errors,
+        fixed.p50_ms,
+        fixed.p99_ms,
+        fixed.max_ms
+    );
+    eprintln!("[bench-send] closed loop: {in_flight} in flight for {seconds} s");
+    let full = closed_loop(&tenants, in_flight, Duration::from_secs(seconds), "full").await?;
+    eprintln!(
+        "[bench-send]   accepted {} ({:.0}/s), errors {}, SendMessage p50 {:.2} ms, p99 {:.2} ms",
+        full.ok,
+        full.ok as f64 / full.seconds,
+        full.errors,
+        full.p50_ms,
+        full.p99_ms
+    );
+
+    let accepted = count(
+        &infra.pool,
+        &tenant_ids,
+        "SELECT count(*) FROM dispatch.messages WHERE tenant_id = ANY($1)",
+    )
+    .await?;
+    let mut timeline = Vec::new();
+    let waited = Instant::now();
+    loop {
+        let delivered = count(
+            &infra.pool,
+            &tenant_ids,
+            "SELECT count(*) FROM dispatch.messages WHERE tenant_id = ANY($1) AND status IN ('DELIVERED', 'READ', 'FAILED')",
+        )
+        .await?;
+        timeline.push((run_started.elapsed().as_secs_f64(), delivered));
+        eprint!("\r[bench-send] settled {delivered:>8} of {accepted}");
+        if delivered >= accepted {
+            break;
+        }
+        anyhow::ensure!(
+            waited.elapsed() < Duration::from_secs(600),
+            "not every message settled within 10 minutes"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    eprintln!();
+    let (first_accept, last_delivery, failed): (i64, i64, i64) = sqlx::query_as(
+        "SELECT min(accepted_at), max(updated_at),
+                count(*) FILTER (WHERE status = 'FAILED')
+           FROM dispatch.messages WHERE tenant_id = ANY($1) AND idempotency_key NOT LIKE 'warm-%'",
+    )
+    .bind(&tenant_ids)
+    .fetch_one(&infra.pool)
+    .await?;
+    let measured = count(
+        &infra.pool,
+        &tenant_ids,
+        "SELECT count(*) FROM dispatch.messages WHERE tenant_id = ANY($1) AND idempotency_key NOT LIKE 'warm-%'",
+    )
+    .await?;
+    let end_to_end_per_s = measured as f64 / ((last_delivery - first_accept) as f64 / 1e6);
+    let (p50_e2e, p99_e2e): (f64, f64) = sqlx::query_as(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY updated_at - accepted_at) / 1000.0,
+                percentile_cont(0.99) WITHIN GROUP (ORDER BY updated_at - accepted_at) / 1000.0
+           FROM dispatch.messages WHERE tenant_id = ANY($1) AND idempotency_key LIKE 'fixed-%'
+            AND delivered_at IS NOT NULL",
+    )
+    .bind(&tenant_ids)
+    .fetch_one(&infra.pool)
+    .await?;
+
+    // Every delivered message is charged once.
+    let charges_done = Instant::now();
+    let delivered_total = count(&infra.pool, &tenant_ids, "SELECT count(*) FROM dispatch.messages WHERE tenant_id = ANY($1) AND status IN ('DELIVERED', 'READ')").await?;
+    loop {
+        let charged = count(
+            &infra.pool,
+            &tenant_ids,
+            "SELECT count(*) FROM billing.ledger WHERE tenant_id = ANY($1) AND kind = 'charge'",
+        )
+        .await?;
+        if charged >= delivered_total {
+            break;
+        }
+        anyhow::ensure!(
+            charges_done.elapsed() < Duration::from_secs(300),
+            "captures lag: {charged} of {delivered_total}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    dispatch.stop().await;
+    sim.stop().await;
+    billing.stop().await;
+    window.stop().await;
+    ingest.stop().await;
+    let hot = finestra_billing::hot::HotWallets::new(
+        infra.redis.clone(),
+        "fin",
+        Duration::from_secs(600),
+    );
+    let mut differences = 0;
+    for t in &tenant_ids {
+        differences += finestra_billing::reconcile::run(&infra.pool, &hot, Some(t))
+            .await?
+            .differences
+            .len();
+    }
+
+    // The raw broker rate, same run, same machine: 100k records of the outbound event's size.
+    let producer = kafka::producer(&infra.brokers)?;
+    let topic = format!("finestra.bench-raw.{}", scope.id());
+    finestra_platform::kafka::ensure_topics(&infra.brokers, &[topic.as_str()], 4).await?;
+    let sample = Envelope {
+        event_id: "out:m_0123456789abcdef0123456789abcdef".into(),
+        tenant_id: "tbench".into(),
+        payload: Some(v1::envelope::Payload::OutboundMessage(
+            v1::OutboundMessage {
+                message_id: "m_0123456789abcdef0123456789abcdef".into(),
+                body_json: vec![b'x'; 300],
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    };
+    let raw_started = Instant::now();
+    let raw_n = 100_000usize;
+    for chunk in (0..raw_n).collect::<Vec<_>>().chunks(20_000) {
+        let records: Vec<Outgoing<'_>> = chunk
+            .iter()
+            .map(|i| Outgoing {
+                topic: &topic,
+                key: format!("k{i}"),
+                envelope: sample.clone(),
+            })
+            .collect();
+        kafka::publish_all(&producer, &records).await?;
+    }
+    let raw_per_s = raw_n as f64 / raw_started.elapsed().as_secs_f64();
+
+    let full_per_s = full.ok as f64 / full.seconds;
+    println!(
+        "bench-send (this machine: 2 cores; every service in one process; Postgres 15, Redis 7, tansu 0.6 SQLite)"
+    );
+    println!(
+        "  open loop at {rate}/s, {seconds} s: {:.0} accepted/s, SendMessage p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms, {} errors",
+        fixed.ok as f64 / fixed.seconds,
+        fixed.p50_ms,
+        fixed.p99_ms,
+        fixed.max_ms,
+        fixed.errors
+    );
+    println!(
+        "  closed loop, {in_flight} in flight, {seconds} s: {full_per_s:.0} accepted/s, SendMessage p50 {:.2} ms, p99 {:.2} ms, {} errors",
+        full.p50_ms, full.p99_ms, full.errors
+    );
+    println!(
+        "  end to end: {measured} messages accepted→delivered in {:.1} s = {end_to_end_per_s:.0} messages/s ({failed} failed)",
+        (last_delivery - first_accept) as f64 / 1e6
+    );
+    println!("  accepted→delivered (open-loop phase): p50 {p50_e2e:.0} ms, p99 {p99_e2e:.0} ms");
+    println!(
+        "  raw broker produce: {raw_per_s:.0} records/s (end to end = {:.1}% of it)",
+        100.0 * end_to_end_per_s / raw_per_s
+    );
+    println!("  reconcile differences after the run: {differences}");
+    let json = serde_json::json!({
+        "open_loop_rate": rate, "open_loop_accepted_per_s": fixed.ok as f64 / fixed.seconds,
+        "open_loop_p50_ms": fixed.p50_ms, "open_loop_p99_ms": fixed.p99_ms, "open_loop_errors": fixed.errors,
+        "closed_loop_in_flight": in_flight, "closed_loop_accepted_per_s": full_per_s,
+        "closed_loop_p50_ms": full.p50_ms, "closed_loop_p99_ms": full.p99_ms, "closed_loop_errors": full.errors,
+        "end_to_end_messages": measured, "end_to_end_per_s": end_to_end_per_s, "failed": failed,
+        "accepted_to_delivered_p50_ms": p50_e2e, "accepted_to_delivered_p99_ms": p99_e2e,
+        "raw_produce_per_s": raw_per_s, "reconcile_differences": differences,
+        "settled_timeline": timeline, "tenants": tenant_count, "seconds": seconds,
+    });
+    std::fs::create_dir_all("var")?;
+    std::fs::write("var/bench-send.json", serde_json::to_string_pretty(&json)?)?;
+    anyhow::ensure!(
+        differences == 0,
+        "the books did not reconcile after the benchmark"
+    );
+    Ok(())
+}
