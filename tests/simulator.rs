@@ -80,6 +80,9 @@ async fn the_simulator_sends_applies_the_networks_rules_and_reports_statuses() -
             number_rate: 80,
             ingest_url: String::new(),
             ingest_key: String::new(),
+            review_delay: Duration::from_millis(100),
+            banned_word: "casino".into(),
+            review_tenant_prefix: format!("t{}", scope.id()),
         },
         finestra_testkit::system_clock(),
         shutdown.clone(),
@@ -206,6 +209,9 @@ async fn the_simulator_refuses_beyond_a_numbers_throughput() -> anyhow::Result<(
             number_rate: 1,
             ingest_url: String::new(),
             ingest_key: String::new(),
+            review_delay: Duration::from_millis(100),
+            banned_word: "casino".into(),
+            review_tenant_prefix: format!("t{}", scope.id()),
         },
         finestra_testkit::system_clock(),
         shutdown.clone(),
@@ -230,5 +236,77 @@ async fn the_simulator_refuses_beyond_a_numbers_throughput() -> anyhow::Result<(
     );
     shutdown.trigger();
     sim.task.await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_network_reviews_templates_approves_rejects_the_banned_word_and_pauses()
+-> anyhow::Result<()> {
+    let scope = Scope::new();
+    let infra = infra().await?;
+    scope.create_topics().await?;
+    let (tenant, _, _) = scope.tenant_with_number("reviews", 1).await?;
+    let waba = format!("waba{}", scope.id());
+    sqlx::query("UPDATE accounts.tenants SET waba_id = $2 WHERE tenant_id = $1")
+        .bind(&tenant)
+        .bind(&waba)
+        .execute(&infra.pool)
+        .await?;
+    for (id, name, body) in [
+        ("ok", "order_ready", "Ciao {{1}}, il tuo ordine è pronto"),
+        ("bad", "big_win", "Win big at our Casino, {{1}}!"),
+    ] {
+        sqlx::query(
+            "INSERT INTO accounts.templates
+                (template_id, tenant_id, name, language, category, body, parameter_count)
+             VALUES ($1, $2, $3, 'it', 'MARKETING', $4, 1)",
+        )
+        .bind(format!("{id}-{}", scope.id()))
+        .bind(&tenant)
+        .bind(name)
+        .bind(body)
+        .execute(&infra.pool)
+        .await?;
+    }
+    let ingest = finestra_testkit::start_ingest(&scope).await?;
+    let accounts = finestra_testkit::start_accounts(&scope).await?;
+    let sim = finestra_testkit::start_simulator(&scope, &ingest.running, TOKEN, 80).await?;
+    let status = |id: &'static str| {
+        let (pool, template) = (infra.pool.clone(), format!("{id}-{}", scope.id()));
+        async move {
+            sqlx::query_scalar::<_, String>(
+                "SELECT status FROM accounts.templates WHERE template_id = $1",
+            )
+            .bind(&template)
+            .fetch_one(&pool)
+            .await
+        }
+    };
+    eventually(
+        "the network approves one and rejects the other",
+        WAIT,
+        || async {
+            let (ok, bad) = (status("ok").await?, status("bad").await?);
+            Ok((ok != "PENDING" && bad != "PENDING").then_some((ok, bad)))
+        },
+    )
+    .await
+    .map(|(ok, bad)| {
+        assert_eq!((ok.as_str(), bad.as_str()), ("APPROVED", "REJECTED"));
+    })?;
+
+    let answer = reqwest::Client::new()
+        .post(format!("{}/sim/v1/template", sim.base_url()))
+        .json(&json!({"template_id": format!("ok-{}", scope.id()), "event": "PAUSED"}))
+        .send()
+        .await?;
+    assert!(answer.status().is_success());
+    eventually("the pause reaches the control plane", WAIT, || async {
+        Ok((status("ok").await? == "PAUSED").then_some(()))
+    })
+    .await?;
+    sim.stop().await;
+    accounts.stop().await;
+    ingest.stop().await;
     Ok(())
 }

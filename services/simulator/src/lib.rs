@@ -3,9 +3,11 @@
 //! rules (window, block, throughput: `network`), answers a `wamid`, then posts signed status
 //! webhooks (`sent`, `delivered`, `read`, or `failed`) to ingest, echoing
 //! `biz_opaque_callback_data`. A control API plays the users: a user writes to a number (an
-//! inbound webhook, with a chosen time), blocks or unblocks it.
+//! inbound webhook, with a chosen time), blocks or unblocks it (reported to ingest), stops or
+//! resumes marketing; it injects send failures and reviews templates (`reviews`).
 
 pub mod network;
+pub mod reviews;
 pub mod webhooks;
 
 use std::net::SocketAddr;
@@ -50,6 +52,12 @@ pub struct SimConfig {
     /// the network (it still refuses sends with 131026).
     pub ingest_url: String,
     pub ingest_key: String,
+    /// A submitted template is approved this long after its creation...
+    pub review_delay: Duration,
+    /// ...unless its body contains this word (case-insensitive; empty: none).
+    pub banned_word: String,
+    /// Review only tenants whose id starts with this (empty: all; tests scope it).
+    pub review_tenant_prefix: String,
 }
 
 impl SimConfig {
@@ -71,6 +79,9 @@ impl SimConfig {
             number_rate: env_parse("SIM_NUMBER_RATE", 80u32)?,
             ingest_url: env_string("SIM_INGEST_URL", "http://127.0.0.1:7051"),
             ingest_key: env_string("SIM_INGEST_KEY", ""),
+            review_delay: Duration::from_millis(env_parse("SIM_REVIEW_DELAY_MS", 2_000u64)?),
+            banned_word: env_string("SIM_BANNED_WORD", "casino"),
+            review_tenant_prefix: env_string("SIM_REVIEW_TENANT_PREFIX", ""),
         })
     }
 }
@@ -607,6 +618,53 @@ async fn preference(
     }
 }
 
+#[derive(Deserialize)]
+struct TemplateReview {
+    template_id: String,
+    /// APPROVED, REJECTED, PAUSED, REINSTATED, DISABLED, ...
+    event: String,
+}
+
+/// The network reviews a template now (e.g. pauses it for low quality).
+async fn review_template(
+    State(sim): State<Arc<Sim>>,
+    Json(r): Json<TemplateReview>,
+) -> (StatusCode, Json<Value>) {
+    let found = reviews::one(sim.registry.pool(), &r.template_id).await;
+    let t = match found {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            return (
+                StatusCode::NOT_FOUND,
+                Json(
+                    json!({"error": "no such template (or its tenant has no business account id)"}),
+                ),
+            );
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "looking up a template failed");
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(json!({"error": "try again"})),
+            );
+        }
+    };
+    // Strictly after the last review applied (two reviews in one second: the later one wins).
+    let last = reviews::last_review_secs(sim.registry.pool(), &r.template_id)
+        .await
+        .ok()
+        .flatten();
+    let now = (sim.clock.now().micros() / 1_000_000).max(last.map_or(0, |l| l + 1));
+    match reviews::post(&sim.poster, &t, &r.event, now).await {
+        Ok(status) if status < 300 => (StatusCode::OK, Json(json!({ "event": r.event }))),
+        Ok(status) => (
+            StatusCode::BAD_GATEWAY,
+            Json(json!({ "error": format!("ingest answered {status}") })),
+        ),
+        Err(e) => (StatusCode::BAD_GATEWAY, Json(json!({ "error": e }))),
+    }
+}
+
 /// A started simulator.
 pub struct Running {
     pub http_addr: SocketAddr,
@@ -625,6 +683,7 @@ pub async fn start(
     shutdown: Shutdown,
 ) -> anyhow::Result<Running> {
     let pool = finestra_registry::connect(&config.database_url).await?;
+    let review_pool = pool.clone();
     let sim = Arc::new(Sim {
         numbers: Mutex::new(HashMap::new()),
         faults: Mutex::new(HashMap::new()),
@@ -638,14 +697,27 @@ pub async fn start(
             url: config.webhook_url.clone(),
         },
         config: config.clone(),
-        clock,
+        clock: clock.clone(),
     });
+    let reviewer = tokio::spawn(
+        reviews::Reviewer {
+            pool: review_pool,
+            poster: sim.poster.clone(),
+            delay: config.review_delay,
+            banned_word: config.banned_word.clone(),
+            tenant_prefix: config.review_tenant_prefix.clone(),
+            every: Duration::from_millis(250),
+            clock,
+        }
+        .run(shutdown.clone()),
+    );
     let app = Router::new()
         .route("/{version}/{phone_number_id}/messages", post(send))
         .route("/sim/v1/say", post(say))
         .route("/sim/v1/block", post(block))
         .route("/sim/v1/faults", post(faults))
         .route("/sim/v1/preference", post(preference))
+        .route("/sim/v1/template", post(review_template))
         .route("/sim/v1/stats/{phone_number_id}", get(stats))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(sim);
@@ -657,6 +729,9 @@ pub async fn start(
             .await;
         if let Err(e) = served {
             tracing::error!(error = %e, "the simulator's HTTP server failed");
+        }
+        if let Err(e) = reviewer.await {
+            tracing::error!(error = %e, "the template reviewer ended abnormally");
         }
     });
     tracing::info!(%http_addr, "simulator started");
