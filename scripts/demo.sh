@@ -132,6 +132,8 @@ for _ in $(seq 1 150); do
   sleep 0.2
 done
 echo "  -> the reply and the document were free; the offer is charged once, on delivery."
+echo "What the business was told, in order (finestra events tail: resumable from any cursor):"
+$fin events --api-key "$SEND_KEY" tail --tenant "$TENANT" --limit 14 --idle-secs 2
 
 step "The business's wallet and this month's invoice"
 $fin billing wallet --tenant "$TENANT"

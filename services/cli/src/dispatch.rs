@@ -296,3 +296,138 @@ fn print_message(m: &Message) {
         m.message_id, m.to, m.status, m.attempts
     );
 }
+
+#[derive(Subcommand)]
+pub enum EventsCommand {
+    /// Follow a tenant's events (statuses, inbound messages, windows, blocks); Ctrl-C stops.
+    /// Prints each event's cursor: pass it back with --cursor to resume after it.
+    Tail {
+        #[arg(long)]
+        tenant: String,
+        /// Resume after this cursor (empty: from the oldest event kept).
+        #[arg(long, default_value = "")]
+        cursor: String,
+        /// Only new events.
+        #[arg(long)]
+        from_now: bool,
+        /// Stop after this many events (0: no limit).
+        #[arg(long, default_value_t = 0)]
+        limit: u64,
+        /// Stop when no event came for this many seconds (0: follow until interrupted).
+        #[arg(long, default_value_t = 0)]
+        idle_secs: u64,
+    },
+}
+
+fn describe(e: &v1::TenantEvent) -> String {
+    use v1::envelope::Payload;
+    let Some(env) = &e.event else {
+        return e.kind.clone();
+    };
+    let user = |u: &Option<v1::UserRef>| {
+        u.as_ref()
+            .map(|u| {
+                if u.wa_id.is_empty() {
+                    u.user_id.clone()
+                } else {
+                    u.wa_id.clone()
+                }
+            })
+            .unwrap_or_default()
+    };
+    match &env.payload {
+        Some(Payload::MessageStatus(s)) => format!(
+            "{} {} to {}{}",
+            s.callback_data,
+            s.status,
+            user(&s.recipient),
+            s.errors
+                .first()
+                .map(|x| format!(" ({} {})", x.code, x.title))
+                .unwrap_or_default()
+        ),
+        Some(Payload::InboundMessage(m)) => {
+            format!("{} wrote ({}): {}", user(&m.user), m.message_type, m.text)
+        }
+        Some(Payload::WindowOpened(w)) => format!("window with {} opened", user(&w.user)),
+        Some(Payload::WindowRefreshed(w)) => format!("window with {} refreshed", user(&w.user)),
+        Some(Payload::WindowClosingSoon(w)) => {
+            format!("window with {} closes soon", user(&w.user))
+        }
+        Some(Payload::WindowClosed(w)) => format!("window with {} closed", user(&w.user)),
+        Some(Payload::UserBlock(b)) => format!(
+            "{} {}",
+            user(&b.user),
+            if b.blocked {
+                "blocked the number"
+            } else {
+                "unblocked the number"
+            }
+        ),
+        Some(Payload::UserPreference(p)) => format!(
+            "{} {} {}",
+            user(&p.user),
+            if p.stop { "stopped" } else { "resumed" },
+            p.category
+        ),
+        _ => e.kind.clone(),
+    }
+}
+
+pub async fn events(
+    channel: AuthedChannel,
+    command: EventsCommand,
+    json_out: bool,
+) -> anyhow::Result<()> {
+    let EventsCommand::Tail {
+        tenant,
+        cursor,
+        from_now,
+        limit,
+        idle_secs,
+    } = command;
+    let mut stream = DispatchServiceClient::new(channel)
+        .stream_events(v1::StreamEventsRequest {
+            tenant_id: tenant,
+            cursor,
+            from_now,
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    let mut seen = 0u64;
+    loop {
+        let next = if idle_secs == 0 {
+            stream.message().await
+        } else {
+            match tokio::time::timeout(std::time::Duration::from_secs(idle_secs), stream.message())
+                .await
+            {
+                Ok(next) => next,
+                Err(_) => break,
+            }
+        };
+        let Some(e) = next.map_err(rpc_error)? else {
+            break;
+        };
+        if json_out {
+            let env = e.event.as_ref();
+            println!(
+                "{}",
+                json!({
+                    "cursor": e.cursor, "kind": e.kind,
+                    "event_id": env.map(|x| x.event_id.clone()).unwrap_or_default(),
+                    "occurred_at_us": env.and_then(|x| x.occurred_at.as_ref()).map(to_micros),
+                    "text": describe(&e),
+                })
+            );
+        } else {
+            println!("{:>8}  {:<20} {}", e.cursor, e.kind, describe(&e));
+        }
+        seen += 1;
+        if limit > 0 && seen >= limit {
+            break;
+        }
+    }
+    Ok(())
+}

@@ -136,6 +136,19 @@ enum Command {
         #[command(subcommand)]
         command: dispatch::SendCommand,
     },
+    /// A tenant's events, as a resumable stream.
+    Events {
+        #[arg(
+            long,
+            env = "FINESTRA_DISPATCH_ENDPOINT",
+            default_value = "http://127.0.0.1:7054"
+        )]
+        endpoint: String,
+        #[arg(long, env = "FINESTRA_API_KEY", hide_env_values = true)]
+        api_key: String,
+        #[command(subcommand)]
+        command: dispatch::EventsCommand,
+    },
     /// Sent messages and their statuses.
     Message {
         #[arg(
@@ -909,6 +922,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             api_key,
             command,
         } => dispatch::message(channel(&endpoint, &api_key).await?, command, json).await?,
+        Command::Events {
+            endpoint,
+            api_key,
+            command,
+        } => dispatch::events(channel(&endpoint, &api_key).await?, command, json).await?,
         Command::Billing {
             endpoint,
             api_key,
