@@ -1426,3 +1426,45 @@ async fn tenants_follow_events_on_a_resumable_stream_and_on_signed_retried_webho
     c.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_simulated_population_writes_and_answers_delivered_messages() -> anyhow::Result<()> {
+    let c = Chain::start(80).await?;
+    let infra = infra().await?;
+    let started = c
+        .sim(
+            "population",
+            json!({"phone_number_id": c.number, "users": 20, "reply_per_mille": 1000,
+                   "user_prefix": "39377"}),
+        )
+        .await?;
+    assert_eq!(started["wrote"], 20);
+    let user_messages = || async {
+        Ok::<i64, anyhow::Error>(
+            sqlx::query_scalar(
+                "SELECT count(*) FROM windows.window_events
+                  WHERE tenant_id = $1 AND kind = 'user_message'",
+            )
+            .bind(&c.tenant)
+            .fetch_one(&infra.pool)
+            .await?,
+        )
+    };
+    eventually("every simulated user wrote once", WAIT, || async {
+        Ok((user_messages().await? == 20).then_some(()))
+    })
+    .await?;
+    for i in 0..5 {
+        let user = format!("39377{i:06}");
+        let sent = c
+            .text(&user, &format!("pop-{i}"), "Thanks for writing!")
+            .await?;
+        c.settles(&sent.message_id, &["DELIVERED"]).await?;
+    }
+    eventually("each delivered message got its reply", WAIT, || async {
+        Ok((user_messages().await? == 25).then_some(()))
+    })
+    .await?;
+    c.stop().await;
+    Ok(())
+}

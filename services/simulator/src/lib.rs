@@ -116,6 +116,7 @@ type NumberCache = Mutex<HashMap<String, (std::time::Instant, finestra_registry:
 
 struct Sim {
     numbers: NumberCache,
+    populations: Mutex<HashMap<String, Population>>,
     faults: Mutex<HashMap<String, Fault>>,
     stats: Mutex<HashMap<String, NumberStats>>,
     net: Mutex<Network>,
@@ -430,6 +431,29 @@ async fn report_statuses(
             tracing::warn!(error = %e, %wamid, status, "a status webhook could not be delivered");
         }
     }
+    if !fail {
+        maybe_reply(&sim, &number, &to).await;
+    }
+}
+
+/// A user of the number's population answers a delivered message, now and then.
+async fn maybe_reply(sim: &Sim, number: &str, to: &str) {
+    let share = sim
+        .populations
+        .lock()
+        .ok()
+        .and_then(|p| p.get(number).copied())
+        .map_or(0, |p| p.reply_per_mille);
+    if share == 0 || rand::rng().random_range(0..1_000) >= share {
+        return;
+    }
+    let Ok(Some(n)) = sim.number(number).await else {
+        return;
+    };
+    let at = sim.clock.now().micros();
+    if let Err((wamid, e)) = user_writes(sim, &n, to, "Simulated user", "Thanks!", at, None).await {
+        tracing::warn!(%wamid, error = %e, "a population reply could not be delivered");
+    }
 }
 
 #[derive(Deserialize)]
@@ -466,17 +490,38 @@ async fn say(State(sim): State<Arc<Sim>>, Json(say): Json<Say>) -> (StatusCode, 
         }
     };
     let at = sim.clock.now().micros() - say.seconds_ago.max(0) * 1_000_000;
+    let referral = say
+        .referral_source_id
+        .as_deref()
+        .map(finestra_cloudapi::build::ad_referral);
+    match user_writes(&sim, &number, &say.from, &say.name, &say.text, at, referral).await {
+        Ok(wamid) => (StatusCode::OK, Json(json!({ "wamid": wamid }))),
+        Err((wamid, e)) => (
+            StatusCode::BAD_GATEWAY,
+            Json(json!({ "wamid": wamid, "error": e })),
+        ),
+    }
+}
+
+/// A user's text reaches the number at `at` (µs): the network records the window and posts
+/// the signed webhook. The wamid, or it with why ingest did not take it.
+async fn user_writes(
+    sim: &Sim,
+    number: &finestra_registry::Number,
+    from: &str,
+    name: &str,
+    text: &str,
+    at: i64,
+    referral: Option<Value>,
+) -> Result<String, (String, String)> {
     let wamid = format!("wamid.sim.in.{:032x}", rand::rng().random::<u128>());
     let msg = finestra_cloudapi::build::InboundText {
         wamid: &wamid,
-        from: &say.from,
-        profile_name: &say.name,
+        from,
+        profile_name: name,
         timestamp: at / 1_000_000,
-        body: &say.text,
-        referral: say
-            .referral_source_id
-            .as_deref()
-            .map(finestra_cloudapi::build::ad_referral),
+        body: text,
+        referral,
     };
     let body = finestra_cloudapi::build::text_messages(
         &number.phone_number_id,
@@ -484,19 +529,86 @@ async fn say(State(sim): State<Arc<Sim>>, Json(say): Json<Say>) -> (StatusCode, 
         &[msg],
     );
     if let Ok(mut net) = sim.net.lock() {
-        net.user_wrote(&number.phone_number_id, &say.from, at);
+        net.user_wrote(&number.phone_number_id, from, at);
     }
     match sim.poster.post(&number.app_secret, &body, 8).await {
-        Ok(status) if status < 300 => (StatusCode::OK, Json(json!({ "wamid": wamid }))),
-        Ok(status) => (
-            StatusCode::BAD_GATEWAY,
-            Json(json!({ "wamid": wamid, "error": format!("ingest answered {status}") })),
-        ),
-        Err(e) => (
-            StatusCode::BAD_GATEWAY,
-            Json(json!({ "wamid": wamid, "error": e })),
-        ),
+        Ok(status) if status < 300 => Ok(wamid),
+        Ok(status) => Err((wamid, format!("ingest answered {status}"))),
+        Err(e) => Err((wamid, e)),
     }
+}
+
+/// Simulated users of a number: `users` of them wrote once; any user replies to a delivered
+/// message with probability `reply_per_mille` / 1000.
+#[derive(Clone, Copy, Debug, Default)]
+struct Population {
+    reply_per_mille: u32,
+}
+
+#[derive(Deserialize)]
+struct PopulationRequest {
+    phone_number_id: String,
+    users: u32,
+    #[serde(default)]
+    reply_per_mille: u32,
+    /// wa_ids are `<prefix><6 digits>`.
+    #[serde(default = "default_population_prefix")]
+    user_prefix: String,
+}
+
+fn default_population_prefix() -> String {
+    "39377".into()
+}
+
+/// Starts a population: every user writes once now (opening their windows); from then on a
+/// share of the number's delivered messages get a reply.
+async fn population(
+    State(sim): State<Arc<Sim>>,
+    Json(p): Json<PopulationRequest>,
+) -> (StatusCode, Json<Value>) {
+    let number = match sim.number(&p.phone_number_id).await {
+        Ok(Some(n)) => n,
+        Ok(None) => {
+            return (
+                StatusCode::NOT_FOUND,
+                Json(json!({"error": "unknown phone number id"})),
+            );
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "looking up a number failed");
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(json!({"error": "try again"})),
+            );
+        }
+    };
+    if let Ok(mut pops) = sim.populations.lock() {
+        pops.insert(
+            p.phone_number_id.clone(),
+            Population {
+                reply_per_mille: p.reply_per_mille.min(1_000),
+            },
+        );
+    }
+    let at = sim.clock.now().micros();
+    let mut wrote = 0u32;
+    let users: Vec<String> = (0..p.users)
+        .map(|i| format!("{}{i:06}", p.user_prefix))
+        .collect();
+    for chunk in users.chunks(32) {
+        let writes = chunk
+            .iter()
+            .map(|u| user_writes(&sim, &number, u, "Simulated user", "Hi!", at, None));
+        wrote += futures::future::join_all(writes)
+            .await
+            .iter()
+            .filter(|r| r.is_ok())
+            .count() as u32;
+    }
+    (
+        StatusCode::OK,
+        Json(json!({ "users": p.users, "wrote": wrote })),
+    )
 }
 
 #[derive(Deserialize)]
@@ -686,6 +798,7 @@ pub async fn start(
     let review_pool = pool.clone();
     let sim = Arc::new(Sim {
         numbers: Mutex::new(HashMap::new()),
+        populations: Mutex::new(HashMap::new()),
         faults: Mutex::new(HashMap::new()),
         stats: Mutex::new(HashMap::new()),
         net: Mutex::new(Network::default()),
@@ -718,6 +831,7 @@ pub async fn start(
         .route("/sim/v1/faults", post(faults))
         .route("/sim/v1/preference", post(preference))
         .route("/sim/v1/template", post(review_template))
+        .route("/sim/v1/population", post(population))
         .route("/sim/v1/stats/{phone_number_id}", get(stats))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(sim);
