@@ -36,7 +36,12 @@ pub fn producer(brokers: &str) -> Result<FutureProducer, BusError> {
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "2")
+        // How long a record may wait for others to share its produce request: each request is
+        // a write transaction on the broker's side, so under load a few ms buy throughput.
+        .set(
+            "linger.ms",
+            crate::config::env_string("KAFKA_LINGER_MS", "2"),
+        )
         .set("batch.num.messages", "10000")
         .set("queue.buffering.max.messages", "1000000")
         .set("message.timeout.ms", "30000")
@@ -142,8 +147,14 @@ impl BatchConsumer {
             // without leaving (SIGKILL, lost node) before the survivors get its partitions.
             // A batch is applied well within it.
             .set("max.poll.interval.ms", "20000")
-            .set("fetch.wait.max.ms", "50")
-            .set("fetch.min.bytes", "1")
+            .set(
+                "fetch.wait.max.ms",
+                crate::config::env_string("KAFKA_FETCH_WAIT_MS", "50"),
+            )
+            .set(
+                "fetch.min.bytes",
+                crate::config::env_string("KAFKA_FETCH_MIN_BYTES", "1"),
+            )
             .create()?;
         let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
