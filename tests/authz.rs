@@ -9,6 +9,7 @@ use finestra_platform::auth::{AuthedChannel, Bearer, Owner, Scope};
 use finestra_proto::v1;
 use finestra_proto::v1::accounts_service_client::AccountsServiceClient;
 use finestra_proto::v1::billing_service_client::BillingServiceClient;
+use finestra_proto::v1::dispatch_service_client::DispatchServiceClient;
 use finestra_proto::v1::window_service_client::WindowServiceClient;
 use finestra_proto::v1::{GetWindowRequest, ListOpenWindowsRequest};
 use finestra_testkit::{Scope as TestScope, Started};
@@ -433,6 +434,125 @@ fn rpcs() -> Vec<Rpc> {
                 })
             },
         ),
+        dispatch("DispatchService/SendMessage", Scope::Send, true, |ch, c| {
+            Box::pin(async move {
+                DispatchServiceClient::new(ch)
+                    .send_message(v1::SendMessageRequest {
+                        tenant_id: c.tenant,
+                        phone_number_id: c.number,
+                        to: "393470000001".into(),
+                        idempotency_key: "authz-send".into(),
+                        content: Some(v1::send_message_request::Content::Text(v1::TextContent {
+                            body: "hello".into(),
+                            preview_url: false,
+                        })),
+                    })
+                    .await
+                    .map(|_| ())
+            })
+        }),
+        dispatch("DispatchService/GetMessage", Scope::Read, true, |ch, c| {
+            Box::pin(async move {
+                DispatchServiceClient::new(ch)
+                    .get_message(v1::GetMessageRequest {
+                        message_id: finestra_dispatch::content::message_id(&c.tenant, "authz-send"),
+                        tenant_id: c.tenant,
+                    })
+                    .await
+                    .map(|_| ())
+            })
+        }),
+        dispatch(
+            "DispatchService/ListMessages",
+            Scope::Read,
+            true,
+            |ch, c| {
+                Box::pin(async move {
+                    DispatchServiceClient::new(ch)
+                        .list_messages(v1::ListMessagesRequest {
+                            tenant_id: c.tenant,
+                            ..Default::default()
+                        })
+                        .await
+                        .map(|_| ())
+                })
+            },
+        ),
+        dispatch(
+            "DispatchService/StreamEvents",
+            Scope::Read,
+            true,
+            |ch, c| {
+                Box::pin(async move {
+                    DispatchServiceClient::new(ch)
+                        .stream_events(v1::StreamEventsRequest {
+                            tenant_id: c.tenant,
+                            ..Default::default()
+                        })
+                        .await
+                        .map(|_| ())
+                })
+            },
+        ),
+        dispatch(
+            "DispatchService/CreateWebhook",
+            Scope::Admin,
+            true,
+            |ch, c| {
+                Box::pin(async move {
+                    DispatchServiceClient::new(ch)
+                        .create_webhook(v1::CreateWebhookRequest {
+                            tenant_id: c.tenant,
+                            url: "http://127.0.0.1:9/hook".into(),
+                        })
+                        .await
+                        .map(|_| ())
+                })
+            },
+        ),
+        dispatch(
+            "DispatchService/ListWebhooks",
+            Scope::Read,
+            true,
+            |ch, c| {
+                Box::pin(async move {
+                    DispatchServiceClient::new(ch)
+                        .list_webhooks(v1::ListWebhooksRequest {
+                            tenant_id: c.tenant,
+                        })
+                        .await
+                        .map(|_| ())
+                })
+            },
+        ),
+        dispatch(
+            "DispatchService/ListDeadLetters",
+            Scope::Read,
+            true,
+            |ch, c| {
+                Box::pin(async move {
+                    DispatchServiceClient::new(ch)
+                        .list_dead_letters(v1::ListDeadLettersRequest {
+                            tenant_id: c.tenant,
+                            ..Default::default()
+                        })
+                        .await
+                        .map(|_| ())
+                })
+            },
+        ),
+        dispatch("DispatchService/Redrive", Scope::Admin, true, |ch, c| {
+            Box::pin(async move {
+                DispatchServiceClient::new(ch)
+                    .redrive(v1::RedriveRequest {
+                        tenant_id: c.tenant,
+                        endpoint_id: "wh_none".into(),
+                        cursors: Vec::new(),
+                    })
+                    .await
+                    .map(|_| ())
+            })
+        }),
     ]
 }
 
@@ -468,6 +588,16 @@ fn billing(name: &'static str, needs: Scope, tenant_self: bool, call: AccountsCa
     }
 }
 
+fn dispatch(name: &'static str, needs: Scope, tenant_self: bool, call: AccountsCall) -> Rpc {
+    Rpc {
+        name,
+        service: Service::Dispatch(call),
+        needs,
+        tenant_self,
+        call: |_, _, _| Box::pin(async { Ok(()) }),
+    }
+}
+
 static UNIQUE: AtomicU32 = AtomicU32::new(0);
 
 /// The services that serve tenant-facing RPCs.
@@ -476,6 +606,7 @@ enum Service {
     Window,
     Accounts(AccountsCall),
     Billing(AccountsCall),
+    Dispatch(AccountsCall),
 }
 
 fn endpoint(world: &World, rpc: &Rpc) -> String {
@@ -483,6 +614,7 @@ fn endpoint(world: &World, rpc: &Rpc) -> String {
         Service::Window => world.window.running.grpc_url(),
         Service::Accounts(_) => world.accounts.running.grpc_url(),
         Service::Billing(_) => world.billing.running.grpc_url(),
+        Service::Dispatch(_) => world.dispatch.running.grpc_url(),
     }
 }
 
@@ -491,6 +623,7 @@ struct World {
     window: Started,
     accounts: Started,
     billing: Started,
+    dispatch: Started,
     template: String,
     tenant_a: String,
     number: String,
@@ -504,6 +637,17 @@ async fn world() -> anyhow::Result<World> {
     let window = finestra_testkit::start_window(&scope, "window", 100).await?;
     let accounts = finestra_testkit::start_accounts(&scope).await?;
     let billing = finestra_testkit::start_billing(&scope, "billing").await?;
+    // Its network is never reached here (an address nothing listens on).
+    let dispatch = finestra_testkit::start_dispatch_with(
+        finestra_testkit::dispatch_config(
+            &scope,
+            &billing.running.grpc_url(),
+            "http://127.0.0.1:9",
+            "unused",
+        )
+        .await?,
+    )
+    .await?;
     // The user the billing rows quote a free-form reply to has an open window.
     sqlx::query(
         "INSERT INTO windows.pair_state (tenant_id, phone_number_id, user_key, csw_until)
@@ -525,6 +669,7 @@ async fn world() -> anyhow::Result<World> {
         window,
         accounts,
         billing,
+        dispatch,
         template,
         tenant_a,
         number,
@@ -547,7 +692,9 @@ async fn call(world: &World, rpc: &Rpc, key: &str) -> Result<(), tonic::Status> 
         .await
         .map_err(|e| tonic::Status::internal(e.to_string()))?;
     match rpc.service {
-        Service::Accounts(f) | Service::Billing(f) => f(channel, world.ctx()).await,
+        Service::Accounts(f) | Service::Billing(f) | Service::Dispatch(f) => {
+            f(channel, world.ctx()).await
+        }
         Service::Window => (rpc.call)(world, channel, world.tenant_a.clone()).await,
     }
 }
@@ -647,7 +794,9 @@ async fn every_tenant_facing_rpc_enforces_reach_and_scope() -> anyhow::Result<()
         let anonymous =
             tonic::service::interceptor::InterceptedService::new(bare, Bearer::anonymous());
         let r = match rpc.service {
-            Service::Accounts(f) | Service::Billing(f) => f(anonymous, w.ctx()).await,
+            Service::Accounts(f) | Service::Billing(f) | Service::Dispatch(f) => {
+                f(anonymous, w.ctx()).await
+            }
             Service::Window => (rpc.call)(&w, anonymous, w.tenant_a.clone()).await,
         };
         assert_eq!(code(&r), Code::Unauthenticated, "{}: no key", rpc.name);
@@ -655,6 +804,7 @@ async fn every_tenant_facing_rpc_enforces_reach_and_scope() -> anyhow::Result<()
     w.window.stop().await;
     w.accounts.stop().await;
     w.billing.stop().await;
+    w.dispatch.stop().await;
     Ok(())
 }
 
