@@ -51,6 +51,19 @@ fn template(to: &str, callback: &str) -> Value {
            "biz_opaque_callback_data": callback})
 }
 
+/// The approved marketing template `offer` (no parameters) the sends use.
+async fn approved_offer(tenant: &str) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO accounts.templates
+            (template_id, tenant_id, name, language, category, body, parameter_count, status)
+         VALUES ('tpl-' || $1, $1, 'offer', 'it', 'MARKETING', 'Half price tonight', 0, 'APPROVED')",
+    )
+    .bind(tenant)
+    .execute(&infra().await?.pool)
+    .await?;
+    Ok(())
+}
+
 fn error_code(v: &Value) -> i64 {
     v["error"]["code"].as_i64().unwrap_or_default()
 }
@@ -61,7 +74,8 @@ async fn the_simulator_sends_applies_the_networks_rules_and_reports_statuses() -
     let scope = Scope::new();
     infra().await?;
     scope.create_topics().await?;
-    let (_, number, _) = scope.tenant_with_number("sim", 1).await?;
+    let (tenant, number, _) = scope.tenant_with_number("sim", 1).await?;
+    approved_offer(&tenant).await?;
     let ingest = finestra_testkit::start_ingest(&scope).await?;
     let http_addr = ingest
         .running
@@ -168,6 +182,29 @@ async fn the_simulator_sends_applies_the_networks_rules_and_reports_statuses() -
     )
     .await?;
 
+    // Templates: unknown, wrong parameter count, marketing to a user who stopped it.
+    let mut unknown = template(user, "x");
+    unknown["template"]["name"] = json!("no_such_template");
+    let (status, body) = net.send(TOKEN, &net.number, unknown).await?;
+    assert_eq!((status, error_code(&body)), (400, 132_001), "{body}");
+    let mut extra = template(user, "x");
+    extra["template"]["components"] =
+        json!([{"type": "body", "parameters": [{"type": "text", "text": "surplus"}]}]);
+    let (status, body) = net.send(TOKEN, &net.number, extra).await?;
+    assert_eq!((status, error_code(&body)), (400, 132_000), "{body}");
+    net.control(
+        "preference",
+        json!({"phone_number_id": number, "user": user, "stop": true}),
+    )
+    .await?;
+    let (status, body) = net.send(TOKEN, &net.number, template(user, "x")).await?;
+    assert_eq!((status, error_code(&body)), (400, 131_050), "{body}");
+    net.control(
+        "preference",
+        json!({"phone_number_id": number, "user": user, "stop": false}),
+    )
+    .await?;
+
     // Wrong token, unknown number, malformed body.
     let (status, body) = net.send("nope", &net.number, template(user, "x")).await?;
     assert_eq!((status, error_code(&body)), (401, 190));
@@ -192,7 +229,8 @@ async fn the_simulator_sends_applies_the_networks_rules_and_reports_statuses() -
 async fn the_simulator_refuses_beyond_a_numbers_throughput() -> anyhow::Result<()> {
     let scope = Scope::new();
     infra().await?;
-    let (_, number, _) = scope.tenant_with_number("simrate", 1).await?;
+    let (tenant, number, _) = scope.tenant_with_number("simrate", 1).await?;
+    approved_offer(&tenant).await?;
     let shutdown = finestra_platform::Shutdown::new();
     let sim = finestra_simulator::start(
         finestra_simulator::SimConfig {

@@ -28,6 +28,7 @@ impl ProviderError {
             131_050 => (false, "MARKETING_OPT_OUT"),
             131_049 => (false, "FREQUENCY_CAPPED"),
             132_000 => (false, "TEMPLATE_PARAMS_MISMATCH"),
+            132_001 => (false, "TEMPLATE_NOT_APPROVED"),
             // Temporary errors of the network.
             1 | 2 | 131_000 | 131_016 => (true, "PROVIDER_ERROR"),
             _ if http_status >= 500 || http_status == 429 => (true, "PROVIDER_ERROR"),

@@ -114,7 +114,12 @@ pub struct NumberStats {
 /// Numbers as the registry has them, kept briefly (a send looks its number up).
 type NumberCache = Mutex<HashMap<String, (std::time::Instant, finestra_registry::Number)>>;
 
+/// Approved templates by (tenant, name, language), kept briefly.
+type TemplateCache =
+    Mutex<HashMap<(String, String, String), (std::time::Instant, Option<network::KnownTemplate>)>>;
+
 struct Sim {
+    templates: TemplateCache,
     numbers: NumberCache,
     populations: Mutex<HashMap<String, Population>>,
     faults: Mutex<HashMap<String, Fault>>,
@@ -272,6 +277,45 @@ async fn send(
             );
         }
     }
+    if kind == "template" {
+        let t = &body["template"];
+        let name = t["name"].as_str().unwrap_or_default();
+        let language = t["language"]["code"].as_str().unwrap_or_default();
+        let given: usize = t["components"]
+            .as_array()
+            .map(|cs| {
+                cs.iter()
+                    .filter(|c| c["type"] == "body")
+                    .map(|c| c["parameters"].as_array().map_or(0, Vec::len))
+                    .sum()
+            })
+            .unwrap_or(0);
+        let known = match sim.template(&number.tenant_id, name, language).await {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::error!(error = %e, "looking up a template failed");
+                return cloud_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    1,
+                    "Unknown error",
+                    "try again",
+                );
+            }
+        };
+        let checked = sim
+            .net
+            .lock()
+            .map(|net| net.check_template(&phone_number_id, &to, known, given));
+        if let Ok(Err(refusal)) = checked {
+            sim.count(&phone_number_id, |s| s.refused += 1);
+            return cloud_error(
+                StatusCode::BAD_REQUEST,
+                refusal.code(),
+                refusal.title(),
+                &to,
+            );
+        }
+    }
     let wamid = format!("wamid.sim.{:032x}", rand::rng().random::<u128>());
     let callback = body["biz_opaque_callback_data"]
         .as_str()
@@ -318,6 +362,40 @@ impl Sim {
             );
         }
         Ok(found)
+    }
+
+    /// The tenant's approved template (5 s cache in front of the control plane's table).
+    async fn template(
+        &self,
+        tenant_id: &str,
+        name: &str,
+        language: &str,
+    ) -> Result<Option<network::KnownTemplate>, sqlx::Error> {
+        let key = (tenant_id.to_owned(), name.to_owned(), language.to_owned());
+        if let Ok(cache) = self.templates.lock()
+            && let Some((at, t)) = cache.get(&key)
+            && at.elapsed() < Duration::from_secs(5)
+        {
+            return Ok(*t);
+        }
+        let row: Option<(String, i32)> = sqlx::query_as(
+            "SELECT category, parameter_count FROM accounts.templates
+              WHERE tenant_id = $1 AND name = $2 AND language = $3 AND deleted_at IS NULL
+                AND (status = 'APPROVED' OR (status = 'PAUSED' AND paused_until <= now()))",
+        )
+        .bind(tenant_id)
+        .bind(name)
+        .bind(language)
+        .fetch_optional(self.registry.pool())
+        .await?;
+        let known = row.map(|(category, params)| network::KnownTemplate {
+            marketing: category == "MARKETING",
+            parameter_count: usize::try_from(params).unwrap_or(usize::MAX),
+        });
+        if let Ok(mut cache) = self.templates.lock() {
+            cache.insert(key, (std::time::Instant::now(), known));
+        }
+        Ok(known)
     }
 
     /// Consumes one injected failure of the number, if any.
@@ -690,8 +768,9 @@ struct Preference {
     stop: bool,
 }
 
-/// A user stops (or resumes) marketing messages: the network posts a `user_preferences`
-/// webhook (Finestra then refuses marketing templates to them with MARKETING_OPT_OUT).
+/// A user stops (or resumes) marketing messages: the network refuses marketing templates to
+/// them (131050) and posts a `user_preferences` webhook (Finestra then refuses them itself
+/// with MARKETING_OPT_OUT).
 async fn preference(
     State(sim): State<Arc<Sim>>,
     Json(p): Json<Preference>,
@@ -712,6 +791,9 @@ async fn preference(
             );
         }
     };
+    if let Ok(mut net) = sim.net.lock() {
+        net.set_marketing_stopped(&number.phone_number_id, &p.user, p.stop);
+    }
     let at = sim.clock.now().micros() / 1_000_000;
     let body = finestra_cloudapi::build::marketing_preference(
         &number.phone_number_id,
@@ -797,6 +879,7 @@ pub async fn start(
     let pool = finestra_registry::connect(&config.database_url).await?;
     let review_pool = pool.clone();
     let sim = Arc::new(Sim {
+        templates: Mutex::new(HashMap::new()),
         numbers: Mutex::new(HashMap::new()),
         populations: Mutex::new(HashMap::new()),
         faults: Mutex::new(HashMap::new()),

@@ -16,6 +16,12 @@ pub enum Refusal {
     Undeliverable,
     /// 130429: the number's throughput is exceeded.
     RateLimited,
+    /// 132001: no approved template of that name and language.
+    TemplateMissing,
+    /// 132000: the number of parameters does not match the template's.
+    ParamsMismatch,
+    /// 131050: the user stopped marketing messages.
+    MarketingStopped,
 }
 
 impl Refusal {
@@ -24,6 +30,9 @@ impl Refusal {
             Refusal::OutsideWindow => 131_047,
             Refusal::Undeliverable => 131_026,
             Refusal::RateLimited => 130_429,
+            Refusal::TemplateMissing => 132_001,
+            Refusal::ParamsMismatch => 132_000,
+            Refusal::MarketingStopped => 131_050,
         }
     }
 
@@ -32,6 +41,11 @@ impl Refusal {
             Refusal::OutsideWindow => "Re-engagement message",
             Refusal::Undeliverable => "Message Undeliverable",
             Refusal::RateLimited => "Rate limit hit",
+            Refusal::TemplateMissing => "Template name does not exist in the translation",
+            Refusal::ParamsMismatch => {
+                "Number of parameters does not match the expected number of params"
+            }
+            Refusal::MarketingStopped => "Unable to deliver message",
         }
     }
 }
@@ -45,10 +59,18 @@ struct Bucket {
 
 type Pair = (String, String);
 
+/// An approved template as the network knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KnownTemplate {
+    pub marketing: bool,
+    pub parameter_count: usize,
+}
+
 #[derive(Debug, Default)]
 pub struct Network {
     last_inbound: HashMap<Pair, i64>,
     blocked: HashSet<Pair>,
+    marketing_stopped: HashSet<Pair>,
     buckets: HashMap<String, Bucket>,
 }
 
@@ -69,6 +91,33 @@ impl Network {
         } else {
             self.blocked.remove(&pair(number, user));
         }
+    }
+
+    pub fn set_marketing_stopped(&mut self, number: &str, user: &str, stopped: bool) {
+        if stopped {
+            self.marketing_stopped.insert(pair(number, user));
+        } else {
+            self.marketing_stopped.remove(&pair(number, user));
+        }
+    }
+
+    /// A template send's own checks: it exists approved, the parameters fit, and a marketing
+    /// one goes only to a user who did not stop marketing.
+    pub fn check_template(
+        &self,
+        number: &str,
+        user: &str,
+        template: Option<KnownTemplate>,
+        given_parameters: usize,
+    ) -> Result<(), Refusal> {
+        let t = template.ok_or(Refusal::TemplateMissing)?;
+        if t.parameter_count != given_parameters {
+            return Err(Refusal::ParamsMismatch);
+        }
+        if t.marketing && self.marketing_stopped.contains(&pair(number, user)) {
+            return Err(Refusal::MarketingStopped);
+        }
+        Ok(())
     }
 
     pub fn window_open(&self, number: &str, user: &str, now: i64) -> bool {
@@ -112,6 +161,37 @@ impl Network {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn templates_must_exist_fit_and_respect_a_marketing_stop() {
+        let mut n = Network::default();
+        let offer = Some(KnownTemplate {
+            marketing: true,
+            parameter_count: 1,
+        });
+        assert_eq!(
+            n.check_template("pn", "39", None, 0),
+            Err(Refusal::TemplateMissing)
+        );
+        assert_eq!(
+            n.check_template("pn", "39", offer, 2),
+            Err(Refusal::ParamsMismatch)
+        );
+        assert_eq!(n.check_template("pn", "39", offer, 1), Ok(()));
+        n.set_marketing_stopped("pn", "39", true);
+        assert_eq!(
+            n.check_template("pn", "39", offer, 1)
+                .map_err(Refusal::code),
+            Err(131_050)
+        );
+        let utility = Some(KnownTemplate {
+            marketing: false,
+            parameter_count: 0,
+        });
+        assert_eq!(n.check_template("pn", "39", utility, 0), Ok(()));
+        n.set_marketing_stopped("pn", "39", false);
+        assert_eq!(n.check_template("pn", "39", offer, 1), Ok(()));
+    }
 
     const T: i64 = 1_764_000_000_000_000;
 
