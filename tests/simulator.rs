@@ -165,6 +165,26 @@ async fn the_simulator_sends_applies_the_networks_rules_and_reports_statuses() -
     .await?;
     let (status, body) = net.send(TOKEN, &net.number, text(user)).await?;
     assert_eq!(status, 200, "inside the window: {body}");
+    // Users send media too: an inbound image with its caption.
+    assert_eq!(
+        net.control(
+            "say",
+            json!({"phone_number_id": number, "from": user, "text": "our receipt", "media": "image"})
+        )
+        .await?,
+        200
+    );
+    eventually("the user's image ingested", WAIT, || async {
+        Ok(read_all(&topics.inbound)
+            .await?
+            .iter()
+            .any(|e| {
+                matches!(&e.payload, Some(Payload::InboundMessage(m))
+                if m.message_type == "image" && m.text == "our receipt")
+            })
+            .then_some(()))
+    })
+    .await?;
 
     // A user who blocked the number receives nothing.
     net.control(

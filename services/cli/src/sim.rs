@@ -23,6 +23,9 @@ pub enum SimCommand {
         /// The user came from this ad (starts a free entry point if the business replies).
         #[arg(long)]
         referral_source_id: Option<String>,
+        /// Send media instead (image, document, audio, video, sticker; the text is its caption).
+        #[arg(long)]
+        media: Option<String>,
     },
     /// A user blocks a number.
     Block {
@@ -80,13 +83,14 @@ pub async fn run(base: &str, command: SimCommand) -> anyhow::Result<()> {
             text,
             seconds_ago,
             referral_source_id,
+            media,
         } => {
             let answer = post(
                 base,
                 "say",
                 json!({"phone_number_id": phone_number_id, "from": from, "name": name,
                        "text": text, "seconds_ago": seconds_ago,
-                       "referral_source_id": referral_source_id}),
+                       "referral_source_id": referral_source_id, "media": media}),
             )
             .await?;
             println!(

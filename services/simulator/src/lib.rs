@@ -547,6 +547,10 @@ struct Say {
     /// The user came from this ad (a referral: an FEP if the business replies in time).
     #[serde(default)]
     referral_source_id: Option<String>,
+    /// The user sends media instead of text: image, document, audio, video or sticker (the
+    /// text becomes its caption).
+    #[serde(default)]
+    media: Option<String>,
 }
 
 /// A user writes to a number: the network records the window and posts the webhook.
@@ -572,7 +576,26 @@ async fn say(State(sim): State<Arc<Sim>>, Json(say): Json<Say>) -> (StatusCode, 
         .referral_source_id
         .as_deref()
         .map(finestra_cloudapi::build::ad_referral);
-    match user_writes(&sim, &number, &say.from, &say.name, &say.text, at, referral).await {
+    if let Some(kind) = &say.media
+        && !MEDIA.contains(&kind.as_str())
+    {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": format!("media is one of {}", MEDIA.join(", "))})),
+        );
+    }
+    let written = user_writes_kind(
+        &sim,
+        &number,
+        &say.from,
+        &say.name,
+        &say.text,
+        at,
+        referral,
+        say.media.as_deref(),
+    )
+    .await;
+    match written {
         Ok(wamid) => (StatusCode::OK, Json(json!({ "wamid": wamid }))),
         Err((wamid, e)) => (
             StatusCode::BAD_GATEWAY,
@@ -580,6 +603,9 @@ async fn say(State(sim): State<Arc<Sim>>, Json(say): Json<Say>) -> (StatusCode, 
         ),
     }
 }
+
+/// Media a simulated user can send.
+const MEDIA: [&str; 5] = ["image", "document", "audio", "video", "sticker"];
 
 /// A user's text reaches the number at `at` (µs): the network records the window and posts
 /// the signed webhook. The wamid, or it with why ingest did not take it.
@@ -592,6 +618,21 @@ async fn user_writes(
     at: i64,
     referral: Option<Value>,
 ) -> Result<String, (String, String)> {
+    user_writes_kind(sim, number, from, name, text, at, referral, None).await
+}
+
+/// Like `user_writes`, as media of `media` kind (the text as its caption) when given.
+#[allow(clippy::too_many_arguments)]
+async fn user_writes_kind(
+    sim: &Sim,
+    number: &finestra_registry::Number,
+    from: &str,
+    name: &str,
+    text: &str,
+    at: i64,
+    referral: Option<Value>,
+    media: Option<&str>,
+) -> Result<String, (String, String)> {
     let wamid = format!("wamid.sim.in.{:032x}", rand::rng().random::<u128>());
     let msg = finestra_cloudapi::build::InboundText {
         wamid: &wamid,
@@ -601,11 +642,24 @@ async fn user_writes(
         body: text,
         referral,
     };
-    let body = finestra_cloudapi::build::text_messages(
+    let mut body = finestra_cloudapi::build::text_messages(
         &number.phone_number_id,
         &number.display_phone_number,
         &[msg],
     );
+    if let Some(kind) = media {
+        // The Cloud API shape of inbound media: an id to download it by, its type, a caption.
+        let m = &mut body["entry"][0]["changes"][0]["value"]["messages"][0];
+        if let Some(obj) = m.as_object_mut() {
+            obj.remove("text");
+            obj.insert("type".into(), json!(kind));
+            obj.insert(
+                kind.to_owned(),
+                json!({ "id": format!("media.sim.{:016x}", rand::rng().random::<u64>()),
+                        "mime_type": "application/octet-stream", "caption": text }),
+            );
+        }
+    }
     if let Ok(mut net) = sim.net.lock() {
         net.user_wrote(&number.phone_number_id, from, at);
     }
