@@ -253,6 +253,7 @@ pub async fn start_window(scope: &Scope, group: &str, max_batch: usize) -> anyho
         linger: Duration::from_millis(10),
         closing_lead: Duration::from_secs(3_600),
         notice_every: Duration::from_millis(200),
+        notice_tenant_prefix: format!("t{}", scope.id()),
     };
     let shutdown = Shutdown::new();
     let running = finestra_window::start(config, system_clock(), shutdown.clone()).await?;

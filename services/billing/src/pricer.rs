@@ -118,8 +118,8 @@ pub enum PriceError {
     Poisoned,
 }
 
-/// Reads a pair's window: the window service's Redis read model first (documented in
-/// `proto/finestra/v1/window.proto`), else its Postgres record.
+/// Reads a pair's window through the window service's read model (Redis hash, else Postgres;
+/// `finestra_registry::windows`).
 pub async fn window_of(
     redis: &ConnectionManager,
     pool: &PgPool,
@@ -128,45 +128,16 @@ pub async fn window_of(
     phone_number_id: &str,
     user: &str,
 ) -> Result<WindowFacts, WindowReadError> {
-    let mut conn = redis.clone();
-    let key = format!("{prefix}:{{{tenant_id}}}:win:{phone_number_id}:{user}");
-    let (v, csw, fep): (Option<String>, Option<i64>, Option<i64>) = redis::cmd("HMGET")
-        .arg(&key)
-        .arg("v")
-        .arg("csw")
-        .arg("fep")
-        .query_async(&mut conn)
-        .await?;
-    if v.is_some() {
-        return Ok(WindowFacts {
-            csw_until: csw.map(Timestamp::from_micros),
-            fep_until: fep.map(Timestamp::from_micros),
-        });
-    }
-    let row: Option<(Option<i64>, Option<i64>)> = sqlx::query_as(
-        "SELECT csw_until, fep_until FROM windows.pair_state
-          WHERE tenant_id = $1 AND phone_number_id = $2 AND user_key = $3",
-    )
-    .bind(tenant_id)
-    .bind(phone_number_id)
-    .bind(user)
-    .fetch_optional(pool)
-    .await?;
-    Ok(
-        row.map_or_else(WindowFacts::default, |(csw, fep)| WindowFacts {
-            csw_until: csw.map(Timestamp::from_micros),
-            fep_until: fep.map(Timestamp::from_micros),
-        }),
-    )
+    let state =
+        finestra_registry::windows::read(redis, pool, prefix, tenant_id, phone_number_id, user)
+            .await?;
+    Ok(WindowFacts {
+        csw_until: state.csw_until,
+        fep_until: state.fep_until,
+    })
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum WindowReadError {
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
-    #[error("postgres: {0}")]
-    Store(#[from] sqlx::Error),
-}
+pub use finestra_registry::windows::WindowReadError;
 
 /// A template's pricing category and review status (accounts' record), if the tenant has it.
 pub async fn template_of(

@@ -61,7 +61,7 @@ pub struct Applier {
     pub clock: Arc<dyn Clock>,
 }
 
-fn user_ref(user: &str) -> UserRef {
+pub(crate) fn user_ref(user: &str) -> UserRef {
     // The key is the wa_id when it is all digits, the business-scoped id otherwise.
     if user.bytes().all(|b| b.is_ascii_digit()) {
         UserRef {

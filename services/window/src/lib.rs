@@ -32,6 +32,8 @@ pub struct WindowConfig {
     pub closing_lead: Duration,
     /// How often the closing-notice sweep runs.
     pub notice_every: Duration,
+    /// Announce closings of tenants whose id starts with this only (empty: all).
+    pub notice_tenant_prefix: String,
 }
 
 impl WindowConfig {
@@ -43,6 +45,7 @@ impl WindowConfig {
             linger: Duration::from_millis(env_parse("WINDOW_LINGER_MS", 20u64)?),
             closing_lead: Duration::from_secs(env_parse("WINDOW_CLOSING_LEAD_SECS", 3_600u64)?),
             notice_every: Duration::from_millis(env_parse("WINDOW_NOTICE_EVERY_MS", 10_000u64)?),
+            notice_tenant_prefix: env_string("WINDOW_NOTICE_TENANT_PREFIX", ""),
         })
     }
 }
@@ -143,6 +146,7 @@ pub async fn start(
             clock: clock.clone(),
             lead: config.closing_lead,
             every: config.notice_every,
+            tenant_prefix: config.notice_tenant_prefix.clone(),
         }
         .run(shutdown.clone()),
     );

@@ -11,9 +11,11 @@ use finestra_platform::Shutdown;
 use finestra_platform::kafka::{self, Outgoing};
 use finestra_proto::time::from_micros;
 use finestra_proto::v1::envelope::Payload;
-use finestra_proto::v1::{Envelope, UserRef, WindowClosed, WindowClosingSoon};
+use finestra_proto::v1::{Envelope, WindowClosed, WindowClosingSoon};
 use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
+
+use crate::apply::user_ref;
 
 /// Closed windows older than this get no notice (a service down for longer, or history from
 /// before notices existed, must not flood tenants).
@@ -27,26 +29,15 @@ pub struct Notices {
     pub clock: Arc<dyn Clock>,
     pub lead: Duration,
     pub every: Duration,
+    /// Only tenants whose id starts with this (empty: all). Tests sharing one database scope
+    /// their service to their own tenants, or one test's sweep would announce another's windows.
+    pub tenant_prefix: String,
 }
 
 #[derive(Clone, Copy)]
 enum Kind {
     ClosingSoon,
     Closed,
-}
-
-fn user_ref(user: &str) -> UserRef {
-    if user.bytes().all(|b| b.is_ascii_digit()) {
-        UserRef {
-            wa_id: user.to_owned(),
-            ..UserRef::default()
-        }
-    } else {
-        UserRef {
-            user_id: user.to_owned(),
-            ..UserRef::default()
-        }
-    }
 }
 
 fn notice(
@@ -125,6 +116,7 @@ impl Notices {
                        FROM (SELECT tenant_id, phone_number_id, user_key FROM windows.pair_state
                               WHERE csw_until > $1 AND csw_until <= $1 + $2
                                 AND closing_noticed IS DISTINCT FROM csw_until
+                                AND starts_with(tenant_id, $4)
                               ORDER BY csw_until LIMIT $3 FOR UPDATE SKIP LOCKED) due
                       WHERE p.tenant_id = due.tenant_id AND p.phone_number_id = due.phone_number_id
                         AND p.user_key = due.user_key
@@ -133,6 +125,7 @@ impl Notices {
                 .bind(now)
                 .bind(lead)
                 .bind(SWEEP_LIMIT)
+                .bind(&self.tenant_prefix)
                 .fetch_all(&mut *tx)
                 .await?
             }
@@ -142,6 +135,7 @@ impl Notices {
                        FROM (SELECT tenant_id, phone_number_id, user_key FROM windows.pair_state
                               WHERE csw_until <= $1 AND csw_until > $1 - $2
                                 AND closed_noticed IS DISTINCT FROM csw_until
+                                AND starts_with(tenant_id, $4)
                               ORDER BY csw_until LIMIT $3 FOR UPDATE SKIP LOCKED) due
                       WHERE p.tenant_id = due.tenant_id AND p.phone_number_id = due.phone_number_id
                         AND p.user_key = due.user_key
@@ -150,6 +144,7 @@ impl Notices {
                 .bind(now)
                 .bind(CLOSED_NOTICE_HORIZON_MICROS)
                 .bind(SWEEP_LIMIT)
+                .bind(&self.tenant_prefix)
                 .fetch_all(&mut *tx)
                 .await?
             }
