@@ -49,6 +49,14 @@ impl Chain {
     /// `in_process`: dispatch runs in this test; otherwise `client` points at
     /// `dispatch_url()` where the test runs the binary.
     async fn start_with(number_rate: u32, in_process: bool) -> anyhow::Result<Self> {
+        Self::start_tuned(number_rate, in_process, |_| {}).await
+    }
+
+    async fn start_tuned(
+        number_rate: u32,
+        in_process: bool,
+        tune: impl FnOnce(&mut finestra_dispatch::DispatchConfig),
+    ) -> anyhow::Result<Self> {
         let scope = Scope::new();
         infra().await?;
         scope.create_topics().await?;
@@ -67,6 +75,8 @@ impl Chain {
         .await?;
         let send_key = scope.tenant_key("acme", &[KeyScope::Send]).await?;
         let operator = scope.key(Owner::Operator, &[KeyScope::Admin]).await?;
+        let mut config = config;
+        tune(&mut config);
         let dispatch_config = config.clone();
         let (dispatch, url) = if in_process {
             let d = finestra_testkit::start_dispatch_with(config).await?;
@@ -1465,6 +1475,31 @@ async fn a_simulated_population_writes_and_answers_delivered_messages() -> anyho
         Ok((user_messages().await? == 25).then_some(()))
     })
     .await?;
+    c.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn beyond_its_capacity_dispatch_refuses_with_backlog_full_at_once() -> anyhow::Result<()> {
+    let c = Chain::start_tuned(80, true, |cfg| cfg.max_pending_sends = 1).await?;
+    let ida = "393331110020";
+    c.user_says(ida, 0, false).await?;
+    let sends = (0..40).map(|i| c.send(c.request(ida, &format!("burst-{i}"), text("hello"))));
+    let answers = futures::future::join_all(sends).await;
+    let full = answers
+        .iter()
+        .filter(|a| reason(a) == (Code::ResourceExhausted, "BACKLOG_FULL".into()))
+        .count();
+    let ok = answers.iter().filter(|a| a.is_ok()).count();
+    assert!(
+        ok >= 1 && full >= 1,
+        "{ok} accepted, {full} refused: {answers:?}"
+    );
+    assert_eq!(ok + full, 40, "nothing else: {answers:?}");
+    // A refused key is free: the retry is decided afresh and accepted.
+    let refused = answers.iter().position(|a| a.is_err()).unwrap_or_default();
+    let again = c.text(ida, &format!("burst-{refused}"), "hello").await?;
+    assert!(!again.replayed);
     c.stop().await;
     Ok(())
 }

@@ -79,6 +79,7 @@ async fn open_loop(
 ) -> anyhow::Result<LoadFigures> {
     let hist = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
     let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let codes: Arc<Mutex<std::collections::BTreeMap<String, u64>>> = Arc::default();
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     let mut issued = 0u64;
@@ -91,7 +92,7 @@ async fn open_loop(
             issued += 1;
             let t_index = (n as usize) % tenants.len();
             let tenants = tenants.clone();
-            let (hist, errors) = (hist.clone(), errors.clone());
+            let (hist, errors, codes) = (hist.clone(), errors.clone(), codes.clone());
             let tag = tag.to_owned();
             tasks.spawn(async move {
                 let t = &tenants[t_index];
@@ -105,8 +106,11 @@ async fn open_loop(
                             let _ = h.record(us);
                         }
                     }
-                    Err(_) => {
+                    Err(status) => {
                         errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if let Ok(mut c) = codes.lock() {
+                            *c.entry(format!("{:?}", status.code())).or_default() += 1;
+                        }
                     }
                 }
             });
@@ -120,6 +124,10 @@ async fn open_loop(
         .map_err(|_| anyhow::anyhow!("poisoned"))?
         .clone();
     let errors = errors.load(std::sync::atomic::Ordering::Relaxed);
+    if errors > 0 {
+        let by_code = codes.lock().map(|c| c.clone()).unwrap_or_default();
+        eprintln!("[bench-send]   errors by code: {by_code:?}");
+    }
     Ok(figures(&h, h.len(), errors, seconds))
 }
 
@@ -278,6 +286,40 @@ async fn main() -> anyhow::Result<()> {
 
     eprintln!("[bench-send] warming up (1 s at 500/s)");
     open_loop(&tenants, 500, Duration::from_secs(1), "warm").await?;
+    let sustained_rate = env_num("BENCH_SUSTAINED_RATE", 500);
+    eprintln!(
+        "[bench-send] open loop at a rate the chain sustains: {sustained_rate}/s for {seconds} s"
+    );
+    let sustained = open_loop(
+        &tenants,
+        sustained_rate,
+        Duration::from_secs(seconds),
+        "sustained",
+    )
+    .await?;
+    eprintln!(
+        "[bench-send]   accepted {} ({:.0}/s), errors {}, SendMessage p50 {:.2} ms, p99 {:.2} ms",
+        sustained.ok,
+        sustained.ok as f64 / sustained.seconds,
+        sustained.errors,
+        sustained.p50_ms,
+        sustained.p99_ms
+    );
+    // Its messages settle before the next phase, so its latencies are its own.
+    let settle_started = Instant::now();
+    loop {
+        let (open,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM dispatch.messages
+              WHERE tenant_id = ANY($1) AND status NOT IN ('DELIVERED', 'READ', 'FAILED')",
+        )
+        .bind(&tenant_ids)
+        .fetch_one(&infra.pool)
+        .await?;
+        if open == 0 || settle_started.elapsed() > Duration::from_secs(120) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     let run_started = Instant::now();
     eprintln!("[bench-send] open loop: {rate}/s for {seconds} s over {tenant_count} tenants");
     let fixed = open_loop(&tenants, rate, Duration::from_secs(seconds), "fixed").await?;
@@ -353,6 +395,15 @@ async fn main() -> anyhow::Result<()> {
     .fetch_one(&infra.pool)
     .await?;
 
+    let (sus_p50, sus_p99): (f64, f64) = sqlx::query_as(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY updated_at - accepted_at) / 1000.0,
+                percentile_cont(0.99) WITHIN GROUP (ORDER BY updated_at - accepted_at) / 1000.0
+           FROM dispatch.messages WHERE tenant_id = ANY($1) AND idempotency_key LIKE 'sustained-%'
+            AND delivered_at IS NOT NULL",
+    )
+    .bind(&tenant_ids)
+    .fetch_one(&infra.pool)
+    .await?;
     // Every delivered message is charged once.
     let charges_done = Instant::now();
     let delivered_total = count(&infra.pool, &tenant_ids, "SELECT count(*) FROM dispatch.messages WHERE tenant_id = ANY($1) AND status IN ('DELIVERED', 'READ')").await?;
@@ -426,6 +477,13 @@ async fn main() -> anyhow::Result<()> {
         "bench-send (this machine: 2 cores; every service in one process; Postgres 15, Redis 7, tansu 0.6 SQLite)"
     );
     println!(
+        "  open loop at {sustained_rate}/s, {seconds} s: {:.0} accepted/s, SendMessage p50 {:.2} ms, p99 {:.2} ms, {} errors; accepted→delivered p50 {sus_p50:.0} ms, p99 {sus_p99:.0} ms",
+        sustained.ok as f64 / sustained.seconds,
+        sustained.p50_ms,
+        sustained.p99_ms,
+        sustained.errors
+    );
+    println!(
         "  open loop at {rate}/s, {seconds} s: {:.0} accepted/s, SendMessage p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms, {} errors",
         fixed.ok as f64 / fixed.seconds,
         fixed.p50_ms,
@@ -448,6 +506,9 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("  reconcile differences after the run: {differences}");
     let json = serde_json::json!({
+        "sustained_rate": sustained_rate, "sustained_accepted_per_s": sustained.ok as f64 / sustained.seconds,
+        "sustained_p50_ms": sustained.p50_ms, "sustained_p99_ms": sustained.p99_ms, "sustained_errors": sustained.errors,
+        "sustained_accepted_to_delivered_p50_ms": sus_p50, "sustained_accepted_to_delivered_p99_ms": sus_p99,
         "open_loop_rate": rate, "open_loop_accepted_per_s": fixed.ok as f64 / fixed.seconds,
         "open_loop_p50_ms": fixed.p50_ms, "open_loop_p99_ms": fixed.p99_ms, "open_loop_errors": fixed.errors,
         "closed_loop_in_flight": in_flight, "closed_loop_accepted_per_s": full_per_s,

@@ -330,6 +330,7 @@ pub async fn dispatch_config(
         linger: Duration::from_millis(5),
         facts_ttl: Duration::from_millis(200),
         replay_wait: Duration::from_secs(5),
+        max_pending_sends: 2_048,
         events_group: scope.group("dispatch-events"),
         // Fast enough for a test: retries after ~50 ms, dead letters after 3 s.
         webhook_schedule: finestra_domain::delivery::WebhookSchedule {

@@ -30,6 +30,9 @@ const DAY_MICROS: i64 = 24 * 3_600 * 1_000_000;
 const MAX_KEY_CHARS: usize = 128;
 
 pub struct DispatchApi {
+    /// Sends being decided at once, at most; beyond it a send is refused with BACKLOG_FULL at
+    /// once (the caller retries later) instead of queueing until every store times out.
+    pub pending_sends: Arc<tokio::sync::Semaphore>,
     /// Woken when tenant events were recorded (streams wait on it).
     pub recorded: Arc<tokio::sync::Notify>,
     pub shutdown: finestra_platform::Shutdown,
@@ -595,6 +598,16 @@ impl DispatchService for DispatchApi {
         self.auth
             .authorize_tenant(&p, &req.tenant_id, Scope::Send)
             .await?;
+        let Ok(_slot) = self.pending_sends.clone().try_acquire_owned() else {
+            metrics::counter!("finestra_dispatch_refused_total", "reason" => "BACKLOG_FULL")
+                .increment(1);
+            return Err(with_reason(
+                Code::ResourceExhausted,
+                "BACKLOG_FULL",
+                "dispatch is at capacity; retry with the same idempotency key shortly",
+                &[],
+            ));
+        };
         let started = std::time::Instant::now();
         let answer = self.send(req).await;
         metrics::histogram!("finestra_dispatch_send_seconds")

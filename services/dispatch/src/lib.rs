@@ -54,6 +54,8 @@ pub struct DispatchConfig {
     pub linger: Duration,
     pub facts_ttl: Duration,
     pub replay_wait: Duration,
+    /// SendMessage calls decided at once; beyond it BACKLOG_FULL.
+    pub max_pending_sends: usize,
     /// The tenant event log's consumer group.
     pub events_group: String,
     pub webhook_schedule: finestra_domain::delivery::WebhookSchedule,
@@ -90,6 +92,7 @@ impl DispatchConfig {
             linger: Duration::from_millis(env_parse("DISPATCH_LINGER_MS", 5u64)?),
             facts_ttl: Duration::from_millis(env_parse("DISPATCH_FACTS_TTL_MS", 2_000u64)?),
             replay_wait: Duration::from_millis(env_parse("DISPATCH_REPLAY_WAIT_MS", 5_000u64)?),
+            max_pending_sends: env_parse("DISPATCH_MAX_PENDING_SENDS", 2_048usize)?,
             events_group: env_string("DISPATCH_EVENTS_GROUP", "finestra-dispatch-events"),
             webhook_schedule: finestra_domain::delivery::WebhookSchedule {
                 first_micros: env_parse("DISPATCH_WEBHOOK_FIRST_RETRY_MS", 5_000i64)? * 1_000,
@@ -189,6 +192,7 @@ pub async fn start(
     )?;
     let recorded = Arc::new(tokio::sync::Notify::new());
     let api = api::DispatchApi {
+        pending_sends: Arc::new(tokio::sync::Semaphore::new(config.max_pending_sends.max(1))),
         recorded: recorded.clone(),
         shutdown: shutdown.clone(),
         producer: producer.clone(),
