@@ -553,23 +553,32 @@ struct Say {
     media: Option<String>,
 }
 
-/// A user writes to a number: the network records the window and posts the webhook.
-async fn say(State(sim): State<Arc<Sim>>, Json(say): Json<Say>) -> (StatusCode, Json<Value>) {
-    let number = match sim.registry.number(&say.phone_number_id).await {
-        Ok(Some(n)) => n,
-        Ok(None) => {
-            return (
-                StatusCode::NOT_FOUND,
-                Json(json!({"error": "unknown phone number id"})),
-            );
-        }
+/// The number a control call names, or the answer to give when there is none.
+async fn control_number(
+    sim: &Sim,
+    phone_number_id: &str,
+) -> Result<finestra_registry::Number, (StatusCode, Json<Value>)> {
+    match sim.number(phone_number_id).await {
+        Ok(Some(n)) => Ok(n),
+        Ok(None) => Err((
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "unknown phone number id"})),
+        )),
         Err(e) => {
             tracing::error!(error = %e, "looking up a number failed");
-            return (
+            Err((
                 StatusCode::INTERNAL_SERVER_ERROR,
                 Json(json!({"error": "try again"})),
-            );
+            ))
         }
+    }
+}
+
+/// A user writes to a number: the network records the window and posts the webhook.
+async fn say(State(sim): State<Arc<Sim>>, Json(say): Json<Say>) -> (StatusCode, Json<Value>) {
+    let number = match control_number(&sim, &say.phone_number_id).await {
+        Ok(n) => n,
+        Err(answer) => return answer,
     };
     let at = sim.clock.now().micros() - say.seconds_ago.max(0) * 1_000_000;
     let referral = say
@@ -698,21 +707,9 @@ async fn population(
     State(sim): State<Arc<Sim>>,
     Json(p): Json<PopulationRequest>,
 ) -> (StatusCode, Json<Value>) {
-    let number = match sim.number(&p.phone_number_id).await {
-        Ok(Some(n)) => n,
-        Ok(None) => {
-            return (
-                StatusCode::NOT_FOUND,
-                Json(json!({"error": "unknown phone number id"})),
-            );
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "looking up a number failed");
-            return (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Json(json!({"error": "try again"})),
-            );
-        }
+    let number = match control_number(&sim, &p.phone_number_id).await {
+        Ok(n) => n,
+        Err(answer) => return answer,
     };
     if let Ok(mut pops) = sim.populations.lock() {
         pops.insert(
@@ -829,21 +826,9 @@ async fn preference(
     State(sim): State<Arc<Sim>>,
     Json(p): Json<Preference>,
 ) -> (StatusCode, Json<Value>) {
-    let number = match sim.registry.number(&p.phone_number_id).await {
-        Ok(Some(n)) => n,
-        Ok(None) => {
-            return (
-                StatusCode::NOT_FOUND,
-                Json(json!({"error": "unknown phone number id"})),
-            );
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "looking up a number failed");
-            return (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Json(json!({"error": "try again"})),
-            );
-        }
+    let number = match control_number(&sim, &p.phone_number_id).await {
+        Ok(n) => n,
+        Err(answer) => return answer,
     };
     if let Ok(mut net) = sim.net.lock() {
         net.set_marketing_stopped(&number.phone_number_id, &p.user, p.stop);
