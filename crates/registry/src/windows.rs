@@ -22,7 +22,8 @@ pub fn key(prefix: &str, tenant_id: &str, phone_number_id: &str, user: &str) -> 
     format!("{prefix}:{{{tenant_id}}}:win:{phone_number_id}:{user}")
 }
 
-fn from_hash(fields: &HashMap<String, String>) -> WindowState {
+/// The state a pair's hash holds (fields as documented in `window.proto`).
+pub fn from_hash(fields: &HashMap<String, String>) -> WindowState {
     let num = |f: &str| fields.get(f).and_then(|v| v.parse::<i64>().ok());
     let ts = |f: &str| num(f).map(Timestamp::from_micros);
     let flag = |at: &str, on: &str| {

@@ -43,7 +43,6 @@ pub struct DispatchApi {
     pub acceptor: Acceptor,
     pub auth: Authenticator,
     pub clock: Arc<dyn Clock>,
-    pub redis_prefix: String,
     /// How long a repeated key waits for the first request with it to finish.
     pub replay_wait: Duration,
 }
@@ -131,7 +130,50 @@ fn replayed(r: &MessageRow) -> SendMessageResponse {
     }
 }
 
+/// Requests that name the tenant they are about.
+trait ForTenant {
+    fn tenant_id(&self) -> &str;
+}
+
+macro_rules! for_tenant {
+    ($($t:ty),*) => {
+        $(impl ForTenant for $t {
+            fn tenant_id(&self) -> &str {
+                &self.tenant_id
+            }
+        })*
+    };
+}
+
+for_tenant!(
+    SendMessageRequest,
+    GetMessageRequest,
+    ListMessagesRequest,
+    StreamEventsRequest,
+    CreateWebhookRequest,
+    ListWebhooksRequest,
+    RotateWebhookSecretRequest,
+    DeleteWebhookRequest,
+    ListDeadLettersRequest,
+    RedriveRequest
+);
+
 impl DispatchApi {
+    /// The request, once its key may act on the tenant it names with `scope` (another
+    /// tenant's or partner's is NOT_FOUND, a missing scope PERMISSION_DENIED).
+    async fn authorized<T: ForTenant>(
+        &self,
+        request: Request<T>,
+        scope: Scope,
+    ) -> Result<T, Status> {
+        let p = auth::principal(&request)?;
+        let req = request.into_inner();
+        self.auth
+            .authorize_tenant(&p, req.tenant_id(), scope)
+            .await?;
+        Ok(req)
+    }
+
     fn store_error(&self, context: &str, e: &dyn std::fmt::Display) -> Status {
         status::internal(context, e)
     }
@@ -331,16 +373,10 @@ impl DispatchApi {
             .is_some_and(|n| n.tenant_id == tenant_id && n.active);
         // A user key that is not a plausible number never reaches the stores' key space.
         let window = if number_active && !recipient.is_empty() && recipient.len() <= 32 {
-            finestra_registry::windows::read(
-                self.hot.conn(),
-                self.facts.pool(),
-                &self.redis_prefix,
-                tenant_id,
-                number_id,
-                recipient,
-            )
-            .await
-            .map_err(|e| self.store_error("reading the window", &e))?
+            self.hot
+                .window(self.facts.pool(), tenant_id, number_id, recipient)
+                .await
+                .map_err(|e| self.store_error("reading the window", &e))?
         } else {
             finestra_domain::WindowState::default()
         };
@@ -482,11 +518,7 @@ impl DispatchService for DispatchApi {
         &self,
         request: Request<StreamEventsRequest>,
     ) -> Result<Response<Self::StreamEventsStream>, Status> {
-        let p = auth::principal(&request)?;
-        let req = request.into_inner();
-        self.auth
-            .authorize_tenant(&p, &req.tenant_id, Scope::Read)
-            .await?;
+        let req = self.authorized(request, Scope::Read).await?;
         let start = tenant_api::stream_start(self.facts.pool(), &req).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         tokio::spawn(tenant_api::feed(
@@ -506,11 +538,7 @@ impl DispatchService for DispatchApi {
         &self,
         request: Request<CreateWebhookRequest>,
     ) -> Result<Response<Webhook>, Status> {
-        let p = auth::principal(&request)?;
-        let req = request.into_inner();
-        self.auth
-            .authorize_tenant(&p, &req.tenant_id, Scope::Admin)
-            .await?;
+        let req = self.authorized(request, Scope::Admin).await?;
         let now = self.clock.now().micros();
         tenant_api::create_webhook(self.facts.pool(), req, now)
             .await
@@ -521,11 +549,7 @@ impl DispatchService for DispatchApi {
         &self,
         request: Request<ListWebhooksRequest>,
     ) -> Result<Response<ListWebhooksResponse>, Status> {
-        let p = auth::principal(&request)?;
-        let req = request.into_inner();
-        self.auth
-            .authorize_tenant(&p, &req.tenant_id, Scope::Read)
-            .await?;
+        let req = self.authorized(request, Scope::Read).await?;
         let webhooks = tenant_api::list_webhooks(self.facts.pool(), &req.tenant_id).await?;
         Ok(Response::new(ListWebhooksResponse { webhooks }))
     }
@@ -534,11 +558,7 @@ impl DispatchService for DispatchApi {
         &self,
         request: Request<RotateWebhookSecretRequest>,
     ) -> Result<Response<Webhook>, Status> {
-        let p = auth::principal(&request)?;
-        let req = request.into_inner();
-        self.auth
-            .authorize_tenant(&p, &req.tenant_id, Scope::Admin)
-            .await?;
+        let req = self.authorized(request, Scope::Admin).await?;
         let now = self.clock.now().micros();
         tenant_api::rotate_secret(self.facts.pool(), req, now)
             .await
@@ -549,11 +569,7 @@ impl DispatchService for DispatchApi {
         &self,
         request: Request<DeleteWebhookRequest>,
     ) -> Result<Response<Webhook>, Status> {
-        let p = auth::principal(&request)?;
-        let req = request.into_inner();
-        self.auth
-            .authorize_tenant(&p, &req.tenant_id, Scope::Admin)
-            .await?;
+        let req = self.authorized(request, Scope::Admin).await?;
         let now = self.clock.now().micros();
         tenant_api::delete_webhook(self.facts.pool(), &req.tenant_id, &req.endpoint_id, now)
             .await
@@ -564,11 +580,7 @@ impl DispatchService for DispatchApi {
         &self,
         request: Request<ListDeadLettersRequest>,
     ) -> Result<Response<ListDeadLettersResponse>, Status> {
-        let p = auth::principal(&request)?;
-        let req = request.into_inner();
-        self.auth
-            .authorize_tenant(&p, &req.tenant_id, Scope::Read)
-            .await?;
+        let req = self.authorized(request, Scope::Read).await?;
         tenant_api::list_dead_letters(self.facts.pool(), &req)
             .await
             .map(Response::new)
@@ -578,11 +590,7 @@ impl DispatchService for DispatchApi {
         &self,
         request: Request<RedriveRequest>,
     ) -> Result<Response<RedriveResponse>, Status> {
-        let p = auth::principal(&request)?;
-        let req = request.into_inner();
-        self.auth
-            .authorize_tenant(&p, &req.tenant_id, Scope::Admin)
-            .await?;
+        let req = self.authorized(request, Scope::Admin).await?;
         let now = self.clock.now().micros();
         let answer = tenant_api::redrive(self.facts.pool(), &req, now).await?;
         self.recorded.notify_waiters();
@@ -593,11 +601,7 @@ impl DispatchService for DispatchApi {
         &self,
         request: Request<SendMessageRequest>,
     ) -> Result<Response<SendMessageResponse>, Status> {
-        let p = auth::principal(&request)?;
-        let req = request.into_inner();
-        self.auth
-            .authorize_tenant(&p, &req.tenant_id, Scope::Send)
-            .await?;
+        let req = self.authorized(request, Scope::Send).await?;
         let Ok(_slot) = self.pending_sends.clone().try_acquire_owned() else {
             metrics::counter!("finestra_dispatch_refused_total", "reason" => "BACKLOG_FULL")
                 .increment(1);
@@ -619,11 +623,7 @@ impl DispatchService for DispatchApi {
         &self,
         request: Request<GetMessageRequest>,
     ) -> Result<Response<Message>, Status> {
-        let p = auth::principal(&request)?;
-        let req = request.into_inner();
-        self.auth
-            .authorize_tenant(&p, &req.tenant_id, Scope::Read)
-            .await?;
+        let req = self.authorized(request, Scope::Read).await?;
         let id = required("message_id", &req.message_id)?;
         let row = pg::get(self.facts.pool(), &req.tenant_id, id)
             .await
@@ -636,11 +636,7 @@ impl DispatchService for DispatchApi {
         &self,
         request: Request<ListMessagesRequest>,
     ) -> Result<Response<ListMessagesResponse>, Status> {
-        let p = auth::principal(&request)?;
-        let req = request.into_inner();
-        self.auth
-            .authorize_tenant(&p, &req.tenant_id, Scope::Read)
-            .await?;
+        let req = self.authorized(request, Scope::Read).await?;
         let size = paging::page_size(req.page_size)?;
         let after = paging::after(&req.page_token)?;
         let after = if after.is_empty() {

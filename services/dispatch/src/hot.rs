@@ -89,8 +89,23 @@ impl Hot {
         }
     }
 
-    pub fn conn(&self) -> &ConnectionManager {
-        &self.conn
+    /// A pair's window through the window service's read model (this Redis, else Postgres).
+    pub async fn window(
+        &self,
+        pool: &sqlx::PgPool,
+        tenant_id: &str,
+        phone_number_id: &str,
+        user: &str,
+    ) -> Result<finestra_domain::WindowState, finestra_registry::windows::WindowReadError> {
+        finestra_registry::windows::read(
+            &self.conn,
+            pool,
+            &self.prefix,
+            tenant_id,
+            phone_number_id,
+            user,
+        )
+        .await
     }
 
     fn idem_key(&self, tenant_id: &str, message_id: &str) -> String {

@@ -198,11 +198,10 @@ pub async fn start(
         producer: producer.clone(),
         outbound_topic: common.topics.outbound.clone(),
         facts: facts.clone(),
-        hot,
+        hot: hot.clone(),
         acceptor,
         auth: auth.clone(),
         clock: clock.clone(),
-        redis_prefix: common.redis_prefix.clone(),
         replay_wait: config.replay_wait,
     };
     let (incoming, grpc_addr) = finestra_platform::grpc::bind(common.grpc_addr).await?;
@@ -223,8 +222,7 @@ pub async fn start(
             linger: config.linger,
         })?),
         pool: pool.clone(),
-        redis,
-        redis_prefix: common.redis_prefix.clone(),
+        hot: hot.clone(),
         facts,
         provider: Arc::new(provider),
         producer,

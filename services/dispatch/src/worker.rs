@@ -23,11 +23,11 @@ use rand::Rng as _;
 use rdkafka::Message as _;
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::FutureProducer;
-use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::facts::Facts;
+use crate::hot::Hot;
 use crate::pg::{self, StatusChange};
 use crate::provider::{Provider, ProviderError};
 
@@ -36,8 +36,7 @@ const CONSUMER: &str = "dispatch-worker";
 pub struct Worker {
     pub consumer: Arc<BatchConsumer>,
     pub pool: PgPool,
-    pub redis: ConnectionManager,
-    pub redis_prefix: String,
+    pub hot: Hot,
     pub facts: Facts,
     pub provider: Arc<dyn Provider>,
     pub producer: FutureProducer,
@@ -84,9 +83,8 @@ struct Done {
 
 /// What the delivery tasks share.
 struct Shared {
-    redis: ConnectionManager,
+    hot: Hot,
     pool: PgPool,
-    redis_prefix: String,
     provider: Arc<dyn Provider>,
     retry: RetryPolicy,
     sends: Semaphore,
@@ -122,15 +120,10 @@ async fn deliver(shared: Arc<Shared>, job: Job, shutdown: Shutdown) -> Done {
         };
     };
     // A user who blocked since acceptance receives nothing more (DESIGN 1.3).
-    let window = finestra_registry::windows::read(
-        &shared.redis,
-        &shared.pool,
-        &shared.redis_prefix,
-        &job.tenant_id,
-        &job.phone_number_id,
-        &job.to,
-    )
-    .await;
+    let window = shared
+        .hot
+        .window(&shared.pool, &job.tenant_id, &job.phone_number_id, &job.to)
+        .await;
     match window {
         Ok(w) if w.is_blocked() => {
             return Done {
@@ -232,9 +225,8 @@ fn failed_status(job: &Job, error: &ProviderError, at: Timestamp) -> Envelope {
 impl Worker {
     pub async fn run(self, shutdown: Shutdown) {
         let shared = Arc::new(Shared {
-            redis: self.redis.clone(),
+            hot: self.hot.clone(),
             pool: self.pool.clone(),
-            redis_prefix: self.redis_prefix.clone(),
             provider: self.provider.clone(),
             retry: self.retry,
             sends: Semaphore::new(self.send_concurrency.max(1)),

@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 
-use finestra_domain::{Flag, LastInbound, Timestamp, WindowState};
+use finestra_domain::{Flag, Timestamp, WindowState};
 use redis::aio::ConnectionManager;
 
 use crate::state::PairKey;
@@ -168,24 +168,6 @@ impl HotStore {
         if fields.is_empty() {
             return Ok(None);
         }
-        let num = |f: &str| fields.get(f).and_then(|v| v.parse::<i64>().ok());
-        let ts = |f: &str| num(f).map(Timestamp::from_micros);
-        let flag = |at: &str, on: &str| {
-            ts(at).map(|at| Flag {
-                at,
-                on: num(on) == Some(1),
-            })
-        };
-        Ok(Some(WindowState {
-            csw_until: ts("csw"),
-            last_inbound: ts("li_at").map(|at| LastInbound {
-                at,
-                message_id: fields.get("li_id").cloned().unwrap_or_default(),
-            }),
-            referral_at: ts("ref"),
-            fep_until: ts("fep"),
-            marketing_opt_out: flag("mo_at", "mo"),
-            blocked: flag("bl_at", "bl"),
-        }))
+        Ok(Some(finestra_registry::windows::from_hash(&fields)))
     }
 }
