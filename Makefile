@@ -2,13 +2,16 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help up down infra test lint bench-ingest bench-auth bench-billing bench-send
+.PHONY: help up down infra test lint deploy-check bench chaos bench-ingest bench-auth bench-billing bench-send
 
 help:
 	@echo "make up            infrastructure + every service in the background, then the demo"
 	@echo "make down          stop what 'make up' started"
 	@echo "make test          unit and integration tests (starts the infrastructure first)"
 	@echo "make lint          rustfmt check + clippy -D warnings"
+	@echo "make deploy-check  render deploy/ overlays and validate them offline against the Kubernetes schemas"
+	@echo "make bench         every benchmark, one JSON result, an SVG chart, a one-screen summary"
+	@echo "make chaos         kill -9 each service, FLUSHALL Redis, kill -9 the broker, under load; checks nothing lost or doubled"
 	@echo "make bench-ingest  webhook and window-update throughput (release build)"
 	@echo "make bench-auth    GetWindow calls/s with and without the auth layer"
 	@echo "make bench-billing reservations/s and captures/s (release build)"
@@ -35,6 +38,16 @@ test: infra
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+
+deploy-check:
+	@bash scripts/deploy_check.sh
+
+bench:
+	@bash scripts/bench.sh
+
+chaos: infra
+	@cargo build --quiet -p finestra-e2e --bin chaos
+	@./target/debug/chaos
 
 bench-ingest: infra
 	cargo build --release -p finestra-e2e --bin bench-ingest

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The demo so far: an operator onboards a partner, the partner a business with its number and
-# approved templates; two users write (one now, one 25 hours ago) through signed Cloud API
-# webhooks; the business reads both windows with its own read-only key; then billing: a top-up,
-# what each kind of message would cost and why, the month's invoice, and a reconciliation.
+# The story of the platform, narrated: an operator onboards a partner, the partner a business
+# with its number and approved templates; two users write (one now, one 25 hours ago, so her
+# window has closed without waiting) through signed Cloud API webhooks; the business reads both
+# windows, replies free inside the window, is refused a free-form message outside it, sends a
+# template charged by market; a user blocks the business and the next send is refused; then the
+# wallet, the month's invoice and a reconciliation.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 fin=./target/debug/finestra
@@ -134,6 +136,22 @@ done
 echo "  -> the reply and the document were free; the offer is charged once, on delivery."
 echo "What the business was told, in order (finestra events tail: resumable from any cursor):"
 $fin events --api-key "$SEND_KEY" tail --tenant "$TENANT" --limit 14 --idle-secs 2
+
+step "Giulia blocks the business: the user stays in control, nothing more reaches her"
+$fin sim block --phone-number-id "$NUMBER" --user 393471234567
+for _ in $(seq 1 150); do
+  FINESTRA_API_KEY=$TENANT_KEY $fin --json window get --tenant "$TENANT" --phone-number-id "$NUMBER" \
+    --user 393471234567 | grep -q '"blocked":true' && break
+  sleep 0.2
+done
+echo "  -> the network reported the block; the window service recorded it (her window is still open)."
+echo "A free-form reply to Giulia, even inside her open window:"
+if send text --tenant "$TENANT" --phone-number-id "$NUMBER" --to 393471234567 --body "One more thing..."; then
+  echo "unexpected: the send to a user who blocked the business was accepted" >&2; exit 1
+fi
+echo "  -> refused with USER_BLOCKED: nothing reserved, nothing charged, nothing queued."
+$fin sim unblock --phone-number-id "$NUMBER" --user 393471234567 >/dev/null
+echo "(Giulia unblocks again afterwards, so the demo can be run again.)"
 
 step "The business's wallet and this month's invoice"
 $fin billing wallet --tenant "$TENANT"

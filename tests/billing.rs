@@ -142,6 +142,7 @@ impl Books {
         let records: Vec<Outgoing<'_>> = events
             .iter()
             .map(|(message_id, status)| Outgoing {
+                traceparent: None,
                 topic: &topic,
                 key: kafka::conversation_key(&self.tenant, &self.number, IT_USER),
                 envelope: status_event(&self.tenant, &self.number, message_id, status),
@@ -865,6 +866,7 @@ async fn a_block_leaves_settling_to_statuses_and_old_reservations_expire() -> an
     kafka::publish_all(
         &producer,
         &[Outgoing {
+            traceparent: None,
             topic: &user_topic,
             key: kafka::conversation_key(&b.tenant, &b.number, IT_USER),
             envelope: block,
@@ -1047,6 +1049,7 @@ async fn billing_killed_between_the_ledger_write_and_the_commit_loses_and_double
     let producer = kafka::producer(&infra.brokers)?;
     let records: Vec<Outgoing<'_>> = (0..n)
         .map(|i| Outgoing {
+            traceparent: None,
             topic: &topic,
             key: kafka::conversation_key(&tenant, &number, IT_USER),
             envelope: status_event(&tenant, &number, &format!("k{i}"), "delivered"),

@@ -44,6 +44,7 @@ async fn produce(scope: &Scope, tenant: &str, number: &str, n: usize) -> anyhow:
         .map(|i| {
             let (key, envelope) = inbound(tenant, number, i, sent);
             Outgoing {
+                traceparent: None,
                 topic: &topic,
                 key,
                 envelope,
@@ -202,6 +203,7 @@ async fn poison_records_go_to_the_dead_letter_topic_and_never_block_the_partitio
     let records: Vec<Outgoing<'_>> = [good_before, undecodable, refused_by_store, good_after]
         .into_iter()
         .map(|envelope| Outgoing {
+            traceparent: None,
             topic: &topics.inbound,
             key: key.clone(),
             envelope,

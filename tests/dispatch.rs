@@ -1503,3 +1503,93 @@ async fn beyond_its_capacity_dispatch_refuses_with_backlog_full_at_once() -> any
     c.stop().await;
     Ok(())
 }
+
+/// One message is one trace: the context a client sets on SendMessage is carried through the
+/// outbound event (a Kafka header), the worker, the provider call (an HTTP header), the
+/// network's status webhook, the status event and billing's capture. Every service runs in
+/// this process, so one in-memory exporter sees every span.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_trace_set_at_send_message_is_the_parent_of_the_capture() -> anyhow::Result<()> {
+    use opentelemetry::trace::{SpanId, TraceId, TracerProvider as _};
+    use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("finestra-test")));
+    tracing::subscriber::set_global_default(subscriber)?;
+
+    let c = Chain::start(80).await?;
+    c.template("order_ready", "UTILITY", 1).await?;
+    c.top_up(1_000_000).await?;
+    let trace_id = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736")?;
+    let client_span = SpanId::from_hex("00f067aa0ba902b7")?;
+    let mut call = tonic::Request::new(c.request(
+        "393331110077",
+        "traced-1",
+        template("order_ready", &["A-7"]),
+    ));
+    call.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-{client_span}-01").parse()?,
+    );
+    let sent = c.client.clone().send_message(call).await?.into_inner();
+    c.settles(&sent.message_id, &["DELIVERED"]).await?;
+    eventually("the capture", WAIT, || async {
+        Ok((c.charges().await?.len() == 1).then_some(()))
+    })
+    .await?;
+
+    // The capture's span closes when its batch is written, a moment after the ledger row.
+    let capture = eventually("the capture span", WAIT, || async {
+        let spans = exporter.get_finished_spans()?;
+        Ok(spans.into_iter().find(|s| {
+            s.name == "billing.capture"
+                && s.attributes.iter().any(|kv| {
+                    kv.key.as_str() == "message_id" && kv.value.as_str() == sent.message_id
+                })
+        }))
+    })
+    .await?;
+    assert_eq!(
+        capture.span_context.trace_id(),
+        trace_id,
+        "same trace as the call"
+    );
+
+    // Walk up from the capture: every hop is a span of this trace, and the root's parent is
+    // the client's span.
+    let spans = exporter.get_finished_spans()?;
+    let by_id: std::collections::HashMap<SpanId, _> = spans
+        .iter()
+        .filter(|s| s.span_context.trace_id() == trace_id)
+        .map(|s| (s.span_context.span_id(), s))
+        .collect();
+    let mut chain = vec![capture.name.to_string()];
+    let mut parent = capture.parent_span_id;
+    while let Some(span) = by_id.get(&parent) {
+        chain.push(span.name.to_string());
+        parent = span.parent_span_id;
+    }
+    assert_eq!(
+        parent, client_span,
+        "the chain ends at the caller: {chain:?}"
+    );
+    chain.reverse();
+    assert_eq!(
+        chain,
+        vec![
+            "/finestra.v1.DispatchService/SendMessage",
+            "dispatch.deliver",
+            "ingest.webhook",
+            "billing.capture"
+        ],
+        "SendMessage → worker → status webhook → capture"
+    );
+    c.stop().await;
+    let _ = provider.shutdown();
+    Ok(())
+}

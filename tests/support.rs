@@ -3,6 +3,9 @@
 
 use std::time::Duration;
 
+pub mod cluster;
+pub mod load;
+
 use anyhow::Context as _;
 use finestra_platform::auth::{AuthedChannel, Scope as KeyScope};
 use finestra_proto::v1::window_service_client::WindowServiceClient;

@@ -340,6 +340,7 @@ async fn main() -> anyhow::Result<()> {
         let records: Vec<Outgoing<'_>> = chunk
             .iter()
             .map(|(tenant, number, message_id)| Outgoing {
+                traceparent: None,
                 topic: &topic,
                 key: kafka::conversation_key(tenant, number, message_id),
                 envelope: Envelope {

@@ -163,6 +163,7 @@ async fn window_updates(scope: &Scope, n: usize, users: usize) -> anyhow::Result
             .map(|&i| {
                 let user = format!("39348{:07}", i % users);
                 Outgoing {
+                    traceparent: None,
                     topic: &topics.inbound,
                     key: kafka::conversation_key(&tenant, &number, &user),
                     envelope: Envelope {

@@ -70,13 +70,91 @@ fn figures(h: &Histogram<u64>, ok: u64, errors: u64, seconds: f64) -> LoadFigure
     }
 }
 
+/// Answers per second of the whole run, for the chart: each second's accepted count and
+/// SendMessage p99, labelled with the phase that produced them.
+/// One second of the run: the phase, SendMessage latencies of the calls answered OK, errors.
+type Second = (&'static str, Histogram<u64>, u64);
+
+struct Timeline {
+    run_started: Instant,
+    seconds: Mutex<std::collections::BTreeMap<u64, Second>>,
+    /// Accepted so far in the current phase (the progress line reads it).
+    phase_ok: std::sync::atomic::AtomicU64,
+}
+
+impl Timeline {
+    fn new() -> Self {
+        Self {
+            run_started: Instant::now(),
+            seconds: Mutex::default(),
+            phase_ok: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn record(&self, phase: &'static str, micros: Option<u64>) {
+        let second = self.run_started.elapsed().as_secs();
+        if let Ok(mut s) = self.seconds.lock()
+            && let Ok(fresh) = Histogram::<u64>::new(3)
+        {
+            let entry = s.entry(second).or_insert((phase, fresh, 0));
+            match micros {
+                Some(us) => {
+                    let _ = entry.1.record(us);
+                    self.phase_ok
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                None => entry.2 += 1,
+            }
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let s = self.seconds.lock().map(|s| {
+            s.iter()
+                .map(|(second, (phase, h, errors))| {
+                    serde_json::json!({
+                        "t": second, "phase": phase, "accepted": h.len(), "errors": errors,
+                        "p99_ms": h.value_at_quantile(0.99) as f64 / 1_000.0,
+                    })
+                })
+                .collect::<Vec<_>>()
+        });
+        serde_json::Value::Array(s.unwrap_or_default())
+    }
+
+    /// Prints `[bench-send] <phase> 3/10 s, 2,950 accepted` once a second until `done`.
+    fn progress(
+        self: &Arc<Self>,
+        phase: &'static str,
+        duration: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        self.phase_ok.store(0, std::sync::atomic::Ordering::Relaxed);
+        let me = self.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            while started.elapsed() < duration {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                eprint!(
+                    "\r[bench-send]   {phase}: {:>3.0}/{} s, {} accepted   ",
+                    started.elapsed().as_secs_f64().min(duration.as_secs_f64()),
+                    duration.as_secs(),
+                    me.phase_ok.load(std::sync::atomic::Ordering::Relaxed)
+                );
+            }
+            eprintln!();
+        })
+    }
+}
+
 /// Open loop: `rate` sends a second for `duration`, each on its own task, whatever the answers.
 async fn open_loop(
     tenants: &Arc<Vec<Tenant>>,
     rate: u64,
     duration: Duration,
-    tag: &str,
+    tag: &'static str,
+    timeline: &Arc<Timeline>,
 ) -> anyhow::Result<LoadFigures> {
+    let progress = timeline.progress(tag, duration);
     let hist = Arc::new(Mutex::new(Histogram::<u64>::new(3)?));
     let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let codes: Arc<Mutex<std::collections::BTreeMap<String, u64>>> = Arc::default();
@@ -93,13 +171,14 @@ async fn open_loop(
             let t_index = (n as usize) % tenants.len();
             let tenants = tenants.clone();
             let (hist, errors, codes) = (hist.clone(), errors.clone(), codes.clone());
-            let tag = tag.to_owned();
+            let timeline = timeline.clone();
             tasks.spawn(async move {
                 let t = &tenants[t_index];
                 let mut client = t.clients[(n as usize / tenants.len()) % t.clients.len()].clone();
                 let at = Instant::now();
-                let answer = client.send_message(request(t, n, &tag, t_index)).await;
+                let answer = client.send_message(request(t, n, tag, t_index)).await;
                 let us = at.elapsed().as_micros() as u64;
+                timeline.record(tag, answer.is_ok().then_some(us));
                 match answer {
                     Ok(_) => {
                         if let Ok(mut h) = hist.lock() {
@@ -119,6 +198,7 @@ async fn open_loop(
     }
     while tasks.join_next().await.is_some() {}
     let seconds = started.elapsed().as_secs_f64();
+    let _ = progress.await;
     let h = hist
         .lock()
         .map_err(|_| anyhow::anyhow!("poisoned"))?
@@ -136,15 +216,17 @@ async fn closed_loop(
     tenants: &Arc<Vec<Tenant>>,
     in_flight: usize,
     duration: Duration,
-    tag: &str,
+    tag: &'static str,
+    timeline: &Arc<Timeline>,
 ) -> anyhow::Result<LoadFigures> {
+    let progress = timeline.progress(tag, duration);
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..in_flight {
         let tenants = tenants.clone();
         let next = next.clone();
-        let tag = tag.to_owned();
+        let timeline = timeline.clone();
         tasks.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new(3)?;
             let mut errors = 0u64;
@@ -154,11 +236,16 @@ async fn closed_loop(
                 let t = &tenants[t_index];
                 let mut client = t.clients[w % t.clients.len()].clone();
                 let at = Instant::now();
-                match client.send_message(request(t, n, &tag, t_index)).await {
+                match client.send_message(request(t, n, tag, t_index)).await {
                     Ok(_) => {
-                        let _ = hist.record(at.elapsed().as_micros() as u64);
+                        let us = at.elapsed().as_micros() as u64;
+                        let _ = hist.record(us);
+                        timeline.record(tag, Some(us));
                     }
-                    Err(_) => errors += 1,
+                    Err(_) => {
+                        errors += 1;
+                        timeline.record(tag, None);
+                    }
                 }
             }
             Ok::<_, anyhow::Error>((hist, errors))
@@ -172,6 +259,7 @@ async fn closed_loop(
         errors += e;
     }
     let seconds = started.elapsed().as_secs_f64();
+    let _ = progress.await;
     Ok(figures(&hist, hist.len(), errors, seconds))
 }
 
@@ -284,8 +372,9 @@ async fn main() -> anyhow::Result<()> {
     let tenant_ids: Vec<String> = ids.iter().map(|(t, _)| t.clone()).collect();
     let _ = Owner::Operator;
 
+    let timeline = Arc::new(Timeline::new());
     eprintln!("[bench-send] warming up (1 s at 500/s)");
-    open_loop(&tenants, 500, Duration::from_secs(1), "warm").await?;
+    open_loop(&tenants, 500, Duration::from_secs(1), "warm", &timeline).await?;
     let sustained_rate = env_num("BENCH_SUSTAINED_RATE", 500);
     eprintln!(
         "[bench-send] open loop at a rate the chain sustains: {sustained_rate}/s for {seconds} s"
@@ -295,6 +384,7 @@ async fn main() -> anyhow::Result<()> {
         sustained_rate,
         Duration::from_secs(seconds),
         "sustained",
+        &timeline,
     )
     .await?;
     eprintln!(
@@ -320,9 +410,15 @@ async fn main() -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let run_started = Instant::now();
     eprintln!("[bench-send] open loop: {rate}/s for {seconds} s over {tenant_count} tenants");
-    let fixed = open_loop(&tenants, rate, Duration::from_secs(seconds), "fixed").await?;
+    let fixed = open_loop(
+        &tenants,
+        rate,
+        Duration::from_secs(seconds),
+        "fixed",
+        &timeline,
+    )
+    .await?;
     eprintln!(
         "[bench-send]   accepted {} ({:.0}/s), errors {}, SendMessage p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms",
         fixed.ok,
@@ -333,7 +429,14 @@ async fn main() -> anyhow::Result<()> {
         fixed.max_ms
     );
     eprintln!("[bench-send] closed loop: {in_flight} in flight for {seconds} s");
-    let full = closed_loop(&tenants, in_flight, Duration::from_secs(seconds), "full").await?;
+    let full = closed_loop(
+        &tenants,
+        in_flight,
+        Duration::from_secs(seconds),
+        "full",
+        &timeline,
+    )
+    .await?;
     eprintln!(
         "[bench-send]   accepted {} ({:.0}/s), errors {}, SendMessage p50 {:.2} ms, p99 {:.2} ms",
         full.ok,
@@ -349,7 +452,7 @@ async fn main() -> anyhow::Result<()> {
         "SELECT count(*) FROM dispatch.messages WHERE tenant_id = ANY($1)",
     )
     .await?;
-    let mut timeline = Vec::new();
+    let mut settled = Vec::new();
     let waited = Instant::now();
     loop {
         let delivered = count(
@@ -358,7 +461,7 @@ async fn main() -> anyhow::Result<()> {
             "SELECT count(*) FROM dispatch.messages WHERE tenant_id = ANY($1) AND status IN ('DELIVERED', 'READ', 'FAILED')",
         )
         .await?;
-        timeline.push((run_started.elapsed().as_secs_f64(), delivered));
+        settled.push((timeline.run_started.elapsed().as_secs_f64(), delivered));
         eprint!("\r[bench-send] settled {delivered:>8} of {accepted}");
         if delivered >= accepted {
             break;
@@ -463,6 +566,7 @@ async fn main() -> anyhow::Result<()> {
         let records: Vec<Outgoing<'_>> = chunk
             .iter()
             .map(|i| Outgoing {
+                traceparent: None,
                 topic: &topic,
                 key: format!("k{i}"),
                 envelope: sample.clone(),
@@ -516,7 +620,8 @@ async fn main() -> anyhow::Result<()> {
         "end_to_end_messages": measured, "end_to_end_per_s": end_to_end_per_s, "failed": failed,
         "accepted_to_delivered_p50_ms": p50_e2e, "accepted_to_delivered_p99_ms": p99_e2e,
         "raw_produce_per_s": raw_per_s, "reconcile_differences": differences,
-        "settled_timeline": timeline, "tenants": tenant_count, "seconds": seconds,
+        "settled_timeline": settled, "tenants": tenant_count, "seconds": seconds,
+        "per_second": timeline.json(),
     });
     std::fs::create_dir_all("var")?;
     std::fs::write("var/bench-send.json", serde_json::to_string_pretty(&json)?)?;

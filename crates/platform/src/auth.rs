@@ -502,6 +502,7 @@ impl tonic::service::Interceptor for Bearer {
                 .metadata_mut()
                 .insert("authorization", value.clone());
         }
+        crate::trace::inject_metadata(request.metadata_mut());
         Ok(request)
     }
 }

@@ -9,9 +9,9 @@ use prost::Message as _;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::OwnedMessage;
+use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
@@ -53,6 +53,8 @@ pub struct Outgoing<'a> {
     pub topic: &'a str,
     pub key: String,
     pub envelope: Envelope,
+    /// The W3C trace context of the work this record continues (a Kafka header).
+    pub traceparent: Option<String>,
 }
 
 /// Publishes every record and resolves when the broker acknowledged all of them; the first
@@ -63,12 +65,16 @@ pub async fn publish_all(
 ) -> Result<(), BusError> {
     let payloads: Vec<Vec<u8>> = records.iter().map(|r| r.envelope.encode_to_vec()).collect();
     let sends = records.iter().zip(&payloads).map(|(r, payload)| {
-        producer.send(
-            FutureRecord::to(r.topic)
-                .key(r.key.as_bytes())
-                .payload(payload.as_slice()),
-            Duration::from_secs(10),
-        )
+        let mut record = FutureRecord::to(r.topic)
+            .key(r.key.as_bytes())
+            .payload(payload.as_slice());
+        if let Some(tp) = &r.traceparent {
+            record = record.headers(OwnedHeaders::new().insert(Header {
+                key: crate::trace::TRACEPARENT,
+                value: Some(tp.as_str()),
+            }));
+        }
+        producer.send(record, Duration::from_secs(10))
     });
     for result in futures::future::join_all(sends).await {
         result.map_err(|(e, _)| e)?;
@@ -127,16 +133,45 @@ pub struct ConsumerSettings {
     pub linger: Duration,
 }
 
+/// Logs every assignment change of a group member and exports how many partitions it owns
+/// (`finestra_kafka_assigned_partitions{group}`): a member that owns none while its topics have
+/// records is the first thing to look at when a consumer group stalls.
+pub struct AssignmentLog {
+    group: String,
+}
+
+impl rdkafka::client::ClientContext for AssignmentLog {}
+
+impl ConsumerContext for AssignmentLog {
+    fn post_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                tracing::info!(group = %self.group, partitions = tpl.count(), "partitions assigned");
+                metrics::gauge!("finestra_kafka_assigned_partitions", "group" => self.group.clone())
+                    .set(tpl.count() as f64);
+            }
+            Rebalance::Revoke(tpl) => {
+                tracing::info!(group = %self.group, partitions = tpl.count(), "partitions revoked");
+                metrics::gauge!("finestra_kafka_assigned_partitions", "group" => self.group.clone())
+                    .set(0.0);
+            }
+            Rebalance::Error(e) => {
+                tracing::warn!(group = %self.group, error = %e, "rebalance failed");
+            }
+        }
+    }
+}
+
 /// A consumer group member that hands out bounded batches and commits only when told: the
 /// caller commits after the batch's effects are durable, so a crash re-delivers the batch.
 pub struct BatchConsumer {
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<StreamConsumer<AssignmentLog>>,
     settings: ConsumerSettings,
 }
 
 impl BatchConsumer {
     pub fn new(settings: ConsumerSettings) -> Result<Self, BusError> {
-        let consumer: StreamConsumer = ClientConfig::new()
+        let consumer: StreamConsumer<AssignmentLog> = ClientConfig::new()
             .set("bootstrap.servers", &settings.brokers)
             .set("group.id", &settings.group_id)
             .set("enable.auto.commit", "false")
@@ -155,7 +190,9 @@ impl BatchConsumer {
                 "fetch.min.bytes",
                 crate::config::env_string("KAFKA_FETCH_MIN_BYTES", "1"),
             )
-            .create()?;
+            .create_with_context(AssignmentLog {
+                group: settings.group_id.clone(),
+            })?;
         let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
         Ok(Self {
@@ -176,11 +213,45 @@ impl BatchConsumer {
         while batch.len() < self.settings.max_batch {
             match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
                 Ok(Ok(m)) => batch.push(m.detach()),
-                Ok(Err(e)) => return Err(e.into()),
+                // The records gathered so far were taken from the consumer's queue: they are
+                // handed out, never dropped (dropping them and committing later records would
+                // skip them for good). Errors here are mostly a broker connection going away.
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, group = %self.settings.group_id, "consuming paused; handing out the partial batch");
+                    break;
+                }
                 Err(_) => break,
             }
         }
+        self.record_lag(&batch);
         Ok(batch)
+    }
+
+    /// `finestra_kafka_consumer_lag_seconds{group, topic}`: how old the newest record of the
+    /// batch is (its producer timestamp), per topic. Labels are bounded: a service's groups
+    /// and topics are fixed by its configuration.
+    fn record_lag(&self, batch: &[OwnedMessage]) {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let mut newest: Vec<(&str, i64)> = Vec::new();
+        for m in batch {
+            let Some(ts) = m.timestamp().to_millis() else {
+                continue;
+            };
+            match newest.iter_mut().find(|(t, _)| *t == m.topic()) {
+                Some((_, at)) => *at = (*at).max(ts),
+                None => newest.push((m.topic(), ts)),
+            }
+        }
+        for (topic, at) in newest {
+            metrics::gauge!(
+                "finestra_kafka_consumer_lag_seconds",
+                "group" => self.settings.group_id.clone(),
+                "topic" => topic.to_owned(),
+            )
+            .set((now_ms - at).max(0) as f64 / 1_000.0);
+        }
     }
 
     /// The next non-empty batch; a failing broker is retried after a pause. `None` once
@@ -313,6 +384,16 @@ pub fn dead_letter(m: &OwnedMessage, consumer: &str, error: String) -> Envelope 
 }
 
 /// Decodes an `Envelope` from a record.
+/// The `traceparent` header of a consumed record, if the producer set one.
+pub fn traceparent(message: &OwnedMessage) -> Option<&str> {
+    use rdkafka::message::Headers as _;
+    message.headers()?.iter().find_map(|h| {
+        (h.key == crate::trace::TRACEPARENT)
+            .then(|| h.value.and_then(|v| std::str::from_utf8(v).ok()))
+            .flatten()
+    })
+}
+
 pub fn decode(message: &OwnedMessage) -> Result<Envelope, prost::DecodeError> {
     Envelope::decode(message.payload().unwrap_or_default())
 }

@@ -17,6 +17,7 @@ pub mod shutdown;
 pub mod status;
 pub mod stores;
 pub mod telemetry;
+pub mod trace;
 
 pub use clock::SystemClock;
 pub use config::{CommonConfig, ConfigError, Topics};

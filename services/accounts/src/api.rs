@@ -136,6 +136,7 @@ impl AccountsApi {
             })),
         };
         let record = Outgoing {
+            traceparent: None,
             topic: &self.topic,
             key: tenant_id.to_owned(),
             envelope,

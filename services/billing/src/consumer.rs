@@ -75,6 +75,21 @@ fn action_of(envelope: &Envelope, now: i64) -> Action {
     }
 }
 
+/// The span of one traced settlement, child of the status webhook's trace: `billing.capture` or
+/// `billing.release`.
+fn settlement_span(s: &Settlement, traceparent: &str) -> tracing::Span {
+    let span = match s.end {
+        End::Capture => {
+            tracing::info_span!("billing.capture", message_id = %s.message_id, tenant_id = %s.tenant_id)
+        }
+        End::Release => {
+            tracing::info_span!("billing.release", message_id = %s.message_id, tenant_id = %s.tenant_id)
+        }
+    };
+    finestra_platform::trace::adopt(&span, Some(traceparent));
+    span
+}
+
 impl Loop {
     pub async fn run(self, shutdown: Shutdown) {
         let group = self.consumer.group_id().to_owned();
@@ -89,9 +104,17 @@ impl Loop {
             let now = self.clock.now().micros();
             let mut actions = Vec::with_capacity(batch.len());
             let mut poison = Vec::new();
+            // Traced statuses: one span per settlement, open while its batch is written.
+            let mut spans = Vec::new();
             for m in &batch {
                 match kafka::decode(m) {
-                    Ok(envelope) => actions.push(action_of(&envelope, now)),
+                    Ok(envelope) => {
+                        let action = action_of(&envelope, now);
+                        if let (Action::Settle(s), Some(tp)) = (&action, kafka::traceparent(m)) {
+                            spans.push(settlement_span(s, tp));
+                        }
+                        actions.push(action);
+                    }
                     Err(e) => poison.push(kafka::dead_letter(m, &group, e.to_string())),
                 }
             }
@@ -110,6 +133,7 @@ impl Loop {
                     }
                 }
             };
+            drop(spans);
             if !done {
                 break;
             }
@@ -150,11 +174,17 @@ impl Loop {
         }
         settle::sync_hot(&self.hot, &settled).await?;
         metrics::counter!("finestra_billing_captured_total").increment(settled.captured as u64);
+        // How far the ledger trails the statuses it records (their occurrence time).
+        if let Some(newest) = settlements.iter().map(|s| s.at).max() {
+            let lag = (self.clock.now().micros() - newest).max(0);
+            metrics::gauge!("finestra_billing_ledger_lag_seconds").set(lag as f64 / 1e6);
+        }
         metrics::counter!("finestra_billing_released_total").increment(settled.released as u64);
         if !poison.is_empty() {
             let dead: Vec<Outgoing<'_>> = poison
                 .iter()
                 .map(|envelope| Outgoing {
+                    traceparent: None,
                     topic: &self.dlq_topic,
                     key: envelope.event_id.clone(),
                     envelope: envelope.clone(),

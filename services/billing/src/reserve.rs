@@ -290,6 +290,7 @@ async fn publish_low_balance(settings: &WriterSettings, low: &[LowBalance]) {
     let records: Vec<Outgoing<'_>> = low
         .iter()
         .map(|l| Outgoing {
+            traceparent: None,
             topic: &settings.billing_topic,
             key: l.tenant_id.clone(),
             envelope: Envelope {

@@ -24,6 +24,8 @@ pub struct Pending {
     pub message: NewMessage,
     pub csw_open: bool,
     pub fep_open: bool,
+    /// The SendMessage call's trace context: the outbound event carries it on.
+    pub traceparent: Option<String>,
     pub reply: oneshot::Sender<Result<Accepted, Refused>>,
 }
 
@@ -138,6 +140,7 @@ pub async fn requeue(
     m: &NewMessage,
 ) -> Result<(), kafka::BusError> {
     let record = Outgoing {
+        traceparent: finestra_platform::trace::current(),
         topic,
         key: kafka::conversation_key(&m.tenant_id, &m.phone_number_id, &m.recipient),
         envelope: outbound_event(m, !m.business_initiated),
@@ -226,6 +229,7 @@ async fn run_batch(
         .iter()
         .filter(|p| new_ids.contains(&p.message.message_id))
         .map(|p| Outgoing {
+            traceparent: p.traceparent.clone(),
             topic: &settings.outbound_topic,
             key: kafka::conversation_key(
                 &p.message.tenant_id,

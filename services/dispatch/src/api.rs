@@ -460,6 +460,7 @@ impl DispatchApi {
             message,
             csw_open: admitted.csw_open,
             fep_open: admitted.fep_open || starts_fep,
+            traceparent: finestra_platform::trace::current(),
             reply,
         };
         let outcome = match self.acceptor.accept(pending).await {

@@ -206,6 +206,7 @@ pub async fn start(
     };
     let (incoming, grpc_addr) = finestra_platform::grpc::bind(common.grpc_addr).await?;
     let router = tonic::transport::Server::builder()
+        .trace_fn(finestra_platform::trace::grpc_request_span)
         .add_service(health_service)
         .add_service(finestra_platform::grpc::reflection()?)
         .add_service(RequireKey::new(DispatchServiceServer::new(api), auth));

@@ -99,11 +99,15 @@ impl Provider for CloudApi {
                 "{}/{}/{}/messages",
                 self.base_url, self.version, phone_number_id
             );
-            let answer = self
+            let mut request = self
                 .http
                 .post(url)
                 .bearer_auth(&self.token)
-                .header("content-type", "application/json")
+                .header("content-type", "application/json");
+            if let Some(tp) = finestra_platform::trace::current() {
+                request = request.header(finestra_platform::trace::TRACEPARENT, tp);
+            }
+            let answer = request
                 .body(body.to_vec())
                 .send()
                 .await

@@ -25,6 +25,7 @@ use rdkafka::message::OwnedMessage;
 use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc};
+use tracing::Instrument as _;
 
 use crate::facts::Facts;
 use crate::hot::Hot;
@@ -333,6 +334,7 @@ impl Worker {
             let outgoing: Vec<Outgoing<'_>> = letters
                 .into_iter()
                 .map(|envelope| Outgoing {
+                    traceparent: None,
                     topic: &self.dlq_topic,
                     key: String::new(),
                     envelope,
@@ -387,11 +389,25 @@ impl Worker {
             let shared = shared.clone();
             let done_tx = done_tx.clone();
             let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                let done = deliver(shared, job, shutdown).await;
-                // The loop outlives every task it counts; a closed channel means it is gone.
-                let _ = done_tx.send(done);
-            });
+            // A traced send (its SendMessage carried a context) gets a span of its own; the
+            // provider call under it carries the context on to the network.
+            let span = match kafka::traceparent(&job.record) {
+                Some(tp) => {
+                    let span =
+                        tracing::info_span!("dispatch.deliver", message_id = %job.message_id);
+                    finestra_platform::trace::adopt(&span, Some(tp));
+                    span
+                }
+                None => tracing::Span::none(),
+            };
+            tokio::spawn(
+                async move {
+                    let done = deliver(shared, job, shutdown).await;
+                    // The loop outlives every task it counts; a closed channel means it is gone.
+                    let _ = done_tx.send(done);
+                }
+                .instrument(span),
+            );
         }
     }
 
@@ -477,6 +493,7 @@ impl Worker {
         let outgoing: Vec<Outgoing<'_>> = events
             .into_iter()
             .map(|(topic, key, envelope)| Outgoing {
+                traceparent: None,
                 topic,
                 key,
                 envelope,

@@ -80,6 +80,8 @@ impl IngestService for IngestApi {
             &self.app.topics,
             self.app.clock.as_ref(),
             events,
+            // A gRPC call's span has the caller's context (trace_fn).
+            finestra_platform::trace::current().as_deref(),
         )
         .await
         .map_err(|e| {

@@ -231,7 +231,27 @@ async fn receive(
         events.extend(drafts.into_iter().map(|d| (owner.0.clone(), d)));
     }
 
-    match crate::publish::publish(&app.producer, &app.topics, app.clock.as_ref(), events).await {
+    // A webhook that carries a trace context (the network propagated the send's) continues
+    // that trace: its span is the parent of the events' consumers.
+    let span = match finestra_platform::trace::header(&headers) {
+        Some(tp) => {
+            let span = tracing::info_span!("ingest.webhook", events = events.len());
+            finestra_platform::trace::adopt(&span, Some(tp));
+            span
+        }
+        None => tracing::Span::none(),
+    };
+    let traceparent = finestra_platform::trace::traceparent_of(&span);
+    let published = crate::publish::publish(
+        &app.producer,
+        &app.topics,
+        app.clock.as_ref(),
+        events,
+        traceparent.as_deref(),
+    )
+    .await;
+    drop(span);
+    match published {
         Ok(()) => {
             outcome("accepted");
             (StatusCode::OK, "ok")

@@ -28,12 +28,14 @@ fn label(stream: Stream) -> &'static str {
     }
 }
 
-/// Publishes `(tenant, draft)` pairs; resolves after every ack.
+/// Publishes `(tenant, draft)` pairs; resolves after every ack. `traceparent` is the trace the
+/// events continue (a webhook's), carried as a record header.
 pub async fn publish(
     producer: &FutureProducer,
     topics: &Topics,
     clock: &dyn Clock,
     events: Vec<(String, Draft)>,
+    traceparent: Option<&str>,
 ) -> Result<(), BusError> {
     if events.is_empty() {
         return Ok(());
@@ -46,6 +48,7 @@ pub async fn publish(
                 .increment(1);
             let user = d.user.as_ref().map(|u| u.as_str()).unwrap_or_default();
             Outgoing {
+                traceparent: traceparent.map(str::to_owned),
                 topic: topic(topics, d.stream),
                 key: kafka::conversation_key(&tenant_id, &d.phone_number_id, user),
                 envelope: Envelope {

@@ -325,12 +325,15 @@ async fn send(
     sim.count(&phone_number_id, |s| s.accepted += 1);
     tokio::spawn(report_statuses(
         sim.clone(),
-        number.phone_number_id.clone(),
-        number.display_phone_number.clone(),
-        number.app_secret.clone(),
-        wamid.clone(),
-        to.clone(),
-        callback,
+        StatusReport {
+            number: number.phone_number_id.clone(),
+            display: number.display_phone_number.clone(),
+            secret: number.app_secret.clone(),
+            wamid: wamid.clone(),
+            to: to.clone(),
+            callback,
+            traceparent: finestra_platform::trace::header(&headers).map(str::to_owned),
+        },
     ));
     (
         StatusCode::OK,
@@ -467,15 +470,33 @@ async fn stats(
 }
 
 /// Posts the message's statuses in order, each after the configured delay.
-async fn report_statuses(
-    sim: Arc<Sim>,
+/// Status webhooks are retried the way the real network retries them (for days there): here
+/// about a quarter of an hour at the 5 s cap, so an ingest outage delays statuses, never loses
+/// them.
+const STATUS_ATTEMPTS: u32 = 200;
+
+/// What the network reports on one accepted send.
+struct StatusReport {
     number: String,
     display: String,
     secret: String,
     wamid: String,
     to: String,
     callback: String,
-) {
+    /// The send's trace context, echoed on its status webhooks.
+    traceparent: Option<String>,
+}
+
+async fn report_statuses(sim: Arc<Sim>, report: StatusReport) {
+    let StatusReport {
+        number,
+        display,
+        secret,
+        wamid,
+        to,
+        callback,
+        traceparent,
+    } = report;
     let (fail, read) = {
         let mut rng = rand::rng();
         (
@@ -505,7 +526,11 @@ async fn report_statuses(
                 "error_data": { "details": "the simulator failed this message" }
             }]);
         }
-        if let Err(e) = sim.poster.post(&secret, &body, 8).await {
+        let posted = sim
+            .poster
+            .post_traced(&secret, &body, STATUS_ATTEMPTS, traceparent.as_deref())
+            .await;
+        if let Err(e) = posted {
             tracing::warn!(error = %e, %wamid, status, "a status webhook could not be delivered");
         }
     }

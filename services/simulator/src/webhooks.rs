@@ -14,19 +14,32 @@ pub struct Poster {
 impl Poster {
     /// Posts `body`; up to `attempts` tries. Returns the final HTTP status.
     pub async fn post(&self, secret: &str, body: &Value, attempts: u32) -> Result<u16, String> {
+        self.post_traced(secret, body, attempts, None).await
+    }
+
+    /// Posts with the `traceparent` of the send the webhook reports on: a network that
+    /// propagates W3C context lets the status join the send's trace.
+    pub async fn post_traced(
+        &self,
+        secret: &str,
+        body: &Value,
+        attempts: u32,
+        traceparent: Option<&str>,
+    ) -> Result<u16, String> {
         let bytes = serde_json::to_vec(body).map_err(|e| e.to_string())?;
         let signature = finestra_cloudapi::signature::sign(secret.as_bytes(), &bytes);
         let mut pause = Duration::from_millis(100);
         let mut last = String::new();
         for _ in 0..attempts.max(1) {
-            let sent = self
+            let mut request = self
                 .http
                 .post(&self.url)
                 .header("content-type", "application/json")
-                .header(finestra_cloudapi::SIGNATURE_HEADER, &signature)
-                .body(bytes.clone())
-                .send()
-                .await;
+                .header(finestra_cloudapi::SIGNATURE_HEADER, &signature);
+            if let Some(tp) = traceparent {
+                request = request.header(finestra_platform::trace::TRACEPARENT, tp);
+            }
+            let sent = request.body(bytes.clone()).send().await;
             match sent {
                 Ok(r) if !r.status().is_server_error() => return Ok(r.status().as_u16()),
                 Ok(r) => last = format!("ingest answered {}", r.status()),

@@ -136,6 +136,7 @@ impl Applier {
                     WindowChange::Refreshed { .. } => applied.windows_refreshed += 1,
                 }
                 outgoing.push(Outgoing {
+                    traceparent: None,
                     topic: &self.window_topic,
                     key: kafka::conversation_key(
                         &e.key.tenant_id,

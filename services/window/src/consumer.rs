@@ -120,6 +120,7 @@ impl Loop {
             let dead: Vec<Outgoing<'_>> = poison
                 .iter()
                 .map(|envelope| Outgoing {
+                    traceparent: None,
                     topic: &self.dlq_topic,
                     key: envelope.event_id.clone(),
                     envelope: envelope.clone(),

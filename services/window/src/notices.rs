@@ -155,6 +155,7 @@ impl Notices {
         let records: Vec<Outgoing<'_>> = rows
             .iter()
             .map(|(tenant, number, user, csw)| Outgoing {
+                traceparent: None,
                 topic: &self.window_topic,
                 key: kafka::conversation_key(tenant, number, user),
                 envelope: notice(kind, tenant, number, user, *csw, now),
