@@ -46,8 +46,10 @@ bench:
 	@bash scripts/bench.sh
 
 chaos: infra
-	@cargo build --quiet -p finestra-e2e --bin chaos
-	@./target/debug/chaos
+	@echo "[chaos] building the services and the harness (release)"
+	@cargo build --quiet --release -p finestra-e2e --bin chaos -p finestra-window -p finestra-ingest \
+		-p finestra-accounts -p finestra-billing -p finestra-simulator -p finestra-dispatch --bins
+	@CHAOS_BIN_DIR=target/release ./target/release/chaos
 
 bench-ingest: infra
 	cargo build --release -p finestra-e2e --bin bench-ingest

@@ -12,6 +12,8 @@ pub mod kafka;
 pub mod metrics;
 pub mod offsets;
 pub mod paging;
+pub mod partitions;
+pub mod retention;
 pub mod service;
 pub mod shutdown;
 pub mod status;

@@ -9,7 +9,13 @@ pub const SCHEMA: &str = "billing";
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::Error> {
-    finestra_platform::stores::migrate_schema(pool, SCHEMA, &MIGRATOR).await
+    finestra_platform::stores::migrate_schema(pool, SCHEMA, &MIGRATOR).await?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
+    // The ledger's monthly partitions around now (and the rows of the ledger from before
+    // partitioning moved in).
+    finestra_platform::partitions::prepare(pool, SCHEMA, now, 3).await
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -192,9 +198,13 @@ pub async fn top_up(
     now: Timestamp,
 ) -> Result<WalletRow, sqlx::Error> {
     let mut tx = pool.begin().await?;
+    // The key table is the top-up id's durable uniqueness, whatever month it came in.
     let inserted = sqlx::query(
-        "INSERT INTO billing.ledger (tenant_id, reference, kind, amount, currency, note, occurred_at)
-         VALUES ($1, $2, 'top_up', $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        "WITH k AS (
+            INSERT INTO billing.ledger_keys (tenant_id, reference, kind) VALUES ($1, $2, 'top_up')
+            ON CONFLICT DO NOTHING RETURNING tenant_id)
+         INSERT INTO billing.ledger (tenant_id, reference, kind, amount, currency, note, occurred_at)
+         SELECT $1, $2, 'top_up', $3, $4, $5, $6 FROM k",
     )
     .bind(tenant_id)
     .bind(top_up_id)

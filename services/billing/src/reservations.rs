@@ -302,13 +302,20 @@ pub async fn settle(pool: &PgPool, batch: &[Settlement]) -> Result<Settled, sqlx
               FROM input i
              WHERE r.tenant_id = i.tenant_id AND r.message_id = i.message_id AND r.state = 'open'
             RETURNING r.*
+         ), keyed AS (
+            INSERT INTO billing.ledger_keys (tenant_id, reference, kind)
+            SELECT tenant_id, message_id, 'charge' FROM ended WHERE state = 'captured'
+            ON CONFLICT DO NOTHING
+            RETURNING tenant_id, reference
          ), charged AS (
             INSERT INTO billing.ledger (tenant_id, reference, kind, amount, cost, price, currency,
                 card_version, category, market, phone_number_id, free_reason, markup, occurred_at)
-            SELECT tenant_id, message_id, 'charge', -price, cost, price, currency, card_version,
-                   category, market, phone_number_id, free_reason, markup, ended_at
-              FROM ended WHERE state = 'captured'
-            ON CONFLICT DO NOTHING
+            SELECT e.tenant_id, e.message_id, 'charge', -e.price, e.cost, e.price, e.currency,
+                   e.card_version, e.category, e.market, e.phone_number_id, e.free_reason,
+                   e.markup, e.ended_at
+              FROM ended e
+              JOIN keyed k ON k.tenant_id = e.tenant_id AND k.reference = e.message_id
+             WHERE e.state = 'captured'
          )
          SELECT tenant_id, message_id, state, price FROM ended",
     )

@@ -42,6 +42,25 @@ struct Api {
 }
 
 #[derive(Subcommand)]
+enum OpsCommand {
+    /// Drop the history tables' months before the last N (window events, messages, tenant
+    /// events, webhook deliveries) and create the coming months' partitions. The ledger is
+    /// kept forever unless --ledger-keep-months is given; its dropped months' balance is
+    /// carried forward, so the books still reconcile.
+    Retention {
+        /// Months of history kept, the current one included.
+        #[arg(long)]
+        keep_months: u32,
+        /// Months of ledger kept (default: forever).
+        #[arg(long)]
+        ledger_keep_months: Option<u32>,
+        /// Say what would be dropped; drop nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Apply the accounts schema's migrations.
     Migrate,
@@ -49,6 +68,11 @@ enum Command {
     Topics {
         #[arg(long, default_value_t = 4)]
         partitions: i32,
+    },
+    /// Operations on the stores directly.
+    Ops {
+        #[command(subcommand)]
+        command: OpsCommand,
     },
     /// Create an operator key (printed once). Refused when one exists, unless --another.
     Bootstrap {
@@ -520,6 +544,55 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate => {
             finestra_registry::migrate(&pool().await?).await?;
             println!("accounts migrations applied");
+        }
+        Command::Ops {
+            command:
+                OpsCommand::Retention {
+                    keep_months,
+                    ledger_keep_months,
+                    dry_run,
+                },
+        } => {
+            anyhow::ensure!(keep_months >= 1, "--keep-months must be at least 1");
+            anyhow::ensure!(
+                ledger_keep_months.is_none_or(|m| m >= 1),
+                "--ledger-keep-months must be at least 1"
+            );
+            let policy = finestra_platform::retention::Policy {
+                keep_months,
+                ledger_keep_months,
+                dry_run,
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_micros() as i64;
+            let report = finestra_platform::retention::run(&pool().await?, policy, now).await?;
+            let verb = if dry_run { "would drop" } else { "dropped" };
+            for d in &report {
+                println!(
+                    "{}: keeping {:04}-{:02} on; {verb} {} monthly partition(s){}{}",
+                    d.table,
+                    d.first_kept.year,
+                    d.first_kept.month,
+                    d.partitions.len(),
+                    if d.partitions.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", d.partitions.join(", "))
+                    },
+                    if d.default_rows > 0 {
+                        format!(
+                            " and {} older row(s) of the default partition",
+                            d.default_rows
+                        )
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+            if ledger_keep_months.is_none() {
+                println!("billing.ledger: kept forever (--ledger-keep-months N to bound it)");
+            }
         }
         Command::Topics { partitions } => {
             let brokers = env_string("KAFKA_BROKERS", "127.0.0.1:9092");

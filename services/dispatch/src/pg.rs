@@ -7,7 +7,17 @@ pub const SCHEMA: &str = "dispatch";
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::Error> {
-    finestra_platform::stores::migrate_schema(pool, SCHEMA, &MIGRATOR).await
+    finestra_platform::stores::migrate_schema(pool, SCHEMA, &MIGRATOR).await?;
+    prepare_partitions(pool).await
+}
+
+/// The monthly partitions of messages, tenant events and webhook deliveries around now (and
+/// the rows of a table from before partitioning moved in). At migration and at start.
+pub async fn prepare_partitions(pool: &PgPool) -> Result<(), sqlx::Error> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
+    finestra_platform::partitions::prepare(pool, SCHEMA, now, 3).await
 }
 
 /// A message as accepted.
@@ -73,9 +83,9 @@ pub async fn insert(pool: &PgPool, rows: &[NewMessage]) -> Result<Vec<String>, s
         return Ok(Vec::new());
     }
     let mut q = QueryBuilder::new(
-        "INSERT INTO dispatch.messages (tenant_id, message_id, idempotency_key, request_hash, \
-         phone_number_id, recipient, kind, template_name, category, body, price_micros, \
-         currency, free, free_reason, business_initiated, starts_fep, accepted_at, updated_at) ",
+        "WITH input (tenant_id, message_id, idempotency_key, request_hash, phone_number_id, \
+         recipient, kind, template_name, category, body, price_micros, currency, free, \
+         free_reason, business_initiated, starts_fep, accepted_at, updated_at) AS (",
     );
     q.push_values(rows, |mut b, r| {
         b.push_bind(&r.tenant_id)
@@ -97,7 +107,21 @@ pub async fn insert(pool: &PgPool, rows: &[NewMessage]) -> Result<Vec<String>, s
             .push_bind(r.accepted_at)
             .push_bind(r.accepted_at);
     });
-    q.push(" ON CONFLICT (tenant_id, message_id) DO NOTHING RETURNING message_id");
+    // The key table is the durable uniqueness of a message id (the partitioned table's key
+    // includes the month); a repeated id in one batch is inserted once.
+    q.push(
+        "), keys AS (
+            INSERT INTO dispatch.message_keys (tenant_id, message_id, accepted_at)
+            SELECT tenant_id, message_id, accepted_at FROM input
+            ON CONFLICT DO NOTHING RETURNING tenant_id, message_id)
+         INSERT INTO dispatch.messages (tenant_id, message_id, idempotency_key, request_hash, \
+             phone_number_id, recipient, kind, template_name, category, body, price_micros, \
+             currency, free, free_reason, business_initiated, starts_fep, accepted_at, updated_at)
+         SELECT DISTINCT ON (i.tenant_id, i.message_id) i.*
+           FROM input i JOIN keys k
+             ON k.tenant_id = i.tenant_id AND k.message_id = i.message_id COLLATE \"C\"
+         RETURNING message_id",
+    );
     let ids: Vec<(String,)> = q.build_query_as().fetch_all(pool).await?;
     Ok(ids.into_iter().map(|(id,)| id).collect())
 }

@@ -25,15 +25,7 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::Error> {
 
 /// Creates the monthly history partitions around `now` (last month to two months ahead).
 pub async fn ensure_partitions(pool: &PgPool, now: Timestamp) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "SELECT windows.ensure_window_events_partition(
-                ((timestamptz 'epoch' + $1 * interval '1 microsecond') + m * interval '1 month')::date)
-         FROM generate_series(-1, 2) AS m",
-    )
-    .bind(now.micros())
-    .execute(pool)
-    .await?;
-    Ok(())
+    finestra_platform::partitions::ensure_around(pool, "windows", now.micros(), 2).await
 }
 
 #[derive(Debug, sqlx::FromRow)]
