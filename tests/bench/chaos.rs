@@ -54,6 +54,14 @@ async fn network_outage(
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Ctrl-C drops the run, and with it the cluster and the broker: their children are killed.
+    tokio::select! {
+        result = run() => result,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted: the services and the broker were stopped"),
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(
             std::env::var("FINESTRA_LOG").unwrap_or_else(|_| "warn,sqlx=error".into()),

@@ -92,6 +92,30 @@ impl Running {
     }
 }
 
+/// The end of a service binary after shutdown began: waits up to `grace` for the drain, flushes
+/// the traces, then exits the process at once with 0 (drained) or 1 (not within the grace).
+/// Exiting instead of returning skips destructors that can block for good when a dependency is
+/// gone (librdkafka's consumer close waits for a group coordinator that may never answer).
+pub async fn drain_and_exit(
+    running: Running,
+    grace: std::time::Duration,
+    service: &str,
+    telemetry: crate::telemetry::TelemetryGuard,
+) -> ! {
+    let code = match tokio::time::timeout(grace, running.wait()).await {
+        Ok(()) => {
+            tracing::info!("{service} stopped");
+            0
+        }
+        Err(_) => {
+            tracing::error!("{service}: the drain did not finish within {grace:?}; exiting anyway");
+            1
+        }
+    };
+    drop(telemetry);
+    std::process::exit(code)
+}
+
 /// Serves a tonic router on a pre-bound listener until shutdown, logging a failure instead of
 /// losing it.
 pub fn spawn_grpc(

@@ -17,9 +17,5 @@ async fn main() -> anyhow::Result<()> {
         Err(e) => return Err(e.into()),
     };
     shutdown.wait().await;
-    if tokio::time::timeout(grace, running.wait()).await.is_err() {
-        anyhow::bail!("drain did not finish within {grace:?}");
-    }
-    tracing::info!("accounts stopped");
-    Ok(())
+    finestra_platform::service::drain_and_exit(running, grace, "accounts", _telemetry).await
 }

@@ -61,9 +61,9 @@ pub async fn run(
         .await?;
     let books: Vec<Books> = sqlx::query_as(
         "WITH tenants AS (
-            SELECT tenant_id FROM billing.wallets
-            UNION SELECT tenant_id FROM billing.reservations
-            UNION SELECT tenant_id FROM billing.ledger
+            SELECT tenant_id FROM billing.wallets WHERE $1 = '' OR tenant_id = $1
+            UNION SELECT tenant_id FROM billing.reservations WHERE $1 = '' OR tenant_id = $1
+            UNION SELECT tenant_id FROM billing.ledger WHERE $1 = '' OR tenant_id = $1
          )
          SELECT t.tenant_id,
                 coalesce(w.balance, 0) AS balance, coalesce(w.reserved, 0) AS reserved,
@@ -78,13 +78,15 @@ pub async fn run(
            LEFT JOIN (SELECT tenant_id, sum(amount) AS sum, count(*) AS entries,
                              -sum(amount) FILTER (WHERE kind = 'charge') AS charged,
                              count(*) FILTER (WHERE kind = 'charge') AS charges
-                        FROM billing.ledger GROUP BY tenant_id) l USING (tenant_id)
+                        FROM billing.ledger WHERE $1 = '' OR tenant_id = $1
+                       GROUP BY tenant_id) l USING (tenant_id)
            LEFT JOIN (SELECT tenant_id,
                              sum(price) FILTER (WHERE state = 'open') AS open_sum,
                              count(*) FILTER (WHERE state = 'open') AS open_count,
                              sum(price) FILTER (WHERE state = 'captured') AS captured_sum,
                              count(*) FILTER (WHERE state = 'captured') AS captured_count
-                        FROM billing.reservations GROUP BY tenant_id) r USING (tenant_id)
+                        FROM billing.reservations WHERE $1 = '' OR tenant_id = $1
+                       GROUP BY tenant_id) r USING (tenant_id)
           WHERE $1 = '' OR t.tenant_id = $1
           ORDER BY t.tenant_id",
     )
