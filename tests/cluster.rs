@@ -55,9 +55,19 @@ pub struct Cluster {
     http: reqwest::Client,
 }
 
+/// A free port below Linux's ephemeral range (32768–60999), chosen at random and checked by
+/// binding it. Everything else on the machine (tests' in-process services on port 0, client
+/// sockets) takes ephemeral ports, so between this check and the service binding it nobody
+/// else grabs it — which a port-0 pick could not promise.
 fn free_addr() -> anyhow::Result<SocketAddr> {
-    // Bound and released at once: the port stays this service's for the cluster's life.
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+    use rand::Rng as _;
+    for _ in 0..1_000 {
+        let port: u16 = rand::rng().random_range(20_000..32_000);
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            return Ok(listener.local_addr()?);
+        }
+    }
+    anyhow::bail!("no free port in 20000..32000")
 }
 
 impl Cluster {
@@ -208,7 +218,18 @@ impl Cluster {
         self.children.insert(service, child);
         self.wait_ready(service, Duration::from_secs(60))
             .await
-            .with_context(|| format!("{service} (log {})", log_path.display()))
+            .with_context(|| format!("{service} (log {})", log_path.display()))?;
+        // Ready can be answered by the metrics listener of a process whose gRPC bind then fails.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if let Some(child) = self.children.get_mut(service)
+            && let Some(status) = child.try_wait()?
+        {
+            anyhow::bail!(
+                "{service} exited right after starting: {status} (log {})",
+                log_path.display()
+            );
+        }
+        Ok(())
     }
 
     pub async fn start_all(&mut self) -> anyhow::Result<()> {
