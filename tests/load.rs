@@ -128,40 +128,56 @@ async fn send_until_accepted(
     }
 }
 
-pub async fn setup_tenants(scope: &Scope, count: usize) -> anyhow::Result<Vec<Tenant>> {
+/// A tenant with one number that only the network paces (no tier, 1,000 messages/s), an
+/// approved UTILITY template `template` (one parameter) and `funds` micro-euros; returns
+/// (tenant id, number id). The chaos run, the shutdown test and bench-send start from it.
+pub async fn sending_tenant(
+    scope: &Scope,
+    name: &str,
+    n: u32,
+    template: &str,
+    funds: i64,
+) -> anyhow::Result<(String, String)> {
     let infra = infra().await?;
-    let mut tenants = Vec::new();
-    for t in 0..count {
-        let name = format!("chaos{t}");
-        let (tenant, number, _) = scope.tenant_with_number(&name, t as u32).await?;
-        sqlx::query(
-            "UPDATE accounts.numbers SET throughput_per_second = 1000 WHERE phone_number_id = $1",
-        )
-        .bind(&number)
-        .execute(&infra.pool)
-        .await?;
-        sqlx::query("UPDATE accounts.tenants SET tier = NULL WHERE tenant_id = $1")
-            .bind(&tenant)
-            .execute(&infra.pool)
-            .await?;
-        sqlx::query(
-            "INSERT INTO accounts.templates (template_id, tenant_id, name, language, category, body, parameter_count, status)
-             VALUES ($1, $2, 'chaos_util', 'it', 'UTILITY', 'Order {{1}} ready', 1, 'APPROVED')",
-        )
-        .bind(format!("tpl-{tenant}"))
+    let (tenant, number, _) = scope.tenant_with_number(name, n).await?;
+    sqlx::query(
+        "UPDATE accounts.numbers SET throughput_per_second = 1000 WHERE phone_number_id = $1",
+    )
+    .bind(&number)
+    .execute(&infra.pool)
+    .await?;
+    sqlx::query("UPDATE accounts.tenants SET tier = NULL WHERE tenant_id = $1")
         .bind(&tenant)
         .execute(&infra.pool)
         .await?;
-        finestra_billing::pg::top_up(
-            &infra.pool,
-            &tenant,
-            "chaos-funds",
-            1_000_000_000_000,
-            "EUR",
-            "chaos",
-            finestra_domain::Timestamp::from_micros(0),
-        )
-        .await?;
+    sqlx::query(
+        "INSERT INTO accounts.templates (template_id, tenant_id, name, language, category, body, parameter_count, status)
+         VALUES ($1, $2, $3, 'it', 'UTILITY', 'Order {{1}} ready', 1, 'APPROVED')",
+    )
+    .bind(format!("tpl-{tenant}"))
+    .bind(&tenant)
+    .bind(template)
+    .execute(&infra.pool)
+    .await?;
+    finestra_billing::pg::top_up(
+        &infra.pool,
+        &tenant,
+        "load-funds",
+        funds,
+        "EUR",
+        "load",
+        finestra_domain::Timestamp::from_micros(0),
+    )
+    .await?;
+    Ok((tenant, number))
+}
+
+pub async fn setup_tenants(scope: &Scope, count: usize) -> anyhow::Result<Vec<Tenant>> {
+    let mut tenants = Vec::new();
+    for t in 0..count {
+        let name = format!("chaos{t}");
+        let (tenant, number) =
+            sending_tenant(scope, &name, t as u32, "chaos_util", 1_000_000_000_000).await?;
         tenants.push(Tenant {
             id: tenant,
             number,

@@ -289,35 +289,12 @@ async fn main() -> anyhow::Result<()> {
 
     let mut ids = Vec::new();
     for t in 0..tenant_count {
-        let (tenant, number, _) = scope
-            .tenant_with_number(&format!("send{t}"), t as u32)
-            .await?;
-        sqlx::query("UPDATE accounts.tenants SET tier = NULL WHERE tenant_id = $1")
-            .bind(&tenant)
-            .execute(&infra.pool)
-            .await?;
-        sqlx::query(
-            "UPDATE accounts.numbers SET throughput_per_second = 1000 WHERE phone_number_id = $1",
-        )
-        .bind(&number)
-        .execute(&infra.pool)
-        .await?;
-        sqlx::query(
-            "INSERT INTO accounts.templates (template_id, tenant_id, name, language, category, body, parameter_count, status)
-             VALUES ($1, $2, 'bench_util', 'it', 'UTILITY', 'Order {{1}} ready', 1, 'APPROVED')",
-        )
-        .bind(format!("tpl-{tenant}"))
-        .bind(&tenant)
-        .execute(&infra.pool)
-        .await?;
-        finestra_billing::pg::top_up(
-            &infra.pool,
-            &tenant,
-            "bench-funds",
+        let (tenant, number) = finestra_e2e::load::sending_tenant(
+            &scope,
+            &format!("send{t}"),
+            t as u32,
+            "bench_util",
             1_000_000_000_000_000,
-            "EUR",
-            "bench",
-            finestra_domain::Timestamp::from_micros(0),
         )
         .await?;
         ids.push((tenant, number));
