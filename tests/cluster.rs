@@ -185,6 +185,9 @@ impl Cluster {
                 ("DISPATCH_RETRY_CAP_MS", "5000".into()),
                 ("DISPATCH_RETRY_ATTEMPTS", "20".into()),
                 ("PROVIDER_TIMEOUT_MS", "3000".into()),
+                // The database is shared with other tests, whose dispatchers retry on other
+                // schedules: each delivers its own tenants' webhooks only.
+                ("DISPATCH_WEBHOOK_TENANT_PREFIX", format!("t{scope_id}")),
             ]),
             other => anyhow::bail!("no service {other}"),
         }

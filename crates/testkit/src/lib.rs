@@ -339,6 +339,7 @@ pub async fn dispatch_config(
             give_up_after_micros: 3_000_000,
         },
         webhook_timeout: Duration::from_secs(5),
+        webhook_tenant_prefix: format!("t{}", scope.id()),
     })
 }
 

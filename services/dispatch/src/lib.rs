@@ -60,6 +60,9 @@ pub struct DispatchConfig {
     pub events_group: String,
     pub webhook_schedule: finestra_domain::delivery::WebhookSchedule,
     pub webhook_timeout: Duration,
+    /// Deliver webhooks only of tenants whose id starts with this (empty: every tenant). Lets
+    /// deliverers with different schedules share a database without retrying each other's work.
+    pub webhook_tenant_prefix: String,
 }
 
 impl DispatchConfig {
@@ -106,6 +109,7 @@ impl DispatchConfig {
                 "DISPATCH_WEBHOOK_TIMEOUT_MS",
                 10_000u64,
             )?),
+            webhook_tenant_prefix: env_string("DISPATCH_WEBHOOK_TENANT_PREFIX", ""),
         })
     }
 }
@@ -286,6 +290,7 @@ pub async fn start(
             recorded,
             batch: 200,
             lease: Duration::from_secs(60),
+            tenant_prefix: config.webhook_tenant_prefix.clone(),
         }
         .run(shutdown.clone()),
     );

@@ -98,6 +98,8 @@ pub struct Deliverer {
     pub batch: i64,
     /// How long a claim holds before another deliverer may take it.
     pub lease: Duration,
+    /// Only tenants whose id starts with this (empty: all).
+    pub tenant_prefix: String,
 }
 
 type Due = (
@@ -153,6 +155,7 @@ impl Deliverer {
                  UPDATE dispatch.webhook_deliveries d SET next_attempt_at = $1 + $2
                    FROM (SELECT tenant_id, endpoint_id, seq FROM dispatch.webhook_deliveries
                           WHERE state = 'pending' AND next_attempt_at <= $1
+                            AND starts_with(tenant_id, $4)
                           ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) due
                   WHERE d.tenant_id = due.tenant_id AND d.endpoint_id = due.endpoint_id
                     AND d.seq = due.seq
@@ -166,6 +169,7 @@ impl Deliverer {
         .bind(now)
         .bind(lease)
         .bind(self.batch)
+        .bind(&self.tenant_prefix)
         .fetch_all(&self.pool)
         .await?;
         if due.is_empty() {
