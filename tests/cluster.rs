@@ -4,7 +4,7 @@
 //! run and the graceful-shutdown test drive it; a test's [`Scope`] keeps its topics, groups
 //! and tenants apart from everything else on the machine.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -51,6 +51,7 @@ pub struct ClusterSpec {
 pub struct Cluster {
     spec: ClusterSpec,
     ports: BTreeMap<&'static str, Ports>,
+    taken: BTreeSet<u16>,
     children: BTreeMap<&'static str, Child>,
     http: reqwest::Client,
 }
@@ -59,15 +60,32 @@ pub struct Cluster {
 /// binding it. Everything else on the machine (tests' in-process services on port 0, client
 /// sockets) takes ephemeral ports, so between this check and the service binding it nobody
 /// else grabs it — which a port-0 pick could not promise.
-fn free_addr() -> anyhow::Result<SocketAddr> {
+/// `taken`: ports already handed out (to this cluster), never picked twice.
+fn free_addr(taken: &mut BTreeSet<u16>) -> anyhow::Result<SocketAddr> {
     use rand::Rng as _;
     for _ in 0..1_000 {
         let port: u16 = rand::rng().random_range(20_000..32_000);
+        if taken.contains(&port) {
+            continue;
+        }
         if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            taken.insert(port);
             return Ok(listener.local_addr()?);
         }
     }
     anyhow::bail!("no free port in 20000..32000")
+}
+
+/// A service's ports (and the ingest's and simulator's HTTP port).
+fn pick_ports(service: &str, taken: &mut BTreeSet<u16>) -> anyhow::Result<Ports> {
+    let http = matches!(service, "ingest" | "simulator")
+        .then(|| free_addr(taken))
+        .transpose()?;
+    Ok(Ports {
+        grpc: free_addr(taken)?,
+        metrics: free_addr(taken)?,
+        http,
+    })
 }
 
 impl Cluster {
@@ -75,22 +93,14 @@ impl Cluster {
     pub fn new(spec: ClusterSpec) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&spec.log_dir)?;
         let mut ports = BTreeMap::new();
+        let mut taken = BTreeSet::new();
         for name in SERVICES {
-            let http = matches!(name, "ingest" | "simulator")
-                .then(free_addr)
-                .transpose()?;
-            ports.insert(
-                name,
-                Ports {
-                    grpc: free_addr()?,
-                    metrics: free_addr()?,
-                    http,
-                },
-            );
+            ports.insert(name, pick_ports(name, &mut taken)?);
         }
         Ok(Self {
             spec,
             ports,
+            taken,
             children: BTreeMap::new(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(2))
@@ -186,8 +196,8 @@ impl Cluster {
                 ("DISPATCH_RETRY_ATTEMPTS", "20".into()),
                 ("PROVIDER_TIMEOUT_MS", "3000".into()),
                 // The database is shared with other tests, whose dispatchers retry on other
-                // schedules: each delivers its own tenants' webhooks only.
-                ("DISPATCH_WEBHOOK_TENANT_PREFIX", format!("t{scope_id}")),
+                // schedules and topics: each sweeps its own tenants only.
+                ("DISPATCH_SWEEP_TENANT_PREFIX", format!("t{scope_id}")),
             ]),
             other => anyhow::bail!("no service {other}"),
         }
@@ -235,11 +245,33 @@ impl Cluster {
         Ok(())
     }
 
+    /// Starts every service in order. A first start that lost a port between the check and
+    /// the bind (to a process outside this cluster) gets new ports and starts again: the
+    /// services started after it read its ports then.
     pub async fn start_all(&mut self) -> anyhow::Result<()> {
         for s in SERVICES {
-            self.start(s).await?;
+            let mut tries = 0;
+            loop {
+                match self.start(s).await {
+                    Ok(()) => break,
+                    Err(e) if tries < 3 && self.lost_a_port(s) => {
+                        tries += 1;
+                        eprintln!("[cluster] {s}: a port was taken ({e:#}); new ports, again");
+                        self.children.remove(s);
+                        let fresh = pick_ports(s, &mut self.taken)?;
+                        self.ports.insert(s, fresh);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Whether `service`'s log says a listener could not bind.
+    fn lost_a_port(&self, service: &str) -> bool {
+        std::fs::read_to_string(self.spec.log_dir.join(format!("{service}.log")))
+            .is_ok_and(|log| log.contains("Address already in use"))
     }
 
     async fn ready(&self, service: &str) -> bool {
@@ -351,7 +383,7 @@ impl Broker {
     pub async fn start(dir: PathBuf) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&dir)?;
         let mut broker = Self {
-            addr: free_addr()?,
+            addr: free_addr(&mut BTreeSet::new())?,
             dir,
             child: None,
         };

@@ -1593,3 +1593,94 @@ async fn the_trace_set_at_send_message_is_the_parent_of_the_capture() -> anyhow:
     let _ = provider.shutdown();
     Ok(())
 }
+
+/// What acceptance leaves when its process is killed between the store and the produce, and
+/// the client never retries: a reserved, stored message whose outbound event never reached the
+/// broker. The sweep queues it again: it is sent once, delivered, charged once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stored_message_whose_event_was_lost_is_queued_again_and_charged_once()
+-> anyhow::Result<()> {
+    let c = Chain::start_tuned(80, true, |cfg| {
+        cfg.requeue_after = Duration::from_secs(1);
+        cfg.requeue_every = Duration::from_millis(200);
+    })
+    .await?;
+    c.template("order_ready", "UTILITY", 1).await?;
+    c.top_up(1_000_000).await?;
+    let user = "393331110090";
+    let request = c.request(user, "lost-event", template("order_ready", &["A-17"]));
+    let message_id = finestra_dispatch::content::message_id(&c.tenant, "lost-event");
+    let parsed = finestra_dispatch::content::parse(&request)?;
+    let accepted_at = finestra_testkit::now_secs() * 1_000_000;
+
+    // Reserved and stored, as the acceptance batch does, and then nothing.
+    let reserved = c
+        .books
+        .clone()
+        .reserve_batch(v1::ReserveBatchRequest {
+            reservations: vec![v1::ReserveRequest {
+                tenant_id: c.tenant.clone(),
+                message_id: message_id.clone(),
+                phone_number_id: c.number.clone(),
+                recipient: user.into(),
+                free_form: false,
+                category: "UTILITY".into(),
+                csw_open: false,
+                fep_open: false,
+                accepted_at: Some(finestra_proto::time::from_micros(accepted_at)),
+            }],
+        })
+        .await?
+        .into_inner();
+    let quote = reserved
+        .results
+        .first()
+        .and_then(|r| r.reserved.as_ref())
+        .and_then(|r| r.quote.clone())
+        .ok_or_else(|| anyhow::anyhow!("not reserved: {reserved:?}"))?;
+    let price = quote.price_micros;
+    assert!(price > 0, "a utility template outside the window is paid");
+    let stored = finestra_dispatch::pg::insert(
+        &infra().await?.pool,
+        &[finestra_dispatch::pg::NewMessage {
+            tenant_id: c.tenant.clone(),
+            message_id: message_id.clone(),
+            idempotency_key: "lost-event".into(),
+            request_hash: finestra_dispatch::content::request_hash(&request),
+            phone_number_id: c.number.clone(),
+            recipient: user.into(),
+            kind: parsed.kind.clone(),
+            template_name: "order_ready".into(),
+            category: "UTILITY".into(),
+            body: finestra_cloudapi::send::body(user, &parsed.kind, parsed.object, &message_id)
+                .to_string(),
+            price_micros: price,
+            currency: quote.currency.clone(),
+            free: quote.free,
+            free_reason: quote.free_reason.clone(),
+            business_initiated: true,
+            starts_fep: false,
+            accepted_at,
+        }],
+    )
+    .await?;
+    assert_eq!(stored, vec![message_id.clone()]);
+
+    c.settles(&message_id, &["DELIVERED"]).await?;
+    c.books_settled().await?;
+    // A few more sweeps: a delivered message is not queued again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(c.sim_stats(&c.number).await?["accepted"], 1, "sent once");
+    let charges: Vec<i64> = c
+        .charges()
+        .await?
+        .into_iter()
+        .filter(|(reference, _)| reference.contains(&message_id))
+        .map(|(_, amount)| amount)
+        .collect();
+    assert_eq!(charges.len(), 1, "charged once: {charges:?}");
+    assert_eq!(charges[0].abs(), price);
+    c.reconcile().await?;
+    c.stop().await;
+    Ok(())
+}

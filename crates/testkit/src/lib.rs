@@ -339,7 +339,9 @@ pub async fn dispatch_config(
             give_up_after_micros: 3_000_000,
         },
         webhook_timeout: Duration::from_secs(5),
-        webhook_tenant_prefix: format!("t{}", scope.id()),
+        sweep_tenant_prefix: format!("t{}", scope.id()),
+        requeue_after: Duration::from_secs(300),
+        requeue_every: Duration::from_secs(30),
     })
 }
 

@@ -139,13 +139,18 @@ pub async fn requeue(
     topic: &str,
     m: &NewMessage,
 ) -> Result<(), kafka::BusError> {
-    let record = Outgoing {
+    let record = outbound_record(topic, m);
+    kafka::publish_all(producer, std::slice::from_ref(&record)).await
+}
+
+/// The outbound record of a stored message queued again, keyed by its conversation.
+pub fn outbound_record<'a>(topic: &'a str, m: &NewMessage) -> Outgoing<'a> {
+    Outgoing {
         traceparent: finestra_platform::trace::current(),
         topic,
         key: kafka::conversation_key(&m.tenant_id, &m.phone_number_id, &m.recipient),
         envelope: outbound_event(m, !m.business_initiated),
-    };
-    kafka::publish_all(producer, std::slice::from_ref(&record)).await
+    }
 }
 
 async fn run_batch(

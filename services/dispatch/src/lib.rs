@@ -8,6 +8,7 @@ pub mod content;
 pub mod events;
 pub mod facts;
 pub mod hot;
+pub mod outbox;
 pub mod pg;
 pub mod provider;
 pub mod statuses;
@@ -60,9 +61,14 @@ pub struct DispatchConfig {
     pub events_group: String,
     pub webhook_schedule: finestra_domain::delivery::WebhookSchedule,
     pub webhook_timeout: Duration,
-    /// Deliver webhooks only of tenants whose id starts with this (empty: every tenant). Lets
-    /// deliverers with different schedules share a database without retrying each other's work.
-    pub webhook_tenant_prefix: String,
+    /// Sweeps over every tenant's rows (webhook deliveries, stale accepted messages) take only
+    /// tenants whose id starts with this (empty: every tenant). Lets dispatchers with other
+    /// schedules and topics share a database without doing each other's work (tests).
+    pub sweep_tenant_prefix: String,
+    /// A message still ACCEPTED this long after it was stored is queued again (its event may
+    /// have been lost with a process killed between the store and the produce).
+    pub requeue_after: Duration,
+    pub requeue_every: Duration,
 }
 
 impl DispatchConfig {
@@ -109,7 +115,9 @@ impl DispatchConfig {
                 "DISPATCH_WEBHOOK_TIMEOUT_MS",
                 10_000u64,
             )?),
-            webhook_tenant_prefix: env_string("DISPATCH_WEBHOOK_TENANT_PREFIX", ""),
+            sweep_tenant_prefix: env_string("DISPATCH_SWEEP_TENANT_PREFIX", ""),
+            requeue_after: Duration::from_secs(env_parse("DISPATCH_REQUEUE_AFTER_SECS", 300u64)?),
+            requeue_every: Duration::from_secs(env_parse("DISPATCH_REQUEUE_EVERY_SECS", 30u64)?),
         })
     }
 }
@@ -230,7 +238,7 @@ pub async fn start(
         hot: hot.clone(),
         facts,
         provider: Arc::new(provider),
-        producer,
+        producer: producer.clone(),
         status_topic: common.topics.status.clone(),
         dlq_topic: common.topics.dlq.clone(),
         retry: config.retry,
@@ -238,6 +246,19 @@ pub async fn start(
         send_concurrency: config.send_concurrency,
         clock: clock.clone(),
     };
+    let requeue_task = tokio::spawn(
+        outbox::Requeuer {
+            pool: pool.clone(),
+            producer,
+            topic: common.topics.outbound.clone(),
+            clock: clock.clone(),
+            after: config.requeue_after,
+            every: config.requeue_every,
+            batch: 500,
+            tenant_prefix: config.sweep_tenant_prefix.clone(),
+        }
+        .run(shutdown.clone()),
+    );
     let worker_task = tokio::spawn(worker.run(shutdown.clone()));
     let status_task = tokio::spawn(
         statuses::StatusLoop {
@@ -290,7 +311,7 @@ pub async fn start(
             recorded,
             batch: 200,
             lease: Duration::from_secs(60),
-            tenant_prefix: config.webhook_tenant_prefix.clone(),
+            tenant_prefix: config.sweep_tenant_prefix.clone(),
         }
         .run(shutdown.clone()),
     );
@@ -302,6 +323,7 @@ pub async fn start(
     running.own("admin", admin_task);
     running.own("grpc", grpc_task);
     running.own("worker", worker_task);
+    running.own("requeue", requeue_task);
     running.own("statuses", status_task);
     running.own("auth-invalidation", invalidation_task);
     // Last: acceptance drains once the gRPC server (its only sender) has stopped.

@@ -315,52 +315,92 @@ pub async fn apply_statuses(
     .await
 }
 
+/// Messages still ACCEPTED and untouched since `cut` (of tenants starting with `prefix`),
+/// oldest first, at most `limit`, marked as queued again at `now`; as their outbound events
+/// need them.
+pub async fn claim_stale_accepted(
+    pool: &PgPool,
+    cut: i64,
+    now: i64,
+    limit: i64,
+    prefix: &str,
+) -> Result<Vec<NewMessage>, sqlx::Error> {
+    let rows: Vec<OutboundRow> = sqlx::query_as(
+        "WITH due AS (
+             SELECT tenant_id, message_id, accepted_at FROM dispatch.messages
+              WHERE status = 'ACCEPTED' AND COALESCE(requeued_at, updated_at) <= $1
+                AND starts_with(tenant_id, $4)
+              ORDER BY COALESCE(requeued_at, updated_at) LIMIT $3 FOR UPDATE SKIP LOCKED)
+         UPDATE dispatch.messages m SET requeued_at = $2
+           FROM due
+          WHERE m.tenant_id = due.tenant_id AND m.message_id = due.message_id
+            AND m.accepted_at = due.accepted_at
+          RETURNING m.tenant_id, m.message_id, m.idempotency_key, m.phone_number_id,
+                    m.recipient, m.kind, m.template_name, m.category, m.body,
+                    m.business_initiated, m.starts_fep, m.accepted_at",
+    )
+    .bind(cut)
+    .bind(now)
+    .bind(limit)
+    .bind(prefix)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(outbound_message).collect())
+}
+
+/// A stored message's columns its outbound event needs.
+#[derive(sqlx::FromRow)]
+struct OutboundRow {
+    tenant_id: String,
+    message_id: String,
+    idempotency_key: String,
+    phone_number_id: String,
+    recipient: String,
+    kind: String,
+    template_name: String,
+    category: String,
+    body: String,
+    business_initiated: bool,
+    starts_fep: bool,
+    accepted_at: i64,
+}
+
+fn outbound_message(r: OutboundRow) -> NewMessage {
+    NewMessage {
+        tenant_id: r.tenant_id,
+        message_id: r.message_id,
+        idempotency_key: r.idempotency_key,
+        request_hash: Vec::new(),
+        phone_number_id: r.phone_number_id,
+        recipient: r.recipient,
+        kind: r.kind,
+        template_name: r.template_name,
+        category: r.category,
+        body: r.body,
+        price_micros: 0,
+        currency: String::new(),
+        free: false,
+        free_reason: String::new(),
+        business_initiated: r.business_initiated,
+        starts_fep: r.starts_fep,
+        accepted_at: r.accepted_at,
+    }
+}
+
 /// An accepted message as its outbound event needs it (to queue it again).
 pub async fn outbound_of(
     pool: &PgPool,
     tenant_id: &str,
     message_id: &str,
 ) -> Result<Option<NewMessage>, sqlx::Error> {
-    type Row = (
-        String,
-        String,
-        String,
-        String,
-        String,
-        String,
-        String,
-        bool,
-        bool,
-        i64,
-    );
-    let row: Option<Row> = sqlx::query_as(
-        "SELECT idempotency_key, phone_number_id, recipient, kind, template_name, category, body,
-                business_initiated, starts_fep, accepted_at
+    let row: Option<OutboundRow> = sqlx::query_as(
+        "SELECT tenant_id, message_id, idempotency_key, phone_number_id, recipient, kind,
+                template_name, category, body, business_initiated, starts_fep, accepted_at
            FROM dispatch.messages WHERE tenant_id = $1 AND message_id = $2",
     )
     .bind(tenant_id)
     .bind(message_id)
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(
-        |(key, number, recipient, kind, template_name, category, body, bi, fep, at)| NewMessage {
-            tenant_id: tenant_id.to_owned(),
-            message_id: message_id.to_owned(),
-            idempotency_key: key,
-            request_hash: Vec::new(),
-            phone_number_id: number,
-            recipient,
-            kind,
-            template_name,
-            category,
-            body,
-            price_micros: 0,
-            currency: String::new(),
-            free: false,
-            free_reason: String::new(),
-            business_initiated: bi,
-            starts_fep: fep,
-            accepted_at: at,
-        },
-    ))
+    Ok(row.map(outbound_message))
 }

@@ -1,0 +1,80 @@
+//! Re-queueing stored messages whose outbound event may be lost. Acceptance stores a message,
+//! then produces its event, then answers; a process killed between the store and the produce
+//! leaves a stored (and reserved) message that no worker will ever see. A retried key queues
+//! it again (`api`), but a client that gives up would leave it ACCEPTED for ever. So every
+//! replica sweeps messages still ACCEPTED long after they were last touched and queues them
+//! again. A message that was merely waiting in a backlog costs one record the worker skips
+//! (it sends only what is still ACCEPTED and not in flight).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use finestra_domain::Clock;
+use finestra_platform::Shutdown;
+use finestra_platform::kafka::{self, BusError};
+use rdkafka::producer::FutureProducer;
+use sqlx::PgPool;
+
+use crate::pg;
+
+#[derive(Debug, thiserror::Error)]
+enum SweepError {
+    #[error("reading stale messages: {0}")]
+    Store(#[from] sqlx::Error),
+    #[error("queueing them again: {0}")]
+    Bus(#[from] BusError),
+}
+
+pub struct Requeuer {
+    pub pool: PgPool,
+    pub producer: FutureProducer,
+    pub topic: String,
+    pub clock: Arc<dyn Clock>,
+    /// A message still ACCEPTED this long after it was stored (or last queued again) is queued
+    /// again. Well above the worst expected backlog: earlier only adds skipped records.
+    pub after: Duration,
+    pub every: Duration,
+    /// Messages queued again per sweep at most.
+    pub batch: i64,
+    /// Only tenants whose id starts with this (empty: all).
+    pub tenant_prefix: String,
+}
+
+impl Requeuer {
+    pub async fn run(self, shutdown: Shutdown) {
+        loop {
+            tokio::select! {
+                () = shutdown.wait() => return,
+                () = tokio::time::sleep(self.every) => {}
+            }
+            match self.sweep().await {
+                Ok(0) => {}
+                Ok(n) => {
+                    metrics::counter!("finestra_dispatch_requeued_total").increment(n as u64);
+                    tracing::info!(messages = n, "queued stored messages again");
+                }
+                Err(e) => tracing::warn!(error = %e, "re-queueing stale messages failed; retrying"),
+            }
+        }
+    }
+
+    async fn sweep(&self) -> Result<usize, SweepError> {
+        let now = self.clock.now().micros();
+        let after = i64::try_from(self.after.as_micros()).unwrap_or(i64::MAX);
+        // Marked before the produce: a failed produce is tried again one `after` later.
+        let stale = pg::claim_stale_accepted(
+            &self.pool,
+            now.saturating_sub(after),
+            now,
+            self.batch,
+            &self.tenant_prefix,
+        )
+        .await?;
+        let records: Vec<_> = stale
+            .iter()
+            .map(|m| crate::accept::outbound_record(&self.topic, m))
+            .collect();
+        kafka::publish_all(&self.producer, &records).await?;
+        Ok(stale.len())
+    }
+}
