@@ -126,6 +126,37 @@ impl Scope {
         format!("{name}.{}", self.id)
     }
 
+    /// Redis loses everything of this test: every key of its tenants (each key names its
+    /// tenant in a hash tag), leaving the tests running beside it alone, as FLUSHALL would not.
+    /// Returns the keys deleted.
+    pub async fn lose_redis(&self) -> anyhow::Result<usize> {
+        let mut redis = infra().await?.redis.clone();
+        let pattern = format!("*{{{}*", self.tenant_id(""));
+        let mut cursor = 0u64;
+        let mut deleted = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1_000)
+                .query_async(&mut redis)
+                .await?;
+            if !keys.is_empty() {
+                deleted += keys.len();
+                redis::cmd("DEL")
+                    .arg(&keys)
+                    .query_async::<()>(&mut redis)
+                    .await?;
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
+    }
+
     /// The Redis key prefix of this test's tenant `name`.
     pub fn redis_prefix(&self, tenant: &str) -> String {
         format!("fin:{{{}}}:", self.tenant_id(tenant))
