@@ -59,8 +59,8 @@ pub struct Cluster {
 /// A free port below Linux's ephemeral range (32768–60999), chosen at random and checked by
 /// binding it. Everything else on the machine (tests' in-process services on port 0, client
 /// sockets) takes ephemeral ports, so between this check and the service binding it nobody
-/// else grabs it — which a port-0 pick could not promise.
-/// `taken`: ports already handed out (to this cluster), never picked twice.
+/// else grabs it — which a port-0 pick could not promise. A port in `taken` (handed out to
+/// this cluster already) is never picked twice.
 fn free_addr(taken: &mut BTreeSet<u16>) -> anyhow::Result<SocketAddr> {
     use rand::Rng as _;
     for _ in 0..1_000 {
@@ -152,7 +152,7 @@ impl Cluster {
             ]),
             "window" => env.extend([
                 ("WINDOW_CONSUMER_GROUP", s.scope.group("window")),
-                ("WINDOW_NOTICE_TENANT_PREFIX", format!("t{scope_id}")),
+                ("WINDOW_NOTICE_TENANT_PREFIX", s.scope.tenant_prefix()),
                 ("WINDOW_NOTICE_EVERY_MS", "1000".into()),
             ]),
             "billing" => env.extend([("BILLING_CONSUMER_GROUP", s.scope.group("billing"))]),
@@ -171,7 +171,7 @@ impl Cluster {
                 ("SIM_ACCESS_TOKEN", s.provider_token.clone()),
                 ("SIM_INGEST_URL", format!("http://{}", ingest.grpc)),
                 ("SIM_INGEST_KEY", s.operator_key.clone()),
-                ("SIM_REVIEW_TENANT_PREFIX", format!("t{scope_id}")),
+                ("SIM_REVIEW_TENANT_PREFIX", s.scope.tenant_prefix()),
                 ("SIM_STATUS_DELAY_MS", "10".into()),
                 ("SIM_READ_PER_MILLE", "0".into()),
                 ("SIM_NUMBER_RATE", "1000".into()),
@@ -197,7 +197,7 @@ impl Cluster {
                 ("PROVIDER_TIMEOUT_MS", "3000".into()),
                 // The database is shared with other tests, whose dispatchers retry on other
                 // schedules and topics: each sweeps its own tenants only.
-                ("DISPATCH_SWEEP_TENANT_PREFIX", format!("t{scope_id}")),
+                ("DISPATCH_SWEEP_TENANT_PREFIX", s.scope.tenant_prefix()),
             ]),
             other => anyhow::bail!("no service {other}"),
         }

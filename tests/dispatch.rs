@@ -981,6 +981,12 @@ fn spawn_dispatch(c: &Chain) -> anyhow::Result<std::process::Child> {
             .env("FINESTRA_DISPATCH_RETRY_BASE_MS", "20")
             .env("FINESTRA_DISPATCH_RETRY_CAP_MS", "200")
             .env("FINESTRA_DISPATCH_FACTS_TTL_MS", "200")
+            // Its webhook and re-queue sweeps keep to this test's tenants: the other tests'
+            // dispatchers retry on their own schedules.
+            .env(
+                "FINESTRA_DISPATCH_SWEEP_TENANT_PREFIX",
+                &cfg.sweep_tenant_prefix,
+            )
             .env("FINESTRA_GRPC_ADDR", &addr)
             .env("FINESTRA_METRICS_ADDR", "127.0.0.1:0")
             .env("FINESTRA_LOG", "error")

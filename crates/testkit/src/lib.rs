@@ -105,7 +105,13 @@ impl Scope {
 
     /// A tenant id unique to this test, e.g. `t3f9a…-acme`.
     pub fn tenant_id(&self, name: &str) -> String {
-        format!("t{}-{name}", self.id)
+        format!("{}{name}", self.tenant_prefix())
+    }
+
+    /// What every tenant id of this test starts with: services that sweep across tenants are
+    /// confined to it, so tests sharing a database leave each other's rows alone.
+    pub fn tenant_prefix(&self) -> String {
+        format!("t{}-", self.id)
     }
 
     /// The partner this test's tenants belong to.
@@ -131,7 +137,7 @@ impl Scope {
     /// Returns the keys deleted.
     pub async fn lose_redis(&self) -> anyhow::Result<usize> {
         let mut redis = infra().await?.redis.clone();
-        let pattern = format!("*{{{}*", self.tenant_id(""));
+        let pattern = format!("*{{{}*", self.tenant_prefix());
         let mut cursor = 0u64;
         let mut deleted = 0;
         loop {
@@ -284,7 +290,7 @@ pub async fn start_window(scope: &Scope, group: &str, max_batch: usize) -> anyho
         linger: Duration::from_millis(10),
         closing_lead: Duration::from_secs(3_600),
         notice_every: Duration::from_millis(200),
-        notice_tenant_prefix: format!("t{}", scope.id()),
+        notice_tenant_prefix: scope.tenant_prefix(),
     };
     let shutdown = Shutdown::new();
     let running = finestra_window::start(config, system_clock(), shutdown.clone()).await?;
@@ -370,7 +376,7 @@ pub async fn dispatch_config(
             give_up_after_micros: 3_000_000,
         },
         webhook_timeout: Duration::from_secs(5),
-        sweep_tenant_prefix: format!("t{}", scope.id()),
+        sweep_tenant_prefix: scope.tenant_prefix(),
         requeue_after: Duration::from_secs(300),
         requeue_every: Duration::from_secs(30),
     })
@@ -427,7 +433,7 @@ pub async fn start_simulator(
             ingest_key,
             review_delay: Duration::from_millis(100),
             banned_word: "casino".into(),
-            review_tenant_prefix: format!("t{}", scope.id()),
+            review_tenant_prefix: scope.tenant_prefix(),
         },
         system_clock(),
         shutdown.clone(),
