@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help up down infra test lint deploy-check bench chaos bench-ingest bench-auth bench-billing bench-send
+.PHONY: help up down infra test lint deploy-check bench chaos bench-ingest bench-auth bench-billing bench-send bench-fair
 
 help:
 	@echo "make up            infrastructure + every service in the background, then the demo"
@@ -16,6 +16,7 @@ help:
 	@echo "make bench-auth    GetWindow calls/s with and without the auth layer"
 	@echo "make bench-billing reservations/s and captures/s (release build)"
 	@echo "make bench-send    the whole chain: SendMessage to delivered and charged (release build)"
+	@echo "make bench-fair    fairness between tenants: a noisy neighbour, ten weights (release build)"
 
 up:
 	@bash scripts/up.sh
@@ -67,3 +68,7 @@ bench-billing: infra
 bench-send: infra
 	cargo build --release -p finestra-e2e --bin bench-send
 	./target/release/bench-send
+
+bench-fair: infra
+	cargo build --release -p finestra-e2e --bin bench-fair
+	./target/release/bench-fair

@@ -7,11 +7,11 @@ cd "$(dirname "$0")/.."
 bash scripts/infra.sh
 say() { printf '[bench] %s\n' "$*"; }
 say "building the benchmarks (release)"
-cargo build --quiet --release -p finestra-e2e --bin bench-ingest --bin bench-billing --bin bench-send
-rm -f var/bench-ingest.json var/bench-billing.json var/bench-send.json
+cargo build --quiet --release -p finestra-e2e --bin bench-ingest --bin bench-billing --bin bench-send --bin bench-fair
+rm -f var/bench-ingest.json var/bench-billing.json var/bench-send.json var/bench-fair.json
 export BENCH_BROKER_ENGINE="$(ps -o args= -C tansu | grep -o 'storage-engine [^ ]*' | head -n1 || echo unknown)"
 # Each benchmark stops by itself; the timeout only bounds a hung one.
-for b in ingest billing send; do
+for b in ingest billing send fair; do
   say "bench-$b"
   timeout 900 "./target/release/bench-$b" >"var/bench-$b.out"
   sed 's/^/  /' "var/bench-$b.out"

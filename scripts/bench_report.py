@@ -121,8 +121,12 @@ def ratio(v, raw):
 
 def main():
     os.makedirs(OUT, exist_ok=True)
-    send, ingest, billing = load("send"), load("ingest"), load("billing")
-    missing = [n for n, v in [("send", send), ("ingest", ingest), ("billing", billing)] if v is None]
+    send, ingest, billing, fair = load("send"), load("ingest"), load("billing"), load("fair")
+    missing = [
+        n
+        for n, v in [("send", send), ("ingest", ingest), ("billing", billing), ("fair", fair)]
+        if v is None
+    ]
     if missing:
         print(f"[bench] missing results: {', '.join(missing)}", file=sys.stderr)
         return 1
@@ -132,6 +136,7 @@ def main():
         "send": send,
         "ingest": ingest,
         "billing": billing,
+        "fair": fair,
     }
     with open(os.path.join(OUT, "result.json"), "w") as f:
         json.dump(result, f, indent=2)
@@ -162,8 +167,17 @@ def main():
         f"p99 {billing['reserve_p99_ms']:.1f} ms; batched {billing['batched_reservations_per_s']:,.0f} /s",
         f"  captures (bench-billing):                 {billing['captures_per_s']:>9,.0f} /s  "
         f"({ratio(billing['captures_per_s'], billing['raw_produce_per_s'])})",
+        "  fairness between tenants (bench-fair)",
+        f"    clinic at {fair['clinic_rate']}/s alone: p99 {fair['alone']['p99_ms']:.1f} ms; beside a retailer "
+        f"offering {fair['flood_rate']:,}/s: p99 {fair['beside']['p99_ms']:.1f} ms "
+        f"({fair['clinic_p99_ratio']:.2f}×), {sum(fair['beside']['refused'].values())} refused",
+        f"    retailer: {fair['flood']['accepted']:,} accepted, "
+        f"{sum(fair['flood']['refused'].values()):,} refused {fair['flood']['refused']}, "
+        f"{fair['flood']['refused_with_retry_info']:,} with retry info",
+        f"    weights 1..10 at saturation: delivered shares within "
+        f"{100.0 * fair['weights_worst_relative_error']:.1f}% of weight/55",
         f"  reconcile differences: send {send['reconcile_differences']}, "
-        f"billing {billing['reconcile_differences']}",
+        f"billing {billing['reconcile_differences']}, fair {fair['reconcile_differences']}",
         f"  results: {OUT}/result.json   chart: {OUT}/chart.svg",
     ]
     print("\n".join(lines))

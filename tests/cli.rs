@@ -188,6 +188,41 @@ async fn bootstrap_partner_tenant_number_key_template() -> anyhow::Result<()> {
     assert!(stderr.starts_with("error: NOT_FOUND:"), "{stderr}");
     let no_key = cli.run(None, &["partner", "list"])?;
     assert!(!no_key.status.success(), "a key is required");
+
+    // Limits: shown to anyone who sees the tenant, set only above it; an omitted flag keeps
+    // its value, 0 goes back to the default.
+    let limits = |out: &str| -> anyhow::Result<serde_json::Value> {
+        let v: serde_json::Value = serde_json::from_str(out.trim())?;
+        Ok(v["limits"].clone())
+    };
+    let set = cli.ok(
+        op,
+        &[
+            "--json", "tenant", "limits", "--id", &tenant, "--rate", "50", "--burst", "80",
+            "--weight", "3",
+        ],
+    )?;
+    assert_eq!(
+        limits(&set)?,
+        serde_json::json!({"send_rate_per_second": 50, "send_burst": 80, "weight": 3})
+    );
+    let kept = cli.ok(op, &["--json", "tenant", "limits", "--id", &tenant, "--weight", "0"])?;
+    assert_eq!(
+        limits(&kept)?,
+        serde_json::json!({"send_rate_per_second": 50, "send_burst": 80, "weight": 0})
+    );
+    let seen = cli.ok(ta, &["tenant", "limits", "--id", &tenant])?;
+    assert!(seen.contains("rate 50/s burst 80 weight default"), "{seen}");
+    let raised = cli.run(ta, &["tenant", "limits", "--id", &tenant, "--rate", "100000"])?;
+    assert!(!raised.status.success(), "a tenant cannot raise its own limits");
+    let stderr = String::from_utf8(raised.stderr)?;
+    assert!(stderr.starts_with("error: PERMISSION_DENIED:"), "{stderr}");
+    let bad = cli.run(op, &["tenant", "limits", "--id", &tenant, "--weight", "1000"])?;
+    let stderr = String::from_utf8(bad.stderr)?;
+    assert!(
+        stderr.starts_with("error: INVALID_ARGUMENT:") && stderr.contains("weight"),
+        "{stderr}"
+    );
     accounts.stop().await;
     Ok(())
 }

@@ -502,3 +502,67 @@ pub async fn settle_and_check(
         windows_differing,
     })
 }
+
+/// The whole chain in this process, tuned for the benchmarks: every service against the
+/// machine's Postgres, Redis and broker, the simulator as the network.
+pub struct InProcessChain {
+    pub ingest: finestra_testkit::Started,
+    pub window: finestra_testkit::Started,
+    pub billing: finestra_testkit::Started,
+    pub sim: finestra_testkit::StartedSim,
+    pub dispatch: finestra_testkit::Started,
+}
+
+impl InProcessChain {
+    /// Starts it; `tune` adjusts dispatch's configuration last.
+    pub async fn start(
+        scope: &Scope,
+        tune: impl FnOnce(&mut finestra_dispatch::DispatchConfig),
+    ) -> anyhow::Result<Self> {
+        let ingest = finestra_testkit::start_ingest(scope).await?;
+        let window = finestra_testkit::start_window(scope, "window", 2_000).await?;
+        let mut billing_config = finestra_testkit::billing_config(scope, "billing")?;
+        billing_config.common.db_max_connections = 16;
+        billing_config.max_batch = 5_000;
+        let billing =
+            finestra_testkit::start_billing_with(billing_config, finestra_testkit::system_clock())
+                .await?;
+        let token = "bench-token";
+        let sim = finestra_testkit::start_simulator(scope, &ingest.running, token, 1_000).await?;
+        let mut config = finestra_testkit::dispatch_config(
+            scope,
+            &billing.running.grpc_url(),
+            &sim.base_url(),
+            token,
+        )
+        .await?;
+        config.common.db_max_connections = 24;
+        config.accept_batch = 500;
+        config.accept_parallel = std::env::var("BENCH_ACCEPT_PARALLEL")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(16);
+        config.billing_connections = 4;
+        config.max_in_flight = 100_000;
+        config.send_concurrency = 512;
+        config.max_batch = 2_000;
+        config.facts_ttl = Duration::from_secs(5);
+        tune(&mut config);
+        let dispatch = finestra_testkit::start_dispatch_with(config).await?;
+        Ok(Self {
+            ingest,
+            window,
+            billing,
+            sim,
+            dispatch,
+        })
+    }
+
+    pub async fn stop(self) {
+        self.dispatch.stop().await;
+        self.sim.stop().await;
+        self.billing.stop().await;
+        self.window.stop().await;
+        self.ingest.stop().await;
+    }
+}

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+pub mod chain;
 pub mod cluster;
 pub mod load;
 

@@ -300,33 +300,8 @@ async fn main() -> anyhow::Result<()> {
         ids.push((tenant, number));
     }
 
-    let ingest = finestra_testkit::start_ingest(&scope).await?;
-    let window = finestra_testkit::start_window(&scope, "window", 2_000).await?;
-    let mut billing_config = finestra_testkit::billing_config(&scope, "billing")?;
-    billing_config.common.db_max_connections = 16;
-    billing_config.max_batch = 5_000;
-    let billing =
-        finestra_testkit::start_billing_with(billing_config, finestra_testkit::system_clock())
-            .await?;
-    let token = "bench-token";
-    let sim = finestra_testkit::start_simulator(&scope, &ingest.running, token, 1_000).await?;
-    let mut config = finestra_testkit::dispatch_config(
-        &scope,
-        &billing.running.grpc_url(),
-        &sim.base_url(),
-        token,
-    )
-    .await?;
-    config.common.db_max_connections = 24;
-    config.accept_batch = 500;
-    config.accept_parallel = env_num("BENCH_ACCEPT_PARALLEL", 16) as usize;
-    config.billing_connections = 4;
-    config.max_in_flight = 100_000;
-    config.send_concurrency = 512;
-    config.max_batch = 2_000;
-    config.facts_ttl = Duration::from_secs(5);
-    let dispatch = finestra_testkit::start_dispatch_with(config).await?;
-    let url = dispatch.running.grpc_url();
+    let chain = finestra_e2e::load::InProcessChain::start(&scope, |_| {}).await?;
+    let url = chain.dispatch.running.grpc_url();
 
     let mut tenants = Vec::new();
     for (t, (id, number)) in ids.iter().enumerate() {
@@ -503,11 +478,7 @@ async fn main() -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    dispatch.stop().await;
-    sim.stop().await;
-    billing.stop().await;
-    window.stop().await;
-    ingest.stop().await;
+    chain.stop().await;
     let hot = finestra_billing::hot::HotWallets::new(
         infra.redis.clone(),
         "fin",

@@ -2,6 +2,7 @@
 //! time comes in through [`Clock`] or as arguments, so every rule is testable exhaustively.
 
 pub mod delivery;
+pub mod fairness;
 pub mod pacing;
 pub mod pricing;
 pub mod send;

@@ -332,6 +332,19 @@ impl BatchConsumer {
         Ok(())
     }
 
+    /// The partitions of `topic` this member holds now (empty while it holds none).
+    pub fn assigned(&self, topic: &str) -> Vec<i32> {
+        self.consumer
+            .assignment()
+            .map(|list| {
+                list.elements_for_topic(topic)
+                    .iter()
+                    .map(|e| e.partition())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     pub fn group_id(&self) -> &str {
         &self.settings.group_id
     }

@@ -26,6 +26,29 @@ pub fn with_reason(
     )
 }
 
+/// A status with an `ErrorInfo` as [`with_reason`] and a `google.rpc.RetryInfo` saying how
+/// long the client should wait before trying again (refusals for load, not for the request).
+pub fn with_reason_and_retry(
+    code: Code,
+    reason: &str,
+    message: impl Into<String>,
+    metadata: &[(&str, &str)],
+    retry_after: std::time::Duration,
+) -> Status {
+    let metadata: HashMap<String, String> = metadata
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let mut details = ErrorDetails::with_error_info(reason, DOMAIN, metadata);
+    details.set_retry_info(Some(retry_after));
+    Status::with_error_details(code, message, details)
+}
+
+/// The delay a status's `RetryInfo` asks for (clients and tests).
+pub fn retry_after_of(status: &Status) -> Option<std::time::Duration> {
+    status.get_details_retry_info().and_then(|r| r.retry_delay)
+}
+
 /// `INVALID_ARGUMENT` with reason `INVALID_ARGUMENT` for a malformed request field.
 pub fn invalid_argument(field: &str, message: impl Into<String>) -> Status {
     with_reason(

@@ -368,6 +368,14 @@ pub async fn dispatch_config(
         facts_ttl: Duration::from_millis(200),
         replay_wait: Duration::from_secs(5),
         max_pending_sends: 2_048,
+        tenant_floor: 8,
+        // Tests that are not about tenant limits are never held back by them.
+        tenant_defaults: finestra_domain::fairness::TenantLimits {
+            rate_per_second: 100_000,
+            burst: 200_000,
+            weight: 1,
+        },
+        tenant_queue: 5_000,
         events_group: scope.group("dispatch-events"),
         // Fast enough for a test: retries after ~50 ms, dead letters after 3 s.
         webhook_schedule: finestra_domain::delivery::WebhookSchedule {

@@ -106,7 +106,7 @@ fn tier(n: u32) -> Result<Option<i32>, Status> {
     }
 }
 
-const TENANT_COLUMNS: &str = "tenant_id, partner_id, name, status, tier, created_at, waba_id";
+const TENANT_COLUMNS: &str = "tenant_id, partner_id, name, status, tier, created_at, waba_id, send_rate_per_second, send_burst, send_weight";
 const NUMBER_COLUMNS: &str = "phone_number_id, tenant_id, display_phone_number, throughput_per_second, status, previous_secret_valid_until";
 
 impl AccountsApi {
@@ -354,6 +354,48 @@ impl AccountsService for AccountsApi {
         .fetch_one(&self.pool)
         .await
         .map_err(|e| db_error("updating a tenant", e))?;
+        self.announce(Kind::TenantChanged, &row.tenant_id, &row.partner_id, "", "")
+            .await;
+        Ok(Response::new(row.into()))
+    }
+
+    async fn set_tenant_limits(
+        &self,
+        request: Request<v1::SetTenantLimitsRequest>,
+    ) -> Result<Response<v1::Tenant>, Status> {
+        let p = auth::principal(&request)?;
+        let req = request.into_inner();
+        self.reachable_tenant(&p, &req.tenant_id).await?;
+        Self::above_tenant(&p)?;
+        let wanted = req.limits.unwrap_or_default();
+        let limits = finestra_domain::fairness::TenantLimits {
+            rate_per_second: wanted.send_rate_per_second,
+            burst: wanted.send_burst,
+            weight: wanted.weight,
+        };
+        limits
+            .validate()
+            .map_err(|e| status::invalid_argument(e.field(), e.to_string()))?;
+        let as_column = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
+        let row = sqlx::query_as::<_, TenantRow>(&format!(
+            "UPDATE accounts.tenants
+                SET send_rate_per_second = $2, send_burst = $3, send_weight = $4
+              WHERE tenant_id = $1 RETURNING {TENANT_COLUMNS}"
+        ))
+        .bind(&req.tenant_id)
+        .bind(as_column(limits.rate_per_second))
+        .bind(as_column(limits.burst))
+        .bind(as_column(limits.weight))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| db_error("setting a tenant's limits", e))?;
+        tracing::info!(
+            tenant_id = %row.tenant_id,
+            rate = limits.rate_per_second,
+            burst = limits.burst,
+            weight = limits.weight,
+            "tenant limits set"
+        );
         self.announce(Kind::TenantChanged, &row.tenant_id, &row.partner_id, "", "")
             .await;
         Ok(Response::new(row.into()))

@@ -74,6 +74,9 @@ pub struct TenantRow {
     pub tier: Option<i32>,
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub waba_id: Option<String>,
+    pub send_rate_per_second: i32,
+    pub send_burst: i32,
+    pub send_weight: i32,
 }
 
 impl From<TenantRow> for v1::Tenant {
@@ -86,6 +89,11 @@ impl From<TenantRow> for v1::Tenant {
             tier: r.tier.map_or(0, |t| u32::try_from(t).unwrap_or(0)),
             created_at: Some(ts(r.created_at)),
             waba_id: r.waba_id.unwrap_or_default(),
+            limits: Some(v1::TenantLimits {
+                send_rate_per_second: u32::try_from(r.send_rate_per_second).unwrap_or(0),
+                send_burst: u32::try_from(r.send_burst).unwrap_or(0),
+                weight: u32::try_from(r.send_weight).unwrap_or(0),
+            }),
         }
     }
 }

@@ -238,6 +238,21 @@ enum TenantCommand {
         #[arg(long)]
         id: String,
     },
+    /// Shows a tenant's limits; with any of --rate/--burst/--weight, sets those (the partner or
+    /// the operator; 0 goes back to the platform's default, an omitted flag keeps its value).
+    Limits {
+        #[arg(long)]
+        id: String,
+        /// SendMessage calls per second, sustained (1..100000).
+        #[arg(long)]
+        rate: Option<u32>,
+        /// Calls that may come back to back above the rate (1..1000000).
+        #[arg(long)]
+        burst: Option<u32>,
+        /// Share when tenants contend (1..100).
+        #[arg(long)]
+        weight: Option<u32>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -686,18 +701,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tenant { api, command } => {
             let mut c = accounts(&api).await?;
             let print = |t: &v1::Tenant| {
+                let limits = t.limits.unwrap_or_default();
+                let or_default = |v: u32| {
+                    if v == 0 {
+                        "default".to_owned()
+                    } else {
+                        v.to_string()
+                    }
+                };
                 if json {
                     println!(
                         "{}",
-                        serde_json::json!({"tenant_id": t.tenant_id, "partner_id": t.partner_id, "name": t.name, "status": status_name(t.status), "tier": t.tier})
+                        serde_json::json!({"tenant_id": t.tenant_id, "partner_id": t.partner_id, "name": t.name, "status": status_name(t.status), "tier": t.tier,
+                            "limits": {"send_rate_per_second": limits.send_rate_per_second, "send_burst": limits.send_burst, "weight": limits.weight}})
                     );
                 } else {
                     println!(
-                        "{:<32} {:<20} {:<10} tier {:<7} {}",
+                        "{:<32} {:<20} {:<10} tier {:<7} rate {}/s burst {} weight {}  {}",
                         t.tenant_id,
                         t.partner_id,
                         status_name(t.status),
                         t.tier,
+                        or_default(limits.send_rate_per_second),
+                        or_default(limits.send_burst),
+                        or_default(limits.weight),
                         t.name
                     );
                 }
@@ -751,6 +778,38 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         .await
                         .map_err(rpc_error)?
                         .into_inner();
+                    print(&t);
+                }
+                TenantCommand::Limits {
+                    id,
+                    rate,
+                    burst,
+                    weight,
+                } => {
+                    let t = c
+                        .get_tenant(v1::GetTenantRequest {
+                            tenant_id: id.clone(),
+                        })
+                        .await
+                        .map_err(rpc_error)?
+                        .into_inner();
+                    let t = if rate.is_none() && burst.is_none() && weight.is_none() {
+                        t
+                    } else {
+                        // An omitted flag keeps what is set.
+                        let now = t.limits.unwrap_or_default();
+                        c.set_tenant_limits(v1::SetTenantLimitsRequest {
+                            tenant_id: id,
+                            limits: Some(v1::TenantLimits {
+                                send_rate_per_second: rate.unwrap_or(now.send_rate_per_second),
+                                send_burst: burst.unwrap_or(now.send_burst),
+                                weight: weight.unwrap_or(now.weight),
+                            }),
+                        })
+                        .await
+                        .map_err(rpc_error)?
+                        .into_inner()
+                    };
                     print(&t);
                 }
             }

@@ -4,11 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use finestra_domain::fairness::{RateLimit, ShareRefusal};
 use finestra_domain::send::{self, Facts as SendFacts, Outgoing, Refusal};
 use finestra_domain::{Clock, Timestamp};
 use finestra_platform::auth::{self, Authenticator, Scope};
 use finestra_platform::paging;
-use finestra_platform::status::{self, invalid_argument, not_found, required, with_reason};
+use finestra_platform::status::{
+    self, invalid_argument, not_found, required, with_reason, with_reason_and_retry,
+};
 use finestra_proto::v1::dispatch_service_server::DispatchService;
 use finestra_proto::v1::{
     CreateWebhookRequest, DeleteWebhookRequest, GetMessageRequest, ListDeadLettersRequest,
@@ -20,6 +23,7 @@ use tokio::sync::oneshot;
 use tonic::{Code, Request, Response, Status};
 
 use crate::accept::{Accepted, Acceptor, Pending, Refused};
+use crate::admission::{self, Admission};
 use crate::content;
 use crate::facts::Facts;
 use crate::hot::{Claim, Hot, TierVerdict};
@@ -30,9 +34,10 @@ const DAY_MICROS: i64 = 24 * 3_600 * 1_000_000;
 const MAX_KEY_CHARS: usize = 128;
 
 pub struct DispatchApi {
-    /// Sends being decided at once, at most; beyond it a send is refused with BACKLOG_FULL at
-    /// once (the caller retries later) instead of queueing until every store times out.
-    pub pending_sends: Arc<tokio::sync::Semaphore>,
+    /// Sends being decided at once, shared by weight among the tenants sending (a tenant over
+    /// its share is refused TENANT_RATE_LIMITED at once, everyone beyond the reserve
+    /// BACKLOG_FULL) instead of queueing until every store times out.
+    pub admission: Arc<Admission>,
     /// Woken when tenant events were recorded (streams wait on it).
     pub recorded: Arc<tokio::sync::Notify>,
     pub shutdown: finestra_platform::Shutdown,
@@ -83,6 +88,20 @@ fn conflict(message_id: &str) -> Status {
         "IDEMPOTENCY_CONFLICT",
         "this idempotency_key was used with a different request",
         &[("message_id", message_id)],
+    )
+}
+
+/// A tenant over its rate or its share: refused at once, told when to come back.
+fn tenant_rate_limited(tenant_id: &str, why: &str, retry_after: Duration) -> Status {
+    admission::count(tenant_id, "refused");
+    metrics::counter!("finestra_dispatch_refused_total", "reason" => "TENANT_RATE_LIMITED")
+        .increment(1);
+    with_reason_and_retry(
+        Code::ResourceExhausted,
+        "TENANT_RATE_LIMITED",
+        format!("{why}; retry with the same idempotency key after the RetryInfo delay"),
+        &[("tenant_id", tenant_id)],
+        retry_after,
     )
 }
 
@@ -283,7 +302,11 @@ impl DispatchApi {
         Err(Status::unavailable("the tier counter could not be loaded"))
     }
 
-    async fn send(&self, req: SendMessageRequest) -> Result<SendMessageResponse, Status> {
+    async fn send(
+        &self,
+        req: SendMessageRequest,
+        rate: RateLimit,
+    ) -> Result<SendMessageResponse, Status> {
         let tenant_id = req.tenant_id.clone();
         let number_id = required("phone_number_id", &req.phone_number_id)?.to_owned();
         let key = required("idempotency_key", &req.idempotency_key)?.to_owned();
@@ -299,12 +322,30 @@ impl DispatchApi {
         let message_id = content::message_id(&tenant_id, &key);
         let hash = content::request_hash(&req);
 
-        match self
+        let claim = match self
             .hot
-            .claim(&tenant_id, &message_id, &hash)
+            .admit_and_claim(
+                &tenant_id,
+                &message_id,
+                &hash,
+                rate,
+                self.clock.now().micros(),
+            )
             .await
-            .map_err(|e| self.store_error("claiming an idempotency key", &e))?
-        {
+            .map_err(|e| {
+                tracing::warn!(error = %e, "claiming an idempotency key failed");
+                Status::unavailable("the idempotency store did not answer; retry")
+            })? {
+            crate::hot::Admitted::Claimed(claim) => claim,
+            crate::hot::Admitted::RateLimited { wait_micros } => {
+                return Err(tenant_rate_limited(
+                    &tenant_id,
+                    "the tenant is over its SendMessage rate",
+                    Duration::from_micros(u64::try_from(wait_micros).unwrap_or(1)),
+                ));
+            }
+        };
+        match claim {
             Claim::Conflict => return Err(conflict(&message_id)),
             Claim::Same => {
                 if let Some(found) = self.wait_for_first(&tenant_id, &message_id, &hash).await? {
@@ -603,18 +644,39 @@ impl DispatchService for DispatchApi {
         request: Request<SendMessageRequest>,
     ) -> Result<Response<SendMessageResponse>, Status> {
         let req = self.authorized(request, Scope::Send).await?;
-        let Ok(_slot) = self.pending_sends.clone().try_acquire_owned() else {
-            metrics::counter!("finestra_dispatch_refused_total", "reason" => "BACKLOG_FULL")
-                .increment(1);
-            return Err(with_reason(
-                Code::ResourceExhausted,
-                "BACKLOG_FULL",
-                "dispatch is at capacity; retry with the same idempotency key shortly",
-                &[],
-            ));
+        let own = self.facts.limits(&req.tenant_id).await.map_err(|e| {
+            tracing::warn!(error = %e, "reading a tenant's limits failed");
+            Status::unavailable("the control plane's store did not answer; retry")
+        })?;
+        let limits = self.admission.effective(own);
+        let _ticket = match self.admission.enter(&req.tenant_id, limits.weight) {
+            Ok(ticket) => ticket,
+            Err(ShareRefusal::OverShare) => {
+                return Err(tenant_rate_limited(
+                    &req.tenant_id,
+                    "the tenant holds its whole share of dispatch while other tenants send",
+                    self.admission.settings.retry_over_share,
+                ));
+            }
+            Err(ShareRefusal::Full) => {
+                admission::count(&req.tenant_id, "refused");
+                metrics::counter!("finestra_dispatch_refused_total", "reason" => "BACKLOG_FULL")
+                    .increment(1);
+                return Err(with_reason_and_retry(
+                    Code::ResourceExhausted,
+                    "BACKLOG_FULL",
+                    "dispatch is at capacity; retry with the same idempotency key shortly",
+                    &[],
+                    self.admission.settings.retry_over_share,
+                ));
+            }
         };
         let started = std::time::Instant::now();
-        let answer = self.send(req).await;
+        let tenant_id = req.tenant_id.clone();
+        let answer = self.send(req, limits.rate()).await;
+        if answer.is_ok() {
+            admission::count(&tenant_id, "admitted");
+        }
         metrics::histogram!("finestra_dispatch_send_seconds")
             .record(started.elapsed().as_secs_f64());
         answer.map(Response::new)

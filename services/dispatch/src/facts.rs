@@ -6,8 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use finestra_domain::Timestamp;
+use finestra_domain::fairness::TenantLimits;
 use finestra_domain::send::TemplateFacts;
 use finestra_domain::template::{Category, Status};
+use finestra_registry::TenantSendFacts;
 use sqlx::PgPool;
 
 /// A business number as dispatch needs it.
@@ -26,7 +28,7 @@ type TemplateRow = (String, String, i32, Option<i64>);
 pub struct Facts {
     pool: PgPool,
     numbers: moka::future::Cache<String, Option<Arc<NumberFacts>>>,
-    tiers: moka::future::Cache<String, Option<i64>>,
+    tenants: moka::future::Cache<String, Option<TenantSendFacts>>,
     templates: moka::future::Cache<(String, String, String), Option<Arc<TemplateRow>>>,
 }
 
@@ -38,7 +40,7 @@ impl Facts {
                 .max_capacity(100_000)
                 .time_to_live(ttl)
                 .build(),
-            tiers: moka::future::Cache::builder()
+            tenants: moka::future::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(ttl)
                 .build(),
@@ -80,20 +82,29 @@ impl Facts {
         Ok(facts)
     }
 
+    /// What sends are decided on of a tenant (tier, limits); `None` for an unknown tenant.
+    pub async fn tenant(&self, tenant_id: &str) -> Result<Option<TenantSendFacts>, sqlx::Error> {
+        if let Some(found) = self.tenants.get(tenant_id).await {
+            return Ok(found);
+        }
+        let facts = finestra_registry::tenant_send_facts(&self.pool, tenant_id).await?;
+        self.tenants.insert(tenant_id.to_owned(), facts).await;
+        Ok(facts)
+    }
+
     /// The tenant's tier: distinct users per rolling 24 h it may message first; `None` is
     /// unlimited.
     pub async fn tier(&self, tenant_id: &str) -> Result<Option<i64>, sqlx::Error> {
-        if let Some(found) = self.tiers.get(tenant_id).await {
-            return Ok(found);
-        }
-        let row: Option<(Option<i32>,)> =
-            sqlx::query_as("SELECT tier FROM accounts.tenants WHERE tenant_id = $1")
-                .bind(tenant_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        let tier = row.and_then(|(t,)| t).map(i64::from);
-        self.tiers.insert(tenant_id.to_owned(), tier).await;
-        Ok(tier)
+        Ok(self.tenant(tenant_id).await?.and_then(|t| t.tier))
+    }
+
+    /// The tenant's limits as set by its partner (0 fields: the platform's defaults).
+    pub async fn limits(&self, tenant_id: &str) -> Result<TenantLimits, sqlx::Error> {
+        Ok(self
+            .tenant(tenant_id)
+            .await?
+            .map(|t| t.limits)
+            .unwrap_or_default())
     }
 
     /// The tenant's template `name` in `language`, as of `now`.

@@ -7,6 +7,9 @@
 //!                                      the tier limit's distinct users of the rolling 24 h
 //!   fin:{<tenant>}:tier:v              the set was loaded from Postgres (it may be lost; it is
 //!                                      rebuilt on a miss)
+//!   fin:{<tenant>}:rate                the tenant's SendMessage bucket (GCRA "theoretical
+//!                                      arrival time", µs; `domain::fairness::RateLimit`);
+//!                                      shared by every replica, lost only to a fuller bucket
 
 use redis::Script;
 use redis::aio::ConnectionManager;
@@ -51,6 +54,39 @@ end
 return 1
 "#;
 
+/// The tenant's rate bucket (KEYS[1]) and the idempotency claim (KEYS[2]) in one round trip:
+/// `{0, wait_micros}` over the rate (nothing claimed), else `{1}` claimed, `{2}` held with the
+/// same request, `{3}` held with another. ARGV: now µs, interval µs, burst, hash, lease s.
+/// Numbers stay below 2^53 (µs since 1970), so Lua's doubles hold them exactly; `%.0f`
+/// writes them back without an exponent.
+const ADMIT_AND_CLAIM: &str = r#"
+local now = tonumber(ARGV[1])
+local interval = tonumber(ARGV[2])
+local burst = tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local ahead = tat - now
+local allowance = (burst - 1) * interval
+if ahead > allowance then return {0, ahead - allowance} end
+tat = tat + interval
+redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.floor((tat - now) / 1000) + 1000)
+if redis.call('SET', KEYS[2], ARGV[4], 'NX', 'EX', ARGV[5]) then return {1} end
+local held = redis.call('GET', KEYS[2])
+if held == ARGV[4] then return {2} end
+if held then return {3} end
+redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[5])
+return {1}
+"#;
+
+/// What [`Hot::admit_and_claim`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admitted {
+    /// Within the tenant's rate; the key's claim.
+    Claimed(Claim),
+    /// Over the tenant's rate: a call would pass after this many µs.
+    RateLimited { wait_micros: i64 },
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TierVerdict {
     Counted,
@@ -76,6 +112,7 @@ pub struct Hot {
     admit: Script,
     load: Script,
     undo: Script,
+    admit_and_claim: Script,
 }
 
 impl Hot {
@@ -86,6 +123,7 @@ impl Hot {
             admit: Script::new(TIER_ADMIT),
             load: Script::new(TIER_LOAD),
             undo: Script::new(TIER_UNDO),
+            admit_and_claim: Script::new(ADMIT_AND_CLAIM),
         }
     }
 
@@ -144,6 +182,38 @@ impl Hot {
             Some(_) => Claim::Conflict,
             // Expired between the two calls: claim again.
             None => Claim::New,
+        })
+    }
+
+    /// Takes one call from the tenant's rate bucket and, if it passed, claims the key: one
+    /// round trip for both (the claim's keys and the bucket share the tenant's hash slot).
+    pub async fn admit_and_claim(
+        &self,
+        tenant_id: &str,
+        message_id: &str,
+        hash: &[u8],
+        rate: finestra_domain::fairness::RateLimit,
+        now_micros: i64,
+    ) -> redis::RedisResult<Admitted> {
+        let mut conn = self.conn.clone();
+        let answer: Vec<i64> = self
+            .admit_and_claim
+            .key(format!("{}:{{{tenant_id}}}:rate", self.prefix))
+            .key(self.idem_key(tenant_id, message_id))
+            .arg(now_micros)
+            .arg(rate.interval_micros)
+            .arg(rate.burst)
+            .arg(hash)
+            .arg(CLAIM_LEASE_SECONDS)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(match answer.as_slice() {
+            [0, wait] => Admitted::RateLimited {
+                wait_micros: (*wait).max(1),
+            },
+            [2] => Admitted::Claimed(Claim::Same),
+            [3] => Admitted::Claimed(Claim::Conflict),
+            _ => Admitted::Claimed(Claim::New),
         })
     }
 

@@ -3,10 +3,12 @@
 //! worker with its Cloud API connector, and the message status machine.
 
 pub mod accept;
+pub mod admission;
 pub mod api;
 pub mod content;
 pub mod events;
 pub mod facts;
+pub mod gate;
 pub mod hot;
 pub mod outbox;
 pub mod pg;
@@ -55,8 +57,16 @@ pub struct DispatchConfig {
     pub linger: Duration,
     pub facts_ttl: Duration,
     pub replay_wait: Duration,
-    /// SendMessage calls decided at once; beyond it BACKLOG_FULL.
+    /// SendMessage calls decided at once, shared by weight among the tenants sending
+    /// (docs/fairness.md); a quarter more is kept for tenants under their floor.
     pub max_pending_sends: usize,
+    /// Sends any tenant may always have in flight, whatever the others do.
+    pub tenant_floor: usize,
+    /// Limits of tenants whose partner left them unset.
+    pub tenant_defaults: finestra_domain::fairness::TenantLimits,
+    /// Messages of one tenant (of weight 1) the worker holds in memory; the rest of its
+    /// backlog is parked in Postgres and taken back in order.
+    pub tenant_queue: usize,
     /// The tenant event log's consumer group.
     pub events_group: String,
     pub webhook_schedule: finestra_domain::delivery::WebhookSchedule,
@@ -101,7 +111,14 @@ impl DispatchConfig {
             linger: Duration::from_millis(env_parse("DISPATCH_LINGER_MS", 5u64)?),
             facts_ttl: Duration::from_millis(env_parse("DISPATCH_FACTS_TTL_MS", 2_000u64)?),
             replay_wait: Duration::from_millis(env_parse("DISPATCH_REPLAY_WAIT_MS", 5_000u64)?),
-            max_pending_sends: env_parse("DISPATCH_MAX_PENDING_SENDS", 2_048usize)?,
+            max_pending_sends: env_parse("DISPATCH_MAX_PENDING_SENDS", 512usize)?,
+            tenant_floor: env_parse("DISPATCH_TENANT_FLOOR", 8usize)?,
+            tenant_defaults: finestra_domain::fairness::TenantLimits {
+                rate_per_second: env_parse("DISPATCH_TENANT_RATE", 1_000u32)?,
+                burst: env_parse("DISPATCH_TENANT_BURST", 2_000u32)?,
+                weight: env_parse("DISPATCH_TENANT_WEIGHT", 1u32)?,
+            },
+            tenant_queue: env_parse("DISPATCH_TENANT_QUEUE", 5_000usize)?,
             events_group: env_string("DISPATCH_EVENTS_GROUP", "finestra-dispatch-events"),
             webhook_schedule: finestra_domain::delivery::WebhookSchedule {
                 first_micros: env_parse("DISPATCH_WEBHOOK_FIRST_RETRY_MS", 5_000i64)? * 1_000,
@@ -204,7 +221,13 @@ pub async fn start(
     )?;
     let recorded = Arc::new(tokio::sync::Notify::new());
     let api = api::DispatchApi {
-        pending_sends: Arc::new(tokio::sync::Semaphore::new(config.max_pending_sends.max(1))),
+        admission: admission::Admission::new(admission::AdmissionSettings {
+            capacity: config.max_pending_sends.max(1),
+            floor: config.tenant_floor.max(1),
+            reserve: config.max_pending_sends.max(4) / 4,
+            defaults: config.tenant_defaults,
+            retry_over_share: Duration::from_millis(100),
+        }),
         recorded: recorded.clone(),
         shutdown: shutdown.clone(),
         producer: producer.clone(),
@@ -245,6 +268,10 @@ pub async fn start(
         max_in_flight: config.max_in_flight,
         send_concurrency: config.send_concurrency,
         clock: clock.clone(),
+        outbound_topic: common.topics.outbound.clone(),
+        tenant_queue: config.tenant_queue,
+        tenant_defaults: config.tenant_defaults,
+        tenant_prefix: config.sweep_tenant_prefix.clone(),
     };
     let requeue_task = tokio::spawn(
         outbox::Requeuer {

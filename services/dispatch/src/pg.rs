@@ -329,7 +329,7 @@ pub async fn claim_stale_accepted(
         "WITH due AS (
              SELECT tenant_id, message_id, accepted_at FROM dispatch.messages
               WHERE status = 'ACCEPTED' AND COALESCE(requeued_at, updated_at) <= $1
-                AND starts_with(tenant_id, $4)
+                AND parked_partition IS NULL AND starts_with(tenant_id, $4)
               ORDER BY COALESCE(requeued_at, updated_at) LIMIT $3 FOR UPDATE SKIP LOCKED)
          UPDATE dispatch.messages m SET requeued_at = $2
            FROM due
@@ -403,4 +403,90 @@ pub async fn outbound_of(
     .fetch_optional(pool)
     .await?;
     Ok(row.map(outbound_message))
+}
+
+/// Parks waiting messages (tenant, message, outbound partition): their records are passed and
+/// the rows wait to be taken back by [`unpark`]. Returns how many were still waiting.
+pub async fn park(pool: &PgPool, rows: &[(String, String, i32)]) -> Result<u64, sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let tenants: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    let ids: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
+    let partitions: Vec<i32> = rows.iter().map(|r| r.2).collect();
+    let done = sqlx::query(
+        "UPDATE dispatch.messages m SET parked_partition = k.partition
+           FROM unnest($1::text[], $2::text[], $3::int[]) AS k(tenant_id, message_id, partition)
+          WHERE m.tenant_id = k.tenant_id AND m.message_id = k.message_id
+            AND m.status = 'ACCEPTED'",
+    )
+    .bind(&tenants)
+    .bind(&ids)
+    .bind(&partitions)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// A parked message taken back: what its delivery needs.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Unparked {
+    pub tenant_id: String,
+    pub message_id: String,
+    pub phone_number_id: String,
+    pub recipient: String,
+    pub body: String,
+    pub accepted_at: i64,
+    pub partition: i32,
+}
+
+/// Takes back up to `limit` of a tenant's parked messages of `partitions`, oldest first. They
+/// leave the park in the same statement (rows locked by another worker are skipped), and
+/// count as queued again now: should this process die before sending them, the re-queue
+/// sweep finds them.
+pub async fn unpark(
+    pool: &PgPool,
+    tenant_id: &str,
+    partitions: &[i32],
+    limit: i64,
+    now: i64,
+) -> Result<Vec<Unparked>, sqlx::Error> {
+    let mut rows: Vec<Unparked> = sqlx::query_as(
+        "WITH due AS (
+             SELECT tenant_id, message_id, accepted_at, parked_partition FROM dispatch.messages
+              WHERE tenant_id = $1 AND parked_partition = ANY($2) AND status = 'ACCEPTED'
+              ORDER BY accepted_at, message_id LIMIT $3 FOR UPDATE SKIP LOCKED)
+         UPDATE dispatch.messages m SET parked_partition = NULL, requeued_at = $4
+           FROM due
+          WHERE m.tenant_id = due.tenant_id AND m.message_id = due.message_id
+            AND m.accepted_at = due.accepted_at
+          RETURNING m.tenant_id, m.message_id, m.phone_number_id, m.recipient, m.body,
+                    m.accepted_at, due.parked_partition AS partition",
+    )
+    .bind(tenant_id)
+    .bind(partitions)
+    .bind(limit)
+    .bind(now)
+    .fetch_all(pool)
+    .await?;
+    rows.sort_by(|a, b| (a.accepted_at, &a.message_id).cmp(&(b.accepted_at, &b.message_id)));
+    Ok(rows)
+}
+
+/// Tenants with parked messages in `partitions` (a worker that took over partitions, or
+/// restarted, finds the backlog parked before it).
+pub async fn parked_tenants(
+    pool: &PgPool,
+    partitions: &[i32],
+    prefix: &str,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT DISTINCT tenant_id FROM dispatch.messages
+          WHERE parked_partition = ANY($1) AND status = 'ACCEPTED'
+            AND starts_with(tenant_id, $2)",
+    )
+    .bind(partitions)
+    .bind(prefix)
+    .fetch_all(pool)
+    .await
 }

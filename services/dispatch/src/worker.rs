@@ -6,8 +6,14 @@
 //!
 //! A failure is published as a `failed` status on `finestra.status.v1` (billing releases the
 //! reservation from it, tenants see it); one that exhausted its retries also goes to the DLQ.
+//!
+//! Fair between tenants (docs/fairness.md): a tenant holds at most its share of the messages
+//! taken up in memory (`tenant_queue` × weight); the rest of its backlog is parked in its rows
+//! (`pg::park`), its records passed, and taken back oldest first as its share frees up
+//! (`pg::unpark`), so consuming never stops behind one tenant's backlog. Provider calls go
+//! through a gate that serves tenants by weight and a tenant's numbers in turn (`gate`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,15 +30,18 @@ use rdkafka::Message as _;
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tracing::Instrument as _;
 
 use crate::facts::Facts;
+use crate::gate::Gate;
 use crate::hot::Hot;
 use crate::pg::{self, StatusChange};
 use crate::provider::{Provider, ProviderError};
 
 const CONSUMER: &str = "dispatch-worker";
+/// Messages a parked tenant is always given back, even while the worker is full.
+const LOW_WATER: usize = 64;
 
 pub struct Worker {
     pub consumer: Arc<BatchConsumer>,
@@ -49,12 +58,29 @@ pub struct Worker {
     /// Provider calls at once.
     pub send_concurrency: usize,
     pub clock: Arc<dyn Clock>,
+    /// The outbound topic (its partitions say which parked messages are this worker's).
+    pub outbound_topic: String,
+    /// Messages of one tenant of weight 1 held in memory at most (× its weight); the rest
+    /// of its backlog waits parked in Postgres.
+    pub tenant_queue: usize,
+    /// Weights of tenants whose partner left them unset.
+    pub tenant_defaults: finestra_domain::fairness::TenantLimits,
+    /// Only tenants whose id starts with this are looked for among parked messages (empty:
+    /// all; tests sharing a database).
+    pub tenant_prefix: String,
+}
+
+/// Where a job came from: a consumed record (its offset is finished with it) or a parked row.
+enum Source {
+    Record(Arc<OwnedMessage>),
+    Parked { partition: i32 },
 }
 
 /// One message to deliver.
 struct Job {
-    record: Arc<OwnedMessage>,
+    source: Source,
     tenant_id: String,
+    weight: u32,
     message_id: String,
     phone_number_id: String,
     to: String,
@@ -88,7 +114,7 @@ struct Shared {
     pool: PgPool,
     provider: Arc<dyn Provider>,
     retry: RetryPolicy,
-    sends: Semaphore,
+    gate: Arc<Gate>,
     clock: Arc<dyn Clock>,
 }
 
@@ -114,7 +140,11 @@ async fn deliver(shared: Arc<Shared>, job: Job, shutdown: Shutdown) -> Done {
             outcome: Outcome::Abandoned,
         };
     }
-    let Ok(_permit) = shared.sends.acquire().await else {
+    let permit = tokio::select! {
+        () = shutdown.wait() => None,
+        p = shared.gate.acquire(&job.tenant_id, job.weight, &job.phone_number_id) => p,
+    };
+    let Some(_permit) = permit else {
         return Done {
             job,
             outcome: Outcome::Abandoned,
@@ -230,7 +260,7 @@ impl Worker {
             pool: self.pool.clone(),
             provider: self.provider.clone(),
             retry: self.retry,
-            sends: Semaphore::new(self.send_concurrency.max(1)),
+            gate: Gate::new(self.send_concurrency),
             clock: self.clock.clone(),
         });
         let consumer = self.consumer.clone();
@@ -253,13 +283,16 @@ impl Worker {
             in_flight: InFlight::default(),
             active: HashSet::new(),
             tasks: 0,
+            held: HashMap::new(),
+            parked: HashSet::new(),
             pacer: Pacer::default(),
             finished: Vec::new(),
+            next_refill: tokio::time::Instant::now(),
+            next_discovery: tokio::time::Instant::now(),
         };
         let mut tick = tokio::time::interval(Duration::from_millis(20));
         let mut stopping = false;
         loop {
-            let room = state.tasks < self.max_in_flight;
             tokio::select! {
                 biased;
                 Some(done) = done_rx.recv() => {
@@ -272,8 +305,13 @@ impl Worker {
                 _ = tick.tick() => {
                     self.flush(&consumer, &mut state, &shutdown).await;
                     state.pacer.forget_idle(self.clock.now());
+                    if !stopping {
+                        self.refill(&consumer, &mut state, &shared, &done_tx, &shutdown).await;
+                    }
                 }
-                batch = batch_rx.recv(), if room && !stopping => match batch {
+                // Consuming never stops for one tenant's backlog: beyond the shares, records
+                // are parked (their rows wait), so the next tenant's record is always read.
+                batch = batch_rx.recv(), if !stopping => match batch {
                     Some(batch) => self.take_up(batch, &mut state, &shared, &done_tx, &shutdown).await,
                     None => stopping = true,
                 },
@@ -294,8 +332,22 @@ impl Worker {
         tracing::info!("dispatch worker stopped");
     }
 
-    /// Takes up a batch: decodes it, skips what is no longer waiting to be sent, paces the
-    /// rest and starts a task per message.
+    /// The weight of a tenant (its partner's setting, else the default).
+    async fn weight_of(&self, tenant_id: &str) -> u32 {
+        let own = self.facts.limits(tenant_id).await.unwrap_or_default();
+        own.or(self.tenant_defaults).weight
+    }
+
+    /// Messages of a tenant of `weight` held in memory at most.
+    fn cap(&self, weight: u32) -> usize {
+        self.tenant_queue
+            .max(1)
+            .saturating_mul(weight.max(1) as usize)
+            .min(self.max_in_flight.max(1))
+    }
+
+    /// Takes up a batch: decodes it, skips what is no longer waiting to be sent, parks what
+    /// is beyond its tenant's share, paces the rest and starts a task per message.
     async fn take_up(
         &self,
         batch: Vec<OwnedMessage>,
@@ -314,8 +366,9 @@ impl Worker {
                     payload: Some(Payload::OutboundMessage(o)),
                     ..
                 }) if !tenant_id.is_empty() && !o.message_id.is_empty() => jobs.push(Job {
-                    record: Arc::new(m),
+                    source: Source::Record(Arc::new(m)),
                     tenant_id,
+                    weight: 1,
                     message_id: o.message_id,
                     phone_number_id: o.phone_number_id,
                     to: o.to,
@@ -364,50 +417,179 @@ impl Worker {
             .filter(|(_, _, status)| status == Progress::Accepted.as_str())
             .map(|(t, m, _)| (t, m))
             .collect();
-        let now = self.clock.now();
+        let mut to_park = Vec::new();
         for mut job in jobs {
             let key = (job.tenant_id.clone(), job.message_id.clone());
-            if !waiting.contains(&key) || !state.active.insert(job.message_id.clone()) {
+            if !waiting.contains(&key) || state.active.contains(&job.message_id) {
                 // Sent already, failed, unknown, or being sent by this worker: a replay.
-                let r = &job.record;
-                state.in_flight.finish(r.topic(), r.partition(), r.offset());
+                job.finish_record(&mut state.in_flight);
                 continue;
             }
-            let tps = match self.facts.number(&job.phone_number_id).await {
-                Ok(Some(n)) => n.throughput_per_second,
-                _ => 80,
+            job.weight = self.weight_of(&job.tenant_id).await;
+            let held = state.held.get(&job.tenant_id).copied().unwrap_or(0);
+            // Once a tenant parks, all its later records park too, so its messages keep their
+            // order: the park is emptied oldest first before new records are taken up.
+            if state.parked.contains(&job.tenant_id)
+                || held >= self.cap(job.weight)
+                || state.tasks >= self.max_in_flight
+            {
+                state.parked.insert(job.tenant_id.clone());
+                to_park.push(job);
+                continue;
+            }
+            self.schedule(job, state, shared, done_tx, shutdown).await;
+        }
+        if !to_park.is_empty() {
+            let rows: Vec<(String, String, i32)> = to_park
+                .iter()
+                .map(|j| (j.tenant_id.clone(), j.message_id.clone(), j.partition()))
+                .collect();
+            if retry_forever("parking a backlog", shutdown, || {
+                pg::park(&self.pool, &rows)
+            })
+            .await
+            .is_none()
+            {
+                return;
+            }
+            for job in &to_park {
+                crate::admission::count(&job.tenant_id, "parked");
+                job.finish_record(&mut state.in_flight);
+            }
+        }
+    }
+
+    /// Paces a waiting message and starts its task.
+    async fn schedule(
+        &self,
+        mut job: Job,
+        state: &mut LoopState,
+        shared: &Arc<Shared>,
+        done_tx: &mpsc::UnboundedSender<Done>,
+        shutdown: &Shutdown,
+    ) {
+        state.active.insert(job.message_id.clone());
+        *state.held.entry(job.tenant_id.clone()).or_insert(0) += 1;
+        let tps = match self.facts.number(&job.phone_number_id).await {
+            Ok(Some(n)) => n.throughput_per_second,
+            _ => 80,
+        };
+        // 5% under the network's own rate and half its burst: requests reach the network
+        // with their own transit jitter, and the slack absorbs it (a 130429 costs a retry).
+        let mut rate = Rate::per_second(tps);
+        rate.interval_micros += rate.interval_micros / 20;
+        rate.burst = (rate.burst / 2).max(1);
+        job.slot = state
+            .pacer
+            .schedule(&job.phone_number_id, &job.to, rate, self.clock.now());
+        state.tasks += 1;
+        let shared = shared.clone();
+        let done_tx = done_tx.clone();
+        let shutdown = shutdown.clone();
+        // A traced send (its SendMessage carried a context) gets a span of its own; the
+        // provider call under it carries the context on to the network.
+        let span = match job.traceparent() {
+            Some(tp) => {
+                let span = tracing::info_span!("dispatch.deliver", message_id = %job.message_id);
+                finestra_platform::trace::adopt(&span, Some(tp));
+                span
+            }
+            None => tracing::Span::none(),
+        };
+        tokio::spawn(
+            async move {
+                let done = deliver(shared, job, shutdown).await;
+                // The loop outlives every task it counts; a closed channel means it is gone.
+                let _ = done_tx.send(done);
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Takes back parked messages of tenants whose share has room again (oldest first), and
+    /// every few seconds looks for parked backlogs of this worker's partitions that nobody
+    /// in this process knows of (after a restart or a rebalance).
+    async fn refill(
+        &self,
+        consumer: &BatchConsumer,
+        state: &mut LoopState,
+        shared: &Arc<Shared>,
+        done_tx: &mpsc::UnboundedSender<Done>,
+        shutdown: &Shutdown,
+    ) {
+        let now = tokio::time::Instant::now();
+        if now < state.next_refill {
+            return;
+        }
+        state.next_refill = now + Duration::from_millis(200);
+        let discover = now >= state.next_discovery;
+        if state.parked.is_empty() && !discover {
+            return;
+        }
+        let partitions = consumer.assigned(&self.outbound_topic);
+        if partitions.is_empty() {
+            return;
+        }
+        if discover {
+            state.next_discovery = now + Duration::from_secs(5);
+            match pg::parked_tenants(&self.pool, &partitions, &self.tenant_prefix).await {
+                Ok(found) => state.parked.extend(found),
+                Err(e) => tracing::warn!(error = %e, "looking for parked backlogs failed"),
+            }
+        }
+        let tenants: Vec<String> = state.parked.iter().cloned().collect();
+        for tenant_id in tenants {
+            let weight = self.weight_of(&tenant_id).await;
+            let cap = self.cap(weight);
+            let held = state.held.get(&tenant_id).copied().unwrap_or(0);
+            // Taken back in large steps once half its share is free; over the global bound a
+            // tenant still gets a few, so nobody waits for everybody's backlog.
+            let room = if state.tasks >= self.max_in_flight {
+                LOW_WATER.min(cap).saturating_sub(held)
+            } else if held <= cap / 2 {
+                cap - held
+            } else {
+                0
             };
-            // 5% under the network's own rate and half its burst: requests reach the network
-            // with their own transit jitter, and the slack absorbs it (a 130429 costs a retry).
-            let mut rate = Rate::per_second(tps);
-            rate.interval_micros += rate.interval_micros / 20;
-            rate.burst = (rate.burst / 2).max(1);
-            job.slot = state
-                .pacer
-                .schedule(&job.phone_number_id, &job.to, rate, now);
-            state.tasks += 1;
-            let shared = shared.clone();
-            let done_tx = done_tx.clone();
-            let shutdown = shutdown.clone();
-            // A traced send (its SendMessage carried a context) gets a span of its own; the
-            // provider call under it carries the context on to the network.
-            let span = match kafka::traceparent(&job.record) {
-                Some(tp) => {
-                    let span =
-                        tracing::info_span!("dispatch.deliver", message_id = %job.message_id);
-                    finestra_platform::trace::adopt(&span, Some(tp));
-                    span
+            if room == 0 {
+                continue;
+            }
+            let rows = match pg::unpark(
+                &self.pool,
+                &tenant_id,
+                &partitions,
+                i64::try_from(room).unwrap_or(i64::MAX),
+                self.clock.now().micros(),
+            )
+            .await
+            {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::warn!(error = %e, "taking back parked messages failed; retrying");
+                    continue;
                 }
-                None => tracing::Span::none(),
             };
-            tokio::spawn(
-                async move {
-                    let done = deliver(shared, job, shutdown).await;
-                    // The loop outlives every task it counts; a closed channel means it is gone.
-                    let _ = done_tx.send(done);
+            if rows.len() < room {
+                state.parked.remove(&tenant_id);
+            }
+            for r in rows {
+                if state.active.contains(&r.message_id) {
+                    continue;
                 }
-                .instrument(span),
-            );
+                let job = Job {
+                    source: Source::Parked {
+                        partition: r.partition,
+                    },
+                    tenant_id: r.tenant_id,
+                    weight,
+                    message_id: r.message_id,
+                    phone_number_id: r.phone_number_id,
+                    to: r.recipient,
+                    body: r.body.into_bytes(),
+                    slot: Timestamp::from_micros(0),
+                };
+                self.schedule(job, state, shared, done_tx, shutdown).await;
+            }
         }
     }
 
@@ -420,6 +602,7 @@ impl Worker {
         let now = self.clock.now();
         let mut changes = Vec::new();
         let mut events = Vec::new();
+        let mut abandoned_parked = Vec::new();
         for d in &finished {
             match &d.outcome {
                 Outcome::Sent { wamid, attempts } => {
@@ -465,21 +648,28 @@ impl Worker {
                         failed_status(&d.job, error, now),
                     ));
                     if *exhausted {
+                        let why = format!(
+                            "{} after {attempts} attempts: {} ({})",
+                            error.reason, error.title, error.code
+                        );
                         events.push((
                             self.dlq_topic.as_str(),
                             String::new(),
-                            kafka::dead_letter(
-                                &d.job.record,
-                                CONSUMER,
-                                format!(
-                                    "{} after {attempts} attempts: {} ({})",
-                                    error.reason, error.title, error.code
-                                ),
-                            ),
+                            d.job.dead_letter(&self.outbound_topic, why),
                         ));
                     }
                 }
-                Outcome::Abandoned => {}
+                Outcome::Abandoned => {
+                    // A parked message taken back but not sent goes back to the park (a
+                    // consumed record is simply not committed).
+                    if let Source::Parked { partition } = d.job.source {
+                        abandoned_parked.push((
+                            d.job.tenant_id.clone(),
+                            d.job.message_id.clone(),
+                            partition,
+                        ));
+                    }
+                }
             }
         }
         if retry_forever("recording send outcomes", shutdown, || {
@@ -489,6 +679,10 @@ impl Worker {
         .is_none()
         {
             return;
+        }
+        if let Err(e) = pg::park(&self.pool, &abandoned_parked).await {
+            // The re-queue sweep finds them instead.
+            tracing::warn!(error = %e, "parking unsent messages again failed");
         }
         let outgoing: Vec<Outgoing<'_>> = events
             .into_iter()
@@ -509,9 +703,14 @@ impl Worker {
         }
         for d in &finished {
             state.active.remove(&d.job.message_id);
+            if let Some(held) = state.held.get_mut(&d.job.tenant_id) {
+                *held -= 1;
+                if *held == 0 {
+                    state.held.remove(&d.job.tenant_id);
+                }
+            }
             if !matches!(d.outcome, Outcome::Abandoned) {
-                let r = &d.job.record;
-                state.in_flight.finish(r.topic(), r.partition(), r.offset());
+                d.job.finish_record(&mut state.in_flight);
             }
         }
         let moved = state.in_flight.advanced();
@@ -521,13 +720,80 @@ impl Worker {
     }
 }
 
+impl Job {
+    /// Marks its record done (a parked row has none).
+    fn finish_record(&self, in_flight: &mut InFlight) {
+        if let Source::Record(r) = &self.source {
+            in_flight.finish(r.topic(), r.partition(), r.offset());
+        }
+    }
+
+    fn partition(&self) -> i32 {
+        match &self.source {
+            Source::Record(r) => r.partition(),
+            Source::Parked { partition } => *partition,
+        }
+    }
+
+    fn traceparent(&self) -> Option<&str> {
+        match &self.source {
+            Source::Record(r) => kafka::traceparent(r),
+            Source::Parked { .. } => None,
+        }
+    }
+
+    /// The dead letter of a message that exhausted its retries: its record, or for a parked
+    /// message its outbound event as the record carried it.
+    fn dead_letter(&self, outbound_topic: &str, why: String) -> Envelope {
+        match &self.source {
+            Source::Record(r) => kafka::dead_letter(r, CONSUMER, why),
+            Source::Parked { partition } => Envelope {
+                event_id: format!("dlq:parked:{}:{CONSUMER}", self.message_id),
+                tenant_id: self.tenant_id.clone(),
+                occurred_at: None,
+                recorded_at: None,
+                payload: Some(Payload::DeadLetter(finestra_proto::v1::DeadLetter {
+                    source_topic: outbound_topic.to_owned(),
+                    partition: *partition,
+                    offset: -1,
+                    consumer: CONSUMER.to_owned(),
+                    error: why,
+                    key: kafka::conversation_key(&self.tenant_id, &self.phone_number_id, &self.to)
+                        .into_bytes(),
+                    payload: prost::Message::encode_to_vec(&Envelope {
+                        event_id: format!("out:{}", self.message_id),
+                        tenant_id: self.tenant_id.clone(),
+                        occurred_at: None,
+                        recorded_at: None,
+                        payload: Some(Payload::OutboundMessage(
+                            finestra_proto::v1::OutboundMessage {
+                                message_id: self.message_id.clone(),
+                                phone_number_id: self.phone_number_id.clone(),
+                                to: self.to.clone(),
+                                body_json: self.body.clone(),
+                                ..Default::default()
+                            },
+                        )),
+                    }),
+                })),
+            },
+        }
+    }
+}
+
 struct LoopState {
     in_flight: InFlight,
     /// Message ids with a task running (a replayed event for one of them is skipped).
     active: HashSet<String>,
     tasks: usize,
+    /// Messages per tenant taken up and not finished.
+    held: HashMap<String, usize>,
+    /// Tenants with messages parked: their new records park too until the park is empty.
+    parked: HashSet<String>,
     pacer: Pacer,
     finished: Vec<Done>,
+    next_refill: tokio::time::Instant,
+    next_discovery: tokio::time::Instant,
 }
 
 /// Retries a store or broker step until it succeeds; `None` if shutdown came first (the
