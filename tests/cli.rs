@@ -206,18 +206,32 @@ async fn bootstrap_partner_tenant_number_key_template() -> anyhow::Result<()> {
         limits(&set)?,
         serde_json::json!({"send_rate_per_second": 50, "send_burst": 80, "weight": 3})
     );
-    let kept = cli.ok(op, &["--json", "tenant", "limits", "--id", &tenant, "--weight", "0"])?;
+    let kept = cli.ok(
+        op,
+        &[
+            "--json", "tenant", "limits", "--id", &tenant, "--weight", "0",
+        ],
+    )?;
     assert_eq!(
         limits(&kept)?,
         serde_json::json!({"send_rate_per_second": 50, "send_burst": 80, "weight": 0})
     );
     let seen = cli.ok(ta, &["tenant", "limits", "--id", &tenant])?;
     assert!(seen.contains("rate 50/s burst 80 weight default"), "{seen}");
-    let raised = cli.run(ta, &["tenant", "limits", "--id", &tenant, "--rate", "100000"])?;
-    assert!(!raised.status.success(), "a tenant cannot raise its own limits");
+    let raised = cli.run(
+        ta,
+        &["tenant", "limits", "--id", &tenant, "--rate", "100000"],
+    )?;
+    assert!(
+        !raised.status.success(),
+        "a tenant cannot raise its own limits"
+    );
     let stderr = String::from_utf8(raised.stderr)?;
     assert!(stderr.starts_with("error: PERMISSION_DENIED:"), "{stderr}");
-    let bad = cli.run(op, &["tenant", "limits", "--id", &tenant, "--weight", "1000"])?;
+    let bad = cli.run(
+        op,
+        &["tenant", "limits", "--id", &tenant, "--weight", "1000"],
+    )?;
     let stderr = String::from_utf8(bad.stderr)?;
     assert!(
         stderr.starts_with("error: INVALID_ARGUMENT:") && stderr.contains("weight"),

@@ -8,6 +8,8 @@
 //!   the tenants that are sending right now, with a floor so a small tenant always gets in.
 //! - [`FairQueue`]: weighted round robin over lanes (tenants, and inside a tenant its numbers),
 //!   so a lane with a deep backlog delays only itself.
+//! - [`AdaptiveLimit`]: how many sends may be decided at once, found from their latency, so
+//!   the capacity the shares split is what the chain serves without queueing.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
@@ -155,6 +157,17 @@ impl<K: Hash + Eq + Clone> Shares<K> {
         }
     }
 
+    /// A new capacity (the adaptive limit moved) and its reserve; sends held beyond it finish
+    /// normally, new ones wait for room.
+    pub fn set_capacity(&mut self, capacity: usize, reserve: usize) {
+        self.capacity = capacity.max(1);
+        self.reserve = reserve;
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// The most `weight` may hold now (its share).
     pub fn share_of(&self, tenant: &K, weight: u32) -> usize {
         let weight = u64::from(weight.max(1));
@@ -226,6 +239,134 @@ impl<K: Hash + Eq + Clone> Shares<K> {
     /// Tenants holding any.
     pub fn active(&self) -> usize {
         self.held.len()
+    }
+}
+
+/// Settings of an [`AdaptiveLimit`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LimitSettings {
+    pub min: usize,
+    pub max: usize,
+    /// Latency is "not queueing" while the interval's mean stays within
+    /// `baseline × tolerance + slack_micros`, the baseline being the lowest latency seen lately.
+    pub tolerance: f64,
+    pub slack_micros: i64,
+    /// ... and within this, when the baseline allows more: under a flood from the start the
+    /// baseline is only learnt once the queue is gone, and this bounds the queue until then.
+    pub target_micros: i64,
+    /// An interval ends after this long with at least `min_samples` samples.
+    pub interval_micros: i64,
+    pub min_samples: u32,
+    /// The baseline is the minimum over the last two windows of this length, so it follows a
+    /// chain that became slower for good (a bigger database) within two windows.
+    pub baseline_window_micros: i64,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            min: 8,
+            max: 512,
+            tolerance: 2.0,
+            slack_micros: 5_000,
+            target_micros: 25_000,
+            interval_micros: 100_000,
+            min_samples: 8,
+            baseline_window_micros: 30_000_000,
+        }
+    }
+}
+
+/// A concurrency limit found from latency (in the manner of TCP Vegas): while the sends of an
+/// interval take about as long as the fastest ones lately (and no longer than the target),
+/// there is no queue, and the limit grows by about its square root when it was used; once
+/// they take longer, a queue has formed, and the limit shrinks by a fifth. It starts at the
+/// maximum, so a quiet start refuses nothing. So the number of sends in flight stays close to
+/// what the chain serves at its best latency, and a burst beyond it is refused at once
+/// instead of waiting in front of everyone else.
+#[derive(Clone, Debug)]
+pub struct AdaptiveLimit {
+    settings: LimitSettings,
+    limit: f64,
+    /// Lowest latency of the current and the previous baseline window.
+    window_min: i64,
+    previous_min: i64,
+    window_started: Option<i64>,
+    interval_started: Option<i64>,
+    sum_micros: i64,
+    samples: u32,
+    /// The most sends in flight seen during the interval.
+    peak_in_flight: usize,
+}
+
+impl AdaptiveLimit {
+    pub fn new(settings: LimitSettings) -> Self {
+        let max = settings.max.max(settings.min).max(1);
+        Self {
+            settings: LimitSettings { max, ..settings },
+            limit: max as f64,
+            window_min: i64::MAX,
+            previous_min: i64::MAX,
+            window_started: None,
+            interval_started: None,
+            sum_micros: 0,
+            samples: 0,
+            peak_in_flight: 0,
+        }
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit as usize
+    }
+
+    /// The latency below which sends are not queueing (`None` before the first sample).
+    pub fn baseline(&self) -> Option<i64> {
+        let b = self.window_min.min(self.previous_min);
+        (b != i64::MAX).then_some(b)
+    }
+
+    /// A send that started with `in_flight` others took `latency_micros`, finishing at `now`;
+    /// returns the limit after it. Only sends that started nearly alone (at most twice the
+    /// minimum limit in flight) teach the baseline: under a flood every send queues, and its
+    /// latency says nothing about the chain's own.
+    pub fn sample(&mut self, latency_micros: i64, in_flight: usize, now: i64) -> usize {
+        let s = self.settings;
+        let latency = latency_micros.max(1);
+        let window_started = *self.window_started.get_or_insert(now);
+        if now - window_started >= s.baseline_window_micros {
+            self.previous_min = self.window_min;
+            self.window_min = i64::MAX;
+            self.window_started = Some(now);
+        }
+        self.peak_in_flight = self.peak_in_flight.max(in_flight);
+        if in_flight <= s.min.saturating_mul(2) {
+            self.window_min = self.window_min.min(latency);
+        }
+        let interval_started = *self.interval_started.get_or_insert(now);
+        self.sum_micros = self.sum_micros.saturating_add(latency);
+        self.samples += 1;
+        if now - interval_started < s.interval_micros || self.samples < s.min_samples {
+            return self.limit();
+        }
+        let mean = self.sum_micros / i64::from(self.samples);
+        let target = match self.baseline() {
+            // Never below what the chain takes unloaded (a slow store is not a queue).
+            Some(baseline) => ((baseline as f64 * s.tolerance) as i64 + s.slack_micros)
+                .min(s.target_micros)
+                .max(baseline + s.slack_micros),
+            None => s.target_micros,
+        };
+        if mean > target {
+            self.limit *= 0.8;
+        } else if self.peak_in_flight as f64 >= self.limit * 0.75 {
+            self.limit += self.limit.sqrt().max(1.0);
+        }
+        self.limit = self.limit.clamp(s.min as f64, s.max as f64);
+        self.interval_started = Some(now);
+        self.sum_micros = 0;
+        self.samples = 0;
+        self.peak_in_flight = 0;
+        self.limit()
     }
 }
 
@@ -611,5 +752,108 @@ mod tests {
                 last[lane] = Some(i);
             }
         }
+    }
+
+    fn settings() -> LimitSettings {
+        LimitSettings {
+            min: 4,
+            max: 400,
+            ..LimitSettings::default()
+        }
+    }
+
+    /// A chain that serves `rate` sends a second at `base` µs each: latency grows with the
+    /// queue once more than `rate × base` are in flight (Little's law).
+    fn latency_at(in_flight: usize, rate: f64, base: i64) -> i64 {
+        let served_without_queue = rate * base as f64 / 1e6;
+        if in_flight as f64 <= served_without_queue {
+            base
+        } else {
+            (in_flight as f64 / rate * 1e6) as i64
+        }
+    }
+
+    #[test]
+    fn the_limit_settles_where_the_chain_serves_without_a_queue() {
+        let mut l = AdaptiveLimit::new(settings());
+        let (rate, base) = (1_000.0, 20_000); // 20 in flight at 20 ms each
+        let mut now = 0;
+        for _ in 0..20_000 {
+            let in_flight = l.limit(); // a flood keeps it full
+            now += 1_000;
+            l.sample(latency_at(in_flight, rate, base), in_flight, now);
+        }
+        let settled = l.limit();
+        assert!(
+            (20..=60).contains(&settled),
+            "settled at {settled}: about rate × latency (20), within the tolerance"
+        );
+        // Latency at that limit stays within the tolerance of the unloaded one.
+        assert!(latency_at(settled, rate, base) <= 2 * base + 5_000);
+    }
+
+    #[test]
+    fn a_chain_slower_than_the_target_is_not_mistaken_for_a_queue() {
+        let mut l = AdaptiveLimit::new(settings());
+        let (rate, base) = (1_000.0, 40_000); // 40 ms unloaded, above the 25 ms target
+        let mut now = 0;
+        for _ in 0..20_000 {
+            let in_flight = l.limit();
+            now += 1_000;
+            l.sample(latency_at(in_flight, rate, base), in_flight, now);
+        }
+        assert_eq!(l.baseline(), Some(40_000));
+        assert!(
+            l.limit() >= 30,
+            "it serves ~40 at once unqueued: {}",
+            l.limit()
+        );
+    }
+
+    #[test]
+    fn an_unused_limit_does_not_grow_and_a_used_one_recovers() {
+        let mut l = AdaptiveLimit::new(settings());
+        let mut now = 0;
+        // Alone, a send takes 10 ms: the baseline.
+        l.sample(10_000, 1, now);
+        // Queueing: latency 10× the baseline shrinks it to the minimum.
+        for _ in 0..200 {
+            now += 20_000;
+            l.sample(100_000, l.limit(), now);
+        }
+        assert_eq!(l.limit(), 4);
+        // Fast again but hardly used: it stays.
+        for _ in 0..10 {
+            now += 20_000;
+            l.sample(10_000, 1, now);
+        }
+        let unused = l.limit();
+        for _ in 0..200 {
+            now += 20_000;
+            l.sample(10_000, 1, now);
+        }
+        assert_eq!(l.limit(), unused);
+        // Fast and used: it grows back to the maximum.
+        for _ in 0..2_000 {
+            now += 20_000;
+            l.sample(10_000, l.limit(), now);
+        }
+        assert_eq!(l.limit(), 400);
+    }
+
+    #[test]
+    fn the_baseline_follows_a_chain_that_became_slower_for_good() {
+        let mut l = AdaptiveLimit::new(settings());
+        let mut now = 0;
+        for _ in 0..100 {
+            now += 10_000;
+            l.sample(5_000, 1, now);
+        }
+        assert_eq!(l.baseline(), Some(5_000));
+        for _ in 0..10_000 {
+            now += 10_000;
+            l.sample(50_000, 1, now);
+        }
+        assert_eq!(l.baseline(), Some(50_000), "two windows later");
     }
 }

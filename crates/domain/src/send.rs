@@ -76,7 +76,8 @@ pub enum Refusal {
 impl Refusal {
     pub fn reason(&self) -> &'static str {
         match self {
-            Refusal::TenantInactive | Refusal::NumberNotFound => "NOT_FOUND",
+            Refusal::TenantInactive => "TENANT_SUSPENDED",
+            Refusal::NumberNotFound => "NOT_FOUND",
             Refusal::UserBlocked => "USER_BLOCKED",
             Refusal::InvalidMessage(_) => "INVALID_MESSAGE",
             Refusal::WindowClosed => "WINDOW_CLOSED",

@@ -250,7 +250,9 @@ impl Authenticator {
         })
     }
 
-    /// The tenant's owner, `None` if it does not exist or is not active.
+    /// The tenant's owner, `None` if it does not exist. A suspended tenant is still reached by
+    /// its partner and the operator (its own keys stop at authentication): what it may do is
+    /// each service's rule (dispatch refuses its sends with TENANT_SUSPENDED).
     pub async fn tenant(&self, tenant_id: &str) -> Result<Option<Arc<TenantRef>>, Status> {
         // Hot path: a cached answer, without building the loader.
         if let Some(found) = self.tenants.get(tenant_id).await {
@@ -261,9 +263,7 @@ impl Authenticator {
         self.tenants
             .try_get_with(tenant_id.to_owned(), async move {
                 sqlx::query_as::<_, (String, String)>(
-                    "SELECT t.tenant_id, t.partner_id FROM accounts.tenants t
-                     JOIN accounts.partners p USING (partner_id)
-                     WHERE t.tenant_id = $1 AND t.status = 'active' AND p.status = 'active'",
+                    "SELECT t.tenant_id, t.partner_id FROM accounts.tenants t WHERE t.tenant_id = $1"
                 )
                 .bind(&id)
                 .fetch_optional(&pool)

@@ -59,6 +59,75 @@ pub fn invalid_argument(field: &str, message: impl Into<String>) -> Status {
     )
 }
 
+/// A store's failure, as a client should see it: transient ones (a pool timeout, a lost or
+/// refused connection, a deadlock, a server shutting down, a busy Redis) are `UNAVAILABLE`
+/// with a RetryInfo, since the same call may pass in a moment; anything else is `INTERNAL`
+/// with no internals. Both are logged with their cause.
+pub trait StoreFailure: std::fmt::Display {
+    fn is_transient(&self) -> bool;
+}
+
+impl StoreFailure for sqlx::Error {
+    fn is_transient(&self) -> bool {
+        match self {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                // Connection exceptions, transaction rollbacks (serialization, deadlock),
+                // insufficient resources, operator intervention (shutdown, statement timeout).
+                ["08", "40", "53", "57"]
+                    .iter()
+                    .any(|class| code.starts_with(class))
+            }),
+            _ => false,
+        }
+    }
+}
+
+impl StoreFailure for redis::RedisError {
+    fn is_transient(&self) -> bool {
+        self.is_timeout()
+            || self.is_io_error()
+            || self.is_connection_dropped()
+            || self.is_connection_refusal()
+            || matches!(
+                self.kind(),
+                redis::ErrorKind::BusyLoadingError
+                    | redis::ErrorKind::TryAgain
+                    | redis::ErrorKind::ClusterDown
+                    | redis::ErrorKind::MasterDown
+            )
+    }
+}
+
+impl<T: StoreFailure> StoreFailure for std::sync::Arc<T> {
+    fn is_transient(&self) -> bool {
+        (**self).is_transient()
+    }
+}
+
+/// How long a client should wait before retrying a call that met a transient store failure.
+pub const STORE_RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// The status of a store failure met while `context` (see [`StoreFailure`]).
+pub fn store(context: &str, error: &dyn StoreFailure) -> Status {
+    if error.is_transient() {
+        tracing::warn!(error = %error, context, "a store is unavailable");
+        with_reason_and_retry(
+            Code::Unavailable,
+            "STORE_UNAVAILABLE",
+            format!("{context}: a store did not answer in time; retry"),
+            &[],
+            STORE_RETRY_AFTER,
+        )
+    } else {
+        internal(context, error)
+    }
+}
+
 /// An internal failure: logged with its cause, returned without internals.
 pub fn internal(context: &str, error: &dyn std::fmt::Display) -> Status {
     tracing::error!(error = %error, context, "internal error");

@@ -240,6 +240,8 @@ impl Registry {
 /// What a send is decided on of its tenant (the accounts schema's read model for dispatch).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TenantSendFacts {
+    /// The tenant and its partner are active (a suspended one sends nothing, whoever asks).
+    pub active: bool,
     /// Distinct users per rolling 24 h it may message first; `None` is unlimited.
     pub tier: Option<i64>,
     /// As its partner set them (0 fields take the platform's defaults).
@@ -251,22 +253,27 @@ pub async fn tenant_send_facts(
     pool: &PgPool,
     tenant_id: &str,
 ) -> Result<Option<TenantSendFacts>, sqlx::Error> {
-    let row: Option<(Option<i32>, i32, i32, i32)> = sqlx::query_as(
-        "SELECT tier, send_rate_per_second, send_burst, send_weight FROM accounts.tenants
-          WHERE tenant_id = $1",
+    let row: Option<(bool, Option<i32>, i32, i32, i32)> = sqlx::query_as(
+        "SELECT t.status = 'active' AND p.status = 'active', t.tier,
+                t.send_rate_per_second, t.send_burst, t.send_weight
+           FROM accounts.tenants t JOIN accounts.partners p USING (partner_id)
+          WHERE t.tenant_id = $1",
     )
     .bind(tenant_id)
     .fetch_optional(pool)
     .await?;
     let non_negative = |v: i32| u32::try_from(v).unwrap_or(0);
-    Ok(row.map(|(tier, rate, burst, weight)| TenantSendFacts {
-        tier: tier.map(i64::from),
-        limits: finestra_domain::fairness::TenantLimits {
-            rate_per_second: non_negative(rate),
-            burst: non_negative(burst),
-            weight: non_negative(weight),
-        },
-    }))
+    Ok(
+        row.map(|(active, tier, rate, burst, weight)| TenantSendFacts {
+            active,
+            tier: tier.map(i64::from),
+            limits: finestra_domain::fairness::TenantLimits {
+                rate_per_second: non_negative(rate),
+                burst: non_negative(burst),
+                weight: non_negative(weight),
+            },
+        }),
+    )
 }
 
 /// A small pool for tools (the CLI).

@@ -17,6 +17,15 @@ pub enum WindowReadError {
     Store(#[from] sqlx::Error),
 }
 
+impl finestra_platform::status::StoreFailure for WindowReadError {
+    fn is_transient(&self) -> bool {
+        match self {
+            WindowReadError::Redis(e) => e.is_transient(),
+            WindowReadError::Store(e) => e.is_transient(),
+        }
+    }
+}
+
 /// The hash key of a pair.
 pub fn key(prefix: &str, tenant_id: &str, phone_number_id: &str, user: &str) -> String {
     format!("{prefix}:{{{tenant_id}}}:win:{phone_number_id}:{user}")

@@ -369,6 +369,8 @@ pub async fn dispatch_config(
         replay_wait: Duration::from_secs(5),
         max_pending_sends: 2_048,
         tenant_floor: 8,
+        // A debug build on a busy machine is slow; tests about admission under load set less.
+        send_latency_target: Duration::from_secs(10),
         // Tests that are not about tenant limits are never held back by them.
         tenant_defaults: finestra_domain::fairness::TenantLimits {
             rate_per_second: 100_000,

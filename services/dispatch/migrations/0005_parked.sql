@@ -6,3 +6,8 @@
 ALTER TABLE messages ADD COLUMN parked_partition integer;
 CREATE INDEX messages_parked ON messages (tenant_id, accepted_at, message_id)
     WHERE parked_partition IS NOT NULL AND status = 'ACCEPTED';
+-- The re-queue sweep leaves parked messages alone (their worker takes them back); its index
+-- leaves them out too, or a big parked backlog would be read and thrown away every sweep.
+DROP INDEX messages_waiting;
+CREATE INDEX messages_waiting ON messages ((COALESCE(requeued_at, updated_at)))
+    WHERE status = 'ACCEPTED' AND parked_partition IS NULL;

@@ -204,6 +204,17 @@ async fn run_batch(
                 }
                 reserved.push(p);
             }
+            None if matches!(
+                Code::from_i32(r.code),
+                Code::Internal | Code::Unavailable | Code::DeadlineExceeded
+            ) =>
+            {
+                // Billing's store failed on this one: nothing was reserved, the caller retries.
+                let _ = p.reply.send(Err(Refused::Unavailable(format!(
+                    "billing could not reserve: {}",
+                    r.message
+                ))));
+            }
             None => {
                 let status = finestra_platform::status::with_reason(
                     Code::from_i32(r.code),

@@ -54,7 +54,8 @@ pub struct DispatchApi {
 
 fn refusal_status(r: &Refusal, message_id: &str) -> Status {
     let code = match r {
-        Refusal::TenantInactive | Refusal::NumberNotFound => Code::NotFound,
+        Refusal::NumberNotFound => Code::NotFound,
+        Refusal::TenantInactive => Code::FailedPrecondition,
         Refusal::InvalidMessage(_) | Refusal::TemplateParamsMismatch { .. } => {
             Code::InvalidArgument
         }
@@ -64,7 +65,10 @@ fn refusal_status(r: &Refusal, message_id: &str) -> Status {
         | Refusal::MarketingOptOut => Code::FailedPrecondition,
     };
     let message = match r {
-        Refusal::TenantInactive => "no such tenant".to_owned(),
+        Refusal::TenantInactive => {
+            "the tenant or its partner is suspended: nothing is sent until it is active again"
+                .to_owned()
+        }
         Refusal::NumberNotFound => "no such phone_number_id".to_owned(),
         Refusal::UserBlocked => "the user blocked this number".to_owned(),
         Refusal::InvalidMessage(why) => why.clone(),
@@ -193,8 +197,8 @@ impl DispatchApi {
         Ok(req)
     }
 
-    fn store_error(&self, context: &str, e: &dyn std::fmt::Display) -> Status {
-        status::internal(context, e)
+    fn store_error(&self, context: &str, e: &dyn status::StoreFailure) -> Status {
+        status::store(context, e)
     }
 
     /// The stored message of a key, compared with this request.
@@ -324,18 +328,10 @@ impl DispatchApi {
 
         let claim = match self
             .hot
-            .admit_and_claim(
-                &tenant_id,
-                &message_id,
-                &hash,
-                rate,
-                self.clock.now().micros(),
-            )
+            .admit_and_claim(&tenant_id, &message_id, &hash, rate)
             .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, "claiming an idempotency key failed");
-                Status::unavailable("the idempotency store did not answer; retry")
-            })? {
+            .map_err(|e| self.store_error("claiming an idempotency key", &e))?
+        {
             crate::hot::Admitted::Claimed(claim) => claim,
             crate::hot::Admitted::RateLimited { wait_micros } => {
                 return Err(tenant_rate_limited(
@@ -404,6 +400,12 @@ impl DispatchApi {
         hash: &[u8],
     ) -> Result<SendMessageResponse, Status> {
         let tenant_id = req.tenant_id.as_str();
+        let tenant_active = self
+            .facts
+            .tenant(tenant_id)
+            .await
+            .map_err(|e| self.store_error("reading a tenant", &e))?
+            .is_some_and(|t| t.active);
         let number = self
             .facts
             .number(number_id)
@@ -433,7 +435,7 @@ impl DispatchApi {
         let admitted = send::admit(
             &parsed.outgoing,
             &SendFacts {
-                tenant_active: true,
+                tenant_active,
                 number_active,
                 recipient: &req.to,
                 window: &window,
@@ -540,7 +542,13 @@ impl DispatchApi {
                 }
                 Err(status)
             }
-            Err(Refused::Unavailable(why)) => Err(Status::unavailable(why)),
+            Err(Refused::Unavailable(why)) => Err(with_reason_and_retry(
+                Code::Unavailable,
+                "STORE_UNAVAILABLE",
+                why,
+                &[("message_id", message_id)],
+                status::STORE_RETRY_AFTER,
+            )),
         };
         if result.is_err()
             && counted
@@ -644,10 +652,11 @@ impl DispatchService for DispatchApi {
         request: Request<SendMessageRequest>,
     ) -> Result<Response<SendMessageResponse>, Status> {
         let req = self.authorized(request, Scope::Send).await?;
-        let own = self.facts.limits(&req.tenant_id).await.map_err(|e| {
-            tracing::warn!(error = %e, "reading a tenant's limits failed");
-            Status::unavailable("the control plane's store did not answer; retry")
-        })?;
+        let own = self
+            .facts
+            .limits(&req.tenant_id)
+            .await
+            .map_err(|e| self.store_error("reading a tenant's limits", &e))?;
         let limits = self.admission.effective(own);
         let _ticket = match self.admission.enter(&req.tenant_id, limits.weight) {
             Ok(ticket) => ticket,

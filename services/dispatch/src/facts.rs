@@ -82,24 +82,29 @@ impl Facts {
         Ok(facts)
     }
 
-    /// What sends are decided on of a tenant (tier, limits); `None` for an unknown tenant.
-    pub async fn tenant(&self, tenant_id: &str) -> Result<Option<TenantSendFacts>, sqlx::Error> {
-        if let Some(found) = self.tenants.get(tenant_id).await {
-            return Ok(found);
-        }
-        let facts = finestra_registry::tenant_send_facts(&self.pool, tenant_id).await?;
-        self.tenants.insert(tenant_id.to_owned(), facts).await;
-        Ok(facts)
+    /// What sends are decided on of a tenant (state, tier, limits); `None` for an unknown
+    /// tenant. Every send reads it first, so concurrent misses share one query.
+    pub async fn tenant(
+        &self,
+        tenant_id: &str,
+    ) -> Result<Option<TenantSendFacts>, Arc<sqlx::Error>> {
+        let pool = self.pool.clone();
+        let id = tenant_id.to_owned();
+        self.tenants
+            .try_get_with(tenant_id.to_owned(), async move {
+                finestra_registry::tenant_send_facts(&pool, &id).await
+            })
+            .await
     }
 
     /// The tenant's tier: distinct users per rolling 24 h it may message first; `None` is
     /// unlimited.
-    pub async fn tier(&self, tenant_id: &str) -> Result<Option<i64>, sqlx::Error> {
+    pub async fn tier(&self, tenant_id: &str) -> Result<Option<i64>, Arc<sqlx::Error>> {
         Ok(self.tenant(tenant_id).await?.and_then(|t| t.tier))
     }
 
     /// The tenant's limits as set by its partner (0 fields: the platform's defaults).
-    pub async fn limits(&self, tenant_id: &str) -> Result<TenantLimits, sqlx::Error> {
+    pub async fn limits(&self, tenant_id: &str) -> Result<TenantLimits, Arc<sqlx::Error>> {
         Ok(self
             .tenant(tenant_id)
             .await?

@@ -54,15 +54,34 @@ end
 return 1
 "#;
 
-/// The tenant's rate bucket (KEYS[1]) and the idempotency claim (KEYS[2]) in one round trip:
-/// `{0, wait_micros}` over the rate (nothing claimed), else `{1}` claimed, `{2}` held with the
-/// same request, `{3}` held with another. ARGV: now µs, interval µs, burst, hash, lease s.
-/// Numbers stay below 2^53 (µs since 1970), so Lua's doubles hold them exactly; `%.0f`
-/// writes them back without an exponent.
+/// A user counted at ARGV[2] (µs) by a message that failed: counted again at ARGV[3] (the
+/// newest other send to them that did not fail) or not at all (ARGV[3] empty). A count newer
+/// than ARGV[2] is another send's and stays. Idempotent, so a replayed status repeats it.
+const TIER_FORGET_FAILED: &str = r#"
+local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not s or tonumber(s) > tonumber(ARGV[2]) then return 0 end
+if ARGV[3] == '' then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+else
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+end
+return 1
+"#;
+
+/// The idempotency claim (KEYS[2]) and the tenant's rate bucket (KEYS[1]) in one round trip.
+/// A key already held answers `{2}` (same request) or `{3}` (another) without touching the
+/// bucket: a retry of a send is not a new call. Otherwise `{0, wait_micros}` over the rate
+/// (nothing claimed), else `{1}` claimed. The time is Redis's own, so replicas with clocks
+/// apart share one bucket. ARGV: interval µs, burst, hash, lease s. Numbers stay below 2^53
+/// (µs since 1970), so Lua's doubles hold them exactly; `%.0f` writes them back whole.
 const ADMIT_AND_CLAIM: &str = r#"
-local now = tonumber(ARGV[1])
-local interval = tonumber(ARGV[2])
-local burst = tonumber(ARGV[3])
+local held = redis.call('GET', KEYS[2])
+if held == ARGV[3] then return {2} end
+if held then return {3} end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
 local ahead = tat - now
@@ -70,11 +89,7 @@ local allowance = (burst - 1) * interval
 if ahead > allowance then return {0, ahead - allowance} end
 tat = tat + interval
 redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.floor((tat - now) / 1000) + 1000)
-if redis.call('SET', KEYS[2], ARGV[4], 'NX', 'EX', ARGV[5]) then return {1} end
-local held = redis.call('GET', KEYS[2])
-if held == ARGV[4] then return {2} end
-if held then return {3} end
-redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[5])
+redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4])
 return {1}
 "#;
 
@@ -113,6 +128,7 @@ pub struct Hot {
     load: Script,
     undo: Script,
     admit_and_claim: Script,
+    forget_failed: Script,
 }
 
 impl Hot {
@@ -124,6 +140,7 @@ impl Hot {
             load: Script::new(TIER_LOAD),
             undo: Script::new(TIER_UNDO),
             admit_and_claim: Script::new(ADMIT_AND_CLAIM),
+            forget_failed: Script::new(TIER_FORGET_FAILED),
         }
     }
 
@@ -185,22 +202,20 @@ impl Hot {
         })
     }
 
-    /// Takes one call from the tenant's rate bucket and, if it passed, claims the key: one
-    /// round trip for both (the claim's keys and the bucket share the tenant's hash slot).
+    /// Claims the key and, for a new one, takes a call from the tenant's rate bucket: one
+    /// round trip for both (the claim and the bucket share the tenant's hash slot).
     pub async fn admit_and_claim(
         &self,
         tenant_id: &str,
         message_id: &str,
         hash: &[u8],
         rate: finestra_domain::fairness::RateLimit,
-        now_micros: i64,
     ) -> redis::RedisResult<Admitted> {
         let mut conn = self.conn.clone();
         let answer: Vec<i64> = self
             .admit_and_claim
             .key(format!("{}:{{{tenant_id}}}:rate", self.prefix))
             .key(self.idem_key(tenant_id, message_id))
-            .arg(now_micros)
             .arg(rate.interval_micros)
             .arg(rate.burst)
             .arg(hash)
@@ -279,6 +294,27 @@ impl Hot {
         }
         call.arg((DAY_MICROS + 3_600_000_000) / 1_000);
         call.invoke_async::<i64>(&mut conn).await.map(|_| ())
+    }
+
+    /// A business-initiated message to `user` accepted at `failed_at` failed: the user counts
+    /// only for `still` (the newest other send to them that did not fail), or not at all.
+    pub async fn tier_forget_failed(
+        &self,
+        tenant_id: &str,
+        user: &str,
+        failed_at: i64,
+        still: Option<i64>,
+    ) -> redis::RedisResult<()> {
+        let (k, _) = self.tier_keys(tenant_id);
+        let mut conn = self.conn.clone();
+        self.forget_failed
+            .key(&k)
+            .arg(user)
+            .arg(failed_at)
+            .arg(still.map(|s| s.to_string()).unwrap_or_default())
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .map(|_| ())
     }
 
     pub async fn tier_undo(

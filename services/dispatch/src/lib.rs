@@ -62,6 +62,9 @@ pub struct DispatchConfig {
     pub max_pending_sends: usize,
     /// Sends any tenant may always have in flight, whatever the others do.
     pub tenant_floor: usize,
+    /// A SendMessage taking longer than this (and than twice its unloaded time) counts as
+    /// queueing: the number decided at once shrinks until it does not.
+    pub send_latency_target: Duration,
     /// Limits of tenants whose partner left them unset.
     pub tenant_defaults: finestra_domain::fairness::TenantLimits,
     /// Messages of one tenant (of weight 1) the worker holds in memory; the rest of its
@@ -113,6 +116,10 @@ impl DispatchConfig {
             replay_wait: Duration::from_millis(env_parse("DISPATCH_REPLAY_WAIT_MS", 5_000u64)?),
             max_pending_sends: env_parse("DISPATCH_MAX_PENDING_SENDS", 512usize)?,
             tenant_floor: env_parse("DISPATCH_TENANT_FLOOR", 8usize)?,
+            send_latency_target: Duration::from_millis(env_parse(
+                "DISPATCH_SEND_LATENCY_TARGET_MS",
+                25u64,
+            )?),
             tenant_defaults: finestra_domain::fairness::TenantLimits {
                 rate_per_second: env_parse("DISPATCH_TENANT_RATE", 1_000u32)?,
                 burst: env_parse("DISPATCH_TENANT_BURST", 2_000u32)?,
@@ -224,7 +231,7 @@ pub async fn start(
         admission: admission::Admission::new(admission::AdmissionSettings {
             capacity: config.max_pending_sends.max(1),
             floor: config.tenant_floor.max(1),
-            reserve: config.max_pending_sends.max(4) / 4,
+            latency_target: config.send_latency_target,
             defaults: config.tenant_defaults,
             retry_over_share: Duration::from_millis(100),
         }),
@@ -297,6 +304,7 @@ pub async fn start(
                 linger: config.linger,
             })?,
             pool,
+            hot: hot.clone(),
             clock: clock.clone(),
         }
         .run(shutdown.clone()),

@@ -200,9 +200,42 @@ pub async fn business_initiated_users(
     sqlx::query_as(
         "SELECT recipient, max(accepted_at) FROM dispatch.messages
           WHERE tenant_id = $1 AND business_initiated AND accepted_at >= $2
+            AND status <> 'FAILED'
           GROUP BY recipient",
     )
     .bind(tenant_id)
+    .bind(since)
+    .fetch_all(pool)
+    .await
+}
+
+/// For failed business-initiated messages among `keys`: (tenant, recipient, when the failed
+/// one was accepted, the newest other business-initiated message to that user since `since`
+/// that has not failed). A message that failed reached nobody, so the tier counts the user
+/// only for the others (DESIGN: the network counts users actually reached).
+pub async fn failed_tier_entries(
+    pool: &PgPool,
+    keys: &[(String, String)],
+    since: i64,
+) -> Result<Vec<(String, String, i64, Option<i64>)>, sqlx::Error> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (tenants, ids): (Vec<&str>, Vec<&str>) =
+        keys.iter().map(|(t, m)| (t.as_str(), m.as_str())).unzip();
+    sqlx::query_as(
+        "SELECT f.tenant_id, f.recipient, f.accepted_at,
+                (SELECT max(o.accepted_at) FROM dispatch.messages o
+                  WHERE o.tenant_id = f.tenant_id AND o.business_initiated
+                    AND o.accepted_at >= $3 AND o.recipient = f.recipient
+                    AND o.status <> 'FAILED')
+           FROM dispatch.messages f
+           JOIN unnest($1::text[], $2::text[]) AS k(tenant_id, message_id)
+             ON f.tenant_id = k.tenant_id AND f.message_id = k.message_id
+          WHERE f.status = 'FAILED' AND f.business_initiated",
+    )
+    .bind(&tenants)
+    .bind(&ids)
     .bind(since)
     .fetch_all(pool)
     .await
@@ -405,23 +438,36 @@ pub async fn outbound_of(
     Ok(row.map(outbound_message))
 }
 
-/// Parks waiting messages (tenant, message, outbound partition): their records are passed and
-/// the rows wait to be taken back by [`unpark`]. Returns how many were still waiting.
-pub async fn park(pool: &PgPool, rows: &[(String, String, i32)]) -> Result<u64, sqlx::Error> {
+/// A waiting message to park: its row's key and the outbound partition its record came from.
+#[derive(Clone, Debug)]
+pub struct Parking {
+    pub tenant_id: String,
+    pub message_id: String,
+    pub accepted_at: i64,
+    pub partition: i32,
+}
+
+/// Parks waiting messages: their records are passed and the rows wait to be taken back by
+/// [`unpark`]. Returns how many were still waiting.
+pub async fn park(pool: &PgPool, rows: &[Parking]) -> Result<u64, sqlx::Error> {
     if rows.is_empty() {
         return Ok(0);
     }
-    let tenants: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
-    let ids: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
-    let partitions: Vec<i32> = rows.iter().map(|r| r.2).collect();
+    let tenants: Vec<&str> = rows.iter().map(|r| r.tenant_id.as_str()).collect();
+    let ids: Vec<&str> = rows.iter().map(|r| r.message_id.as_str()).collect();
+    let accepted: Vec<i64> = rows.iter().map(|r| r.accepted_at).collect();
+    let partitions: Vec<i32> = rows.iter().map(|r| r.partition).collect();
+    // With its acceptance time the row is found in its month's partition alone.
     let done = sqlx::query(
         "UPDATE dispatch.messages m SET parked_partition = k.partition
-           FROM unnest($1::text[], $2::text[], $3::int[]) AS k(tenant_id, message_id, partition)
+           FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[])
+                AS k(tenant_id, message_id, accepted_at, partition)
           WHERE m.tenant_id = k.tenant_id AND m.message_id = k.message_id
-            AND m.status = 'ACCEPTED'",
+            AND m.accepted_at = k.accepted_at AND m.status = 'ACCEPTED'",
     )
     .bind(&tenants)
     .bind(&ids)
+    .bind(&accepted)
     .bind(&partitions)
     .execute(pool)
     .await?;

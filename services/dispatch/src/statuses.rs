@@ -13,14 +13,19 @@ use finestra_platform::kafka::{self, BatchConsumer};
 use finestra_proto::v1::envelope::Payload;
 use sqlx::PgPool;
 
+use crate::hot::Hot;
 use crate::pg::{self, StatusChange};
 use crate::provider::ProviderError;
 
 pub struct StatusLoop {
     pub consumer: BatchConsumer,
     pub pool: PgPool,
+    /// The tier counts: a failed business-initiated message reached nobody.
+    pub hot: Hot,
     pub clock: Arc<dyn Clock>,
 }
+
+const DAY_MICROS: i64 = 24 * 3_600 * 1_000_000;
 
 /// The change a status envelope asks for, if it is about one of dispatch's messages.
 fn change_of(env: &finestra_proto::v1::Envelope, now: i64) -> Option<StatusChange> {
@@ -94,6 +99,38 @@ fn rounds(changes: Vec<StatusChange>) -> Vec<Vec<StatusChange>> {
 }
 
 impl StatusLoop {
+    /// Takes the users of failed business-initiated messages out of the tier count (or back
+    /// to their newest other send). Every failed status of the batch is looked at, not only
+    /// those that moved now, so a batch replayed after a crash repeats it; should Redis not
+    /// answer, the count stays high until it expires or is rebuilt (the rebuild skips failed
+    /// messages): a tenant is refused sooner, never allowed more.
+    async fn forget_failed(&self, changes: &[StatusChange], now: i64) {
+        let failed: Vec<(String, String)> = changes
+            .iter()
+            .filter(|c| c.progress == Progress::Failed)
+            .map(|c| (c.tenant_id.clone(), c.message_id.clone()))
+            .collect();
+        if failed.is_empty() {
+            return;
+        }
+        let entries = match pg::failed_tier_entries(&self.pool, &failed, now - DAY_MICROS).await {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading failed messages for the tier failed");
+                return;
+            }
+        };
+        for (tenant, user, failed_at, still) in entries {
+            if let Err(e) = self
+                .hot
+                .tier_forget_failed(&tenant, &user, failed_at, still)
+                .await
+            {
+                tracing::warn!(error = %e, "taking a failed message out of the tier failed");
+            }
+        }
+    }
+
     pub async fn run(self, shutdown: Shutdown) {
         let mut last = None;
         while let Some(batch) = self.consumer.next_batch_until_shutdown(&shutdown).await {
@@ -126,6 +163,7 @@ impl StatusLoop {
                 }
                 attempt += 1;
             }
+            self.forget_failed(&changes, now).await;
             if let Err(e) = self.consumer.commit_async(&batch) {
                 tracing::warn!(error = %e, "committing status offsets failed; replay is harmless");
             }

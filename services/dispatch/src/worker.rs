@@ -42,6 +42,8 @@ use crate::provider::{Provider, ProviderError};
 const CONSUMER: &str = "dispatch-worker";
 /// Messages a parked tenant is always given back, even while the worker is full.
 const LOW_WATER: usize = 64;
+/// Parked tenants served per take-back turn (every 200 ms).
+const TENANTS_PER_REFILL: usize = 64;
 
 pub struct Worker {
     pub consumer: Arc<BatchConsumer>,
@@ -82,6 +84,8 @@ struct Job {
     tenant_id: String,
     weight: u32,
     message_id: String,
+    /// When it was accepted (µs): part of its row's key.
+    accepted_at: i64,
     phone_number_id: String,
     to: String,
     body: Vec<u8>,
@@ -289,6 +293,8 @@ impl Worker {
             finished: Vec::new(),
             next_refill: tokio::time::Instant::now(),
             next_discovery: tokio::time::Instant::now(),
+            assigned: Vec::new(),
+            refill_turn: 0,
         };
         let mut tick = tokio::time::interval(Duration::from_millis(20));
         let mut stopping = false;
@@ -370,6 +376,10 @@ impl Worker {
                     tenant_id,
                     weight: 1,
                     message_id: o.message_id,
+                    accepted_at: o
+                        .accepted_at
+                        .as_ref()
+                        .map_or(0, finestra_proto::time::to_micros),
                     phone_number_id: o.phone_number_id,
                     to: o.to,
                     body: o.body_json,
@@ -393,10 +403,15 @@ impl Worker {
                     envelope,
                 })
                 .collect();
-            retry_forever("dead-lettering records", shutdown, || {
+            if retry_forever("dead-lettering records", shutdown, || {
                 kafka::publish_all(&self.producer, &outgoing)
             })
-            .await;
+            .await
+            .is_none()
+            {
+                // Shutdown first: nothing of this batch is finished, the next owner replays it.
+                return;
+            }
             for (m, _) in &dead {
                 state.in_flight.finish(m.topic(), m.partition(), m.offset());
             }
@@ -417,6 +432,28 @@ impl Worker {
             .filter(|(_, _, status)| status == Progress::Accepted.as_str())
             .map(|(t, m, _)| (t, m))
             .collect();
+        // Partitions taken over (a start, a rebalance) may hold backlogs parked by their last
+        // owner: those tenants park their new records too until the old ones are out, or a
+        // new message would overtake an older one of the same conversation.
+        let assigned = consumer_assigned(&self.consumer, &self.outbound_topic);
+        if assigned != state.assigned {
+            let fresh: Vec<i32> = assigned
+                .iter()
+                .copied()
+                .filter(|p| !state.assigned.contains(p))
+                .collect();
+            if !fresh.is_empty() {
+                let Some(found) = retry_forever("looking for parked backlogs", shutdown, || {
+                    pg::parked_tenants(&self.pool, &fresh, &self.tenant_prefix)
+                })
+                .await
+                else {
+                    return;
+                };
+                state.parked.extend(found);
+            }
+            state.assigned = assigned;
+        }
         let mut to_park = Vec::new();
         for mut job in jobs {
             let key = (job.tenant_id.clone(), job.message_id.clone());
@@ -440,10 +477,7 @@ impl Worker {
             self.schedule(job, state, shared, done_tx, shutdown).await;
         }
         if !to_park.is_empty() {
-            let rows: Vec<(String, String, i32)> = to_park
-                .iter()
-                .map(|j| (j.tenant_id.clone(), j.message_id.clone(), j.partition()))
-                .collect();
+            let rows: Vec<pg::Parking> = to_park.iter().map(Job::parking).collect();
             if retry_forever("parking a backlog", shutdown, || {
                 pg::park(&self.pool, &rows)
             })
@@ -537,8 +571,24 @@ impl Worker {
                 Err(e) => tracing::warn!(error = %e, "looking for parked backlogs failed"),
             }
         }
-        let tenants: Vec<String> = state.parked.iter().cloned().collect();
+        // One budget for all tenants per turn, handed out in turn, a bounded number of tenants
+        // per turn: memory stays bounded however many tenants are parked, and the loop is
+        // not held up by thousands of queries.
+        let mut budget = if state.tasks < self.max_in_flight {
+            self.max_in_flight - state.tasks
+        } else {
+            LOW_WATER
+        };
+        let mut tenants: Vec<String> = state.parked.iter().cloned().collect();
+        tenants.sort_unstable();
+        let start = state.refill_turn % tenants.len().max(1);
+        tenants.rotate_left(start);
+        tenants.truncate(TENANTS_PER_REFILL);
+        state.refill_turn = state.refill_turn.wrapping_add(tenants.len());
         for tenant_id in tenants {
+            if budget == 0 {
+                break;
+            }
             let weight = self.weight_of(&tenant_id).await;
             let cap = self.cap(weight);
             let held = state.held.get(&tenant_id).copied().unwrap_or(0);
@@ -550,7 +600,8 @@ impl Worker {
                 cap - held
             } else {
                 0
-            };
+            }
+            .min(budget);
             if room == 0 {
                 continue;
             }
@@ -569,6 +620,7 @@ impl Worker {
                     continue;
                 }
             };
+            budget -= rows.len().min(budget);
             if rows.len() < room {
                 state.parked.remove(&tenant_id);
             }
@@ -583,6 +635,7 @@ impl Worker {
                     tenant_id: r.tenant_id,
                     weight,
                     message_id: r.message_id,
+                    accepted_at: r.accepted_at,
                     phone_number_id: r.phone_number_id,
                     to: r.recipient,
                     body: r.body.into_bytes(),
@@ -662,12 +715,8 @@ impl Worker {
                 Outcome::Abandoned => {
                     // A parked message taken back but not sent goes back to the park (a
                     // consumed record is simply not committed).
-                    if let Source::Parked { partition } = d.job.source {
-                        abandoned_parked.push((
-                            d.job.tenant_id.clone(),
-                            d.job.message_id.clone(),
-                            partition,
-                        ));
+                    if let Source::Parked { .. } = d.job.source {
+                        abandoned_parked.push(d.job.parking());
                     }
                 }
             }
@@ -725,6 +774,16 @@ impl Job {
     fn finish_record(&self, in_flight: &mut InFlight) {
         if let Source::Record(r) = &self.source {
             in_flight.finish(r.topic(), r.partition(), r.offset());
+        }
+    }
+
+    /// Its row, to park.
+    fn parking(&self) -> pg::Parking {
+        pg::Parking {
+            tenant_id: self.tenant_id.clone(),
+            message_id: self.message_id.clone(),
+            accepted_at: self.accepted_at,
+            partition: self.partition(),
         }
     }
 
@@ -794,6 +853,17 @@ struct LoopState {
     finished: Vec<Done>,
     next_refill: tokio::time::Instant,
     next_discovery: tokio::time::Instant,
+    /// The outbound partitions held when the last batch was taken up.
+    assigned: Vec<i32>,
+    /// Where the next take-back starts among the parked tenants (turns go round).
+    refill_turn: usize,
+}
+
+/// The partitions of `topic` the consumer holds, sorted.
+fn consumer_assigned(consumer: &BatchConsumer, topic: &str) -> Vec<i32> {
+    let mut p = consumer.assigned(topic);
+    p.sort_unstable();
+    p
 }
 
 /// Retries a store or broker step until it succeeds; `None` if shutdown came first (the
