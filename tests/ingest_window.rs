@@ -6,7 +6,7 @@ use finestra_platform::auth::{Owner, Scope as KeyScope};
 use finestra_proto::v1::envelope::Payload;
 use finestra_proto::v1::ingest_service_client::IngestServiceClient;
 use finestra_proto::v1::{
-    InboundItem, InboundMessage, IngestInboundRequest, UserRef, inbound_item,
+    InboundItem, InboundMessage, IngestInboundRequest, UserBlock, UserRef, inbound_item,
 };
 use finestra_testkit::{count_records, eventually, now_secs};
 
@@ -589,6 +589,48 @@ async fn a_user_who_never_wrote_is_cached_as_closed_and_then_opens_normally() ->
     );
     let w = s.wait_window(user, |w| w.open).await?;
     assert_eq!(secs(w.csw_until.as_ref()), Some(sent + DAY));
+    s.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_block_and_an_unblock_within_one_second_leave_the_user_unblocked() -> anyhow::Result<()> {
+    let s = Slice::start().await?;
+    let operator = s.scope.key(Owner::Operator, &[KeyScope::Send]).await?;
+    let mut client = IngestServiceClient::new(
+        finestra_testkit::authed_channel(s.ingest.running.grpc_url(), &operator).await?,
+    );
+    let user = "393530000001";
+    let second = (now_secs() - 5) * 1_000_000;
+    let toggle = |blocked: bool, micros: i64| IngestInboundRequest {
+        phone_number_id: s.number.clone(),
+        items: vec![InboundItem {
+            timestamp: Some(finestra_proto::time::from_micros(micros)),
+            item: Some(inbound_item::Item::Block(UserBlock {
+                user: Some(UserRef {
+                    wa_id: user.into(),
+                    ..Default::default()
+                }),
+                blocked,
+                ..Default::default()
+            })),
+        }],
+    };
+    // Blocked at .1 s, unblocked at .9 s of the same second; the unblock arrives first.
+    client
+        .ingest_inbound(toggle(false, second + 900_000))
+        .await?;
+    client
+        .ingest_inbound(toggle(true, second + 100_000))
+        .await?;
+    s.wait_history(user, 2).await?;
+    let w = s.window(user).await?;
+    assert!(!w.blocked, "the later toggle, the unblock, wins: {w:?}");
+    // And a block after it, in the same second, wins over it.
+    client
+        .ingest_inbound(toggle(true, second + 950_000))
+        .await?;
+    s.wait_window(user, |w| w.blocked).await?;
     s.stop().await;
     Ok(())
 }

@@ -443,15 +443,18 @@ pub fn map_item(
 ) -> Result<Draft, ItemError> {
     use v1::inbound_item::Item;
     // Whole seconds, like the webhook's timestamps: the history is keyed by (event id, time),
-    // so one message reported both ways must carry the same time.
-    let at = item
+    // so one message reported both ways must carry the same time. Blocks come only this way,
+    // and keep the source's microseconds: a block and an unblock within one second are
+    // ordered by when they happened (at a whole-second tie "blocked" would win for good).
+    let exact = item
         .timestamp
         .as_ref()
-        .map(|t| Timestamp::from_secs(t.seconds))
+        .map(finestra_proto::time::to_micros)
         .ok_or(ItemError::Missing {
             index,
             field: "timestamp",
         })?;
+    let at = Timestamp::from_secs(exact.div_euclid(1_000_000));
     if !is_plausible_event_time(at, now) {
         return Err(ItemError::ImplausibleTime { index });
     }
@@ -520,10 +523,10 @@ pub fn map_item(
             b.user = normalised_ref(&user, b.user.take());
             Ok(Draft {
                 stream: Stream::User,
-                event_id: block_event_id(&number, &user, b.blocked, at),
+                event_id: block_event_id(&number, &user, b.blocked, Timestamp::from_micros(exact)),
                 phone_number_id: number,
                 user: Some(user),
-                occurred_at: Some(at),
+                occurred_at: Some(Timestamp::from_micros(exact)),
                 payload: Payload::UserBlock(b),
             })
         }
@@ -777,19 +780,37 @@ mod tests {
     }
 
     #[test]
-    fn grpc_item_times_are_whole_seconds_like_webhooks() {
-        let item = v1::InboundItem {
-            timestamp: Some(finestra_proto::time::from_micros(1_700_000_000_654_321)),
+    fn grpc_item_times_are_whole_seconds_like_webhooks_but_blocks_keep_microseconds() {
+        let at = Some(finestra_proto::time::from_micros(1_700_000_000_654_321));
+        let user = Some(v1::UserRef {
+            wa_id: "15551234567".into(),
+            ..Default::default()
+        });
+        let message = v1::InboundItem {
+            timestamp: at,
+            item: Some(v1::inbound_item::Item::Message(v1::InboundMessage {
+                user: user.clone(),
+                message_id: "wamid.1".into(),
+                message_type: "text".into(),
+                text: "hi".into(),
+                ..Default::default()
+            })),
+        };
+        let d = map_item("PN1", 0, message, NOW).expect("valid");
+        assert_eq!(d.occurred_at, Some(Timestamp::from_secs(1_700_000_000)));
+        let block = v1::InboundItem {
+            timestamp: at,
             item: Some(v1::inbound_item::Item::Block(v1::UserBlock {
-                user: Some(v1::UserRef {
-                    wa_id: "15551234567".into(),
-                    ..Default::default()
-                }),
+                user,
                 blocked: true,
                 ..Default::default()
             })),
         };
-        let d = map_item("PN1", 0, item, NOW).expect("valid");
-        assert_eq!(d.occurred_at, Some(Timestamp::from_secs(1_700_000_000)));
+        let d = map_item("PN1", 0, block, NOW).expect("valid");
+        assert_eq!(
+            d.occurred_at,
+            Some(Timestamp::from_micros(1_700_000_000_654_321))
+        );
+        assert!(d.event_id.ends_with(":1700000000654321"), "{}", d.event_id);
     }
 }
