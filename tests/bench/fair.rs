@@ -154,8 +154,9 @@ async fn open_loop(tenant: Arc<Tenant>, rate: u64, duration: Duration, tag: &'st
         .unwrap_or_default()
 }
 
-/// `callers` clients of `tenant` back to back for `duration`; a refused caller waits what its
-/// RetryInfo says (as a well-behaved client does) before the next call.
+/// `callers` clients of `tenant` back to back for `duration`. A refused caller backs off as a
+/// well-behaved client does: at least what its RetryInfo says, doubling with each refusal in
+/// a row (capped at 2 s), with full jitter.
 async fn closed_loop(
     tenant: Arc<Tenant>,
     callers: usize,
@@ -168,6 +169,7 @@ async fn closed_loop(
         let tenant = tenant.clone();
         tasks.push(tokio::spawn(async move {
             let mut seen = Seen::default();
+            let mut refused_in_a_row = 0u32;
             while started.elapsed() < duration {
                 let at = Instant::now();
                 let answer = tenant
@@ -175,9 +177,17 @@ async fn closed_loop(
                     .send_message(tenant.request(tag))
                     .await;
                 seen.record(&answer, at.elapsed().as_micros() as u64);
-                if let Err(status) = &answer {
-                    let wait = retry_after_of(status).unwrap_or(Duration::from_millis(100));
-                    tokio::time::sleep(wait).await;
+                match &answer {
+                    Ok(_) => refused_in_a_row = 0,
+                    Err(status) => {
+                        let base = retry_after_of(status).unwrap_or(Duration::from_millis(100));
+                        let ceiling = (base * 2u32.saturating_pow(refused_in_a_row.min(5)))
+                            .min(Duration::from_secs(2))
+                            .max(base);
+                        let extra = ceiling.saturating_sub(base).mul_f64(jitter());
+                        refused_in_a_row += 1;
+                        tokio::time::sleep(base + extra).await;
+                    }
                 }
             }
             seen
@@ -200,6 +210,12 @@ async fn closed_loop(
         }
     }
     all
+}
+
+/// A uniform draw in [0, 1).
+fn jitter() -> f64 {
+    use rand::Rng as _;
+    rand::rng().random()
 }
 
 /// Waits until every message of `tenants` has settled (delivered, read or failed).
@@ -306,7 +322,7 @@ async fn main() -> anyhow::Result<()> {
 
     let probe = Duration::from_secs(5);
     eprintln!("[bench-fair] 2. the chain's capacity: the retailer alone, closed loop, {probe:?}");
-    let capacity = closed_loop(retailer.clone(), 256, probe, "capacity").await;
+    let capacity = closed_loop(retailer.clone(), 128, probe, "capacity").await;
     let capacity_per_s = capacity.ok as f64 / probe.as_secs_f64();
     eprintln!("[bench-fair]   {capacity_per_s:.0} accepted/s");
     settle(&infra.pool, &all_ids).await?;
@@ -342,13 +358,8 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("[bench-fair] 4. weights 1..10, closed loop, {seconds:?}");
     let mut runs = Vec::new();
     for t in &weighted {
-        // More callers than any share (capacity × 10/55 at most), so every tenant is saturated.
-        runs.push(tokio::spawn(closed_loop(
-            t.clone(),
-            160,
-            seconds,
-            "weights",
-        )));
+        // More callers than any share of what this machine serves at once, so each wants more.
+        runs.push(tokio::spawn(closed_loop(t.clone(), 48, seconds, "weights")));
     }
     let mut weight_seen = Vec::new();
     for r in runs {

@@ -215,6 +215,29 @@ impl<K: Hash + Eq + Clone> Shares<K> {
         Ok(())
     }
 
+    /// Counts a send of `tenant` as held without the checks (a waiter handed a place that
+    /// fair queueing chose for it).
+    pub fn force_admit(&mut self, tenant: &K, weight: u32) {
+        let weight = weight.max(1);
+        let held = self
+            .held
+            .entry(tenant.clone())
+            .or_insert(Held { count: 0, weight });
+        if held.count == 0 {
+            self.active_weight += u64::from(weight);
+        } else if held.weight != weight {
+            self.active_weight = self.active_weight - u64::from(held.weight) + u64::from(weight);
+        }
+        held.weight = weight;
+        held.count += 1;
+        self.total += 1;
+    }
+
+    /// The floor: sends any tenant may hold whatever the others do.
+    pub fn floor(&self) -> usize {
+        self.floor
+    }
+
     /// A send admitted for `tenant` finished.
     pub fn release(&mut self, tenant: &K) {
         let Some(held) = self.held.get_mut(tenant) else {

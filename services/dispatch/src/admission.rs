@@ -2,17 +2,25 @@
 //! are shared by weight among the tenants sending right now (`domain::fairness::Shares`), so
 //! a flooding tenant is refused at once instead of filling the queue in front of everyone
 //! else. How many that is follows the calls' latency (`domain::fairness::AdaptiveLimit`): as
-//! many as the chain serves without a queue forming. A tenant's own rate and burst are a Redis bucket checked in the same script as the
-//! idempotency claim (`hot`), so they hold across replicas and restarts.
+//! many as the chain serves without a queue forming. When every place is taken, a send within
+//! its tenant's share waits its turn, at most the latency target, and places are handed out
+//! in weighted round robin over tenants (`domain::fairness::FairQueue`), so tenants that all
+//! want more get places in proportion to their weights. A tenant's own rate and burst are a
+//! Redis bucket checked in the same script as the idempotency claim (`hot`), so they hold
+//! across replicas and restarts.
 //!
 //! Metrics name no tenant: per-tenant counts go to one of [`BUCKETS`] hashed buckets, so the
 //! series stay bounded however many tenants there are, and a hot bucket points at a handful
 //! of tenants that `finestra tenant limits` and the logs can tell apart.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use finestra_domain::fairness::{AdaptiveLimit, LimitSettings, ShareRefusal, Shares, TenantLimits};
+use finestra_domain::fairness::{
+    AdaptiveLimit, FairQueue, Lane as _, LimitSettings, ShareRefusal, Shares, TenantLimits,
+};
+use tokio::sync::oneshot;
 
 /// Hashed buckets for per-tenant metrics.
 pub const BUCKETS: usize = 16;
@@ -47,7 +55,8 @@ pub struct AdmissionSettings {
     pub capacity: usize,
     /// Sends a tenant may always have in flight, whatever the others do.
     pub floor: usize,
-    /// The latency a send may take before the limit counts it as queueing.
+    /// The latency a send may take before the limit counts it as queueing; also the longest
+    /// a send waits for its turn when every place is taken.
     pub latency_target: Duration,
     /// Limits for fields a partner left unset.
     pub defaults: TenantLimits,
@@ -62,37 +71,60 @@ pub struct Admission {
     epoch: Instant,
 }
 
+/// A send waiting for a place: handed a ticket when its turn comes.
+struct Waiter {
+    tenant_id: String,
+    weight: u32,
+    tx: oneshot::Sender<Ticket>,
+}
+
 struct State {
     shares: Shares<String>,
     limit: AdaptiveLimit,
+    /// Sends waiting for a place, in weighted round robin over tenants.
+    waiting: FairQueue<String, VecDeque<Waiter>>,
+    /// Live waiters per tenant (the queue may still hold some that gave up).
+    waiting_of: HashMap<String, usize>,
+    waiting_live: usize,
 }
 
-/// A send admitted for a tenant; its share is given back when this is dropped, and its
-/// latency teaches the limit.
+/// A send admitted for a tenant; its place is given back (to the next waiter in turn) when
+/// this is dropped, and its latency teaches the limit.
 pub struct Ticket {
-    admission: Arc<Admission>,
+    admission: Option<Arc<Admission>>,
     tenant_id: String,
     started: Instant,
     /// Sends in flight when it started.
     in_flight: usize,
+    /// It was used for a send (a ticket dropped in the channel of a waiter that gave up says
+    /// nothing about latency).
+    used: bool,
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
+        let Some(admission) = self.admission.take() else {
+            return;
+        };
         let now = Instant::now();
-        let latency =
-            i64::try_from(now.duration_since(self.started).as_micros()).unwrap_or(i64::MAX);
-        let at =
-            i64::try_from(now.duration_since(self.admission.epoch).as_micros()).unwrap_or(i64::MAX);
-        let mut state = self.admission.lock();
+        let sample = self.used.then(|| {
+            (
+                i64::try_from(now.duration_since(self.started).as_micros()).unwrap_or(i64::MAX),
+                i64::try_from(now.duration_since(admission.epoch).as_micros()).unwrap_or(i64::MAX),
+            )
+        });
+        let mut state = admission.lock();
         state.shares.release(&self.tenant_id);
-        let before = state.limit.limit();
-        let limit = state.limit.sample(latency, self.in_flight, at);
-        if limit != before {
-            let reserve = self.admission.reserve(limit);
-            state.shares.set_capacity(limit, reserve);
-            metrics::gauge!("finestra_dispatch_admission_limit").set(limit as f64);
+        if let Some((latency, at)) = sample {
+            let before = state.limit.limit();
+            let limit = state.limit.sample(latency, self.in_flight, at);
+            if limit != before {
+                let reserve = admission.reserve(limit);
+                state.shares.set_capacity(limit, reserve);
+                metrics::gauge!("finestra_dispatch_admission_limit").set(limit as f64);
+            }
         }
+        admission.hand_out(&mut state);
     }
 }
 
@@ -115,6 +147,9 @@ impl Admission {
             state: Mutex::new(State {
                 shares: Shares::new(capacity, floor, 0),
                 limit,
+                waiting: FairQueue::default(),
+                waiting_of: HashMap::new(),
+                waiting_live: 0,
             }),
             settings,
             epoch: Instant::now(),
@@ -139,30 +174,117 @@ impl Admission {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes a place for one send of `tenant_id` with `weight`, or says why not.
-    pub fn enter(self: &Arc<Self>, tenant_id: &str, weight: u32) -> Result<Ticket, ShareRefusal> {
-        let mut state = self.lock();
-        let in_flight = state.shares.total();
-        state.shares.try_admit(&tenant_id.to_owned(), weight)?;
-        metrics::gauge!("finestra_dispatch_sends_in_flight").set((in_flight + 1) as f64);
-        metrics::gauge!("finestra_dispatch_sending_tenants").set(state.shares.active() as f64);
-        drop(state);
-        Ok(Ticket {
-            admission: self.clone(),
+    fn ticket(self: &Arc<Self>, tenant_id: &str, in_flight: usize, used: bool) -> Ticket {
+        Ticket {
+            admission: Some(self.clone()),
             tenant_id: tenant_id.to_owned(),
             started: Instant::now(),
             in_flight,
-        })
+            used,
+        }
     }
 
-    /// The current adaptive limit.
-    pub fn limit(&self) -> usize {
-        self.lock().limit.limit()
+    /// Hands free places to waiters in turn (weighted round robin over tenants).
+    fn hand_out(self: &Arc<Self>, state: &mut State) {
+        while state.waiting_live > 0 && state.shares.total() < state.shares.capacity() {
+            let Some(w) = state.waiting.pop() else {
+                break;
+            };
+            let in_flight = state.shares.total();
+            state.shares.force_admit(&w.tenant_id, w.weight);
+            let ticket = self.ticket(&w.tenant_id, in_flight, false);
+            if let Err(mut unused) = w.tx.send(ticket) {
+                // That waiter gave up (it counted itself out): undo here, under the lock.
+                unused.admission = None;
+                state.shares.release(&w.tenant_id);
+            }
+        }
+        metrics::gauge!("finestra_dispatch_admission_waiting").set(state.waiting_live as f64);
+    }
+
+    /// Takes a place for one send of `tenant_id` with `weight`: at once when there is room
+    /// and nobody waits (or the tenant is under its floor); otherwise it waits its turn, at
+    /// most the latency target, if its share of waiting places has room. Refused at once when
+    /// the tenant already holds its share, or waits with all of its share.
+    pub async fn enter(
+        self: &Arc<Self>,
+        tenant_id: &str,
+        weight: u32,
+    ) -> Result<Ticket, ShareRefusal> {
+        let key = tenant_id.to_owned();
+        let waiter = {
+            let mut state = self.lock();
+            let in_flight = state.shares.total();
+            let under_floor = state.shares.held_by(&key) < state.shares.floor();
+            if state.waiting_live == 0 || under_floor {
+                match state.shares.try_admit(&key, weight) {
+                    Ok(()) => {
+                        metrics::gauge!("finestra_dispatch_sends_in_flight")
+                            .set((in_flight + 1) as f64);
+                        metrics::gauge!("finestra_dispatch_sending_tenants")
+                            .set(state.shares.active() as f64);
+                        return Ok(self.ticket(tenant_id, in_flight, true));
+                    }
+                    Err(ShareRefusal::OverShare) => return Err(ShareRefusal::OverShare),
+                    Err(ShareRefusal::Full) => {}
+                }
+            }
+            // What it holds and what it waits with stay within its share.
+            let waiting = state.waiting_of.get(&key).copied().unwrap_or(0);
+            if state.shares.held_by(&key) + waiting >= state.shares.share_of(&key, weight) {
+                let alone = state.shares.active() <= usize::from(state.shares.held_by(&key) > 0)
+                    && state.waiting_live == waiting;
+                return Err(if alone {
+                    ShareRefusal::Full
+                } else {
+                    ShareRefusal::OverShare
+                });
+            }
+            let (tx, rx) = oneshot::channel();
+            state.waiting.push(
+                &key,
+                weight,
+                Waiter {
+                    tenant_id: key.clone(),
+                    weight,
+                    tx,
+                },
+            );
+            *state.waiting_of.entry(key.clone()).or_insert(0) += 1;
+            state.waiting_live += 1;
+            // A place may have come free since (a lower limit, a release racing this).
+            self.hand_out(&mut state);
+            rx
+        };
+        let outcome = tokio::time::timeout(self.settings.latency_target, waiter).await;
+        let mut state = self.lock();
+        if let Some(n) = state.waiting_of.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                state.waiting_of.remove(&key);
+            }
+        }
+        state.waiting_live -= 1;
+        drop(state);
+        match outcome {
+            Ok(Ok(mut ticket)) => {
+                ticket.used = true;
+                ticket.started = Instant::now();
+                Ok(ticket)
+            }
+            // Its turn did not come in time: the chain is full.
+            _ => Err(ShareRefusal::Full),
+        }
     }
 
     /// The limits of a tenant with its partner's settings applied over the defaults.
     pub fn effective(&self, own: TenantLimits) -> TenantLimits {
         own.or(self.settings.defaults)
+    }
+
+    /// The current adaptive limit.
+    pub fn limit(&self) -> usize {
+        self.lock().limit.limit()
     }
 }
 
@@ -178,22 +300,70 @@ mod tests {
         assert_eq!(used.len(), BUCKETS, "400 tenants reach every bucket");
     }
 
-    #[test]
-    fn a_ticket_gives_its_place_back() {
-        let a = Admission::new(AdmissionSettings {
-            capacity: 2,
-            floor: 1,
+    fn admission(capacity: usize, floor: usize) -> Arc<Admission> {
+        Admission::new(AdmissionSettings {
+            capacity,
+            floor,
             latency_target: Duration::from_secs(60),
             defaults: TenantLimits::default(),
             retry_over_share: Duration::from_millis(50),
-        });
-        let t1 = a.enter("x", 1).expect("room");
-        let _t2 = a.enter("x", 1).expect("room");
-        assert!(a.enter("x", 1).is_err());
+        })
+    }
+
+    #[tokio::test]
+    async fn a_ticket_gives_its_place_back() {
+        let a = admission(2, 1);
+        let t1 = a.enter("x", 1).await.expect("room");
+        let _t2 = a.enter("x", 1).await.expect("room");
+        // Alone and holding everything: full, at once (its share is all it holds).
+        assert!(matches!(a.enter("x", 1).await, Err(ShareRefusal::Full)));
         // Another tenant under its floor gets in from the reserve.
-        let _y = a.enter("y", 1).expect("the reserve");
+        let _y = a.enter("y", 1).await.expect("the reserve");
         drop(t1);
-        assert!(a.enter("x", 1).is_err(), "x is over its half now");
+        assert!(
+            matches!(a.enter("x", 1).await, Err(ShareRefusal::OverShare)),
+            "x holds its half now"
+        );
         assert_eq!(a.limit(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_gets_the_next_free_place_in_turn() {
+        let a = Admission::new(AdmissionSettings {
+            capacity: 4,
+            floor: 1,
+            latency_target: Duration::from_millis(300),
+            defaults: TenantLimits::default(),
+            retry_over_share: Duration::from_millis(50),
+        });
+        // x holds the four places, y the reserve (one floor).
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            held.push(a.enter("x", 1).await.expect("room"));
+        }
+        let y = a.enter("y", 1).await.expect("the reserve");
+        // z (under its floor, but the reserve is gone) waits its turn.
+        let waiting = {
+            let a = a.clone();
+            tokio::spawn(async move { a.enter("z", 1).await })
+        };
+        while a.lock().waiting_live < 1 {
+            tokio::task::yield_now().await;
+        }
+        // x holds more than its third now: refused at once, it does not wait.
+        assert!(matches!(
+            a.enter("x", 1).await,
+            Err(ShareRefusal::OverShare)
+        ));
+        // Five held over a limit of four (y from the reserve): the second freed place is z's.
+        drop(held.pop());
+        drop(held.pop());
+        let z = waiting.await.expect("task").expect("z's turn came");
+        assert_eq!(z.tenant_id, "z");
+        assert_eq!(a.lock().waiting_live, 0);
+        drop(z);
+        drop(y);
+        drop(held);
+        assert_eq!(a.lock().shares.total(), 0, "every place came back");
     }
 }

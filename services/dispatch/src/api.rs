@@ -658,7 +658,7 @@ impl DispatchService for DispatchApi {
             .await
             .map_err(|e| self.store_error("reading a tenant's limits", &e))?;
         let limits = self.admission.effective(own);
-        let _ticket = match self.admission.enter(&req.tenant_id, limits.weight) {
+        let _ticket = match self.admission.enter(&req.tenant_id, limits.weight).await {
             Ok(ticket) => ticket,
             Err(ShareRefusal::OverShare) => {
                 return Err(tenant_rate_limited(
