@@ -212,6 +212,20 @@ async fn closed_loop(
     all
 }
 
+/// The admission limit dispatch reports on its metrics endpoint.
+async fn scrape_limit(chain: &finestra_e2e::load::InProcessChain) -> String {
+    let url = format!("http://{}/metrics", chain.dispatch.running.metrics_addr);
+    let Ok(answer) = reqwest::get(&url).await else {
+        return "unknown".into();
+    };
+    let text = answer.text().await.unwrap_or_default();
+    text.lines()
+        .find(|l| l.starts_with("finestra_dispatch_admission_limit"))
+        .and_then(|l| l.split_whitespace().last())
+        .unwrap_or("unknown")
+        .to_owned()
+}
+
 /// A uniform draw in [0, 1).
 fn jitter() -> f64 {
     use rand::Rng as _;
@@ -258,9 +272,14 @@ async fn main() -> anyhow::Result<()> {
     finestra_platform::kafka::ensure_topics(&infra.brokers, &scope.topics().all(), 4).await?;
 
     // The platform's defaults for every tenant (a partner could set them per tenant).
+    // Admission as in production (the test harness's settings are lenient for debug builds).
+    let production = finestra_dispatch::DispatchConfig::from_env()?;
     let chain = finestra_e2e::load::InProcessChain::start(&scope, |config| {
         config.tenant_defaults.rate_per_second = 100_000;
         config.tenant_defaults.burst = 100_000;
+        config.max_pending_sends = production.max_pending_sends;
+        config.tenant_floor = production.tenant_floor;
+        config.send_latency_target = production.send_latency_target;
     })
     .await?;
     let url = chain.dispatch.running.grpc_url();
@@ -393,6 +412,7 @@ async fn main() -> anyhow::Result<()> {
         }));
     }
 
+    let limit_at_end = scrape_limit(&chain).await;
     chain.stop().await;
     let hot = finestra_billing::hot::HotWallets::new(
         infra.redis.clone(),
@@ -412,6 +432,13 @@ async fn main() -> anyhow::Result<()> {
     let internal = flood.refused.get("Internal").copied().unwrap_or(0);
     println!(
         "bench-fair (this machine: 2 cores; every service and the load in one process; Postgres 15, Redis 7, tansu 0.6 SQLite)"
+    );
+    println!(
+        "  admission: limit ≤ {}, floor {}, latency target {:?} (production defaults; the limit at the end: {})",
+        production.max_pending_sends,
+        production.tenant_floor,
+        production.send_latency_target,
+        limit_at_end
     );
     println!(
         "  clinic alone at {clinic_rate}/s: {} accepted, {} refused, SendMessage p50 {:.1} ms, p99 {:.1} ms",

@@ -22,6 +22,9 @@ use finestra_domain::fairness::{
 };
 use tokio::sync::oneshot;
 
+/// The adaptive limit's floor.
+const MIN_LIMIT: usize = 8;
+
 /// Hashed buckets for per-tenant metrics.
 pub const BUCKETS: usize = 16;
 const BUCKET_LABELS: [&str; BUCKETS] = [
@@ -138,7 +141,9 @@ impl Admission {
             ..settings
         };
         let limit = AdaptiveLimit::new(LimitSettings {
-            min: floor.min(capacity),
+            // Never so low that acceptance batches are a handful: below a few places a busy
+            // machine's latency is not the chain's queue, and shrinking further only costs rate.
+            min: floor.max(MIN_LIMIT).min(capacity),
             max: capacity,
             target_micros: i64::try_from(settings.latency_target.as_micros()).unwrap_or(i64::MAX),
             ..LimitSettings::default()

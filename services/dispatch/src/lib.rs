@@ -115,7 +115,7 @@ impl DispatchConfig {
             facts_ttl: Duration::from_millis(env_parse("DISPATCH_FACTS_TTL_MS", 2_000u64)?),
             replay_wait: Duration::from_millis(env_parse("DISPATCH_REPLAY_WAIT_MS", 5_000u64)?),
             max_pending_sends: env_parse("DISPATCH_MAX_PENDING_SENDS", 512usize)?,
-            tenant_floor: env_parse("DISPATCH_TENANT_FLOOR", 8usize)?,
+            tenant_floor: env_parse("DISPATCH_TENANT_FLOOR", 1usize)?,
             send_latency_target: Duration::from_millis(env_parse(
                 "DISPATCH_SEND_LATENCY_TARGET_MS",
                 25u64,
