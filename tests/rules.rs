@@ -143,3 +143,55 @@ async fn a_message_that_failed_reached_nobody_and_does_not_count_toward_the_tier
     c.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn money_inputs_are_bounded_and_refused_with_the_rule() -> anyhow::Result<()> {
+    let c = Chain::start(80).await?;
+    let max = finestra_domain::wallet::MAX_AMOUNT_MICROS;
+    let top_up = |amount: i64, id: &str| {
+        let mut books = c.books.clone();
+        let request = finestra_proto::v1::TopUpRequest {
+            tenant_id: c.tenant.clone(),
+            amount_micros: amount,
+            top_up_id: id.into(),
+            note: "bounds".into(),
+        };
+        async move { books.top_up(request).await }
+    };
+    for (amount, id) in [(i64::MAX, "huge"), (max + 1, "just-over")] {
+        let refused = top_up(amount, id).await.expect_err("over the bound");
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        assert!(
+            refused.message().contains(&max.to_string()),
+            "{}",
+            refused.message()
+        );
+    }
+    let credit = c
+        .books
+        .clone()
+        .set_credit_limit(finestra_proto::v1::SetCreditLimitRequest {
+            tenant_id: c.tenant.clone(),
+            credit_limit_micros: i64::MAX,
+            low_balance_threshold_micros: 0,
+        })
+        .await
+        .expect_err("an unbounded credit limit");
+    assert_eq!(credit.code(), Code::InvalidArgument, "{credit:?}");
+    // The largest amounts are taken, and the wallet still reads and adds up.
+    top_up(max, "largest").await?;
+    c.books
+        .clone()
+        .set_credit_limit(finestra_proto::v1::SetCreditLimitRequest {
+            tenant_id: c.tenant.clone(),
+            credit_limit_micros: max,
+            low_balance_threshold_micros: max,
+        })
+        .await?;
+    let w = c.wallet().await?;
+    assert_eq!(w.balance_micros, max);
+    assert_eq!(w.available_micros, 2 * max);
+    c.reconcile().await?;
+    c.stop().await;
+    Ok(())
+}

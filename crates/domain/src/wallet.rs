@@ -6,6 +6,16 @@ use std::collections::BTreeMap;
 
 use crate::pricing::Micros;
 
+/// The largest amount one input may carry (a top-up, a credit limit, a threshold, a fixed
+/// markup): 10^15 µ, a billion units of the currency. With it, balances, limits and their
+/// sums stay far below 2^53 µ, where the hot wallet's Lua numbers (doubles) stop being exact.
+pub const MAX_AMOUNT_MICROS: Micros = 1_000_000_000_000_000;
+
+/// Whether `amount` is an amount a client may give (0..=[`MAX_AMOUNT_MICROS`]).
+pub fn is_acceptable_amount(amount: Micros) -> bool {
+    (0..=MAX_AMOUNT_MICROS).contains(&amount)
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Wallet {
     /// Prepaid money (top-ups minus captured charges). May go negative within the credit limit.
@@ -17,9 +27,12 @@ pub struct Wallet {
 }
 
 impl Wallet {
-    /// `balance + credit_limit − reserved`.
+    /// `balance + credit_limit − reserved`, saturating (inputs are bounded, so it never
+    /// saturates in practice; a corrupt row must not panic a read).
     pub fn available(&self) -> Micros {
-        self.balance + self.credit_limit - self.reserved
+        self.balance
+            .saturating_add(self.credit_limit)
+            .saturating_sub(self.reserved)
     }
 }
 

@@ -1,6 +1,7 @@
 //! The billing gRPC service. Every call is authorized first (NOT_FOUND for what is out of the
 //! caller's reach, PERMISSION_DENIED for a missing scope or role), then validated, then served.
 
+use finestra_domain::wallet::{MAX_AMOUNT_MICROS, is_acceptable_amount};
 use std::sync::Arc;
 
 use finestra_domain::pricing::{FreeBecause, MessageKind, Micros, Quote as DomainQuote, WindowAt};
@@ -462,10 +463,10 @@ impl BillingService for BillingApi {
             .await?;
         partner_or_operator(&p, &req.tenant_id)?;
         let top_up_id = required("top_up_id", &req.top_up_id)?;
-        if req.amount_micros <= 0 {
+        if req.amount_micros <= 0 || !is_acceptable_amount(req.amount_micros) {
             return Err(invalid_argument(
                 "amount_micros",
-                "a top-up must be a positive amount",
+                format!("a top-up is a positive amount of at most {MAX_AMOUNT_MICROS} µ"),
             ));
         }
         let currency = self.pricer.currency();
@@ -498,11 +499,19 @@ impl BillingService for BillingApi {
             .authorize_tenant(&p, &req.tenant_id, Scope::Read)
             .await?;
         partner_or_operator(&p, &req.tenant_id)?;
-        if req.credit_limit_micros < 0 || req.low_balance_threshold_micros < 0 {
-            return Err(invalid_argument(
-                "credit_limit_micros",
-                "credit limit and threshold must not be negative",
-            ));
+        for (field, amount) in [
+            ("credit_limit_micros", req.credit_limit_micros),
+            (
+                "low_balance_threshold_micros",
+                req.low_balance_threshold_micros,
+            ),
+        ] {
+            if !is_acceptable_amount(amount) {
+                return Err(invalid_argument(
+                    field,
+                    format!("{field} is 0..={MAX_AMOUNT_MICROS} µ"),
+                ));
+            }
         }
         let w = pg::set_credit_limit(
             &self.pool,
@@ -724,10 +733,10 @@ impl BillingService for BillingApi {
                 "a markup is basis points or a fixed amount, not both",
             ));
         }
-        if m.fixed_micros < 0 || m.basis_points > 100_000 {
+        if !is_acceptable_amount(m.fixed_micros) || m.basis_points > 100_000 {
             return Err(invalid_argument(
                 "markup",
-                "basis points must be 0..100000 and a fixed amount not negative",
+                format!("basis points are 0..=100000 and a fixed amount 0..={MAX_AMOUNT_MICROS} µ"),
             ));
         }
         let category = match m.category.trim() {

@@ -171,7 +171,9 @@ pub struct WalletRow {
 
 impl WalletRow {
     pub fn available(&self) -> Micros {
-        self.balance + self.credit_limit - self.reserved
+        self.balance
+            .saturating_add(self.credit_limit)
+            .saturating_sub(self.reserved)
     }
 }
 
