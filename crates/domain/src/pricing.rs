@@ -65,8 +65,8 @@ pub enum PricingError {
     },
     #[error("rate card {0} starts no later than the newest card: cards are append-only")]
     NotAppendOnly(String),
-    #[error("a price must not be negative")]
-    Negative,
+    #[error("a price is 0..={} micro-units", crate::wallet::MAX_AMOUNT_MICROS)]
+    PriceOutOfRange,
 }
 
 /// The cards, oldest first. Append-only: a new card never reprices the past.
@@ -95,8 +95,12 @@ impl RateBook {
         {
             return Err(PricingError::NotAppendOnly(card.version));
         }
-        if card.prices.values().any(|p| *p < 0) {
-            return Err(PricingError::Negative);
+        if card
+            .prices
+            .values()
+            .any(|p| !crate::wallet::is_acceptable_amount(*p))
+        {
+            return Err(PricingError::PriceOutOfRange);
         }
         self.cards.push(card);
         Ok(())
@@ -369,8 +373,11 @@ pub fn parse_card(text: &str) -> Result<RateCard, CardSyntaxError> {
         let micros: Micros = micros
             .parse()
             .map_err(|_| err("the price must be integer micro-units"))?;
-        if micros < 0 {
-            return Err(err("a price must not be negative"));
+        if !crate::wallet::is_acceptable_amount(micros) {
+            return Err(err(&format!(
+                "a price is 0..={} micro-units",
+                crate::wallet::MAX_AMOUNT_MICROS
+            )));
         }
         let key = (category.to_ascii_uppercase(), market.to_ascii_uppercase());
         if card.prices.insert(key, micros).is_some() {
@@ -709,6 +716,10 @@ mod tests {
             "version = x\ncurrency = EUR\neffective_from = 2026-01-01T00:00:00Z\nUTILITY, IT, 1\nutility, it, 2\n",
         );
         assert_eq!(dup.map_err(|e| e.line), Err(5));
+        let huge = parse_card(
+            "version = x\ncurrency = EUR\neffective_from = 2026-01-01T00:00:00Z\nUTILITY, IT, 1000000000000001\n",
+        );
+        assert_eq!(huge.map_err(|e| e.line), Err(4), "a price over the bound");
         assert!(
             parse_card("version = x\ncurrency = EUR\n").is_err(),
             "effective_from is required"
