@@ -566,3 +566,22 @@ impl InProcessChain {
         self.ingest.stop().await;
     }
 }
+
+/// Reconcile differences of `tenants` (Postgres against itself and the hot wallets), summed:
+/// every benchmark ends with the books of the tenants it touched.
+pub async fn reconcile_differences(tenants: &[String]) -> anyhow::Result<usize> {
+    let infra = infra().await?;
+    let hot = finestra_billing::hot::HotWallets::new(
+        infra.redis.clone(),
+        "fin",
+        Duration::from_secs(600),
+    );
+    let mut differences = 0;
+    for t in tenants {
+        differences += finestra_billing::reconcile::run(&infra.pool, &hot, Some(t))
+            .await?
+            .differences
+            .len();
+    }
+    Ok(differences)
+}

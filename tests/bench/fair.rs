@@ -414,18 +414,7 @@ async fn main() -> anyhow::Result<()> {
 
     let limit_at_end = scrape_limit(&chain).await;
     chain.stop().await;
-    let hot = finestra_billing::hot::HotWallets::new(
-        infra.redis.clone(),
-        "fin",
-        Duration::from_secs(600),
-    );
-    let mut differences = 0;
-    for t in &all_ids {
-        differences += finestra_billing::reconcile::run(&infra.pool, &hot, Some(t))
-            .await?
-            .differences
-            .len();
-    }
+    let differences = finestra_e2e::load::reconcile_differences(&all_ids).await?;
 
     let p99_ratio = beside.quantile_ms(0.99) / alone.quantile_ms(0.99).max(0.001);
     let flood_refused = flood.refusals();

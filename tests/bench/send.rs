@@ -479,18 +479,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     chain.stop().await;
-    let hot = finestra_billing::hot::HotWallets::new(
-        infra.redis.clone(),
-        "fin",
-        Duration::from_secs(600),
-    );
-    let mut differences = 0;
-    for t in &tenant_ids {
-        differences += finestra_billing::reconcile::run(&infra.pool, &hot, Some(t))
-            .await?
-            .differences
-            .len();
-    }
+    let differences = finestra_e2e::load::reconcile_differences(&tenant_ids).await?;
 
     // The raw broker rate, same run, same machine: 100k records of the outbound event's size.
     let producer = kafka::producer(&infra.brokers)?;

@@ -1,4 +1,4 @@
-//! A sent message's life (issue 6, DESIGN 1.2/5): the status it has, how network statuses move
+//! A sent message's life (issue 6, docs/rules.md §2, §9): the status it has, how network statuses move
 //! it, and how long a retryable failure waits. Statuses arrive late, twice and out of order, so
 //! a status only ever moves a message forward: `ACCEPTED → SENT → DELIVERED → READ`, with
 //! `FAILED` final and possible only before delivery (a `read` implies `delivered`).

@@ -199,26 +199,18 @@ impl<K: Hash + Eq + Clone> Shares<K> {
         if self.total >= room {
             return Err(ShareRefusal::Full);
         }
-        let held = self
-            .held
-            .entry(tenant.clone())
-            .or_insert(Held { count: 0, weight });
-        if held.count == 0 {
-            self.active_weight += u64::from(weight);
-        } else if held.weight != weight {
-            // A changed weight applies from now on.
-            self.active_weight = self.active_weight - u64::from(held.weight) + u64::from(weight);
-        }
-        held.weight = weight;
-        held.count += 1;
-        self.total += 1;
+        self.hold(tenant, weight);
         Ok(())
     }
 
     /// Counts a send of `tenant` as held without the checks (a waiter handed a place that
     /// fair queueing chose for it).
     pub fn force_admit(&mut self, tenant: &K, weight: u32) {
-        let weight = weight.max(1);
+        self.hold(tenant, weight.max(1));
+    }
+
+    /// Counts one more send of `tenant`; a changed weight applies from now on.
+    fn hold(&mut self, tenant: &K, weight: u32) {
         let held = self
             .held
             .entry(tenant.clone())

@@ -1,4 +1,4 @@
-//! The product's rules (DESIGN section 1) as pure code. No tokio, no stores, no proto types:
+//! The product's rules (docs/rules.md) as pure code. No tokio, no stores, no proto types:
 //! time comes in through [`Clock`] or as arguments, so every rule is testable exhaustively.
 
 pub mod delivery;

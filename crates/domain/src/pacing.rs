@@ -1,4 +1,4 @@
-//! Pacing (DESIGN 1.5): when the next message of a number, and of a (number, user) pair, may
+//! Pacing (docs/rules.md §5): when the next message of a number, and of a (number, user) pair, may
 //! go, so the network never answers "rate limited". Two token buckets, computed as "the
 //! earliest time it may go" rather than polled: the number's (default 80 msg/s, burst one
 //! second's worth) and the pair's (one per 6 s sustained, bursts of up to 45). Pure: times are

@@ -1,4 +1,4 @@
-//! Per-message pricing (DESIGN 1.6) as data: effective-dated rate cards priced in integer
+//! Per-message pricing (docs/rules.md §6) as data: effective-dated rate cards priced in integer
 //! micro-units, the free rules, the recipient's market, and the partner's markup. The same
 //! function quotes a message and prices its charge.
 

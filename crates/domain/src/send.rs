@@ -1,4 +1,4 @@
-//! What may be sent (DESIGN 1.2), as one pure decision over the facts a sender gathered:
+//! What may be sent (docs/rules.md §2), as one pure decision over the facts a sender gathered:
 //! the checks run in the design's order and the first that fails is the answer, so a refusal
 //! reserves, charges and queues nothing. Tier limits and funds come after, in the services
 //! that hold their state.
@@ -60,7 +60,7 @@ pub struct Facts<'a> {
     pub now: Timestamp,
 }
 
-/// Why a send is refused; `reason()` is DESIGN 1.8's machine-readable reason.
+/// Why a send is refused; `reason()` is docs/rules.md §8's machine-readable reason.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Refusal {
     TenantInactive,
@@ -146,7 +146,7 @@ fn validate(message: &Outgoing, recipient: &str) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// Decides a send, checking in DESIGN 1.2's order: tenant → number → block → message →
+/// Decides a send, checking in docs/rules.md §2's order: tenant → number → block → message →
 /// window → template approved → parameters → marketing opt-out.
 pub fn admit(message: &Outgoing, facts: &Facts<'_>) -> Result<Admitted, Refusal> {
     if !facts.tenant_active {

@@ -1,4 +1,4 @@
-//! Message templates (DESIGN 1.4): what a valid template is, and its review lifecycle.
+//! Message templates (docs/rules.md §4): what a valid template is, and its review lifecycle.
 //!
 //! `PENDING → APPROVED | REJECTED`; `APPROVED → PAUSED → APPROVED` (3 h the first time, 6 h
 //! the second); a third pause → `DISABLED` (final). The provider may re-categorise an approved

@@ -1,4 +1,4 @@
-//! A tenant's wallet and its reservations (DESIGN 1.7), as pure rules: reserve atomically
+//! A tenant's wallet and its reservations (docs/rules.md §7), as pure rules: reserve atomically
 //! against what is available, then capture or release each reservation exactly once, whatever
 //! order and however often the events arrive.
 

@@ -1,5 +1,5 @@
 //! The customer-service window (CSW) and free entry point (FEP) of one (number, user) pair,
-//! DESIGN 1.1.
+//! docs/rules.md §1.
 //!
 //! The state is a join-semilattice: every field only moves "up" (a later time, or a later
 //! preference), so applying the same events in any order and any number of times gives the

@@ -1,4 +1,4 @@
-//! Building gRPC statuses that carry a machine-readable reason (DESIGN 1.8):
+//! Building gRPC statuses that carry a machine-readable reason (docs/rules.md §8):
 //! a `google.rpc.ErrorInfo` with `domain = "finestra"`.
 
 use std::collections::HashMap;

@@ -276,6 +276,68 @@ pub async fn tenant_send_facts(
     )
 }
 
+/// A number as a send needs it: its tenant, whether it (and its tenant) is active, and the
+/// messages per second the network allows it.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct NumberSendFacts {
+    pub tenant_id: String,
+    pub status: String,
+    pub throughput_per_second: i32,
+}
+
+pub async fn number_send_facts(
+    pool: &PgPool,
+    phone_number_id: &str,
+) -> Result<Option<NumberSendFacts>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT tenant_id, status, throughput_per_second FROM accounts.numbers
+          WHERE phone_number_id = $1",
+    )
+    .bind(phone_number_id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// A template as a send needs it: status, category, parameter count, paused until (µs).
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct TemplateSendFacts {
+    pub status: String,
+    pub category: String,
+    pub parameter_count: i32,
+    pub paused_until_micros: Option<i64>,
+}
+
+/// The tenant's live (not deleted) template `name` in `language`.
+pub async fn template_send_facts(
+    pool: &PgPool,
+    tenant_id: &str,
+    name: &str,
+    language: &str,
+) -> Result<Option<TemplateSendFacts>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT status, category, parameter_count,
+                (extract(epoch FROM paused_until) * 1000000)::bigint AS paused_until_micros
+           FROM accounts.templates
+          WHERE tenant_id = $1 AND name = $2 AND language = $3 AND deleted_at IS NULL",
+    )
+    .bind(tenant_id)
+    .bind(name)
+    .bind(language)
+    .fetch_optional(pool)
+    .await
+}
+
+/// The ids of a partner's tenants (billing's partner roll-up).
+pub async fn partner_tenant_ids(
+    pool: &PgPool,
+    partner_id: &str,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT tenant_id FROM accounts.tenants WHERE partner_id = $1")
+        .bind(partner_id)
+        .fetch_all(pool)
+        .await
+}
+
 /// A small pool for tools (the CLI).
 pub async fn connect(url: &str) -> Result<PgPool, sqlx::Error> {
     sqlx::postgres::PgPoolOptions::new()

@@ -351,7 +351,7 @@ impl BillingService for BillingApi {
         .map_err(|e| internal("reading the window", &e))?;
         let open = window.at(now);
         if kind == MessageKind::FreeForm && !open.csw_open {
-            // DESIGN 1.2: free-form only inside the window (an FEP changes prices, not that);
+            // docs/rules.md §2: free-form only inside the window (an FEP changes prices, not that);
             // a quote never prices what a send would refuse.
             return Err(with_reason(
                 Code::FailedPrecondition,

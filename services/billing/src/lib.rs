@@ -1,6 +1,6 @@
-//! Billing service: rate cards and partner markups price every message (DESIGN 1.6); tenant
+//! Billing service: rate cards and partner markups price every message (docs/rules.md §6); tenant
 //! wallets hold reservations (Redis hot, Postgres durable) that the status consumer captures
-//! into an append-only ledger or releases (DESIGN 1.7); usage, invoices and reconciliation are
+//! into an append-only ledger or releases (docs/rules.md §7); usage, invoices and reconciliation are
 //! read from the ledger.
 
 pub mod api;

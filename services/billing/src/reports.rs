@@ -113,17 +113,18 @@ pub async fn partner_rollup(
     from: Timestamp,
     to: Timestamp,
 ) -> Result<Vec<RollupRow>, sqlx::Error> {
+    // The partner's tenants come from the accounts schema's read model, not a join into it.
+    let tenants = finestra_registry::partner_tenant_ids(pool, partner_id).await?;
     sqlx::query_as(
         "SELECT l.tenant_id, count(*) AS messages,
                 count(*) FILTER (WHERE l.price > 0) AS charged_messages,
                 coalesce(sum(l.cost), 0)::bigint AS cost, coalesce(sum(l.price), 0)::bigint AS price
            FROM billing.ledger l
-           JOIN accounts.tenants t ON t.tenant_id = l.tenant_id
-          WHERE t.partner_id = $1 AND l.kind = 'charge'
+          WHERE l.tenant_id = ANY($1) AND l.kind = 'charge'
             AND l.occurred_at >= $2 AND l.occurred_at < $3
           GROUP BY l.tenant_id ORDER BY l.tenant_id",
     )
-    .bind(partner_id)
+    .bind(&tenants)
     .bind(from.micros())
     .bind(to.micros())
     .fetch_all(pool)

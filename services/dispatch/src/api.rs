@@ -1,4 +1,4 @@
-//! The tenant-facing gRPC API: SendMessage (DESIGN 1.2's checks in order, then the tier
+//! The tenant-facing gRPC API: SendMessage (docs/rules.md §2's checks in order, then the tier
 //! limit, then acceptance), GetMessage and ListMessages.
 
 use std::sync::Arc;

@@ -1,5 +1,5 @@
-//! The control plane's facts a send is decided on, read from the accounts schema (the
-//! registry's tables) with short caches (FINESTRA_DISPATCH_FACTS_TTL_MS, default 2 s): a
+//! The control plane's facts a send is decided on, read through the accounts schema's read
+//! model (`finestra_registry`) with short caches (FINESTRA_DISPATCH_FACTS_TTL_MS, default 2 s): a
 //! suspended number, a changed tier or a paused template takes effect within that time.
 
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use finestra_domain::Timestamp;
 use finestra_domain::fairness::TenantLimits;
 use finestra_domain::send::TemplateFacts;
 use finestra_domain::template::{Category, Status};
-use finestra_registry::TenantSendFacts;
+use finestra_registry::{TemplateSendFacts as TemplateRow, TenantSendFacts};
 use sqlx::PgPool;
 
 /// A business number as dispatch needs it.
@@ -20,9 +20,6 @@ pub struct NumberFacts {
     /// Messages per second the network allows this number.
     pub throughput_per_second: i64,
 }
-
-/// A template row: status, category, parameter count, paused until (µs).
-type TemplateRow = (String, String, i32, Option<i64>);
 
 #[derive(Clone)]
 pub struct Facts {
@@ -62,20 +59,15 @@ impl Facts {
         if let Some(found) = self.numbers.get(phone_number_id).await {
             return Ok(found);
         }
-        let row: Option<(String, String, i32)> = sqlx::query_as(
-            "SELECT tenant_id, status, throughput_per_second FROM accounts.numbers
-              WHERE phone_number_id = $1",
-        )
-        .bind(phone_number_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        let facts = row.map(|(tenant_id, status, tps)| {
-            Arc::new(NumberFacts {
-                tenant_id,
-                active: status == "active",
-                throughput_per_second: i64::from(tps),
-            })
-        });
+        let facts = finestra_registry::number_send_facts(&self.pool, phone_number_id)
+            .await?
+            .map(|n| {
+                Arc::new(NumberFacts {
+                    tenant_id: n.tenant_id,
+                    active: n.status == "active",
+                    throughput_per_second: i64::from(n.throughput_per_second),
+                })
+            });
         self.numbers
             .insert(phone_number_id.to_owned(), facts.clone())
             .await;
@@ -124,30 +116,27 @@ impl Facts {
         let row = match self.templates.get(&cache_key).await {
             Some(row) => row,
             None => {
-                let row: Option<TemplateRow> = sqlx::query_as(
-                    "SELECT status, category, parameter_count,
-                            (extract(epoch FROM paused_until) * 1000000)::bigint
-                       FROM accounts.templates
-                      WHERE tenant_id = $1 AND name = $2 AND language = $3 AND deleted_at IS NULL",
-                )
-                .bind(tenant_id)
-                .bind(name)
-                .bind(language)
-                .fetch_optional(&self.pool)
-                .await?;
+                let row =
+                    finestra_registry::template_send_facts(&self.pool, tenant_id, name, language)
+                        .await?;
                 let row = row.map(Arc::new);
                 self.templates.insert(cache_key, row.clone()).await;
                 row
             }
         };
         Ok(row.and_then(|r| {
-            let (status, category, params, paused_until) = (*r).clone();
+            let TemplateRow {
+                status,
+                category,
+                parameter_count: params,
+                paused_until_micros: paused_until,
+            } = (*r).clone();
             let status = match status.as_str() {
                 "APPROVED" => Status::Approved,
                 "PENDING" => Status::Pending,
                 "REJECTED" => Status::Rejected,
                 "DISABLED" => Status::Disabled,
-                // A pause whose time is over counts as approved (DESIGN 1.4).
+                // A pause whose time is over counts as approved (docs/rules.md §4).
                 "PAUSED" => match paused_until {
                     Some(until) if now.micros() >= until => Status::Approved,
                     Some(until) => Status::Paused {

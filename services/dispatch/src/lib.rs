@@ -1,4 +1,4 @@
-//! Dispatch service: `SendMessage` under the channel's rules (DESIGN 1.2, 1.5), acceptance as a
+//! Dispatch service: `SendMessage` under the channel's rules (docs/rules.md §2, §5), acceptance as a
 //! group commit (billing reservation, Postgres, `finestra.outbound.v1`), the paced delivery
 //! worker with its Cloud API connector, and the message status machine.
 

@@ -212,7 +212,7 @@ pub async fn business_initiated_users(
 /// For failed business-initiated messages among `keys`: (tenant, recipient, when the failed
 /// one was accepted, the newest other business-initiated message to that user since `since`
 /// that has not failed). A message that failed reached nobody, so the tier counts the user
-/// only for the others (DESIGN: the network counts users actually reached).
+/// only for the others (docs/rules.md §5: the network counts users actually reached).
 pub async fn failed_tier_entries(
     pool: &PgPool,
     keys: &[(String, String)],

@@ -1,4 +1,4 @@
-//! The messaging network behind dispatch (DESIGN 5): a `Provider` sends one message and says
+//! The messaging network behind dispatch (docs/rules.md §9): a `Provider` sends one message and says
 //! whether a failure is worth retrying. The one implementation is the Cloud API over HTTP,
 //! which talks to the simulator by default and to Meta's Graph API in production.
 
@@ -13,12 +13,12 @@ pub struct ProviderError {
     /// The network's error code (0 for transport failures, the HTTP status for bare 5xx).
     pub code: i32,
     pub title: String,
-    /// DESIGN 1.8's reason when the error means one (WINDOW_CLOSED, ...), else PROVIDER_ERROR.
+    /// docs/rules.md §8's reason when the error means one (WINDOW_CLOSED, ...), else PROVIDER_ERROR.
     pub reason: &'static str,
 }
 
 impl ProviderError {
-    /// Maps a Cloud API error code (DESIGN 5) to what dispatch does with it.
+    /// Maps a Cloud API error code (docs/rules.md §9) to what dispatch does with it.
     pub fn from_code(http_status: u16, code: i32, title: String) -> Self {
         let (retryable, reason) = match code {
             // Throughput or pair rate exceeded: pacing should prevent it; wait and retry.

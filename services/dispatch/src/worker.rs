@@ -1,5 +1,5 @@
 //! The delivery worker: consumes `finestra.outbound.v1`, paces every number and (number, user)
-//! pair (DESIGN 1.5), sends through the `Provider`, retries what is retryable with backoff and
+//! pair (docs/rules.md §5), sends through the `Provider`, retries what is retryable with backoff and
 //! full jitter, and records the outcome. Each message is its own task, so a paced number never
 //! holds up another number or tenant; offsets are committed per partition only below the
 //! oldest message not yet finished (`offsets::InFlight`).
@@ -154,7 +154,7 @@ async fn deliver(shared: Arc<Shared>, job: Job, shutdown: Shutdown) -> Done {
             outcome: Outcome::Abandoned,
         };
     };
-    // A user who blocked since acceptance receives nothing more (DESIGN 1.3).
+    // A user who blocked since acceptance receives nothing more (docs/rules.md §3).
     let window = shared
         .hot
         .window(&shared.pool, &job.tenant_id, &job.phone_number_id, &job.to)

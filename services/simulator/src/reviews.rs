@@ -1,4 +1,4 @@
-//! The network's template reviews (DESIGN 1.4): a template a business submitted (PENDING in the
+//! The network's template reviews (docs/rules.md §4): a template a business submitted (PENDING in the
 //! control plane) is approved after a configurable delay, or rejected when its body contains
 //! the banned word; a control call can pause, unpause or disable one. Each verdict reaches
 //! Finestra as a signed `message_template_status_update` webhook of the tenant's business

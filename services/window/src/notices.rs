@@ -1,4 +1,4 @@
-//! Closing notices (DESIGN 1.1): `WindowClosingSoon` once a window is within the lead of its
+//! Closing notices (docs/rules.md §1): `WindowClosingSoon` once a window is within the lead of its
 //! `csw_until`, `WindowClosed` once it passed, each once per `csw_until` (a newer user message
 //! moves it, and a new notice follows). The sweep marks rows and publishes in one transaction:
 //! if the broker does not acknowledge, nothing is marked and the next sweep tries again.
