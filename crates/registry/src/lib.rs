@@ -327,6 +327,43 @@ pub async fn template_send_facts(
     .await
 }
 
+/// A template's (category, status), by id or else by name and language (billing's quotes).
+pub async fn template_category_and_status(
+    pool: &PgPool,
+    tenant_id: &str,
+    template_id: &str,
+    name: &str,
+    language: &str,
+) -> Result<Option<(String, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT category, status FROM accounts.templates
+          WHERE tenant_id = $1 AND deleted_at IS NULL
+            AND (template_id = $2 OR ($2 = '' AND name = $3 AND language = $4))",
+    )
+    .bind(tenant_id)
+    .bind(template_id)
+    .bind(name)
+    .bind(language)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Whether `phone_number_id` is one of the tenant's numbers.
+pub async fn number_of_tenant(
+    pool: &PgPool,
+    tenant_id: &str,
+    phone_number_id: &str,
+) -> Result<bool, sqlx::Error> {
+    let row: Option<(i32,)> = sqlx::query_as(
+        "SELECT 1 FROM accounts.numbers WHERE tenant_id = $1 AND phone_number_id = $2",
+    )
+    .bind(tenant_id)
+    .bind(phone_number_id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.is_some())
+}
+
 /// The ids of a partner's tenants (billing's partner roll-up).
 pub async fn partner_tenant_ids(
     pool: &PgPool,

@@ -147,17 +147,8 @@ pub async fn template_of(
     name: &str,
     language: &str,
 ) -> Result<Option<(String, String)>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT category, status FROM accounts.templates
-          WHERE tenant_id = $1 AND deleted_at IS NULL
-            AND (template_id = $2 OR ($2 = '' AND name = $3 AND language = $4))",
-    )
-    .bind(tenant_id)
-    .bind(template_id)
-    .bind(name)
-    .bind(language)
-    .fetch_optional(pool)
-    .await
+    finestra_registry::template_category_and_status(pool, tenant_id, template_id, name, language)
+        .await
 }
 
 /// Whether the number is the tenant's.
@@ -166,12 +157,5 @@ pub async fn number_of_tenant(
     tenant_id: &str,
     phone_number_id: &str,
 ) -> Result<bool, sqlx::Error> {
-    let row: Option<(i32,)> = sqlx::query_as(
-        "SELECT 1 FROM accounts.numbers WHERE tenant_id = $1 AND phone_number_id = $2",
-    )
-    .bind(tenant_id)
-    .bind(phone_number_id)
-    .fetch_optional(pool)
-    .await?;
-    Ok(row.is_some())
+    finestra_registry::number_of_tenant(pool, tenant_id, phone_number_id).await
 }
