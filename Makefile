@@ -27,14 +27,26 @@ down:
 infra:
 	@bash scripts/infra.sh
 
+# The tests' own stores, made afresh for each run: never the `finestra` database nor Redis
+# database 0 that `make up` serves.
+TEST_DATABASE := finestra_test
+export FINESTRA_TEST_DATABASE_URL := postgres://postgres@127.0.0.1:5432/$(TEST_DATABASE)
+export FINESTRA_TEST_REDIS_URL := redis://127.0.0.1:6379/1
+
 test: infra
+	@psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS $(TEST_DATABASE) WITH (FORCE)"
+	@createdb -h 127.0.0.1 -U postgres $(TEST_DATABASE)
+	@redis-cli -h 127.0.0.1 -p 6379 -n 1 FLUSHDB >/dev/null
+	@# The billing binary the crash tests start carries its failpoint (release images do not).
+	@cargo build --quiet -p finestra-billing --features failpoints --bin finestra-billing
 	@if cargo nextest --version >/dev/null 2>&1; then \
 		cargo nextest run --workspace --no-fail-fast; \
 	else \
 		cargo test --workspace --no-fail-fast; \
 	fi
-	@# After every test: the books of every tenant any test touched still balance.
-	@FINESTRA_LOG=warn ./target/debug/finestra-billing reconcile
+	@# After every test: the books of every tenant of the run still balance.
+	@FINESTRA_LOG=warn FINESTRA_DATABASE_URL=$(FINESTRA_TEST_DATABASE_URL) \
+		FINESTRA_REDIS_URL=$(FINESTRA_TEST_REDIS_URL) ./target/debug/finestra-billing reconcile
 
 lint:
 	cargo fmt --all -- --check

@@ -16,6 +16,14 @@ use finestra_testkit::{Scope as TestScope, Started};
 use futures::future::BoxFuture;
 use tonic::Code;
 
+/// The closure of a table row: a client of `$client` on the channel, calling `$method` with
+/// the request built from the test's context; only whether it was refused matters.
+macro_rules! call {
+    ($client:ident, $method:ident, |$ctx:pat_param| $request:expr) => {
+        |ch, $ctx| Box::pin(async move { $client::new(ch).$method($request).await.map(|_| ()) })
+    };
+}
+
 /// One tenant-facing RPC: the scope it needs and a call of it about `tenant`.
 struct Rpc {
     name: &'static str,
@@ -73,119 +81,98 @@ fn rpcs() -> Vec<Rpc> {
             "AccountsService/GetTenant",
             Scope::Read,
             true,
-            |ch, Ctx { tenant, .. }| {
-                Box::pin(async move {
-                    AccountsServiceClient::new(ch)
-                        .get_tenant(v1::GetTenantRequest { tenant_id: tenant })
-                        .await
-                        .map(|_| ())
-                })
-            },
+            call!(
+                AccountsServiceClient,
+                get_tenant,
+                |Ctx { tenant, .. }| v1::GetTenantRequest { tenant_id: tenant }
+            ),
         ),
         accounts(
             "AccountsService/UpdateTenant",
             Scope::Admin,
             false,
-            |ch, Ctx { tenant, .. }| {
-                Box::pin(async move {
-                    AccountsServiceClient::new(ch)
-                        .update_tenant(v1::UpdateTenantRequest {
-                            tenant_id: tenant,
-                            name: "A".into(),
-                            tier: 0,
-                        })
-                        .await
-                        .map(|_| ())
-                })
-            },
+            call!(
+                AccountsServiceClient,
+                update_tenant,
+                |Ctx { tenant, .. }| v1::UpdateTenantRequest {
+                    tenant_id: tenant,
+                    name: "A".into(),
+                    tier: 0,
+                }
+            ),
         ),
         accounts(
             "AccountsService/SetTenantStatus",
             Scope::Admin,
             false,
-            |ch, Ctx { tenant, .. }| {
-                Box::pin(async move {
-                    AccountsServiceClient::new(ch)
-                        .set_tenant_status(v1::SetTenantStatusRequest {
-                            tenant_id: tenant,
-                            status: v1::Status::Active as i32,
-                        })
-                        .await
-                        .map(|_| ())
-                })
-            },
+            call!(
+                AccountsServiceClient,
+                set_tenant_status,
+                |Ctx { tenant, .. }| v1::SetTenantStatusRequest {
+                    tenant_id: tenant,
+                    status: v1::Status::Active as i32,
+                }
+            ),
         ),
         accounts(
             "AccountsService/AddNumber",
             Scope::Admin,
             false,
-            |ch, Ctx { tenant, unique, .. }| {
-                Box::pin(async move {
-                    AccountsServiceClient::new(ch)
-                        .add_number(v1::AddNumberRequest {
-                            phone_number_id: format!("pn{tenant}x{unique}"),
-                            tenant_id: tenant,
-                            display_phone_number: "+39 02 1".into(),
-                            app_secret: "secret-secret".into(),
-                            throughput_per_second: 0,
-                        })
-                        .await
-                        .map(|_| ())
-                })
-            },
+            call!(
+                AccountsServiceClient,
+                add_number,
+                |Ctx { tenant, unique, .. }| v1::AddNumberRequest {
+                    phone_number_id: format!("pn{tenant}x{unique}"),
+                    tenant_id: tenant,
+                    display_phone_number: "+39 02 1".into(),
+                    app_secret: "secret-secret".into(),
+                    throughput_per_second: 0,
+                }
+            ),
         ),
         accounts(
             "AccountsService/ListNumbers",
             Scope::Read,
             true,
-            |ch, Ctx { tenant, .. }| {
-                Box::pin(async move {
-                    AccountsServiceClient::new(ch)
-                        .list_numbers(v1::ListNumbersRequest {
-                            tenant_id: tenant,
-                            page_size: 10,
-                            page_token: String::new(),
-                        })
-                        .await
-                        .map(|_| ())
-                })
-            },
+            call!(
+                AccountsServiceClient,
+                list_numbers,
+                |Ctx { tenant, .. }| v1::ListNumbersRequest {
+                    tenant_id: tenant,
+                    page_size: 10,
+                    page_token: String::new(),
+                }
+            ),
         ),
         accounts(
             "AccountsService/CreateApiKey",
             Scope::Admin,
             true,
-            |ch, Ctx { tenant, .. }| {
-                Box::pin(async move {
-                    AccountsServiceClient::new(ch)
-                        .create_api_key(v1::CreateApiKeyRequest {
-                            partner_id: String::new(),
-                            tenant_id: tenant,
-                            scopes: vec![v1::Scope::Read as i32],
-                            label: "authz".into(),
-                        })
-                        .await
-                        .map(|_| ())
-                })
-            },
+            call!(
+                AccountsServiceClient,
+                create_api_key,
+                |Ctx { tenant, .. }| v1::CreateApiKeyRequest {
+                    partner_id: String::new(),
+                    tenant_id: tenant,
+                    scopes: vec![v1::Scope::Read as i32],
+                    label: "authz".into(),
+                }
+            ),
         ),
         accounts(
             "AccountsService/ListApiKeys",
             Scope::Admin,
             true,
-            |ch, Ctx { tenant, .. }| {
-                Box::pin(async move {
-                    AccountsServiceClient::new(ch)
-                        .list_api_keys(v1::ListApiKeysRequest {
-                            partner_id: String::new(),
-                            tenant_id: tenant,
-                            page_size: 10,
-                            page_token: String::new(),
-                        })
-                        .await
-                        .map(|_| ())
-                })
-            },
+            call!(
+                AccountsServiceClient,
+                list_api_keys,
+                |Ctx { tenant, .. }| v1::ListApiKeysRequest {
+                    partner_id: String::new(),
+                    tenant_id: tenant,
+                    page_size: 10,
+                    page_token: String::new(),
+                }
+            ),
         ),
         accounts(
             "AccountsService/RotateNumberSecret",
@@ -215,21 +202,18 @@ fn rpcs() -> Vec<Rpc> {
             "AccountsService/CreateTemplate",
             Scope::Admin,
             true,
-            |ch, Ctx { tenant, unique, .. }| {
-                Box::pin(async move {
-                    AccountsServiceClient::new(ch)
-                        .create_template(v1::CreateTemplateRequest {
-                            tenant_id: tenant,
-                            name: format!("promo_{unique}"),
-                            language: "it".into(),
-                            category: "MARKETING".into(),
-                            body: "Ciao {{1}}, sconto del {{2}}%".into(),
-                            ..Default::default()
-                        })
-                        .await
-                        .map(|_| ())
-                })
-            },
+            call!(
+                AccountsServiceClient,
+                create_template,
+                |Ctx { tenant, unique, .. }| v1::CreateTemplateRequest {
+                    tenant_id: tenant,
+                    name: format!("promo_{unique}"),
+                    language: "it".into(),
+                    category: "MARKETING".into(),
+                    body: "Ciao {{1}}, sconto del {{2}}%".into(),
+                    ..Default::default()
+                }
+            ),
         ),
         accounts(
             "AccountsService/GetTemplate",
@@ -254,69 +238,57 @@ fn rpcs() -> Vec<Rpc> {
             "AccountsService/ListTemplates",
             Scope::Read,
             true,
-            |ch, Ctx { tenant, .. }| {
-                Box::pin(async move {
-                    AccountsServiceClient::new(ch)
-                        .list_templates(v1::ListTemplatesRequest {
-                            tenant_id: tenant,
-                            page_size: 10,
-                            page_token: String::new(),
-                        })
-                        .await
-                        .map(|_| ())
-                })
-            },
+            call!(
+                AccountsServiceClient,
+                list_templates,
+                |Ctx { tenant, .. }| v1::ListTemplatesRequest {
+                    tenant_id: tenant,
+                    page_size: 10,
+                    page_token: String::new(),
+                }
+            ),
         ),
         accounts(
             "AccountsService/GetNumber",
             Scope::Read,
             true,
-            |ch, Ctx { tenant, number, .. }| {
-                Box::pin(async move {
-                    AccountsServiceClient::new(ch)
-                        .get_number(v1::GetNumberRequest {
-                            tenant_id: tenant,
-                            phone_number_id: number,
-                        })
-                        .await
-                        .map(|_| ())
-                })
-            },
+            call!(
+                AccountsServiceClient,
+                get_number,
+                |Ctx { tenant, number, .. }| v1::GetNumberRequest {
+                    tenant_id: tenant,
+                    phone_number_id: number,
+                }
+            ),
         ),
         accounts(
             "AccountsService/UpdateNumber",
             Scope::Admin,
             true,
-            |ch, Ctx { tenant, number, .. }| {
-                Box::pin(async move {
-                    AccountsServiceClient::new(ch)
-                        .update_number(v1::UpdateNumberRequest {
-                            tenant_id: tenant,
-                            phone_number_id: number,
-                            display_phone_number: String::new(),
-                            throughput_per_second: 80,
-                        })
-                        .await
-                        .map(|_| ())
-                })
-            },
+            call!(
+                AccountsServiceClient,
+                update_number,
+                |Ctx { tenant, number, .. }| v1::UpdateNumberRequest {
+                    tenant_id: tenant,
+                    phone_number_id: number,
+                    display_phone_number: String::new(),
+                    throughput_per_second: 80,
+                }
+            ),
         ),
         accounts(
             "AccountsService/SetNumberStatus",
             Scope::Admin,
             false,
-            |ch, Ctx { tenant, number, .. }| {
-                Box::pin(async move {
-                    AccountsServiceClient::new(ch)
-                        .set_number_status(v1::SetNumberStatusRequest {
-                            tenant_id: tenant,
-                            phone_number_id: number,
-                            status: v1::Status::Active as i32,
-                        })
-                        .await
-                        .map(|_| ())
-                })
-            },
+            call!(
+                AccountsServiceClient,
+                set_number_status,
+                |Ctx { tenant, number, .. }| v1::SetNumberStatusRequest {
+                    tenant_id: tenant,
+                    phone_number_id: number,
+                    status: v1::Status::Active as i32,
+                }
+            ),
         ),
         // Last: deleting is idempotent, but the template is gone for the rows above.
         accounts(
@@ -338,221 +310,178 @@ fn rpcs() -> Vec<Rpc> {
                 })
             },
         ),
-        billing("BillingService/GetWallet", Scope::Read, true, |ch, c| {
-            Box::pin(async move {
-                BillingServiceClient::new(ch)
-                    .get_wallet(v1::GetWalletRequest {
-                        tenant_id: c.tenant,
-                    })
-                    .await
-                    .map(|_| ())
-            })
-        }),
+        billing(
+            "BillingService/GetWallet",
+            Scope::Read,
+            true,
+            call!(BillingServiceClient, get_wallet, |c| v1::GetWalletRequest {
+                tenant_id: c.tenant,
+            }),
+        ),
         billing(
             "BillingService/ListWalletHistory",
             Scope::Read,
             true,
-            |ch, c| {
-                Box::pin(async move {
-                    BillingServiceClient::new(ch)
-                        .list_wallet_history(v1::ListWalletHistoryRequest {
-                            tenant_id: c.tenant,
-                            page_size: 10,
-                            page_token: String::new(),
-                        })
-                        .await
-                        .map(|_| ())
-                })
-            },
+            call!(BillingServiceClient, list_wallet_history, |c| {
+                v1::ListWalletHistoryRequest {
+                    tenant_id: c.tenant,
+                    page_size: 10,
+                    page_token: String::new(),
+                }
+            }),
         ),
-        billing("BillingService/ListUsage", Scope::Read, true, |ch, c| {
-            Box::pin(async move {
-                BillingServiceClient::new(ch)
-                    .list_usage(v1::ListUsageRequest {
-                        tenant_id: c.tenant,
-                        from: Some(finestra_proto::time::from_micros(0)),
-                        to: Some(finestra_proto::time::from_micros(i64::MAX / 2)),
-                        group_by: vec!["day".into()],
-                    })
-                    .await
-                    .map(|_| ())
-            })
-        }),
-        billing("BillingService/GetInvoice", Scope::Read, true, |ch, c| {
-            Box::pin(async move {
-                BillingServiceClient::new(ch)
-                    .get_invoice(v1::GetInvoiceRequest {
-                        tenant_id: c.tenant,
-                        month: "2026-11".into(),
-                        csv: true,
-                    })
-                    .await
-                    .map(|_| ())
-            })
-        }),
-        billing("BillingService/QuoteMessage", Scope::Read, true, |ch, c| {
-            Box::pin(async move {
-                BillingServiceClient::new(ch)
-                    .quote_message(v1::QuoteMessageRequest {
-                        tenant_id: c.tenant,
-                        phone_number_id: c.number,
-                        user: "393470000001".into(),
-                        free_form: true,
-                        ..Default::default()
-                    })
-                    .await
-                    .map(|_| ())
-            })
-        }),
-        billing("BillingService/TopUp", Scope::Admin, false, |ch, c| {
-            Box::pin(async move {
-                BillingServiceClient::new(ch)
-                    .top_up(v1::TopUpRequest {
-                        tenant_id: c.tenant,
-                        amount_micros: 1_000,
-                        top_up_id: format!("authz-{}", c.unique),
-                        note: String::new(),
-                    })
-                    .await
-                    .map(|_| ())
-            })
-        }),
+        billing(
+            "BillingService/ListUsage",
+            Scope::Read,
+            true,
+            call!(BillingServiceClient, list_usage, |c| v1::ListUsageRequest {
+                tenant_id: c.tenant,
+                from: Some(finestra_proto::time::from_micros(0)),
+                to: Some(finestra_proto::time::from_micros(i64::MAX / 2)),
+                group_by: vec!["day".into()],
+            }),
+        ),
+        billing(
+            "BillingService/GetInvoice",
+            Scope::Read,
+            true,
+            call!(BillingServiceClient, get_invoice, |c| {
+                v1::GetInvoiceRequest {
+                    tenant_id: c.tenant,
+                    month: "2026-11".into(),
+                    csv: true,
+                }
+            }),
+        ),
+        billing(
+            "BillingService/QuoteMessage",
+            Scope::Read,
+            true,
+            call!(BillingServiceClient, quote_message, |c| {
+                v1::QuoteMessageRequest {
+                    tenant_id: c.tenant,
+                    phone_number_id: c.number,
+                    user: "393470000001".into(),
+                    free_form: true,
+                    ..Default::default()
+                }
+            }),
+        ),
+        billing(
+            "BillingService/TopUp",
+            Scope::Admin,
+            false,
+            call!(BillingServiceClient, top_up, |c| v1::TopUpRequest {
+                tenant_id: c.tenant,
+                amount_micros: 1_000,
+                top_up_id: format!("authz-{}", c.unique),
+                note: String::new(),
+            }),
+        ),
         billing(
             "BillingService/SetCreditLimit",
             Scope::Admin,
             false,
-            |ch, c| {
-                Box::pin(async move {
-                    BillingServiceClient::new(ch)
-                        .set_credit_limit(v1::SetCreditLimitRequest {
-                            tenant_id: c.tenant,
-                            credit_limit_micros: 0,
-                            low_balance_threshold_micros: 0,
-                        })
-                        .await
-                        .map(|_| ())
-                })
-            },
+            call!(BillingServiceClient, set_credit_limit, |c| {
+                v1::SetCreditLimitRequest {
+                    tenant_id: c.tenant,
+                    credit_limit_micros: 0,
+                    low_balance_threshold_micros: 0,
+                }
+            }),
         ),
-        dispatch("DispatchService/SendMessage", Scope::Send, true, |ch, c| {
-            Box::pin(async move {
-                DispatchServiceClient::new(ch)
-                    .send_message(v1::SendMessageRequest {
-                        tenant_id: c.tenant,
-                        phone_number_id: c.number,
-                        to: "393470000001".into(),
-                        idempotency_key: "authz-send".into(),
-                        content: Some(v1::send_message_request::Content::Text(v1::TextContent {
-                            body: "hello".into(),
-                            preview_url: false,
-                        })),
-                    })
-                    .await
-                    .map(|_| ())
-            })
-        }),
-        dispatch("DispatchService/GetMessage", Scope::Read, true, |ch, c| {
-            Box::pin(async move {
-                DispatchServiceClient::new(ch)
-                    .get_message(v1::GetMessageRequest {
-                        message_id: finestra_dispatch::content::message_id(&c.tenant, "authz-send"),
-                        tenant_id: c.tenant,
-                    })
-                    .await
-                    .map(|_| ())
-            })
-        }),
+        dispatch(
+            "DispatchService/SendMessage",
+            Scope::Send,
+            true,
+            call!(DispatchServiceClient, send_message, |c| {
+                v1::SendMessageRequest {
+                    tenant_id: c.tenant,
+                    phone_number_id: c.number,
+                    to: "393470000001".into(),
+                    idempotency_key: "authz-send".into(),
+                    content: Some(v1::send_message_request::Content::Text(v1::TextContent {
+                        body: "hello".into(),
+                        preview_url: false,
+                    })),
+                }
+            }),
+        ),
+        dispatch(
+            "DispatchService/GetMessage",
+            Scope::Read,
+            true,
+            call!(DispatchServiceClient, get_message, |c| {
+                v1::GetMessageRequest {
+                    message_id: finestra_dispatch::content::message_id(&c.tenant, "authz-send"),
+                    tenant_id: c.tenant,
+                }
+            }),
+        ),
         dispatch(
             "DispatchService/ListMessages",
             Scope::Read,
             true,
-            |ch, c| {
-                Box::pin(async move {
-                    DispatchServiceClient::new(ch)
-                        .list_messages(v1::ListMessagesRequest {
-                            tenant_id: c.tenant,
-                            ..Default::default()
-                        })
-                        .await
-                        .map(|_| ())
-                })
-            },
+            call!(DispatchServiceClient, list_messages, |c| {
+                v1::ListMessagesRequest {
+                    tenant_id: c.tenant,
+                    ..Default::default()
+                }
+            }),
         ),
         dispatch(
             "DispatchService/StreamEvents",
             Scope::Read,
             true,
-            |ch, c| {
-                Box::pin(async move {
-                    DispatchServiceClient::new(ch)
-                        .stream_events(v1::StreamEventsRequest {
-                            tenant_id: c.tenant,
-                            ..Default::default()
-                        })
-                        .await
-                        .map(|_| ())
-                })
-            },
+            call!(DispatchServiceClient, stream_events, |c| {
+                v1::StreamEventsRequest {
+                    tenant_id: c.tenant,
+                    ..Default::default()
+                }
+            }),
         ),
         dispatch(
             "DispatchService/CreateWebhook",
             Scope::Admin,
             true,
-            |ch, c| {
-                Box::pin(async move {
-                    DispatchServiceClient::new(ch)
-                        .create_webhook(v1::CreateWebhookRequest {
-                            tenant_id: c.tenant,
-                            url: "http://127.0.0.1:9/hook".into(),
-                        })
-                        .await
-                        .map(|_| ())
-                })
-            },
+            call!(DispatchServiceClient, create_webhook, |c| {
+                v1::CreateWebhookRequest {
+                    tenant_id: c.tenant,
+                    url: "http://127.0.0.1:9/hook".into(),
+                }
+            }),
         ),
         dispatch(
             "DispatchService/ListWebhooks",
             Scope::Read,
             true,
-            |ch, c| {
-                Box::pin(async move {
-                    DispatchServiceClient::new(ch)
-                        .list_webhooks(v1::ListWebhooksRequest {
-                            tenant_id: c.tenant,
-                        })
-                        .await
-                        .map(|_| ())
-                })
-            },
+            call!(DispatchServiceClient, list_webhooks, |c| {
+                v1::ListWebhooksRequest {
+                    tenant_id: c.tenant,
+                }
+            }),
         ),
         dispatch(
             "DispatchService/ListDeadLetters",
             Scope::Read,
             true,
-            |ch, c| {
-                Box::pin(async move {
-                    DispatchServiceClient::new(ch)
-                        .list_dead_letters(v1::ListDeadLettersRequest {
-                            tenant_id: c.tenant,
-                            ..Default::default()
-                        })
-                        .await
-                        .map(|_| ())
-                })
-            },
+            call!(DispatchServiceClient, list_dead_letters, |c| {
+                v1::ListDeadLettersRequest {
+                    tenant_id: c.tenant,
+                    ..Default::default()
+                }
+            }),
         ),
-        dispatch("DispatchService/Redrive", Scope::Admin, true, |ch, c| {
-            Box::pin(async move {
-                DispatchServiceClient::new(ch)
-                    .redrive(v1::RedriveRequest {
-                        tenant_id: c.tenant,
-                        endpoint_id: "wh_none".into(),
-                        cursors: Vec::new(),
-                    })
-                    .await
-                    .map(|_| ())
-            })
-        }),
+        dispatch(
+            "DispatchService/Redrive",
+            Scope::Admin,
+            true,
+            call!(DispatchServiceClient, redrive, |c| v1::RedriveRequest {
+                tenant_id: c.tenant,
+                endpoint_id: "wh_none".into(),
+                cursors: Vec::new(),
+            }),
+        ),
     ]
 }
 
@@ -1097,5 +1026,104 @@ async fn partner_level_calls_stay_within_the_partner_and_suspension_stops_keys()
     }
     w.window.stop().await;
     w.accounts.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ids_secrets_and_names_are_refused_with_their_rule_before_any_store_sees_them()
+-> anyhow::Result<()> {
+    fn refused<T>(r: Result<T, tonic::Status>, field: &str, rule: &str) {
+        let Err(e) = r else {
+            panic!("{field} accepted");
+        };
+        assert_eq!(e.code(), Code::InvalidArgument, "{field}: {e:?}");
+        assert!(
+            e.message().contains(rule) && !e.message().contains("constraint"),
+            "{field}: {}",
+            e.message()
+        );
+    }
+    let s = TestScope::new();
+    s.create_topics().await?;
+    let (tenant, _, _) = s.tenant_with_number("ids", 1).await?;
+    let accounts = finestra_testkit::start_accounts(&s).await?;
+    let mut operator = AccountsServiceClient::new(
+        finestra_testkit::authed_channel(
+            accounts.running.grpc_url(),
+            &s.key(Owner::Operator, &[Scope::Admin]).await?,
+        )
+        .await?,
+    );
+    let partner = |id: &str, name: &str| v1::CreatePartnerRequest {
+        partner_id: id.into(),
+        name: name.into(),
+    };
+    for bad in ["Upper", "-dash", "sp ace", &"p".repeat(64)] {
+        refused(
+            operator.create_partner(partner(bad, "BSP")).await,
+            "partner_id",
+            finestra_domain::ids::ACCOUNT_ID_RULE,
+        );
+    }
+    refused(
+        operator
+            .create_partner(partner(&format!("pn{}", s.id()), &"n".repeat(201)))
+            .await,
+        "name",
+        finestra_domain::ids::NAME_RULE,
+    );
+    let create_tenant = |id: &str, waba: &str| v1::CreateTenantRequest {
+        partner_id: s.partner_id(),
+        tenant_id: id.into(),
+        name: "Shop".into(),
+        waba_id: waba.into(),
+        ..Default::default()
+    };
+    refused(
+        operator
+            .create_tenant(create_tenant(&format!("{}Shop", s.tenant_prefix()), ""))
+            .await,
+        "tenant_id",
+        finestra_domain::ids::ACCOUNT_ID_RULE,
+    );
+    refused(
+        operator
+            .create_tenant(create_tenant(&s.tenant_id("shop"), "waba 1"))
+            .await,
+        "waba_id",
+        finestra_domain::ids::NETWORK_ID_RULE,
+    );
+    let number = |id: &str, secret: &str| v1::AddNumberRequest {
+        tenant_id: tenant.clone(),
+        phone_number_id: id.into(),
+        display_phone_number: "+39 02 000".into(),
+        app_secret: secret.into(),
+        ..Default::default()
+    };
+    refused(
+        operator
+            .add_number(number("pn/1", "long-enough-secret"))
+            .await,
+        "phone_number_id",
+        finestra_domain::ids::NETWORK_ID_RULE,
+    );
+    refused(
+        operator
+            .add_number(number(&s.phone_number_id(9), "short"))
+            .await,
+        "app_secret",
+        finestra_domain::ids::SECRET_RULE,
+    );
+    // The same inputs, well formed, are taken.
+    operator
+        .create_tenant(create_tenant(
+            &s.tenant_id("shop"),
+            &format!("waba{}", s.id()),
+        ))
+        .await?;
+    operator
+        .add_number(number(&s.phone_number_id(9), "long-enough-secret"))
+        .await?;
+    accounts.stop().await;
     Ok(())
 }

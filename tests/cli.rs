@@ -12,6 +12,7 @@ impl Cli {
     fn run(&self, key: Option<&str>, args: &[&str]) -> anyhow::Result<Output> {
         let mut cmd = Command::new(&self.bin);
         cmd.args(args)
+            .envs(finestra_testkit::store_env())
             .env("FINESTRA_ENDPOINT", &self.endpoint)
             .env_remove("FINESTRA_API_KEY");
         if let Some(k) = key {

@@ -130,6 +130,8 @@ impl Cluster {
         let scope_id = s.scope.id();
         let mut env: Vec<(&str, String)> = vec![
             ("KAFKA_BROKERS", s.brokers.clone()),
+            ("DATABASE_URL", finestra_testkit::test_database_url()),
+            ("REDIS_URL", finestra_testkit::test_redis_url()),
             ("TOPIC_SUFFIX", format!(".{scope_id}")),
             ("GRPC_ADDR", p.grpc.to_string()),
             ("METRICS_ADDR", p.metrics.to_string()),

@@ -249,6 +249,7 @@ async fn poison_records_go_to_the_dead_letter_topic_and_never_block_the_partitio
 fn spawn_window(scope: &Scope, group: &str) -> anyhow::Result<std::process::Child> {
     Ok(
         std::process::Command::new(finestra_testkit::workspace_binary("finestra-window")?)
+            .envs(finestra_testkit::store_env())
             .env("FINESTRA_TOPIC_SUFFIX", format!(".{}", scope.id()))
             .env("FINESTRA_WINDOW_CONSUMER_GROUP", group)
             .env("FINESTRA_WINDOW_MAX_BATCH", "7")

@@ -606,6 +606,7 @@ fn spawn_dispatch(c: &Chain) -> anyhow::Result<std::process::Child> {
     let addr = c.dispatch_url.trim_start_matches("http://").to_owned();
     Ok(
         std::process::Command::new(finestra_testkit::workspace_binary("finestra-dispatch")?)
+            .envs(finestra_testkit::store_env())
             .env("FINESTRA_TOPIC_SUFFIX", format!(".{}", c.scope.id()))
             .env("FINESTRA_DISPATCH_WORKER_GROUP", &cfg.worker_group)
             .env("FINESTRA_DISPATCH_STATUS_GROUP", &cfg.status_group)
@@ -1019,19 +1020,25 @@ async fn tenants_follow_events_on_a_resumable_stream_and_on_signed_retried_webho
     assert!(signed_by(&sig, &body, &rotated.secret) && signed_by(&sig, &body, &hook.secret));
 
     // The endpoint that never answers: dead letters after the give-up time, then a redrive.
-    let dead = eventually("deliveries to the dead endpoint give up", WAIT, || async {
-        let page = admin
-            .clone()
-            .list_dead_letters(v1::ListDeadLettersRequest {
-                tenant_id: c.tenant.clone(),
-                endpoint_id: dead_hook.endpoint_id.clone(),
-                page_size: 1_000,
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        Ok((page.dead_letters.len() >= ids.len()).then_some(page.dead_letters))
-    })
+    // Each delivery gives up 3 s after its first attempt, behind every retry the deliverer
+    // runs meanwhile: on a busy machine that chain takes longer than one ordinary wait.
+    let dead = eventually(
+        "deliveries to the dead endpoint give up",
+        3 * WAIT,
+        || async {
+            let page = admin
+                .clone()
+                .list_dead_letters(v1::ListDeadLettersRequest {
+                    tenant_id: c.tenant.clone(),
+                    endpoint_id: dead_hook.endpoint_id.clone(),
+                    page_size: 1_000,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            Ok((page.dead_letters.len() >= ids.len()).then_some(page.dead_letters))
+        },
+    )
     .await?;
     assert!(
         dead.iter()

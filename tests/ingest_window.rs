@@ -127,6 +127,42 @@ async fn the_same_webhook_posted_three_times_is_one_history_row_and_one_state() 
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_message_redelivered_with_a_later_time_changes_neither_the_window_nor_the_history()
+-> anyhow::Result<()> {
+    let s = Slice::start().await?;
+    let user = "393471110014";
+    let sent = now_secs() - 4 * 3600;
+    assert_eq!(
+        s.post_signed(&s.text("wamid.again.1", user, sent, None))
+            .await?,
+        200
+    );
+    s.wait_history(user, 1).await?;
+    // The provider re-delivers the same message claiming it was sent three hours later.
+    assert_eq!(
+        s.post_signed(&s.text("wamid.again.1", user, sent + 3 * 3600, None))
+            .await?,
+        200
+    );
+    // An older message of the same pair travels the same partition behind the re-delivery.
+    assert_eq!(
+        s.post_signed(&s.text("wamid.again.sentinel", user, sent - 600, None))
+            .await?,
+        200
+    );
+    s.wait_history(user, 2).await?;
+    assert_eq!(s.history_rows(user).await?, 2, "the re-delivery is no row");
+    let w = s.window(user).await?;
+    assert_eq!(
+        secs(w.csw_until.as_ref()),
+        Some(sent + DAY),
+        "the window follows the time the history kept"
+    );
+    s.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn unsigned_wrongly_signed_oversized_and_garbage_posts_are_refused_and_publish_nothing()
 -> anyhow::Result<()> {
     let s = Slice::start().await?;

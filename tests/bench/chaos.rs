@@ -180,6 +180,7 @@ async fn run() -> anyhow::Result<()> {
     drop(broker);
     let reconcile = std::process::Command::new(bin_dir.join("finestra-billing"))
         .arg("reconcile")
+        .envs(finestra_testkit::store_env())
         .env("FINESTRA_LOG", "warn")
         .status()?;
 

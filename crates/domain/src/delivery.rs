@@ -47,6 +47,23 @@ impl Progress {
         }
     }
 
+    /// The message reached the user: a `read` implies `delivered`, whichever came first.
+    pub fn reached_the_user(self) -> bool {
+        matches!(self, Progress::Delivered | Progress::Read)
+    }
+
+    /// What this status does to the money reserved for the message (docs/rules.md §7): a
+    /// message that reached the user is charged, a failed one released, others wait.
+    pub fn settles(self) -> Option<Settles> {
+        if self.reached_the_user() {
+            Some(Settles::Capture)
+        } else if self == Progress::Failed {
+            Some(Settles::Release)
+        } else {
+            None
+        }
+    }
+
     pub fn is_final(self) -> bool {
         matches!(self, Progress::Read | Progress::Failed)
     }
@@ -62,6 +79,13 @@ impl Progress {
             (current, next) => (next > current).then_some(next),
         }
     }
+}
+
+/// How a status settles a message's reservation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settles {
+    Capture,
+    Release,
 }
 
 /// Folds statuses in any order into where they leave a message that is at `start`.
@@ -140,6 +164,18 @@ mod tests {
         Progress::Read,
         Progress::Failed,
     ];
+
+    #[test]
+    fn a_read_settles_like_a_delivery_and_a_failure_releases() {
+        assert_eq!(Progress::Delivered.settles(), Some(Settles::Capture));
+        assert_eq!(
+            Progress::parse("read").and_then(Progress::settles),
+            Some(Settles::Capture)
+        );
+        assert_eq!(Progress::Failed.settles(), Some(Settles::Release));
+        assert_eq!(Progress::Sent.settles(), None);
+        assert_eq!(Progress::Accepted.settles(), None);
+    }
 
     #[test]
     fn statuses_move_forward_only() {

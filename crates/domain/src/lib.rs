@@ -3,6 +3,7 @@
 
 pub mod delivery;
 pub mod fairness;
+pub mod ids;
 pub mod pacing;
 pub mod pricing;
 pub mod send;

@@ -93,10 +93,31 @@ impl Refusal {
 pub struct Admitted {
     pub csw_open: bool,
     pub fep_open: bool,
+    /// This message, a reply inside a referral message's window, starts a free entry point
+    /// (docs/rules.md §1): it is priced inside it, and so is what follows for 72 h.
+    pub starts_fep: bool,
     /// A template outside the window: counts toward the tenant's tier (distinct users / 24 h).
     pub business_initiated: bool,
     /// `None` for free-form.
     pub category: Option<Category>,
+}
+
+impl Admitted {
+    /// The window as pricing sees this message: inside an FEP when one runs or this message
+    /// starts one.
+    pub fn priced_window(&self) -> crate::pricing::WindowAt {
+        crate::pricing::WindowAt {
+            csw_open: self.csw_open,
+            fep_open: self.fep_open || self.starts_fep,
+        }
+    }
+}
+
+/// What a quote asks about: the kind of message, without its content.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Asked {
+    FreeForm,
+    Template,
 }
 
 fn valid_recipient(recipient: &str) -> bool {
@@ -149,6 +170,27 @@ fn validate(message: &Outgoing, recipient: &str) -> Result<(), Refusal> {
 /// Decides a send, checking in docs/rules.md §2's order: tenant → number → block → message →
 /// window → template approved → parameters → marketing opt-out.
 pub fn admit(message: &Outgoing, facts: &Facts<'_>) -> Result<Admitted, Refusal> {
+    let (asked, parameters) = match message {
+        Outgoing::FreeForm(_) => (Asked::FreeForm, None),
+        Outgoing::Template { parameters, .. } => (Asked::Template, Some(parameters.len())),
+    };
+    decide(asked, parameters, Some((message, facts.recipient)), facts)
+}
+
+/// Decides what a send of this kind would be, for a quote: the same checks in the same order
+/// as [`admit`], except those of a content the quote does not carry (the message's form and
+/// its parameters). A quote therefore refuses what a send would refuse and prices what it
+/// would price.
+pub fn admit_quote(asked: Asked, facts: &Facts<'_>) -> Result<Admitted, Refusal> {
+    decide(asked, None, None, facts)
+}
+
+fn decide(
+    asked: Asked,
+    parameters: Option<usize>,
+    content: Option<(&Outgoing, &str)>,
+    facts: &Facts<'_>,
+) -> Result<Admitted, Refusal> {
     if !facts.tenant_active {
         return Err(Refusal::TenantInactive);
     }
@@ -158,30 +200,36 @@ pub fn admit(message: &Outgoing, facts: &Facts<'_>) -> Result<Admitted, Refusal>
     if facts.window.is_blocked() {
         return Err(Refusal::UserBlocked);
     }
-    validate(message, facts.recipient)?;
+    if let Some((message, recipient)) = content {
+        validate(message, recipient)?;
+    }
     let csw_open = facts.window.is_open(facts.now);
     let fep_open = facts.window.fep_open(facts.now);
-    let Outgoing::Template { parameters, .. } = message else {
+    let starts_fep = csw_open && facts.window.fep_eligible(facts.now);
+    if asked == Asked::FreeForm {
         // The FEP changes prices, never what may be sent.
         return if csw_open {
             Ok(Admitted {
                 csw_open,
                 fep_open,
+                starts_fep,
                 business_initiated: false,
                 category: None,
             })
         } else {
             Err(Refusal::WindowClosed)
         };
-    };
+    }
     let template = match facts.template {
-        Some(t) if t.status == Status::Approved => t,
+        Some(t) if t.status.at(facts.now) == Status::Approved => t,
         _ => return Err(Refusal::TemplateNotApproved),
     };
-    if template.parameter_count != parameters.len() {
+    if let Some(given) = parameters
+        && template.parameter_count != given
+    {
         return Err(Refusal::TemplateParamsMismatch {
             expected: template.parameter_count,
-            given: parameters.len(),
+            given,
         });
     }
     if template.category == Category::Marketing && facts.window.is_marketing_opted_out() {
@@ -190,6 +238,7 @@ pub fn admit(message: &Outgoing, facts: &Facts<'_>) -> Result<Admitted, Refusal>
     Ok(Admitted {
         csw_open,
         fep_open,
+        starts_fep,
         business_initiated: !csw_open,
         category: Some(template.category),
     })
@@ -272,6 +321,7 @@ mod tests {
             Admitted {
                 csw_open: false,
                 fep_open: false,
+                starts_fep: false,
                 business_initiated: true,
                 category: Some(Category::Marketing)
             }
@@ -401,5 +451,95 @@ mod tests {
         assert_eq!(admit(&template(1), &f), Err(Refusal::MarketingOptOut));
         // Free-form: the window check comes after validation and before templates.
         assert_eq!(admit(&text("hi"), &f), Err(Refusal::WindowClosed));
+    }
+
+    #[test]
+    fn a_template_whose_pause_has_ended_is_approved_and_one_paused_for_good_is_not() {
+        let open = open_window();
+        let paused_until = |until: Timestamp| TemplateFacts {
+            status: Status::Paused { until },
+            ..APPROVED_MARKETING
+        };
+        let ended = Some(paused_until(NOW));
+        assert!(admit(&template(1), &facts(&open, ended)).is_ok());
+        assert!(admit_quote(Asked::Template, &facts(&open, ended)).is_ok());
+        let running = Some(paused_until(NOW.plus_micros(1)));
+        assert_eq!(
+            admit(&template(1), &facts(&open, running)),
+            Err(Refusal::TemplateNotApproved)
+        );
+        let unknown_end = Status::from_stored("PAUSED", None).expect("a status");
+        let t = Some(TemplateFacts {
+            status: unknown_end,
+            ..APPROVED_MARKETING
+        });
+        assert_eq!(
+            admit_quote(Asked::Template, &facts(&open, t)),
+            Err(Refusal::TemplateNotApproved)
+        );
+    }
+
+    #[test]
+    fn a_reply_inside_a_referral_window_starts_an_fep_and_is_priced_inside_it() {
+        let mut referral = WindowState::default();
+        referral.on_user_message(NOW.plus_hours(-1), "wamid.r", true, NOW);
+        let a = admit(&text("hi"), &facts(&referral, None)).expect("admitted");
+        assert!(a.starts_fep && !a.fep_open);
+        assert!(a.priced_window().fep_open && a.priced_window().csw_open);
+        let q = admit_quote(Asked::FreeForm, &facts(&referral, None)).expect("quoted");
+        assert_eq!(q, a, "the quote decides what the send decides");
+        let plain = open_window();
+        let b = admit(&text("hi"), &facts(&plain, None)).expect("admitted");
+        assert!(!b.starts_fep && !b.priced_window().fep_open);
+    }
+
+    proptest::proptest! {
+        /// Whatever the facts, a quote of a message's kind decides exactly what the send of
+        /// that message decides, except for the content checks a quote cannot make.
+        #[test]
+        fn a_quote_decides_what_the_send_decides(
+            tenant_active: bool,
+            number_active: bool,
+            inbound_hours_ago in proptest::option::of(-2i64..60),
+            referral: bool,
+            blocked: bool,
+            opted_out: bool,
+            replied_hours_ago in proptest::option::of(0i64..80),
+            status in 0u8..6,
+            marketing: bool,
+            free_form: bool,
+        ) {
+            let mut w = WindowState::default();
+            if let Some(h) = inbound_hours_ago {
+                w.on_user_message(NOW.plus_hours(-h), "wamid.p", referral, NOW);
+            }
+            if let Some(h) = replied_hours_ago {
+                w.on_business_reply(NOW.plus_hours(-h));
+            }
+            w.on_block(NOW.plus_hours(-3), blocked);
+            w.on_marketing_preference(NOW.plus_hours(-3), opted_out);
+            let status = match status {
+                0 => Status::Approved,
+                1 => Status::Pending,
+                2 => Status::Rejected,
+                3 => Status::Disabled,
+                4 => Status::Paused { until: NOW.plus_hours(-1) },
+                _ => Status::Paused { until: NOW.plus_hours(1) },
+            };
+            let t = TemplateFacts {
+                status,
+                category: if marketing { Category::Marketing } else { Category::Utility },
+                parameter_count: 1,
+            };
+            let mut f = facts(&w, Some(t));
+            f.tenant_active = tenant_active;
+            f.number_active = number_active;
+            let (message, asked) = if free_form {
+                (text("hi"), Asked::FreeForm)
+            } else {
+                (template(1), Asked::Template)
+            };
+            proptest::prop_assert_eq!(admit(&message, &f), admit_quote(asked, &f));
+        }
     }
 }

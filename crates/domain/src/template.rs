@@ -49,6 +49,30 @@ pub enum Status {
 }
 
 impl Status {
+    /// A status as a store keeps it: its name and, for a pause, when the pause ends (unknown
+    /// means it has not ended). `None` for a name that is no status.
+    pub fn from_stored(name: &str, paused_until: Option<Timestamp>) -> Option<Status> {
+        Some(match name {
+            "PENDING" => Status::Pending,
+            "APPROVED" => Status::Approved,
+            "REJECTED" => Status::Rejected,
+            "DISABLED" => Status::Disabled,
+            "PAUSED" => Status::Paused {
+                until: paused_until.unwrap_or(Timestamp::from_micros(i64::MAX)),
+            },
+            _ => return None,
+        })
+    }
+
+    /// The status as of `now`: a pause whose time is over counts as approved (docs/rules.md
+    /// §4). The one place that rule lives.
+    pub fn at(self, now: Timestamp) -> Status {
+        match self {
+            Status::Paused { until } if now >= until => Status::Approved,
+            s => s,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Status::Pending => "PENDING",
@@ -120,10 +144,7 @@ impl Lifecycle {
 
     /// The status as of `now`: a pause whose time is over counts as approved.
     pub fn status_at(&self, now: Timestamp) -> Status {
-        match self.status {
-            Status::Paused { until } if now >= until => Status::Approved,
-            s => s,
-        }
+        self.status.at(now)
     }
 
     /// Whether a message may use the template at `now`.

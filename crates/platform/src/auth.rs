@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use tonic::{Code, Status};
 
-use crate::status;
+use crate::status::{self, Reason};
 
 /// Upper bound of how long a key or tenant lookup is trusted without asking Postgres.
 pub const CACHE_TTL: Duration = Duration::from_secs(4);
@@ -94,7 +94,7 @@ impl Principal {
         } else {
             Err(status::with_reason(
                 Code::PermissionDenied,
-                "PERMISSION_DENIED",
+                Reason::PermissionDenied,
                 format!("this key lacks the {} scope", scope.as_str()),
                 &[("scope", scope.as_str()), ("key_id", &self.key_id)],
             ))
@@ -145,6 +145,69 @@ pub fn principal<T>(request: &tonic::Request<T>) -> Result<Arc<Principal>, Statu
         .get::<Arc<Principal>>()
         .cloned()
         .ok_or_else(|| Status::unauthenticated("no API key"))
+}
+
+/// Requests that name the tenant they are about (`for_tenant!` implements it).
+pub trait ForTenant {
+    fn tenant_id(&self) -> &str;
+}
+
+macro_rules! for_tenant {
+    ($($t:ident),* $(,)?) => {
+        $(impl ForTenant for finestra_proto::v1::$t {
+            fn tenant_id(&self) -> &str {
+                &self.tenant_id
+            }
+        })*
+    };
+}
+
+// The tenant-level requests of the accounts service.
+for_tenant!(
+    UpdateTenantRequest,
+    SetTenantLimitsRequest,
+    SetTenantStatusRequest,
+    AddNumberRequest,
+    ListNumbersRequest,
+    RotateNumberSecretRequest,
+    GetNumberRequest,
+    UpdateNumberRequest,
+    SetNumberStatusRequest,
+    CreateTemplateRequest,
+    GetTemplateRequest,
+    ListTemplatesRequest,
+    DeleteTemplateRequest,
+);
+// Of billing.
+for_tenant!(
+    QuoteMessageRequest,
+    GetWalletRequest,
+    ListWalletHistoryRequest,
+    TopUpRequest,
+    SetCreditLimitRequest,
+    ListUsageRequest,
+    GetInvoiceRequest,
+);
+// Of dispatch.
+for_tenant!(
+    SendMessageRequest,
+    GetMessageRequest,
+    ListMessagesRequest,
+    StreamEventsRequest,
+    CreateWebhookRequest,
+    ListWebhooksRequest,
+    RotateWebhookSecretRequest,
+    DeleteWebhookRequest,
+    ListDeadLettersRequest,
+    RedriveRequest,
+);
+
+/// A request its key may act on (see [`Authenticator::authorize`]).
+#[derive(Debug)]
+pub struct Authorized<T> {
+    pub principal: Arc<Principal>,
+    pub tenant: Arc<TenantRef>,
+    pub request: T,
 }
 
 /// A new key: `<prefix><40 base62 chars>` (about 238 bits of entropy).
@@ -211,7 +274,7 @@ impl Authenticator {
             .ok_or_else(|| {
                 status::with_reason(
                     Code::Unauthenticated,
-                    "UNAUTHENTICATED",
+                    Reason::Unauthenticated,
                     "an API key is required: authorization: Bearer <key>",
                     &[],
                 )
@@ -221,7 +284,7 @@ impl Authenticator {
         if !is_key_shaped(key) {
             return Err(status::with_reason(
                 Code::Unauthenticated,
-                "UNAUTHENTICATED",
+                Reason::Unauthenticated,
                 "unknown or revoked API key",
                 &[],
             ));
@@ -243,7 +306,7 @@ impl Authenticator {
         found.ok_or_else(|| {
             status::with_reason(
                 Code::Unauthenticated,
-                "UNAUTHENTICATED",
+                Reason::Unauthenticated,
                 "unknown or revoked API key",
                 &[],
             )
@@ -291,6 +354,26 @@ impl Authenticator {
         let tenant = self.tenant(tenant_id).await?;
         principal.authorize(tenant.as_deref(), tenant_id, scope)?;
         tenant.ok_or_else(|| status::not_found("tenant_id", tenant_id))
+    }
+
+    /// The request, once its key may act with `scope` on the tenant it names: another
+    /// tenant's or partner's is NOT_FOUND, a missing scope PERMISSION_DENIED. The preamble of
+    /// every tenant-facing RPC.
+    pub async fn authorize<T: ForTenant>(
+        &self,
+        request: tonic::Request<T>,
+        scope: Scope,
+    ) -> Result<Authorized<T>, Status> {
+        let principal = principal(&request)?;
+        let request = request.into_inner();
+        let tenant = self
+            .authorize_tenant(&principal, request.tenant_id(), scope)
+            .await?;
+        Ok(Authorized {
+            principal,
+            tenant,
+            request,
+        })
     }
 
     /// Drops cached entries after an accounts change (a revoked key: all keys, since the

@@ -210,16 +210,41 @@ pub async fn ensure_around(
     Ok(())
 }
 
+/// Whether a table exists (its name, or NULL).
+const EXISTS: &str = "SELECT to_regclass($1)::text";
+
 /// Moves the rows of `<table>_unpartitioned` (what the migration that partitioned `table`
 /// renamed the old table to) into the partitions of their months, then drops it, in one
 /// transaction; returns how many rows moved. Nothing to do once it is gone.
 pub async fn adopt(pool: &PgPool, table: &Monthly) -> Result<u64, sqlx::Error> {
     let old = format!("{}.{}_unpartitioned", table.schema, table.table);
-    let exists: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+    let found: Option<String> = sqlx::query_scalar(EXISTS)
         .bind(&old)
         .fetch_one(pool)
         .await?;
-    if exists.is_none() {
+    if found.is_none() {
+        return Ok(0);
+    }
+    match move_rows(pool, table, &old).await {
+        // Replicas (and test processes) start together: one adopts, the others find the
+        // table gone (42P01, undefined_table) once it has.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => Ok(0),
+        other => other,
+    }
+}
+
+/// [`adopt`]'s work, once `old` was seen: under a lock, so that one process moves the rows.
+async fn move_rows(pool: &PgPool, table: &Monthly, old: &str) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(old)
+        .execute(&mut *tx)
+        .await?;
+    let found: Option<String> = sqlx::query_scalar(EXISTS)
+        .bind(old)
+        .fetch_one(&mut *tx)
+        .await?;
+    if found.is_none() {
         return Ok(0);
     }
     let micros = match table.key {
@@ -234,12 +259,11 @@ pub async fn adopt(pool: &PgPool, table: &Monthly) -> Result<u64, sqlx::Error> {
         micros.replace("{}", "min"),
         micros.replace("{}", "max")
     ))
-    .fetch_one(pool)
+    .fetch_one(&mut *tx)
     .await?;
     if let (Some(lo), Some(hi)) = (lo, hi) {
         ensure(pool, table, Month::of_micros(lo), Month::of_micros(hi)).await?;
     }
-    let mut tx = pool.begin().await?;
     let moved = sqlx::query(&format!(
         "INSERT INTO {}.{} SELECT * FROM {old}",
         table.schema, table.table

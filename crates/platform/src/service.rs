@@ -116,6 +116,31 @@ pub async fn drain_and_exit(
     std::process::exit(code)
 }
 
+/// The one life of every service binary once its configuration is read and its telemetry set
+/// up: SIGTERM and SIGINT trigger the shutdown, `start` brings the service up (a signal while it
+/// waits for a dependency ends the process cleanly: nothing to drain), it serves until a
+/// signal, then drains within `grace` and exits ([`drain_and_exit`]).
+pub async fn serve_until_signalled<F, Fut>(
+    service: &str,
+    grace: std::time::Duration,
+    telemetry: crate::telemetry::TelemetryGuard,
+    start: F,
+) -> Result<(), StartError>
+where
+    F: FnOnce(crate::Shutdown) -> Fut,
+    Fut: std::future::Future<Output = Result<Running, StartError>>,
+{
+    let shutdown = crate::Shutdown::new();
+    shutdown.trigger_on_signals()?;
+    let running = match start(shutdown.clone()).await {
+        Ok(running) => running,
+        Err(StartError::Interrupted) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    shutdown.wait().await;
+    drain_and_exit(running, grace, service, telemetry).await
+}
+
 /// Serves a tonic router on a pre-bound listener until shutdown, logging a failure instead of
 /// losing it.
 pub fn spawn_grpc(

@@ -8,8 +8,22 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 pub const DOMAIN: &str = "finestra";
 
+/// The reasons a refusal can give: `finestra.v1.ErrorReason` (proto/finestra/v1/errors.proto),
+/// so clients have the list and no service can invent a reason the list lacks.
+pub use finestra_proto::v1::ErrorReason as Reason;
+
 /// A status with an `ErrorInfo { reason, domain: "finestra", metadata }` detail.
 pub fn with_reason(
+    code: Code,
+    reason: Reason,
+    message: impl Into<String>,
+    metadata: &[(&str, &str)],
+) -> Status {
+    forward(code, reason.as_str_name(), message, metadata)
+}
+
+/// A status carrying a reason another Finestra service gave (passed on unchanged).
+pub fn forward(
     code: Code,
     reason: &str,
     message: impl Into<String>,
@@ -30,7 +44,7 @@ pub fn with_reason(
 /// long the client should wait before trying again (refusals for load, not for the request).
 pub fn with_reason_and_retry(
     code: Code,
-    reason: &str,
+    reason: Reason,
     message: impl Into<String>,
     metadata: &[(&str, &str)],
     retry_after: std::time::Duration,
@@ -39,7 +53,7 @@ pub fn with_reason_and_retry(
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
-    let mut details = ErrorDetails::with_error_info(reason, DOMAIN, metadata);
+    let mut details = ErrorDetails::with_error_info(reason.as_str_name(), DOMAIN, metadata);
     details.set_retry_info(Some(retry_after));
     Status::with_error_details(code, message, details)
 }
@@ -53,7 +67,7 @@ pub fn retry_after_of(status: &Status) -> Option<std::time::Duration> {
 pub fn invalid_argument(field: &str, message: impl Into<String>) -> Status {
     with_reason(
         Code::InvalidArgument,
-        "INVALID_ARGUMENT",
+        Reason::InvalidArgument,
         message,
         &[("field", field)],
     )
@@ -118,7 +132,7 @@ pub fn store(context: &str, error: &dyn StoreFailure) -> Status {
         tracing::warn!(error = %error, context, "a store is unavailable");
         with_reason_and_retry(
             Code::Unavailable,
-            "STORE_UNAVAILABLE",
+            Reason::StoreUnavailable,
             format!("{context}: a store did not answer in time; retry"),
             &[],
             STORE_RETRY_AFTER,
@@ -152,8 +166,109 @@ pub fn required<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
 pub fn not_found(kind: &str, id: &str) -> Status {
     with_reason(
         Code::NotFound,
-        "NOT_FOUND",
+        Reason::NotFound,
         format!("no such {kind}"),
         &[(kind, id)],
     )
+}
+
+/// A send refused by the channel's rules (docs/rules.md §2, §8), as SendMessage and
+/// QuoteMessage both answer it.
+pub fn refusal(r: &finestra_domain::send::Refusal, metadata: &[(&str, &str)]) -> Status {
+    use finestra_domain::send::Refusal;
+    let code = match r {
+        Refusal::NumberNotFound => Code::NotFound,
+        Refusal::TenantInactive => Code::FailedPrecondition,
+        Refusal::InvalidMessage(_) | Refusal::TemplateParamsMismatch { .. } => {
+            Code::InvalidArgument
+        }
+        Refusal::UserBlocked
+        | Refusal::WindowClosed
+        | Refusal::TemplateNotApproved
+        | Refusal::MarketingOptOut => Code::FailedPrecondition,
+    };
+    let message = match r {
+        Refusal::TenantInactive => {
+            "the tenant or its partner is suspended: nothing is sent until it is active again"
+                .to_owned()
+        }
+        Refusal::NumberNotFound => "no such phone_number_id".to_owned(),
+        Refusal::UserBlocked => "the user blocked this number".to_owned(),
+        Refusal::InvalidMessage(why) => why.clone(),
+        Refusal::WindowClosed => {
+            "the customer-service window is closed: only approved templates may be sent".to_owned()
+        }
+        Refusal::TemplateNotApproved => {
+            "the template does not exist in that language or is not approved".to_owned()
+        }
+        Refusal::TemplateParamsMismatch { expected, given } => {
+            format!("the template takes {expected} parameters, {given} given")
+        }
+        Refusal::MarketingOptOut => "the user stopped marketing messages".to_owned(),
+    };
+    with_reason(code, refusal_reason(r), message, metadata)
+}
+
+/// The reason of a send refused by the channel's rules.
+pub fn refusal_reason(r: &finestra_domain::send::Refusal) -> Reason {
+    use finestra_domain::send::Refusal;
+    match r {
+        Refusal::TenantInactive => Reason::TenantSuspended,
+        Refusal::NumberNotFound => Reason::NotFound,
+        Refusal::UserBlocked => Reason::UserBlocked,
+        Refusal::InvalidMessage(_) => Reason::InvalidMessage,
+        Refusal::WindowClosed => Reason::WindowClosed,
+        Refusal::TemplateNotApproved => Reason::TemplateNotApproved,
+        Refusal::TemplateParamsMismatch { .. } => Reason::TemplateParamsMismatch,
+        Refusal::MarketingOptOut => Reason::MarketingOptOut,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use finestra_domain::send::Refusal;
+
+    #[test]
+    fn a_refusal_carries_the_reason_the_rules_name() {
+        let all = [
+            Refusal::TenantInactive,
+            Refusal::NumberNotFound,
+            Refusal::UserBlocked,
+            Refusal::InvalidMessage("x".into()),
+            Refusal::WindowClosed,
+            Refusal::TemplateNotApproved,
+            Refusal::TemplateParamsMismatch {
+                expected: 1,
+                given: 2,
+            },
+            Refusal::MarketingOptOut,
+        ];
+        for r in all {
+            let status = refusal(&r, &[("message_id", "m1")]);
+            assert_eq!(reason_of(&status).as_deref(), Some(r.reason()), "{r:?}");
+            assert_eq!(refusal_reason(&r).as_str_name(), r.reason());
+        }
+    }
+
+    #[test]
+    fn every_reason_is_named_as_clients_match_it() {
+        assert_eq!(Reason::WindowClosed.as_str_name(), "WINDOW_CLOSED");
+        assert_eq!(
+            Reason::from_str_name("STORE_UNAVAILABLE"),
+            Some(Reason::StoreUnavailable)
+        );
+        let s = with_reason_and_retry(
+            Code::ResourceExhausted,
+            Reason::TenantRateLimited,
+            "slow down",
+            &[],
+            std::time::Duration::from_millis(300),
+        );
+        assert_eq!(reason_of(&s).as_deref(), Some("TENANT_RATE_LIMITED"));
+        assert_eq!(
+            retry_after_of(&s),
+            Some(std::time::Duration::from_millis(300))
+        );
+    }
 }

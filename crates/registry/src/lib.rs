@@ -307,6 +307,24 @@ pub struct TemplateSendFacts {
     pub paused_until_micros: Option<i64>,
 }
 
+impl TemplateSendFacts {
+    /// The template as the send rules take it (`None` for a status or category no rule
+    /// knows). The stored status is kept as stored: the rules decide what a pause means now.
+    pub fn facts(&self) -> Option<finestra_domain::send::TemplateFacts> {
+        let paused_until = self
+            .paused_until_micros
+            .map(finestra_domain::Timestamp::from_micros);
+        Some(finestra_domain::send::TemplateFacts {
+            status: finestra_domain::template::Status::from_stored(&self.status, paused_until)?,
+            category: finestra_domain::template::Category::parse(&self.category)?,
+            parameter_count: usize::try_from(self.parameter_count).unwrap_or(usize::MAX),
+        })
+    }
+}
+
+const TEMPLATE_SEND_COLUMNS: &str = "status, category, parameter_count,
+     (extract(epoch FROM paused_until) * 1000000)::bigint AS paused_until_micros";
+
 /// The tenant's live (not deleted) template `name` in `language`.
 pub async fn template_send_facts(
     pool: &PgPool,
@@ -314,12 +332,10 @@ pub async fn template_send_facts(
     name: &str,
     language: &str,
 ) -> Result<Option<TemplateSendFacts>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT status, category, parameter_count,
-                (extract(epoch FROM paused_until) * 1000000)::bigint AS paused_until_micros
-           FROM accounts.templates
-          WHERE tenant_id = $1 AND name = $2 AND language = $3 AND deleted_at IS NULL",
-    )
+    sqlx::query_as(&format!(
+        "SELECT {TEMPLATE_SEND_COLUMNS} FROM accounts.templates
+          WHERE tenant_id = $1 AND name = $2 AND language = $3 AND deleted_at IS NULL"
+    ))
     .bind(tenant_id)
     .bind(name)
     .bind(language)
@@ -327,41 +343,25 @@ pub async fn template_send_facts(
     .await
 }
 
-/// A template's (category, status), by id or else by name and language (billing's quotes).
-pub async fn template_category_and_status(
+/// A live template's send facts by id, or else by name and language (billing's quotes).
+pub async fn template_send_facts_by_id_or_name(
     pool: &PgPool,
     tenant_id: &str,
     template_id: &str,
     name: &str,
     language: &str,
-) -> Result<Option<(String, String)>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT category, status FROM accounts.templates
+) -> Result<Option<TemplateSendFacts>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {TEMPLATE_SEND_COLUMNS} FROM accounts.templates
           WHERE tenant_id = $1 AND deleted_at IS NULL
-            AND (template_id = $2 OR ($2 = '' AND name = $3 AND language = $4))",
-    )
+            AND (template_id = $2 OR ($2 = '' AND name = $3 AND language = $4))"
+    ))
     .bind(tenant_id)
     .bind(template_id)
     .bind(name)
     .bind(language)
     .fetch_optional(pool)
     .await
-}
-
-/// Whether `phone_number_id` is one of the tenant's numbers.
-pub async fn number_of_tenant(
-    pool: &PgPool,
-    tenant_id: &str,
-    phone_number_id: &str,
-) -> Result<bool, sqlx::Error> {
-    let row: Option<(i32,)> = sqlx::query_as(
-        "SELECT 1 FROM accounts.numbers WHERE tenant_id = $1 AND phone_number_id = $2",
-    )
-    .bind(tenant_id)
-    .bind(phone_number_id)
-    .fetch_optional(pool)
-    .await?;
-    Ok(row.is_some())
 }
 
 /// The ids of a partner's tenants (billing's partner roll-up).

@@ -42,12 +42,83 @@ pub async fn infra() -> anyhow::Result<Arc<Infra>> {
     Ok(clients)
 }
 
+/// The database the tests use: never the one `make up` serves (`finestra`), so nothing a test
+/// leaves behind (a rate card effective in 2100, say) reaches the dev stack. `make test`
+/// creates it afresh for each run; a test run without `make` creates it when it is missing.
+pub fn test_database_url() -> String {
+    std::env::var("FINESTRA_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/finestra_test".into())
+}
+
+/// The Redis database the tests use (the dev stack uses database 0).
+pub fn test_redis_url() -> String {
+    std::env::var("FINESTRA_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/1".into())
+}
+
+/// The environment a service binary started by a test needs to use the tests' stores.
+pub fn store_env() -> [(&'static str, String); 2] {
+    [
+        ("FINESTRA_DATABASE_URL", test_database_url()),
+        ("FINESTRA_REDIS_URL", test_redis_url()),
+    ]
+}
+
+/// Creates the tests' database if it is missing (several test processes may race to do it).
+async fn create_test_database(url: &str) -> anyhow::Result<()> {
+    use sqlx::ConnectOptions as _;
+    use std::str::FromStr as _;
+    let options = sqlx::postgres::PgConnectOptions::from_str(url)?;
+    let name = options
+        .get_database()
+        .context("the test database url names no database")?
+        .to_owned();
+    anyhow::ensure!(
+        name != "finestra",
+        "the tests never use the dev stack's database `finestra` ({url})"
+    );
+    let mut admin = options
+        .database("postgres")
+        .connect()
+        .await
+        .with_context(|| format!("postgres at {url} (run scripts/infra.sh)"))?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut admin)
+            .await?;
+    if !exists {
+        let created = sqlx::query(&format!(
+            "CREATE DATABASE \"{}\"",
+            name.replace('"', "\"\"")
+        ))
+        .execute(&mut admin)
+        .await;
+        match created {
+            Ok(_) => {}
+            // 42P04 duplicate_database, 23505 when two creators race in the catalogue.
+            Err(sqlx::Error::Database(e))
+                if matches!(e.code().as_deref(), Some("42P04") | Some("23505")) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 /// Applies every schema's migrations with a pool that is closed afterwards.
 async fn migrate() -> anyhow::Result<()> {
     let base = base_config()?;
-    let pool = finestra_platform::stores::postgres(&base)
+    create_test_database(&base.database_url).await?;
+    // Test processes start together on a fresh database: one migrates at a time (the steps
+    // after the migrations proper, such as adopting old rows into partitions, are not safe to
+    // run twice at once). One connection, so the session lock covers every step.
+    let mut one = base.clone();
+    one.db_max_connections = 1;
+    let pool = finestra_platform::stores::postgres(&one)
         .await
         .with_context(|| format!("postgres at {} (run scripts/infra.sh)", base.database_url))?;
+    sqlx::query("SELECT pg_advisory_lock(hashtextextended('finestra-testkit-migrate', 0))")
+        .execute(&pool)
+        .await?;
     finestra_registry::migrate(&pool).await?;
     finestra_window::pg::migrate(&pool).await?;
     finestra_billing::pg::migrate(&pool).await?;
@@ -72,6 +143,8 @@ async fn connect() -> anyhow::Result<Infra> {
 
 fn base_config() -> anyhow::Result<CommonConfig> {
     let mut c = CommonConfig::from_env("127.0.0.1:0", "127.0.0.1:0")?;
+    c.database_url = test_database_url();
+    c.redis_url = test_redis_url();
     c.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));
     c.metrics_addr = SocketAddr::from(([127, 0, 0, 1], 0));
     c.db_max_connections = 5;

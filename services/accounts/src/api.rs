@@ -3,9 +3,11 @@
 
 use std::sync::Arc;
 
+use finestra_domain::ids;
 use finestra_platform::auth::{self, Authenticator, Owner, Principal, Scope};
 use finestra_platform::kafka::{self, Outgoing};
 use finestra_platform::paging::{after, page_size, paginate};
+use finestra_platform::status::Reason;
 use finestra_platform::status::{self, not_found, required};
 use finestra_proto::v1::accounts_service_server::AccountsService;
 use finestra_proto::v1::envelope::Payload;
@@ -25,6 +27,14 @@ pub struct AccountsApi {
 }
 
 /// Why keys of an owner are being reached for.
+/// What a tenant-level call needs of its key.
+#[derive(Clone, Copy)]
+enum Access {
+    Scope(Scope),
+    /// `admin`, and the tenant's partner or the operator (not the tenant itself).
+    AboveTenant,
+}
+
 #[derive(Clone, Copy)]
 enum KeyUse {
     Create,
@@ -44,23 +54,26 @@ fn db_error(context: &str, e: sqlx::Error) -> Status {
             Some("23505") => {
                 return status::with_reason(
                     Code::AlreadyExists,
-                    "ALREADY_EXISTS",
+                    Reason::AlreadyExists,
                     "it exists already",
                     &[],
                 );
             }
             Some("23514") | Some("22001") => {
+                // Inputs are checked before the store (docs/rules.md §10); this is the last
+                // line, and a constraint's name tells a client nothing.
+                tracing::warn!(error = %db, context, "a value passed the checks but not the schema");
                 return status::with_reason(
                     Code::InvalidArgument,
-                    "INVALID_ARGUMENT",
-                    db.message().to_owned(),
+                    Reason::InvalidArgument,
+                    "a value is too long or not allowed here (docs/rules.md §10)",
                     &[],
                 );
             }
             _ => {}
         }
     }
-    status::internal(context, &e)
+    status::store(context, &e)
 }
 
 fn registry_error(context: &str, e: finestra_registry::RegistryError) -> Status {
@@ -69,9 +82,13 @@ fn registry_error(context: &str, e: finestra_registry::RegistryError) -> Status 
         finestra_registry::RegistryError::Invalid { field, reason } => {
             status::invalid_argument(field, reason)
         }
-        other => status::with_reason(
-            Code::FailedPrecondition,
-            "FAILED_PRECONDITION",
+        finestra_registry::RegistryError::UnknownTenant(tenant) => {
+            status::not_found("tenant_id", &tenant)
+        }
+        other @ (finestra_registry::RegistryError::TenantTaken(_)
+        | finestra_registry::RegistryError::NumberTaken { .. }) => status::with_reason(
+            Code::AlreadyExists,
+            Reason::AlreadyExists,
             other.to_string(),
             &[],
         ),
@@ -84,11 +101,41 @@ fn operator_only(p: &Principal) -> Result<(), Status> {
     } else {
         Err(status::with_reason(
             Code::PermissionDenied,
-            "PERMISSION_DENIED",
+            Reason::PermissionDenied,
             "only the operator may do this",
             &[],
         ))
     }
+}
+
+/// `value` when `ok` holds for it, else INVALID_ARGUMENT naming the field and its rule.
+fn checked<'a>(
+    field: &str,
+    value: &'a str,
+    ok: fn(&str) -> bool,
+    rule: &str,
+) -> Result<&'a str, Status> {
+    if ok(value) {
+        Ok(value)
+    } else {
+        Err(status::invalid_argument(field, format!("{field}: {rule}")))
+    }
+}
+
+fn account_id<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
+    checked(field, value, ids::is_account_id, ids::ACCOUNT_ID_RULE)
+}
+
+fn network_id<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
+    checked(field, value, ids::is_network_id, ids::NETWORK_ID_RULE)
+}
+
+fn secret<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
+    checked(field, value, ids::is_secret, ids::SECRET_RULE)
+}
+
+fn name(value: &str) -> Result<&str, Status> {
+    checked("name", value, ids::is_name, ids::NAME_RULE)
 }
 
 fn tier(n: u32) -> Result<Option<i32>, Status> {
@@ -180,12 +227,50 @@ impl AccountsApi {
         }
     }
 
+    /// The request, once its key reaches the tenant it names and may act as `access` asks
+    /// (a tenant out of reach is NOT_FOUND, never confirming it exists). The preamble of every
+    /// tenant-level call.
+    async fn tenant_request<T: auth::ForTenant>(
+        &self,
+        request: Request<T>,
+        access: Access,
+    ) -> Result<T, Status> {
+        let p = auth::principal(&request)?;
+        let req = request.into_inner();
+        self.reachable_tenant(&p, req.tenant_id()).await?;
+        match access {
+            Access::Scope(scope) => p.require(scope)?,
+            Access::AboveTenant => Self::above_tenant(&p)?,
+        }
+        Ok(req)
+    }
+
+    /// Tells the other services a number changed; answers it.
+    async fn number_changed(&self, row: NumberRow) -> Response<v1::Number> {
+        self.announce(
+            Kind::NumberChanged,
+            &row.tenant_id,
+            "",
+            "",
+            &row.phone_number_id,
+        )
+        .await;
+        Response::new(row.into())
+    }
+
+    /// Tells the other services a tenant changed; answers it.
+    async fn tenant_changed(&self, row: TenantRow) -> Response<v1::Tenant> {
+        self.announce(Kind::TenantChanged, &row.tenant_id, &row.partner_id, "", "")
+            .await;
+        Response::new(row.into())
+    }
+
     /// Changing a tenant itself (tier, status) is for its partner or the operator.
     fn above_tenant(p: &Principal) -> Result<(), Status> {
         match p.owner {
             Owner::Tenant { .. } => Err(status::with_reason(
                 Code::PermissionDenied,
-                "PERMISSION_DENIED",
+                Reason::PermissionDenied,
                 "a tenant key cannot change its own tenant",
                 &[],
             )),
@@ -206,8 +291,8 @@ impl AccountsService for AccountsApi {
         let row = sqlx::query_as::<_, PartnerRow>(
             "INSERT INTO accounts.partners (partner_id, name) VALUES ($1, $2) RETURNING partner_id, name, status, created_at",
         )
-        .bind(required("partner_id", &req.partner_id)?)
-        .bind(required("name", &req.name)?)
+        .bind(account_id("partner_id", &req.partner_id)?)
+        .bind(name(&req.name)?)
         .fetch_one(&self.pool)
         .await
         .map_err(|e| db_error("creating a partner", e))?;
@@ -290,16 +375,18 @@ impl AccountsService for AccountsApi {
             "INSERT INTO accounts.tenants (partner_id, tenant_id, name, tier, waba_id) VALUES ($1, $2, $3, $4, nullif($5, '')) RETURNING {TENANT_COLUMNS}"
         ))
         .bind(&req.partner_id)
-        .bind(required("tenant_id", &req.tenant_id)?)
-        .bind(required("name", &req.name)?)
+        .bind(account_id("tenant_id", &req.tenant_id)?)
+        .bind(name(&req.name)?)
         .bind(tier(req.tier)?)
-        .bind(&req.waba_id)
+        .bind(if req.waba_id.is_empty() {
+            ""
+        } else {
+            network_id("waba_id", &req.waba_id)?
+        })
         .fetch_one(&self.pool)
         .await
         .map_err(|e| db_error("creating a tenant", e))?;
-        self.announce(Kind::TenantChanged, &row.tenant_id, &row.partner_id, "", "")
-            .await;
-        Ok(Response::new(row.into()))
+        Ok(self.tenant_changed(row).await)
     }
 
     async fn list_tenants(
@@ -333,15 +420,15 @@ impl AccountsService for AccountsApi {
         &self,
         request: Request<v1::UpdateTenantRequest>,
     ) -> Result<Response<v1::Tenant>, Status> {
-        let p = auth::principal(&request)?;
-        let req = request.into_inner();
-        self.reachable_tenant(&p, &req.tenant_id).await?;
-        Self::above_tenant(&p)?;
+        let req = self.tenant_request(request, Access::AboveTenant).await?;
         let new_tier = if req.tier == 0 {
             None
         } else {
             Some(tier(req.tier)?)
         };
+        if !req.name.is_empty() {
+            name(&req.name)?;
+        }
         let row = sqlx::query_as::<_, TenantRow>(&format!(
             "UPDATE accounts.tenants SET name = coalesce(nullif($2, ''), name),
                     tier = CASE WHEN $3 THEN $4 ELSE tier END
@@ -354,19 +441,14 @@ impl AccountsService for AccountsApi {
         .fetch_one(&self.pool)
         .await
         .map_err(|e| db_error("updating a tenant", e))?;
-        self.announce(Kind::TenantChanged, &row.tenant_id, &row.partner_id, "", "")
-            .await;
-        Ok(Response::new(row.into()))
+        Ok(self.tenant_changed(row).await)
     }
 
     async fn set_tenant_limits(
         &self,
         request: Request<v1::SetTenantLimitsRequest>,
     ) -> Result<Response<v1::Tenant>, Status> {
-        let p = auth::principal(&request)?;
-        let req = request.into_inner();
-        self.reachable_tenant(&p, &req.tenant_id).await?;
-        Self::above_tenant(&p)?;
+        let req = self.tenant_request(request, Access::AboveTenant).await?;
         let wanted = req.limits.unwrap_or_default();
         let limits = finestra_domain::fairness::TenantLimits {
             rate_per_second: wanted.send_rate_per_second,
@@ -396,19 +478,14 @@ impl AccountsService for AccountsApi {
             weight = limits.weight,
             "tenant limits set"
         );
-        self.announce(Kind::TenantChanged, &row.tenant_id, &row.partner_id, "", "")
-            .await;
-        Ok(Response::new(row.into()))
+        Ok(self.tenant_changed(row).await)
     }
 
     async fn set_tenant_status(
         &self,
         request: Request<v1::SetTenantStatusRequest>,
     ) -> Result<Response<v1::Tenant>, Status> {
-        let p = auth::principal(&request)?;
-        let req = request.into_inner();
-        self.reachable_tenant(&p, &req.tenant_id).await?;
-        Self::above_tenant(&p)?;
+        let req = self.tenant_request(request, Access::AboveTenant).await?;
         let status_name = convert::status_name(req.status)?;
         let row = sqlx::query_as::<_, TenantRow>(&format!(
             "UPDATE accounts.tenants SET status = $2 WHERE tenant_id = $1 RETURNING {TENANT_COLUMNS}"
@@ -418,9 +495,7 @@ impl AccountsService for AccountsApi {
         .fetch_one(&self.pool)
         .await
         .map_err(|e| db_error("changing a tenant", e))?;
-        self.announce(Kind::TenantChanged, &row.tenant_id, &row.partner_id, "", "")
-            .await;
-        Ok(Response::new(row.into()))
+        Ok(self.tenant_changed(row).await)
     }
 
     async fn get_tenant(
@@ -438,12 +513,9 @@ impl AccountsService for AccountsApi {
         &self,
         request: Request<v1::AddNumberRequest>,
     ) -> Result<Response<v1::Number>, Status> {
-        let p = auth::principal(&request)?;
-        let req = request.into_inner();
-        self.reachable_tenant(&p, &req.tenant_id).await?;
         // Webhook secrets belong to the partner's provider app: a tenant setting its own
         // could sign webhooks for itself.
-        Self::above_tenant(&p)?;
+        let req = self.tenant_request(request, Access::AboveTenant).await?;
         let throughput = match req.throughput_per_second {
             0 => 80,
             n @ 1..=1_000 => i32::try_from(n).unwrap_or(80),
@@ -458,33 +530,24 @@ impl AccountsService for AccountsApi {
             "INSERT INTO accounts.numbers (phone_number_id, tenant_id, display_phone_number, app_secret, throughput_per_second)
              VALUES ($1, $2, $3, $4, $5) RETURNING {NUMBER_COLUMNS}"
         ))
-        .bind(required("phone_number_id", &req.phone_number_id)?)
+        .bind(network_id("phone_number_id", &req.phone_number_id)?)
         .bind(&req.tenant_id)
         .bind(required("display_phone_number", &req.display_phone_number)?)
-        .bind(required("app_secret", &req.app_secret)?)
+        .bind(secret("app_secret", &req.app_secret)?)
         .bind(throughput)
         .fetch_one(&self.pool)
         .await
         .map_err(|e| db_error("adding a number", e))?;
-        self.announce(
-            Kind::NumberChanged,
-            &row.tenant_id,
-            "",
-            "",
-            &row.phone_number_id,
-        )
-        .await;
-        Ok(Response::new(row.into()))
+        Ok(self.number_changed(row).await)
     }
 
     async fn list_numbers(
         &self,
         request: Request<v1::ListNumbersRequest>,
     ) -> Result<Response<v1::ListNumbersResponse>, Status> {
-        let p = auth::principal(&request)?;
-        let req = request.into_inner();
-        self.reachable_tenant(&p, &req.tenant_id).await?;
-        p.require(Scope::Read)?;
+        let req = self
+            .tenant_request(request, Access::Scope(Scope::Read))
+            .await?;
         let size = page_size(req.page_size)?;
         let rows = sqlx::query_as::<_, NumberRow>(&format!(
             "SELECT {NUMBER_COLUMNS} FROM accounts.numbers WHERE tenant_id = $1 AND phone_number_id > $2
@@ -507,12 +570,9 @@ impl AccountsService for AccountsApi {
         &self,
         request: Request<v1::RotateNumberSecretRequest>,
     ) -> Result<Response<v1::Number>, Status> {
-        let p = auth::principal(&request)?;
-        let req = request.into_inner();
-        self.reachable_tenant(&p, &req.tenant_id).await?;
         // Webhook secrets belong to the partner's provider app: a tenant setting its own
         // could sign webhooks for itself.
-        Self::above_tenant(&p)?;
+        let req = self.tenant_request(request, Access::AboveTenant).await?;
         let overlap = match req.overlap_seconds {
             0 => 24 * 3600,
             n if n <= 7 * 24 * 3600 => i64::from(n),
@@ -530,21 +590,13 @@ impl AccountsService for AccountsApi {
         ))
         .bind(&req.tenant_id)
         .bind(&req.phone_number_id)
-        .bind(required("new_app_secret", &req.new_app_secret)?)
+        .bind(secret("new_app_secret", &req.new_app_secret)?)
         .bind(overlap)
         .fetch_optional(&self.pool)
         .await
         .map_err(|e| db_error("rotating a secret", e))?
         .ok_or_else(|| not_found("phone_number_id", &req.phone_number_id))?;
-        self.announce(
-            Kind::NumberChanged,
-            &row.tenant_id,
-            "",
-            "",
-            &row.phone_number_id,
-        )
-        .await;
-        Ok(Response::new(row.into()))
+        Ok(self.number_changed(row).await)
     }
 
     async fn create_api_key(
@@ -677,7 +729,7 @@ impl AccountsService for AccountsApi {
             "UPDATE accounts.partners SET name = $2 WHERE partner_id = $1 RETURNING partner_id, name, status, created_at",
         )
         .bind(&req.partner_id)
-        .bind(required("name", &req.name)?)
+        .bind(name(&req.name)?)
         .fetch_optional(&self.pool)
         .await
         .map_err(|e| db_error("renaming a partner", e))?
@@ -689,10 +741,9 @@ impl AccountsService for AccountsApi {
         &self,
         request: Request<v1::GetNumberRequest>,
     ) -> Result<Response<v1::Number>, Status> {
-        let p = auth::principal(&request)?;
-        let req = request.into_inner();
-        self.reachable_tenant(&p, &req.tenant_id).await?;
-        p.require(Scope::Read)?;
+        let req = self
+            .tenant_request(request, Access::Scope(Scope::Read))
+            .await?;
         let row = sqlx::query_as::<_, NumberRow>(&format!(
             "SELECT {NUMBER_COLUMNS} FROM accounts.numbers WHERE tenant_id = $1 AND phone_number_id = $2"
         ))
@@ -709,10 +760,9 @@ impl AccountsService for AccountsApi {
         &self,
         request: Request<v1::UpdateNumberRequest>,
     ) -> Result<Response<v1::Number>, Status> {
-        let p = auth::principal(&request)?;
-        let req = request.into_inner();
-        self.reachable_tenant(&p, &req.tenant_id).await?;
-        p.require(Scope::Admin)?;
+        let req = self
+            .tenant_request(request, Access::Scope(Scope::Admin))
+            .await?;
         let throughput = match req.throughput_per_second {
             0 => None,
             n @ 1..=1_000 => Some(i32::try_from(n).unwrap_or(80)),
@@ -736,25 +786,14 @@ impl AccountsService for AccountsApi {
         .await
         .map_err(|e| db_error("updating a number", e))?
         .ok_or_else(|| not_found("phone_number_id", &req.phone_number_id))?;
-        self.announce(
-            Kind::NumberChanged,
-            &row.tenant_id,
-            "",
-            "",
-            &row.phone_number_id,
-        )
-        .await;
-        Ok(Response::new(row.into()))
+        Ok(self.number_changed(row).await)
     }
 
     async fn set_number_status(
         &self,
         request: Request<v1::SetNumberStatusRequest>,
     ) -> Result<Response<v1::Number>, Status> {
-        let p = auth::principal(&request)?;
-        let req = request.into_inner();
-        self.reachable_tenant(&p, &req.tenant_id).await?;
-        Self::above_tenant(&p)?;
+        let req = self.tenant_request(request, Access::AboveTenant).await?;
         let status_name = convert::status_name(req.status)?;
         let row = sqlx::query_as::<_, NumberRow>(&format!(
             "UPDATE accounts.numbers SET status = $3 WHERE tenant_id = $1 AND phone_number_id = $2 RETURNING {NUMBER_COLUMNS}"
@@ -766,25 +805,16 @@ impl AccountsService for AccountsApi {
         .await
         .map_err(|e| db_error("changing a number", e))?
         .ok_or_else(|| not_found("phone_number_id", &req.phone_number_id))?;
-        self.announce(
-            Kind::NumberChanged,
-            &row.tenant_id,
-            "",
-            "",
-            &row.phone_number_id,
-        )
-        .await;
-        Ok(Response::new(row.into()))
+        Ok(self.number_changed(row).await)
     }
 
     async fn create_template(
         &self,
         request: Request<v1::CreateTemplateRequest>,
     ) -> Result<Response<v1::Template>, Status> {
-        let p = auth::principal(&request)?;
-        let req = request.into_inner();
-        self.reachable_tenant(&p, &req.tenant_id).await?;
-        p.require(Scope::Admin)?;
+        let req = self
+            .tenant_request(request, Access::Scope(Scope::Admin))
+            .await?;
         let row = crate::templates::create(&self.pool, &req).await?;
         Ok(Response::new(row.wire(now())))
     }
@@ -793,10 +823,9 @@ impl AccountsService for AccountsApi {
         &self,
         request: Request<v1::GetTemplateRequest>,
     ) -> Result<Response<v1::Template>, Status> {
-        let p = auth::principal(&request)?;
-        let req = request.into_inner();
-        self.reachable_tenant(&p, &req.tenant_id).await?;
-        p.require(Scope::Read)?;
+        let req = self
+            .tenant_request(request, Access::Scope(Scope::Read))
+            .await?;
         let row = crate::templates::get(&self.pool, &req.tenant_id, &req.template_id).await?;
         Ok(Response::new(row.wire(now())))
     }
@@ -805,10 +834,9 @@ impl AccountsService for AccountsApi {
         &self,
         request: Request<v1::ListTemplatesRequest>,
     ) -> Result<Response<v1::ListTemplatesResponse>, Status> {
-        let p = auth::principal(&request)?;
-        let req = request.into_inner();
-        self.reachable_tenant(&p, &req.tenant_id).await?;
-        p.require(Scope::Read)?;
+        let req = self
+            .tenant_request(request, Access::Scope(Scope::Read))
+            .await?;
         let size = page_size(req.page_size)?;
         let rows = sqlx::query_as::<_, crate::templates::TemplateRow>(&format!(
             "SELECT {} FROM accounts.templates WHERE tenant_id = $1 AND deleted_at IS NULL AND template_id > $2
@@ -833,10 +861,9 @@ impl AccountsService for AccountsApi {
         &self,
         request: Request<v1::DeleteTemplateRequest>,
     ) -> Result<Response<v1::Template>, Status> {
-        let p = auth::principal(&request)?;
-        let req = request.into_inner();
-        self.reachable_tenant(&p, &req.tenant_id).await?;
-        p.require(Scope::Admin)?;
+        let req = self
+            .tenant_request(request, Access::Scope(Scope::Admin))
+            .await?;
         let row = sqlx::query_as::<_, crate::templates::TemplateRow>(&format!(
             // Idempotent: deleting again answers the deleted template.
             "UPDATE accounts.templates SET deleted_at = coalesce(deleted_at, now())

@@ -3,6 +3,7 @@
 use finestra_domain::Timestamp;
 use finestra_domain::template::{self, Applied, Category, Lifecycle, Review, Status as TStatus};
 use finestra_platform::status;
+use finestra_platform::status::Reason;
 use finestra_proto::v1;
 use sqlx::PgPool;
 use tonic::{Code, Status};
@@ -117,7 +118,7 @@ pub async fn create(pool: &PgPool, req: &v1::CreateTemplateRequest) -> Result<Te
     .map_err(|e| {
         status::with_reason(
             Code::InvalidArgument,
-            "INVALID_TEMPLATE",
+            Reason::InvalidTemplate,
             e.to_string(),
             &[("name", &req.name)],
         )
@@ -155,7 +156,7 @@ pub async fn create(pool: &PgPool, req: &v1::CreateTemplateRequest) -> Result<Te
     .map_err(|e| match &e {
         sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => status::with_reason(
             Code::AlreadyExists,
-            "ALREADY_EXISTS",
+            Reason::AlreadyExists,
             "the tenant has a template with this name and language",
             &[("name", &req.name), ("language", &req.language)],
         ),
@@ -172,7 +173,7 @@ pub async fn get(pool: &PgPool, tenant_id: &str, template_id: &str) -> Result<Te
     .fetch_optional(pool)
     .await
     .map_err(|e| status::internal("reading a template", &e))?
-    .ok_or_else(|| status::with_reason(Code::NotFound, "NOT_FOUND", "no such template", &[("template_id", template_id)]))
+    .ok_or_else(|| status::with_reason(Code::NotFound, Reason::NotFound, "no such template", &[("template_id", template_id)]))
 }
 
 /// Applies a provider review under a row lock; stale reviews change nothing.
@@ -195,7 +196,7 @@ pub async fn review(
     .fetch_optional(&mut *tx)
     .await
     .map_err(|e| status::internal("reviewing a template", &e))?
-    .ok_or_else(|| status::with_reason(Code::NotFound, "NOT_FOUND", "no such template", &[("template_id", template_id)]))?;
+    .ok_or_else(|| status::with_reason(Code::NotFound, Reason::NotFound, "no such template", &[("template_id", template_id)]))?;
     let mut lifecycle = row.lifecycle();
     match lifecycle.apply(review, at) {
         Ok(Applied::Stale) => return Ok(row),
@@ -203,7 +204,7 @@ pub async fn review(
         Err(e) => {
             return Err(status::with_reason(
                 Code::FailedPrecondition,
-                "INVALID_TRANSITION",
+                Reason::InvalidTransition,
                 e.to_string(),
                 &[("template_id", template_id)],
             ));

@@ -5,10 +5,14 @@ use finestra_domain::wallet::{MAX_AMOUNT_MICROS, is_acceptable_amount};
 use std::sync::Arc;
 
 use finestra_domain::pricing::{FreeBecause, MessageKind, Micros, Quote as DomainQuote, WindowAt};
+use finestra_domain::send::{self, Asked, Facts as SendFacts};
 use finestra_domain::{Clock, Timestamp};
-use finestra_platform::auth::{self, Authenticator, Principal, Scope};
+use finestra_platform::auth::{self, Authenticator, Authorized, Principal, Scope};
 use finestra_platform::paging::{after, page_size, paginate};
-use finestra_platform::status::{internal, invalid_argument, not_found, required, with_reason};
+use finestra_platform::status::Reason;
+use finestra_platform::status::{
+    internal, invalid_argument, not_found, refusal, required, with_reason,
+};
 use finestra_proto::time::{from_micros, to_micros};
 use finestra_proto::v1::billing_service_server::BillingService;
 use finestra_proto::v1::{
@@ -19,6 +23,7 @@ use finestra_proto::v1::{
     ReconcileDifference, ReconcileReport, ReconcileRequest, ReleaseRequest, ReleaseResponse,
     ReserveBatchRequest, ReserveBatchResponse, ReserveRequest, ReserveResponse, ReserveResult,
     SetCreditLimitRequest, SetMarkupRequest, TopUpRequest, UsageRow, Wallet, WalletEntry,
+    WithdrawRateCardRequest,
 };
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
@@ -52,7 +57,7 @@ fn operator_only(p: &Principal, what: &str, scope: Scope) -> Result<(), Status> 
     if !p.is_operator() {
         return Err(with_reason(
             Code::PermissionDenied,
-            "PERMISSION_DENIED",
+            Reason::PermissionDenied,
             format!("{what} needs an operator key"),
             &[("key_id", &p.key_id)],
         ));
@@ -65,7 +70,7 @@ fn partner_or_operator(p: &Principal, tenant_id: &str) -> Result<(), Status> {
     if matches!(p.owner, auth::Owner::Tenant { .. }) {
         return Err(with_reason(
             Code::PermissionDenied,
-            "PERMISSION_DENIED",
+            Reason::PermissionDenied,
             "top-ups and credit limits are set by the tenant's partner",
             &[("tenant_id", tenant_id)],
         ));
@@ -73,15 +78,43 @@ fn partner_or_operator(p: &Principal, tenant_id: &str) -> Result<(), Status> {
     p.require(Scope::Admin)
 }
 
+/// A store failure: `UNAVAILABLE` with retry info when a retry can cure it, else `INTERNAL`.
 fn store(context: &str) -> impl Fn(sqlx::Error) -> Status + '_ {
-    move |e| internal(context, &e)
+    move |e| finestra_platform::status::store(context, &e)
+}
+
+/// The status of a rate card that could not be added or withdrawn.
+fn card_status(context: &str, e: CardError) -> Status {
+    match e {
+        CardError::Store(e) => finestra_platform::status::store(context, &e),
+        CardError::DuplicateVersion(_) => with_reason(
+            Code::AlreadyExists,
+            Reason::AlreadyExists,
+            e.to_string(),
+            &[],
+        ),
+        CardError::TooEarly(_) | CardError::Currency { .. } => with_reason(
+            Code::FailedPrecondition,
+            Reason::CardNotAppendable,
+            e.to_string(),
+            &[],
+        ),
+        CardError::Started { .. } => with_reason(
+            Code::FailedPrecondition,
+            Reason::CardStarted,
+            e.to_string(),
+            &[],
+        ),
+        CardError::NoSuchCard(version) => not_found("rate card", &version),
+        CardError::Syntax(_) | CardError::Pricing(_) => invalid_argument("source", e.to_string()),
+    }
 }
 
 fn pricing_status(e: PriceError, tenant_id: &str) -> Status {
     match e {
         PriceError::Pricing(p) => with_reason(
             Code::FailedPrecondition,
-            "NOT_PRICED",
+            Reason::NotPriced,
             p.to_string(),
             &[("tenant_id", tenant_id)],
         ),
@@ -164,6 +197,11 @@ fn card_of(c: &finestra_domain::pricing::RateCard) -> RateCard {
 }
 
 impl BillingApi {
+    /// A tenant's wallet as the API answers it (in the rate book's currency).
+    fn wallet_response(&self, tenant_id: &str, w: &WalletRow) -> Response<Wallet> {
+        Response::new(wallet_of(tenant_id, self.pricer.currency(), w))
+    }
+
     /// One reservation (the caller is authorized already).
     async fn reserve_one(&self, req: ReserveRequest) -> Result<ReserveResponse, Status> {
         let tenant_id = required("tenant_id", &req.tenant_id)?;
@@ -225,7 +263,7 @@ impl BillingApi {
             }
             Err(ReserveError::InsufficientFunds { needed, available }) => Err(with_reason(
                 Code::FailedPrecondition,
-                "INSUFFICIENT_FUNDS",
+                Reason::InsufficientFunds,
                 format!("{needed} needed, {available} available"),
                 &[
                     ("tenant_id", tenant_id),
@@ -236,7 +274,7 @@ impl BillingApi {
             )),
             Err(ReserveError::Conflict(_)) => Err(with_reason(
                 Code::AlreadyExists,
-                "IDEMPOTENCY_CONFLICT",
+                Reason::IdempotencyConflict,
                 "this message id was reserved for a different charge",
                 &[("tenant_id", tenant_id), ("message_id", message_id)],
             )),
@@ -286,80 +324,65 @@ impl BillingService for BillingApi {
         &self,
         request: Request<QuoteMessageRequest>,
     ) -> Result<Response<Quote>, Status> {
-        let p = auth::principal(&request)?;
-        let req = request.into_inner();
-        let tenant = self
-            .auth
-            .authorize_tenant(&p, &req.tenant_id, Scope::Read)
-            .await?;
+        let Authorized {
+            tenant,
+            request: req,
+            ..
+        } = self.auth.authorize(request, Scope::Read).await?;
         let number = required("phone_number_id", &req.phone_number_id)?;
         let user = required("user", &req.user)?.trim().trim_start_matches('+');
-        if !pricer::number_of_tenant(&self.pool, &req.tenant_id, number)
-            .await
-            .map_err(store("looking up the number"))?
-        {
-            return Err(not_found("phone_number_id", number));
-        }
-        let kind = if req.free_form {
-            MessageKind::FreeForm
+        let asked = if req.free_form {
+            Asked::FreeForm
+        } else if req.template_id.is_empty() && req.template_name.is_empty() {
+            return Err(invalid_argument(
+                "template_id",
+                "free_form, template_id or template_name is required",
+            ));
         } else {
-            if req.template_id.is_empty() && req.template_name.is_empty() {
-                return Err(invalid_argument(
-                    "template_id",
-                    "free_form, template_id or template_name is required",
-                ));
-            }
-            let (category, template_status) = pricer::template_of(
-                &self.pool,
-                &req.tenant_id,
-                &req.template_id,
-                &req.template_name,
-                &req.template_language,
-            )
-            .await
-            .map_err(store("looking up the template"))?
-            .ok_or_else(|| {
-                not_found(
-                    "template",
-                    if req.template_id.is_empty() {
-                        &req.template_name
-                    } else {
-                        &req.template_id
-                    },
-                )
-            })?;
-            if template_status != "APPROVED" {
-                return Err(with_reason(
-                    Code::FailedPrecondition,
-                    "TEMPLATE_NOT_APPROVED",
-                    format!("the template is {template_status}"),
-                    &[("tenant_id", &req.tenant_id), ("status", &template_status)],
-                ));
-            }
-            MessageKind::Template { category }
+            Asked::Template
         };
-        let now = self.clock.now();
-        let window = pricer::window_of(
-            &self.redis,
+        // The facts SendMessage decides on, read the same way, and the same decision
+        // (docs/rules.md §2): a quote refuses what a send would refuse and prices what it would
+        // price, including the free entry point a reply would start.
+        let facts = pricer::send_facts(
             &self.pool,
+            &self.redis,
             &self.redis_prefix,
             &req.tenant_id,
             number,
             user,
+            (asked == Asked::Template).then_some(pricer::TemplateAsked {
+                id: &req.template_id,
+                name: &req.template_name,
+                language: &req.template_language,
+            }),
         )
         .await
-        .map_err(|e| internal("reading the window", &e))?;
-        let open = window.at(now);
-        if kind == MessageKind::FreeForm && !open.csw_open {
-            // docs/rules.md §2: free-form only inside the window (an FEP changes prices, not that);
-            // a quote never prices what a send would refuse.
-            return Err(with_reason(
-                Code::FailedPrecondition,
-                "WINDOW_CLOSED",
-                "the customer-service window is closed: only a template may be sent",
-                &[("tenant_id", &req.tenant_id), ("user", user)],
-            ));
-        }
+        .map_err(|e| finestra_platform::status::store("reading the send's facts", &e))?;
+        let now = self.clock.now();
+        let admitted = send::admit_quote(
+            asked,
+            &SendFacts {
+                tenant_active: facts.tenant_active,
+                number_active: facts.number_active,
+                recipient: user,
+                window: &facts.window,
+                template: facts.template,
+                now,
+            },
+        )
+        .map_err(|r| refusal(&r, &[("tenant_id", &req.tenant_id)]))?;
+        let kind = match admitted.category {
+            Some(category) => MessageKind::Template {
+                category: category.as_str().to_owned(),
+            },
+            None => MessageKind::FreeForm,
+        };
+        let open = admitted.priced_window();
+        let window = WindowFacts {
+            csw_until: facts.window.csw_until,
+            fep_until: facts.window.fep_until,
+        };
         let q = self
             .pricer
             .price(&tenant.partner_id, now, user, &kind, open)
@@ -372,30 +395,18 @@ impl BillingService for BillingApi {
         &self,
         request: Request<GetWalletRequest>,
     ) -> Result<Response<Wallet>, Status> {
-        let p = auth::principal(&request)?;
-        let req = request.into_inner();
-        self.auth
-            .authorize_tenant(&p, &req.tenant_id, Scope::Read)
-            .await?;
+        let req = self.auth.authorize(request, Scope::Read).await?.request;
         let w = pg::wallet(&self.pool, &req.tenant_id)
             .await
             .map_err(store("reading a wallet"))?;
-        Ok(Response::new(wallet_of(
-            &req.tenant_id,
-            self.pricer.currency(),
-            &w,
-        )))
+        Ok(self.wallet_response(&req.tenant_id, &w))
     }
 
     async fn list_wallet_history(
         &self,
         request: Request<ListWalletHistoryRequest>,
     ) -> Result<Response<ListWalletHistoryResponse>, Status> {
-        let p = auth::principal(&request)?;
-        let req = request.into_inner();
-        self.auth
-            .authorize_tenant(&p, &req.tenant_id, Scope::Read)
-            .await?;
+        let req = self.auth.authorize(request, Scope::Read).await?.request;
         let size = page_size(req.page_size)?;
         let after_token = after(&req.page_token)?;
         // Newest first; the token is the last entry id returned.
@@ -456,11 +467,11 @@ impl BillingService for BillingApi {
     }
 
     async fn top_up(&self, request: Request<TopUpRequest>) -> Result<Response<Wallet>, Status> {
-        let p = auth::principal(&request)?;
-        let req = request.into_inner();
-        self.auth
-            .authorize_tenant(&p, &req.tenant_id, Scope::Read)
-            .await?;
+        let Authorized {
+            principal: p,
+            request: req,
+            ..
+        } = self.auth.authorize(request, Scope::Read).await?;
         partner_or_operator(&p, &req.tenant_id)?;
         let top_up_id = required("top_up_id", &req.top_up_id)?;
         if req.amount_micros <= 0 || !is_acceptable_amount(req.amount_micros) {
@@ -493,11 +504,11 @@ impl BillingService for BillingApi {
         &self,
         request: Request<SetCreditLimitRequest>,
     ) -> Result<Response<Wallet>, Status> {
-        let p = auth::principal(&request)?;
-        let req = request.into_inner();
-        self.auth
-            .authorize_tenant(&p, &req.tenant_id, Scope::Read)
-            .await?;
+        let Authorized {
+            principal: p,
+            request: req,
+            ..
+        } = self.auth.authorize(request, Scope::Read).await?;
         partner_or_operator(&p, &req.tenant_id)?;
         for (field, amount) in [
             ("credit_limit_micros", req.credit_limit_micros),
@@ -525,22 +536,14 @@ impl BillingService for BillingApi {
             .forget(&req.tenant_id)
             .await
             .map_err(|e| internal("refreshing the hot wallet", &e))?;
-        Ok(Response::new(wallet_of(
-            &req.tenant_id,
-            self.pricer.currency(),
-            &w,
-        )))
+        Ok(self.wallet_response(&req.tenant_id, &w))
     }
 
     async fn list_usage(
         &self,
         request: Request<ListUsageRequest>,
     ) -> Result<Response<ListUsageResponse>, Status> {
-        let p = auth::principal(&request)?;
-        let req = request.into_inner();
-        self.auth
-            .authorize_tenant(&p, &req.tenant_id, Scope::Read)
-            .await?;
+        let req = self.auth.authorize(request, Scope::Read).await?.request;
         let (Some(from), Some(to)) = (req.from.as_ref(), req.to.as_ref()) else {
             return Err(invalid_argument("from", "from and to are required"));
         };
@@ -582,12 +585,11 @@ impl BillingService for BillingApi {
         &self,
         request: Request<GetInvoiceRequest>,
     ) -> Result<Response<Invoice>, Status> {
-        let p = auth::principal(&request)?;
-        let req = request.into_inner();
-        let tenant = self
-            .auth
-            .authorize_tenant(&p, &req.tenant_id, Scope::Read)
-            .await?;
+        let Authorized {
+            tenant,
+            request: req,
+            ..
+        } = self.auth.authorize(request, Scope::Read).await?;
         let (from, to) = month_of(&req.month)?;
         let by = GroupBy {
             category: true,
@@ -690,26 +692,36 @@ impl BillingService for BillingApi {
         let not_before = self.clock.now().plus_micros(self.card_margin_micros);
         let card = pg::add_card(&self.pool, &req.source, not_before)
             .await
-            .map_err(|e| match e {
-                CardError::Store(e) => internal("adding a rate card", &e),
-                CardError::DuplicateVersion(_) => {
-                    with_reason(Code::AlreadyExists, "ALREADY_EXISTS", e.to_string(), &[])
-                }
-                CardError::TooEarly(_) | CardError::Currency { .. } => with_reason(
-                    Code::FailedPrecondition,
-                    "CARD_NOT_APPENDABLE",
-                    e.to_string(),
-                    &[],
-                ),
-                CardError::Syntax(_) | CardError::Pricing(_) => {
-                    invalid_argument("source", e.to_string())
-                }
-            })?;
+            .map_err(|e| card_status("adding a rate card", e))?;
         self.pricer
             .reload()
             .await
             .map_err(|e| internal("reloading rate cards", &e))?;
         tracing::info!(version = %card.version, "rate card added");
+        Ok(Response::new(card_of(&card)))
+    }
+
+    async fn withdraw_rate_card(
+        &self,
+        request: Request<WithdrawRateCardRequest>,
+    ) -> Result<Response<RateCard>, Status> {
+        let p = auth::principal(&request)?;
+        operator_only(&p, "withdrawing a rate card", Scope::Admin)?;
+        let req = request.into_inner();
+        let version = required("version", &req.version)?;
+        let reason = required("reason", &req.reason)?.trim();
+        if reason.chars().count() > 500 {
+            return Err(invalid_argument("reason", "at most 500 characters"));
+        }
+        let not_before = self.clock.now().plus_micros(self.card_margin_micros);
+        let card = pg::withdraw_card(&self.pool, version, not_before, &p.key_id, reason)
+            .await
+            .map_err(|e| card_status("withdrawing a rate card", e))?;
+        self.pricer
+            .reload()
+            .await
+            .map_err(|e| internal("reloading rate cards", &e))?;
+        tracing::warn!(version = %card.version, key_id = %p.key_id, reason, "rate card withdrawn");
         Ok(Response::new(card_of(&card)))
     }
 

@@ -6,6 +6,7 @@
 //! mirrored in Redis, so a crash re-delivers it and the replay changes nothing.
 
 use finestra_domain::Clock;
+use finestra_domain::delivery::{Progress, Settles};
 use finestra_platform::Shutdown;
 use finestra_platform::kafka::{self, BatchConsumer, Outgoing};
 use finestra_proto::v1::Envelope;
@@ -56,12 +57,16 @@ fn action_of(envelope: &Envelope, now: i64) -> Action {
             if tenant_id.is_empty() || message_id.is_empty() {
                 return Action::Nothing;
             }
-            let end = match s.status.as_str() {
-                // A `read` can arrive before (or instead of) `delivered`: it implies delivery.
-                "delivered" | "read" => End::Capture,
-                "failed" => End::Release,
-                "sent" => return Action::Sent(tenant_id, message_id),
-                _ => return Action::Nothing,
+            let Some(progress) = Progress::parse(&s.status) else {
+                return Action::Nothing;
+            };
+            let end = match progress.settles() {
+                Some(Settles::Capture) => End::Capture,
+                Some(Settles::Release) => End::Release,
+                None if progress == Progress::Sent => {
+                    return Action::Sent(tenant_id, message_id);
+                }
+                None => return Action::Nothing,
             };
             Action::Settle(Settlement {
                 tenant_id,
@@ -168,6 +173,7 @@ impl Loop {
         reservations::mark_sent(&self.pool, &sent).await?;
         let settled = reservations::settle(&self.pool, &settlements).await?;
         *batches_written += 1;
+        #[cfg(feature = "failpoints")]
         if self.crash_after_batches == Some(*batches_written) {
             tracing::error!("failpoint: aborting after the ledger write, before the commit");
             std::process::abort();

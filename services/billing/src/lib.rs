@@ -41,14 +41,22 @@ pub struct BillingConfig {
     pub card_margin: Duration,
     pub reserve_batch: usize,
     pub reserve_parallel: usize,
-    /// Test failpoint (`FINESTRA_BILLING_CRASH_AFTER_BATCHES`): abort after this many
-    /// consumer batches were written to Postgres, before the offset commit.
+    /// Test failpoint (`FINESTRA_BILLING_CRASH_AFTER_BATCHES`, only in a build with the
+    /// `failpoints` feature, which `make test` enables): abort after this many consumer
+    /// batches were written to Postgres, before the offset commit.
     pub crash_after_batches: Option<u64>,
 }
 
 impl BillingConfig {
     pub fn from_env() -> Result<Self, ConfigError> {
         let crash: u64 = env_parse("BILLING_CRASH_AFTER_BATCHES", 0u64)?;
+        if crash > 0 && !cfg!(feature = "failpoints") {
+            return Err(ConfigError::Invalid {
+                name: "FINESTRA_BILLING_CRASH_AFTER_BATCHES".into(),
+                value: crash.to_string(),
+                reason: "a test failpoint; this build has none (cargo feature `failpoints`)".into(),
+            });
+        }
         Ok(Self {
             common: CommonConfig::from_env("0.0.0.0:7053", "0.0.0.0:9103")?,
             consumer_group: env_string("BILLING_CONSUMER_GROUP", "finestra-billing"),

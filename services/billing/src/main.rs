@@ -1,6 +1,6 @@
 use std::sync::Arc;
 
-use finestra_platform::{Shutdown, SystemClock, stores, telemetry};
+use finestra_platform::{SystemClock, stores, telemetry};
 
 // glibc's malloc was a fifth of the CPU of a loaded service (perf); mimalloc is cheaper.
 #[global_allocator]
@@ -11,7 +11,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = finestra_billing::BillingConfig::from_env()?;
-    let _telemetry = telemetry::init("finestra-billing", config.common.otlp_endpoint.as_deref())?;
+    let telemetry = telemetry::init("finestra-billing", config.common.otlp_endpoint.as_deref())?;
     if std::env::args().nth(1).as_deref() == Some("migrate") {
         let pool = stores::postgres(&config.common).await?;
         finestra_billing::pg::migrate(&pool).await?;
@@ -56,15 +56,10 @@ async fn main() -> anyhow::Result<()> {
         println!("reconcile: the books balance");
         return Ok(());
     }
-    let shutdown = Shutdown::new();
-    shutdown.trigger_on_signals()?;
     let grace = config.common.shutdown_grace;
-    let running =
-        match finestra_billing::start(config, Arc::new(SystemClock), shutdown.clone()).await {
-            Ok(running) => running,
-            Err(finestra_platform::StartError::Interrupted) => return Ok(()),
-            Err(e) => return Err(e.into()),
-        };
-    shutdown.wait().await;
-    finestra_platform::service::drain_and_exit(running, grace, "billing", _telemetry).await
+    finestra_platform::service::serve_until_signalled("billing", grace, telemetry, |shutdown| {
+        finestra_billing::start(config, Arc::new(SystemClock), shutdown)
+    })
+    .await?;
+    Ok(())
 }

@@ -30,6 +30,12 @@ pub enum CardError {
     Currency { card: String, wallets: String },
     #[error("a card with version {0} exists")]
     DuplicateVersion(String),
+    #[error("no rate card has version {0}")]
+    NoSuchCard(String),
+    #[error(
+        "the card starts at {starts}, not after {floor}: a card that may have priced a message stays"
+    )]
+    Started { starts: Timestamp, floor: Timestamp },
     #[error(transparent)]
     Store(#[from] sqlx::Error),
 }
@@ -109,6 +115,52 @@ pub async fn add_card(
     if inserted.rows_affected() == 0 {
         return Err(CardError::DuplicateVersion(card.version));
     }
+    tx.commit().await?;
+    Ok(card)
+}
+
+/// Withdraws the card `version`, which must start after `not_before` (now plus the reload
+/// margin: no replica has priced with it), keeping it with `by` and `reason` in
+/// `rate_card_withdrawals`.
+pub async fn withdraw_card(
+    pool: &PgPool,
+    version: &str,
+    not_before: Timestamp,
+    by: &str,
+    reason: &str,
+) -> Result<RateCard, CardError> {
+    let mut tx = pool.begin().await?;
+    // Serialises with appends, which check the newest card.
+    sqlx::query("LOCK TABLE billing.rate_cards IN EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await?;
+    let found: Option<(i64, String)> =
+        sqlx::query_as("SELECT effective_from, source FROM billing.rate_cards WHERE version = $1")
+            .bind(version)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some((effective_from, source)) = found else {
+        return Err(CardError::NoSuchCard(version.to_owned()));
+    };
+    let starts = Timestamp::from_micros(effective_from);
+    if starts <= not_before {
+        return Err(CardError::Started {
+            starts,
+            floor: not_before,
+        });
+    }
+    let card = pricing::parse_card(&source)?;
+    sqlx::query(
+        "WITH gone AS (DELETE FROM billing.rate_cards WHERE version = $1 RETURNING *)
+         INSERT INTO billing.rate_card_withdrawals
+             (version, effective_from, currency, source, added_at, withdrawn_by, reason)
+         SELECT version, effective_from, currency, source, created_at, $2, $3 FROM gone",
+    )
+    .bind(version)
+    .bind(by)
+    .bind(reason)
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(card)
 }

@@ -5,10 +5,11 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use finestra_domain::Timestamp;
 use finestra_domain::pricing::{
     self, MarkupPlan, MessageKind, Quote, RateBook, RateCard, WindowAt,
 };
+use finestra_domain::send::TemplateFacts;
+use finestra_domain::{Timestamp, WindowState};
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 
@@ -118,44 +119,64 @@ pub enum PriceError {
     Poisoned,
 }
 
-/// Reads a pair's window through the window service's read model (Redis hash, else Postgres;
-/// `finestra_registry::windows`).
-pub async fn window_of(
-    redis: &ConnectionManager,
+pub use finestra_registry::windows::WindowReadError;
+
+/// The template a quote asks about: by id, or else by name and language.
+#[derive(Clone, Copy, Debug)]
+pub struct TemplateAsked<'a> {
+    pub id: &'a str,
+    pub name: &'a str,
+    pub language: &'a str,
+}
+
+/// What a quote is decided on, read as dispatch reads it for a send: the tenant and number
+/// through the accounts schema's read model, the window through the window service's (Redis
+/// hash, else Postgres), the template as stored.
+#[derive(Clone, Debug, Default)]
+pub struct SendFacts {
+    pub tenant_active: bool,
+    /// The number exists, is the tenant's and is active.
+    pub number_active: bool,
+    pub window: WindowState,
+    pub template: Option<TemplateFacts>,
+}
+
+pub async fn send_facts(
     pool: &PgPool,
+    redis: &ConnectionManager,
     prefix: &str,
     tenant_id: &str,
     phone_number_id: &str,
     user: &str,
-) -> Result<WindowFacts, WindowReadError> {
-    let state =
+    template: Option<TemplateAsked<'_>>,
+) -> Result<SendFacts, WindowReadError> {
+    let tenant_active = finestra_registry::tenant_send_facts(pool, tenant_id)
+        .await?
+        .is_some_and(|t| t.active);
+    let number_active = finestra_registry::number_send_facts(pool, phone_number_id)
+        .await?
+        .is_some_and(|n| n.tenant_id == tenant_id && n.status == "active");
+    if !number_active {
+        return Ok(SendFacts {
+            tenant_active,
+            ..SendFacts::default()
+        });
+    }
+    let window =
         finestra_registry::windows::read(redis, pool, prefix, tenant_id, phone_number_id, user)
             .await?;
-    Ok(WindowFacts {
-        csw_until: state.csw_until,
-        fep_until: state.fep_until,
+    let template = match template {
+        Some(t) => finestra_registry::template_send_facts_by_id_or_name(
+            pool, tenant_id, t.id, t.name, t.language,
+        )
+        .await?
+        .and_then(|row| row.facts()),
+        None => None,
+    };
+    Ok(SendFacts {
+        tenant_active,
+        number_active,
+        window,
+        template,
     })
-}
-
-pub use finestra_registry::windows::WindowReadError;
-
-/// A template's pricing category and review status (accounts' record), if the tenant has it.
-pub async fn template_of(
-    pool: &PgPool,
-    tenant_id: &str,
-    template_id: &str,
-    name: &str,
-    language: &str,
-) -> Result<Option<(String, String)>, sqlx::Error> {
-    finestra_registry::template_category_and_status(pool, tenant_id, template_id, name, language)
-        .await
-}
-
-/// Whether the number is the tenant's.
-pub async fn number_of_tenant(
-    pool: &PgPool,
-    tenant_id: &str,
-    phone_number_id: &str,
-) -> Result<bool, sqlx::Error> {
-    finestra_registry::number_of_tenant(pool, tenant_id, phone_number_id).await
 }

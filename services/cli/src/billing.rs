@@ -113,6 +113,13 @@ pub enum RateCardCommand {
         #[arg(long)]
         file: std::path::PathBuf,
     },
+    /// Withdraw a card that has not started yet (audited: the card, your key, the reason).
+    Withdraw {
+        #[arg(long)]
+        version: String,
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -453,6 +460,14 @@ pub async fn run(
                 .map_err(rpc_error)?
                 .into_inner();
             println!("rate card {} added", card.version);
+        }
+        BillingCommand::RateCard(RateCardCommand::Withdraw { version, reason }) => {
+            let card = c
+                .withdraw_rate_card(v1::WithdrawRateCardRequest { version, reason })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            println!("rate card {} withdrawn", card.version);
         }
         BillingCommand::Markup(m) => {
             let markups = match m {

@@ -435,6 +435,24 @@ async fn accounts(api: &Api) -> anyhow::Result<AccountsServiceClient<AuthedChann
 }
 
 /// One line with the status's reason, e.g. `NOT_FOUND: no such tenant`.
+/// Walks a listing page by page: `fetch` gets the page token ("" first) and answers the page's
+/// items and the next token ("" after the last page); `each` sees every item.
+async fn for_each_page<T, F, Fut>(mut fetch: F, mut each: impl FnMut(&T)) -> anyhow::Result<()>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, String), tonic::Status>>,
+{
+    let mut token = String::new();
+    loop {
+        let (items, next) = fetch(token).await.map_err(rpc_error)?;
+        items.iter().for_each(&mut each);
+        if next.is_empty() {
+            return Ok(());
+        }
+        token = next;
+    }
+}
+
 fn rpc_error(s: tonic::Status) -> anyhow::Error {
     let reason =
         finestra_platform::status::reason_of(&s).unwrap_or_else(|| format!("{:?}", s.code()));
@@ -751,23 +769,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     print(&t);
                 }
                 TenantCommand::List { partner } => {
-                    let mut token = String::new();
-                    loop {
-                        let page = c
-                            .list_tenants(v1::ListTenantsRequest {
+                    for_each_page(
+                        |page_token| {
+                            let mut c = c.clone();
+                            let request = v1::ListTenantsRequest {
                                 partner_id: partner.clone(),
                                 page_size: 100,
-                                page_token: token,
-                            })
-                            .await
-                            .map_err(rpc_error)?
-                            .into_inner();
-                        page.tenants.iter().for_each(print);
-                        if page.next_page_token.is_empty() {
-                            break;
-                        }
-                        token = page.next_page_token;
-                    }
+                                page_token,
+                            };
+                            async move {
+                                let page = c.list_tenants(request).await?.into_inner();
+                                Ok((page.tenants, page.next_page_token))
+                            }
+                        },
+                        print,
+                    )
+                    .await?;
                 }
                 TenantCommand::Suspend { id } => {
                     let t = c
@@ -853,23 +870,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     print(&n);
                 }
                 NumberCommand::List { tenant } => {
-                    let mut token = String::new();
-                    loop {
-                        let page = c
-                            .list_numbers(v1::ListNumbersRequest {
+                    for_each_page(
+                        |page_token| {
+                            let mut c = c.clone();
+                            let request = v1::ListNumbersRequest {
                                 tenant_id: tenant.clone(),
                                 page_size: 1_000,
-                                page_token: token,
-                            })
-                            .await
-                            .map_err(rpc_error)?
-                            .into_inner();
-                        page.numbers.iter().for_each(print);
-                        if page.next_page_token.is_empty() {
-                            break;
-                        }
-                        token = page.next_page_token;
-                    }
+                                page_token,
+                            };
+                            async move {
+                                let page = c.list_numbers(request).await?.into_inner();
+                                Ok((page.numbers, page.next_page_token))
+                            }
+                        },
+                        print,
+                    )
+                    .await?;
                 }
             }
         }
@@ -930,24 +946,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                 }
                 KeyCommand::List { partner, tenant } => {
-                    let mut token = String::new();
-                    loop {
-                        let page = c
-                            .list_api_keys(v1::ListApiKeysRequest {
+                    for_each_page(
+                        |page_token| {
+                            let mut c = c.clone();
+                            let request = v1::ListApiKeysRequest {
                                 partner_id: partner.clone().unwrap_or_default(),
                                 tenant_id: tenant.clone().unwrap_or_default(),
                                 page_size: 1_000,
-                                page_token: token,
-                            })
-                            .await
-                            .map_err(rpc_error)?
-                            .into_inner();
-                        page.keys.iter().for_each(print);
-                        if page.next_page_token.is_empty() {
-                            break;
-                        }
-                        token = page.next_page_token;
-                    }
+                                page_token,
+                            };
+                            async move {
+                                let page = c.list_api_keys(request).await?.into_inner();
+                                Ok((page.keys, page.next_page_token))
+                            }
+                        },
+                        print,
+                    )
+                    .await?;
                 }
                 KeyCommand::Revoke { key_id } => {
                     let k = c
@@ -988,23 +1003,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     print_template(&t, json);
                 }
                 TemplateCommand::List { tenant } => {
-                    let mut token = String::new();
-                    loop {
-                        let page = c
-                            .list_templates(v1::ListTemplatesRequest {
+                    for_each_page(
+                        |page_token| {
+                            let mut c = c.clone();
+                            let request = v1::ListTemplatesRequest {
                                 tenant_id: tenant.clone(),
                                 page_size: 1_000,
-                                page_token: token,
-                            })
-                            .await
-                            .map_err(rpc_error)?
-                            .into_inner();
-                        page.templates.iter().for_each(|t| print_template(t, json));
-                        if page.next_page_token.is_empty() {
-                            break;
-                        }
-                        token = page.next_page_token;
-                    }
+                                page_token,
+                            };
+                            async move {
+                                let page = c.list_templates(request).await?.into_inner();
+                                Ok((page.templates, page.next_page_token))
+                            }
+                        },
+                        |t| print_template(t, json),
+                    )
+                    .await?;
                 }
                 TemplateCommand::Show { tenant, id } => {
                     let t = c

@@ -216,7 +216,7 @@ async fn run_batch(
                 ))));
             }
             None => {
-                let status = finestra_platform::status::with_reason(
+                let status = finestra_platform::status::forward(
                     Code::from_i32(r.code),
                     &r.reason,
                     r.message,

@@ -7,8 +7,9 @@ use std::time::Duration;
 use finestra_domain::fairness::{RateLimit, ShareRefusal};
 use finestra_domain::send::{self, Facts as SendFacts, Outgoing, Refusal};
 use finestra_domain::{Clock, Timestamp};
-use finestra_platform::auth::{self, Authenticator, Scope};
+use finestra_platform::auth::{Authenticator, Scope};
 use finestra_platform::paging;
+use finestra_platform::status::Reason;
 use finestra_platform::status::{
     self, invalid_argument, not_found, required, with_reason, with_reason_and_retry,
 };
@@ -53,43 +54,13 @@ pub struct DispatchApi {
 }
 
 fn refusal_status(r: &Refusal, message_id: &str) -> Status {
-    let code = match r {
-        Refusal::NumberNotFound => Code::NotFound,
-        Refusal::TenantInactive => Code::FailedPrecondition,
-        Refusal::InvalidMessage(_) | Refusal::TemplateParamsMismatch { .. } => {
-            Code::InvalidArgument
-        }
-        Refusal::UserBlocked
-        | Refusal::WindowClosed
-        | Refusal::TemplateNotApproved
-        | Refusal::MarketingOptOut => Code::FailedPrecondition,
-    };
-    let message = match r {
-        Refusal::TenantInactive => {
-            "the tenant or its partner is suspended: nothing is sent until it is active again"
-                .to_owned()
-        }
-        Refusal::NumberNotFound => "no such phone_number_id".to_owned(),
-        Refusal::UserBlocked => "the user blocked this number".to_owned(),
-        Refusal::InvalidMessage(why) => why.clone(),
-        Refusal::WindowClosed => {
-            "the customer-service window is closed: only approved templates may be sent".to_owned()
-        }
-        Refusal::TemplateNotApproved => {
-            "the template does not exist in that language or is not approved".to_owned()
-        }
-        Refusal::TemplateParamsMismatch { expected, given } => {
-            format!("the template takes {expected} parameters, {given} given")
-        }
-        Refusal::MarketingOptOut => "the user stopped marketing messages".to_owned(),
-    };
-    with_reason(code, r.reason(), message, &[("message_id", message_id)])
+    finestra_platform::status::refusal(r, &[("message_id", message_id)])
 }
 
 fn conflict(message_id: &str) -> Status {
     with_reason(
         Code::AlreadyExists,
-        "IDEMPOTENCY_CONFLICT",
+        Reason::IdempotencyConflict,
         "this idempotency_key was used with a different request",
         &[("message_id", message_id)],
     )
@@ -102,7 +73,7 @@ fn tenant_rate_limited(tenant_id: &str, why: &str, retry_after: Duration) -> Sta
         .increment(1);
     with_reason_and_retry(
         Code::ResourceExhausted,
-        "TENANT_RATE_LIMITED",
+        Reason::TenantRateLimited,
         format!("{why}; retry with the same idempotency key after the RetryInfo delay"),
         &[("tenant_id", tenant_id)],
         retry_after,
@@ -153,50 +124,7 @@ fn replayed(r: &MessageRow) -> SendMessageResponse {
     }
 }
 
-/// Requests that name the tenant they are about.
-trait ForTenant {
-    fn tenant_id(&self) -> &str;
-}
-
-macro_rules! for_tenant {
-    ($($t:ty),*) => {
-        $(impl ForTenant for $t {
-            fn tenant_id(&self) -> &str {
-                &self.tenant_id
-            }
-        })*
-    };
-}
-
-for_tenant!(
-    SendMessageRequest,
-    GetMessageRequest,
-    ListMessagesRequest,
-    StreamEventsRequest,
-    CreateWebhookRequest,
-    ListWebhooksRequest,
-    RotateWebhookSecretRequest,
-    DeleteWebhookRequest,
-    ListDeadLettersRequest,
-    RedriveRequest
-);
-
 impl DispatchApi {
-    /// The request, once its key may act on the tenant it names with `scope` (another
-    /// tenant's or partner's is NOT_FOUND, a missing scope PERMISSION_DENIED).
-    async fn authorized<T: ForTenant>(
-        &self,
-        request: Request<T>,
-        scope: Scope,
-    ) -> Result<T, Status> {
-        let p = auth::principal(&request)?;
-        let req = request.into_inner();
-        self.auth
-            .authorize_tenant(&p, req.tenant_id(), scope)
-            .await?;
-        Ok(req)
-    }
-
     fn store_error(&self, context: &str, e: &dyn status::StoreFailure) -> Status {
         status::store(context, e)
     }
@@ -261,7 +189,7 @@ impl DispatchApi {
             if tokio::time::Instant::now() >= deadline {
                 return Err(with_reason(
                     Code::Aborted,
-                    "IN_PROGRESS",
+                    Reason::InProgress,
                     "a request with this idempotency_key is still in progress; retry",
                     &[("message_id", message_id)],
                 ));
@@ -322,7 +250,7 @@ impl DispatchApi {
         }
         let recipient = content::recipient(&req.to).to_owned();
         let parsed = content::parse(&req)
-            .map_err(|e| with_reason(Code::InvalidArgument, "INVALID_MESSAGE", e.0, &[]))?;
+            .map_err(|e| with_reason(Code::InvalidArgument, Reason::InvalidMessage, e.0, &[]))?;
         let message_id = content::message_id(&tenant_id, &key);
         let hash = content::request_hash(&req);
 
@@ -427,7 +355,7 @@ impl DispatchApi {
         let template = match &parsed.outgoing {
             Outgoing::Template { name, language, .. } if number_active => self
                 .facts
-                .template(tenant_id, name, language, now)
+                .template(tenant_id, name, language)
                 .await
                 .map_err(|e| self.store_error("reading a template", &e))?,
             _ => None,
@@ -448,7 +376,6 @@ impl DispatchApi {
                 .increment(1);
             refusal_status(&r, message_id)
         })?;
-        let starts_fep = admitted.csw_open && window.fep_eligible(now);
         let mut counted = false;
         if admitted.business_initiated {
             match self.tier(tenant_id, recipient, now).await? {
@@ -457,7 +384,7 @@ impl DispatchApi {
                         .increment(1);
                     return Err(with_reason(
                         Code::ResourceExhausted,
-                        "TIER_LIMIT_REACHED",
+                        Reason::TierLimitReached,
                         "the tenant's tier allows no more new users in the last 24 hours",
                         &[("message_id", message_id)],
                     ));
@@ -495,14 +422,14 @@ impl DispatchApi {
             free: true,
             free_reason: String::new(),
             business_initiated: admitted.business_initiated,
-            starts_fep,
+            starts_fep: admitted.starts_fep,
             accepted_at: now.micros(),
         };
         let (reply, answer) = oneshot::channel();
         let pending = Pending {
             message,
-            csw_open: admitted.csw_open,
-            fep_open: admitted.fep_open || starts_fep,
+            csw_open: admitted.priced_window().csw_open,
+            fep_open: admitted.priced_window().fep_open,
             traceparent: finestra_platform::trace::current(),
             reply,
         };
@@ -544,7 +471,7 @@ impl DispatchApi {
             }
             Err(Refused::Unavailable(why)) => Err(with_reason_and_retry(
                 Code::Unavailable,
-                "STORE_UNAVAILABLE",
+                Reason::StoreUnavailable,
                 why,
                 &[("message_id", message_id)],
                 status::STORE_RETRY_AFTER,
@@ -568,7 +495,7 @@ impl DispatchService for DispatchApi {
         &self,
         request: Request<StreamEventsRequest>,
     ) -> Result<Response<Self::StreamEventsStream>, Status> {
-        let req = self.authorized(request, Scope::Read).await?;
+        let req = self.auth.authorize(request, Scope::Read).await?.request;
         let start = tenant_api::stream_start(self.facts.pool(), &req).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         tokio::spawn(tenant_api::feed(
@@ -588,7 +515,7 @@ impl DispatchService for DispatchApi {
         &self,
         request: Request<CreateWebhookRequest>,
     ) -> Result<Response<Webhook>, Status> {
-        let req = self.authorized(request, Scope::Admin).await?;
+        let req = self.auth.authorize(request, Scope::Admin).await?.request;
         let now = self.clock.now().micros();
         tenant_api::create_webhook(self.facts.pool(), req, now)
             .await
@@ -599,7 +526,7 @@ impl DispatchService for DispatchApi {
         &self,
         request: Request<ListWebhooksRequest>,
     ) -> Result<Response<ListWebhooksResponse>, Status> {
-        let req = self.authorized(request, Scope::Read).await?;
+        let req = self.auth.authorize(request, Scope::Read).await?.request;
         let webhooks = tenant_api::list_webhooks(self.facts.pool(), &req.tenant_id).await?;
         Ok(Response::new(ListWebhooksResponse { webhooks }))
     }
@@ -608,7 +535,7 @@ impl DispatchService for DispatchApi {
         &self,
         request: Request<RotateWebhookSecretRequest>,
     ) -> Result<Response<Webhook>, Status> {
-        let req = self.authorized(request, Scope::Admin).await?;
+        let req = self.auth.authorize(request, Scope::Admin).await?.request;
         let now = self.clock.now().micros();
         tenant_api::rotate_secret(self.facts.pool(), req, now)
             .await
@@ -619,7 +546,7 @@ impl DispatchService for DispatchApi {
         &self,
         request: Request<DeleteWebhookRequest>,
     ) -> Result<Response<Webhook>, Status> {
-        let req = self.authorized(request, Scope::Admin).await?;
+        let req = self.auth.authorize(request, Scope::Admin).await?.request;
         let now = self.clock.now().micros();
         tenant_api::delete_webhook(self.facts.pool(), &req.tenant_id, &req.endpoint_id, now)
             .await
@@ -630,7 +557,7 @@ impl DispatchService for DispatchApi {
         &self,
         request: Request<ListDeadLettersRequest>,
     ) -> Result<Response<ListDeadLettersResponse>, Status> {
-        let req = self.authorized(request, Scope::Read).await?;
+        let req = self.auth.authorize(request, Scope::Read).await?.request;
         tenant_api::list_dead_letters(self.facts.pool(), &req)
             .await
             .map(Response::new)
@@ -640,7 +567,7 @@ impl DispatchService for DispatchApi {
         &self,
         request: Request<RedriveRequest>,
     ) -> Result<Response<RedriveResponse>, Status> {
-        let req = self.authorized(request, Scope::Admin).await?;
+        let req = self.auth.authorize(request, Scope::Admin).await?.request;
         let now = self.clock.now().micros();
         let answer = tenant_api::redrive(self.facts.pool(), &req, now).await?;
         self.recorded.notify_waiters();
@@ -651,7 +578,7 @@ impl DispatchService for DispatchApi {
         &self,
         request: Request<SendMessageRequest>,
     ) -> Result<Response<SendMessageResponse>, Status> {
-        let req = self.authorized(request, Scope::Send).await?;
+        let req = self.auth.authorize(request, Scope::Send).await?.request;
         let own = self
             .facts
             .limits(&req.tenant_id)
@@ -673,7 +600,7 @@ impl DispatchService for DispatchApi {
                     .increment(1);
                 return Err(with_reason_and_retry(
                     Code::ResourceExhausted,
-                    "BACKLOG_FULL",
+                    Reason::BacklogFull,
                     "dispatch is at capacity; retry with the same idempotency key shortly",
                     &[],
                     self.admission.settings.retry_over_share,
@@ -695,7 +622,7 @@ impl DispatchService for DispatchApi {
         &self,
         request: Request<GetMessageRequest>,
     ) -> Result<Response<Message>, Status> {
-        let req = self.authorized(request, Scope::Read).await?;
+        let req = self.auth.authorize(request, Scope::Read).await?.request;
         let id = required("message_id", &req.message_id)?;
         let row = pg::get(self.facts.pool(), &req.tenant_id, id)
             .await
@@ -708,7 +635,7 @@ impl DispatchService for DispatchApi {
         &self,
         request: Request<ListMessagesRequest>,
     ) -> Result<Response<ListMessagesResponse>, Status> {
-        let req = self.authorized(request, Scope::Read).await?;
+        let req = self.auth.authorize(request, Scope::Read).await?.request;
         let size = paging::page_size(req.page_size)?;
         let after = paging::after(&req.page_token)?;
         let after = if after.is_empty() {

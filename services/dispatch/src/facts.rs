@@ -5,11 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use finestra_domain::Timestamp;
 use finestra_domain::fairness::TenantLimits;
 use finestra_domain::send::TemplateFacts;
-use finestra_domain::template::{Category, Status};
-use finestra_registry::{TemplateSendFacts as TemplateRow, TenantSendFacts};
+use finestra_registry::TenantSendFacts;
 use sqlx::PgPool;
 
 /// A business number as dispatch needs it.
@@ -26,7 +24,7 @@ pub struct Facts {
     pool: PgPool,
     numbers: moka::future::Cache<String, Option<Arc<NumberFacts>>>,
     tenants: moka::future::Cache<String, Option<TenantSendFacts>>,
-    templates: moka::future::Cache<(String, String, String), Option<Arc<TemplateRow>>>,
+    templates: moka::future::Cache<(String, String, String), Option<TemplateFacts>>,
 }
 
 impl Facts {
@@ -104,53 +102,22 @@ impl Facts {
             .unwrap_or_default())
     }
 
-    /// The tenant's template `name` in `language`, as of `now`.
+    /// The tenant's live template `name` in `language`, as stored (the send rules decide
+    /// what its status means now).
     pub async fn template(
         &self,
         tenant_id: &str,
         name: &str,
         language: &str,
-        now: Timestamp,
     ) -> Result<Option<TemplateFacts>, sqlx::Error> {
         let cache_key = (tenant_id.to_owned(), name.to_owned(), language.to_owned());
-        let row = match self.templates.get(&cache_key).await {
-            Some(row) => row,
-            None => {
-                let row =
-                    finestra_registry::template_send_facts(&self.pool, tenant_id, name, language)
-                        .await?;
-                let row = row.map(Arc::new);
-                self.templates.insert(cache_key, row.clone()).await;
-                row
-            }
-        };
-        Ok(row.and_then(|r| {
-            let TemplateRow {
-                status,
-                category,
-                parameter_count: params,
-                paused_until_micros: paused_until,
-            } = (*r).clone();
-            let status = match status.as_str() {
-                "APPROVED" => Status::Approved,
-                "PENDING" => Status::Pending,
-                "REJECTED" => Status::Rejected,
-                "DISABLED" => Status::Disabled,
-                // A pause whose time is over counts as approved (docs/rules.md §4).
-                "PAUSED" => match paused_until {
-                    Some(until) if now.micros() >= until => Status::Approved,
-                    Some(until) => Status::Paused {
-                        until: Timestamp::from_micros(until),
-                    },
-                    None => Status::Paused { until: now },
-                },
-                _ => return None,
-            };
-            Some(TemplateFacts {
-                status,
-                category: Category::parse(&category)?,
-                parameter_count: usize::try_from(params).unwrap_or(usize::MAX),
-            })
-        }))
+        if let Some(facts) = self.templates.get(&cache_key).await {
+            return Ok(facts);
+        }
+        let facts = finestra_registry::template_send_facts(&self.pool, tenant_id, name, language)
+            .await?
+            .and_then(|row| row.facts());
+        self.templates.insert(cache_key, facts).await;
+        Ok(facts)
     }
 }

@@ -14,6 +14,7 @@
 //! through a gate that serves tenants by weight and a tenant's numbers in turn (`gate`).
 
 use std::collections::{HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,12 +26,14 @@ use finestra_platform::kafka::{self, BatchConsumer, Outgoing};
 use finestra_platform::offsets::InFlight;
 use finestra_proto::v1::envelope::Payload;
 use finestra_proto::v1::{Envelope, MessageStatus, StatusError, UserRef};
+use futures::FutureExt as _;
 use rand::Rng as _;
 use rdkafka::Message as _;
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tracing::Instrument as _;
 
 use crate::facts::Facts;
@@ -105,6 +108,9 @@ enum Outcome {
     },
     /// Shutdown came before it was sent: left unfinished, so it is redelivered.
     Abandoned,
+    /// Its task panicked (a defect): the message is parked, so it is taken up again and its
+    /// record does not hold the partition's offset back.
+    Panicked,
 }
 
 struct Done {
@@ -137,22 +143,16 @@ async fn pause(d: Duration, shutdown: &Shutdown) -> bool {
     }
 }
 
-async fn deliver(shared: Arc<Shared>, job: Job, shutdown: Shutdown) -> Done {
-    if !pause(micros_until(job.slot, shared.clock.now()), &shutdown).await {
-        return Done {
-            job,
-            outcome: Outcome::Abandoned,
-        };
+async fn deliver(shared: &Shared, job: &Job, shutdown: &Shutdown) -> Outcome {
+    if !pause(micros_until(job.slot, shared.clock.now()), shutdown).await {
+        return Outcome::Abandoned;
     }
     let permit = tokio::select! {
         () = shutdown.wait() => None,
         p = shared.gate.acquire(&job.tenant_id, job.weight, &job.phone_number_id) => p,
     };
     let Some(_permit) = permit else {
-        return Done {
-            job,
-            outcome: Outcome::Abandoned,
-        };
+        return Outcome::Abandoned;
     };
     // A user who blocked since acceptance receives nothing more (docs/rules.md §3).
     let window = shared
@@ -161,18 +161,15 @@ async fn deliver(shared: Arc<Shared>, job: Job, shutdown: Shutdown) -> Done {
         .await;
     match window {
         Ok(w) if w.is_blocked() => {
-            return Done {
-                job,
-                outcome: Outcome::Failed {
-                    error: ProviderError {
-                        retryable: false,
-                        code: 0,
-                        title: "the user blocked this number".into(),
-                        reason: "USER_BLOCKED",
-                    },
-                    attempts: 0,
-                    exhausted: false,
+            return Outcome::Failed {
+                error: ProviderError {
+                    retryable: false,
+                    code: 0,
+                    title: "the user blocked this number".into(),
+                    reason: "USER_BLOCKED",
                 },
+                attempts: 0,
+                exhausted: false,
             };
         }
         Ok(_) => {}
@@ -188,41 +185,29 @@ async fn deliver(shared: Arc<Shared>, job: Job, shutdown: Shutdown) -> Done {
             .record(started.elapsed().as_secs_f64());
         match sent {
             Ok(wamid) => {
-                return Done {
-                    job,
-                    outcome: Outcome::Sent { wamid, attempts },
-                };
+                return Outcome::Sent { wamid, attempts };
             }
             Err(error) if error.retryable => {
                 let unit: f64 = rand::rng().random();
                 let Some(wait) = shared.retry.pause_after(attempts, unit) else {
-                    return Done {
-                        job,
-                        outcome: Outcome::Failed {
-                            error,
-                            attempts,
-                            exhausted: true,
-                        },
+                    return Outcome::Failed {
+                        error,
+                        attempts,
+                        exhausted: true,
                     };
                 };
                 metrics::counter!("finestra_dispatch_retries_total", "reason" => error.reason)
                     .increment(1);
                 let wait = Duration::from_micros(u64::try_from(wait).unwrap_or(0));
-                if !pause(wait, &shutdown).await {
-                    return Done {
-                        job,
-                        outcome: Outcome::Abandoned,
-                    };
+                if !pause(wait, shutdown).await {
+                    return Outcome::Abandoned;
                 }
             }
             Err(error) => {
-                return Done {
-                    job,
-                    outcome: Outcome::Failed {
-                        error,
-                        attempts,
-                        exhausted: false,
-                    },
+                return Outcome::Failed {
+                    error,
+                    attempts,
+                    exhausted: false,
                 };
             }
         }
@@ -282,11 +267,10 @@ impl Worker {
                 }
             }
         });
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
         let mut state = LoopState {
             in_flight: InFlight::default(),
             active: HashSet::new(),
-            tasks: 0,
+            deliveries: JoinSet::new(),
             held: HashMap::new(),
             parked: HashSet::new(),
             pacer: Pacer::default(),
@@ -301,9 +285,12 @@ impl Worker {
         loop {
             tokio::select! {
                 biased;
-                Some(done) = done_rx.recv() => {
-                    state.tasks -= 1;
-                    state.finished.push(done);
+                Some(joined) = state.deliveries.join_next(), if !state.deliveries.is_empty() => {
+                    match joined {
+                        Ok(done) => state.finished.push(done),
+                        // Only an abort ends a task without its Done (panics are caught in it).
+                        Err(e) => tracing::error!(error = %e, "a delivery task was cancelled"),
+                    }
                     if state.finished.len() >= 1_000 {
                         self.flush(&consumer, &mut state, &shutdown).await;
                     }
@@ -312,18 +299,18 @@ impl Worker {
                     self.flush(&consumer, &mut state, &shutdown).await;
                     state.pacer.forget_idle(self.clock.now());
                     if !stopping {
-                        self.refill(&consumer, &mut state, &shared, &done_tx, &shutdown).await;
+                        self.refill(&consumer, &mut state, &shared, &shutdown).await;
                     }
                 }
                 // Consuming never stops for one tenant's backlog: beyond the shares, records
                 // are parked (their rows wait), so the next tenant's record is always read.
                 batch = batch_rx.recv(), if !stopping => match batch {
-                    Some(batch) => self.take_up(batch, &mut state, &shared, &done_tx, &shutdown).await,
+                    Some(batch) => self.take_up(batch, &mut state, &shared, &shutdown).await,
                     None => stopping = true,
                 },
                 () = shutdown.wait(), if !stopping => stopping = true,
             }
-            if stopping && state.tasks == 0 {
+            if stopping && state.deliveries.is_empty() {
                 break;
             }
         }
@@ -359,7 +346,6 @@ impl Worker {
         batch: Vec<OwnedMessage>,
         state: &mut LoopState,
         shared: &Arc<Shared>,
-        done_tx: &mpsc::UnboundedSender<Done>,
         shutdown: &Shutdown,
     ) {
         let mut jobs = Vec::with_capacity(batch.len());
@@ -468,13 +454,13 @@ impl Worker {
             // order: the park is emptied oldest first before new records are taken up.
             if state.parked.contains(&job.tenant_id)
                 || held >= self.cap(job.weight)
-                || state.tasks >= self.max_in_flight
+                || state.deliveries.len() >= self.max_in_flight
             {
                 state.parked.insert(job.tenant_id.clone());
                 to_park.push(job);
                 continue;
             }
-            self.schedule(job, state, shared, done_tx, shutdown).await;
+            self.schedule(job, state, shared, shutdown).await;
         }
         if !to_park.is_empty() {
             let rows: Vec<pg::Parking> = to_park.iter().map(Job::parking).collect();
@@ -499,7 +485,6 @@ impl Worker {
         mut job: Job,
         state: &mut LoopState,
         shared: &Arc<Shared>,
-        done_tx: &mpsc::UnboundedSender<Done>,
         shutdown: &Shutdown,
     ) {
         state.active.insert(job.message_id.clone());
@@ -516,9 +501,7 @@ impl Worker {
         job.slot = state
             .pacer
             .schedule(&job.phone_number_id, &job.to, rate, self.clock.now());
-        state.tasks += 1;
         let shared = shared.clone();
-        let done_tx = done_tx.clone();
         let shutdown = shutdown.clone();
         // A traced send (its SendMessage carried a context) gets a span of its own; the
         // provider call under it carries the context on to the network.
@@ -530,11 +513,17 @@ impl Worker {
             }
             None => tracing::Span::none(),
         };
-        tokio::spawn(
+        state.deliveries.spawn(
             async move {
-                let done = deliver(shared, job, shutdown).await;
-                // The loop outlives every task it counts; a closed channel means it is gone.
-                let _ = done_tx.send(done);
+                let delivered = AssertUnwindSafe(deliver(&shared, &job, &shutdown))
+                    .catch_unwind()
+                    .await;
+                let outcome = delivered.unwrap_or_else(|_| {
+                    tracing::error!(message_id = %job.message_id, "a delivery panicked");
+                    metrics::counter!("finestra_dispatch_delivery_panics_total").increment(1);
+                    Outcome::Panicked
+                });
+                Done { job, outcome }
             }
             .instrument(span),
         );
@@ -548,7 +537,6 @@ impl Worker {
         consumer: &BatchConsumer,
         state: &mut LoopState,
         shared: &Arc<Shared>,
-        done_tx: &mpsc::UnboundedSender<Done>,
         shutdown: &Shutdown,
     ) {
         let now = tokio::time::Instant::now();
@@ -574,8 +562,8 @@ impl Worker {
         // One budget for all tenants per turn, handed out in turn, a bounded number of tenants
         // per turn: memory stays bounded however many tenants are parked, and the loop is
         // not held up by thousands of queries.
-        let mut budget = if state.tasks < self.max_in_flight {
-            self.max_in_flight - state.tasks
+        let mut budget = if state.deliveries.len() < self.max_in_flight {
+            self.max_in_flight - state.deliveries.len()
         } else {
             LOW_WATER
         };
@@ -594,7 +582,7 @@ impl Worker {
             let held = state.held.get(&tenant_id).copied().unwrap_or(0);
             // Taken back in large steps once half its share is free; over the global bound a
             // tenant still gets a few, so nobody waits for everybody's backlog.
-            let room = if state.tasks >= self.max_in_flight {
+            let room = if state.deliveries.len() >= self.max_in_flight {
                 LOW_WATER.min(cap).saturating_sub(held)
             } else if held <= cap / 2 {
                 cap - held
@@ -641,7 +629,7 @@ impl Worker {
                     body: r.body.into_bytes(),
                     slot: Timestamp::from_micros(0),
                 };
-                self.schedule(job, state, shared, done_tx, shutdown).await;
+                self.schedule(job, state, shared, shutdown).await;
             }
         }
     }
@@ -719,6 +707,9 @@ impl Worker {
                         abandoned_parked.push(d.job.parking());
                     }
                 }
+                // Parked whatever its source, and its record finished: the message waits in
+                // its row and is taken up again, and the partition's offset moves on.
+                Outcome::Panicked => abandoned_parked.push(d.job.parking()),
             }
         }
         if retry_forever("recording send outcomes", shutdown, || {
@@ -844,7 +835,8 @@ struct LoopState {
     in_flight: InFlight,
     /// Message ids with a task running (a replayed event for one of them is skipped).
     active: HashSet<String>,
-    tasks: usize,
+    /// The delivery tasks running; each ends in its `Done`.
+    deliveries: JoinSet<Done>,
     /// Messages per tenant taken up and not finished.
     held: HashMap<String, usize>,
     /// Tenants with messages parked: their new records park too until the park is empty.

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use finestra_platform::auth::{self, Scope};
 use finestra_platform::status;
+use finestra_platform::status::Reason;
 use finestra_proto::v1::ingest_service_server::IngestService;
 use finestra_proto::v1::{IngestInboundRequest, IngestInboundResponse};
 use tonic::{Code, Request, Response, Status};
@@ -29,7 +30,7 @@ impl IngestService for IngestApi {
         if !principal.is_operator() {
             return Err(status::with_reason(
                 Code::PermissionDenied,
-                "PERMISSION_DENIED",
+                Reason::PermissionDenied,
                 "IngestInbound is internal: an operator key is required",
                 &[],
             ));
@@ -57,7 +58,7 @@ impl IngestService for IngestApi {
             .ok_or_else(|| {
                 status::with_reason(
                     Code::NotFound,
-                    "NOT_FOUND",
+                    Reason::NotFound,
                     "no tenant has this number",
                     &[("phone_number_id", &req.phone_number_id)],
                 )

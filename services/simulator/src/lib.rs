@@ -381,20 +381,18 @@ impl Sim {
         {
             return Ok(*t);
         }
-        let row: Option<(String, i32)> = sqlx::query_as(
-            "SELECT category, parameter_count FROM accounts.templates
-              WHERE tenant_id = $1 AND name = $2 AND language = $3 AND deleted_at IS NULL
-                AND (status = 'APPROVED' OR (status = 'PAUSED' AND paused_until <= now()))",
-        )
-        .bind(tenant_id)
-        .bind(name)
-        .bind(language)
-        .fetch_optional(self.registry.pool())
-        .await?;
-        let known = row.map(|(category, params)| network::KnownTemplate {
-            marketing: category == "MARKETING",
-            parameter_count: usize::try_from(params).unwrap_or(usize::MAX),
-        });
+        // As the control plane stores it, judged by the channel's rules (a pause that has
+        // ended counts as approved: one rule, in finestra_domain).
+        let now = self.clock.now();
+        let known =
+            finestra_registry::template_send_facts(self.registry.pool(), tenant_id, name, language)
+                .await?
+                .and_then(|row| row.facts())
+                .filter(|t| t.status.at(now) == finestra_domain::template::Status::Approved)
+                .map(|t| network::KnownTemplate {
+                    marketing: t.category == finestra_domain::template::Category::Marketing,
+                    parameter_count: t.parameter_count,
+                });
         if let Ok(mut cache) = self.templates.lock() {
             cache.insert(key, (std::time::Instant::now(), known));
         }

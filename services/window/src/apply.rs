@@ -110,12 +110,16 @@ impl Applier {
         if events.is_empty() {
             return Ok(applied);
         }
+        let events = first_delivery_of_each(events);
         let now = self.clock.now();
         let mut keys: Vec<PairKey> = events.iter().map(|e| e.key.clone()).collect();
         keys.sort();
         keys.dedup();
 
         let mut tx = self.pool.begin().await?;
+        pg::lock_events(&mut tx, &events).await?;
+        let recorded = pg::append_history(&mut tx, &events).await?;
+        applied.new_history_rows = recorded.len() as u64;
         let mut states: BTreeMap<PairKey, WindowState> = keys
             .iter()
             .map(|k| (k.clone(), WindowState::default()))
@@ -126,7 +130,12 @@ impl Applier {
 
         let mut outgoing = Vec::new();
         let recorded_at = from_micros(now.micros());
-        for e in events {
+        for &e in &events {
+            // Only what the history recorded now changes a state: a re-delivery (even with
+            // another timestamp) was applied, or refused, the first time.
+            if !recorded.contains(&(e.key.tenant_id.clone(), e.event_id.clone())) {
+                continue;
+            }
             let Some(s) = states.get_mut(&e.key) else {
                 continue;
             };
@@ -152,21 +161,28 @@ impl Applier {
         // commit. Published before the commit: if the commit fails, the batch is re-applied
         // and the same event ids are published again, which consumers dedupe. Published after
         // it, a crash in between would lose them (a re-delivery finds nothing changed).
-        let writes = async {
-            let new_rows = pg::append_history(&mut tx, events).await?;
-            let stored = pg::merge_states(&mut tx, &states).await?;
-            Ok::<_, sqlx::Error>((new_rows, stored))
-        };
-        let (published, written) =
-            tokio::join!(kafka::publish_all(&self.producer, &outgoing), writes);
-        let (new_rows, stored) = written?;
-        applied.new_history_rows = new_rows;
+        let (published, stored) = tokio::join!(
+            kafka::publish_all(&self.producer, &outgoing),
+            pg::merge_states(&mut tx, &states)
+        );
+        let stored = stored?;
         published?;
         tx.commit().await?;
-        // Redis gets the rows as Postgres stored them (merged with what was there).
+        // Redis gets the rows as Postgres stored them (merged with what was there), every
+        // key of the batch: after a crash between the commit and here, the re-delivery that
+        // changes nothing still brings Redis up to date.
         let stored: Vec<(PairKey, WindowState)> =
             stored.iter().map(|r| (r.key(), r.state())).collect();
         self.hot.merge_all(&stored, now).await?;
         Ok(applied)
     }
+}
+
+/// The batch with each event id once, its first delivery kept (Kafka order within a pair).
+fn first_delivery_of_each(events: &[WindowEvent]) -> Vec<&WindowEvent> {
+    let mut seen = std::collections::HashSet::with_capacity(events.len());
+    events
+        .iter()
+        .filter(|e| seen.insert((e.key.tenant_id.as_str(), e.event_id.as_str())))
+        .collect()
 }

@@ -1,6 +1,8 @@
 //! The Postgres side: `windows.pair_state` (current state, system of record) and
 //! `windows.window_events` (append-only history, idempotent on the event id).
 
+use std::collections::HashSet;
+
 use finestra_domain::{Flag, LastInbound, Timestamp, WindowState};
 use sqlx::{PgConnection, PgPool};
 
@@ -124,12 +126,37 @@ pub async fn read_state(pool: &PgPool, key: &PairKey) -> Result<Option<PairRow>,
     .await
 }
 
-/// Appends the events to the history; events already recorded are left alone. Returns how
-/// many rows were new.
+/// Serializes, until the transaction ends, every batch that carries one of these events, so
+/// that of two deliveries of one event only the first is recorded and applied (a provider may
+/// re-deliver a message with another timestamp; see docs/rules.md §1). Locks are taken in one
+/// order, so two batches cannot deadlock on them.
+pub async fn lock_events(
+    conn: &mut PgConnection,
+    events: &[&WindowEvent],
+) -> Result<(), sqlx::Error> {
+    let tenants: Vec<&str> = events.iter().map(|e| e.key.tenant_id.as_str()).collect();
+    let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(h) FROM (
+             SELECT DISTINCT hashtextextended(t || chr(31) || e, 0) AS h
+             FROM unnest($1::text[], $2::text[]) AS x(t, e)) l
+         ORDER BY h",
+    )
+    .bind(tenants)
+    .bind(ids)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Appends the events the history has not recorded yet, whatever their timestamp, and returns
+/// which ones it recorded: only those may change a state, so that a rebuild from the history
+/// gives the state the live path built. Each event id appears at most once in `events`, and
+/// the caller holds [`lock_events`] for them.
 pub async fn append_history(
     conn: &mut PgConnection,
-    events: &[WindowEvent],
-) -> Result<u64, sqlx::Error> {
+    events: &[&WindowEvent],
+) -> Result<HashSet<(String, String)>, sqlx::Error> {
     let (t, n, u) = key_arrays(events.iter().map(|e| &e.key));
     let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
     let at: Vec<i64> = events.iter().map(|e| e.occurred_at.micros()).collect();
@@ -159,13 +186,18 @@ pub async fn append_history(
             }
         }
     }
-    let done = sqlx::query(
+    // The primary key holds the partition key (occurred_at), so it alone cannot tell a
+    // re-delivery with another timestamp from a new event: NOT EXISTS looks across months.
+    let recorded: Vec<(String, String)> = sqlx::query_as(
         "INSERT INTO windows.window_events
             (tenant_id, event_id, occurred_at, phone_number_id, user_key, kind, message_id, referral, flag)
          SELECT t, e, timestamptz 'epoch' + o * interval '1 microsecond', n, u, k, m, r, f
          FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::text[],
                      $7::text[], $8::bool[], $9::bool[]) AS x(t, e, o, n, u, k, m, r, f)
-         ON CONFLICT DO NOTHING",
+         WHERE NOT EXISTS (
+             SELECT 1 FROM windows.window_events w WHERE w.tenant_id = x.t AND w.event_id = x.e)
+         ON CONFLICT DO NOTHING
+         RETURNING tenant_id, event_id",
     )
     .bind(t)
     .bind(ids)
@@ -176,9 +208,9 @@ pub async fn append_history(
     .bind(message_id)
     .bind(referral)
     .bind(flag)
-    .execute(conn)
+    .fetch_all(conn)
     .await?;
-    Ok(done.rows_affected())
+    Ok(recorded.into_iter().collect())
 }
 
 /// Upserts states, merging with what is stored (the lattice join of
