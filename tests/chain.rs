@@ -23,7 +23,8 @@ pub const UTILITY_IT: i64 = 30_000;
 pub struct Chain {
     pub scope: Scope,
     pub ingest: Started,
-    pub window: Started,
+    /// `None` while a test holds the window service stopped.
+    pub window: Option<Started>,
     pub billing: Started,
     /// In-process dispatch (None when a test runs it as a process).
     pub dispatch: Option<Started>,
@@ -96,7 +97,7 @@ impl Chain {
         Ok(Self {
             scope,
             ingest,
-            window,
+            window: Some(window),
             billing,
             dispatch,
             dispatch_url,
@@ -116,7 +117,9 @@ impl Chain {
         }
         self.sim.stop().await;
         self.billing.stop().await;
-        self.window.stop().await;
+        if let Some(w) = self.window {
+            w.stop().await;
+        }
         self.ingest.stop().await;
     }
 
@@ -141,13 +144,28 @@ impl Chain {
             .await?)
     }
 
-    /// The user writes `seconds_ago`; returns once the window service recorded it.
-    pub async fn user_says(
+    /// Stops the window service (what arrives meanwhile waits in its topics).
+    pub async fn stop_window(&mut self) {
+        if let Some(w) = self.window.take() {
+            w.stop().await;
+        }
+    }
+
+    /// Starts the window service again; it resumes from its committed offsets.
+    pub async fn start_window(&mut self) -> anyhow::Result<()> {
+        if self.window.is_none() {
+            self.window = Some(finestra_testkit::start_window(&self.scope, "window", 500).await?);
+        }
+        Ok(())
+    }
+
+    /// The user writes `seconds_ago` (through the network and ingest); returns its wamid.
+    pub async fn user_writes(
         &self,
         user: &str,
         seconds_ago: i64,
         referral: bool,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<String> {
         let mut body = json!({
             "phone_number_id": self.number, "from": user, "name": "Giulia",
             "text": "Ciao!", "seconds_ago": seconds_ago,
@@ -156,7 +174,17 @@ impl Chain {
             body["referral_source_id"] = json!("ad-42");
         }
         let said = self.sim("say", body).await?;
-        let wamid = said["wamid"].as_str().unwrap_or_default().to_owned();
+        Ok(said["wamid"].as_str().unwrap_or_default().to_owned())
+    }
+
+    /// The user writes `seconds_ago`; returns once the window service recorded it.
+    pub async fn user_says(
+        &self,
+        user: &str,
+        seconds_ago: i64,
+        referral: bool,
+    ) -> anyhow::Result<()> {
+        let wamid = self.user_writes(user, seconds_ago, referral).await?;
         let infra = infra().await?;
         // Its history row (not "the newest message": two in one second tie by id).
         eventually("the window service records the message", WAIT, || async {

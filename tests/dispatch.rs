@@ -159,6 +159,56 @@ async fn utility_inside_the_window_is_free_and_a_referral_reply_opens_a_free_ent
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_reply_sent_before_the_window_service_saw_the_ad_click_still_opens_the_free_entry_point()
+-> anyhow::Result<()> {
+    let mut c = Chain::start(80).await?;
+    c.template("weekend_offer", "MARKETING", 1).await?;
+    c.top_up(1_000_000).await?;
+    let ada = "393331110024";
+    // Ada wrote earlier: her window is open.
+    c.user_says(ada, 120, false).await?;
+    // She clicks an ad and writes while the window service is down, and the business answers
+    // at once: dispatch cannot know the reply starts a free entry point.
+    c.stop_window().await;
+    c.user_writes(ada, 0, true).await?;
+    let reply = c.text(ada, "late-1", "Thanks for your interest").await?;
+    assert!(reply.free);
+    assert_eq!(
+        c.window(ada).await?.referral_at,
+        None,
+        "the referral was not recorded when the reply was accepted"
+    );
+    let replied_at = c
+        .message(&reply.message_id)
+        .await?
+        .accepted_at
+        .as_ref()
+        .map(finestra_proto::time::to_micros)
+        .ok_or_else(|| anyhow::anyhow!("no accepted_at"))?;
+    // The window service comes back and records the referral; dispatch finds the reply.
+    c.start_window().await?;
+    let fep_until = eventually("the early reply starts the FEP", WAIT, || async {
+        Ok(c.window(ada).await?.fep_until)
+    })
+    .await?;
+    assert_eq!(
+        fep_until,
+        finestra_domain::Timestamp::from_micros(replied_at).plus_hours(72),
+        "72 h from the reply, as if the flag had been set"
+    );
+    let offer = c
+        .template_send(ada, "late-o-1", "weekend_offer", &["Ada"])
+        .await?;
+    assert!(offer.free, "marketing inside the FEP is free");
+    assert_eq!(offer.free_reason, "FREE_ENTRY_POINT");
+    c.settles(&offer.message_id, &["DELIVERED", "READ"]).await?;
+    let wallet = c.books_settled().await?;
+    assert_eq!(wallet.balance_micros, 1_000_000, "nothing charged");
+    c.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_same_send_ten_times_at_once_is_one_message_and_one_charge() -> anyhow::Result<()> {
     let c = Chain::start(80).await?;
     c.template("weekend_offer", "MARKETING", 1).await?;

@@ -53,7 +53,7 @@ fn api(pool: sqlx::PgPool, redis: redis::aio::ConnectionManager) -> WindowApi {
         hot: finestra_window::hot::HotStore::new(redis, "fin"),
         pool: pool.clone(),
         clock: finestra_testkit::system_clock(),
-        auth: finestra_platform::auth::Authenticator::new(pool),
+        auth: finestra_registry::authenticator(pool),
     }
 }
 

@@ -15,10 +15,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use moka::future::Cache;
 use rand::Rng as _;
 use sha2::{Digest, Sha256};
-use sqlx::PgPool;
 use tonic::{Code, Status};
 
 use crate::status::{self, Reason};
@@ -233,27 +233,29 @@ pub fn hash_key(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
 }
 
-/// Resolves keys and tenants against the accounts tables, with short-lived caches.
+/// Where keys and tenants are looked up. The accounts service owns them; its schema's read
+/// model (`finestra_registry::AccountsDirectory`) implements this, so no service holds SQL of
+/// the accounts schema of its own.
+pub trait Directory: Send + Sync + 'static {
+    /// The active principal of a key, by the hex SHA-256 of the key (and its last use
+    /// noted). `None` for an unknown or revoked key, or one whose owner is suspended.
+    fn principal(&self, key_hash: &str) -> BoxFuture<'_, Result<Option<Principal>, sqlx::Error>>;
+    /// A tenant and its partner, whatever their status.
+    fn tenant(&self, tenant_id: &str) -> BoxFuture<'_, Result<Option<TenantRef>, sqlx::Error>>;
+}
+
+/// Resolves keys and tenants through a [`Directory`], with short-lived caches.
 #[derive(Clone)]
 pub struct Authenticator {
-    pool: PgPool,
+    directory: Arc<dyn Directory>,
     keys: Cache<[u8; 32], Option<Arc<Principal>>>,
     tenants: Cache<String, Option<Arc<TenantRef>>>,
 }
 
-#[derive(sqlx::FromRow)]
-struct KeyRow {
-    key_id: String,
-    owner_kind: String,
-    partner_id: Option<String>,
-    tenant_id: Option<String>,
-    scopes: Vec<String>,
-}
-
 impl Authenticator {
-    pub fn new(pool: PgPool) -> Self {
+    pub fn new(directory: Arc<dyn Directory>) -> Self {
         Self {
-            pool,
+            directory,
             keys: Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(CACHE_TTL)
@@ -294,10 +296,11 @@ impl Authenticator {
         let found = match self.keys.get(&digest).await {
             Some(found) => found,
             None => {
-                let pool = self.pool.clone();
+                let directory = self.directory.clone();
                 self.keys
                     .try_get_with(digest, async move {
-                        lookup_key(&pool, &hex::encode(digest)).await
+                        let hash = hex::encode(digest);
+                        Ok::<_, sqlx::Error>(directory.principal(&hash).await?.map(Arc::new))
                     })
                     .await
                     .map_err(|e| status::internal("authenticating a key", &e))?
@@ -321,24 +324,11 @@ impl Authenticator {
         if let Some(found) = self.tenants.get(tenant_id).await {
             return Ok(found);
         }
-        let pool = self.pool.clone();
+        let directory = self.directory.clone();
         let id = tenant_id.to_owned();
         self.tenants
             .try_get_with(tenant_id.to_owned(), async move {
-                sqlx::query_as::<_, (String, String)>(
-                    "SELECT t.tenant_id, t.partner_id FROM accounts.tenants t WHERE t.tenant_id = $1"
-                )
-                .bind(&id)
-                .fetch_optional(&pool)
-                .await
-                .map(|r| {
-                    r.map(|(tenant_id, partner_id)| {
-                        Arc::new(TenantRef {
-                            tenant_id,
-                            partner_id,
-                        })
-                    })
-                })
+                Ok::<_, sqlx::Error>(directory.tenant(&id).await?.map(Arc::new))
             })
             .await
             .map_err(|e| status::internal("looking up a tenant", &e))
@@ -385,36 +375,6 @@ impl Authenticator {
     pub async fn invalidate_tenant(&self, tenant_id: &str) {
         self.tenants.invalidate(tenant_id).await;
     }
-}
-
-async fn lookup_key(pool: &PgPool, hash: &str) -> Result<Option<Arc<Principal>>, sqlx::Error> {
-    // The owner must be active too: a suspended partner's or tenant's keys stop working.
-    let row = sqlx::query_as::<_, KeyRow>(
-        "UPDATE accounts.api_keys k SET last_used_at = now()
-         WHERE k.key_hash = $1 AND k.revoked_at IS NULL
-           AND NOT EXISTS (SELECT 1 FROM accounts.partners p WHERE p.partner_id = k.partner_id AND p.status <> 'active')
-           AND NOT EXISTS (SELECT 1 FROM accounts.tenants t WHERE t.tenant_id = k.tenant_id AND t.status <> 'active')
-         RETURNING k.key_id, k.owner_kind, k.partner_id, k.tenant_id, k.scopes",
-    )
-    .bind(hash)
-    .fetch_optional(pool)
-    .await?;
-    Ok(row.and_then(|r| {
-        let owner = match (r.owner_kind.as_str(), r.partner_id, r.tenant_id) {
-            ("operator", _, _) => Owner::Operator,
-            ("partner", Some(partner_id), _) => Owner::Partner { partner_id },
-            ("tenant", Some(partner_id), Some(tenant_id)) => Owner::Tenant {
-                partner_id,
-                tenant_id,
-            },
-            _ => return None,
-        };
-        Some(Arc::new(Principal {
-            key_id: r.key_id,
-            owner,
-            scopes: r.scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
-        }))
-    }))
 }
 
 /// Drops cached keys and tenants as the control plane announces changes on the accounts

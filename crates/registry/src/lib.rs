@@ -2,9 +2,16 @@
 //! signs that number's webhooks. Lives in the `accounts` schema, which the control-plane
 //! service takes over.
 
+pub mod directory;
 pub mod keys;
 pub mod windows;
 
+pub use directory::AccountsDirectory;
+
+/// An authenticator that looks keys and tenants up in the accounts schema.
+pub fn authenticator(pool: PgPool) -> finestra_platform::auth::Authenticator {
+    finestra_platform::auth::Authenticator::new(std::sync::Arc::new(AccountsDirectory::new(pool)))
+}
 pub use sqlx::PgPool;
 
 pub const SCHEMA: &str = "accounts";

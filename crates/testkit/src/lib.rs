@@ -462,6 +462,7 @@ pub async fn dispatch_config(
         sweep_tenant_prefix: scope.tenant_prefix(),
         requeue_after: Duration::from_secs(300),
         requeue_every: Duration::from_secs(30),
+        fep_grace: Duration::from_secs(1),
     })
 }
 

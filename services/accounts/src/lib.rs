@@ -7,7 +7,7 @@ pub mod convert;
 pub mod reviews;
 pub mod templates;
 
-use finestra_platform::auth::{Authenticator, RequireKey};
+use finestra_platform::auth::RequireKey;
 use finestra_platform::config::env_string;
 use finestra_platform::health::{self, Dependency};
 use finestra_platform::service::retry_until_ready;
@@ -66,7 +66,7 @@ pub async fn start(config: AccountsConfig, shutdown: Shutdown) -> Result<Running
         linger: std::time::Duration::from_millis(20),
     })?;
     let reviews_task = tokio::spawn(reviews::run(consumer, pool.clone(), shutdown.clone()));
-    let auth = Authenticator::new(pool.clone());
+    let auth = finestra_registry::authenticator(pool.clone());
     let api = api::AccountsApi {
         pool,
         auth: auth.clone(),

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use finestra_domain::{Clock, Timestamp};
-use finestra_platform::auth::{Authenticator, RequireKey};
+use finestra_platform::auth::RequireKey;
 use finestra_platform::config::{env_parse, env_string};
 use finestra_platform::health::{self, Dependency};
 use finestra_platform::kafka::{self, BatchConsumer, ConsumerSettings};
@@ -189,7 +189,7 @@ pub async fn start(
         linger: config.linger,
     })?;
 
-    let auth = Authenticator::new(pool.clone());
+    let auth = finestra_registry::authenticator(pool.clone());
     let invalidation_task = finestra_platform::auth::spawn_invalidation(
         auth.clone(),
         &common.kafka_brokers,

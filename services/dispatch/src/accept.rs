@@ -65,6 +65,8 @@ pub struct AcceptorSettings {
     pub billing: Vec<BillingServiceClient<AuthedChannel>>,
     pub producer: FutureProducer,
     pub outbound_topic: String,
+    /// Where the window service hears of replies that start a free entry point.
+    pub user_topic: String,
     pub max_batch: usize,
     pub parallel: usize,
     pub billing_timeout: Duration,
@@ -241,20 +243,39 @@ async fn run_batch(
         }
     };
     let stored_after = started.elapsed();
-    let outgoing: Vec<Outgoing<'_>> = reserved
+    let mut outgoing: Vec<Outgoing<'_>> = Vec::with_capacity(reserved.len());
+    for p in reserved
         .iter()
         .filter(|p| new_ids.contains(&p.message.message_id))
-        .map(|p| Outgoing {
+    {
+        let key = kafka::conversation_key(
+            &p.message.tenant_id,
+            &p.message.phone_number_id,
+            &p.message.recipient,
+        );
+        if p.message.starts_fep {
+            // The window service hears of it on the user topic it reads anyway, so it need
+            // not read every outbound record for the few replies that start an FEP.
+            outgoing.push(Outgoing {
+                traceparent: None,
+                topic: &settings.user_topic,
+                key: key.clone(),
+                envelope: crate::fep::reply_event(
+                    &p.message.tenant_id,
+                    &p.message.message_id,
+                    &p.message.phone_number_id,
+                    &p.message.recipient,
+                    p.message.accepted_at,
+                ),
+            });
+        }
+        outgoing.push(Outgoing {
             traceparent: p.traceparent.clone(),
             topic: &settings.outbound_topic,
-            key: kafka::conversation_key(
-                &p.message.tenant_id,
-                &p.message.phone_number_id,
-                &p.message.recipient,
-            ),
+            key,
             envelope: outbound_event(&p.message, p.csw_open),
-        })
-        .collect();
+        });
+    }
     let produced = kafka::publish_all(&settings.producer, &outgoing).await;
     tracing::debug!(
         size,

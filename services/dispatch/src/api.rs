@@ -51,6 +51,9 @@ pub struct DispatchApi {
     pub clock: Arc<dyn Clock>,
     /// How long a repeated key waits for the first request with it to finish.
     pub replay_wait: Duration,
+    /// The tasks requests leave behind (key bookkeeping, event streams): the drain waits
+    /// for them.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 fn refusal_status(r: &Refusal, message_id: &str) -> Status {
@@ -301,7 +304,7 @@ impl DispatchApi {
         let stored = outcome.is_ok();
         // Off the request path: the Postgres row is the durable answer either way, and a lease
         // left behind expires by itself.
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let kept = if stored {
                 // The key answers this message for a day.
                 hot.confirm(&tenant_id, &message_id).await
@@ -498,7 +501,7 @@ impl DispatchService for DispatchApi {
         let req = self.auth.authorize(request, Scope::Read).await?.request;
         let start = tenant_api::stream_start(self.facts.pool(), &req).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(256);
-        tokio::spawn(tenant_api::feed(
+        self.tasks.spawn(tenant_api::feed(
             self.facts.pool().clone(),
             req.tenant_id,
             start,

@@ -107,6 +107,8 @@ pub struct EventLoop {
     pub clock: Arc<dyn Clock>,
     /// Wakes streams and the webhook deliverer after new events were recorded.
     pub recorded: Arc<Notify>,
+    /// How long after a referral message its first reply is looked for (`fep.rs`).
+    pub fep_grace: std::time::Duration,
 }
 
 impl EventLoop {
@@ -115,10 +117,12 @@ impl EventLoop {
         while let Some(batch) = self.consumer.next_batch_until_shutdown(&shutdown).await {
             let now = self.clock.now().micros();
             let mut seen = HashSet::new();
+            let mut referrals = Vec::new();
             let events: Vec<Recorded> = batch
                 .iter()
                 .filter_map(|m| {
                     let env = kafka::decode(m).ok()?;
+                    referrals.extend(crate::fep::check_of(&env));
                     let kind = kind_of(&env)?;
                     if env.tenant_id.is_empty() || !seen.insert(env.event_id.clone()) {
                         return None;
@@ -135,10 +139,16 @@ impl EventLoop {
                     })
                 })
                 .collect();
+            let fep_due =
+                now.saturating_add(i64::try_from(self.fep_grace.as_micros()).unwrap_or(i64::MAX));
             let mut attempt = 0;
             loop {
-                match record(&self.pool, &events, now).await {
-                    Ok(_) => break,
+                let written = async {
+                    record(&self.pool, &events, now).await?;
+                    crate::fep::note(&self.pool, &referrals, fep_due).await
+                };
+                match written.await {
+                    Ok(()) => break,
                     Err(e) => {
                         tracing::warn!(error = %e, "recording tenant events failed; retrying")
                     }

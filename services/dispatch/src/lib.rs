@@ -8,6 +8,7 @@ pub mod api;
 pub mod content;
 pub mod events;
 pub mod facts;
+pub mod fep;
 pub mod gate;
 pub mod hot;
 pub mod outbox;
@@ -23,7 +24,7 @@ use std::time::Duration;
 
 use finestra_domain::Clock;
 use finestra_domain::delivery::RetryPolicy;
-use finestra_platform::auth::{Authenticator, Bearer, RequireKey};
+use finestra_platform::auth::{Bearer, RequireKey};
 use finestra_platform::config::{env_parse, env_string};
 use finestra_platform::health::{self, Dependency};
 use finestra_platform::kafka::{self, BatchConsumer, ConsumerSettings};
@@ -82,6 +83,9 @@ pub struct DispatchConfig {
     /// have been lost with a process killed between the store and the produce).
     pub requeue_after: Duration,
     pub requeue_every: Duration,
+    /// How long after a referral message dispatch looks for a reply accepted before the
+    /// window service recorded the referral (longer than any acceptance in flight).
+    pub fep_grace: Duration,
 }
 
 impl DispatchConfig {
@@ -142,6 +146,7 @@ impl DispatchConfig {
             sweep_tenant_prefix: env_string("DISPATCH_SWEEP_TENANT_PREFIX", ""),
             requeue_after: Duration::from_secs(env_parse("DISPATCH_REQUEUE_AFTER_SECS", 300u64)?),
             requeue_every: Duration::from_secs(env_parse("DISPATCH_REQUEUE_EVERY_SECS", 30u64)?),
+            fep_grace: Duration::from_secs(env_parse("DISPATCH_FEP_GRACE_SECS", 30u64)?),
         })
     }
 }
@@ -201,6 +206,7 @@ pub async fn start(
         billing,
         producer: producer.clone(),
         outbound_topic: common.topics.outbound.clone(),
+        user_topic: common.topics.user.clone(),
         max_batch: config.accept_batch,
         parallel: config.accept_parallel,
         billing_timeout: config.billing_timeout,
@@ -219,7 +225,7 @@ pub async fn start(
     let facts = facts::Facts::new(pool.clone(), config.facts_ttl);
     let hot = hot::Hot::new(redis.clone(), &common.redis_prefix);
 
-    let auth = Authenticator::new(pool.clone());
+    let auth = finestra_registry::authenticator(pool.clone());
     let invalidation_task = finestra_platform::auth::spawn_invalidation(
         auth.clone(),
         &common.kafka_brokers,
@@ -227,6 +233,7 @@ pub async fn start(
         shutdown.clone(),
     )?;
     let recorded = Arc::new(tokio::sync::Notify::new());
+    let request_tasks = tokio_util::task::TaskTracker::new();
     let api = api::DispatchApi {
         admission: admission::Admission::new(admission::AdmissionSettings {
             capacity: config.max_pending_sends.max(1),
@@ -245,6 +252,7 @@ pub async fn start(
         auth: auth.clone(),
         clock: clock.clone(),
         replay_wait: config.replay_wait,
+        tasks: request_tasks.clone(),
     };
     let (incoming, grpc_addr) = finestra_platform::grpc::bind(common.grpc_addr).await?;
     let router = tonic::transport::Server::builder()
@@ -280,6 +288,18 @@ pub async fn start(
         tenant_defaults: config.tenant_defaults,
         tenant_prefix: config.sweep_tenant_prefix.clone(),
     };
+    let fep_task = tokio::spawn(
+        fep::Checker {
+            pool: pool.clone(),
+            hot: hot.clone(),
+            producer: producer.clone(),
+            user_topic: common.topics.user.clone(),
+            clock: clock.clone(),
+            grace: config.fep_grace,
+            tenant_prefix: config.sweep_tenant_prefix.clone(),
+        }
+        .run(shutdown.clone()),
+    );
     let requeue_task = tokio::spawn(
         outbox::Requeuer {
             pool: pool.clone(),
@@ -327,6 +347,7 @@ pub async fn start(
             pool: events_pool,
             clock: clock.clone(),
             recorded: recorded.clone(),
+            fep_grace: config.fep_grace,
         }
         .run(shutdown.clone()),
     );
@@ -357,8 +378,20 @@ pub async fn start(
     running.own("health", health_task);
     running.own("admin", admin_task);
     running.own("grpc", grpc_task);
+    running.own(
+        "request tasks",
+        tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                shutdown.wait().await;
+                request_tasks.close();
+                request_tasks.wait().await;
+            }
+        }),
+    );
     running.own("worker", worker_task);
     running.own("requeue", requeue_task);
+    running.own("fep checks", fep_task);
     running.own("statuses", status_task);
     running.own("auth-invalidation", invalidation_task);
     // Last: acceptance drains once the gRPC server (its only sender) has stopped.

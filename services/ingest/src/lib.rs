@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use finestra_domain::Clock;
-use finestra_platform::auth::{Authenticator, RequireKey};
+use finestra_platform::auth::RequireKey;
 use finestra_platform::config::{env_addr, env_parse, env_string};
 use finestra_platform::health::{self, Dependency};
 use finestra_platform::{
@@ -65,7 +65,7 @@ pub async fn start(
 ) -> Result<Running, StartError> {
     // Connects on first use: the service starts and says NOT_SERVING while Postgres is down.
     let pool = stores::postgres_lazy(&config.common)?;
-    let authenticator = Authenticator::new(pool.clone());
+    let authenticator = finestra_registry::authenticator(pool.clone());
     let invalidation_task = finestra_platform::auth::spawn_invalidation(
         authenticator.clone(),
         &config.common.kafka_brokers,

@@ -129,6 +129,8 @@ struct Sim {
     poster: Poster,
     config: SimConfig,
     clock: Arc<dyn Clock>,
+    /// The status reports still to post: the server waits for them when it stops.
+    reports: tokio_util::task::TaskTracker,
 }
 
 /// A Cloud-API-shaped error answer.
@@ -323,7 +325,7 @@ async fn send(
         .to_owned();
     metrics::counter!("finestra_simulator_accepted_total").increment(1);
     sim.count(&phone_number_id, |s| s.accepted += 1);
-    tokio::spawn(report_statuses(
+    sim.reports.spawn(report_statuses(
         sim.clone(),
         StatusReport {
             number: number.phone_number_id.clone(),
@@ -956,7 +958,9 @@ pub async fn start(
         },
         config: config.clone(),
         clock: clock.clone(),
+        reports: tokio_util::task::TaskTracker::new(),
     });
+    let reports = sim.reports.clone();
     let reviewer = tokio::spawn(
         reviews::Reviewer {
             pool: review_pool,
@@ -991,6 +995,14 @@ pub async fn start(
         }
         if let Err(e) = reviewer.await {
             tracing::error!(error = %e, "the template reviewer ended abnormally");
+        }
+        // Reports in flight are posted, within a bound (a stopping network says no more).
+        reports.close();
+        if tokio::time::timeout(Duration::from_secs(5), reports.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("status reports still pending at shutdown were dropped");
         }
     });
     tracing::info!(%http_addr, "simulator started");

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use finestra_domain::Clock;
-use finestra_platform::auth::{Authenticator, RequireKey};
+use finestra_platform::auth::RequireKey;
 use finestra_platform::config::{env_parse, env_string};
 use finestra_platform::health::{self, Dependency};
 use finestra_platform::kafka::{self, BatchConsumer, ConsumerSettings};
@@ -107,9 +107,8 @@ pub async fn start(
         group_id: config.consumer_group.clone(),
         topics: vec![
             common.topics.inbound.clone(),
+            // Preferences, blocks, and the replies that start a free entry point.
             common.topics.user.clone(),
-            // Replies that start a free entry point.
-            common.topics.outbound.clone(),
         ],
         max_batch: config.max_batch,
         linger: config.linger,
@@ -119,7 +118,7 @@ pub async fn start(
         hot: hot.clone(),
         pool: pool.clone(),
         clock: clock.clone(),
-        auth: Authenticator::new(pool.clone()),
+        auth: finestra_registry::authenticator(pool.clone()),
     };
     let auth_for_layer = api.auth.clone();
     let invalidation_task = finestra_platform::auth::spawn_invalidation(

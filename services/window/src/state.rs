@@ -102,22 +102,23 @@ pub fn decode(env: &Envelope, now: Timestamp) -> Result<Option<WindowEvent>, Dec
             b.user.as_ref(),
             EventKind::Block { blocked: b.blocked },
         ),
-        // Only replies that start a free entry point change a window.
-        Some(Payload::OutboundMessage(o)) if o.starts_fep => {
-            let user = UserKey::from_parts(&o.to, "")?;
-            if o.phone_number_id.is_empty() {
+        // A business reply that starts a free entry point (dispatch tells, on the user topic):
+        // the only outbound fact that changes a window.
+        Some(Payload::FepReply(f)) => {
+            let user = UserKey::from_parts(&f.to, "")?;
+            if f.phone_number_id.is_empty() {
                 return Err(DecodeError::Missing("phone_number_id"));
             }
             return Ok(Some(WindowEvent {
                 key: PairKey {
                     tenant_id: env.tenant_id.clone(),
-                    phone_number_id: o.phone_number_id.clone(),
+                    phone_number_id: f.phone_number_id.clone(),
                     user: user.as_str().to_owned(),
                 },
                 event_id: env.event_id.clone(),
                 occurred_at,
                 kind: EventKind::BusinessReply {
-                    message_id: o.message_id.clone(),
+                    message_id: f.message_id.clone(),
                 },
             }));
         }
@@ -209,16 +210,15 @@ mod tests {
     }
 
     #[test]
-    fn a_reply_that_starts_an_fep_is_an_event_and_other_replies_are_not() {
-        use finestra_proto::v1::OutboundMessage;
+    fn a_reply_that_starts_an_fep_is_an_event_and_outbound_messages_are_not() {
+        use finestra_proto::v1::{FepReply, OutboundMessage};
         let mut env = envelope(NOW, "text");
         env.event_id = "out:m_1".into();
-        env.payload = Some(Payload::OutboundMessage(OutboundMessage {
+        env.payload = Some(Payload::FepReply(FepReply {
             message_id: "m_1".into(),
             phone_number_id: "pn1".into(),
             to: "393331234567".into(),
-            starts_fep: true,
-            ..Default::default()
+            replied_at: Some(from_micros(NOW.micros())),
         }));
         let e = decode(&env, NOW).expect("valid").expect("relevant");
         assert_eq!(
@@ -231,9 +231,13 @@ mod tests {
         s.on_user_message(NOW.plus_hours(-1), "wamid.r", true, NOW);
         apply(&mut s, &e, NOW);
         assert_eq!(s.fep_until, Some(NOW.plus_hours(72)));
-        if let Some(Payload::OutboundMessage(o)) = env.payload.as_mut() {
-            o.starts_fep = false;
-        }
+        env.payload = Some(Payload::OutboundMessage(OutboundMessage {
+            message_id: "m_1".into(),
+            phone_number_id: "pn1".into(),
+            to: "393331234567".into(),
+            starts_fep: true,
+            ..Default::default()
+        }));
         assert_eq!(decode(&env, NOW), Ok(None));
     }
 
