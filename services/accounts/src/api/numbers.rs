@@ -1,0 +1,164 @@
+//! A tenant's business numbers and their webhook signing secrets.
+
+use super::*;
+
+pub(super) async fn add(
+    api: &AccountsApi,
+    request: Request<v1::AddNumberRequest>,
+) -> Result<Response<v1::Number>, Status> {
+    // Webhook secrets belong to the partner's provider app: a tenant setting its own
+    // could sign webhooks for itapi.
+    let req = api.tenant_request(request, Access::AboveTenant).await?;
+    let throughput = match req.throughput_per_second {
+        0 => 80,
+        n @ 1..=1_000 => i32::try_from(n).unwrap_or(80),
+        _ => {
+            return Err(status::invalid_argument(
+                "throughput_per_second",
+                "1..1000 messages per second",
+            ));
+        }
+    };
+    let row = sqlx::query_as::<_, NumberRow>(&format!(
+        "INSERT INTO accounts.numbers (phone_number_id, tenant_id, display_phone_number, app_secret, throughput_per_second)
+         VALUES ($1, $2, $3, $4, $5) RETURNING {NUMBER_COLUMNS}"
+    ))
+    .bind(network_id("phone_number_id", &req.phone_number_id)?)
+    .bind(&req.tenant_id)
+    .bind(required("display_phone_number", &req.display_phone_number)?)
+    .bind(secret("app_secret", &req.app_secret)?)
+    .bind(throughput)
+    .fetch_one(&api.pool)
+    .await
+    .map_err(|e| db_error("adding a number", e))?;
+    Ok(api.number_changed(row).await)
+}
+
+pub(super) async fn list(
+    api: &AccountsApi,
+    request: Request<v1::ListNumbersRequest>,
+) -> Result<Response<v1::ListNumbersResponse>, Status> {
+    let req = api
+        .tenant_request(request, Access::Scope(Scope::Read))
+        .await?;
+    let size = page_size(req.page_size)?;
+    let rows = sqlx::query_as::<_, NumberRow>(&format!(
+        "SELECT {NUMBER_COLUMNS} FROM accounts.numbers WHERE tenant_id = $1 AND phone_number_id > $2
+         ORDER BY phone_number_id LIMIT $3"
+    ))
+    .bind(&req.tenant_id)
+    .bind(after(&req.page_token)?)
+    .bind(size + 1)
+    .fetch_all(&api.pool)
+    .await
+    .map_err(|e| db_error("listing numbers", e))?;
+    let (rows, next_page_token) = paginate(rows, size, |r| &r.phone_number_id);
+    Ok(Response::new(v1::ListNumbersResponse {
+        numbers: rows.into_iter().map(Into::into).collect(),
+        next_page_token,
+    }))
+}
+
+pub(super) async fn rotate_secret(
+    api: &AccountsApi,
+    request: Request<v1::RotateNumberSecretRequest>,
+) -> Result<Response<v1::Number>, Status> {
+    // Webhook secrets belong to the partner's provider app: a tenant setting its own
+    // could sign webhooks for itapi.
+    let req = api.tenant_request(request, Access::AboveTenant).await?;
+    let overlap = match req.overlap_seconds {
+        0 => 24 * 3600,
+        n if n <= 7 * 24 * 3600 => i64::from(n),
+        _ => {
+            return Err(status::invalid_argument(
+                "overlap_seconds",
+                "at most 7 days",
+            ));
+        }
+    };
+    let row = sqlx::query_as::<_, NumberRow>(&format!(
+        "UPDATE accounts.numbers SET previous_app_secret = app_secret, app_secret = $3,
+                previous_secret_valid_until = now() + $4 * interval '1 second'
+         WHERE tenant_id = $1 AND phone_number_id = $2 RETURNING {NUMBER_COLUMNS}"
+    ))
+    .bind(&req.tenant_id)
+    .bind(&req.phone_number_id)
+    .bind(secret("new_app_secret", &req.new_app_secret)?)
+    .bind(overlap)
+    .fetch_optional(&api.pool)
+    .await
+    .map_err(|e| db_error("rotating a secret", e))?
+    .ok_or_else(|| not_found("phone_number_id", &req.phone_number_id))?;
+    Ok(api.number_changed(row).await)
+}
+
+pub(super) async fn get(
+    api: &AccountsApi,
+    request: Request<v1::GetNumberRequest>,
+) -> Result<Response<v1::Number>, Status> {
+    let req = api
+        .tenant_request(request, Access::Scope(Scope::Read))
+        .await?;
+    let row = sqlx::query_as::<_, NumberRow>(&format!(
+        "SELECT {NUMBER_COLUMNS} FROM accounts.numbers WHERE tenant_id = $1 AND phone_number_id = $2"
+    ))
+    .bind(&req.tenant_id)
+    .bind(&req.phone_number_id)
+    .fetch_optional(&api.pool)
+    .await
+    .map_err(|e| db_error("reading a number", e))?
+    .ok_or_else(|| not_found("phone_number_id", &req.phone_number_id))?;
+    Ok(Response::new(row.into()))
+}
+
+pub(super) async fn update(
+    api: &AccountsApi,
+    request: Request<v1::UpdateNumberRequest>,
+) -> Result<Response<v1::Number>, Status> {
+    let req = api
+        .tenant_request(request, Access::Scope(Scope::Admin))
+        .await?;
+    let throughput = match req.throughput_per_second {
+        0 => None,
+        n @ 1..=1_000 => Some(i32::try_from(n).unwrap_or(80)),
+        _ => {
+            return Err(status::invalid_argument(
+                "throughput_per_second",
+                "1..1000 messages per second",
+            ));
+        }
+    };
+    let row = sqlx::query_as::<_, NumberRow>(&format!(
+        "UPDATE accounts.numbers SET display_phone_number = coalesce(nullif($3, ''), display_phone_number),
+                throughput_per_second = coalesce($4, throughput_per_second)
+         WHERE tenant_id = $1 AND phone_number_id = $2 RETURNING {NUMBER_COLUMNS}"
+    ))
+    .bind(&req.tenant_id)
+    .bind(&req.phone_number_id)
+    .bind(&req.display_phone_number)
+    .bind(throughput)
+    .fetch_optional(&api.pool)
+    .await
+    .map_err(|e| db_error("updating a number", e))?
+    .ok_or_else(|| not_found("phone_number_id", &req.phone_number_id))?;
+    Ok(api.number_changed(row).await)
+}
+
+pub(super) async fn set_status(
+    api: &AccountsApi,
+    request: Request<v1::SetNumberStatusRequest>,
+) -> Result<Response<v1::Number>, Status> {
+    let req = api.tenant_request(request, Access::AboveTenant).await?;
+    let status_name = convert::status_name(req.status)?;
+    let row = sqlx::query_as::<_, NumberRow>(&format!(
+        "UPDATE accounts.numbers SET status = $3 WHERE tenant_id = $1 AND phone_number_id = $2 RETURNING {NUMBER_COLUMNS}"
+    ))
+    .bind(&req.tenant_id)
+    .bind(&req.phone_number_id)
+    .bind(status_name)
+    .fetch_optional(&api.pool)
+    .await
+    .map_err(|e| db_error("changing a number", e))?
+    .ok_or_else(|| not_found("phone_number_id", &req.phone_number_id))?;
+    Ok(api.number_changed(row).await)
+}

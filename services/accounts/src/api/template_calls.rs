@@ -1,0 +1,92 @@
+//! Message templates: created by the tenant, reviewed by the network (or an operator).
+
+use super::*;
+
+pub(super) async fn create(
+    api: &AccountsApi,
+    request: Request<v1::CreateTemplateRequest>,
+) -> Result<Response<v1::Template>, Status> {
+    let req = api
+        .tenant_request(request, Access::Scope(Scope::Admin))
+        .await?;
+    let row = crate::templates::create(&api.pool, &req).await?;
+    Ok(Response::new(row.wire(now())))
+}
+
+pub(super) async fn get(
+    api: &AccountsApi,
+    request: Request<v1::GetTemplateRequest>,
+) -> Result<Response<v1::Template>, Status> {
+    let req = api
+        .tenant_request(request, Access::Scope(Scope::Read))
+        .await?;
+    let row = crate::templates::get(&api.pool, &req.tenant_id, &req.template_id).await?;
+    Ok(Response::new(row.wire(now())))
+}
+
+pub(super) async fn list(
+    api: &AccountsApi,
+    request: Request<v1::ListTemplatesRequest>,
+) -> Result<Response<v1::ListTemplatesResponse>, Status> {
+    let req = api
+        .tenant_request(request, Access::Scope(Scope::Read))
+        .await?;
+    let size = page_size(req.page_size)?;
+    let rows = sqlx::query_as::<_, crate::templates::TemplateRow>(&format!(
+        "SELECT {} FROM accounts.templates WHERE tenant_id = $1 AND deleted_at IS NULL AND template_id > $2
+         ORDER BY template_id LIMIT $3",
+        crate::templates::COLUMNS
+    ))
+    .bind(&req.tenant_id)
+    .bind(after(&req.page_token)?)
+    .bind(size + 1)
+    .fetch_all(&api.pool)
+    .await
+    .map_err(|e| db_error("listing templates", e))?;
+    let (rows, next_page_token) = paginate(rows, size, |r| &r.template_id);
+    let now = now();
+    Ok(Response::new(v1::ListTemplatesResponse {
+        templates: rows.into_iter().map(|r| r.wire(now)).collect(),
+        next_page_token,
+    }))
+}
+
+pub(super) async fn delete(
+    api: &AccountsApi,
+    request: Request<v1::DeleteTemplateRequest>,
+) -> Result<Response<v1::Template>, Status> {
+    let req = api
+        .tenant_request(request, Access::Scope(Scope::Admin))
+        .await?;
+    let row = sqlx::query_as::<_, crate::templates::TemplateRow>(&format!(
+        // Idempotent: deleting again answers the deleted template.
+        "UPDATE accounts.templates SET deleted_at = coalesce(deleted_at, now())
+         WHERE tenant_id = $1 AND template_id = $2 RETURNING {}",
+        crate::templates::COLUMNS
+    ))
+    .bind(&req.tenant_id)
+    .bind(&req.template_id)
+    .fetch_optional(&api.pool)
+    .await
+    .map_err(|e| db_error("deleting a template", e))?
+    .ok_or_else(|| not_found("template_id", &req.template_id))?;
+    Ok(Response::new(row.wire(now())))
+}
+
+pub(super) async fn review(
+    api: &AccountsApi,
+    request: Request<v1::ReviewTemplateRequest>,
+) -> Result<Response<v1::Template>, Status> {
+    let p = auth::principal(&request)?;
+    operator_only(&p)?;
+    let req = request.into_inner();
+    let review = crate::templates::parse_review(&req.event, &req.new_category)?;
+    let at = req
+        .reviewed_at
+        .as_ref()
+        .map(|t| finestra_domain::Timestamp::from_micros(finestra_proto::time::to_micros(t)))
+        .unwrap_or_else(now);
+    let row =
+        crate::templates::review(&api.pool, &req.tenant_id, &req.template_id, review, at).await?;
+    Ok(Response::new(row.wire(now())))
+}
