@@ -10,7 +10,8 @@ use finestra_platform::Shutdown;
 use finestra_platform::kafka::{self, BatchConsumer};
 use finestra_proto::v1::envelope::Payload;
 use sqlx::PgPool;
-use tonic::Code;
+
+use crate::templates::TemplateError;
 
 /// The lifecycle step a provider event means; `None` for events that are not one.
 pub fn review_of(event: &str, new_category: &str) -> Option<Review> {
@@ -72,7 +73,7 @@ async fn apply(
     tenant_id: &str,
     r: &finestra_proto::v1::TemplateReviewed,
     at: Timestamp,
-) -> Result<(), tonic::Status> {
+) -> Result<(), TemplateError> {
     let Some(review) = review_of(&r.event, &r.new_category) else {
         tracing::debug!(event = %r.event, "provider template event without a lifecycle step");
         return Ok(());
@@ -85,18 +86,18 @@ async fn apply(
     .bind(&r.name)
     .bind(&r.language)
     .fetch_optional(pool)
-    .await
-    .map_err(|e| tonic::Status::internal(e.to_string()))?;
+    .await?;
     let Some(template_id) = template_id else {
         tracing::warn!(tenant_id, name = %r.name, language = %r.language, "review of an unknown template dropped");
         return Ok(());
     };
     match crate::templates::review(pool, tenant_id, &template_id, review, at).await {
         Ok(_) => Ok(()),
-        Err(s) if s.code() == Code::FailedPrecondition || s.code() == Code::NotFound => {
-            tracing::warn!(tenant_id, template_id, event = %r.event, reason = %s.message(), "template review not applicable; dropped");
+        // Not applicable (deleted meanwhile, or a step the lifecycle refuses): dropped.
+        Err(e @ (TemplateError::NotFound { .. } | TemplateError::Transition { .. })) => {
+            tracing::warn!(tenant_id, template_id, event = %r.event, reason = %e, "template review not applicable; dropped");
             Ok(())
         }
-        Err(s) => Err(s),
+        Err(e) => Err(e),
     }
 }

@@ -1,14 +1,37 @@
 //! Templates: storage of the domain lifecycle (`finestra_domain::template`).
 
 use finestra_domain::Timestamp;
-use finestra_domain::template::{self, Applied, Category, Lifecycle, Review, Status as TStatus};
-use finestra_platform::status;
-use finestra_platform::status::Reason;
+use finestra_domain::template::{
+    self, Applied, Category, Lifecycle, Review, ReviewError, Status as TStatus,
+};
 use finestra_proto::v1;
 use sqlx::PgPool;
-use tonic::{Code, Status};
 
 use crate::convert::ts;
+
+/// Why a template could not be stored, found or reviewed. The gRPC edge maps it to a status
+/// (`api::template_calls`); the review consumer decides by it what to retry.
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    #[error("{field}: {rule}")]
+    Invalid {
+        field: &'static str,
+        rule: &'static str,
+    },
+    #[error("template {name}: {why}")]
+    InvalidTemplate { name: String, why: String },
+    #[error("the tenant has a template {name} in {language}")]
+    Duplicate { name: String, language: String },
+    #[error("no such template")]
+    NotFound { template_id: String },
+    #[error("template {template_id}: {why}")]
+    Transition {
+        template_id: String,
+        why: ReviewError,
+    },
+    #[error("store: {0}")]
+    Store(#[from] sqlx::Error),
+}
 
 #[derive(sqlx::FromRow)]
 pub struct TemplateRow {
@@ -38,15 +61,9 @@ fn micros(t: chrono::DateTime<chrono::Utc>) -> Timestamp {
 
 impl TemplateRow {
     pub fn lifecycle(&self) -> Lifecycle {
-        let status = match self.status.as_str() {
-            "APPROVED" => TStatus::Approved,
-            "REJECTED" => TStatus::Rejected,
-            "PAUSED" => TStatus::Paused {
-                until: self.paused_until.map(micros).unwrap_or_default(),
-            },
-            "DISABLED" => TStatus::Disabled,
-            _ => TStatus::Pending,
-        };
+        // The schema allows only the lifecycle's statuses.
+        let status = TStatus::from_stored(&self.status, self.paused_until.map(micros))
+            .unwrap_or(TStatus::Pending);
         Lifecycle {
             status,
             category: Category::parse(&self.category).unwrap_or(Category::Marketing),
@@ -82,7 +99,7 @@ impl TemplateRow {
     }
 }
 
-pub fn parse_review(event: &str, new_category: &str) -> Result<Review, Status> {
+pub fn parse_review(event: &str, new_category: &str) -> Result<Review, TemplateError> {
     Ok(match event.to_ascii_uppercase().as_str() {
         "APPROVED" => Review::Approve,
         "REJECTED" => Review::Reject,
@@ -90,23 +107,28 @@ pub fn parse_review(event: &str, new_category: &str) -> Result<Review, Status> {
         "UNPAUSED" | "REINSTATED" => Review::Unpause,
         "DISABLED" => Review::Disable,
         "RECATEGORISED" | "RECATEGORIZED" => {
-            Review::Recategorise(Category::parse(new_category).ok_or_else(|| {
-                status::invalid_argument("new_category", "MARKETING, UTILITY or AUTHENTICATION")
+            Review::Recategorise(Category::parse(new_category).ok_or(TemplateError::Invalid {
+                field: "new_category",
+                rule: "MARKETING, UTILITY or AUTHENTICATION",
             })?)
         }
         _ => {
-            return Err(status::invalid_argument(
-                "event",
-                "APPROVED, REJECTED, PAUSED, UNPAUSED, DISABLED or RECATEGORISED",
-            ));
+            return Err(TemplateError::Invalid {
+                field: "event",
+                rule: "APPROVED, REJECTED, PAUSED, UNPAUSED, DISABLED or RECATEGORISED",
+            });
         }
     })
 }
 
 /// Validates and stores a new PENDING template.
-pub async fn create(pool: &PgPool, req: &v1::CreateTemplateRequest) -> Result<TemplateRow, Status> {
-    let category = Category::parse(&req.category).ok_or_else(|| {
-        status::invalid_argument("category", "MARKETING, UTILITY or AUTHENTICATION")
+pub async fn create(
+    pool: &PgPool,
+    req: &v1::CreateTemplateRequest,
+) -> Result<TemplateRow, TemplateError> {
+    let category = Category::parse(&req.category).ok_or(TemplateError::Invalid {
+        field: "category",
+        rule: "MARKETING, UTILITY or AUTHENTICATION",
     })?;
     let params = template::validate(
         &req.name,
@@ -115,13 +137,9 @@ pub async fn create(pool: &PgPool, req: &v1::CreateTemplateRequest) -> Result<Te
         &req.header,
         &req.footer,
     )
-    .map_err(|e| {
-        status::with_reason(
-            Code::InvalidArgument,
-            Reason::InvalidTemplate,
-            e.to_string(),
-            &[("name", &req.name)],
-        )
+    .map_err(|e| TemplateError::InvalidTemplate {
+        name: req.name.clone(),
+        why: e.to_string(),
     })?;
     let buttons: Option<&str> =
         (!req.buttons_json.trim().is_empty()).then_some(req.buttons_json.as_str());
@@ -131,10 +149,10 @@ pub async fn create(pool: &PgPool, req: &v1::CreateTemplateRequest) -> Result<Te
             Ok(serde_json::Value::Array(_))
         )
     {
-        return Err(status::invalid_argument(
-            "buttons_json",
-            "buttons must be a JSON array",
-        ));
+        return Err(TemplateError::Invalid {
+            field: "buttons_json",
+            rule: "buttons must be a JSON array",
+        });
     }
     let id = format!("tpl_{:016x}", rand::random::<u64>());
     sqlx::query_as::<_, TemplateRow>(&format!(
@@ -154,26 +172,31 @@ pub async fn create(pool: &PgPool, req: &v1::CreateTemplateRequest) -> Result<Te
     .fetch_one(pool)
     .await
     .map_err(|e| match &e {
-        sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => status::with_reason(
-            Code::AlreadyExists,
-            Reason::AlreadyExists,
-            "the tenant has a template with this name and language",
-            &[("name", &req.name), ("language", &req.language)],
-        ),
-        _ => status::internal("creating a template", &e),
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => {
+            TemplateError::Duplicate {
+                name: req.name.clone(),
+                language: req.language.clone(),
+            }
+        }
+        _ => TemplateError::Store(e),
     })
 }
 
-pub async fn get(pool: &PgPool, tenant_id: &str, template_id: &str) -> Result<TemplateRow, Status> {
+pub async fn get(
+    pool: &PgPool,
+    tenant_id: &str,
+    template_id: &str,
+) -> Result<TemplateRow, TemplateError> {
     sqlx::query_as::<_, TemplateRow>(&format!(
         "SELECT {COLUMNS} FROM accounts.templates WHERE tenant_id = $1 AND template_id = $2 AND deleted_at IS NULL"
     ))
     .bind(tenant_id)
     .bind(template_id)
     .fetch_optional(pool)
-    .await
-    .map_err(|e| status::internal("reading a template", &e))?
-    .ok_or_else(|| status::with_reason(Code::NotFound, Reason::NotFound, "no such template", &[("template_id", template_id)]))
+    .await?
+    .ok_or_else(|| TemplateError::NotFound {
+        template_id: template_id.to_owned(),
+    })
 }
 
 /// Applies a provider review under a row lock; stale reviews change nothing.
@@ -183,31 +206,27 @@ pub async fn review(
     template_id: &str,
     review: Review,
     at: Timestamp,
-) -> Result<TemplateRow, Status> {
-    let mut tx = pool
-        .begin()
-        .await
-        .map_err(|e| status::internal("reviewing a template", &e))?;
+) -> Result<TemplateRow, TemplateError> {
+    let mut tx = pool.begin().await?;
     let row = sqlx::query_as::<_, TemplateRow>(&format!(
         "SELECT {COLUMNS} FROM accounts.templates WHERE tenant_id = $1 AND template_id = $2 AND deleted_at IS NULL FOR UPDATE"
     ))
     .bind(tenant_id)
     .bind(template_id)
     .fetch_optional(&mut *tx)
-    .await
-    .map_err(|e| status::internal("reviewing a template", &e))?
-    .ok_or_else(|| status::with_reason(Code::NotFound, Reason::NotFound, "no such template", &[("template_id", template_id)]))?;
+    .await?
+    .ok_or_else(|| TemplateError::NotFound {
+        template_id: template_id.to_owned(),
+    })?;
     let mut lifecycle = row.lifecycle();
     match lifecycle.apply(review, at) {
         Ok(Applied::Stale) => return Ok(row),
         Ok(Applied::Changed) => {}
-        Err(e) => {
-            return Err(status::with_reason(
-                Code::FailedPrecondition,
-                Reason::InvalidTransition,
-                e.to_string(),
-                &[("template_id", template_id)],
-            ));
+        Err(why) => {
+            return Err(TemplateError::Transition {
+                template_id: template_id.to_owned(),
+                why,
+            });
         }
     }
     let paused_until = match lifecycle.status {
@@ -228,10 +247,7 @@ pub async fn review(
     .bind(paused_until)
     .bind(at.micros())
     .fetch_one(&mut *tx)
-    .await
-    .map_err(|e| status::internal("reviewing a template", &e))?;
-    tx.commit()
-        .await
-        .map_err(|e| status::internal("reviewing a template", &e))?;
+    .await?;
+    tx.commit().await?;
     Ok(updated)
 }

@@ -1,6 +1,7 @@
 //! Message templates: created by the tenant, reviewed by the network (or an operator).
 
 use super::*;
+use crate::templates::TemplateError;
 
 pub(super) async fn create(
     api: &AccountsApi,
@@ -89,4 +90,35 @@ pub(super) async fn review(
     let row =
         crate::templates::review(&api.pool, &req.tenant_id, &req.template_id, review, at).await?;
     Ok(Response::new(row.wire(now())))
+}
+
+/// The one mapping of template errors to gRPC statuses.
+impl From<TemplateError> for Status {
+    fn from(e: TemplateError) -> Status {
+        match &e {
+            TemplateError::Invalid { field, rule } => status::invalid_argument(field, *rule),
+            TemplateError::InvalidTemplate { name, .. } => status::with_reason(
+                Code::InvalidArgument,
+                Reason::InvalidTemplate,
+                e.to_string(),
+                &[("name", name)],
+            ),
+            TemplateError::Duplicate { name, language } => status::with_reason(
+                Code::AlreadyExists,
+                Reason::AlreadyExists,
+                e.to_string(),
+                &[("name", name), ("language", language)],
+            ),
+            TemplateError::NotFound { template_id } => {
+                status::not_found("template_id", template_id)
+            }
+            TemplateError::Transition { template_id, .. } => status::with_reason(
+                Code::FailedPrecondition,
+                Reason::InvalidTransition,
+                e.to_string(),
+                &[("template_id", template_id)],
+            ),
+            TemplateError::Store(db) => status::store("a template", db),
+        }
+    }
 }
