@@ -12,7 +12,7 @@ use finestra_proto::v1::dispatch_service_client::DispatchServiceClient;
 use finestra_proto::v1::send_message_request::Content;
 use finestra_proto::v1::{self, SendMessageRequest};
 use finestra_testkit::{eventually, infra};
-use serde_json::json;
+use serde_json::{Value, json};
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -204,6 +204,57 @@ async fn a_reply_sent_before_the_window_service_saw_the_ad_click_still_opens_the
     c.settles(&offer.message_id, &["DELIVERED", "READ"]).await?;
     let wallet = c.books_settled().await?;
     assert_eq!(wallet.balance_micros, 1_000_000, "nothing charged");
+    c.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn messages_to_one_user_reach_the_network_in_the_order_they_were_accepted_even_through_retries()
+-> anyhow::Result<()> {
+    let c = Chain::start(80).await?;
+    let user = "393331110031";
+    c.user_says(user, 60, false).await?;
+    // The network fails the next three sends: the first message is retried after a pause
+    // while the ones behind it are ready to go.
+    c.sim(
+        "faults",
+        json!({ "phone_number_id": c.number, "next": 3, "http_status": 500 }),
+    )
+    .await?;
+    let mut accepted = Vec::new();
+    for i in 0..8 {
+        let sent = c
+            .text(user, &format!("order-{i}"), &format!("part {i}"))
+            .await?;
+        accepted.push(sent.message_id);
+    }
+    for id in &accepted {
+        c.settles(id, &["DELIVERED", "READ"]).await?;
+    }
+    let received: Value = c
+        .http
+        .get(format!("{}/sim/v1/received/{}", c.sim.base_url(), c.number))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let order: Vec<String> = received["message_ids"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .filter(|id| accepted.iter().any(|a| a == id))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        order, accepted,
+        "the network received them in the order they were accepted"
+    );
+    assert_eq!(
+        c.sim_stats(&c.number).await?["injected_failures"].as_i64(),
+        Some(3),
+        "and the first one went through retries"
+    );
     c.stop().await;
     Ok(())
 }

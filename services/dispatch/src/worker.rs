@@ -271,6 +271,7 @@ impl Worker {
             in_flight: InFlight::default(),
             active: HashSet::new(),
             deliveries: JoinSet::new(),
+            conversations: HashMap::new(),
             held: HashMap::new(),
             parked: HashSet::new(),
             pacer: Pacer::default(),
@@ -287,7 +288,21 @@ impl Worker {
                 biased;
                 Some(joined) = state.deliveries.join_next(), if !state.deliveries.is_empty() => {
                     match joined {
-                        Ok(done) => state.finished.push(done),
+                        Ok(done) => {
+                            let next = Self::next_in_conversation(&mut state, &done.job);
+                            state.finished.push(done);
+                            match next {
+                                Some(job) if !stopping => {
+                                    self.start(job, &mut state, &shared, &shutdown).await;
+                                }
+                                // Stopping: it is left unsent, as the tasks that end now are.
+                                Some(job) => state.finished.push(Done {
+                                    job,
+                                    outcome: Outcome::Abandoned,
+                                }),
+                                None => {}
+                            }
+                        }
                         // Only an abort ends a task without its Done (panics are caught in it).
                         Err(e) => tracing::error!(error = %e, "a delivery task was cancelled"),
                     }
@@ -313,6 +328,13 @@ impl Worker {
             if stopping && state.deliveries.is_empty() {
                 break;
             }
+        }
+        // Messages still waiting behind others of their conversation are left unsent.
+        for (_, waiting) in state.conversations.drain() {
+            state.finished.extend(waiting.into_iter().map(|job| Done {
+                job,
+                outcome: Outcome::Abandoned,
+            }));
         }
         self.flush(&consumer, &mut state, &shutdown).await;
         if let Err(e) = consumer
@@ -482,13 +504,44 @@ impl Worker {
     /// Paces a waiting message and starts its task.
     async fn schedule(
         &self,
-        mut job: Job,
+        job: Job,
         state: &mut LoopState,
         shared: &Arc<Shared>,
         shutdown: &Shutdown,
     ) {
         state.active.insert(job.message_id.clone());
         *state.held.entry(job.tenant_id.clone()).or_insert(0) += 1;
+        // One message of a conversation at a time, in the order they were taken up: a retry
+        // (or a slower request) never lets a later message reach the user first.
+        match state.conversations.get_mut(&job.conversation()) {
+            Some(waiting) => waiting.push_back(job),
+            None => {
+                state
+                    .conversations
+                    .insert(job.conversation(), std::collections::VecDeque::new());
+                self.start(job, state, shared, shutdown).await;
+            }
+        }
+    }
+
+    /// The next message of a finished one's conversation, if one waits (its turn now).
+    fn next_in_conversation(state: &mut LoopState, finished: &Job) -> Option<Job> {
+        let conversation = finished.conversation();
+        let next = state.conversations.get_mut(&conversation)?.pop_front();
+        if next.is_none() {
+            state.conversations.remove(&conversation);
+        }
+        next
+    }
+
+    /// Paces a message whose turn it is and starts its task.
+    async fn start(
+        &self,
+        mut job: Job,
+        state: &mut LoopState,
+        shared: &Arc<Shared>,
+        shutdown: &Shutdown,
+    ) {
         let tps = match self.facts.number(&job.phone_number_id).await {
             Ok(Some(n)) => n.throughput_per_second,
             _ => 80,
@@ -761,6 +814,11 @@ impl Worker {
 }
 
 impl Job {
+    /// Its conversation: the business number and the user.
+    fn conversation(&self) -> String {
+        format!("{}\u{1f}{}", self.phone_number_id, self.to)
+    }
+
     /// Marks its record done (a parked row has none).
     fn finish_record(&self, in_flight: &mut InFlight) {
         if let Source::Record(r) = &self.source {
@@ -837,6 +895,8 @@ struct LoopState {
     active: HashSet<String>,
     /// The delivery tasks running; each ends in its `Done`.
     deliveries: JoinSet<Done>,
+    /// Conversations with a message in flight, and the messages waiting behind it in order.
+    conversations: HashMap<String, std::collections::VecDeque<Job>>,
     /// Messages per tenant taken up and not finished.
     held: HashMap<String, usize>,
     /// Tenants with messages parked: their new records park too until the park is empty.

@@ -124,6 +124,9 @@ struct Sim {
     populations: Mutex<HashMap<String, Population>>,
     faults: Mutex<HashMap<String, Fault>>,
     stats: Mutex<HashMap<String, NumberStats>>,
+    /// Per number, the messages it accepted in the order it accepted them (their
+    /// `biz_opaque_callback_data`, the newest `RECEIVED_KEPT`).
+    received: Mutex<HashMap<String, std::collections::VecDeque<String>>>,
     net: Mutex<Network>,
     registry: Registry,
     poster: Poster,
@@ -325,6 +328,7 @@ async fn send(
         .to_owned();
     metrics::counter!("finestra_simulator_accepted_total").increment(1);
     sim.count(&phone_number_id, |s| s.accepted += 1);
+    sim.note_received(&phone_number_id, &callback);
     sim.reports.spawn(report_statuses(
         sim.clone(),
         StatusReport {
@@ -429,6 +433,16 @@ impl Sim {
             f(stats.entry(number.to_owned()).or_default());
         }
     }
+
+    fn note_received(&self, number: &str, callback: &str) {
+        if let Ok(mut received) = self.received.lock() {
+            let order = received.entry(number.to_owned()).or_default();
+            if order.len() == RECEIVED_KEPT {
+                order.pop_front();
+            }
+            order.push_back(callback.to_owned());
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -456,6 +470,23 @@ async fn faults(
 }
 
 /// A number's counters.
+/// How many accepted messages per number `received` keeps.
+const RECEIVED_KEPT: usize = 10_000;
+
+/// The messages a number accepted, oldest first (their callback data: Finestra's message ids).
+async fn received(
+    State(sim): State<Arc<Sim>>,
+    Path(phone_number_id): Path<String>,
+) -> (StatusCode, Json<Value>) {
+    let order: Vec<String> = sim
+        .received
+        .lock()
+        .ok()
+        .and_then(|r| r.get(&phone_number_id).map(|o| o.iter().cloned().collect()))
+        .unwrap_or_default();
+    (StatusCode::OK, Json(json!({ "message_ids": order })))
+}
+
 async fn stats(
     State(sim): State<Arc<Sim>>,
     Path(phone_number_id): Path<String>,
@@ -948,6 +979,7 @@ pub async fn start(
         populations: Mutex::new(HashMap::new()),
         faults: Mutex::new(HashMap::new()),
         stats: Mutex::new(HashMap::new()),
+        received: Mutex::new(HashMap::new()),
         net: Mutex::new(Network::default()),
         registry: Registry::new(pool),
         poster: Poster {
@@ -982,6 +1014,7 @@ pub async fn start(
         .route("/sim/v1/template", post(review_template))
         .route("/sim/v1/population", post(population))
         .route("/sim/v1/stats/{phone_number_id}", get(stats))
+        .route("/sim/v1/received/{phone_number_id}", get(received))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(sim);
     let listener = tokio::net::TcpListener::bind(config.http_addr).await?;
