@@ -379,7 +379,8 @@ impl Authenticator {
 
 /// Drops cached keys and tenants as the control plane announces changes on the accounts
 /// topic (`AccountChanged`), so a revocation takes effect at once rather than after the
-/// cache's TTL. Every instance reads every announcement: its consumer group is its own.
+/// cache's TTL. Every instance reads every announcement: it assigns itself every partition
+/// (the group id librdkafka requires is never joined, and nothing is committed under it).
 pub fn spawn_invalidation(
     auth: Authenticator,
     brokers: &str,
