@@ -1,7 +1,8 @@
 //! API-key authentication and tenant authorization, shared by every tenant-facing service.
 //!
 //! Keys look like `fin_live_<40 base62 chars>` (or `fin_test_…`); only their SHA-256 is stored
-//! (`accounts.api_keys`, the control plane's table, read here as a documented read model).
+//! by the accounts service; keys and tenants are looked up through a [`Directory`] (the accounts
+//! schema's read model implements it).
 //! [`RequireKey`] wraps a gRPC service: it turns `authorization: Bearer <key>` into a
 //! [`Principal`] in the request's extensions, or answers UNAUTHENTICATED. Handlers then call
 //! [`Principal::authorize`] for the tenant the request names: another tenant's or partner's

@@ -371,6 +371,60 @@ pub async fn template_send_facts_by_id_or_name(
     .await
 }
 
+/// A template as the network reviews it (the simulator, standing in for the provider until it
+/// keeps templates of its own): (template id, name, language, body, WABA id, the signing
+/// secret of the tenant's first number).
+pub type ReviewableTemplate = (String, String, String, String, String, String);
+
+const REVIEWABLE: &str =
+    "SELECT t.template_id, t.name, t.language, t.body, tn.waba_id, n.app_secret
+       FROM accounts.templates t
+       JOIN accounts.tenants tn USING (tenant_id)
+       JOIN LATERAL (SELECT app_secret FROM accounts.numbers
+                      WHERE tenant_id = t.tenant_id ORDER BY phone_number_id LIMIT 1) n ON true
+      WHERE t.deleted_at IS NULL AND tn.waba_id IS NOT NULL";
+
+/// Templates of tenants whose id starts with `tenant_prefix`, PENDING for at least `delay_ms`.
+pub async fn pending_templates(
+    pool: &PgPool,
+    delay_ms: i64,
+    tenant_prefix: &str,
+) -> Result<Vec<ReviewableTemplate>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "{REVIEWABLE} AND t.status = 'PENDING' AND t.created_at <= now() - $1 * interval '1 millisecond'
+           AND starts_with(t.tenant_id, $2)"
+    ))
+    .bind(delay_ms)
+    .bind(tenant_prefix)
+    .fetch_all(pool)
+    .await
+}
+
+/// One template, as the network reviews it.
+pub async fn reviewable_template(
+    pool: &PgPool,
+    template_id: &str,
+) -> Result<Option<ReviewableTemplate>, sqlx::Error> {
+    sqlx::query_as(&format!("{REVIEWABLE} AND t.template_id = $1"))
+        .bind(template_id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// When the template's last review was applied, whole seconds since the epoch.
+pub async fn template_last_review_secs(
+    pool: &PgPool,
+    template_id: &str,
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT extract(epoch FROM last_review_at)::bigint FROM accounts.templates
+          WHERE template_id = $1",
+    )
+    .bind(template_id)
+    .fetch_one(pool)
+    .await
+}
+
 /// The ids of a partner's tenants (billing's partner roll-up).
 pub async fn partner_tenant_ids(
     pool: &PgPool,

@@ -1,4 +1,4 @@
--- Billing's system of record (DESIGN 1.6, 1.7). Money is integer micro-units; times are
+-- Billing's system of record (docs/architecture.md, docs/rules.md §6, §7). Money is integer micro-units; times are
 -- microseconds since the Unix epoch (the domain's unit).
 
 -- Rate cards, append-only: a card starts after every earlier one and never reprices the past.

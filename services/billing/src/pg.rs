@@ -8,7 +8,16 @@ use sqlx::PgPool;
 pub const SCHEMA: &str = "billing";
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// Migrations whose file was edited in its comments only after it had been applied, with the
+/// checksum it was applied under: a database holding that checksum takes the file's new one
+/// (the SQL is the same), instead of refusing to start.
+const RESTATED: [(i64, &str); 1] = [(
+    1,
+    "5d27a967d75ed650b5afff5990d2c342c5cb19259a0f243468cb3c044b70fb778a558a37b7e39cb7b328c3e6541f74e6",
+)];
+
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::Error> {
+    restate_checksums(pool).await?;
     finestra_platform::stores::migrate_schema(pool, SCHEMA, &MIGRATOR).await?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -38,6 +47,31 @@ pub enum CardError {
     Started { starts: Timestamp, floor: Timestamp },
     #[error(transparent)]
     Store(#[from] sqlx::Error),
+}
+
+async fn restate_checksums(pool: &PgPool) -> Result<(), sqlx::Error> {
+    let applied: Option<String> =
+        sqlx::query_scalar("SELECT to_regclass('billing._sqlx_migrations')::text")
+            .fetch_one(pool)
+            .await?;
+    if applied.is_none() {
+        return Ok(());
+    }
+    for (version, old) in RESTATED {
+        let Some(current) = MIGRATOR.iter().find(|m| m.version == version) else {
+            continue;
+        };
+        sqlx::query(
+            "UPDATE billing._sqlx_migrations SET checksum = $3
+              WHERE version = $1 AND encode(checksum, 'hex') = $2",
+        )
+        .bind(version)
+        .bind(old)
+        .bind(current.checksum.as_ref())
+        .execute(pool)
+        .await?;
+    }
+    Ok(())
 }
 
 /// Stores the shipped default card unless the book has one already.

@@ -13,8 +13,8 @@ use sqlx::PgPool;
 
 use crate::webhooks::Poster;
 
-/// A template the network can review: (template id, name, language, body, waba id, secret).
-pub type Reviewable = (String, String, String, String, String, String);
+/// A template the network can review (read through the accounts schema's read model).
+pub use finestra_registry::ReviewableTemplate as Reviewable;
 
 /// What the network decides for a submitted body.
 pub fn verdict(body: &str, banned_word: &str) -> &'static str {
@@ -25,14 +25,6 @@ pub fn verdict(body: &str, banned_word: &str) -> &'static str {
     }
 }
 
-const REVIEWABLE: &str =
-    "SELECT t.template_id, t.name, t.language, t.body, tn.waba_id, n.app_secret
-       FROM accounts.templates t
-       JOIN accounts.tenants tn USING (tenant_id)
-       JOIN LATERAL (SELECT app_secret FROM accounts.numbers
-                      WHERE tenant_id = t.tenant_id ORDER BY phone_number_id LIMIT 1) n ON true
-      WHERE t.deleted_at IS NULL AND tn.waba_id IS NOT NULL";
-
 /// Templates of tenants whose id starts with `tenant_prefix` waiting for the network's review
 /// for at least `delay`.
 pub async fn pending(
@@ -40,22 +32,13 @@ pub async fn pending(
     delay: Duration,
     tenant_prefix: &str,
 ) -> Result<Vec<Reviewable>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "{REVIEWABLE} AND t.status = 'PENDING' AND t.created_at <= now() - $1 * interval '1 millisecond'
-           AND starts_with(t.tenant_id, $2)"
-    ))
-    .bind(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX))
-    .bind(tenant_prefix)
-    .fetch_all(pool)
-    .await
+    let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+    finestra_registry::pending_templates(pool, delay_ms, tenant_prefix).await
 }
 
 /// One template, for a review the control API asks for.
 pub async fn one(pool: &PgPool, template_id: &str) -> Result<Option<Reviewable>, sqlx::Error> {
-    sqlx::query_as(&format!("{REVIEWABLE} AND t.template_id = $1"))
-        .bind(template_id)
-        .fetch_optional(pool)
-        .await
+    finestra_registry::reviewable_template(pool, template_id).await
 }
 
 /// The time of the template's last applied review, whole seconds (a review event must be newer
@@ -64,12 +47,7 @@ pub async fn last_review_secs(
     pool: &PgPool,
     template_id: &str,
 ) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT extract(epoch FROM last_review_at)::bigint FROM accounts.templates WHERE template_id = $1",
-    )
-    .bind(template_id)
-    .fetch_one(pool)
-    .await
+    finestra_registry::template_last_review_secs(pool, template_id).await
 }
 
 /// Posts a review event (APPROVED, REJECTED, PAUSED, REINSTATED, DISABLED, ...).

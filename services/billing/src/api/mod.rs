@@ -61,6 +61,17 @@ pub struct BillingApi {
 /// Most reservations one `ReserveBatch` call may carry.
 pub const MAX_BATCH: usize = 1_000;
 
+/// The partner a request names, once the key reaches it (NOT_FOUND otherwise, never
+/// confirming it exists) with `scope`.
+fn reach_partner<'a>(p: &Principal, partner_id: &'a str, scope: Scope) -> Result<&'a str, Status> {
+    let partner_id = required("partner_id", partner_id)?;
+    if !p.sees_partner(partner_id) {
+        return Err(not_found("partner_id", partner_id));
+    }
+    p.require(scope)?;
+    Ok(partner_id)
+}
+
 fn operator_only(p: &Principal, what: &str, scope: Scope) -> Result<(), Status> {
     if !p.is_operator() {
         return Err(with_reason(

@@ -65,11 +65,7 @@ pub(super) async fn set_markup(
 ) -> Result<Response<Markups>, Status> {
     let p = auth::principal(&request)?;
     let req = request.into_inner();
-    let partner_id = required("partner_id", &req.partner_id)?;
-    if !p.sees_partner(partner_id) {
-        return Err(not_found("partner_id", partner_id));
-    }
-    p.require(Scope::Admin)?;
+    let partner_id = reach_partner(&p, &req.partner_id, Scope::Admin)?;
     let m = req
         .markup
         .ok_or_else(|| invalid_argument("markup", "markup is required"))?;
@@ -108,10 +104,6 @@ pub(super) async fn get_markup(
 ) -> Result<Response<Markups>, Status> {
     let p = auth::principal(&request)?;
     let req = request.into_inner();
-    let partner_id = required("partner_id", &req.partner_id)?;
-    if !p.sees_partner(partner_id) {
-        return Err(not_found("partner_id", partner_id));
-    }
-    p.require(Scope::Read)?;
+    let partner_id = reach_partner(&p, &req.partner_id, Scope::Read)?;
     Ok(Response::new(api.markups_of(partner_id).await?))
 }

@@ -100,11 +100,7 @@ pub(super) async fn get_partner_rollup(
 ) -> Result<Response<PartnerRollup>, Status> {
     let p = auth::principal(&request)?;
     let req = request.into_inner();
-    let partner_id = required("partner_id", &req.partner_id)?;
-    if !p.sees_partner(partner_id) {
-        return Err(not_found("partner_id", partner_id));
-    }
-    p.require(Scope::Read)?;
+    let partner_id = reach_partner(&p, &req.partner_id, Scope::Read)?;
     let (from, to) = month_of(&req.month)?;
     let rows = reports::partner_rollup(&api.pool, partner_id, from, to)
         .await
