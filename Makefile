@@ -2,13 +2,14 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help up down infra test lint deploy-check bench chaos bench-ingest bench-auth bench-billing bench-send bench-fair
+.PHONY: help up down infra test lint deploy-check bench chaos bench-ingest bench-auth bench-billing bench-send bench-fair docs-config
 
 help:
 	@echo "make up            infrastructure + every service in the background, then the demo"
 	@echo "make down          stop what 'make up' started"
 	@echo "make test          unit and integration tests (starts the infrastructure first)"
 	@echo "make lint          rustfmt check + clippy -D warnings"
+	@echo "make docs-config   rewrite docs/configuration.md from the settings the services declare"
 	@echo "make deploy-check  render deploy/ overlays and validate them offline against the Kubernetes schemas"
 	@echo "make bench         every benchmark, one JSON result, an SVG chart, a one-screen summary"
 	@echo "make chaos         kill -9 each service, FLUSHALL Redis, kill -9 the broker, under load; checks nothing lost or doubled"
@@ -51,6 +52,9 @@ test: infra
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+
+docs-config:
+	FINESTRA_WRITE_DOCS=1 cargo test --quiet -p finestra-e2e --test configuration
 
 deploy-check:
 	@bash scripts/deploy_check.sh

@@ -58,27 +58,28 @@ def code_files() -> list[Path]:
     return files
 
 
+def declared_settings() -> dict[str, str]:
+    """Every FINESTRA_* a service declares, with its default: docs/configuration.md, which is
+    generated from the services' `settings!` declarations (a test keeps the two equal)."""
+    row = re.compile(r"^\| `(FINESTRA_[A-Z0-9_]+)` \| (?:`([^`]*)`|\(unset\)) \|", re.M)
+    page = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    return {name: default or "" for name, default in row.findall(page)}
+
+
 def code_env_vars() -> set[str]:
-    """Every FINESTRA_* the binaries read: env_string/env_parse/env_addr("NAME", ...) add the
-    prefix; clap's `env = "FINESTRA_..."` and literal mentions are taken as they are."""
-    names: set[str] = set()
-    helper = re.compile(r'env_(?:string|parse|addr)\s*\(\s*"([A-Z0-9_]+)"', re.S)
+    """Every FINESTRA_* the binaries read: the declared settings, and the CLI's clap
+    `env = "FINESTRA_..."` and other literal mentions as they are."""
+    names: set[str] = set(declared_settings())
     literal = re.compile(r'"(FINESTRA_[A-Z0-9_]+)"')
     for path in code_files():
-        text = path.read_text(encoding="utf-8")
-        names.update("FINESTRA_" + n for n in helper.findall(text))
-        names.update(literal.findall(text))
+        names.update(literal.findall(path.read_text(encoding="utf-8")))
     return names
 
 
 def code_default(name: str, fallback: int) -> int:
-    """The integer default of env_parse("NAME", <default>) in the code."""
-    pattern = re.compile(r'env_parse\s*\(\s*"' + re.escape(name) + r'"\s*,\s*([0-9_]+)')
-    for path in code_files():
-        m = pattern.search(path.read_text(encoding="utf-8"))
-        if m:
-            return int(m.group(1).replace("_", ""))
-    return fallback
+    """The integer default of FINESTRA_<name> as the code declares it."""
+    default = declared_settings().get("FINESTRA_" + name, "")
+    return int(default) if default.isdigit() else fallback
 
 
 def code_metrics() -> set[str]:

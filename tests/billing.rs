@@ -1202,7 +1202,9 @@ async fn billing_killed_between_the_ledger_write_and_the_commit_loses_and_double
     );
     assert_eq!(committed(&group, &topic).await?, 0, "and never committed");
 
-    // After the dead member's session expired (tansu 0.6, see README), a successor replays.
+    // After the dead member's session expired (10 s), a successor replays. A deliberate wait
+    // for the broker's clock: on tansu 0.6 a successor that joins sooner can be left with no
+    // partitions (README, "Dev broker"), so joining cannot serve as the probe.
     tokio::time::sleep(Duration::from_secs(11)).await;
     let mut second = spawn_billing(&scope, &group, 0)?;
     let done = eventually(

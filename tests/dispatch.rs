@@ -471,7 +471,9 @@ async fn a_block_refuses_sends_fails_queued_ones_and_an_unblock_restores_sending
 -> anyhow::Result<()> {
     let c = Chain::start(80).await?;
     let infra = infra().await?;
-    // One message a second: the later ones are still queued when the user blocks.
+    // One message a second: the later ones are still queued when the user blocks. Dispatch
+    // caches a number's rate from the first message it paces, and none has been sent yet: the
+    // first one already reads this rate, so there is nothing to wait for.
     sqlx::query("UPDATE accounts.numbers SET throughput_per_second = 1 WHERE phone_number_id = $1")
         .bind(&c.number)
         .execute(&infra.pool)
@@ -480,7 +482,6 @@ async fn a_block_refuses_sends_fails_queued_ones_and_an_unblock_restores_sending
     c.top_up(10 * MARKETING_IT).await?;
     let bea = "393331110007";
     c.user_says(bea, 25 * 3_600, false).await?;
-    tokio::time::sleep(Duration::from_millis(300)).await; // the number's new rate is read
 
     let mut queued = Vec::new();
     for i in 0..5 {
@@ -680,17 +681,23 @@ async fn every_refusal_has_its_reason_and_reserves_nothing() -> anyhow::Result<(
     );
     c.template_send("393333000007", "tier-again", "offer", &["x"])
         .await?;
-    // Unlimited now, but the wallet is empty.
+    // Unlimited now, but the wallet is empty. Dispatch holds the old tier in its cache of the
+    // tenant's facts for a moment; a send it still refuses for the tier reserves nothing and
+    // frees its key, so the same send is retried until the new tier decides it.
     sqlx::query("UPDATE accounts.tenants SET tier = NULL WHERE tenant_id = $1")
         .bind(&c.tenant)
         .execute(&infra.pool)
         .await?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        reason(
+    let untiered = eventually("the lifted tier applies", WAIT, || async {
+        let answer = reason(
             &c.template_send("393334009999", "tier-252", "offer", &["x"])
-                .await
-        ),
+                .await,
+        );
+        Ok((answer.1 != "TIER_LIMIT_REACHED").then_some(answer))
+    })
+    .await?;
+    assert_eq!(
+        untiered,
         (Code::FailedPrecondition, "INSUFFICIENT_FUNDS".into())
     );
     assert_eq!(c.reservations().await?, 251);

@@ -159,9 +159,10 @@ async fn a_flooding_tenant_is_refused_at_once_while_another_tenants_sends_all_go
     let clinic = Neighbour::join(&c, "clinic", 2, &c.dispatch_url).await?;
     let patient = "393470000001";
     clinic.user_writes(&c, patient).await?;
-    // The flooding tenant may send 100 a second; it offers as much as 48 callers can.
+    // The flooding tenant may send 100 a second; it offers as much as 48 callers can. Dispatch
+    // caches a tenant's limits from its first send on, and this tenant has sent nothing yet:
+    // the flood's first call already reads these, so there is nothing to wait for.
     set_limits(&partner, &c.tenant, 100, 100, 1).await?;
-    tokio::time::sleep(Duration::from_millis(400)).await; // the facts cache's TTL is 200 ms
 
     let flooding = Arc::new(AtomicBool::new(true));
     let mut flood = Vec::new();
@@ -430,7 +431,9 @@ async fn limits_a_partner_sets_apply_within_seconds_and_only_to_that_tenant() ->
         wait > Duration::ZERO && wait <= Duration::from_millis(500),
         "at 2 a second the next call passes within half a second: {wait:?}"
     );
-    tokio::time::sleep(Duration::from_secs(3)).await; // the bucket fills up again
+    // Time itself, not a cache: the bucket (burst 5, 2 a second) is full again after 2.5 s, and
+    // a probe that passed would spend a token the burst below counts.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let started = Instant::now();
     let burst = futures::future::join_all((0..20).map(|i| {
         let c = &c;
@@ -500,8 +503,9 @@ async fn a_tenants_rate_holds_across_two_dispatch_processes_and_a_restart() -> a
     let second_client = DispatchServiceClient::new(
         finestra_testkit::authed_channel(second.running.grpc_url(), &send_key).await?,
     );
+    // Neither dispatch has read this tenant's limits yet (each caches them from the tenant's
+    // first send on): the first calls below already read these, so there is nothing to wait for.
     set_limits(&partner, &c.tenant, 1, 10, 1).await?;
-    tokio::time::sleep(Duration::from_millis(400)).await;
 
     let started = Instant::now();
     let request = |i: usize| SendMessageRequest {
@@ -557,7 +561,8 @@ async fn a_tenants_rate_holds_across_two_dispatch_processes_and_a_restart() -> a
         "{passed} of 5 passed right after the restart ({:.2}s later)",
         since - elapsed
     );
-    // And it lets the tenant through again at its rate.
+    // And it lets the tenant through again at its rate: one token comes back within a second
+    // of the last one taken (time itself, not a cache).
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     restarted_client.send_message(request(200)).await?;
     restarted.stop().await;

@@ -275,8 +275,8 @@ async fn main() -> anyhow::Result<()> {
     // Admission as in production (the test harness's settings are lenient for debug builds).
     let production = finestra_dispatch::DispatchConfig::from_env()?;
     let chain = finestra_e2e::load::InProcessChain::start(&scope, |config| {
-        config.tenant_defaults.rate_per_second = 100_000;
-        config.tenant_defaults.burst = 100_000;
+        config.tenant_rate = 100_000;
+        config.tenant_burst = 100_000;
         config.max_pending_sends = production.max_pending_sends;
         config.tenant_floor = production.tenant_floor;
         config.send_latency_target = production.send_latency_target;

@@ -304,7 +304,7 @@ impl Authenticator {
                         Ok::<_, sqlx::Error>(directory.principal(&hash).await?.map(Arc::new))
                     })
                     .await
-                    .map_err(|e| status::internal("authenticating a key", &e))?
+                    .map_err(|e| status::store("authenticating a key", &e))?
             }
         };
         found.ok_or_else(|| {
@@ -332,7 +332,7 @@ impl Authenticator {
                 Ok::<_, sqlx::Error>(directory.tenant(&id).await?.map(Arc::new))
             })
             .await
-            .map_err(|e| status::internal("looking up a tenant", &e))
+            .map_err(|e| status::store("looking up a tenant", &e))
     }
 
     /// Authenticated principal + the tenant it names, authorized for `scope`.

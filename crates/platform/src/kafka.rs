@@ -18,6 +18,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use finestra_proto::v1::envelope::Payload;
 use finestra_proto::v1::{DeadLetter, Envelope};
 
+use crate::config::KafkaSettings;
 use crate::shutdown::Shutdown;
 
 #[derive(Debug, thiserror::Error)]
@@ -28,20 +29,18 @@ pub enum BusError {
     CreateTopic { topic: String, code: String },
     #[error("a blocking broker call was cancelled")]
     Join(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// The idempotent producer (`enable.idempotence=true`, `acks=all`).
 pub fn producer(brokers: &str) -> Result<FutureProducer, BusError> {
+    let tuning = KafkaSettings::from_env()?;
     Ok(ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        // How long a record may wait for others to share its produce request: each request is
-        // a write transaction on the broker's side, so under load a few ms buy throughput.
-        .set(
-            "linger.ms",
-            crate::config::env_string("KAFKA_LINGER_MS", "2"),
-        )
+        .set("linger.ms", tuning.linger.as_millis().to_string())
         .set("batch.num.messages", "10000")
         .set("queue.buffering.max.messages", "1000000")
         .set("message.timeout.ms", "30000")
@@ -171,6 +170,7 @@ pub struct BatchConsumer {
 
 impl BatchConsumer {
     pub fn new(settings: ConsumerSettings) -> Result<Self, BusError> {
+        let tuning = KafkaSettings::from_env()?;
         let consumer: StreamConsumer<AssignmentLog> = ClientConfig::new()
             .set("bootstrap.servers", &settings.brokers)
             .set("group.id", &settings.group_id)
@@ -184,12 +184,9 @@ impl BatchConsumer {
             .set("max.poll.interval.ms", "20000")
             .set(
                 "fetch.wait.max.ms",
-                crate::config::env_string("KAFKA_FETCH_WAIT_MS", "50"),
+                tuning.fetch_wait.as_millis().to_string(),
             )
-            .set(
-                "fetch.min.bytes",
-                crate::config::env_string("KAFKA_FETCH_MIN_BYTES", "1"),
-            )
+            .set("fetch.min.bytes", tuning.fetch_min_bytes.to_string())
             .create_with_context(AssignmentLog {
                 group: settings.group_id.clone(),
             })?;

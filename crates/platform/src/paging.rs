@@ -2,19 +2,17 @@
 //! opaque token (the hex of the last key returned), and trimming the one extra row a query
 //! fetches to know whether another page exists.
 
-use tonic::Status;
-
-use crate::status;
+use crate::status::RequestError;
 
 pub const DEFAULT_PAGE: u32 = 100;
 pub const MAX_PAGE: u32 = 1_000;
 
 /// The page size asked for; 0 means the default.
-pub fn page_size(asked: u32) -> Result<i64, Status> {
+pub fn page_size(asked: u32) -> Result<i64, RequestError> {
     match asked {
         0 => Ok(i64::from(DEFAULT_PAGE)),
         n if n <= MAX_PAGE => Ok(i64::from(n)),
-        _ => Err(status::invalid_argument(
+        _ => Err(RequestError::invalid(
             "page_size",
             format!("page_size must be 1..{MAX_PAGE}"),
         )),
@@ -22,7 +20,7 @@ pub fn page_size(asked: u32) -> Result<i64, Status> {
 }
 
 /// The key to continue after; empty for the first page.
-pub fn after(token: &str) -> Result<String, Status> {
+pub fn after(token: &str) -> Result<String, RequestError> {
     if token.is_empty() {
         return Ok(String::new());
     }
@@ -30,7 +28,7 @@ pub fn after(token: &str) -> Result<String, Status> {
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
         .ok_or_else(|| {
-            status::invalid_argument("page_token", "page_token is not one this service issued")
+            RequestError::invalid("page_token", "page_token is not one this service issued")
         })
 }
 

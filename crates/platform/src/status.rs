@@ -153,6 +153,50 @@ pub fn reason_of(status: &Status) -> Option<String> {
     status.get_details_error_info().map(|i| i.reason)
 }
 
+/// A request a service cannot serve as asked, before any store is touched: the typed form of
+/// [`invalid_argument`] and [`not_found`], for code below the gRPC edge.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    #[error("no such {kind} ({id})")]
+    NotFound { kind: String, id: String },
+}
+
+impl RequestError {
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            field: field.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    pub fn not_found(kind: &str, id: &str) -> Self {
+        Self::NotFound {
+            kind: kind.to_owned(),
+            id: id.to_owned(),
+        }
+    }
+
+    /// The value itself, or `Invalid` when a required field is empty.
+    pub fn required<'a>(field: &str, value: &'a str) -> Result<&'a str, Self> {
+        if value.trim().is_empty() {
+            Err(Self::invalid(field, format!("{field} is required")))
+        } else {
+            Ok(value)
+        }
+    }
+}
+
+impl From<RequestError> for Status {
+    fn from(e: RequestError) -> Self {
+        match e {
+            RequestError::Invalid { field, message } => invalid_argument(&field, message),
+            RequestError::NotFound { kind, id } => not_found(&kind, &id),
+        }
+    }
+}
+
 /// `INVALID_ARGUMENT` when a required field is empty.
 pub fn required<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
     if value.trim().is_empty() {

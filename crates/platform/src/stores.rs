@@ -30,7 +30,7 @@ pub async fn redis(config: &CommonConfig) -> redis::RedisResult<redis::aio::Conn
     let client = redis::Client::open(config.redis_url.as_str())?;
     let settings = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Duration::from_secs(2))
-        .set_response_timeout(Duration::from_millis(config.redis_timeout_ms))
+        .set_response_timeout(config.redis_timeout)
         .set_number_of_retries(3);
     redis::aio::ConnectionManager::new_with_config(client, settings).await
 }

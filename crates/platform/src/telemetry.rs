@@ -9,7 +9,7 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::config::env_string;
+use crate::config::LogSettings;
 
 /// Keeps the exporter alive; flushes spans on drop.
 pub struct TelemetryGuard {
@@ -35,8 +35,9 @@ pub fn init(
     service_name: &'static str,
     otlp_endpoint: Option<&str>,
 ) -> anyhow::Result<TelemetryGuard> {
-    let filter = EnvFilter::try_new(env_string("LOG", "info,sqlx=warn,rdkafka=warn"))?;
-    let json = env_string("LOG_FORMAT", "text") == "json";
+    let log = LogSettings::from_env()?;
+    let filter = EnvFilter::try_new(&log.filter)?;
+    let json = log.format == "json";
     let provider = match otlp_endpoint {
         Some(endpoint) => {
             let exporter = opentelemetry_otlp::SpanExporter::builder()

@@ -35,6 +35,12 @@ pub enum RegistryError {
     Db(#[from] sqlx::Error),
 }
 
+impl finestra_platform::status::StoreFailure for RegistryError {
+    fn is_transient(&self) -> bool {
+        matches!(self, RegistryError::Db(e) if e.is_transient())
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct Tenant {
     pub tenant_id: String,

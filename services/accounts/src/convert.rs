@@ -1,6 +1,7 @@
 //! Rows ↔ wire types.
 
 use finestra_platform::auth::Scope;
+use finestra_platform::status::RequestError;
 use finestra_proto::prost_types::Timestamp;
 use finestra_proto::v1;
 
@@ -17,14 +18,11 @@ pub fn status(s: &str) -> i32 {
 }
 
 /// The stored name of a requested status; anything but ACTIVE or SUSPENDED is refused.
-pub fn status_name(s: i32) -> Result<&'static str, tonic::Status> {
+pub fn status_name(s: i32) -> Result<&'static str, RequestError> {
     match v1::Status::try_from(s) {
         Ok(v1::Status::Active) => Ok("active"),
         Ok(v1::Status::Suspended) => Ok("suspended"),
-        _ => Err(finestra_platform::status::invalid_argument(
-            "status",
-            "ACTIVE or SUSPENDED",
-        )),
+        _ => Err(RequestError::invalid("status", "ACTIVE or SUSPENDED")),
     }
 }
 

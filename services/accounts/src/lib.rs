@@ -8,30 +8,19 @@ pub mod reviews;
 pub mod templates;
 
 use finestra_platform::auth::RequireKey;
-use finestra_platform::config::env_string;
 use finestra_platform::health::{self, Dependency};
 use finestra_platform::service::retry_until_ready;
-use finestra_platform::{
-    CommonConfig, ConfigError, Running, Shutdown, StartError, admin, kafka, stores,
-};
+use finestra_platform::{Running, Shutdown, StartError, admin, kafka, stores};
 use finestra_proto::v1::accounts_service_server::AccountsServiceServer;
 
-#[derive(Clone, Debug)]
-pub struct AccountsConfig {
-    pub common: CommonConfig,
-    /// `fin_live_` in production; `fin_test_` for test deployments.
-    pub key_prefix: String,
-    /// Consumer group of the template-review consumer.
-    pub consumer_group: String,
-}
-
-impl AccountsConfig {
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Ok(Self {
-            common: CommonConfig::from_env("0.0.0.0:7050", "0.0.0.0:9100")?,
-            key_prefix: env_string("KEY_PREFIX", "fin_live_"),
-            consumer_group: env_string("ACCOUNTS_CONSUMER_GROUP", "finestra-accounts"),
-        })
+finestra_platform::settings! {
+    /// The accounts service's settings (docs/configuration.md).
+    pub struct AccountsConfig: common("0.0.0.0:7050", "0.0.0.0:9100") {
+        /// Prefix of the API keys it issues: `fin_live_` in production, `fin_test_` for test
+        /// deployments.
+        pub key_prefix: String = ("KEY_PREFIX", "fin_live_"),
+        /// Consumer group of the template-review consumer.
+        pub consumer_group: String = ("ACCOUNTS_CONSUMER_GROUP", "finestra-accounts"),
     }
 }
 

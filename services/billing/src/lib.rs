@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod consumer;
+pub mod failures;
 pub mod hot;
 pub mod pg;
 pub mod pricer;
@@ -19,61 +20,53 @@ use std::time::Duration;
 
 use finestra_domain::{Clock, Timestamp};
 use finestra_platform::auth::RequireKey;
-use finestra_platform::config::{env_parse, env_string};
 use finestra_platform::health::{self, Dependency};
 use finestra_platform::kafka::{self, BatchConsumer, ConsumerSettings};
 use finestra_platform::service::retry_until_ready;
-use finestra_platform::{CommonConfig, ConfigError, Running, Shutdown, StartError, admin, stores};
+use finestra_platform::{ConfigError, Running, Shutdown, StartError, admin, stores};
 use finestra_proto::v1::billing_service_server::BillingServiceServer;
 
-#[derive(Clone, Debug)]
-pub struct BillingConfig {
-    pub common: CommonConfig,
-    pub consumer_group: String,
-    pub max_batch: usize,
-    pub linger: Duration,
-    /// How long a loaded hot wallet lives before it is reloaded from Postgres.
-    pub wallet_cache: Duration,
-    /// Reservations never delivered are released after this long (default 30 days).
-    pub reservation_expiry: Duration,
-    pub sweep_every: Duration,
-    /// A new rate card must start at least this far ahead (replicas reload within it).
-    pub card_margin: Duration,
-    pub reserve_batch: usize,
-    pub reserve_parallel: usize,
-    /// Test failpoint (`FINESTRA_BILLING_CRASH_AFTER_BATCHES`, only in a build with the
-    /// `failpoints` feature, which `make test` enables): abort after this many consumer
-    /// batches were written to Postgres, before the offset commit.
-    pub crash_after_batches: Option<u64>,
+finestra_platform::settings! {
+    /// Billing's settings (docs/configuration.md).
+    pub struct BillingConfig: common("0.0.0.0:7053", "0.0.0.0:9103") {
+        /// Consumer group on the status topic (captures and releases).
+        pub consumer_group: String = ("BILLING_CONSUMER_GROUP", "finestra-billing"),
+        /// Statuses one settlement batch takes. Larger than the window's: a batch is one
+        /// transaction whose fixed costs (commit, wallet locks, offset commit) dominate below a
+        /// few thousand statuses.
+        pub max_batch: usize = ("BILLING_MAX_BATCH", "5000"),
+        /// How long a consumer waits for a batch to fill.
+        pub linger: Duration = ("BILLING_LINGER_MS", "20"),
+        /// How long a loaded hot wallet lives before it is reloaded from Postgres.
+        pub wallet_cache: Duration = ("BILLING_WALLET_CACHE_SECS", "600"),
+        /// Reservations never delivered are released after this long.
+        pub reservation_expiry: Duration = ("BILLING_RESERVATION_EXPIRY_HOURS", "720"),
+        /// How often expired reservations are swept.
+        pub sweep_every: Duration = ("BILLING_SWEEP_SECS", "60"),
+        /// A new rate card must start at least this far ahead (replicas reload within it).
+        pub card_margin: Duration = ("BILLING_CARD_MARGIN_SECS", "60"),
+        /// Reservations written in one group commit.
+        pub reserve_batch: usize = ("BILLING_RESERVE_BATCH", "500"),
+        /// Group commits in flight at once.
+        pub reserve_parallel: usize = ("BILLING_RESERVE_PARALLEL", "4"),
+        /// Test failpoint, only in a build with the `failpoints` feature (which `make test`
+        /// enables): abort after this many consumer batches were written to Postgres, before
+        /// the offset commit.
+        pub crash_after_batches: Option<u64> = ("BILLING_CRASH_AFTER_BATCHES", ""),
+    }
 }
 
 impl BillingConfig {
-    pub fn from_env() -> Result<Self, ConfigError> {
-        let crash: u64 = env_parse("BILLING_CRASH_AFTER_BATCHES", 0u64)?;
-        if crash > 0 && !cfg!(feature = "failpoints") {
-            return Err(ConfigError::Invalid {
+    /// Refuses a failpoint in a build that has none, so a stray variable is not ignored.
+    pub fn check(self) -> Result<Self, ConfigError> {
+        match self.crash_after_batches {
+            Some(n) if !cfg!(feature = "failpoints") => Err(ConfigError::Invalid {
                 name: "FINESTRA_BILLING_CRASH_AFTER_BATCHES".into(),
-                value: crash.to_string(),
+                value: n.to_string(),
                 reason: "a test failpoint; this build has none (cargo feature `failpoints`)".into(),
-            });
+            }),
+            _ => Ok(self),
         }
-        Ok(Self {
-            common: CommonConfig::from_env("0.0.0.0:7053", "0.0.0.0:9103")?,
-            consumer_group: env_string("BILLING_CONSUMER_GROUP", "finestra-billing"),
-            // Larger than the window's: a settlement batch is one transaction whose fixed costs
-            // (commit, wallet locks, offset commit) dominate below a few thousand statuses.
-            max_batch: env_parse("BILLING_MAX_BATCH", 5_000usize)?,
-            linger: Duration::from_millis(env_parse("BILLING_LINGER_MS", 20u64)?),
-            wallet_cache: Duration::from_secs(env_parse("BILLING_WALLET_CACHE_SECS", 600u64)?),
-            reservation_expiry: Duration::from_secs(
-                env_parse("BILLING_RESERVATION_EXPIRY_HOURS", 30 * 24u64)? * 3_600,
-            ),
-            sweep_every: Duration::from_secs(env_parse("BILLING_SWEEP_SECS", 60u64)?),
-            card_margin: Duration::from_secs(env_parse("BILLING_CARD_MARGIN_SECS", 60u64)?),
-            reserve_batch: env_parse("BILLING_RESERVE_BATCH", 500usize)?,
-            reserve_parallel: env_parse("BILLING_RESERVE_PARALLEL", 4usize)?,
-            crash_after_batches: (crash > 0).then_some(crash),
-        })
     }
 }
 

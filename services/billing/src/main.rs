@@ -10,7 +10,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// rate card) and exits; `finestra-billing reconcile [--tenant T]` checks the books offline.
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = finestra_billing::BillingConfig::from_env()?;
+    let config = finestra_billing::BillingConfig::from_env()?.check()?;
     let telemetry = telemetry::init("finestra-billing", config.common.otlp_endpoint.as_deref())?;
     if std::env::args().nth(1).as_deref() == Some("migrate") {
         let pool = stores::postgres(&config.common).await?;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use finestra_platform::auth::{AuthedChannel, Bearer, Owner, Scope};
-use finestra_platform::config::env_string;
+use finestra_platform::config::SharedSettings;
 use finestra_proto::v1::accounts_service_client::AccountsServiceClient;
 use finestra_proto::v1::window_service_client::WindowServiceClient;
 use finestra_proto::v1::{self, GetWindowRequest, ListOpenWindowsRequest, Window};
@@ -261,15 +261,8 @@ enum DevCommand {
     },
 }
 
-fn database_url() -> String {
-    env_string(
-        "DATABASE_URL",
-        "postgres://postgres@127.0.0.1:5432/finestra",
-    )
-}
-
 async fn pool() -> anyhow::Result<finestra_registry::PgPool> {
-    let url = database_url();
+    let url = SharedSettings::from_env()?.database_url;
     finestra_registry::connect(&url)
         .await
         // Not the URL itself: it may carry a password.
@@ -470,9 +463,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Topics { partitions } => {
-            let brokers = env_string("KAFKA_BROKERS", "127.0.0.1:9092");
-            let topics = finestra_platform::Topics::with_suffix(&env_string("TOPIC_SUFFIX", ""));
-            finestra_platform::kafka::ensure_topics(&brokers, &topics.all(), partitions).await?;
+            let shared = SharedSettings::from_env()?;
+            let topics = finestra_platform::Topics::with_suffix(&shared.topic_suffix);
+            finestra_platform::kafka::ensure_topics(
+                &shared.kafka_brokers,
+                &topics.all(),
+                partitions,
+            )
+            .await?;
             println!("topics ready: {}", topics.all().join(", "));
         }
         Command::Bootstrap { prefix, another } => {

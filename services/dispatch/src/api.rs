@@ -523,6 +523,7 @@ impl DispatchService for DispatchApi {
         tenant_api::create_webhook(self.facts.pool(), req, now)
             .await
             .map(Response::new)
+            .map_err(Status::from)
     }
 
     async fn list_webhooks(
@@ -543,6 +544,7 @@ impl DispatchService for DispatchApi {
         tenant_api::rotate_secret(self.facts.pool(), req, now)
             .await
             .map(Response::new)
+            .map_err(Status::from)
     }
 
     async fn delete_webhook(
@@ -554,6 +556,7 @@ impl DispatchService for DispatchApi {
         tenant_api::delete_webhook(self.facts.pool(), &req.tenant_id, &req.endpoint_id, now)
             .await
             .map(Response::new)
+            .map_err(Status::from)
     }
 
     async fn list_dead_letters(
@@ -564,6 +567,7 @@ impl DispatchService for DispatchApi {
         tenant_api::list_dead_letters(self.facts.pool(), &req)
             .await
             .map(Response::new)
+            .map_err(Status::from)
     }
 
     async fn redrive(

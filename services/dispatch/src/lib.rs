@@ -6,6 +6,7 @@ pub mod accept;
 pub mod admission;
 pub mod api;
 pub mod content;
+pub mod error;
 pub mod events;
 pub mod facts;
 pub mod fep;
@@ -25,130 +26,131 @@ use std::time::Duration;
 use finestra_domain::Clock;
 use finestra_domain::delivery::RetryPolicy;
 use finestra_platform::auth::{Bearer, RequireKey};
-use finestra_platform::config::{env_parse, env_string};
 use finestra_platform::health::{self, Dependency};
 use finestra_platform::kafka::{self, BatchConsumer, ConsumerSettings};
 use finestra_platform::service::retry_until_ready;
-use finestra_platform::{CommonConfig, ConfigError, Running, Shutdown, StartError, admin, stores};
+use finestra_platform::{ConfigError, Running, Shutdown, StartError, admin, stores};
 use finestra_proto::v1::billing_service_client::BillingServiceClient;
 use finestra_proto::v1::dispatch_service_server::DispatchServiceServer;
 
-#[derive(Clone, Debug)]
-pub struct DispatchConfig {
-    pub common: CommonConfig,
-    /// The worker's consumer group (outbound topic).
-    pub worker_group: String,
-    /// The status consumer's group.
-    pub status_group: String,
-    pub billing_url: String,
-    /// An operator key with `send` scope: Reserve/ReserveBatch are internal calls.
-    pub billing_key: String,
-    pub billing_connections: usize,
-    pub billing_timeout: Duration,
-    pub provider_url: String,
-    pub provider_version: String,
-    pub provider_token: String,
-    pub provider_timeout: Duration,
-    pub retry: RetryPolicy,
-    pub max_in_flight: usize,
-    pub send_concurrency: usize,
-    pub accept_batch: usize,
-    pub accept_parallel: usize,
-    pub max_batch: usize,
-    pub linger: Duration,
-    pub facts_ttl: Duration,
-    pub replay_wait: Duration,
-    /// SendMessage calls decided at once, shared by weight among the tenants sending
-    /// (docs/fairness.md); a quarter more is kept for tenants under their floor.
-    pub max_pending_sends: usize,
-    /// Sends any tenant may always have in flight, whatever the others do.
-    pub tenant_floor: usize,
-    /// A SendMessage taking longer than this (and than twice its unloaded time) counts as
-    /// queueing: the number decided at once shrinks until it does not.
-    pub send_latency_target: Duration,
-    /// Limits of tenants whose partner left them unset.
-    pub tenant_defaults: finestra_domain::fairness::TenantLimits,
-    /// Messages of one tenant (of weight 1) the worker holds in memory; the rest of its
-    /// backlog is parked in Postgres and taken back in order.
-    pub tenant_queue: usize,
-    /// The tenant event log's consumer group.
-    pub events_group: String,
-    pub webhook_schedule: finestra_domain::delivery::WebhookSchedule,
-    pub webhook_timeout: Duration,
-    /// Sweeps over every tenant's rows (webhook deliveries, stale accepted messages) take only
-    /// tenants whose id starts with this (empty: every tenant). Lets dispatchers with other
-    /// schedules and topics share a database without doing each other's work (tests).
-    pub sweep_tenant_prefix: String,
-    /// A message still ACCEPTED this long after it was stored is queued again (its event may
-    /// have been lost with a process killed between the store and the produce).
-    pub requeue_after: Duration,
-    pub requeue_every: Duration,
-    /// How long after a referral message dispatch looks for a reply accepted before the
-    /// window service recorded the referral (longer than any acceptance in flight).
-    pub fep_grace: Duration,
+finestra_platform::settings! {
+    /// Dispatch's settings (docs/configuration.md).
+    pub struct DispatchConfig: common("0.0.0.0:7054", "0.0.0.0:9104") {
+        /// The worker's consumer group (outbound topic).
+        pub worker_group: String = ("DISPATCH_WORKER_GROUP", "finestra-dispatch-worker"),
+        /// The status consumer's group.
+        pub status_group: String = ("DISPATCH_STATUS_GROUP", "finestra-dispatch-status"),
+        /// The tenant event log's consumer group.
+        pub events_group: String = ("DISPATCH_EVENTS_GROUP", "finestra-dispatch-events"),
+        /// Billing's gRPC address, for reservations.
+        pub billing_url: String = ("DISPATCH_BILLING_URL", "http://127.0.0.1:7053"),
+        /// An operator key with `send` scope: Reserve/ReserveBatch are internal calls.
+        pub billing_key: String = ("DISPATCH_BILLING_KEY", ""),
+        /// Connections to billing, used in turn.
+        pub billing_connections: usize = ("DISPATCH_BILLING_CONNECTIONS", "4"),
+        /// Deadline of a reservation call to billing.
+        pub billing_timeout: Duration = ("DISPATCH_BILLING_TIMEOUT_MS", "5000"),
+        /// The network's Cloud API base address.
+        pub provider_url: String = ("PROVIDER_URL", "http://127.0.0.1:8090"),
+        /// The Graph API version in the Cloud API path.
+        pub provider_version: String = ("PROVIDER_API_VERSION", "v21.0"),
+        /// The bearer token the network expects.
+        pub provider_token: String = ("PROVIDER_TOKEN", "finestra-simulator-token"),
+        /// Deadline of one send to the network.
+        pub provider_timeout: Duration = ("PROVIDER_TIMEOUT_MS", "10000"),
+        /// First pause before a failed delivery is tried again (doubling, with jitter).
+        pub retry_base: Duration = ("DISPATCH_RETRY_BASE_MS", "250"),
+        /// Longest pause between two attempts of a delivery.
+        pub retry_cap: Duration = ("DISPATCH_RETRY_CAP_MS", "30000"),
+        /// Attempts before a message fails for good.
+        pub retry_attempts: u32 = ("DISPATCH_RETRY_ATTEMPTS", "8"),
+        /// Messages the worker holds in memory across all tenants.
+        pub max_in_flight: usize = ("DISPATCH_MAX_IN_FLIGHT", "50000"),
+        /// Deliveries to the network in flight at once.
+        pub send_concurrency: usize = ("DISPATCH_SEND_CONCURRENCY", "256"),
+        /// SendMessage calls stored (and reserved) in one group commit.
+        pub accept_batch: usize = ("DISPATCH_ACCEPT_BATCH", "500"),
+        /// Group commits in flight at once.
+        pub accept_parallel: usize = ("DISPATCH_ACCEPT_PARALLEL", "4"),
+        /// Records one consumer batch takes.
+        pub max_batch: usize = ("DISPATCH_MAX_BATCH", "2000"),
+        /// How long a consumer waits for a batch to fill.
+        pub linger: Duration = ("DISPATCH_LINGER_MS", "5"),
+        /// How long a tenant's, number's or template's facts are cached.
+        pub facts_ttl: Duration = ("DISPATCH_FACTS_TTL_MS", "2000"),
+        /// How long a repeated idempotency key waits for the first call's answer.
+        pub replay_wait: Duration = ("DISPATCH_REPLAY_WAIT_MS", "5000"),
+        /// SendMessage calls decided at once, shared by weight among the tenants sending
+        /// (docs/fairness.md); a quarter more is kept for tenants under their floor.
+        pub max_pending_sends: usize = ("DISPATCH_MAX_PENDING_SENDS", "512"),
+        /// Sends any tenant may always have in flight, whatever the others do.
+        pub tenant_floor: usize = ("DISPATCH_TENANT_FLOOR", "1"),
+        /// A SendMessage taking longer than this (and than twice its unloaded time) counts as
+        /// queueing: the number decided at once shrinks until it does not.
+        pub send_latency_target: Duration = ("DISPATCH_SEND_LATENCY_TARGET_MS", "25"),
+        /// Sustained SendMessage rate of a tenant whose partner set none (per second).
+        pub tenant_rate: u32 = ("DISPATCH_TENANT_RATE", "1000"),
+        /// Burst of a tenant whose partner set none.
+        pub tenant_burst: u32 = ("DISPATCH_TENANT_BURST", "2000"),
+        /// Weight of a tenant whose partner set none.
+        pub tenant_weight: u32 = ("DISPATCH_TENANT_WEIGHT", "1"),
+        /// Messages of one tenant (of weight 1) the worker holds in memory; the rest of its
+        /// backlog is parked in Postgres and taken back in order.
+        pub tenant_queue: usize = ("DISPATCH_TENANT_QUEUE", "5000"),
+        /// First pause before a failed webhook delivery is retried.
+        pub webhook_first_retry: Duration = ("DISPATCH_WEBHOOK_FIRST_RETRY_MS", "5000"),
+        /// Longest pause between two webhook attempts.
+        pub webhook_max_pause: Duration = ("DISPATCH_WEBHOOK_MAX_PAUSE_SECS", "21600"),
+        /// A webhook delivery failing this long is dead-lettered.
+        pub webhook_give_up: Duration = ("DISPATCH_WEBHOOK_GIVE_UP_SECS", "259200"),
+        /// Deadline of one tenant webhook delivery.
+        pub webhook_timeout: Duration = ("DISPATCH_WEBHOOK_TIMEOUT_MS", "10000"),
+        /// Sweeps over every tenant's rows (webhook deliveries, stale accepted messages) take
+        /// only tenants whose id starts with this (empty: every tenant). Lets dispatchers with
+        /// other schedules and topics share a database without doing each other's work.
+        pub sweep_tenant_prefix: String = ("DISPATCH_SWEEP_TENANT_PREFIX", ""),
+        /// A message still ACCEPTED this long after it was stored is queued again (its event
+        /// may have been lost with a process killed between the store and the produce).
+        pub requeue_after: Duration = ("DISPATCH_REQUEUE_AFTER_SECS", "300"),
+        /// How often stale ACCEPTED messages are looked for.
+        pub requeue_every: Duration = ("DISPATCH_REQUEUE_EVERY_SECS", "30"),
+        /// How long after a referral message dispatch looks for a reply accepted before the
+        /// window service recorded the referral (longer than any acceptance in flight).
+        pub fep_grace: Duration = ("DISPATCH_FEP_GRACE_SECS", "30"),
+    }
 }
 
 impl DispatchConfig {
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Ok(Self {
-            common: CommonConfig::from_env("0.0.0.0:7054", "0.0.0.0:9104")?,
-            worker_group: env_string("DISPATCH_WORKER_GROUP", "finestra-dispatch-worker"),
-            status_group: env_string("DISPATCH_STATUS_GROUP", "finestra-dispatch-status"),
-            billing_url: env_string("DISPATCH_BILLING_URL", "http://127.0.0.1:7053"),
-            billing_key: env_string("DISPATCH_BILLING_KEY", ""),
-            billing_connections: env_parse("DISPATCH_BILLING_CONNECTIONS", 4usize)?,
-            billing_timeout: Duration::from_millis(env_parse(
-                "DISPATCH_BILLING_TIMEOUT_MS",
-                5_000u64,
-            )?),
-            provider_url: env_string("PROVIDER_URL", "http://127.0.0.1:8090"),
-            provider_version: env_string("PROVIDER_API_VERSION", "v21.0"),
-            provider_token: env_string("PROVIDER_TOKEN", "finestra-simulator-token"),
-            provider_timeout: Duration::from_millis(env_parse("PROVIDER_TIMEOUT_MS", 10_000u64)?),
-            retry: RetryPolicy {
-                base_micros: env_parse("DISPATCH_RETRY_BASE_MS", 250i64)? * 1_000,
-                cap_micros: env_parse("DISPATCH_RETRY_CAP_MS", 30_000i64)? * 1_000,
-                max_attempts: env_parse("DISPATCH_RETRY_ATTEMPTS", 8u32)?,
-            },
-            max_in_flight: env_parse("DISPATCH_MAX_IN_FLIGHT", 50_000usize)?,
-            send_concurrency: env_parse("DISPATCH_SEND_CONCURRENCY", 256usize)?,
-            accept_batch: env_parse("DISPATCH_ACCEPT_BATCH", 500usize)?,
-            accept_parallel: env_parse("DISPATCH_ACCEPT_PARALLEL", 4usize)?,
-            max_batch: env_parse("DISPATCH_MAX_BATCH", 2_000usize)?,
-            linger: Duration::from_millis(env_parse("DISPATCH_LINGER_MS", 5u64)?),
-            facts_ttl: Duration::from_millis(env_parse("DISPATCH_FACTS_TTL_MS", 2_000u64)?),
-            replay_wait: Duration::from_millis(env_parse("DISPATCH_REPLAY_WAIT_MS", 5_000u64)?),
-            max_pending_sends: env_parse("DISPATCH_MAX_PENDING_SENDS", 512usize)?,
-            tenant_floor: env_parse("DISPATCH_TENANT_FLOOR", 1usize)?,
-            send_latency_target: Duration::from_millis(env_parse(
-                "DISPATCH_SEND_LATENCY_TARGET_MS",
-                25u64,
-            )?),
-            tenant_defaults: finestra_domain::fairness::TenantLimits {
-                rate_per_second: env_parse("DISPATCH_TENANT_RATE", 1_000u32)?,
-                burst: env_parse("DISPATCH_TENANT_BURST", 2_000u32)?,
-                weight: env_parse("DISPATCH_TENANT_WEIGHT", 1u32)?,
-            },
-            tenant_queue: env_parse("DISPATCH_TENANT_QUEUE", 5_000usize)?,
-            events_group: env_string("DISPATCH_EVENTS_GROUP", "finestra-dispatch-events"),
-            webhook_schedule: finestra_domain::delivery::WebhookSchedule {
-                first_micros: env_parse("DISPATCH_WEBHOOK_FIRST_RETRY_MS", 5_000i64)? * 1_000,
-                cap_micros: env_parse("DISPATCH_WEBHOOK_MAX_PAUSE_SECS", 6 * 3_600i64)? * 1_000_000,
-                give_up_after_micros: env_parse(
-                    "DISPATCH_WEBHOOK_GIVE_UP_SECS",
-                    3 * 24 * 3_600i64,
-                )? * 1_000_000,
-            },
-            webhook_timeout: Duration::from_millis(env_parse(
-                "DISPATCH_WEBHOOK_TIMEOUT_MS",
-                10_000u64,
-            )?),
-            sweep_tenant_prefix: env_string("DISPATCH_SWEEP_TENANT_PREFIX", ""),
-            requeue_after: Duration::from_secs(env_parse("DISPATCH_REQUEUE_AFTER_SECS", 300u64)?),
-            requeue_every: Duration::from_secs(env_parse("DISPATCH_REQUEUE_EVERY_SECS", 30u64)?),
-            fep_grace: Duration::from_secs(env_parse("DISPATCH_FEP_GRACE_SECS", 30u64)?),
-        })
+    /// The delivery retry schedule.
+    pub fn retry(&self) -> RetryPolicy {
+        RetryPolicy {
+            base_micros: micros(self.retry_base),
+            cap_micros: micros(self.retry_cap),
+            max_attempts: self.retry_attempts,
+        }
     }
+
+    /// Limits of tenants whose partner left them unset.
+    pub fn tenant_defaults(&self) -> finestra_domain::fairness::TenantLimits {
+        finestra_domain::fairness::TenantLimits {
+            rate_per_second: self.tenant_rate,
+            burst: self.tenant_burst,
+            weight: self.tenant_weight,
+        }
+    }
+
+    /// The webhook retry schedule.
+    pub fn webhook_schedule(&self) -> finestra_domain::delivery::WebhookSchedule {
+        finestra_domain::delivery::WebhookSchedule {
+            first_micros: micros(self.webhook_first_retry),
+            cap_micros: micros(self.webhook_max_pause),
+            give_up_after_micros: micros(self.webhook_give_up),
+        }
+    }
+}
+
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
 pub const SERVICE_NAME: &str = "finestra.v1.DispatchService";
@@ -239,7 +241,7 @@ pub async fn start(
             capacity: config.max_pending_sends.max(1),
             floor: config.tenant_floor.max(1),
             latency_target: config.send_latency_target,
-            defaults: config.tenant_defaults,
+            defaults: config.tenant_defaults(),
             retry_over_share: Duration::from_millis(100),
         }),
         recorded: recorded.clone(),
@@ -279,13 +281,13 @@ pub async fn start(
         producer: producer.clone(),
         status_topic: common.topics.status.clone(),
         dlq_topic: common.topics.dlq.clone(),
-        retry: config.retry,
+        retry: config.retry(),
         max_in_flight: config.max_in_flight,
         send_concurrency: config.send_concurrency,
         clock: clock.clone(),
         outbound_topic: common.topics.outbound.clone(),
         tenant_queue: config.tenant_queue,
-        tenant_defaults: config.tenant_defaults,
+        tenant_defaults: config.tenant_defaults(),
         tenant_prefix: config.sweep_tenant_prefix.clone(),
     };
     let fep_task = tokio::spawn(
@@ -362,7 +364,7 @@ pub async fn start(
                     value: String::new(),
                     reason: e.to_string(),
                 })?,
-            schedule: config.webhook_schedule,
+            schedule: config.webhook_schedule(),
             clock: clock.clone(),
             recorded,
             batch: 200,

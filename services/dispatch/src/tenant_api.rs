@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use finestra_platform::Shutdown;
 use finestra_platform::paging;
-use finestra_platform::status::{self, invalid_argument, not_found, required};
+use finestra_platform::status::RequestError;
 use finestra_proto::v1::{
     CreateWebhookRequest, Envelope, ListDeadLettersRequest, ListDeadLettersResponse,
     RedriveRequest, RedriveResponse, RotateWebhookSecretRequest, StreamEventsRequest, TenantEvent,
@@ -18,14 +18,12 @@ use sqlx::PgPool;
 use tokio::sync::{Notify, mpsc};
 use tonic::Status;
 
+use crate::error::DispatchError;
+
 const STREAM_PAGE: i64 = 500;
 const DEFAULT_OVERLAP_SECONDS: u32 = 24 * 3_600;
 
-fn internal(context: &str, e: &dyn std::fmt::Display) -> Status {
-    status::internal(context, e)
-}
-
-fn parse_cursor(cursor: &str) -> Result<i64, Status> {
+fn parse_cursor(cursor: &str) -> Result<i64, RequestError> {
     if cursor.is_empty() {
         return Ok(0);
     }
@@ -33,20 +31,20 @@ fn parse_cursor(cursor: &str) -> Result<i64, Status> {
         .parse::<i64>()
         .ok()
         .filter(|c| *c >= 0)
-        .ok_or_else(|| invalid_argument("cursor", "cursor is not one this service issued"))
+        .ok_or_else(|| RequestError::invalid("cursor", "cursor is not one this service issued"))
 }
 
 /// Where a stream starts: after `cursor`, or after the newest event (`from_now`).
-pub async fn stream_start(pool: &PgPool, req: &StreamEventsRequest) -> Result<i64, Status> {
+pub async fn stream_start(pool: &PgPool, req: &StreamEventsRequest) -> Result<i64, DispatchError> {
     if !req.from_now {
-        return parse_cursor(&req.cursor);
+        return Ok(parse_cursor(&req.cursor)?);
     }
     let (max,): (Option<i64>,) =
         sqlx::query_as("SELECT max(seq) FROM dispatch.tenant_events WHERE tenant_id = $1")
             .bind(&req.tenant_id)
             .fetch_one(pool)
             .await
-            .map_err(|e| internal("reading the event log", &e))?;
+            .map_err(DispatchError::store("reading the event log"))?;
     Ok(max.unwrap_or(0))
 }
 
@@ -76,7 +74,11 @@ pub async fn feed(
         let rows = match rows {
             Ok(rows) => rows,
             Err(e) => {
-                let _ = tx.send(Err(internal("reading the event log", &e))).await;
+                let failure = DispatchError::Store {
+                    context: "reading the event log",
+                    source: e,
+                };
+                let _ = tx.send(Err(failure.into())).await;
                 return;
             }
         };
@@ -132,12 +134,12 @@ pub async fn create_webhook(
     pool: &PgPool,
     req: CreateWebhookRequest,
     now: i64,
-) -> Result<Webhook, Status> {
-    let url = required("url", &req.url)?;
+) -> Result<Webhook, DispatchError> {
+    let url = RequestError::required("url", &req.url)?;
     let plausible = (url.starts_with("https://") || url.starts_with("http://"))
         && reqwest::Url::parse(url).is_ok_and(|u| u.host().is_some());
     if !plausible {
-        return Err(invalid_argument("url", "url must be an http(s) URL"));
+        return Err(RequestError::invalid("url", "url must be an http(s) URL").into());
     }
     let endpoint_id = format!("wh_{}", random_hex(8));
     let secret = format!("whsec_{}", random_hex(24));
@@ -152,7 +154,7 @@ pub async fn create_webhook(
     .bind(now)
     .execute(pool)
     .await
-    .map_err(|e| internal("creating a webhook", &e))?;
+    .map_err(DispatchError::store("creating a webhook"))?;
     Ok(webhook(
         req.tenant_id,
         endpoint_id,
@@ -163,7 +165,7 @@ pub async fn create_webhook(
     ))
 }
 
-pub async fn list_webhooks(pool: &PgPool, tenant_id: &str) -> Result<Vec<Webhook>, Status> {
+pub async fn list_webhooks(pool: &PgPool, tenant_id: &str) -> Result<Vec<Webhook>, DispatchError> {
     let rows: Vec<(String, String, Option<i64>, i64)> = sqlx::query_as(
         "SELECT endpoint_id, url, previous_valid_until, created_at FROM dispatch.webhook_endpoints
           WHERE tenant_id = $1 AND deleted_at IS NULL ORDER BY created_at, endpoint_id",
@@ -171,7 +173,7 @@ pub async fn list_webhooks(pool: &PgPool, tenant_id: &str) -> Result<Vec<Webhook
     .bind(tenant_id)
     .fetch_all(pool)
     .await
-    .map_err(|e| internal("listing webhooks", &e))?;
+    .map_err(DispatchError::store("listing webhooks"))?;
     Ok(rows
         .into_iter()
         .map(|(id, url, until, at)| {
@@ -184,7 +186,7 @@ pub async fn rotate_secret(
     pool: &PgPool,
     req: RotateWebhookSecretRequest,
     now: i64,
-) -> Result<Webhook, Status> {
+) -> Result<Webhook, DispatchError> {
     let overlap = if req.overlap_seconds == 0 {
         DEFAULT_OVERLAP_SECONDS
     } else {
@@ -203,8 +205,9 @@ pub async fn rotate_secret(
     .bind(&secret)
     .fetch_optional(pool)
     .await
-    .map_err(|e| internal("rotating a webhook secret", &e))?;
-    let (url, until, created) = row.ok_or_else(|| not_found("endpoint_id", &req.endpoint_id))?;
+    .map_err(DispatchError::store("rotating a webhook secret"))?;
+    let (url, until, created) =
+        row.ok_or_else(|| RequestError::not_found("endpoint_id", &req.endpoint_id))?;
     Ok(webhook(
         req.tenant_id,
         req.endpoint_id,
@@ -220,11 +223,11 @@ pub async fn delete_webhook(
     tenant_id: &str,
     endpoint_id: &str,
     now: i64,
-) -> Result<Webhook, Status> {
+) -> Result<Webhook, DispatchError> {
     let mut tx = pool
         .begin()
         .await
-        .map_err(|e| internal("deleting a webhook", &e))?;
+        .map_err(DispatchError::store("deleting a webhook"))?;
     let row: Option<(String, i64)> = sqlx::query_as(
         "UPDATE dispatch.webhook_endpoints SET deleted_at = $3
           WHERE tenant_id = $1 AND endpoint_id = $2 AND deleted_at IS NULL
@@ -235,8 +238,8 @@ pub async fn delete_webhook(
     .bind(now)
     .fetch_optional(&mut *tx)
     .await
-    .map_err(|e| internal("deleting a webhook", &e))?;
-    let (url, created) = row.ok_or_else(|| not_found("endpoint_id", endpoint_id))?;
+    .map_err(DispatchError::store("deleting a webhook"))?;
+    let (url, created) = row.ok_or_else(|| RequestError::not_found("endpoint_id", endpoint_id))?;
     sqlx::query(
         "UPDATE dispatch.webhook_deliveries SET state = 'dead', last_error = 'endpoint deleted'
           WHERE tenant_id = $1 AND endpoint_id = $2 AND state = 'pending'",
@@ -245,10 +248,10 @@ pub async fn delete_webhook(
     .bind(endpoint_id)
     .execute(&mut *tx)
     .await
-    .map_err(|e| internal("deleting a webhook", &e))?;
+    .map_err(DispatchError::store("deleting a webhook"))?;
     tx.commit()
         .await
-        .map_err(|e| internal("deleting a webhook", &e))?;
+        .map_err(DispatchError::store("deleting a webhook"))?;
     Ok(webhook(
         tenant_id.to_owned(),
         endpoint_id.to_owned(),
@@ -262,14 +265,14 @@ pub async fn delete_webhook(
 pub async fn list_dead_letters(
     pool: &PgPool,
     req: &ListDeadLettersRequest,
-) -> Result<ListDeadLettersResponse, Status> {
+) -> Result<ListDeadLettersResponse, DispatchError> {
     let size = paging::page_size(req.page_size)?;
     let after = paging::after(&req.page_token)?;
     let (after_endpoint, after_seq) = match after.split_once('/') {
         Some((e, s)) => (
             e.to_owned(),
             s.parse::<i64>().map_err(|_| {
-                invalid_argument("page_token", "page_token is not one this service issued")
+                RequestError::invalid("page_token", "page_token is not one this service issued")
             })?,
         ),
         None => (String::new(), 0),
@@ -291,7 +294,7 @@ pub async fn list_dead_letters(
     .bind(size + 1)
     .fetch_all(pool)
     .await
-    .map_err(|e| internal("listing dead letters", &e))?;
+    .map_err(DispatchError::store("listing dead letters"))?;
     let keyed: Vec<(String, Row)> = rows
         .into_iter()
         .map(|r| (format!("{}/{}", r.0, r.1), r))
@@ -322,8 +325,8 @@ pub async fn redrive(
     pool: &PgPool,
     req: &RedriveRequest,
     now: i64,
-) -> Result<RedriveResponse, Status> {
-    let endpoint = required("endpoint_id", &req.endpoint_id)?;
+) -> Result<RedriveResponse, DispatchError> {
+    let endpoint = RequestError::required("endpoint_id", &req.endpoint_id)?;
     let cursors: Vec<i64> = req
         .cursors
         .iter()
@@ -343,7 +346,7 @@ pub async fn redrive(
     .bind(now)
     .execute(pool)
     .await
-    .map_err(|e| internal("redriving dead letters", &e))?;
+    .map_err(DispatchError::store("redriving dead letters"))?;
     Ok(RedriveResponse {
         redriven: u32::try_from(done.rows_affected()).unwrap_or(u32::MAX),
     })

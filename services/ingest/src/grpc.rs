@@ -54,7 +54,7 @@ impl IngestService for IngestApi {
             .directory
             .lookup(&req.phone_number_id)
             .await
-            .map_err(|e| status::internal("number lookup", &e))?
+            .map_err(|e| status::store("looking up a number", &e))?
             .ok_or_else(|| {
                 status::with_reason(
                     Code::NotFound,

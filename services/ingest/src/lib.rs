@@ -15,34 +15,21 @@ use std::time::Duration;
 
 use finestra_domain::Clock;
 use finestra_platform::auth::RequireKey;
-use finestra_platform::config::{env_addr, env_parse, env_string};
 use finestra_platform::health::{self, Dependency};
-use finestra_platform::{
-    CommonConfig, ConfigError, Running, Shutdown, StartError, Topics, admin, kafka, stores,
-};
+use finestra_platform::{Running, Shutdown, StartError, Topics, admin, kafka, stores};
 use finestra_proto::v1::ingest_service_server::IngestServiceServer;
 use finestra_registry::Registry;
 use rdkafka::producer::FutureProducer;
 
-#[derive(Clone, Debug)]
-pub struct IngestConfig {
-    pub common: CommonConfig,
-    /// Webhook HTTP listener.
-    pub http_addr: SocketAddr,
-    /// The token the provider echoes in the subscription handshake.
-    pub verify_token: String,
-    /// How long a number lookup is cached (a new number is seen within this time).
-    pub number_cache_ttl: Duration,
-}
-
-impl IngestConfig {
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Ok(Self {
-            common: CommonConfig::from_env("0.0.0.0:7051", "0.0.0.0:9101")?,
-            http_addr: env_addr("HTTP_ADDR", "0.0.0.0:8080")?,
-            verify_token: env_string("WEBHOOK_VERIFY_TOKEN", "finestra-dev-verify-token"),
-            number_cache_ttl: Duration::from_millis(env_parse("NUMBER_CACHE_TTL_MS", 5_000u64)?),
-        })
+finestra_platform::settings! {
+    /// Ingest's settings (docs/configuration.md).
+    pub struct IngestConfig: common("0.0.0.0:7051", "0.0.0.0:9101") {
+        /// The webhook HTTP listener.
+        pub http_addr: SocketAddr = ("HTTP_ADDR", "0.0.0.0:8080"),
+        /// The token the provider echoes in the subscription handshake.
+        pub verify_token: String = ("WEBHOOK_VERIFY_TOKEN", "finestra-dev-verify-token"),
+        /// How long a number lookup is cached (a new number is seen within this time).
+        pub number_cache_ttl: Duration = ("NUMBER_CACHE_TTL_MS", "5000"),
     }
 }
 

@@ -75,7 +75,7 @@ impl WindowApi {
         metrics::counter!("finestra_window_reads_total", "source" => "postgres").increment(1);
         let row = pg::read_state(&self.pool, key)
             .await
-            .map_err(|e| status::internal("reading window state", &e))?;
+            .map_err(|e| status::store("reading window state", &e))?;
         // No row: the user never wrote. The empty state is complete too; cache it.
         let state = row.map(|r| r.state()).unwrap_or_default();
         if let Err(e) = self
@@ -132,7 +132,7 @@ impl WindowService for WindowApi {
         // One extra row tells whether another page exists.
         let rows = pg::list_open(&self.pool, tenant_id, number, now, &after, size + 1)
             .await
-            .map_err(|e| status::internal("listing open windows", &e))?;
+            .map_err(|e| status::store("listing open windows", &e))?;
         let (rows, next_page_token) = paginate(rows, size, |r| &r.user_key);
         let windows = rows
             .iter()

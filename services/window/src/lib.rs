@@ -15,38 +15,27 @@ use std::time::Duration;
 
 use finestra_domain::Clock;
 use finestra_platform::auth::RequireKey;
-use finestra_platform::config::{env_parse, env_string};
 use finestra_platform::health::{self, Dependency};
 use finestra_platform::kafka::{self, BatchConsumer, ConsumerSettings};
 use finestra_platform::service::retry_until_ready;
-use finestra_platform::{CommonConfig, ConfigError, Running, Shutdown, StartError, admin, stores};
+use finestra_platform::{Running, Shutdown, StartError, admin, stores};
 use finestra_proto::v1::window_service_server::WindowServiceServer;
 
-#[derive(Clone, Debug)]
-pub struct WindowConfig {
-    pub common: CommonConfig,
-    pub consumer_group: String,
-    pub max_batch: usize,
-    pub linger: Duration,
-    /// WindowClosingSoon goes out this long before a window closes (default 1 h).
-    pub closing_lead: Duration,
-    /// How often the closing-notice sweep runs.
-    pub notice_every: Duration,
-    /// Announce closings of tenants whose id starts with this only (empty: all).
-    pub notice_tenant_prefix: String,
-}
-
-impl WindowConfig {
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Ok(Self {
-            common: CommonConfig::from_env("0.0.0.0:7052", "0.0.0.0:9102")?,
-            consumer_group: env_string("WINDOW_CONSUMER_GROUP", "finestra-window"),
-            max_batch: env_parse("WINDOW_MAX_BATCH", 2_000usize)?,
-            linger: Duration::from_millis(env_parse("WINDOW_LINGER_MS", 20u64)?),
-            closing_lead: Duration::from_secs(env_parse("WINDOW_CLOSING_LEAD_SECS", 3_600u64)?),
-            notice_every: Duration::from_millis(env_parse("WINDOW_NOTICE_EVERY_MS", 10_000u64)?),
-            notice_tenant_prefix: env_string("WINDOW_NOTICE_TENANT_PREFIX", ""),
-        })
+finestra_platform::settings! {
+    /// The window service's settings (docs/configuration.md).
+    pub struct WindowConfig: common("0.0.0.0:7052", "0.0.0.0:9102") {
+        /// Consumer group on the inbound and user topics.
+        pub consumer_group: String = ("WINDOW_CONSUMER_GROUP", "finestra-window"),
+        /// Records one consumer batch takes.
+        pub max_batch: usize = ("WINDOW_MAX_BATCH", "2000"),
+        /// How long a consumer waits for a batch to fill.
+        pub linger: Duration = ("WINDOW_LINGER_MS", "20"),
+        /// WindowClosingSoon goes out this long before a window closes.
+        pub closing_lead: Duration = ("WINDOW_CLOSING_LEAD_SECS", "3600"),
+        /// How often the closing-notice sweep runs.
+        pub notice_every: Duration = ("WINDOW_NOTICE_EVERY_MS", "10000"),
+        /// Announce closings of tenants whose id starts with this only (empty: all).
+        pub notice_tenant_prefix: String = ("WINDOW_NOTICE_TENANT_PREFIX", ""),
     }
 }
 

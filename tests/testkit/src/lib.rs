@@ -427,11 +427,9 @@ pub async fn dispatch_config(
         provider_version: "v21.0".into(),
         provider_token: provider_token.to_owned(),
         provider_timeout: Duration::from_secs(5),
-        retry: finestra_domain::delivery::RetryPolicy {
-            base_micros: 20_000,
-            cap_micros: 200_000,
-            max_attempts: 4,
-        },
+        retry_base: Duration::from_millis(20),
+        retry_cap: Duration::from_millis(200),
+        retry_attempts: 4,
         max_in_flight: 10_000,
         send_concurrency: 64,
         accept_batch: 200,
@@ -445,19 +443,15 @@ pub async fn dispatch_config(
         // A debug build on a busy machine is slow; tests about admission under load set less.
         send_latency_target: Duration::from_secs(10),
         // Tests that are not about tenant limits are never held back by them.
-        tenant_defaults: finestra_domain::fairness::TenantLimits {
-            rate_per_second: 100_000,
-            burst: 200_000,
-            weight: 1,
-        },
+        tenant_rate: 100_000,
+        tenant_burst: 200_000,
+        tenant_weight: 1,
         tenant_queue: 5_000,
         events_group: scope.group("dispatch-events"),
         // Fast enough for a test: retries after ~50 ms, dead letters after 3 s.
-        webhook_schedule: finestra_domain::delivery::WebhookSchedule {
-            first_micros: 50_000,
-            cap_micros: 500_000,
-            give_up_after_micros: 3_000_000,
-        },
+        webhook_first_retry: Duration::from_millis(50),
+        webhook_max_pause: Duration::from_millis(500),
+        webhook_give_up: Duration::from_secs(3),
         webhook_timeout: Duration::from_secs(5),
         sweep_tenant_prefix: scope.tenant_prefix(),
         requeue_after: Duration::from_secs(300),

@@ -64,7 +64,7 @@ pub(super) async fn release(
     }];
     settle::settle(&api.pool, &api.hot, &batch)
         .await
-        .map_err(|e| internal("releasing", &e))?;
+        .map_err(|e| status::store("releasing", &e))?;
     let state = reservations::get(&api.pool, tenant_id, message_id)
         .await
         .map_err(store("reading a reservation"))?
@@ -82,7 +82,7 @@ pub(super) async fn reconcile(
     let tenant = (!req.tenant_id.is_empty()).then_some(req.tenant_id.as_str());
     let r = reconcile::run(&api.pool, &api.hot, tenant)
         .await
-        .map_err(|e| internal("reconciling", &e))?;
+        .map_err(|e| status::store("reconciling", &e))?;
     Ok(Response::new(ReconcileReport {
         tenants_checked: r.tenants_checked,
         differences: r

@@ -13,7 +13,7 @@ use finestra_platform::auth::{self, Authenticator, Authorized, Principal, Scope}
 use finestra_platform::paging::{after, page_size, paginate};
 use finestra_platform::status::Reason;
 use finestra_platform::status::{
-    internal, invalid_argument, not_found, refusal, required, with_reason,
+    self, invalid_argument, not_found, refusal, required, with_reason,
 };
 use finestra_proto::time::{from_micros, to_micros};
 use finestra_proto::v1::billing_service_server::BillingService;
@@ -137,7 +137,7 @@ fn pricing_status(e: PriceError, tenant_id: &str) -> Status {
             p.to_string(),
             &[("tenant_id", tenant_id)],
         ),
-        other => internal("pricing", &other),
+        other => status::store("pricing", &other),
     }
 }
 
@@ -297,7 +297,16 @@ impl BillingApi {
                 "this message id was reserved for a different charge",
                 &[("tenant_id", tenant_id), ("message_id", message_id)],
             )),
-            Err(e) => Err(internal("reserving", &e)),
+            Err(ReserveError::Unavailable(why)) => {
+                tracing::warn!(error = %why, "a reservation could not be written");
+                Err(status::with_reason_and_retry(
+                    Code::Unavailable,
+                    Reason::StoreUnavailable,
+                    "the reservation could not be written; retry",
+                    &[("tenant_id", tenant_id), ("message_id", message_id)],
+                    status::STORE_RETRY_AFTER,
+                ))
+            }
         }
     }
 

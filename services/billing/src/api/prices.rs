@@ -10,7 +10,7 @@ pub(super) async fn list_rate_cards(
     api.pricer
         .reload()
         .await
-        .map_err(|e| internal("reading rate cards", &e))?;
+        .map_err(|e| status::store("reading rate cards", &e))?;
     Ok(Response::new(ListRateCardsResponse {
         cards: api.pricer.cards().iter().map(card_of).collect(),
     }))
@@ -30,7 +30,7 @@ pub(super) async fn add_rate_card(
     api.pricer
         .reload()
         .await
-        .map_err(|e| internal("reloading rate cards", &e))?;
+        .map_err(|e| status::store("reloading rate cards", &e))?;
     tracing::info!(version = %card.version, "rate card added");
     Ok(Response::new(card_of(&card)))
 }
@@ -54,7 +54,7 @@ pub(super) async fn withdraw_rate_card(
     api.pricer
         .reload()
         .await
-        .map_err(|e| internal("reloading rate cards", &e))?;
+        .map_err(|e| status::store("reloading rate cards", &e))?;
     tracing::warn!(version = %card.version, key_id = %p.key_id, reason, "rate card withdrawn");
     Ok(Response::new(card_of(&card)))
 }

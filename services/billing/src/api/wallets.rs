@@ -110,7 +110,7 @@ pub(super) async fn top_up(
     api.hot
         .forget(&req.tenant_id)
         .await
-        .map_err(|e| internal("refreshing the hot wallet", &e))?;
+        .map_err(|e| status::store("refreshing the hot wallet", &e))?;
     Ok(Response::new(wallet_of(&req.tenant_id, currency, &w)))
 }
 
@@ -149,6 +149,6 @@ pub(super) async fn set_credit_limit(
     api.hot
         .forget(&req.tenant_id)
         .await
-        .map_err(|e| internal("refreshing the hot wallet", &e))?;
+        .map_err(|e| status::store("refreshing the hot wallet", &e))?;
     Ok(api.wallet_response(&req.tenant_id, &w))
 }

@@ -1,0 +1,34 @@
+//! What dispatch's own code below the gRPC edge can fail with, and its one mapping to a gRPC
+//! status (docs/rules.md §8): a bad request keeps its precise code, a store that did not answer
+//! is `UNAVAILABLE` with retry info, anything else `INTERNAL` without internals.
+
+use finestra_platform::status::{self, RequestError};
+use tonic::Status;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error("{context}: {source}")]
+    Store {
+        context: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+impl DispatchError {
+    /// A `map_err` for a store call made while `context`.
+    pub fn store(context: &'static str) -> impl FnOnce(sqlx::Error) -> Self {
+        move |source| Self::Store { context, source }
+    }
+}
+
+impl From<DispatchError> for Status {
+    fn from(e: DispatchError) -> Self {
+        match e {
+            DispatchError::Request(r) => r.into(),
+            DispatchError::Store { context, source } => status::store(context, &source),
+        }
+    }
+}

@@ -1,0 +1,320 @@
+//! The Cloud API's send surface (`POST /v{version}/{phone_number_id}/messages`): checks the
+//! token and the request, applies the network's rules, answers a `wamid` or a Cloud-API-shaped
+//! error, then reports the message's statuses to ingest (and, now and then, a user replies).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use rand::Rng as _;
+use serde_json::{Value, json};
+
+use crate::Sim;
+use crate::controls::user_writes;
+use crate::network::Refusal;
+
+/// A Cloud-API-shaped error answer.
+fn cloud_error(
+    status: StatusCode,
+    code: i32,
+    title: &str,
+    details: &str,
+) -> (StatusCode, Json<Value>) {
+    (
+        status,
+        Json(json!({
+            "error": {
+                "message": format!("({code}) {title}"),
+                "type": "OAuthException",
+                "code": code,
+                "error_data": { "messaging_product": "whatsapp", "details": details },
+                "fbtrace_id": "sim"
+            }
+        })),
+    )
+}
+
+/// Message types the send surface accepts.
+const TYPES: [&str; 11] = [
+    "text",
+    "template",
+    "image",
+    "document",
+    "interactive",
+    "reaction",
+    "location",
+    "audio",
+    "video",
+    "sticker",
+    "contacts",
+];
+
+pub(crate) async fn send(
+    State(sim): State<Arc<Sim>>,
+    Path((version, phone_number_id)): Path<(String, String)>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> (StatusCode, Json<Value>) {
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if token != Some(sim.config.access_token.as_str()) {
+        return cloud_error(
+            StatusCode::UNAUTHORIZED,
+            190,
+            "Invalid OAuth access token",
+            "the bearer token is missing or wrong",
+        );
+    }
+    if !version.starts_with('v') {
+        return cloud_error(
+            StatusCode::BAD_REQUEST,
+            100,
+            "Invalid parameter",
+            "unknown API version",
+        );
+    }
+    let number = match sim.number(&phone_number_id).await {
+        Ok(Some(n)) => n,
+        Ok(None) => {
+            return cloud_error(
+                StatusCode::BAD_REQUEST,
+                100,
+                "Invalid parameter",
+                "unknown phone number id",
+            );
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "looking up a number failed");
+            return cloud_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                1,
+                "Unknown error",
+                "try again",
+            );
+        }
+    };
+    if sim.take_fault(&phone_number_id) {
+        return cloud_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            1,
+            "An unknown error occurred",
+            "injected by the simulator",
+        );
+    }
+    let to = body["to"]
+        .as_str()
+        .unwrap_or_default()
+        .trim_start_matches('+')
+        .to_owned();
+    let kind = body["type"].as_str().unwrap_or("text");
+    if body["messaging_product"] != "whatsapp"
+        || to.is_empty()
+        || !to.bytes().all(|b| b.is_ascii_digit())
+        || !TYPES.contains(&kind)
+        || body.get(kind).is_none()
+    {
+        return cloud_error(
+            StatusCode::BAD_REQUEST,
+            100,
+            "Invalid parameter",
+            "messaging_product, to (digits), type and its object are required",
+        );
+    }
+    let now = sim.clock.now().micros();
+    let admitted = sim.net.lock().map_err(|_| ()).map(|mut net| {
+        net.admit(
+            &phone_number_id,
+            &to,
+            kind == "template",
+            now,
+            sim.config.number_rate,
+        )
+    });
+    match admitted {
+        Ok(Ok(())) => {}
+        Ok(Err(refusal)) => {
+            sim.count(&phone_number_id, |s| {
+                s.refused += 1;
+                if refusal == Refusal::RateLimited {
+                    s.rate_limited += 1;
+                }
+            });
+            metrics::counter!("finestra_simulator_refused_total", "code" => refusal.code().to_string())
+                .increment(1);
+            let status = if refusal == Refusal::RateLimited {
+                StatusCode::TOO_MANY_REQUESTS
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            return cloud_error(status, refusal.code(), refusal.title(), &to);
+        }
+        Err(()) => {
+            return cloud_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                1,
+                "Unknown error",
+                "try again",
+            );
+        }
+    }
+    if kind == "template" {
+        let t = &body["template"];
+        let name = t["name"].as_str().unwrap_or_default();
+        let language = t["language"]["code"].as_str().unwrap_or_default();
+        let given: usize = t["components"]
+            .as_array()
+            .map(|cs| {
+                cs.iter()
+                    .filter(|c| c["type"] == "body")
+                    .map(|c| c["parameters"].as_array().map_or(0, Vec::len))
+                    .sum()
+            })
+            .unwrap_or(0);
+        let known = match sim.template(&number.tenant_id, name, language).await {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::error!(error = %e, "looking up a template failed");
+                return cloud_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    1,
+                    "Unknown error",
+                    "try again",
+                );
+            }
+        };
+        let checked = sim
+            .net
+            .lock()
+            .map(|net| net.check_template(&phone_number_id, &to, known, given));
+        if let Ok(Err(refusal)) = checked {
+            sim.count(&phone_number_id, |s| s.refused += 1);
+            return cloud_error(
+                StatusCode::BAD_REQUEST,
+                refusal.code(),
+                refusal.title(),
+                &to,
+            );
+        }
+    }
+    let wamid = format!("wamid.sim.{:032x}", rand::rng().random::<u128>());
+    let callback = body["biz_opaque_callback_data"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    metrics::counter!("finestra_simulator_accepted_total").increment(1);
+    sim.count(&phone_number_id, |s| s.accepted += 1);
+    sim.note_received(&phone_number_id, &callback);
+    sim.reports.spawn(report_statuses(
+        sim.clone(),
+        StatusReport {
+            number: number.phone_number_id.clone(),
+            display: number.display_phone_number.clone(),
+            secret: number.app_secret.clone(),
+            wamid: wamid.clone(),
+            to: to.clone(),
+            callback,
+            traceparent: finestra_platform::trace::header(&headers).map(str::to_owned),
+        },
+    ));
+    (
+        StatusCode::OK,
+        Json(json!({
+            "messaging_product": "whatsapp",
+            "contacts": [{ "input": to, "wa_id": to }],
+            "messages": [{ "id": wamid }]
+        })),
+    )
+}
+
+/// Status webhooks are retried the way the real network retries them (for days there): here
+/// about a quarter of an hour at the 5 s cap, so an ingest outage delays statuses, never loses
+/// them.
+const STATUS_ATTEMPTS: u32 = 200;
+
+/// What the network reports on one accepted send.
+struct StatusReport {
+    number: String,
+    display: String,
+    secret: String,
+    wamid: String,
+    to: String,
+    callback: String,
+    /// The send's trace context, echoed on its status webhooks.
+    traceparent: Option<String>,
+}
+
+/// Posts the message's statuses in order, each after the configured delay.
+async fn report_statuses(sim: Arc<Sim>, report: StatusReport) {
+    let StatusReport {
+        number,
+        display,
+        secret,
+        wamid,
+        to,
+        callback,
+        traceparent,
+    } = report;
+    let (fail, read) = {
+        let mut rng = rand::rng();
+        (
+            rng.random_range(0..1_000) < sim.config.failure_per_mille,
+            rng.random_range(0..1_000) < sim.config.read_per_mille,
+        )
+    };
+    let mut statuses = vec!["sent"];
+    if fail {
+        statuses.push("failed");
+    } else {
+        statuses.push("delivered");
+        if read {
+            statuses.push("read");
+        }
+    }
+    for status in statuses {
+        tokio::time::sleep(sim.config.status_delay).await;
+        let at = sim.clock.now().micros() / 1_000_000;
+        let mut body = finestra_cloudapi::build::status_with_callback(
+            &number, &display, &wamid, status, &to, at, &callback,
+        );
+        if status == "failed" {
+            body["entry"][0]["changes"][0]["value"]["statuses"][0]["errors"] = json!([{
+                "code": 131000, "title": "Something went wrong",
+                "message": "Something went wrong",
+                "error_data": { "details": "the simulator failed this message" }
+            }]);
+        }
+        let posted = sim
+            .poster
+            .post_traced(&secret, &body, STATUS_ATTEMPTS, traceparent.as_deref())
+            .await;
+        if let Err(e) = posted {
+            tracing::warn!(error = %e, %wamid, status, "a status webhook could not be delivered");
+        }
+    }
+    if !fail {
+        maybe_reply(&sim, &number, &to).await;
+    }
+}
+
+/// A user of the number's population answers a delivered message, now and then.
+async fn maybe_reply(sim: &Sim, number: &str, to: &str) {
+    let share = sim
+        .populations
+        .lock()
+        .ok()
+        .and_then(|p| p.get(number).copied())
+        .map_or(0, |p| p.reply_per_mille);
+    if share == 0 || rand::rng().random_range(0..1_000) >= share {
+        return;
+    }
+    let Ok(Some(n)) = sim.number(number).await else {
+        return;
+    };
+    let at = sim.clock.now().micros();
+    if let Err((wamid, e)) = user_writes(sim, &n, to, "Simulated user", "Thanks!", at, None).await {
+        tracing::warn!(%wamid, error = %e, "a population reply could not be delivered");
+    }
+}

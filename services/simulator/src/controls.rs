@@ -1,0 +1,424 @@
+//! The control API (`/sim/v1/...`) that plays the users: a user writes to a number, a
+//! population of users writes and replies, a user blocks a number or stops its marketing; it
+//! also injects send failures and reviews templates now.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use rand::Rng as _;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::{Sim, reviews};
+
+/// Failures a test or a demo injects for a number: the next `next` sends (or every send while
+/// `always`) answer HTTP `http_status` with a temporary Cloud API error.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize)]
+pub struct Fault {
+    #[serde(default)]
+    pub next: u32,
+    #[serde(default)]
+    pub always: bool,
+    #[serde(default = "default_fault_status")]
+    pub http_status: u16,
+}
+
+fn default_fault_status() -> u16 {
+    500
+}
+
+#[derive(Deserialize)]
+pub(crate) struct FaultRequest {
+    phone_number_id: String,
+    #[serde(flatten)]
+    fault: Fault,
+}
+
+/// Injects failures for a number (`next: 0, always: false` clears them).
+pub(crate) async fn faults(
+    State(sim): State<Arc<Sim>>,
+    Json(f): Json<FaultRequest>,
+) -> (StatusCode, Json<Value>) {
+    match sim.faults.lock() {
+        Ok(mut faults) => {
+            faults.insert(f.phone_number_id, f.fault);
+            (StatusCode::OK, Json(json!({ "ok": true })))
+        }
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"error": "try again"})),
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct Say {
+    phone_number_id: String,
+    from: String,
+    #[serde(default)]
+    name: String,
+    text: String,
+    /// The message was sent this long ago (the provider delivers late).
+    #[serde(default)]
+    seconds_ago: i64,
+    /// The user came from this ad (a referral: an FEP if the business replies in time).
+    #[serde(default)]
+    referral_source_id: Option<String>,
+    /// The user sends media instead of text: image, document, audio, video or sticker (the
+    /// text becomes its caption).
+    #[serde(default)]
+    media: Option<String>,
+}
+
+/// The number a control call names, or the answer to give when there is none.
+async fn control_number(
+    sim: &Sim,
+    phone_number_id: &str,
+) -> Result<finestra_registry::Number, (StatusCode, Json<Value>)> {
+    match sim.number(phone_number_id).await {
+        Ok(Some(n)) => Ok(n),
+        Ok(None) => Err((
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "unknown phone number id"})),
+        )),
+        Err(e) => {
+            tracing::error!(error = %e, "looking up a number failed");
+            Err((
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(json!({"error": "try again"})),
+            ))
+        }
+    }
+}
+
+/// A user writes to a number: the network records the window and posts the webhook.
+pub(crate) async fn say(
+    State(sim): State<Arc<Sim>>,
+    Json(say): Json<Say>,
+) -> (StatusCode, Json<Value>) {
+    let number = match control_number(&sim, &say.phone_number_id).await {
+        Ok(n) => n,
+        Err(answer) => return answer,
+    };
+    let at = sim.clock.now().micros() - say.seconds_ago.max(0) * 1_000_000;
+    let referral = say
+        .referral_source_id
+        .as_deref()
+        .map(finestra_cloudapi::build::ad_referral);
+    if let Some(kind) = &say.media
+        && !MEDIA.contains(&kind.as_str())
+    {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": format!("media is one of {}", MEDIA.join(", "))})),
+        );
+    }
+    let written = user_writes_kind(
+        &sim,
+        &number,
+        &say.from,
+        &say.name,
+        &say.text,
+        at,
+        referral,
+        say.media.as_deref(),
+    )
+    .await;
+    match written {
+        Ok(wamid) => (StatusCode::OK, Json(json!({ "wamid": wamid }))),
+        Err((wamid, e)) => (
+            StatusCode::BAD_GATEWAY,
+            Json(json!({ "wamid": wamid, "error": e })),
+        ),
+    }
+}
+
+/// Media a simulated user can send.
+const MEDIA: [&str; 5] = ["image", "document", "audio", "video", "sticker"];
+
+/// A user's text reaches the number at `at` (µs): the network records the window and posts
+/// the signed webhook. The wamid, or it with why ingest did not take it.
+pub(crate) async fn user_writes(
+    sim: &Sim,
+    number: &finestra_registry::Number,
+    from: &str,
+    name: &str,
+    text: &str,
+    at: i64,
+    referral: Option<Value>,
+) -> Result<String, (String, String)> {
+    user_writes_kind(sim, number, from, name, text, at, referral, None).await
+}
+
+/// Like `user_writes`, as media of `media` kind (the text as its caption) when given.
+#[allow(clippy::too_many_arguments)]
+async fn user_writes_kind(
+    sim: &Sim,
+    number: &finestra_registry::Number,
+    from: &str,
+    name: &str,
+    text: &str,
+    at: i64,
+    referral: Option<Value>,
+    media: Option<&str>,
+) -> Result<String, (String, String)> {
+    let wamid = format!("wamid.sim.in.{:032x}", rand::rng().random::<u128>());
+    let msg = finestra_cloudapi::build::InboundText {
+        wamid: &wamid,
+        from,
+        profile_name: name,
+        timestamp: at / 1_000_000,
+        body: text,
+        referral,
+    };
+    let mut body = finestra_cloudapi::build::text_messages(
+        &number.phone_number_id,
+        &number.display_phone_number,
+        &[msg],
+    );
+    if let Some(kind) = media {
+        // The Cloud API shape of inbound media: an id to download it by, its type, a caption.
+        let m = &mut body["entry"][0]["changes"][0]["value"]["messages"][0];
+        if let Some(obj) = m.as_object_mut() {
+            obj.remove("text");
+            obj.insert("type".into(), json!(kind));
+            obj.insert(
+                kind.to_owned(),
+                json!({ "id": format!("media.sim.{:016x}", rand::rng().random::<u64>()),
+                        "mime_type": "application/octet-stream", "caption": text }),
+            );
+        }
+    }
+    if let Ok(mut net) = sim.net.lock() {
+        net.user_wrote(&number.phone_number_id, from, at);
+    }
+    match sim.poster.post(&number.app_secret, &body, 8).await {
+        Ok(status) if status < 300 => Ok(wamid),
+        Ok(status) => Err((wamid, format!("ingest answered {status}"))),
+        Err(e) => Err((wamid, e)),
+    }
+}
+
+/// Simulated users of a number: `users` of them wrote once; any user replies to a delivered
+/// message with probability `reply_per_mille` / 1000.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Population {
+    pub(crate) reply_per_mille: u32,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct PopulationRequest {
+    phone_number_id: String,
+    users: u32,
+    #[serde(default)]
+    reply_per_mille: u32,
+    /// wa_ids are `<prefix><6 digits>`.
+    #[serde(default = "default_population_prefix")]
+    user_prefix: String,
+}
+
+fn default_population_prefix() -> String {
+    "39377".into()
+}
+
+/// Starts a population: every user writes once now (opening their windows); from then on a
+/// share of the number's delivered messages get a reply.
+pub(crate) async fn population(
+    State(sim): State<Arc<Sim>>,
+    Json(p): Json<PopulationRequest>,
+) -> (StatusCode, Json<Value>) {
+    let number = match control_number(&sim, &p.phone_number_id).await {
+        Ok(n) => n,
+        Err(answer) => return answer,
+    };
+    if let Ok(mut pops) = sim.populations.lock() {
+        pops.insert(
+            p.phone_number_id.clone(),
+            Population {
+                reply_per_mille: p.reply_per_mille.min(1_000),
+            },
+        );
+    }
+    let at = sim.clock.now().micros();
+    let mut wrote = 0u32;
+    let users: Vec<String> = (0..p.users)
+        .map(|i| format!("{}{i:06}", p.user_prefix))
+        .collect();
+    for chunk in users.chunks(32) {
+        let writes = chunk
+            .iter()
+            .map(|u| user_writes(&sim, &number, u, "Simulated user", "Hi!", at, None));
+        wrote += futures::future::join_all(writes)
+            .await
+            .iter()
+            .filter(|r| r.is_ok())
+            .count() as u32;
+    }
+    (
+        StatusCode::OK,
+        Json(json!({ "users": p.users, "wrote": wrote })),
+    )
+}
+
+#[derive(Deserialize)]
+pub(crate) struct Block {
+    phone_number_id: String,
+    user: String,
+    blocked: bool,
+}
+
+/// A user blocks (or unblocks) a number: sends to them fail with 131026 meanwhile, and the
+/// block is reported to ingest.
+pub(crate) async fn block(
+    State(sim): State<Arc<Sim>>,
+    Json(b): Json<Block>,
+) -> (StatusCode, Json<Value>) {
+    match sim.net.lock() {
+        Ok(mut net) => net.set_blocked(&b.phone_number_id, &b.user, b.blocked),
+        Err(_) => {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(json!({"error": "try again"})),
+            );
+        }
+    }
+    if sim.config.ingest_key.is_empty() {
+        return (
+            StatusCode::OK,
+            Json(json!({ "blocked": b.blocked, "reported": false })),
+        );
+    }
+    match report_block(&sim, &b).await {
+        Ok(()) => (
+            StatusCode::OK,
+            Json(json!({ "blocked": b.blocked, "reported": true })),
+        ),
+        Err(e) => (
+            StatusCode::BAD_GATEWAY,
+            Json(json!({ "blocked": b.blocked, "error": e })),
+        ),
+    }
+}
+
+async fn report_block(sim: &Sim, b: &Block) -> Result<(), String> {
+    use finestra_proto::v1::ingest_service_client::IngestServiceClient;
+    use finestra_proto::v1::{InboundItem, IngestInboundRequest, UserBlock, UserRef, inbound_item};
+    let channel = tonic::transport::Channel::from_shared(sim.config.ingest_url.clone())
+        .map_err(|e| e.to_string())?
+        .connect()
+        .await
+        .map_err(|e| format!("ingest is unreachable: {e}"))?;
+    let bearer =
+        finestra_platform::auth::Bearer::new(&sim.config.ingest_key).map_err(|e| e.to_string())?;
+    let mut client = IngestServiceClient::new(
+        tonic::service::interceptor::InterceptedService::new(channel, bearer),
+    );
+    let at = sim.clock.now().micros();
+    client
+        .ingest_inbound(IngestInboundRequest {
+            phone_number_id: b.phone_number_id.clone(),
+            items: vec![InboundItem {
+                timestamp: Some(finestra_proto::time::from_micros(at)),
+                item: Some(inbound_item::Item::Block(UserBlock {
+                    phone_number_id: b.phone_number_id.clone(),
+                    user: Some(UserRef {
+                        wa_id: b.user.clone(),
+                        ..UserRef::default()
+                    }),
+                    blocked: b.blocked,
+                })),
+            }],
+        })
+        .await
+        .map_err(|s| format!("ingest refused the block: {}", s.message()))?;
+    Ok(())
+}
+
+#[derive(Deserialize)]
+pub(crate) struct Preference {
+    phone_number_id: String,
+    user: String,
+    /// true: stop marketing messages; false: resume them.
+    stop: bool,
+}
+
+/// A user stops (or resumes) marketing messages: the network refuses marketing templates to
+/// them (131050) and posts a `user_preferences` webhook (Finestra then refuses them itself
+/// with MARKETING_OPT_OUT).
+pub(crate) async fn preference(
+    State(sim): State<Arc<Sim>>,
+    Json(p): Json<Preference>,
+) -> (StatusCode, Json<Value>) {
+    let number = match control_number(&sim, &p.phone_number_id).await {
+        Ok(n) => n,
+        Err(answer) => return answer,
+    };
+    if let Ok(mut net) = sim.net.lock() {
+        net.set_marketing_stopped(&number.phone_number_id, &p.user, p.stop);
+    }
+    let at = sim.clock.now().micros() / 1_000_000;
+    let body = finestra_cloudapi::build::marketing_preference(
+        &number.phone_number_id,
+        &number.display_phone_number,
+        &p.user,
+        p.stop,
+        at,
+    );
+    match sim.poster.post(&number.app_secret, &body, 8).await {
+        Ok(status) if status < 300 => (StatusCode::OK, Json(json!({ "stop": p.stop }))),
+        Ok(status) => (
+            StatusCode::BAD_GATEWAY,
+            Json(json!({ "error": format!("ingest answered {status}") })),
+        ),
+        Err(e) => (StatusCode::BAD_GATEWAY, Json(json!({ "error": e }))),
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct TemplateReview {
+    template_id: String,
+    /// APPROVED, REJECTED, PAUSED, REINSTATED, DISABLED, ...
+    event: String,
+}
+
+/// The network reviews a template now (e.g. pauses it for low quality).
+pub(crate) async fn review_template(
+    State(sim): State<Arc<Sim>>,
+    Json(r): Json<TemplateReview>,
+) -> (StatusCode, Json<Value>) {
+    let found = reviews::one(sim.registry.pool(), &r.template_id).await;
+    let t = match found {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            return (
+                StatusCode::NOT_FOUND,
+                Json(
+                    json!({"error": "no such template (or its tenant has no business account id)"}),
+                ),
+            );
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "looking up a template failed");
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(json!({"error": "try again"})),
+            );
+        }
+    };
+    // Strictly after the last review applied (two reviews in one second: the later one wins).
+    let last = reviews::last_review_secs(sim.registry.pool(), &r.template_id)
+        .await
+        .ok()
+        .flatten();
+    let now = (sim.clock.now().micros() / 1_000_000).max(last.map_or(0, |l| l + 1));
+    match reviews::post(&sim.poster, &t, &r.event, now).await {
+        Ok(status) if status < 300 => (StatusCode::OK, Json(json!({ "event": r.event }))),
+        Ok(status) => (
+            StatusCode::BAD_GATEWAY,
+            Json(json!({ "error": format!("ingest answered {status}") })),
+        ),
+        Err(e) => (StatusCode::BAD_GATEWAY, Json(json!({ "error": e }))),
+    }
+}
