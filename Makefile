@@ -2,13 +2,15 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help up down infra test lint deploy-check bench chaos bench-ingest bench-auth bench-billing bench-send bench-fair docs-config
+.PHONY: help up down infra test lint deploy-check bench chaos bench-ingest bench-auth bench-billing bench-send bench-fair docs-config sqlx-prepare sqlx-check
 
 help:
 	@echo "make up            infrastructure + every service in the background, then the demo"
 	@echo "make down          stop what 'make up' started"
 	@echo "make test          unit and integration tests (starts the infrastructure first)"
 	@echo "make lint          rustfmt check + clippy -D warnings"
+	@echo "make sqlx-prepare  regenerate .sqlx/ (the checked queries' offline data) after changing a query or a migration"
+	@echo "make sqlx-check    fail if .sqlx/ is stale"
 	@echo "make docs-config   rewrite docs/configuration.md from the settings the services declare"
 	@echo "make deploy-check  render deploy/ overlays and validate them offline against the Kubernetes schemas"
 	@echo "make bench         every benchmark, one JSON result, an SVG chart, a one-screen summary"
@@ -52,6 +54,12 @@ test: infra
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+
+sqlx-prepare:
+	@bash scripts/sqlx-prepare.sh
+
+sqlx-check:
+	@bash scripts/sqlx-prepare.sh --check
 
 docs-config:
 	FINESTRA_WRITE_DOCS=1 cargo test --quiet -p finestra-e2e --test configuration

@@ -35,7 +35,7 @@ impl Dependency {
         let timeout = Duration::from_secs(3);
         match self {
             Dependency::Postgres(pool) => {
-                let q = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(pool);
+                let q = sqlx::query!("SELECT 1 AS one").fetch_one(pool);
                 match tokio::time::timeout(timeout, q).await {
                     Ok(Ok(_)) => Ok(()),
                     Ok(Err(e)) => Err(e.to_string()),

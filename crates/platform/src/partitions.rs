@@ -210,16 +210,13 @@ pub async fn ensure_around(
     Ok(())
 }
 
-/// Whether a table exists (its name, or NULL).
-const EXISTS: &str = "SELECT to_regclass($1)::text";
-
 /// Moves the rows of `<table>_unpartitioned` (what the migration that partitioned `table`
 /// renamed the old table to) into the partitions of their months, then drops it, in one
 /// transaction; returns how many rows moved. Nothing to do once it is gone.
 pub async fn adopt(pool: &PgPool, table: &Monthly) -> Result<u64, sqlx::Error> {
     let old = format!("{}.{}_unpartitioned", table.schema, table.table);
-    let found: Option<String> = sqlx::query_scalar(EXISTS)
-        .bind(&old)
+    // Whether the table exists (its name, or NULL).
+    let found: Option<String> = sqlx::query_scalar!("SELECT to_regclass($1)::text", &old)
         .fetch_one(pool)
         .await?;
     if found.is_none() {
@@ -236,12 +233,10 @@ pub async fn adopt(pool: &PgPool, table: &Monthly) -> Result<u64, sqlx::Error> {
 /// [`adopt`]'s work, once `old` was seen: under a lock, so that one process moves the rows.
 async fn move_rows(pool: &PgPool, table: &Monthly, old: &str) -> Result<u64, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind(old)
+    sqlx::query!("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", old)
         .execute(&mut *tx)
         .await?;
-    let found: Option<String> = sqlx::query_scalar(EXISTS)
-        .bind(old)
+    let found: Option<String> = sqlx::query_scalar!("SELECT to_regclass($1)::text", old)
         .fetch_one(&mut *tx)
         .await?;
     if found.is_none() {
@@ -295,15 +290,15 @@ pub async fn prepare(
 
 /// The monthly partitions of `table` that exist, oldest first.
 pub async fn months(pool: &PgPool, table: &Monthly) -> Result<Vec<Month>, sqlx::Error> {
-    let names: Vec<String> = sqlx::query_scalar(
-        "SELECT c.relname::text FROM pg_inherits i
+    let names: Vec<String> = sqlx::query_scalar!(
+        r#"SELECT c.relname::text AS "relname!" FROM pg_inherits i
            JOIN pg_class c ON c.oid = i.inhrelid
            JOIN pg_class p ON p.oid = i.inhparent
            JOIN pg_namespace n ON n.oid = p.relnamespace
-          WHERE n.nspname = $1 AND p.relname = $2",
+          WHERE n.nspname = $1 AND p.relname = $2"#,
+        table.schema,
+        table.table
     )
-    .bind(table.schema)
-    .bind(table.table)
     .fetch_all(pool)
     .await?;
     let mut months: Vec<Month> = names

@@ -65,8 +65,8 @@ pub async fn run(
 }
 
 async fn exists(pool: &PgPool, table: &Monthly) -> Result<bool, sqlx::Error> {
-    let name: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
-        .bind(format!("{}.{}", table.schema, table.table))
+    let qualified = format!("{}.{}", table.schema, table.table);
+    let name: Option<String> = sqlx::query_scalar!("SELECT to_regclass($1)::text", &qualified)
         .fetch_one(pool)
         .await?;
     Ok(name.is_some())
@@ -105,10 +105,12 @@ async fn drop_history_before(
     let partitions = partitions::drop_before(pool, table, first_kept, dry_run).await?;
     if !dry_run && table.schema == "dispatch" && table.table == "messages" {
         // A key older than the messages kept may name a new message again.
-        sqlx::query("DELETE FROM dispatch.message_keys WHERE accepted_at < $1")
-            .bind(first_kept.start_micros())
-            .execute(pool)
-            .await?;
+        sqlx::query!(
+            "DELETE FROM dispatch.message_keys WHERE accepted_at < $1",
+            first_kept.start_micros()
+        )
+        .execute(pool)
+        .await?;
     }
     Ok(Dropped {
         table: format!("{}.{}", table.schema, table.table),
@@ -130,11 +132,12 @@ async fn drop_books_before(
 ) -> Result<Dropped, sqlx::Error> {
     let cutoff = first_kept.start_micros();
     let mut tx = pool.begin().await?;
-    let default_rows: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM billing.ledger_default WHERE occurred_at < $1")
-            .bind(cutoff)
-            .fetch_one(&mut *tx)
-            .await?;
+    let default_rows: i64 = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!" FROM billing.ledger_default WHERE occurred_at < $1"#,
+        cutoff
+    )
+    .fetch_one(&mut *tx)
+    .await?;
     let months: Vec<Month> = partitions::months(pool, table)
         .await?
         .into_iter()
@@ -153,33 +156,38 @@ async fn drop_books_before(
         });
     }
     let reference = format!("carried:{:04}-{:02}", first_kept.year, first_kept.month);
-    sqlx::query(
+    let first_day = first_kept.first_day();
+    sqlx::query!(
         "WITH sums AS (
             SELECT tenant_id, min(currency) AS currency, sum(amount)::bigint AS amount
               FROM billing.ledger WHERE occurred_at < $1 GROUP BY tenant_id
          ), keyed AS (
             INSERT INTO billing.ledger_keys (tenant_id, reference, kind)
-            SELECT tenant_id, $2, 'adjustment' FROM sums
+            SELECT tenant_id, $2::text, 'adjustment' FROM sums
             ON CONFLICT DO NOTHING RETURNING tenant_id
          )
          INSERT INTO billing.ledger (tenant_id, reference, kind, amount, currency, note, occurred_at)
-         SELECT s.tenant_id, $2, 'adjustment', s.amount, s.currency,
-                'balance of the months before ' || $3 || ', carried forward by retention', $1
+         SELECT s.tenant_id, $2::text, 'adjustment', s.amount, s.currency,
+                'balance of the months before ' || $3::text || ', carried forward by retention', $1
            FROM sums s JOIN keyed k USING (tenant_id)",
+        cutoff,
+        &reference,
+        &first_day
     )
-    .bind(cutoff)
-    .bind(&reference)
-    .bind(first_kept.first_day())
     .execute(&mut *tx)
     .await?;
-    sqlx::query("DELETE FROM billing.reservations WHERE state <> 'open' AND ended_at < $1")
-        .bind(cutoff)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("DELETE FROM billing.ledger_default WHERE occurred_at < $1")
-        .bind(cutoff)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query!(
+        "DELETE FROM billing.reservations WHERE state <> 'open' AND ended_at < $1",
+        cutoff
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query!(
+        "DELETE FROM billing.ledger_default WHERE occurred_at < $1",
+        cutoff
+    )
+    .execute(&mut *tx)
+    .await?;
     for name in &names {
         sqlx::query(&format!("DROP TABLE IF EXISTS {name}"))
             .execute(&mut *tx)

@@ -92,6 +92,54 @@ impl Running {
     }
 }
 
+/// What every service starts before anything that waits for a dependency: gRPC health over
+/// its dependencies and the admin endpoint (metrics, liveness, readiness). Both say "not
+/// serving" until every dependency answers, so a service comes up observable.
+pub struct Observed {
+    /// Add it to the service's gRPC router.
+    pub health_service: crate::health::HealthService,
+    pub admin: Admin,
+}
+
+/// The admin side of [`Observed`]: where metrics are served and the tasks that serve them.
+pub struct Admin {
+    pub metrics_addr: SocketAddr,
+    health_task: JoinHandle<()>,
+    admin_task: JoinHandle<()>,
+}
+
+impl Admin {
+    /// The started service, owning the health and admin tasks.
+    pub fn running(self, grpc_addr: SocketAddr, http_addr: Option<SocketAddr>) -> Running {
+        let mut running = Running::new(grpc_addr, self.metrics_addr, http_addr);
+        running.own("health", self.health_task);
+        running.own("admin", self.admin_task);
+        running
+    }
+}
+
+/// Starts health (for `service`, over `dependencies`) and the admin endpoint on
+/// `metrics_addr`.
+pub async fn observe(
+    service: &'static str,
+    metrics_addr: SocketAddr,
+    dependencies: Vec<crate::health::Dependency>,
+    shutdown: &crate::Shutdown,
+) -> Result<Observed, StartError> {
+    let (readiness, health_service, health_task) =
+        crate::health::watch(&[service], dependencies, shutdown.clone()).await;
+    let (metrics_addr, admin_task) =
+        crate::admin::serve(metrics_addr, readiness, shutdown.clone()).await?;
+    Ok(Observed {
+        health_service,
+        admin: Admin {
+            metrics_addr,
+            health_task,
+            admin_task,
+        },
+    })
+}
+
 /// The end of a service binary after shutdown began: waits up to `grace` for the drain, flushes
 /// the traces, then exits the process at once with 0 (drained) or 1 (not within the grace).
 /// Exiting instead of returning skips destructors that can block for good when a dependency is

@@ -51,7 +51,7 @@ pub async fn migrate_schema(
     }
     let mut conn = pool.acquire().await?.detach();
     // Two processes may migrate at once (tests, replicas): serialise schema creation.
-    sqlx::query("SELECT pg_advisory_lock(hashtext('finestra-migrate'))")
+    sqlx::query!("SELECT pg_advisory_lock(hashtext('finestra-migrate'))")
         .execute(&mut conn)
         .await?;
     let result = async {
@@ -64,8 +64,9 @@ pub async fn migrate_schema(
         migrator.run(&mut conn).await.map_err(sqlx::Error::from)
     }
     .await;
-    let _ = sqlx::query("SELECT pg_advisory_unlock(hashtext('finestra-migrate'))")
-        .execute(&mut conn)
+    // It returns a boolean: fetched (a query with a result has no `execute`), then ignored.
+    let _ = sqlx::query_scalar!("SELECT pg_advisory_unlock(hashtext('finestra-migrate'))")
+        .fetch_one(&mut conn)
         .await;
     let _ = conn.close().await;
     result

@@ -17,7 +17,6 @@ impl AccountsDirectory {
     }
 }
 
-#[derive(sqlx::FromRow)]
 struct KeyRow {
     key_id: String,
     owner_kind: String,
@@ -50,7 +49,8 @@ impl Directory for AccountsDirectory {
         let key_hash = key_hash.to_owned();
         Box::pin(async move {
             // The owner must be active too: a suspended partner's or tenant's keys stop working.
-            let row = sqlx::query_as::<_, KeyRow>(
+            let row = sqlx::query_as!(
+                KeyRow,
                 "UPDATE accounts.api_keys k SET last_used_at = now()
                  WHERE k.key_hash = $1 AND k.revoked_at IS NULL
                    AND NOT EXISTS (SELECT 1 FROM accounts.partners p
@@ -58,8 +58,8 @@ impl Directory for AccountsDirectory {
                    AND NOT EXISTS (SELECT 1 FROM accounts.tenants t
                                     WHERE t.tenant_id = k.tenant_id AND t.status <> 'active')
                  RETURNING k.key_id, k.owner_kind, k.partner_id, k.tenant_id, k.scopes",
+                &key_hash
             )
-            .bind(key_hash)
             .fetch_optional(&self.pool)
             .await?;
             Ok(row.and_then(KeyRow::principal))
@@ -69,15 +69,15 @@ impl Directory for AccountsDirectory {
     fn tenant(&self, tenant_id: &str) -> BoxFuture<'_, Result<Option<TenantRef>, sqlx::Error>> {
         let tenant_id = tenant_id.to_owned();
         Box::pin(async move {
-            let row: Option<(String, String)> = sqlx::query_as(
+            let row = sqlx::query!(
                 "SELECT tenant_id, partner_id FROM accounts.tenants WHERE tenant_id = $1",
+                &tenant_id
             )
-            .bind(tenant_id)
             .fetch_optional(&self.pool)
             .await?;
-            Ok(row.map(|(tenant_id, partner_id)| TenantRef {
-                tenant_id,
-                partner_id,
+            Ok(row.map(|r| TenantRef {
+                tenant_id: r.tenant_id,
+                partner_id: r.partner_id,
             }))
         })
     }

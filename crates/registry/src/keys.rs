@@ -5,7 +5,7 @@ use sqlx::PgPool;
 
 use crate::RegistryError;
 
-#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyInfo {
     pub key_id: String,
     pub display_prefix: String,
@@ -18,9 +18,6 @@ pub struct KeyInfo {
     pub last_used_at: Option<chrono::DateTime<chrono::Utc>>,
     pub revoked_at: Option<chrono::DateTime<chrono::Utc>>,
 }
-
-pub const KEY_COLUMNS: &str = "key_id, display_prefix, owner_kind, partner_id, tenant_id, scopes, label, \
-     created_at, last_used_at, revoked_at";
 
 /// Creates a key for `owner`; returns it with its secret (which is not stored).
 pub async fn create(
@@ -51,22 +48,24 @@ pub async fn create(
             Some(tenant_id.as_str()),
         ),
     };
-    let mut scope_names: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
+    let mut scope_names: Vec<String> = scopes.iter().map(|s| s.as_str().to_owned()).collect();
     scope_names.sort_unstable();
     scope_names.dedup();
-    let info = sqlx::query_as::<_, KeyInfo>(&format!(
+    let info = sqlx::query_as!(
+        KeyInfo,
         "INSERT INTO accounts.api_keys (key_id, key_hash, display_prefix, owner_kind, partner_id, tenant_id, scopes, label)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-         RETURNING {KEY_COLUMNS}"
-    ))
-    .bind(&key_id)
-    .bind(auth::hash_key(&secret))
-    .bind(&display_prefix)
-    .bind(kind)
-    .bind(partner)
-    .bind(tenant)
-    .bind(&scope_names)
-    .bind(label)
+         RETURNING key_id, display_prefix, owner_kind, partner_id, tenant_id, scopes, label,
+                   created_at, last_used_at, revoked_at",
+        &key_id,
+        auth::hash_key(&secret),
+        &display_prefix,
+        kind,
+        partner,
+        tenant,
+        &scope_names,
+        label
+    )
     .fetch_one(pool)
     .await?;
     Ok((info, secret))
@@ -74,28 +73,34 @@ pub async fn create(
 
 /// Revokes a key (idempotent: revoking twice keeps the first time).
 pub async fn revoke(pool: &PgPool, key_id: &str) -> Result<Option<KeyInfo>, RegistryError> {
-    Ok(sqlx::query_as::<_, KeyInfo>(&format!(
+    Ok(sqlx::query_as!(
+        KeyInfo,
         "UPDATE accounts.api_keys SET revoked_at = coalesce(revoked_at, now())
-         WHERE key_id = $1 RETURNING {KEY_COLUMNS}"
-    ))
-    .bind(key_id)
+         WHERE key_id = $1
+         RETURNING key_id, display_prefix, owner_kind, partner_id, tenant_id, scopes, label,
+                   created_at, last_used_at, revoked_at",
+        key_id
+    )
     .fetch_optional(pool)
     .await?)
 }
 
 pub async fn get(pool: &PgPool, key_id: &str) -> Result<Option<KeyInfo>, RegistryError> {
-    Ok(sqlx::query_as::<_, KeyInfo>(&format!(
-        "SELECT {KEY_COLUMNS} FROM accounts.api_keys WHERE key_id = $1"
-    ))
-    .bind(key_id)
+    Ok(sqlx::query_as!(
+        KeyInfo,
+        "SELECT key_id, display_prefix, owner_kind, partner_id, tenant_id, scopes, label,
+                created_at, last_used_at, revoked_at
+           FROM accounts.api_keys WHERE key_id = $1",
+        key_id
+    )
     .fetch_optional(pool)
     .await?)
 }
 
 /// Whether an active operator key exists (bootstrap runs once).
 pub async fn operator_key_exists(pool: &PgPool) -> Result<bool, RegistryError> {
-    Ok(sqlx::query_scalar::<_, bool>(
-        "SELECT EXISTS (SELECT 1 FROM accounts.api_keys WHERE owner_kind = 'operator' AND revoked_at IS NULL)",
+    Ok(sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM accounts.api_keys WHERE owner_kind = 'operator' AND revoked_at IS NULL) AS "exists!""#
     )
     .fetch_one(pool)
     .await?)

@@ -41,20 +41,20 @@ impl finestra_platform::status::StoreFailure for RegistryError {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tenant {
     pub tenant_id: String,
     pub name: String,
     pub status: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TenantOwner {
     pub tenant_id: String,
     pub partner_id: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Number {
     pub phone_number_id: String,
     pub tenant_id: String,
@@ -114,15 +114,16 @@ impl Registry {
         tenant_id: &str,
         name: &str,
     ) -> Result<Tenant, RegistryError> {
-        sqlx::query_as::<_, Tenant>(
+        sqlx::query_as!(
+            Tenant,
             "INSERT INTO accounts.tenants (partner_id, tenant_id, name) VALUES ($1, $2, $3)
              ON CONFLICT (tenant_id) DO UPDATE SET name = EXCLUDED.name
                WHERE tenants.partner_id = EXCLUDED.partner_id
              RETURNING tenant_id, name, status",
+            partner_id,
+            tenant_id,
+            name
         )
-        .bind(partner_id)
-        .bind(tenant_id)
-        .bind(name)
         .fetch_optional(&self.pool)
         .await
         .map_err(|e| check_violation(e, "tenant"))?
@@ -131,12 +132,12 @@ impl Registry {
 
     /// Creates the partner, or renames it if it exists.
     pub async fn put_partner(&self, partner_id: &str, name: &str) -> Result<(), RegistryError> {
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO accounts.partners (partner_id, name) VALUES ($1, $2)
              ON CONFLICT (partner_id) DO UPDATE SET name = EXCLUDED.name",
+            partner_id,
+            name
         )
-        .bind(partner_id)
-        .bind(name)
         .execute(&self.pool)
         .await
         .map_err(|e| check_violation(e, "partner"))?;
@@ -148,17 +149,19 @@ impl Registry {
     }
 
     pub async fn tenant(&self, tenant_id: &str) -> Result<Option<TenantOwner>, RegistryError> {
-        Ok(sqlx::query_as::<_, TenantOwner>(
+        Ok(sqlx::query_as!(
+            TenantOwner,
             "SELECT tenant_id, partner_id FROM accounts.tenants WHERE tenant_id = $1",
+            tenant_id
         )
-        .bind(tenant_id)
         .fetch_optional(&self.pool)
         .await?)
     }
 
     pub async fn tenants(&self) -> Result<Vec<Tenant>, RegistryError> {
-        Ok(sqlx::query_as::<_, Tenant>(
-            "SELECT tenant_id, name, status FROM accounts.tenants ORDER BY tenant_id",
+        Ok(sqlx::query_as!(
+            Tenant,
+            "SELECT tenant_id, name, status FROM accounts.tenants ORDER BY tenant_id"
         )
         .fetch_all(&self.pool)
         .await?)
@@ -173,15 +176,17 @@ impl Registry {
         display_phone_number: &str,
         app_secret: &str,
     ) -> Result<Number, RegistryError> {
-        let exists: Option<bool> =
-            sqlx::query_scalar("SELECT true FROM accounts.tenants WHERE tenant_id = $1")
-                .bind(tenant_id)
-                .fetch_optional(&self.pool)
-                .await?;
+        let exists: Option<bool> = sqlx::query_scalar!(
+            r#"SELECT true AS "found!" FROM accounts.tenants WHERE tenant_id = $1"#,
+            tenant_id
+        )
+        .fetch_optional(&self.pool)
+        .await?;
         if exists.is_none() {
             return Err(RegistryError::UnknownTenant(tenant_id.to_owned()));
         }
-        let row = sqlx::query_as::<_, Number>(
+        let row = sqlx::query_as!(
+            Number,
             "INSERT INTO accounts.numbers (phone_number_id, tenant_id, display_phone_number, app_secret)
              VALUES ($1, $2, $3, $4)
              ON CONFLICT (phone_number_id) DO UPDATE
@@ -190,11 +195,11 @@ impl Registry {
                WHERE numbers.tenant_id = EXCLUDED.tenant_id
              RETURNING phone_number_id, tenant_id, display_phone_number, app_secret, status,
                        previous_app_secret, previous_secret_valid_until",
+            phone_number_id,
+            tenant_id,
+            display_phone_number,
+            app_secret
         )
-        .bind(phone_number_id)
-        .bind(tenant_id)
-        .bind(display_phone_number)
-        .bind(app_secret)
         .fetch_optional(&self.pool)
         .await
         .map_err(|e| check_violation(e, "number"))?;
@@ -204,14 +209,15 @@ impl Registry {
     }
 
     pub async fn number(&self, phone_number_id: &str) -> Result<Option<Number>, RegistryError> {
-        Ok(sqlx::query_as::<_, Number>(
-            "SELECT n.phone_number_id, n.tenant_id, n.display_phone_number, n.app_secret,
-                    CASE WHEN t.status = 'active' THEN n.status ELSE t.status END AS status,
+        Ok(sqlx::query_as!(
+            Number,
+            r#"SELECT n.phone_number_id, n.tenant_id, n.display_phone_number, n.app_secret,
+                    CASE WHEN t.status = 'active' THEN n.status ELSE t.status END AS "status!",
                     n.previous_app_secret, n.previous_secret_valid_until
              FROM accounts.numbers n JOIN accounts.tenants t USING (tenant_id)
-             WHERE n.phone_number_id = $1",
+             WHERE n.phone_number_id = $1"#,
+            phone_number_id
         )
-        .bind(phone_number_id)
         .fetch_optional(&self.pool)
         .await?)
     }
@@ -222,11 +228,11 @@ impl Registry {
         &self,
         waba_id: &str,
     ) -> Result<Option<(String, Vec<Number>)>, RegistryError> {
-        let tenant: Option<String> = sqlx::query_scalar(
+        let tenant: Option<String> = sqlx::query_scalar!(
             "SELECT t.tenant_id FROM accounts.tenants t JOIN accounts.partners p USING (partner_id)
                  WHERE t.waba_id = $1 AND t.status = 'active' AND p.status = 'active'",
+            waba_id
         )
-        .bind(waba_id)
         .fetch_optional(&self.pool)
         .await?;
         match tenant {
@@ -239,12 +245,13 @@ impl Registry {
     }
 
     pub async fn numbers(&self, tenant_id: &str) -> Result<Vec<Number>, RegistryError> {
-        Ok(sqlx::query_as::<_, Number>(
+        Ok(sqlx::query_as!(
+            Number,
             "SELECT phone_number_id, tenant_id, display_phone_number, app_secret, status,
                     previous_app_secret, previous_secret_valid_until
              FROM accounts.numbers WHERE tenant_id = $1 ORDER BY phone_number_id",
+            tenant_id
         )
-        .bind(tenant_id)
         .fetch_all(&self.pool)
         .await?)
     }
@@ -266,32 +273,30 @@ pub async fn tenant_send_facts(
     pool: &PgPool,
     tenant_id: &str,
 ) -> Result<Option<TenantSendFacts>, sqlx::Error> {
-    let row: Option<(bool, Option<i32>, i32, i32, i32)> = sqlx::query_as(
-        "SELECT t.status = 'active' AND p.status = 'active', t.tier,
+    let row = sqlx::query!(
+        r#"SELECT t.status = 'active' AND p.status = 'active' AS "active!", t.tier,
                 t.send_rate_per_second, t.send_burst, t.send_weight
            FROM accounts.tenants t JOIN accounts.partners p USING (partner_id)
-          WHERE t.tenant_id = $1",
+          WHERE t.tenant_id = $1"#,
+        tenant_id
     )
-    .bind(tenant_id)
     .fetch_optional(pool)
     .await?;
     let non_negative = |v: i32| u32::try_from(v).unwrap_or(0);
-    Ok(
-        row.map(|(active, tier, rate, burst, weight)| TenantSendFacts {
-            active,
-            tier: tier.map(i64::from),
-            limits: finestra_domain::fairness::TenantLimits {
-                rate_per_second: non_negative(rate),
-                burst: non_negative(burst),
-                weight: non_negative(weight),
-            },
-        }),
-    )
+    Ok(row.map(|r| TenantSendFacts {
+        active: r.active,
+        tier: r.tier.map(i64::from),
+        limits: finestra_domain::fairness::TenantLimits {
+            rate_per_second: non_negative(r.send_rate_per_second),
+            burst: non_negative(r.send_burst),
+            weight: non_negative(r.send_weight),
+        },
+    }))
 }
 
 /// A number as a send needs it: its tenant, whether it (and its tenant) is active, and the
 /// messages per second the network allows it.
-#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NumberSendFacts {
     pub tenant_id: String,
     pub status: String,
@@ -302,17 +307,18 @@ pub async fn number_send_facts(
     pool: &PgPool,
     phone_number_id: &str,
 ) -> Result<Option<NumberSendFacts>, sqlx::Error> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        NumberSendFacts,
         "SELECT tenant_id, status, throughput_per_second FROM accounts.numbers
           WHERE phone_number_id = $1",
+        phone_number_id
     )
-    .bind(phone_number_id)
     .fetch_optional(pool)
     .await
 }
 
 /// A template as a send needs it: status, category, parameter count, paused until (µs).
-#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TemplateSendFacts {
     pub status: String,
     pub category: String,
@@ -335,9 +341,6 @@ impl TemplateSendFacts {
     }
 }
 
-const TEMPLATE_SEND_COLUMNS: &str = "status, category, parameter_count,
-     (extract(epoch FROM paused_until) * 1000000)::bigint AS paused_until_micros";
-
 /// The tenant's live (not deleted) template `name` in `language`.
 pub async fn template_send_facts(
     pool: &PgPool,
@@ -345,13 +348,16 @@ pub async fn template_send_facts(
     name: &str,
     language: &str,
 ) -> Result<Option<TemplateSendFacts>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {TEMPLATE_SEND_COLUMNS} FROM accounts.templates
-          WHERE tenant_id = $1 AND name = $2 AND language = $3 AND deleted_at IS NULL"
-    ))
-    .bind(tenant_id)
-    .bind(name)
-    .bind(language)
+    sqlx::query_as!(
+        TemplateSendFacts,
+        r#"SELECT status, category, parameter_count,
+                (extract(epoch FROM paused_until) * 1000000)::bigint AS "paused_until_micros?"
+           FROM accounts.templates
+          WHERE tenant_id = $1 AND name = $2 AND language = $3 AND deleted_at IS NULL"#,
+        tenant_id,
+        name,
+        language
+    )
     .fetch_optional(pool)
     .await
 }
@@ -364,15 +370,18 @@ pub async fn template_send_facts_by_id_or_name(
     name: &str,
     language: &str,
 ) -> Result<Option<TemplateSendFacts>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {TEMPLATE_SEND_COLUMNS} FROM accounts.templates
+    sqlx::query_as!(
+        TemplateSendFacts,
+        r#"SELECT status, category, parameter_count,
+                (extract(epoch FROM paused_until) * 1000000)::bigint AS "paused_until_micros?"
+           FROM accounts.templates
           WHERE tenant_id = $1 AND deleted_at IS NULL
-            AND (template_id = $2 OR ($2 = '' AND name = $3 AND language = $4))"
-    ))
-    .bind(tenant_id)
-    .bind(template_id)
-    .bind(name)
-    .bind(language)
+            AND (template_id = $2 OR ($2 = '' AND name = $3 AND language = $4))"#,
+        tenant_id,
+        template_id,
+        name,
+        language
+    )
     .fetch_optional(pool)
     .await
 }
@@ -382,28 +391,40 @@ pub async fn template_send_facts_by_id_or_name(
 /// secret of the tenant's first number).
 pub type ReviewableTemplate = (String, String, String, String, String, String);
 
-const REVIEWABLE: &str =
-    "SELECT t.template_id, t.name, t.language, t.body, tn.waba_id, n.app_secret
-       FROM accounts.templates t
-       JOIN accounts.tenants tn USING (tenant_id)
-       JOIN LATERAL (SELECT app_secret FROM accounts.numbers
-                      WHERE tenant_id = t.tenant_id ORDER BY phone_number_id LIMIT 1) n ON true
-      WHERE t.deleted_at IS NULL AND tn.waba_id IS NOT NULL";
-
 /// Templates of tenants whose id starts with `tenant_prefix`, PENDING for at least `delay_ms`.
 pub async fn pending_templates(
     pool: &PgPool,
     delay_ms: i64,
     tenant_prefix: &str,
 ) -> Result<Vec<ReviewableTemplate>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "{REVIEWABLE} AND t.status = 'PENDING' AND t.created_at <= now() - $1 * interval '1 millisecond'
-           AND starts_with(t.tenant_id, $2)"
-    ))
-    .bind(delay_ms)
-    .bind(tenant_prefix)
+    let rows = sqlx::query!(
+        r#"SELECT t.template_id, t.name, t.language, t.body, tn.waba_id AS "waba_id!",
+                n.app_secret AS "app_secret!"
+           FROM accounts.templates t
+           JOIN accounts.tenants tn USING (tenant_id)
+           JOIN LATERAL (SELECT app_secret FROM accounts.numbers
+                          WHERE tenant_id = t.tenant_id ORDER BY phone_number_id LIMIT 1) n ON true
+          WHERE t.deleted_at IS NULL AND tn.waba_id IS NOT NULL
+            AND t.status = 'PENDING' AND t.created_at <= now() - $1::bigint * interval '1 millisecond'
+            AND starts_with(t.tenant_id, $2)"#,
+        delay_ms,
+        tenant_prefix
+    )
     .fetch_all(pool)
-    .await
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            (
+                r.template_id,
+                r.name,
+                r.language,
+                r.body,
+                r.waba_id,
+                r.app_secret,
+            )
+        })
+        .collect())
 }
 
 /// One template, as the network reviews it.
@@ -411,10 +432,29 @@ pub async fn reviewable_template(
     pool: &PgPool,
     template_id: &str,
 ) -> Result<Option<ReviewableTemplate>, sqlx::Error> {
-    sqlx::query_as(&format!("{REVIEWABLE} AND t.template_id = $1"))
-        .bind(template_id)
-        .fetch_optional(pool)
-        .await
+    let row = sqlx::query!(
+        r#"SELECT t.template_id, t.name, t.language, t.body, tn.waba_id AS "waba_id!",
+                n.app_secret AS "app_secret!"
+           FROM accounts.templates t
+           JOIN accounts.tenants tn USING (tenant_id)
+           JOIN LATERAL (SELECT app_secret FROM accounts.numbers
+                          WHERE tenant_id = t.tenant_id ORDER BY phone_number_id LIMIT 1) n ON true
+          WHERE t.deleted_at IS NULL AND tn.waba_id IS NOT NULL
+            AND t.template_id = $1"#,
+        template_id
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|r| {
+        (
+            r.template_id,
+            r.name,
+            r.language,
+            r.body,
+            r.waba_id,
+            r.app_secret,
+        )
+    }))
 }
 
 /// When the template's last review was applied, whole seconds since the epoch.
@@ -422,11 +462,12 @@ pub async fn template_last_review_secs(
     pool: &PgPool,
     template_id: &str,
 ) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT extract(epoch FROM last_review_at)::bigint FROM accounts.templates
-          WHERE template_id = $1",
+    sqlx::query_scalar!(
+        r#"SELECT extract(epoch FROM last_review_at)::bigint AS "last_review_secs?"
+             FROM accounts.templates
+            WHERE template_id = $1"#,
+        template_id
     )
-    .bind(template_id)
     .fetch_one(pool)
     .await
 }
@@ -436,10 +477,12 @@ pub async fn partner_tenant_ids(
     pool: &PgPool,
     partner_id: &str,
 ) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar("SELECT tenant_id FROM accounts.tenants WHERE partner_id = $1")
-        .bind(partner_id)
-        .fetch_all(pool)
-        .await
+    sqlx::query_scalar!(
+        "SELECT tenant_id FROM accounts.tenants WHERE partner_id = $1",
+        partner_id
+    )
+    .fetch_all(pool)
+    .await
 }
 
 /// A small pool for tools (the CLI).

@@ -54,18 +54,6 @@ pub fn from_hash(fields: &HashMap<String, String>) -> WindowState {
     }
 }
 
-type PairRow = (
-    Option<i64>,
-    Option<i64>,
-    Option<String>,
-    Option<i64>,
-    Option<i64>,
-    Option<i64>,
-    Option<bool>,
-    Option<i64>,
-    Option<bool>,
-);
-
 /// The pair's window state: the hot hash, else the durable record, else the empty state.
 pub async fn read(
     redis: &ConnectionManager,
@@ -83,18 +71,18 @@ pub async fn read(
     if fields.contains_key("v") {
         return Ok(from_hash(&fields));
     }
-    let row: Option<PairRow> = sqlx::query_as(
+    let row = sqlx::query!(
         "SELECT csw_until, last_inbound_at, last_inbound_id, referral_at, fep_until,
                 opt_out_at, opt_out, blocked_at, blocked
            FROM windows.pair_state
           WHERE tenant_id = $1 AND phone_number_id = $2 AND user_key = $3",
+        tenant_id,
+        phone_number_id,
+        user
     )
-    .bind(tenant_id)
-    .bind(phone_number_id)
-    .bind(user)
     .fetch_optional(pool)
     .await?;
-    let Some((csw, li_at, li_id, referral, fep, mo_at, mo, bl_at, bl)) = row else {
+    let Some(r) = row else {
         return Ok(WindowState::default());
     };
     let flag = |at: Option<i64>, on: Option<bool>| {
@@ -104,15 +92,15 @@ pub async fn read(
         })
     };
     Ok(WindowState {
-        csw_until: csw.map(Timestamp::from_micros),
-        last_inbound: li_at.map(|at| LastInbound {
+        csw_until: r.csw_until.map(Timestamp::from_micros),
+        last_inbound: r.last_inbound_at.map(|at| LastInbound {
             at: Timestamp::from_micros(at),
-            message_id: li_id.unwrap_or_default(),
+            message_id: r.last_inbound_id.unwrap_or_default(),
         }),
-        referral_at: referral.map(Timestamp::from_micros),
-        fep_until: fep.map(Timestamp::from_micros),
-        marketing_opt_out: flag(mo_at, mo),
-        blocked: flag(bl_at, bl),
+        referral_at: r.referral_at.map(Timestamp::from_micros),
+        fep_until: r.fep_until.map(Timestamp::from_micros),
+        marketing_opt_out: flag(r.opt_out_at, r.opt_out),
+        blocked: flag(r.blocked_at, r.blocked),
     })
 }
 

@@ -44,7 +44,6 @@ pub fn scope_wire(s: &str) -> i32 {
     }
 }
 
-#[derive(sqlx::FromRow)]
 pub struct PartnerRow {
     pub partner_id: String,
     pub name: String,
@@ -63,7 +62,6 @@ impl From<PartnerRow> for v1::Partner {
     }
 }
 
-#[derive(sqlx::FromRow)]
 pub struct TenantRow {
     pub tenant_id: String,
     pub partner_id: String,
@@ -96,7 +94,6 @@ impl From<TenantRow> for v1::Tenant {
     }
 }
 
-#[derive(sqlx::FromRow)]
 pub struct NumberRow {
     pub phone_number_id: String,
     pub tenant_id: String,

@@ -8,9 +8,9 @@ pub mod reviews;
 pub mod templates;
 
 use finestra_platform::auth::RequireKey;
-use finestra_platform::health::{self, Dependency};
-use finestra_platform::service::retry_until_ready;
-use finestra_platform::{Running, Shutdown, StartError, admin, kafka, stores};
+use finestra_platform::health::Dependency;
+use finestra_platform::service::{self, Observed, retry_until_ready};
+use finestra_platform::{Running, Shutdown, StartError, kafka, stores};
 use finestra_proto::v1::accounts_service_server::AccountsServiceServer;
 
 finestra_platform::settings! {
@@ -30,17 +30,19 @@ pub async fn start(config: AccountsConfig, shutdown: Shutdown) -> Result<Running
     let common = &config.common;
     let pool = stores::postgres_lazy(common)?;
     let producer = kafka::producer(&common.kafka_brokers)?;
-    let (readiness, health_service, health_task) = health::watch(
-        &[SERVICE_NAME],
+    let Observed {
+        health_service,
+        admin,
+    } = service::observe(
+        SERVICE_NAME,
+        common.metrics_addr,
         vec![
             Dependency::Postgres(pool.clone()),
             Dependency::Kafka(producer.clone()),
         ],
-        shutdown.clone(),
+        &shutdown,
     )
-    .await;
-    let (metrics_addr, admin_task) =
-        admin::serve(common.metrics_addr, readiness, shutdown.clone()).await?;
+    .await?;
     retry_until_ready("migrating the accounts schema", &shutdown, || {
         finestra_registry::migrate(&pool)
     })
@@ -69,11 +71,10 @@ pub async fn start(config: AccountsConfig, shutdown: Shutdown) -> Result<Running
         .add_service(health_service)
         .add_service(finestra_platform::grpc::reflection()?)
         .add_service(RequireKey::new(AccountsServiceServer::new(api), auth));
-    let grpc_task = finestra_platform::service::spawn_grpc(router, incoming, shutdown.clone());
+    let grpc_task = service::spawn_grpc(router, incoming, shutdown.clone());
 
-    let mut running = Running::new(grpc_addr, metrics_addr, None);
-    running.own("health", health_task);
-    running.own("admin", admin_task);
+    let metrics_addr = admin.metrics_addr;
+    let mut running = admin.running(grpc_addr, None);
     running.own("grpc", grpc_task);
     running.own("template-reviews", reviews_task);
     tracing::info!(%grpc_addr, %metrics_addr, "accounts started");

@@ -78,13 +78,13 @@ async fn apply(
         tracing::debug!(event = %r.event, "provider template event without a lifecycle step");
         return Ok(());
     };
-    let template_id: Option<String> = sqlx::query_scalar(
+    let template_id: Option<String> = sqlx::query_scalar!(
         "SELECT template_id FROM accounts.templates
          WHERE tenant_id = $1 AND name = $2 AND language = $3 AND deleted_at IS NULL",
+        tenant_id,
+        &r.name,
+        &r.language
     )
-    .bind(tenant_id)
-    .bind(&r.name)
-    .bind(&r.language)
     .fetch_optional(pool)
     .await?;
     let Some(template_id) = template_id else {

@@ -33,7 +33,6 @@ pub enum TemplateError {
     Store(#[from] sqlx::Error),
 }
 
-#[derive(sqlx::FromRow)]
 pub struct TemplateRow {
     pub template_id: String,
     pub tenant_id: String,
@@ -51,9 +50,6 @@ pub struct TemplateRow {
     pub last_review_at: Option<chrono::DateTime<chrono::Utc>>,
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
-
-pub const COLUMNS: &str = "template_id, tenant_id, name, language, category, body, header, footer, \
-     buttons::text AS buttons, parameter_count, status, paused_until, pauses, last_review_at, created_at";
 
 fn micros(t: chrono::DateTime<chrono::Utc>) -> Timestamp {
     Timestamp::from_micros(t.timestamp_micros())
@@ -155,20 +151,24 @@ pub async fn create(
         });
     }
     let id = format!("tpl_{:016x}", rand::random::<u64>());
-    sqlx::query_as::<_, TemplateRow>(&format!(
+    sqlx::query_as!(
+        TemplateRow,
         "INSERT INTO accounts.templates (template_id, tenant_id, name, language, category, body, header, footer, buttons, parameter_count)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10) RETURNING {COLUMNS}"
-    ))
-    .bind(id)
-    .bind(&req.tenant_id)
-    .bind(&req.name)
-    .bind(&req.language)
-    .bind(category.as_str())
-    .bind(&req.body)
-    .bind(&req.header)
-    .bind(&req.footer)
-    .bind(buttons)
-    .bind(i32::try_from(params).unwrap_or(i32::MAX))
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::text::jsonb, $10)
+         RETURNING template_id, tenant_id, name, language, category, body, header, footer,
+                   buttons::text AS buttons, parameter_count, status, paused_until, pauses,
+                   last_review_at, created_at",
+        &id,
+        &req.tenant_id,
+        &req.name,
+        &req.language,
+        category.as_str(),
+        &req.body,
+        &req.header,
+        &req.footer,
+        buttons,
+        i32::try_from(params).unwrap_or(i32::MAX)
+    )
     .fetch_one(pool)
     .await
     .map_err(|e| match &e {
@@ -187,11 +187,15 @@ pub async fn get(
     tenant_id: &str,
     template_id: &str,
 ) -> Result<TemplateRow, TemplateError> {
-    sqlx::query_as::<_, TemplateRow>(&format!(
-        "SELECT {COLUMNS} FROM accounts.templates WHERE tenant_id = $1 AND template_id = $2 AND deleted_at IS NULL"
-    ))
-    .bind(tenant_id)
-    .bind(template_id)
+    sqlx::query_as!(
+        TemplateRow,
+        "SELECT template_id, tenant_id, name, language, category, body, header, footer,
+                buttons::text AS buttons, parameter_count, status, paused_until, pauses,
+                last_review_at, created_at
+           FROM accounts.templates WHERE tenant_id = $1 AND template_id = $2 AND deleted_at IS NULL",
+        tenant_id,
+        template_id
+    )
     .fetch_optional(pool)
     .await?
     .ok_or_else(|| TemplateError::NotFound {
@@ -208,11 +212,15 @@ pub async fn review(
     at: Timestamp,
 ) -> Result<TemplateRow, TemplateError> {
     let mut tx = pool.begin().await?;
-    let row = sqlx::query_as::<_, TemplateRow>(&format!(
-        "SELECT {COLUMNS} FROM accounts.templates WHERE tenant_id = $1 AND template_id = $2 AND deleted_at IS NULL FOR UPDATE"
-    ))
-    .bind(tenant_id)
-    .bind(template_id)
+    let row = sqlx::query_as!(
+        TemplateRow,
+        "SELECT template_id, tenant_id, name, language, category, body, header, footer,
+                buttons::text AS buttons, parameter_count, status, paused_until, pauses,
+                last_review_at, created_at
+           FROM accounts.templates WHERE tenant_id = $1 AND template_id = $2 AND deleted_at IS NULL FOR UPDATE",
+        tenant_id,
+        template_id
+    )
     .fetch_optional(&mut *tx)
     .await?
     .ok_or_else(|| TemplateError::NotFound {
@@ -233,19 +241,23 @@ pub async fn review(
         TStatus::Paused { until } => Some(until.micros()),
         _ => None,
     };
-    let updated = sqlx::query_as::<_, TemplateRow>(&format!(
+    let updated = sqlx::query_as!(
+        TemplateRow,
         "UPDATE accounts.templates SET status = $3, category = $4, pauses = $5,
-                paused_until = timestamptz 'epoch' + $6 * interval '1 microsecond',
-                last_review_at = timestamptz 'epoch' + $7 * interval '1 microsecond'
-         WHERE tenant_id = $1 AND template_id = $2 RETURNING {COLUMNS}"
-    ))
-    .bind(tenant_id)
-    .bind(template_id)
-    .bind(lifecycle.status.name())
-    .bind(lifecycle.category.as_str())
-    .bind(i32::from(lifecycle.pauses))
-    .bind(paused_until)
-    .bind(at.micros())
+                paused_until = timestamptz 'epoch' + $6::bigint * interval '1 microsecond',
+                last_review_at = timestamptz 'epoch' + $7::bigint * interval '1 microsecond'
+         WHERE tenant_id = $1 AND template_id = $2
+         RETURNING template_id, tenant_id, name, language, category, body, header, footer,
+                   buttons::text AS buttons, parameter_count, status, paused_until, pauses,
+                   last_review_at, created_at",
+        tenant_id,
+        template_id,
+        lifecycle.status.name(),
+        lifecycle.category.as_str(),
+        i32::from(lifecycle.pauses),
+        paused_until,
+        at.micros()
+    )
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;

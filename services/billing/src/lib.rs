@@ -20,10 +20,10 @@ use std::time::Duration;
 
 use finestra_domain::{Clock, Timestamp};
 use finestra_platform::auth::RequireKey;
-use finestra_platform::health::{self, Dependency};
+use finestra_platform::health::Dependency;
 use finestra_platform::kafka::{self, BatchConsumer, ConsumerSettings};
-use finestra_platform::service::retry_until_ready;
-use finestra_platform::{ConfigError, Running, Shutdown, StartError, admin, stores};
+use finestra_platform::service::{self, Observed, retry_until_ready};
+use finestra_platform::{ConfigError, Running, Shutdown, StartError, stores};
 use finestra_proto::v1::billing_service_server::BillingServiceServer;
 
 finestra_platform::settings! {
@@ -132,18 +132,20 @@ pub async fn start(
     let pool = stores::postgres_lazy(common)?;
     let redis_client = redis::Client::open(common.redis_url.as_str())?;
     let producer = kafka::producer(&common.kafka_brokers)?;
-    let (readiness, health_service, health_task) = health::watch(
-        &[SERVICE_NAME],
+    let Observed {
+        health_service,
+        admin,
+    } = service::observe(
+        SERVICE_NAME,
+        common.metrics_addr,
         vec![
             Dependency::Postgres(pool.clone()),
             Dependency::Redis(redis_client),
             Dependency::Kafka(producer.clone()),
         ],
-        shutdown.clone(),
+        &shutdown,
     )
-    .await;
-    let (metrics_addr, admin_task) =
-        admin::serve(common.metrics_addr, readiness, shutdown.clone()).await?;
+    .await?;
 
     retry_until_ready("migrating the billing schema", &shutdown, || async {
         pg::migrate(&pool).await?;
@@ -206,7 +208,7 @@ pub async fn start(
         .add_service(health_service)
         .add_service(finestra_platform::grpc::reflection()?)
         .add_service(RequireKey::new(BillingServiceServer::new(api), auth));
-    let grpc_task = finestra_platform::service::spawn_grpc(router, incoming, shutdown.clone());
+    let grpc_task = service::spawn_grpc(router, incoming, shutdown.clone());
 
     let consumer_task = tokio::spawn(
         consumer::Loop {
@@ -242,9 +244,8 @@ pub async fn start(
         }
     });
 
-    let mut running = Running::new(grpc_addr, metrics_addr, None);
-    running.own("health", health_task);
-    running.own("admin", admin_task);
+    let metrics_addr = admin.metrics_addr;
+    let mut running = admin.running(grpc_addr, None);
     running.own("grpc", grpc_task);
     running.own("reservation-writer", writer_task);
     running.own("consumer", consumer_task);

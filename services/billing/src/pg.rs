@@ -50,10 +50,11 @@ pub enum CardError {
 }
 
 async fn restate_checksums(pool: &PgPool) -> Result<(), sqlx::Error> {
-    let applied: Option<String> =
-        sqlx::query_scalar("SELECT to_regclass('billing._sqlx_migrations')::text")
-            .fetch_one(pool)
-            .await?;
+    let applied: Option<String> = sqlx::query_scalar!(
+        r#"SELECT to_regclass('billing._sqlx_migrations')::text AS "applied?""#
+    )
+    .fetch_one(pool)
+    .await?;
     if applied.is_none() {
         return Ok(());
     }
@@ -61,6 +62,8 @@ async fn restate_checksums(pool: &PgPool) -> Result<(), sqlx::Error> {
         let Some(current) = MIGRATOR.iter().find(|m| m.version == version) else {
             continue;
         };
+        // Stays a runtime query: `_sqlx_migrations` is made by the migrator at run time, so the
+        // schema the checked queries are described against (scripts/sqlx-prepare.sh) lacks it.
         sqlx::query(
             "UPDATE billing._sqlx_migrations SET checksum = $3
               WHERE version = $1 AND encode(checksum, 'hex') = $2",
@@ -77,14 +80,14 @@ async fn restate_checksums(pool: &PgPool) -> Result<(), sqlx::Error> {
 /// Stores the shipped default card unless the book has one already.
 pub async fn ensure_default_card(pool: &PgPool) -> Result<(), CardError> {
     let card = pricing::parse_card(pricing::DEFAULT_CARD)?;
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO billing.rate_cards (version, effective_from, currency, source)
          VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        &card.version,
+        card.effective_from.micros(),
+        &card.currency,
+        pricing::DEFAULT_CARD,
     )
-    .bind(&card.version)
-    .bind(card.effective_from.micros())
-    .bind(&card.currency)
-    .bind(pricing::DEFAULT_CARD)
     .execute(pool)
     .await?;
     Ok(())
@@ -92,13 +95,14 @@ pub async fn ensure_default_card(pool: &PgPool) -> Result<(), CardError> {
 
 /// Every card, oldest first.
 pub async fn load_book(pool: &PgPool) -> Result<(RateBook, Vec<RateCard>), CardError> {
-    let sources: Vec<(String,)> =
-        sqlx::query_as("SELECT source FROM billing.rate_cards ORDER BY effective_from")
+    let sources: Vec<String> =
+        sqlx::query_scalar!("SELECT source FROM billing.rate_cards ORDER BY effective_from")
             .fetch_all(pool)
             .await?;
     let cards = sources
         .iter()
-        .map(|(s,)| pricing::parse_card(s))
+        .map(String::as_str)
+        .map(pricing::parse_card)
         .collect::<Result<Vec<_>, _>>()?;
     Ok((RateBook::new(cards.clone())?, cards))
 }
@@ -113,37 +117,37 @@ pub async fn add_card(
     let card = pricing::parse_card(source)?;
     let mut tx = pool.begin().await?;
     // Serialises appends so two concurrent ones cannot both pass the "newest" check.
-    sqlx::query("LOCK TABLE billing.rate_cards IN EXCLUSIVE MODE")
+    sqlx::query!("LOCK TABLE billing.rate_cards IN EXCLUSIVE MODE")
         .execute(&mut *tx)
         .await?;
-    let newest: Option<(i64, String, String)> = sqlx::query_as(
-        "SELECT effective_from, currency, version FROM billing.rate_cards
+    let newest = sqlx::query!(
+        "SELECT effective_from, currency FROM billing.rate_cards
          ORDER BY effective_from DESC LIMIT 1",
     )
     .fetch_optional(&mut *tx)
     .await?;
-    let floor = newest.as_ref().map_or(not_before, |(from, _, _)| {
-        Timestamp::from_micros(*from).max(not_before)
+    let floor = newest.as_ref().map_or(not_before, |n| {
+        Timestamp::from_micros(n.effective_from).max(not_before)
     });
     if card.effective_from <= floor {
         return Err(CardError::TooEarly(floor));
     }
-    if let Some((_, currency, _)) = &newest
-        && *currency != card.currency
+    if let Some(n) = &newest
+        && n.currency != card.currency
     {
         return Err(CardError::Currency {
             card: card.currency.clone(),
-            wallets: currency.clone(),
+            wallets: n.currency.clone(),
         });
     }
-    let inserted = sqlx::query(
+    let inserted = sqlx::query!(
         "INSERT INTO billing.rate_cards (version, effective_from, currency, source)
          VALUES ($1, $2, $3, $4) ON CONFLICT (version) DO NOTHING",
+        &card.version,
+        card.effective_from.micros(),
+        &card.currency,
+        source,
     )
-    .bind(&card.version)
-    .bind(card.effective_from.micros())
-    .bind(&card.currency)
-    .bind(source)
     .execute(&mut *tx)
     .await?;
     if inserted.rows_affected() == 0 {
@@ -165,17 +169,19 @@ pub async fn withdraw_card(
 ) -> Result<RateCard, CardError> {
     let mut tx = pool.begin().await?;
     // Serialises with appends, which check the newest card.
-    sqlx::query("LOCK TABLE billing.rate_cards IN EXCLUSIVE MODE")
+    sqlx::query!("LOCK TABLE billing.rate_cards IN EXCLUSIVE MODE")
         .execute(&mut *tx)
         .await?;
-    let found: Option<(i64, String)> =
-        sqlx::query_as("SELECT effective_from, source FROM billing.rate_cards WHERE version = $1")
-            .bind(version)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let Some((effective_from, source)) = found else {
+    let found = sqlx::query!(
+        "SELECT effective_from, source FROM billing.rate_cards WHERE version = $1",
+        version,
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(found) = found else {
         return Err(CardError::NoSuchCard(version.to_owned()));
     };
+    let (effective_from, source) = (found.effective_from, found.source);
     let starts = Timestamp::from_micros(effective_from);
     if starts <= not_before {
         return Err(CardError::Started {
@@ -184,15 +190,15 @@ pub async fn withdraw_card(
         });
     }
     let card = pricing::parse_card(&source)?;
-    sqlx::query(
+    sqlx::query!(
         "WITH gone AS (DELETE FROM billing.rate_cards WHERE version = $1 RETURNING *)
          INSERT INTO billing.rate_card_withdrawals
              (version, effective_from, currency, source, added_at, withdrawn_by, reason)
-         SELECT version, effective_from, currency, source, created_at, $2, $3 FROM gone",
+         SELECT version, effective_from, currency, source, created_at, $2::text, $3::text FROM gone",
+        version,
+        by,
+        reason,
     )
-    .bind(version)
-    .bind(by)
-    .bind(reason)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -201,14 +207,15 @@ pub async fn withdraw_card(
 
 /// The partner's markups ('*' is the default).
 pub async fn markups(pool: &PgPool, partner_id: &str) -> Result<MarkupPlan, sqlx::Error> {
-    let rows: Vec<(String, i32, i64)> = sqlx::query_as(
+    let rows = sqlx::query!(
         "SELECT category, basis_points, fixed_micros FROM billing.markups WHERE partner_id = $1",
+        partner_id,
     )
-    .bind(partner_id)
     .fetch_all(pool)
     .await?;
     let mut plan = MarkupPlan::default();
-    for (category, bp, fixed) in rows {
+    for row in rows {
+        let (category, bp, fixed) = (row.category, row.basis_points, row.fixed_micros);
         let markup = if bp > 0 {
             Markup::BasisPoints(u32::try_from(bp).unwrap_or(0))
         } else if fixed > 0 {
@@ -232,22 +239,22 @@ pub async fn set_markup(
     basis_points: u32,
     fixed: Micros,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO billing.markups (partner_id, category, basis_points, fixed_micros)
          VALUES ($1, $2, $3, $4)
          ON CONFLICT (partner_id, category) DO UPDATE
            SET basis_points = excluded.basis_points, fixed_micros = excluded.fixed_micros",
+        partner_id,
+        category,
+        i32::try_from(basis_points).unwrap_or(i32::MAX),
+        fixed,
     )
-    .bind(partner_id)
-    .bind(category)
-    .bind(i32::try_from(basis_points).unwrap_or(i32::MAX))
-    .bind(fixed)
     .execute(pool)
     .await?;
     Ok(())
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WalletRow {
     pub balance: i64,
     pub credit_limit: i64,
@@ -265,11 +272,12 @@ impl WalletRow {
 
 /// The wallet (all zero when the tenant never had one).
 pub async fn wallet(pool: &PgPool, tenant_id: &str) -> Result<WalletRow, sqlx::Error> {
-    Ok(sqlx::query_as(
+    Ok(sqlx::query_as!(
+        WalletRow,
         "SELECT balance, credit_limit, reserved, low_balance_threshold
          FROM billing.wallets WHERE tenant_id = $1",
+        tenant_id,
     )
-    .bind(tenant_id)
     .fetch_optional(pool)
     .await?
     .unwrap_or_default())
@@ -287,31 +295,32 @@ pub async fn top_up(
 ) -> Result<WalletRow, sqlx::Error> {
     let mut tx = pool.begin().await?;
     // The key table is the top-up id's durable uniqueness, whatever month it came in.
-    let inserted = sqlx::query(
+    let inserted = sqlx::query!(
         "WITH k AS (
             INSERT INTO billing.ledger_keys (tenant_id, reference, kind) VALUES ($1, $2, 'top_up')
             ON CONFLICT DO NOTHING RETURNING tenant_id)
          INSERT INTO billing.ledger (tenant_id, reference, kind, amount, currency, note, occurred_at)
-         SELECT $1, $2, 'top_up', $3, $4, $5, $6 FROM k",
+         SELECT $1, $2, 'top_up', $3::bigint, $4::text, $5::text, $6::bigint FROM k",
+        tenant_id,
+        top_up_id,
+        amount,
+        currency,
+        note,
+        now.micros(),
     )
-    .bind(tenant_id)
-    .bind(top_up_id)
-    .bind(amount)
-    .bind(currency)
-    .bind(note)
-    .bind(now.micros())
     .execute(&mut *tx)
     .await?
     .rows_affected();
     let credited = if inserted == 1 { amount } else { 0 };
-    let row: WalletRow = sqlx::query_as(
+    let row: WalletRow = sqlx::query_as!(
+        WalletRow,
         "INSERT INTO billing.wallets (tenant_id, balance) VALUES ($1, $2)
          ON CONFLICT (tenant_id) DO UPDATE
            SET balance = billing.wallets.balance + excluded.balance, updated_at = now()
          RETURNING balance, credit_limit, reserved, low_balance_threshold",
+        tenant_id,
+        credited,
     )
-    .bind(tenant_id)
-    .bind(credited)
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -324,17 +333,18 @@ pub async fn set_credit_limit(
     credit_limit: Micros,
     low_balance_threshold: Micros,
 ) -> Result<WalletRow, sqlx::Error> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        WalletRow,
         "INSERT INTO billing.wallets (tenant_id, credit_limit, low_balance_threshold)
          VALUES ($1, $2, $3)
          ON CONFLICT (tenant_id) DO UPDATE
            SET credit_limit = excluded.credit_limit,
                low_balance_threshold = excluded.low_balance_threshold, updated_at = now()
          RETURNING balance, credit_limit, reserved, low_balance_threshold",
+        tenant_id,
+        credit_limit,
+        low_balance_threshold,
     )
-    .bind(tenant_id)
-    .bind(credit_limit)
-    .bind(low_balance_threshold)
     .fetch_one(pool)
     .await
 }
@@ -342,24 +352,28 @@ pub async fn set_credit_limit(
 /// The wallet and its open (priced) reservations, as one consistent snapshot, to load Redis.
 pub async fn snapshot(pool: &PgPool, tenant_id: &str) -> Result<crate::hot::Snapshot, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    sqlx::query!("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .execute(&mut *tx)
         .await?;
-    let w: WalletRow = sqlx::query_as(
+    let w: WalletRow = sqlx::query_as!(
+        WalletRow,
         "SELECT balance, credit_limit, reserved, low_balance_threshold
          FROM billing.wallets WHERE tenant_id = $1",
+        tenant_id,
     )
-    .bind(tenant_id)
     .fetch_optional(&mut *tx)
     .await?
     .unwrap_or_default();
-    let open: Vec<(String, i64)> = sqlx::query_as(
+    let open: Vec<(String, i64)> = sqlx::query!(
         "SELECT message_id, price FROM billing.reservations
          WHERE tenant_id = $1 AND state = 'open' AND price > 0",
+        tenant_id,
     )
-    .bind(tenant_id)
     .fetch_all(&mut *tx)
-    .await?;
+    .await?
+    .into_iter()
+    .map(|r| (r.message_id, r.price))
+    .collect();
     tx.commit().await?;
     Ok(crate::hot::Snapshot {
         balance: w.balance,

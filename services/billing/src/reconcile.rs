@@ -56,7 +56,7 @@ pub async fn run(
     tenant: Option<&str>,
 ) -> Result<Report, ReconcileError> {
     let mut tx = pool.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    sqlx::query!("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .execute(&mut *tx)
         .await?;
     // One tenant: every scan is an index range on its id. Every tenant: `<> ''` keeps the one
@@ -135,14 +135,16 @@ pub async fn run(
         let Some(cached) = hot.cached(&b.tenant_id).await? else {
             continue;
         };
-        let open: Vec<(String, i64)> = sqlx::query_as(
+        let open: BTreeMap<String, i64> = sqlx::query!(
             "SELECT message_id, price FROM billing.reservations
               WHERE tenant_id = $1 AND state = 'open' AND price > 0",
+            &b.tenant_id,
         )
-        .bind(&b.tenant_id)
         .fetch_all(&mut *tx)
-        .await?;
-        let open: BTreeMap<String, i64> = open.into_iter().collect();
+        .await?
+        .into_iter()
+        .map(|r| (r.message_id, r.price))
+        .collect();
         check(
             "redis balance == postgres balance",
             b.balance,

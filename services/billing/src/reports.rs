@@ -4,7 +4,7 @@
 use finestra_domain::Timestamp;
 use sqlx::PgPool;
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UsageRow {
     pub phone_number_id: String,
     pub category: String,
@@ -49,29 +49,30 @@ pub async fn usage(
     to: Timestamp,
     by: GroupBy,
 ) -> Result<Vec<UsageRow>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT CASE WHEN $4 THEN phone_number_id ELSE '' END AS phone_number_id,
-                CASE WHEN $5 THEN category ELSE '' END AS category,
-                CASE WHEN $6 THEN market ELSE '' END AS market,
-                CASE WHEN $7 THEN to_char((timestamptz 'epoch' + occurred_at * interval '1 microsecond')
+    sqlx::query_as!(
+        UsageRow,
+        r#"SELECT CASE WHEN $4::boolean THEN phone_number_id ELSE '' END AS "phone_number_id!",
+                CASE WHEN $5::boolean THEN category ELSE '' END AS "category!",
+                CASE WHEN $6::boolean THEN market ELSE '' END AS "market!",
+                CASE WHEN $7::boolean THEN to_char((timestamptz 'epoch' + occurred_at * interval '1 microsecond')
                                           AT TIME ZONE 'UTC', 'YYYY-MM-DD')
-                     ELSE '' END AS day,
-                count(*) AS messages,
-                count(*) FILTER (WHERE price > 0) AS charged_messages,
-                coalesce(sum(cost), 0)::bigint AS cost,
-                coalesce(sum(price), 0)::bigint AS price
+                     ELSE '' END AS "day!",
+                count(*) AS "messages!",
+                count(*) FILTER (WHERE price > 0) AS "charged_messages!",
+                coalesce(sum(cost), 0)::bigint AS "cost!",
+                coalesce(sum(price), 0)::bigint AS "price!"
            FROM billing.ledger
           WHERE tenant_id = $1 AND kind = 'charge' AND occurred_at >= $2 AND occurred_at < $3
           GROUP BY 1, 2, 3, 4
-          ORDER BY 1, 2, 3, 4",
+          ORDER BY 1, 2, 3, 4"#,
+        tenant_id,
+        from.micros(),
+        to.micros(),
+        by.number,
+        by.category,
+        by.market,
+        by.day,
     )
-    .bind(tenant_id)
-    .bind(from.micros())
-    .bind(to.micros())
-    .bind(by.number)
-    .bind(by.category)
-    .bind(by.market)
-    .bind(by.day)
     .fetch_all(pool)
     .await
 }
@@ -85,19 +86,19 @@ pub async fn top_ups(
     from: Timestamp,
     to: Timestamp,
 ) -> Result<i64, sqlx::Error> {
-    let (sum,): (i64,) = sqlx::query_as(
-        "SELECT coalesce(sum(amount), 0)::bigint FROM billing.ledger
-          WHERE tenant_id = $1 AND kind = 'top_up' AND occurred_at >= $2 AND occurred_at < $3",
+    let sum: i64 = sqlx::query_scalar!(
+        r#"SELECT coalesce(sum(amount), 0)::bigint AS "sum!" FROM billing.ledger
+          WHERE tenant_id = $1 AND kind = 'top_up' AND occurred_at >= $2 AND occurred_at < $3"#,
+        tenant_id,
+        from.micros(),
+        to.micros(),
     )
-    .bind(tenant_id)
-    .bind(from.micros())
-    .bind(to.micros())
     .fetch_one(pool)
     .await?;
     Ok(sum)
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RollupRow {
     pub tenant_id: String,
     pub messages: i64,
@@ -115,18 +116,20 @@ pub async fn partner_rollup(
 ) -> Result<Vec<RollupRow>, sqlx::Error> {
     // The partner's tenants come from the accounts schema's read model, not a join into it.
     let tenants = finestra_registry::partner_tenant_ids(pool, partner_id).await?;
-    sqlx::query_as(
-        "SELECT l.tenant_id, count(*) AS messages,
-                count(*) FILTER (WHERE l.price > 0) AS charged_messages,
-                coalesce(sum(l.cost), 0)::bigint AS cost, coalesce(sum(l.price), 0)::bigint AS price
+    sqlx::query_as!(
+        RollupRow,
+        r#"SELECT l.tenant_id, count(*) AS "messages!",
+                count(*) FILTER (WHERE l.price > 0) AS "charged_messages!",
+                coalesce(sum(l.cost), 0)::bigint AS "cost!",
+                coalesce(sum(l.price), 0)::bigint AS "price!"
            FROM billing.ledger l
-          WHERE l.tenant_id = ANY($1) AND l.kind = 'charge'
+          WHERE l.tenant_id = ANY($1::text[]) AND l.kind = 'charge'
             AND l.occurred_at >= $2 AND l.occurred_at < $3
-          GROUP BY l.tenant_id ORDER BY l.tenant_id",
+          GROUP BY l.tenant_id ORDER BY l.tenant_id"#,
+        &tenants,
+        from.micros(),
+        to.micros(),
     )
-    .bind(&tenants)
-    .bind(from.micros())
-    .bind(to.micros())
     .fetch_all(pool)
     .await
 }

@@ -10,7 +10,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 use crate::pg::WalletRow;
 
 /// A priced message, fixed at acceptance.
-#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReservationRow {
     pub tenant_id: String,
     pub message_id: String,
@@ -63,11 +63,12 @@ async fn lock_wallets(
 ) -> Result<(), sqlx::Error> {
     // One lock order for every writer (reserve batches, settlement, top-ups), so concurrent
     // batches never deadlock on wallets.
-    sqlx::query(
-        "SELECT 1 FROM billing.wallets WHERE tenant_id = ANY($1) ORDER BY tenant_id FOR UPDATE",
+    sqlx::query!(
+        r#"SELECT 1 AS "locked!" FROM billing.wallets WHERE tenant_id = ANY($1::text[])
+            ORDER BY tenant_id FOR UPDATE"#,
+        tenants,
     )
-    .bind(tenants)
-    .execute(&mut **tx)
+    .fetch_all(&mut **tx)
     .await?;
     Ok(())
 }
@@ -81,7 +82,14 @@ pub async fn insert_batch(
     let col = |f: fn(&ReservationRow) -> &String| rows.iter().map(f).cloned().collect::<Vec<_>>();
     let num = |f: fn(&ReservationRow) -> i64| rows.iter().map(f).collect::<Vec<_>>();
     let mut tx = pool.begin().await?;
-    let inserted: Vec<(String, String)> = sqlx::query_as(
+    let (tenant_ids, message_ids) = (col(|r| &r.tenant_id), col(|r| &r.message_id));
+    let (numbers, recipients) = (col(|r| &r.phone_number_id), col(|r| &r.recipient));
+    let (categories, markets) = (col(|r| &r.category), col(|r| &r.market));
+    let (card_versions, currencies) = (col(|r| &r.card_version), col(|r| &r.currency));
+    let (costs, prices) = (num(|r| r.cost), num(|r| r.price));
+    let (markups, free_reasons) = (col(|r| &r.markup), col(|r| &r.free_reason));
+    let accepted_ats = num(|r| r.accepted_at);
+    let inserted = sqlx::query!(
         "INSERT INTO billing.reservations (tenant_id, message_id, phone_number_id, recipient,
             category, market, card_version, currency, cost, price, markup, free_reason, accepted_at)
          SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
@@ -89,23 +97,26 @@ pub async fn insert_batch(
             $12::text[], $13::bigint[])
          ON CONFLICT DO NOTHING
          RETURNING tenant_id, message_id",
+        &tenant_ids,
+        &message_ids,
+        &numbers,
+        &recipients,
+        &categories,
+        &markets,
+        &card_versions,
+        &currencies,
+        &costs,
+        &prices,
+        &markups,
+        &free_reasons,
+        &accepted_ats,
     )
-    .bind(col(|r| &r.tenant_id))
-    .bind(col(|r| &r.message_id))
-    .bind(col(|r| &r.phone_number_id))
-    .bind(col(|r| &r.recipient))
-    .bind(col(|r| &r.category))
-    .bind(col(|r| &r.market))
-    .bind(col(|r| &r.card_version))
-    .bind(col(|r| &r.currency))
-    .bind(num(|r| r.cost))
-    .bind(num(|r| r.price))
-    .bind(col(|r| &r.markup))
-    .bind(col(|r| &r.free_reason))
-    .bind(num(|r| r.accepted_at))
     .fetch_all(&mut *tx)
     .await?;
-    let inserted: std::collections::HashSet<(String, String)> = inserted.into_iter().collect();
+    let inserted: std::collections::HashSet<(String, String)> = inserted
+        .into_iter()
+        .map(|r| (r.tenant_id, r.message_id))
+        .collect();
 
     // Reserved per tenant, and the last new message of each (for a low-balance event).
     let mut added: BTreeMap<String, (Micros, String)> = BTreeMap::new();
@@ -122,29 +133,30 @@ pub async fn insert_batch(
     if !added.is_empty() {
         let tenants: Vec<String> = added.keys().cloned().collect();
         let sums: Vec<i64> = added.values().map(|(s, _)| *s).collect();
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO billing.wallets (tenant_id) SELECT * FROM unnest($1::text[])
              ON CONFLICT DO NOTHING",
+            &tenants,
         )
-        .bind(&tenants)
         .execute(&mut *tx)
         .await?;
         lock_wallets(&mut tx, &tenants).await?;
-        let after: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
+        let after = sqlx::query!(
             "UPDATE billing.wallets w SET reserved = w.reserved + d.sum, updated_at = now()
              FROM unnest($1::text[], $2::bigint[]) AS d(tenant_id, sum)
              WHERE w.tenant_id = d.tenant_id
              RETURNING w.tenant_id, w.balance, w.credit_limit, w.reserved, w.low_balance_threshold",
+            &tenants,
+            &sums,
         )
-        .bind(&tenants)
-        .bind(&sums)
         .fetch_all(&mut *tx)
         .await?;
-        for (tenant_id, balance, credit_limit, reserved, threshold) in after {
+        for a in after {
+            let (tenant_id, threshold) = (a.tenant_id, a.low_balance_threshold);
             let wallet = WalletRow {
-                balance,
-                credit_limit,
-                reserved,
+                balance: a.balance,
+                credit_limit: a.credit_limit,
+                reserved: a.reserved,
                 low_balance_threshold: threshold,
             };
             if let Some((sum, message_id)) = added.get(&tenant_id)
@@ -167,30 +179,26 @@ pub async fn insert_batch(
         .collect();
     let mut existing: BTreeMap<(String, String), (ReservationRow, String)> = BTreeMap::new();
     if !missing.is_empty() {
-        let found: Vec<(String, ReservationRow)> = sqlx::query_as::<_, ExistingRow>(
+        let missing_tenants: Vec<String> = missing.iter().map(|r| r.tenant_id.clone()).collect();
+        let missing_messages: Vec<String> = missing.iter().map(|r| r.message_id.clone()).collect();
+        let found: Vec<(String, ReservationRow)> = sqlx::query_as!(
+            ExistingRow,
             "SELECT r.state, r.tenant_id, r.message_id, r.phone_number_id, r.recipient, r.category,
                     r.market, r.card_version, r.currency, r.cost, r.price, r.markup,
                     r.free_reason, r.accepted_at
              FROM billing.reservations r
              JOIN unnest($1::text[], $2::text[]) AS k(tenant_id, message_id)
                ON r.tenant_id = k.tenant_id AND r.message_id = k.message_id",
-        )
-        .bind(
-            missing
-                .iter()
-                .map(|r| r.tenant_id.clone())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            missing
-                .iter()
-                .map(|r| r.message_id.clone())
-                .collect::<Vec<_>>(),
+            &missing_tenants,
+            &missing_messages,
         )
         .fetch_all(&mut *tx)
         .await?
         .into_iter()
-        .map(|e| (e.state, e.row))
+        .map(|e| {
+            let (row, state) = e.into_parts();
+            (state, row)
+        })
         .collect();
         for (state, row) in found {
             existing.insert(
@@ -225,11 +233,46 @@ pub async fn insert_batch(
     Ok((answers, low))
 }
 
-#[derive(sqlx::FromRow)]
+/// A stored reservation and its state, as the checked queries select it (`state` first, then
+/// the `ReservationRow` columns).
 struct ExistingRow {
     state: String,
-    #[sqlx(flatten)]
-    row: ReservationRow,
+    tenant_id: String,
+    message_id: String,
+    phone_number_id: String,
+    recipient: String,
+    category: String,
+    market: String,
+    card_version: String,
+    currency: String,
+    cost: i64,
+    price: i64,
+    markup: String,
+    free_reason: String,
+    accepted_at: i64,
+}
+
+impl ExistingRow {
+    fn into_parts(self) -> (ReservationRow, String) {
+        (
+            ReservationRow {
+                tenant_id: self.tenant_id,
+                message_id: self.message_id,
+                phone_number_id: self.phone_number_id,
+                recipient: self.recipient,
+                category: self.category,
+                market: self.market,
+                card_version: self.card_version,
+                currency: self.currency,
+                cost: self.cost,
+                price: self.price,
+                markup: self.markup,
+                free_reason: self.free_reason,
+                accepted_at: self.accepted_at,
+            },
+            self.state,
+        )
+    }
 }
 
 /// How a reservation ends.
@@ -277,11 +320,11 @@ pub async fn settle(pool: &PgPool, batch: &[Settlement]) -> Result<Settled, sqlx
     }
     let tenants: Vec<String> = batch.iter().map(|s| s.tenant_id.clone()).collect();
     let messages: Vec<String> = batch.iter().map(|s| s.message_id.clone()).collect();
-    let states: Vec<&str> = batch
+    let states: Vec<String> = batch
         .iter()
         .map(|s| match s.end {
-            End::Capture => "captured",
-            End::Release => "released",
+            End::Capture => "captured".to_owned(),
+            End::Release => "released".to_owned(),
         })
         .collect();
     let ats: Vec<i64> = batch.iter().map(|s| s.at).collect();
@@ -292,8 +335,8 @@ pub async fn settle(pool: &PgPool, batch: &[Settlement]) -> Result<Settled, sqlx
     wallet_tenants.sort();
     wallet_tenants.dedup();
     lock_wallets(&mut tx, &wallet_tenants).await?;
-    let ended: Vec<(String, String, String, i64)> = sqlx::query_as(
-        "WITH input AS (
+    let ended = sqlx::query!(
+        r#"WITH input AS (
             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[])
               AS i(tenant_id, message_id, new_state, at, reason)
          ), ended AS (
@@ -317,40 +360,45 @@ pub async fn settle(pool: &PgPool, batch: &[Settlement]) -> Result<Settled, sqlx
               JOIN keyed k ON k.tenant_id = e.tenant_id AND k.reference = e.message_id
              WHERE e.state = 'captured'
          )
-         SELECT tenant_id, message_id, state, price FROM ended",
+         SELECT tenant_id AS "tenant_id!", message_id AS "message_id!", state AS "state!",
+                price AS "price!"
+           FROM ended"#,
+        &tenants,
+        &messages,
+        &states,
+        &ats,
+        &reasons,
     )
-    .bind(&tenants)
-    .bind(&messages)
-    .bind(&states)
-    .bind(&ats)
-    .bind(&reasons)
     .fetch_all(&mut *tx)
     .await?;
 
     let mut settled = Settled::default();
     let mut per_tenant: BTreeMap<String, (i64, i64)> = BTreeMap::new();
-    for (tenant_id, _, state, price) in &ended {
-        let e = per_tenant.entry(tenant_id.clone()).or_default();
-        if state == "captured" {
+    for row in &ended {
+        let e = per_tenant.entry(row.tenant_id.clone()).or_default();
+        if row.state == "captured" {
             settled.captured += 1;
-            e.0 += price;
+            e.0 += row.price;
         } else {
             settled.released += 1;
         }
-        e.1 += price;
+        e.1 += row.price;
     }
     per_tenant.retain(|_, (captured, ended)| *captured != 0 || *ended != 0);
     if !per_tenant.is_empty() {
-        sqlx::query(
+        let wallet_keys: Vec<String> = per_tenant.keys().cloned().collect();
+        let captured_sums: Vec<i64> = per_tenant.values().map(|v| v.0).collect();
+        let ended_sums: Vec<i64> = per_tenant.values().map(|v| v.1).collect();
+        sqlx::query!(
             "UPDATE billing.wallets w
                 SET balance = w.balance - d.captured, reserved = w.reserved - d.ended,
                     updated_at = now()
                FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS d(tenant_id, captured, ended)
               WHERE w.tenant_id = d.tenant_id",
+            &wallet_keys,
+            &captured_sums,
+            &ended_sums,
         )
-        .bind(per_tenant.keys().cloned().collect::<Vec<_>>())
-        .bind(per_tenant.values().map(|v| v.0).collect::<Vec<_>>())
-        .bind(per_tenant.values().map(|v| v.1).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await?;
     }
@@ -358,7 +406,7 @@ pub async fn settle(pool: &PgPool, batch: &[Settlement]) -> Result<Settled, sqlx
     // too, so the caller can repair Redis.
     let ended_now: std::collections::HashSet<(&str, &str)> = ended
         .iter()
-        .map(|(t, m, _, _)| (t.as_str(), m.as_str()))
+        .map(|e| (e.tenant_id.as_str(), e.message_id.as_str()))
         .collect();
     let (rest_tenants, rest_messages): (Vec<String>, Vec<String>) = tenants
         .iter()
@@ -369,22 +417,25 @@ pub async fn settle(pool: &PgPool, batch: &[Settlement]) -> Result<Settled, sqlx
     let earlier: Vec<(String, String, String)> = if rest_tenants.is_empty() {
         Vec::new()
     } else {
-        sqlx::query_as(
+        sqlx::query!(
             "SELECT r.tenant_id, r.message_id, r.state FROM billing.reservations r
                JOIN unnest($1::text[], $2::text[]) AS k(tenant_id, message_id)
                  ON r.tenant_id = k.tenant_id AND r.message_id = k.message_id
               WHERE r.state <> 'open' AND r.price > 0",
+            &rest_tenants,
+            &rest_messages,
         )
-        .bind(&rest_tenants)
-        .bind(&rest_messages)
         .fetch_all(&mut *tx)
         .await?
+        .into_iter()
+        .map(|r| (r.tenant_id, r.message_id, r.state))
+        .collect()
     };
     tx.commit().await?;
     settled.ended_priced = ended
         .into_iter()
-        .filter(|(_, _, _, price)| *price > 0)
-        .map(|(t, m, s, _)| (t, m, s))
+        .filter(|e| e.price > 0)
+        .map(|e| (e.tenant_id, e.message_id, e.state))
         .chain(earlier)
         .map(|(t, m, s)| (t, m, s == "captured"))
         .collect();
@@ -397,13 +448,15 @@ pub async fn mark_sent(pool: &PgPool, keys: &[(String, String)]) -> Result<(), s
     if keys.is_empty() {
         return Ok(());
     }
-    sqlx::query(
+    let tenants: Vec<String> = keys.iter().map(|k| k.0.clone()).collect();
+    let messages: Vec<String> = keys.iter().map(|k| k.1.clone()).collect();
+    sqlx::query!(
         "UPDATE billing.reservations r SET sent = true
            FROM unnest($1::text[], $2::text[]) AS k(tenant_id, message_id)
           WHERE r.tenant_id = k.tenant_id AND r.message_id = k.message_id AND NOT r.sent",
+        &tenants,
+        &messages,
     )
-    .bind(keys.iter().map(|k| k.0.clone()).collect::<Vec<_>>())
-    .bind(keys.iter().map(|k| k.1.clone()).collect::<Vec<_>>())
     .execute(pool)
     .await?;
     Ok(())
@@ -415,14 +468,17 @@ pub async fn expired(
     before: i64,
     limit: i64,
 ) -> Result<Vec<(String, String)>, sqlx::Error> {
-    sqlx::query_as(
+    Ok(sqlx::query!(
         "SELECT tenant_id, message_id FROM billing.reservations
           WHERE state = 'open' AND accepted_at < $1 ORDER BY accepted_at LIMIT $2",
+        before,
+        limit,
     )
-    .bind(before)
-    .bind(limit)
     .fetch_all(pool)
-    .await
+    .await?
+    .into_iter()
+    .map(|r| (r.tenant_id, r.message_id))
+    .collect())
 }
 
 /// One reservation as stored, with its state.
@@ -431,14 +487,15 @@ pub async fn get(
     tenant_id: &str,
     message_id: &str,
 ) -> Result<Option<(ReservationRow, String)>, sqlx::Error> {
-    let row: Option<ExistingRow> = sqlx::query_as(
+    let row: Option<ExistingRow> = sqlx::query_as!(
+        ExistingRow,
         "SELECT state, tenant_id, message_id, phone_number_id, recipient, category, market,
                 card_version, currency, cost, price, markup, free_reason, accepted_at
            FROM billing.reservations WHERE tenant_id = $1 AND message_id = $2",
+        tenant_id,
+        message_id,
     )
-    .bind(tenant_id)
-    .bind(message_id)
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(|e| (e.row, e.state)))
+    Ok(row.map(ExistingRow::into_parts))
 }

@@ -54,14 +54,14 @@ pub async fn record(pool: &PgPool, events: &[Recorded], now: i64) -> Result<u64,
     let mut ats = Vec::with_capacity(events.len());
     let mut bodies = Vec::with_capacity(events.len());
     for e in events {
-        tenants.push(e.tenant_id.as_str());
-        ids.push(e.event_id.as_str());
-        kinds.push(e.kind);
+        tenants.push(e.tenant_id.clone());
+        ids.push(e.event_id.clone());
+        kinds.push(e.kind.to_owned());
         ats.push(e.occurred_at);
-        bodies.push(e.envelope.as_slice());
+        bodies.push(e.envelope.clone());
     }
     let mut tx = pool.begin().await?;
-    let done = sqlx::query(
+    let done = sqlx::query!(
         "WITH input AS (
              SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bytea[])
                  WITH ORDINALITY AS i(tenant_id, event_id, kind, occurred_at, envelope, ord)),
@@ -88,13 +88,13 @@ pub async fn record(pool: &PgPool, events: &[Recorded], now: i64) -> Result<u64,
          SELECT ins.tenant_id, w.endpoint_id, ins.seq, $6, $6
            FROM ins JOIN dispatch.webhook_endpoints w
              ON w.tenant_id = ins.tenant_id AND w.deleted_at IS NULL",
+        &tenants,
+        &ids,
+        &kinds,
+        &ats,
+        &bodies,
+        now,
     )
-    .bind(&tenants)
-    .bind(&ids)
-    .bind(&kinds)
-    .bind(&ats)
-    .bind(&bodies)
-    .bind(now)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;

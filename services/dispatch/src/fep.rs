@@ -58,21 +58,21 @@ pub async fn note(pool: &PgPool, checks: &[Check], due_at: i64) -> Result<(), sq
     if checks.is_empty() {
         return Ok(());
     }
-    let t: Vec<&str> = checks.iter().map(|c| c.tenant_id.as_str()).collect();
-    let n: Vec<&str> = checks.iter().map(|c| c.phone_number_id.as_str()).collect();
-    let u: Vec<&str> = checks.iter().map(|c| c.user_key.as_str()).collect();
+    let t: Vec<String> = checks.iter().map(|c| c.tenant_id.clone()).collect();
+    let n: Vec<String> = checks.iter().map(|c| c.phone_number_id.clone()).collect();
+    let u: Vec<String> = checks.iter().map(|c| c.user_key.clone()).collect();
     let r: Vec<i64> = checks.iter().map(|c| c.referral_at).collect();
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO dispatch.fep_checks (tenant_id, phone_number_id, user_key, referral_at, due_at)
          SELECT t, n, u, r, $5 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])
              AS x(t, n, u, r)
          ON CONFLICT DO NOTHING",
+        &t,
+        &n,
+        &u,
+        &r,
+        due_at,
     )
-    .bind(t)
-    .bind(n)
-    .bind(u)
-    .bind(r)
-    .bind(due_at)
     .execute(pool)
     .await?;
     Ok(())
@@ -85,19 +85,20 @@ async fn first_reply(
     c: &Check,
     until: i64,
 ) -> Result<Option<(String, i64, bool)>, sqlx::Error> {
-    sqlx::query_as(
+    let row = sqlx::query!(
         "SELECT message_id, accepted_at, starts_fep FROM dispatch.messages
           WHERE tenant_id = $1 AND accepted_at >= $4 AND accepted_at < $5
             AND phone_number_id = $2 AND recipient = $3 AND status <> 'FAILED'
           ORDER BY accepted_at, message_id LIMIT 1",
+        &c.tenant_id,
+        &c.phone_number_id,
+        &c.user_key,
+        c.referral_at,
+        until,
     )
-    .bind(&c.tenant_id)
-    .bind(&c.phone_number_id)
-    .bind(&c.user_key)
-    .bind(c.referral_at)
-    .bind(until)
     .fetch_optional(pool)
-    .await
+    .await?;
+    Ok(row.map(|r| (r.message_id, r.accepted_at, r.starts_fep)))
 }
 
 /// The event that tells the window service a reply starts a free entry point (on the user
@@ -166,21 +167,21 @@ impl Checker {
 
     async fn sweep(&self) -> Result<(), CheckError> {
         let now = self.clock.now().micros();
-        let due: Vec<(String, String, String, i64)> = sqlx::query_as(
+        let due = sqlx::query!(
             "SELECT tenant_id, phone_number_id, user_key, referral_at FROM dispatch.fep_checks
               WHERE due_at <= $1 AND starts_with(tenant_id, $2)
               ORDER BY due_at LIMIT 200",
+            now,
+            &self.tenant_prefix,
         )
-        .bind(now)
-        .bind(&self.tenant_prefix)
         .fetch_all(&self.pool)
         .await?;
-        for (tenant_id, phone_number_id, user_key, referral_at) in due {
+        for row in due {
             let c = Check {
-                tenant_id,
-                phone_number_id,
-                user_key,
-                referral_at,
+                tenant_id: row.tenant_id,
+                phone_number_id: row.phone_number_id,
+                user_key: row.user_key,
+                referral_at: row.referral_at,
             };
             self.check(&c, now).await?;
         }
@@ -197,16 +198,16 @@ impl Checker {
             .is_some_and(|r| r.micros() >= c.referral_at);
         if !recorded {
             // Until the window service has the referral, replies are not flagged: look again.
-            sqlx::query(
+            sqlx::query!(
                 "UPDATE dispatch.fep_checks SET due_at = $5
                   WHERE tenant_id = $1 AND phone_number_id = $2 AND user_key = $3
                     AND referral_at = $4",
+                &c.tenant_id,
+                &c.phone_number_id,
+                &c.user_key,
+                c.referral_at,
+                now.saturating_add(self.grace_micros()),
             )
-            .bind(&c.tenant_id)
-            .bind(&c.phone_number_id)
-            .bind(&c.user_key)
-            .bind(c.referral_at)
-            .bind(now.saturating_add(self.grace_micros()))
             .execute(&self.pool)
             .await?;
             return Ok(());
@@ -242,14 +243,14 @@ impl Checker {
                 );
             }
         }
-        sqlx::query(
+        sqlx::query!(
             "DELETE FROM dispatch.fep_checks
               WHERE tenant_id = $1 AND phone_number_id = $2 AND user_key = $3 AND referral_at = $4",
+            &c.tenant_id,
+            &c.phone_number_id,
+            &c.user_key,
+            c.referral_at,
         )
-        .bind(&c.tenant_id)
-        .bind(&c.phone_number_id)
-        .bind(&c.user_key)
-        .bind(c.referral_at)
         .execute(&self.pool)
         .await?;
         Ok(())

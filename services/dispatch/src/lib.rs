@@ -26,10 +26,10 @@ use std::time::Duration;
 use finestra_domain::Clock;
 use finestra_domain::delivery::RetryPolicy;
 use finestra_platform::auth::{Bearer, RequireKey};
-use finestra_platform::health::{self, Dependency};
+use finestra_platform::health::Dependency;
 use finestra_platform::kafka::{self, BatchConsumer, ConsumerSettings};
-use finestra_platform::service::retry_until_ready;
-use finestra_platform::{ConfigError, Running, Shutdown, StartError, admin, stores};
+use finestra_platform::service::{self, Observed, retry_until_ready};
+use finestra_platform::{ConfigError, Running, Shutdown, StartError, stores};
 use finestra_proto::v1::billing_service_client::BillingServiceClient;
 use finestra_proto::v1::dispatch_service_server::DispatchServiceServer;
 
@@ -164,18 +164,20 @@ pub async fn start(
     let pool = stores::postgres_lazy(common)?;
     let redis_client = redis::Client::open(common.redis_url.as_str())?;
     let producer = kafka::producer(&common.kafka_brokers)?;
-    let (readiness, health_service, health_task) = health::watch(
-        &[SERVICE_NAME],
+    let Observed {
+        health_service,
+        admin,
+    } = service::observe(
+        SERVICE_NAME,
+        common.metrics_addr,
         vec![
             Dependency::Postgres(pool.clone()),
             Dependency::Redis(redis_client),
             Dependency::Kafka(producer.clone()),
         ],
-        shutdown.clone(),
+        &shutdown,
     )
-    .await;
-    let (metrics_addr, admin_task) =
-        admin::serve(common.metrics_addr, readiness, shutdown.clone()).await?;
+    .await?;
     retry_until_ready("migrating the dispatch schema", &shutdown, || {
         pg::migrate(&pool)
     })
@@ -262,7 +264,7 @@ pub async fn start(
         .add_service(health_service)
         .add_service(finestra_platform::grpc::reflection()?)
         .add_service(RequireKey::new(DispatchServiceServer::new(api), auth));
-    let grpc_task = finestra_platform::service::spawn_grpc(router, incoming, shutdown.clone());
+    let grpc_task = service::spawn_grpc(router, incoming, shutdown.clone());
 
     let events_pool = pool.clone();
     let webhooks_pool = pool.clone();
@@ -374,11 +376,10 @@ pub async fn start(
         .run(shutdown.clone()),
     );
 
-    let mut running = Running::new(grpc_addr, metrics_addr, None);
+    let metrics_addr = admin.metrics_addr;
+    let mut running = admin.running(grpc_addr, None);
     running.own("events", events_task);
     running.own("webhooks", deliverer_task);
-    running.own("health", health_task);
-    running.own("admin", admin_task);
     running.own("grpc", grpc_task);
     running.own(
         "request tasks",

@@ -82,48 +82,70 @@ pub async fn insert(pool: &PgPool, rows: &[NewMessage]) -> Result<Vec<String>, s
     if rows.is_empty() {
         return Ok(Vec::new());
     }
-    let mut q = QueryBuilder::new(
-        "WITH input (tenant_id, message_id, idempotency_key, request_hash, phone_number_id, \
-         recipient, kind, template_name, category, body, price_micros, currency, free, \
-         free_reason, business_initiated, starts_fep, accepted_at, updated_at) AS (",
-    );
-    q.push_values(rows, |mut b, r| {
-        b.push_bind(&r.tenant_id)
-            .push_bind(&r.message_id)
-            .push_bind(&r.idempotency_key)
-            .push_bind(&r.request_hash)
-            .push_bind(&r.phone_number_id)
-            .push_bind(&r.recipient)
-            .push_bind(&r.kind)
-            .push_bind(&r.template_name)
-            .push_bind(&r.category)
-            .push_bind(&r.body)
-            .push_bind(r.price_micros)
-            .push_bind(&r.currency)
-            .push_bind(r.free)
-            .push_bind(&r.free_reason)
-            .push_bind(r.business_initiated)
-            .push_bind(r.starts_fep)
-            .push_bind(r.accepted_at)
-            .push_bind(r.accepted_at);
-    });
+    let tenants: Vec<String> = rows.iter().map(|r| r.tenant_id.clone()).collect();
+    let ids: Vec<String> = rows.iter().map(|r| r.message_id.clone()).collect();
+    let keys: Vec<String> = rows.iter().map(|r| r.idempotency_key.clone()).collect();
+    let hashes: Vec<Vec<u8>> = rows.iter().map(|r| r.request_hash.clone()).collect();
+    let numbers: Vec<String> = rows.iter().map(|r| r.phone_number_id.clone()).collect();
+    let recipients: Vec<String> = rows.iter().map(|r| r.recipient.clone()).collect();
+    let kinds: Vec<String> = rows.iter().map(|r| r.kind.clone()).collect();
+    let templates: Vec<String> = rows.iter().map(|r| r.template_name.clone()).collect();
+    let categories: Vec<String> = rows.iter().map(|r| r.category.clone()).collect();
+    let bodies: Vec<String> = rows.iter().map(|r| r.body.clone()).collect();
+    let prices: Vec<i64> = rows.iter().map(|r| r.price_micros).collect();
+    let currencies: Vec<String> = rows.iter().map(|r| r.currency.clone()).collect();
+    let frees: Vec<bool> = rows.iter().map(|r| r.free).collect();
+    let free_reasons: Vec<String> = rows.iter().map(|r| r.free_reason.clone()).collect();
+    let business: Vec<bool> = rows.iter().map(|r| r.business_initiated).collect();
+    let starts: Vec<bool> = rows.iter().map(|r| r.starts_fep).collect();
+    let accepted: Vec<i64> = rows.iter().map(|r| r.accepted_at).collect();
     // The key table is the durable uniqueness of a message id (the partitioned table's key
-    // includes the month); a repeated id in one batch is inserted once.
-    q.push(
-        "), keys AS (
+    // includes the month); a repeated id in one batch is inserted once. `updated_at` starts
+    // as `accepted_at`.
+    sqlx::query_scalar!(
+        "WITH input (tenant_id, message_id, idempotency_key, request_hash, phone_number_id,
+             recipient, kind, template_name, category, body, price_micros, currency, free,
+             free_reason, business_initiated, starts_fep, accepted_at, updated_at) AS (
+             SELECT u.*, u.accepted_at
+               FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[],
+                           $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
+                           $11::bigint[], $12::text[], $13::boolean[], $14::text[],
+                           $15::boolean[], $16::boolean[], $17::bigint[])
+                    AS u(tenant_id, message_id, idempotency_key, request_hash, phone_number_id,
+                         recipient, kind, template_name, category, body, price_micros,
+                         currency, free, free_reason, business_initiated, starts_fep,
+                         accepted_at)),
+         keys AS (
             INSERT INTO dispatch.message_keys (tenant_id, message_id, accepted_at)
             SELECT tenant_id, message_id, accepted_at FROM input
             ON CONFLICT DO NOTHING RETURNING tenant_id, message_id)
-         INSERT INTO dispatch.messages (tenant_id, message_id, idempotency_key, request_hash, \
-             phone_number_id, recipient, kind, template_name, category, body, price_micros, \
+         INSERT INTO dispatch.messages (tenant_id, message_id, idempotency_key, request_hash,
+             phone_number_id, recipient, kind, template_name, category, body, price_micros,
              currency, free, free_reason, business_initiated, starts_fep, accepted_at, updated_at)
          SELECT DISTINCT ON (i.tenant_id, i.message_id) i.*
            FROM input i JOIN keys k
              ON k.tenant_id = i.tenant_id AND k.message_id = i.message_id COLLATE \"C\"
-         RETURNING message_id",
-    );
-    let ids: Vec<(String,)> = q.build_query_as().fetch_all(pool).await?;
-    Ok(ids.into_iter().map(|(id,)| id).collect())
+         RETURNING message_id AS \"message_id!\"",
+        &tenants,
+        &ids,
+        &keys,
+        &hashes,
+        &numbers,
+        &recipients,
+        &kinds,
+        &templates,
+        &categories,
+        &bodies,
+        &prices,
+        &currencies,
+        &frees,
+        &free_reasons,
+        &business,
+        &starts,
+        &accepted,
+    )
+    .fetch_all(pool)
+    .await
 }
 
 pub async fn get(
@@ -131,11 +153,16 @@ pub async fn get(
     tenant_id: &str,
     message_id: &str,
 ) -> Result<Option<MessageRow>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM dispatch.messages WHERE tenant_id = $1 AND message_id = $2"
-    ))
-    .bind(tenant_id)
-    .bind(message_id)
+    sqlx::query_as!(
+        MessageRow,
+        "SELECT tenant_id, message_id, idempotency_key, request_hash, phone_number_id,
+                recipient, kind, template_name, category, status, failure_reason, error_code,
+                error_title, provider_message_id, price_micros, currency, free, free_reason,
+                attempts, accepted_at, sent_at, delivered_at, read_at, failed_at
+           FROM dispatch.messages WHERE tenant_id = $1 AND message_id = $2",
+        tenant_id,
+        message_id,
+    )
     .fetch_optional(pool)
     .await
 }
@@ -197,16 +224,17 @@ pub async fn business_initiated_users(
     tenant_id: &str,
     since: i64,
 ) -> Result<Vec<(String, i64)>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT recipient, max(accepted_at) FROM dispatch.messages
+    let rows = sqlx::query!(
+        "SELECT recipient, max(accepted_at) AS \"newest!\" FROM dispatch.messages
           WHERE tenant_id = $1 AND business_initiated AND accepted_at >= $2
             AND status <> 'FAILED'
           GROUP BY recipient",
+        tenant_id,
+        since,
     )
-    .bind(tenant_id)
-    .bind(since)
     .fetch_all(pool)
-    .await
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.recipient, r.newest)).collect())
 }
 
 /// For failed business-initiated messages among `keys`: (tenant, recipient, when the failed
@@ -221,24 +249,27 @@ pub async fn failed_tier_entries(
     if keys.is_empty() {
         return Ok(Vec::new());
     }
-    let (tenants, ids): (Vec<&str>, Vec<&str>) =
-        keys.iter().map(|(t, m)| (t.as_str(), m.as_str())).unzip();
-    sqlx::query_as(
+    let (tenants, ids): (Vec<String>, Vec<String>) = keys.iter().cloned().unzip();
+    let rows = sqlx::query!(
         "SELECT f.tenant_id, f.recipient, f.accepted_at,
                 (SELECT max(o.accepted_at) FROM dispatch.messages o
                   WHERE o.tenant_id = f.tenant_id AND o.business_initiated
                     AND o.accepted_at >= $3 AND o.recipient = f.recipient
-                    AND o.status <> 'FAILED')
+                    AND o.status <> 'FAILED') AS \"newest_other?\"
            FROM dispatch.messages f
            JOIN unnest($1::text[], $2::text[]) AS k(tenant_id, message_id)
              ON f.tenant_id = k.tenant_id AND f.message_id = k.message_id
           WHERE f.status = 'FAILED' AND f.business_initiated",
+        &tenants,
+        &ids,
+        since,
     )
-    .bind(&tenants)
-    .bind(&ids)
-    .bind(since)
     .fetch_all(pool)
-    .await
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.tenant_id, r.recipient, r.accepted_at, r.newest_other))
+        .collect())
 }
 
 /// The current status of messages (for the worker: only ACCEPTED ones are sent).
@@ -246,17 +277,20 @@ pub async fn statuses(
     pool: &PgPool,
     keys: &[(String, String)],
 ) -> Result<Vec<(String, String, String)>, sqlx::Error> {
-    let (tenants, ids): (Vec<&str>, Vec<&str>) =
-        keys.iter().map(|(t, m)| (t.as_str(), m.as_str())).unzip();
-    sqlx::query_as(
+    let (tenants, ids): (Vec<String>, Vec<String>) = keys.iter().cloned().unzip();
+    let rows = sqlx::query!(
         "SELECT m.tenant_id, m.message_id, m.status FROM dispatch.messages m
            JOIN unnest($1::text[], $2::text[]) AS k(tenant_id, message_id)
              ON m.tenant_id = k.tenant_id AND m.message_id = k.message_id",
+        &tenants,
+        &ids,
     )
-    .bind(&tenants)
-    .bind(&ids)
     .fetch_all(pool)
-    .await
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.tenant_id, r.message_id, r.status))
+        .collect())
 }
 
 /// A status change to apply: the message moves to `progress` unless it is already there or
@@ -298,18 +332,18 @@ pub async fn apply_statuses(
     let mut titles = Vec::with_capacity(changes.len());
     let mut attempts = Vec::with_capacity(changes.len());
     for c in changes {
-        tenants.push(c.tenant_id.as_str());
-        ids.push(c.message_id.as_str());
-        statuses.push(c.progress.as_str());
+        tenants.push(c.tenant_id.clone());
+        ids.push(c.message_id.clone());
+        statuses.push(c.progress.as_str().to_owned());
         ranks.push(c.progress.rank());
         ats.push(c.at);
-        wamids.push(c.provider_message_id.as_str());
-        reasons.push(c.failure_reason.as_str());
+        wamids.push(c.provider_message_id.clone());
+        reasons.push(c.failure_reason.clone());
         codes.push(c.error_code);
-        titles.push(c.error_title.as_str());
+        titles.push(c.error_title.clone());
         attempts.push(c.attempts);
     }
-    sqlx::query_as(
+    let rows = sqlx::query!(
         "UPDATE dispatch.messages m SET
             status = u.status,
             rank = u.rank,
@@ -332,20 +366,24 @@ pub async fn apply_statuses(
            AND m.status <> 'FAILED'
            AND CASE WHEN u.status = 'FAILED' THEN m.rank < 2 ELSE m.rank < u.rank END
          RETURNING m.tenant_id, m.message_id, m.status",
+        &tenants,
+        &ids,
+        &statuses,
+        &ranks,
+        &ats,
+        &wamids,
+        &reasons,
+        &codes,
+        &titles,
+        &attempts,
+        recorded_at,
     )
-    .bind(&tenants)
-    .bind(&ids)
-    .bind(&statuses)
-    .bind(&ranks)
-    .bind(&ats)
-    .bind(&wamids)
-    .bind(&reasons)
-    .bind(&codes)
-    .bind(&titles)
-    .bind(&attempts)
-    .bind(recorded_at)
     .fetch_all(pool)
-    .await
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.tenant_id, r.message_id, r.status))
+        .collect())
 }
 
 /// Messages still ACCEPTED and untouched since `cut` (of tenants starting with `prefix`),
@@ -358,7 +396,8 @@ pub async fn claim_stale_accepted(
     limit: i64,
     prefix: &str,
 ) -> Result<Vec<NewMessage>, sqlx::Error> {
-    let rows: Vec<OutboundRow> = sqlx::query_as(
+    let rows = sqlx::query_as!(
+        OutboundRow,
         "WITH due AS (
              SELECT tenant_id, message_id, accepted_at FROM dispatch.messages
               WHERE status = 'ACCEPTED' AND COALESCE(requeued_at, updated_at) <= $1
@@ -371,18 +410,17 @@ pub async fn claim_stale_accepted(
           RETURNING m.tenant_id, m.message_id, m.idempotency_key, m.phone_number_id,
                     m.recipient, m.kind, m.template_name, m.category, m.body,
                     m.business_initiated, m.starts_fep, m.accepted_at",
+        cut,
+        now,
+        limit,
+        prefix,
     )
-    .bind(cut)
-    .bind(now)
-    .bind(limit)
-    .bind(prefix)
     .fetch_all(pool)
     .await?;
     Ok(rows.into_iter().map(outbound_message).collect())
 }
 
 /// A stored message's columns its outbound event needs.
-#[derive(sqlx::FromRow)]
 struct OutboundRow {
     tenant_id: String,
     message_id: String,
@@ -426,13 +464,14 @@ pub async fn outbound_of(
     tenant_id: &str,
     message_id: &str,
 ) -> Result<Option<NewMessage>, sqlx::Error> {
-    let row: Option<OutboundRow> = sqlx::query_as(
+    let row = sqlx::query_as!(
+        OutboundRow,
         "SELECT tenant_id, message_id, idempotency_key, phone_number_id, recipient, kind,
                 template_name, category, body, business_initiated, starts_fep, accepted_at
            FROM dispatch.messages WHERE tenant_id = $1 AND message_id = $2",
+        tenant_id,
+        message_id,
     )
-    .bind(tenant_id)
-    .bind(message_id)
     .fetch_optional(pool)
     .await?;
     Ok(row.map(outbound_message))
@@ -453,29 +492,29 @@ pub async fn park(pool: &PgPool, rows: &[Parking]) -> Result<u64, sqlx::Error> {
     if rows.is_empty() {
         return Ok(0);
     }
-    let tenants: Vec<&str> = rows.iter().map(|r| r.tenant_id.as_str()).collect();
-    let ids: Vec<&str> = rows.iter().map(|r| r.message_id.as_str()).collect();
+    let tenants: Vec<String> = rows.iter().map(|r| r.tenant_id.clone()).collect();
+    let ids: Vec<String> = rows.iter().map(|r| r.message_id.clone()).collect();
     let accepted: Vec<i64> = rows.iter().map(|r| r.accepted_at).collect();
     let partitions: Vec<i32> = rows.iter().map(|r| r.partition).collect();
     // With its acceptance time the row is found in its month's partition alone.
-    let done = sqlx::query(
+    let done = sqlx::query!(
         "UPDATE dispatch.messages m SET parked_partition = k.partition
            FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[])
                 AS k(tenant_id, message_id, accepted_at, partition)
           WHERE m.tenant_id = k.tenant_id AND m.message_id = k.message_id
             AND m.accepted_at = k.accepted_at AND m.status = 'ACCEPTED'",
+        &tenants,
+        &ids,
+        &accepted,
+        &partitions,
     )
-    .bind(&tenants)
-    .bind(&ids)
-    .bind(&accepted)
-    .bind(&partitions)
     .execute(pool)
     .await?;
     Ok(done.rows_affected())
 }
 
 /// A parked message taken back: what its delivery needs.
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug)]
 pub struct Unparked {
     pub tenant_id: String,
     pub message_id: String,
@@ -497,7 +536,8 @@ pub async fn unpark(
     limit: i64,
     now: i64,
 ) -> Result<Vec<Unparked>, sqlx::Error> {
-    let mut rows: Vec<Unparked> = sqlx::query_as(
+    let mut rows = sqlx::query_as!(
+        Unparked,
         "WITH due AS (
              SELECT tenant_id, message_id, accepted_at, parked_partition FROM dispatch.messages
               WHERE tenant_id = $1 AND parked_partition = ANY($2) AND status = 'ACCEPTED'
@@ -507,12 +547,12 @@ pub async fn unpark(
           WHERE m.tenant_id = due.tenant_id AND m.message_id = due.message_id
             AND m.accepted_at = due.accepted_at
           RETURNING m.tenant_id, m.message_id, m.phone_number_id, m.recipient, m.body,
-                    m.accepted_at, due.parked_partition AS partition",
+                    m.accepted_at, due.parked_partition AS \"partition!\"",
+        tenant_id,
+        partitions,
+        limit,
+        now,
     )
-    .bind(tenant_id)
-    .bind(partitions)
-    .bind(limit)
-    .bind(now)
     .fetch_all(pool)
     .await?;
     rows.sort_by(|a, b| (a.accepted_at, &a.message_id).cmp(&(b.accepted_at, &b.message_id)));
@@ -526,13 +566,13 @@ pub async fn parked_tenants(
     partitions: &[i32],
     prefix: &str,
 ) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar(
+    sqlx::query_scalar!(
         "SELECT DISTINCT tenant_id FROM dispatch.messages
           WHERE parked_partition = ANY($1) AND status = 'ACCEPTED'
             AND starts_with(tenant_id, $2)",
+        partitions,
+        prefix,
     )
-    .bind(partitions)
-    .bind(prefix)
     .fetch_all(pool)
     .await
 }

@@ -39,12 +39,13 @@ pub async fn stream_start(pool: &PgPool, req: &StreamEventsRequest) -> Result<i6
     if !req.from_now {
         return Ok(parse_cursor(&req.cursor)?);
     }
-    let (max,): (Option<i64>,) =
-        sqlx::query_as("SELECT max(seq) FROM dispatch.tenant_events WHERE tenant_id = $1")
-            .bind(&req.tenant_id)
-            .fetch_one(pool)
-            .await
-            .map_err(DispatchError::store("reading the event log"))?;
+    let max: Option<i64> = sqlx::query_scalar!(
+        "SELECT max(seq) AS seq FROM dispatch.tenant_events WHERE tenant_id = $1",
+        &req.tenant_id,
+    )
+    .fetch_one(pool)
+    .await
+    .map_err(DispatchError::store("reading the event log"))?;
     Ok(max.unwrap_or(0))
 }
 
@@ -62,13 +63,13 @@ pub async fn feed(
         let wake = recorded.notified();
         tokio::pin!(wake);
         wake.as_mut().enable();
-        let rows: Result<Vec<(i64, String, Vec<u8>)>, _> = sqlx::query_as(
+        let rows = sqlx::query!(
             "SELECT seq, kind, envelope FROM dispatch.tenant_events
               WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            &tenant_id,
+            after,
+            STREAM_PAGE,
         )
-        .bind(&tenant_id)
-        .bind(after)
-        .bind(STREAM_PAGE)
         .fetch_all(&pool)
         .await;
         let rows = match rows {
@@ -83,16 +84,16 @@ pub async fn feed(
             }
         };
         let full = rows.len() as i64 == STREAM_PAGE;
-        for (seq, kind, bytes) in rows {
+        for row in rows {
             let event = TenantEvent {
-                cursor: seq.to_string(),
-                kind,
-                event: Envelope::decode(bytes.as_slice()).ok(),
+                cursor: row.seq.to_string(),
+                kind: row.kind,
+                event: Envelope::decode(row.envelope.as_slice()).ok(),
             };
             if tx.send(Ok(event)).await.is_err() {
                 return; // the client went away
             }
-            after = seq;
+            after = row.seq;
         }
         if full {
             continue;
@@ -143,15 +144,15 @@ pub async fn create_webhook(
     }
     let endpoint_id = format!("wh_{}", random_hex(8));
     let secret = format!("whsec_{}", random_hex(24));
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO dispatch.webhook_endpoints (tenant_id, endpoint_id, url, secret, created_at)
          VALUES ($1, $2, $3, $4, $5)",
+        &req.tenant_id,
+        &endpoint_id,
+        url,
+        &secret,
+        now,
     )
-    .bind(&req.tenant_id)
-    .bind(&endpoint_id)
-    .bind(url)
-    .bind(&secret)
-    .bind(now)
     .execute(pool)
     .await
     .map_err(DispatchError::store("creating a webhook"))?;
@@ -166,18 +167,25 @@ pub async fn create_webhook(
 }
 
 pub async fn list_webhooks(pool: &PgPool, tenant_id: &str) -> Result<Vec<Webhook>, DispatchError> {
-    let rows: Vec<(String, String, Option<i64>, i64)> = sqlx::query_as(
+    let rows = sqlx::query!(
         "SELECT endpoint_id, url, previous_valid_until, created_at FROM dispatch.webhook_endpoints
           WHERE tenant_id = $1 AND deleted_at IS NULL ORDER BY created_at, endpoint_id",
+        tenant_id,
     )
-    .bind(tenant_id)
     .fetch_all(pool)
     .await
     .map_err(DispatchError::store("listing webhooks"))?;
     Ok(rows
         .into_iter()
-        .map(|(id, url, until, at)| {
-            webhook(tenant_id.to_owned(), id, url, String::new(), until, at)
+        .map(|r| {
+            webhook(
+                tenant_id.to_owned(),
+                r.endpoint_id,
+                r.url,
+                String::new(),
+                r.previous_valid_until,
+                r.created_at,
+            )
         })
         .collect())
 }
@@ -193,28 +201,27 @@ pub async fn rotate_secret(
         req.overlap_seconds
     };
     let secret = format!("whsec_{}", random_hex(24));
-    let row: Option<(String, Option<i64>, i64)> = sqlx::query_as(
+    let row = sqlx::query!(
         "UPDATE dispatch.webhook_endpoints
             SET previous_secret = secret, previous_valid_until = $3, secret = $4
           WHERE tenant_id = $1 AND endpoint_id = $2 AND deleted_at IS NULL
       RETURNING url, previous_valid_until, created_at",
+        &req.tenant_id,
+        &req.endpoint_id,
+        now + i64::from(overlap) * 1_000_000,
+        &secret,
     )
-    .bind(&req.tenant_id)
-    .bind(&req.endpoint_id)
-    .bind(now + i64::from(overlap) * 1_000_000)
-    .bind(&secret)
     .fetch_optional(pool)
     .await
     .map_err(DispatchError::store("rotating a webhook secret"))?;
-    let (url, until, created) =
-        row.ok_or_else(|| RequestError::not_found("endpoint_id", &req.endpoint_id))?;
+    let row = row.ok_or_else(|| RequestError::not_found("endpoint_id", &req.endpoint_id))?;
     Ok(webhook(
         req.tenant_id,
         req.endpoint_id,
-        url,
+        row.url,
         secret,
-        until,
-        created,
+        row.previous_valid_until,
+        row.created_at,
     ))
 }
 
@@ -228,24 +235,25 @@ pub async fn delete_webhook(
         .begin()
         .await
         .map_err(DispatchError::store("deleting a webhook"))?;
-    let row: Option<(String, i64)> = sqlx::query_as(
+    let row = sqlx::query!(
         "UPDATE dispatch.webhook_endpoints SET deleted_at = $3
           WHERE tenant_id = $1 AND endpoint_id = $2 AND deleted_at IS NULL
       RETURNING url, created_at",
+        tenant_id,
+        endpoint_id,
+        now,
     )
-    .bind(tenant_id)
-    .bind(endpoint_id)
-    .bind(now)
     .fetch_optional(&mut *tx)
     .await
     .map_err(DispatchError::store("deleting a webhook"))?;
-    let (url, created) = row.ok_or_else(|| RequestError::not_found("endpoint_id", endpoint_id))?;
-    sqlx::query(
+    let row = row.ok_or_else(|| RequestError::not_found("endpoint_id", endpoint_id))?;
+    let (url, created) = (row.url, row.created_at);
+    sqlx::query!(
         "UPDATE dispatch.webhook_deliveries SET state = 'dead', last_error = 'endpoint deleted'
           WHERE tenant_id = $1 AND endpoint_id = $2 AND state = 'pending'",
+        tenant_id,
+        endpoint_id,
     )
-    .bind(tenant_id)
-    .bind(endpoint_id)
     .execute(&mut *tx)
     .await
     .map_err(DispatchError::store("deleting a webhook"))?;
@@ -278,7 +286,7 @@ pub async fn list_dead_letters(
         None => (String::new(), 0),
     };
     type Row = (String, i64, i32, String, i64, String, String);
-    let rows: Vec<Row> = sqlx::query_as(
+    let rows = sqlx::query!(
         "SELECT d.endpoint_id, d.seq, d.attempts, d.last_error, d.first_at, e.event_id, e.kind
            FROM dispatch.webhook_deliveries d
            JOIN dispatch.tenant_events e USING (tenant_id, seq)
@@ -286,18 +294,31 @@ pub async fn list_dead_letters(
             AND ($2 = '' OR d.endpoint_id = $2)
             AND (d.endpoint_id, d.seq) > ($3, $4)
           ORDER BY d.endpoint_id, d.seq LIMIT $5",
+        &req.tenant_id,
+        &req.endpoint_id,
+        &after_endpoint,
+        after_seq,
+        size + 1,
     )
-    .bind(&req.tenant_id)
-    .bind(&req.endpoint_id)
-    .bind(&after_endpoint)
-    .bind(after_seq)
-    .bind(size + 1)
     .fetch_all(pool)
     .await
     .map_err(DispatchError::store("listing dead letters"))?;
     let keyed: Vec<(String, Row)> = rows
         .into_iter()
-        .map(|r| (format!("{}/{}", r.0, r.1), r))
+        .map(|r| {
+            (
+                format!("{}/{}", r.endpoint_id, r.seq),
+                (
+                    r.endpoint_id,
+                    r.seq,
+                    r.attempts,
+                    r.last_error,
+                    r.first_at,
+                    r.event_id,
+                    r.kind,
+                ),
+            )
+        })
         .collect();
     let (page, next_page_token) = paging::paginate(keyed, size, |(k, _)| k);
     Ok(ListDeadLettersResponse {
@@ -332,18 +353,18 @@ pub async fn redrive(
         .iter()
         .map(|c| parse_cursor(c))
         .collect::<Result<_, _>>()?;
-    let done = sqlx::query(
+    let done = sqlx::query!(
         "UPDATE dispatch.webhook_deliveries SET state = 'pending', attempts = 0, first_at = $4,
                 next_attempt_at = $4, last_error = ''
           WHERE tenant_id = $1 AND endpoint_id = $2 AND state = 'dead'
             AND (cardinality($3::bigint[]) = 0 OR seq = ANY($3))
             AND EXISTS (SELECT 1 FROM dispatch.webhook_endpoints w
                          WHERE w.tenant_id = $1 AND w.endpoint_id = $2 AND w.deleted_at IS NULL)",
+        &req.tenant_id,
+        endpoint,
+        &cursors,
+        now,
     )
-    .bind(&req.tenant_id)
-    .bind(endpoint)
-    .bind(&cursors)
-    .bind(now)
     .execute(pool)
     .await
     .map_err(DispatchError::store("redriving dead letters"))?;

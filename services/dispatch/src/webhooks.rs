@@ -102,19 +102,20 @@ pub struct Deliverer {
     pub tenant_prefix: String,
 }
 
-type Due = (
-    String,
-    String,
-    i64,
-    i32,
-    i64,
-    String,
-    String,
-    Option<String>,
-    Option<i64>,
-    String,
-    Vec<u8>,
-);
+/// A claimed delivery with its endpoint and event.
+struct Due {
+    tenant_id: String,
+    endpoint_id: String,
+    seq: i64,
+    attempts: i32,
+    first_at: i64,
+    url: String,
+    secret: String,
+    previous_secret: Option<String>,
+    previous_valid_until: Option<i64>,
+    kind: String,
+    envelope: Vec<u8>,
+}
 
 struct Outcome {
     tenant_id: String,
@@ -150,7 +151,8 @@ impl Deliverer {
     async fn round(&self) -> Result<usize, sqlx::Error> {
         let now = self.clock.now().micros();
         let lease = i64::try_from(self.lease.as_micros()).unwrap_or(i64::MAX);
-        let due: Vec<Due> = sqlx::query_as(
+        let due = sqlx::query_as!(
+            Due,
             "WITH claimed AS (
                  UPDATE dispatch.webhook_deliveries d SET next_attempt_at = $1 + $2
                    FROM (SELECT tenant_id, endpoint_id, seq FROM dispatch.webhook_deliveries
@@ -160,16 +162,17 @@ impl Deliverer {
                   WHERE d.tenant_id = due.tenant_id AND d.endpoint_id = due.endpoint_id
                     AND d.seq = due.seq
               RETURNING d.tenant_id, d.endpoint_id, d.seq, d.attempts, d.first_at)
-             SELECT c.tenant_id, c.endpoint_id, c.seq, c.attempts, c.first_at, w.url, w.secret,
-                    w.previous_secret, w.previous_valid_until, e.kind, e.envelope
+             SELECT c.tenant_id AS \"tenant_id!\", c.endpoint_id AS \"endpoint_id!\",
+                    c.seq AS \"seq!\", c.attempts AS \"attempts!\", c.first_at AS \"first_at!\",
+                    w.url, w.secret, w.previous_secret, w.previous_valid_until, e.kind, e.envelope
                FROM claimed c
                JOIN dispatch.webhook_endpoints w USING (tenant_id, endpoint_id)
                JOIN dispatch.tenant_events e USING (tenant_id, seq)",
+            now,
+            lease,
+            self.batch,
+            &self.tenant_prefix,
         )
-        .bind(now)
-        .bind(lease)
-        .bind(self.batch)
-        .bind(&self.tenant_prefix)
         .fetch_all(&self.pool)
         .await?;
         if due.is_empty() {
@@ -183,7 +186,7 @@ impl Deliverer {
     }
 
     async fn post(&self, d: Due, now: i64) -> Outcome {
-        let (
+        let Due {
             tenant_id,
             endpoint_id,
             seq,
@@ -191,11 +194,11 @@ impl Deliverer {
             first_at,
             url,
             secret,
-            previous,
-            until,
+            previous_secret: previous,
+            previous_valid_until: until,
             kind,
             envelope,
-        ) = d;
+        } = d;
         let result = async {
             let env = Envelope::decode(envelope.as_slice()).map_err(|e| e.to_string())?;
             let payload = serde_json::to_vec(&body(&tenant_id, seq, &kind, &env))
@@ -265,29 +268,29 @@ impl Deliverer {
             let label = st;
             metrics::counter!("finestra_dispatch_webhook_deliveries_total", "outcome" => label)
                 .increment(1);
-            t.push(o.tenant_id.as_str());
-            e.push(o.endpoint_id.as_str());
+            t.push(o.tenant_id.clone());
+            e.push(o.endpoint_id.clone());
             s.push(o.seq);
-            state.push(st);
+            state.push(st.to_owned());
             attempts.push(o.attempts);
             next.push(at);
             error.push(err);
         }
-        sqlx::query(
+        sqlx::query!(
             "UPDATE dispatch.webhook_deliveries d SET state = u.state, attempts = u.attempts,
                     next_attempt_at = u.next, last_error = u.error,
                     delivered_at = CASE WHEN u.state = 'delivered' THEN u.next END
                FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::int[],
                            $6::bigint[], $7::text[]) AS u(t, e, s, state, attempts, next, error)
               WHERE d.tenant_id = u.t AND d.endpoint_id = u.e AND d.seq = u.s",
+            &t,
+            &e,
+            &s,
+            &state,
+            &attempts,
+            &next,
+            &error,
         )
-        .bind(&t)
-        .bind(&e)
-        .bind(&s)
-        .bind(&state)
-        .bind(&attempts)
-        .bind(&next)
-        .bind(&error)
         .execute(&self.pool)
         .await?;
         Ok(())

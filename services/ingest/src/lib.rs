@@ -15,8 +15,9 @@ use std::time::Duration;
 
 use finestra_domain::Clock;
 use finestra_platform::auth::RequireKey;
-use finestra_platform::health::{self, Dependency};
-use finestra_platform::{Running, Shutdown, StartError, Topics, admin, kafka, stores};
+use finestra_platform::health::Dependency;
+use finestra_platform::service::{self, Observed};
+use finestra_platform::{Running, Shutdown, StartError, Topics, kafka, stores};
 use finestra_proto::v1::ingest_service_server::IngestServiceServer;
 use finestra_registry::Registry;
 use rdkafka::producer::FutureProducer;
@@ -71,17 +72,19 @@ pub async fn start(
         verify_token: config.verify_token.clone(),
     });
 
-    let (readiness, health_service, health_task) = health::watch(
-        &[SERVICE_NAME],
+    let Observed {
+        health_service,
+        admin,
+    } = service::observe(
+        SERVICE_NAME,
+        config.common.metrics_addr,
         vec![
             Dependency::Postgres(pool),
             Dependency::Kafka(producer.clone()),
         ],
-        shutdown.clone(),
+        &shutdown,
     )
-    .await;
-    let (metrics_addr, admin_task) =
-        admin::serve(config.common.metrics_addr, readiness, shutdown.clone()).await?;
+    .await?;
 
     let (incoming, grpc_addr) = finestra_platform::grpc::bind(config.common.grpc_addr).await?;
     let router = tonic::transport::Server::builder()
@@ -92,7 +95,7 @@ pub async fn start(
             IngestServiceServer::new(grpc::IngestApi { app: app.clone() }),
             authenticator,
         ));
-    let grpc_task = finestra_platform::service::spawn_grpc(router, incoming, shutdown.clone());
+    let grpc_task = service::spawn_grpc(router, incoming, shutdown.clone());
 
     let listener = tokio::net::TcpListener::bind(config.http_addr).await?;
     let http_addr = listener.local_addr()?;
@@ -116,9 +119,8 @@ pub async fn start(
         }
     });
 
-    let mut running = Running::new(grpc_addr, metrics_addr, Some(http_addr));
-    running.own("health", health_task);
-    running.own("admin", admin_task);
+    let metrics_addr = admin.metrics_addr;
+    let mut running = admin.running(grpc_addr, Some(http_addr));
     running.own("grpc", grpc_task);
     running.own("webhooks", http_task);
     running.own("auth-invalidation", invalidation_task);

@@ -15,10 +15,10 @@ use std::time::Duration;
 
 use finestra_domain::Clock;
 use finestra_platform::auth::RequireKey;
-use finestra_platform::health::{self, Dependency};
+use finestra_platform::health::Dependency;
 use finestra_platform::kafka::{self, BatchConsumer, ConsumerSettings};
-use finestra_platform::service::retry_until_ready;
-use finestra_platform::{Running, Shutdown, StartError, admin, stores};
+use finestra_platform::service::{self, Observed, retry_until_ready};
+use finestra_platform::{Running, Shutdown, StartError, stores};
 use finestra_proto::v1::window_service_server::WindowServiceServer;
 
 finestra_platform::settings! {
@@ -65,18 +65,20 @@ pub async fn start(
     let pool = stores::postgres_lazy(common)?;
     let redis_client = redis::Client::open(common.redis_url.as_str())?;
     let producer = kafka::producer(&common.kafka_brokers)?;
-    let (readiness, health_service, health_task) = health::watch(
-        &[SERVICE_NAME],
+    let Observed {
+        health_service,
+        admin,
+    } = service::observe(
+        SERVICE_NAME,
+        common.metrics_addr,
         vec![
             Dependency::Postgres(pool.clone()),
             Dependency::Redis(redis_client),
             Dependency::Kafka(producer.clone()),
         ],
-        shutdown.clone(),
+        &shutdown,
     )
-    .await;
-    let (metrics_addr, admin_task) =
-        admin::serve(common.metrics_addr, readiness, shutdown.clone()).await?;
+    .await?;
 
     let migrated = retry_until_ready("migrating the window schema", &shutdown, || {
         pg::migrate(&pool)
@@ -125,7 +127,7 @@ pub async fn start(
             WindowServiceServer::new(api),
             auth_for_layer,
         ));
-    let grpc_task = finestra_platform::service::spawn_grpc(router, incoming, shutdown.clone());
+    let grpc_task = service::spawn_grpc(router, incoming, shutdown.clone());
 
     let notices_task = tokio::spawn(
         notices::Notices {
@@ -159,9 +161,8 @@ pub async fn start(
         shutdown.clone(),
     ));
 
-    let mut running = Running::new(grpc_addr, metrics_addr, None);
-    running.own("health", health_task);
-    running.own("admin", admin_task);
+    let metrics_addr = admin.metrics_addr;
+    let mut running = admin.running(grpc_addr, None);
     running.own("grpc", grpc_task);
     running.own("consumer", consumer_task);
     running.own("closing-notices", notices_task);

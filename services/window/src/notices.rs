@@ -34,6 +34,14 @@ pub struct Notices {
     pub tenant_prefix: String,
 }
 
+/// A window a sweep marked, to announce.
+struct Due {
+    tenant_id: String,
+    phone_number_id: String,
+    user_key: String,
+    csw_until: i64,
+}
+
 #[derive(Clone, Copy)]
 enum Kind {
     ClosingSoon,
@@ -109,9 +117,10 @@ impl Notices {
         let now = self.clock.now().micros();
         let lead = i64::try_from(self.lead.as_micros()).unwrap_or(i64::MAX);
         let mut tx = self.pool.begin().await?;
-        let rows: Vec<(String, String, String, i64)> = match kind {
+        let rows: Vec<Due> = match kind {
             Kind::ClosingSoon => {
-                sqlx::query_as(
+                sqlx::query_as!(
+                    Due,
                     "UPDATE windows.pair_state p SET closing_noticed = p.csw_until
                        FROM (SELECT tenant_id, phone_number_id, user_key FROM windows.pair_state
                               WHERE csw_until > $1 AND csw_until <= $1 + $2
@@ -120,17 +129,18 @@ impl Notices {
                               ORDER BY csw_until LIMIT $3 FOR UPDATE SKIP LOCKED) due
                       WHERE p.tenant_id = due.tenant_id AND p.phone_number_id = due.phone_number_id
                         AND p.user_key = due.user_key
-                  RETURNING p.tenant_id, p.phone_number_id, p.user_key, p.csw_until",
+                  RETURNING p.tenant_id, p.phone_number_id, p.user_key, p.csw_until AS \"csw_until!\"",
+                    now,
+                    lead,
+                    SWEEP_LIMIT,
+                    &self.tenant_prefix
                 )
-                .bind(now)
-                .bind(lead)
-                .bind(SWEEP_LIMIT)
-                .bind(&self.tenant_prefix)
                 .fetch_all(&mut *tx)
                 .await?
             }
             Kind::Closed => {
-                sqlx::query_as(
+                sqlx::query_as!(
+                    Due,
                     "UPDATE windows.pair_state p SET closed_noticed = p.csw_until
                        FROM (SELECT tenant_id, phone_number_id, user_key FROM windows.pair_state
                               WHERE csw_until <= $1 AND csw_until > $1 - $2
@@ -139,12 +149,12 @@ impl Notices {
                               ORDER BY csw_until LIMIT $3 FOR UPDATE SKIP LOCKED) due
                       WHERE p.tenant_id = due.tenant_id AND p.phone_number_id = due.phone_number_id
                         AND p.user_key = due.user_key
-                  RETURNING p.tenant_id, p.phone_number_id, p.user_key, p.csw_until",
+                  RETURNING p.tenant_id, p.phone_number_id, p.user_key, p.csw_until AS \"csw_until!\"",
+                    now,
+                    CLOSED_NOTICE_HORIZON_MICROS,
+                    SWEEP_LIMIT,
+                    &self.tenant_prefix
                 )
-                .bind(now)
-                .bind(CLOSED_NOTICE_HORIZON_MICROS)
-                .bind(SWEEP_LIMIT)
-                .bind(&self.tenant_prefix)
                 .fetch_all(&mut *tx)
                 .await?
             }
@@ -154,11 +164,18 @@ impl Notices {
         }
         let records: Vec<Outgoing<'_>> = rows
             .iter()
-            .map(|(tenant, number, user, csw)| Outgoing {
+            .map(|r| Outgoing {
                 traceparent: None,
                 topic: &self.window_topic,
-                key: kafka::conversation_key(tenant, number, user),
-                envelope: notice(kind, tenant, number, user, *csw, now),
+                key: kafka::conversation_key(&r.tenant_id, &r.phone_number_id, &r.user_key),
+                envelope: notice(
+                    kind,
+                    &r.tenant_id,
+                    &r.phone_number_id,
+                    &r.user_key,
+                    r.csw_until,
+                    now,
+                ),
             })
             .collect();
         kafka::publish_all(&self.producer, &records).await?;

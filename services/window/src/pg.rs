@@ -16,9 +16,9 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// before the month's partition exists.
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::Error> {
     finestra_platform::stores::migrate_schema(pool, SCHEMA, &MIGRATOR).await?;
-    sqlx::query(
+    sqlx::query!(
         "SELECT windows.ensure_window_events_partition((now() + m * interval '1 month')::date)
-         FROM generate_series(-1, 2) AS m",
+         FROM generate_series(-1, 2) AS m"
     )
     .execute(pool)
     .await?;
@@ -30,7 +30,7 @@ pub async fn ensure_partitions(pool: &PgPool, now: Timestamp) -> Result<(), sqlx
     finestra_platform::partitions::ensure_around(pool, "windows", now.micros(), 2).await
 }
 
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug)]
 pub struct PairRow {
     pub tenant_id: String,
     pub phone_number_id: String,
@@ -76,19 +76,16 @@ impl PairRow {
     }
 }
 
-const PAIR_COLUMNS: &str = "p.tenant_id, p.phone_number_id, p.user_key, p.csw_until, p.last_inbound_at, \
-     p.last_inbound_id, p.referral_at, p.fep_until, p.opt_out_at, p.opt_out, p.blocked_at, p.blocked";
-
 fn key_arrays<'a>(
     keys: impl Iterator<Item = &'a PairKey>,
-) -> (Vec<&'a str>, Vec<&'a str>, Vec<&'a str>) {
+) -> (Vec<String>, Vec<String>, Vec<String>) {
     let mut t = Vec::new();
     let mut n = Vec::new();
     let mut u = Vec::new();
     for k in keys {
-        t.push(k.tenant_id.as_str());
-        n.push(k.phone_number_id.as_str());
-        u.push(k.user.as_str());
+        t.push(k.tenant_id.clone());
+        n.push(k.phone_number_id.clone());
+        u.push(k.user.clone());
     }
     (t, n, u)
 }
@@ -100,28 +97,36 @@ pub async fn lock_states(
     keys: &[PairKey],
 ) -> Result<Vec<PairRow>, sqlx::Error> {
     let (t, n, u) = key_arrays(keys.iter());
-    sqlx::query_as::<_, PairRow>(&format!(
-        "SELECT {PAIR_COLUMNS} FROM windows.pair_state p
+    sqlx::query_as!(
+        PairRow,
+        "SELECT p.tenant_id, p.phone_number_id, p.user_key, p.csw_until, p.last_inbound_at,
+                p.last_inbound_id, p.referral_at, p.fep_until, p.opt_out_at, p.opt_out,
+                p.blocked_at, p.blocked
+         FROM windows.pair_state p
          JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(t, n, u)
            ON p.tenant_id = k.t AND p.phone_number_id = k.n AND p.user_key = k.u
          ORDER BY p.tenant_id, p.phone_number_id, p.user_key
-         FOR UPDATE OF p"
-    ))
-    .bind(t)
-    .bind(n)
-    .bind(u)
+         FOR UPDATE OF p",
+        &t,
+        &n,
+        &u
+    )
     .fetch_all(conn)
     .await
 }
 
 pub async fn read_state(pool: &PgPool, key: &PairKey) -> Result<Option<PairRow>, sqlx::Error> {
-    sqlx::query_as::<_, PairRow>(&format!(
-        "SELECT {PAIR_COLUMNS} FROM windows.pair_state p
-         WHERE p.tenant_id = $1 AND p.phone_number_id = $2 AND p.user_key = $3"
-    ))
-    .bind(&key.tenant_id)
-    .bind(&key.phone_number_id)
-    .bind(&key.user)
+    sqlx::query_as!(
+        PairRow,
+        "SELECT p.tenant_id, p.phone_number_id, p.user_key, p.csw_until, p.last_inbound_at,
+                p.last_inbound_id, p.referral_at, p.fep_until, p.opt_out_at, p.opt_out,
+                p.blocked_at, p.blocked
+         FROM windows.pair_state p
+         WHERE p.tenant_id = $1 AND p.phone_number_id = $2 AND p.user_key = $3",
+        &key.tenant_id,
+        &key.phone_number_id,
+        &key.user
+    )
     .fetch_optional(pool)
     .await
 }
@@ -134,16 +139,16 @@ pub async fn lock_events(
     conn: &mut PgConnection,
     events: &[&WindowEvent],
 ) -> Result<(), sqlx::Error> {
-    let tenants: Vec<&str> = events.iter().map(|e| e.key.tenant_id.as_str()).collect();
-    let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
-    sqlx::query(
+    let tenants: Vec<String> = events.iter().map(|e| e.key.tenant_id.clone()).collect();
+    let ids: Vec<String> = events.iter().map(|e| e.event_id.clone()).collect();
+    sqlx::query!(
         "SELECT pg_advisory_xact_lock(h) FROM (
              SELECT DISTINCT hashtextextended(t || chr(31) || e, 0) AS h
              FROM unnest($1::text[], $2::text[]) AS x(t, e)) l
          ORDER BY h",
+        &tenants,
+        &ids
     )
-    .bind(tenants)
-    .bind(ids)
     .execute(conn)
     .await?;
     Ok(())
@@ -158,9 +163,9 @@ pub async fn append_history(
     events: &[&WindowEvent],
 ) -> Result<HashSet<(String, String)>, sqlx::Error> {
     let (t, n, u) = key_arrays(events.iter().map(|e| &e.key));
-    let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+    let ids: Vec<String> = events.iter().map(|e| e.event_id.clone()).collect();
     let at: Vec<i64> = events.iter().map(|e| e.occurred_at.micros()).collect();
-    let kind: Vec<&str> = events.iter().map(|e| e.kind.label()).collect();
+    let kind: Vec<String> = events.iter().map(|e| e.kind.label().to_owned()).collect();
     let mut message_id: Vec<Option<&str>> = Vec::with_capacity(events.len());
     let mut referral: Vec<bool> = Vec::with_capacity(events.len());
     let mut flag: Vec<Option<bool>> = Vec::with_capacity(events.len());
@@ -188,7 +193,7 @@ pub async fn append_history(
     }
     // The primary key holds the partition key (occurred_at), so it alone cannot tell a
     // re-delivery with another timestamp from a new event: NOT EXISTS looks across months.
-    let recorded: Vec<(String, String)> = sqlx::query_as(
+    let recorded = sqlx::query!(
         "INSERT INTO windows.window_events
             (tenant_id, event_id, occurred_at, phone_number_id, user_key, kind, message_id, referral, flag)
          SELECT t, e, timestamptz 'epoch' + o * interval '1 microsecond', n, u, k, m, r, f
@@ -198,19 +203,22 @@ pub async fn append_history(
              SELECT 1 FROM windows.window_events w WHERE w.tenant_id = x.t AND w.event_id = x.e)
          ON CONFLICT DO NOTHING
          RETURNING tenant_id, event_id",
+        &t,
+        &ids,
+        &at,
+        &n,
+        &u,
+        &kind,
+        &message_id as &[Option<&str>],
+        &referral,
+        &flag as &[Option<bool>]
     )
-    .bind(t)
-    .bind(ids)
-    .bind(at)
-    .bind(n)
-    .bind(u)
-    .bind(kind)
-    .bind(message_id)
-    .bind(referral)
-    .bind(flag)
     .fetch_all(conn)
     .await?;
-    Ok(recorded.into_iter().collect())
+    Ok(recorded
+        .into_iter()
+        .map(|r| (r.tenant_id, r.event_id))
+        .collect())
 }
 
 /// Upserts states, merging with what is stored (the lattice join of
@@ -255,7 +263,8 @@ pub async fn merge_states(
         .map(|s| s.blocked.map(|f| f.at.micros()))
         .collect();
     let bl: Vec<Option<bool>> = s.map(|s| s.blocked.map(|f| f.on)).collect();
-    sqlx::query_as::<_, PairRow>(&format!(
+    sqlx::query_as!(
+        PairRow,
         "INSERT INTO windows.pair_state AS p
             (tenant_id, phone_number_id, user_key, csw_until, last_inbound_at, last_inbound_id,
              referral_at, fep_until, opt_out_at, opt_out, blocked_at, blocked)
@@ -284,20 +293,22 @@ pub async fn merge_states(
                  OR (EXCLUDED.blocked_at, EXCLUDED.blocked) > (p.blocked_at, p.blocked)
                THEN EXCLUDED.blocked ELSE p.blocked END,
            updated_at = now()
-         RETURNING {PAIR_COLUMNS}"
-    ))
-    .bind(t)
-    .bind(n)
-    .bind(u)
-    .bind(csw)
-    .bind(li_at)
-    .bind(li_id)
-    .bind(referral)
-    .bind(fep)
-    .bind(oo_at)
-    .bind(oo)
-    .bind(bl_at)
-    .bind(bl)
+         RETURNING p.tenant_id, p.phone_number_id, p.user_key, p.csw_until, p.last_inbound_at,
+                   p.last_inbound_id, p.referral_at, p.fep_until, p.opt_out_at, p.opt_out,
+                   p.blocked_at, p.blocked",
+        &t,
+        &n,
+        &u,
+        &csw as &[Option<i64>],
+        &li_at as &[Option<i64>],
+        &li_id as &[Option<&str>],
+        &referral as &[Option<i64>],
+        &fep as &[Option<i64>],
+        &oo_at as &[Option<i64>],
+        &oo as &[Option<bool>],
+        &bl_at as &[Option<i64>],
+        &bl as &[Option<bool>]
+    )
     .fetch_all(conn)
     .await
 }
@@ -311,17 +322,21 @@ pub async fn list_open(
     after: &str,
     limit: i64,
 ) -> Result<Vec<PairRow>, sqlx::Error> {
-    sqlx::query_as::<_, PairRow>(&format!(
-        "SELECT {PAIR_COLUMNS} FROM windows.pair_state p
+    sqlx::query_as!(
+        PairRow,
+        "SELECT p.tenant_id, p.phone_number_id, p.user_key, p.csw_until, p.last_inbound_at,
+                p.last_inbound_id, p.referral_at, p.fep_until, p.opt_out_at, p.opt_out,
+                p.blocked_at, p.blocked
+         FROM windows.pair_state p
          WHERE p.tenant_id = $1 AND p.phone_number_id = $2 AND p.user_key > $3 AND p.csw_until > $4
          ORDER BY p.user_key
-         LIMIT $5"
-    ))
-    .bind(tenant_id)
-    .bind(phone_number_id)
-    .bind(after)
-    .bind(now.micros())
-    .bind(limit)
+         LIMIT $5",
+        tenant_id,
+        phone_number_id,
+        after,
+        now.micros(),
+        limit
+    )
     .fetch_all(pool)
     .await
 }

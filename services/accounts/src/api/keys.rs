@@ -48,16 +48,18 @@ pub(super) async fn list(
         } => (partner_id.clone(), Some(tenant_id.clone())),
         Owner::Operator => (String::new(), None),
     };
-    let rows = sqlx::query_as::<_, finestra_registry::keys::KeyInfo>(&format!(
-        "SELECT {} FROM accounts.api_keys
-         WHERE partner_id = $1 AND tenant_id IS NOT DISTINCT FROM $2 AND key_id > $3
+    let rows = sqlx::query_as!(
+        finestra_registry::keys::KeyInfo,
+        "SELECT key_id, display_prefix, owner_kind, partner_id, tenant_id, scopes, label,
+                created_at, last_used_at, revoked_at
+           FROM accounts.api_keys
+         WHERE partner_id = $1 AND tenant_id IS NOT DISTINCT FROM $2::text AND key_id > $3
          ORDER BY key_id LIMIT $4",
-        finestra_registry::keys::KEY_COLUMNS
-    ))
-    .bind(partner)
-    .bind(tenant)
-    .bind(after(&req.page_token)?)
-    .bind(size + 1)
+        &partner,
+        tenant.as_deref(),
+        after(&req.page_token)?,
+        size + 1
+    )
     .fetch_all(&api.pool)
     .await
     .map_err(|e| db_error("listing keys", e))?;

@@ -161,9 +161,6 @@ fn tier(n: u32) -> Result<Option<i32>, Status> {
     }
 }
 
-const TENANT_COLUMNS: &str = "tenant_id, partner_id, name, status, tier, created_at, waba_id, send_rate_per_second, send_burst, send_weight";
-const NUMBER_COLUMNS: &str = "phone_number_id, tenant_id, display_phone_number, throughput_per_second, status, previous_secret_valid_until";
-
 impl AccountsApi {
     /// Announces a change caches must drop; a lost announcement is bounded by the caches' TTL.
     async fn announce(
@@ -206,19 +203,25 @@ impl AccountsApi {
     }
 
     async fn partner_row(&self, partner_id: &str) -> Result<Option<PartnerRow>, Status> {
-        sqlx::query_as::<_, PartnerRow>("SELECT partner_id, name, status, created_at FROM accounts.partners WHERE partner_id = $1")
-            .bind(partner_id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| db_error("reading a partner", e))
+        sqlx::query_as!(
+            PartnerRow,
+            "SELECT partner_id, name, status, created_at FROM accounts.partners WHERE partner_id = $1",
+            partner_id
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| db_error("reading a partner", e))
     }
 
     /// The tenant if the principal reaches it (any status), else NOT_FOUND.
     async fn reachable_tenant(&self, p: &Principal, tenant_id: &str) -> Result<TenantRow, Status> {
-        let row = sqlx::query_as::<_, TenantRow>(&format!(
-            "SELECT {TENANT_COLUMNS} FROM accounts.tenants WHERE tenant_id = $1"
-        ))
-        .bind(tenant_id)
+        let row = sqlx::query_as!(
+            TenantRow,
+            "SELECT tenant_id, partner_id, name, status, tier, created_at, waba_id,
+                    send_rate_per_second, send_burst, send_weight
+               FROM accounts.tenants WHERE tenant_id = $1",
+            tenant_id
+        )
         .fetch_optional(&self.pool)
         .await
         .map_err(|e| db_error("reading a tenant", e))?;

@@ -19,15 +19,18 @@ pub(super) async fn add(
             ));
         }
     };
-    let row = sqlx::query_as::<_, NumberRow>(&format!(
+    let row = sqlx::query_as!(
+        NumberRow,
         "INSERT INTO accounts.numbers (phone_number_id, tenant_id, display_phone_number, app_secret, throughput_per_second)
-         VALUES ($1, $2, $3, $4, $5) RETURNING {NUMBER_COLUMNS}"
-    ))
-    .bind(network_id("phone_number_id", &req.phone_number_id)?)
-    .bind(&req.tenant_id)
-    .bind(required("display_phone_number", &req.display_phone_number)?)
-    .bind(secret("app_secret", &req.app_secret)?)
-    .bind(throughput)
+         VALUES ($1, $2, $3, $4, $5)
+         RETURNING phone_number_id, tenant_id, display_phone_number, throughput_per_second, status,
+                   previous_secret_valid_until",
+        network_id("phone_number_id", &req.phone_number_id)?,
+        &req.tenant_id,
+        required("display_phone_number", &req.display_phone_number)?,
+        secret("app_secret", &req.app_secret)?,
+        throughput
+    )
     .fetch_one(&api.pool)
     .await
     .map_err(|e| db_error("adding a number", e))?;
@@ -42,13 +45,16 @@ pub(super) async fn list(
         .tenant_request(request, Access::Scope(Scope::Read))
         .await?;
     let size = page_size(req.page_size)?;
-    let rows = sqlx::query_as::<_, NumberRow>(&format!(
-        "SELECT {NUMBER_COLUMNS} FROM accounts.numbers WHERE tenant_id = $1 AND phone_number_id > $2
-         ORDER BY phone_number_id LIMIT $3"
-    ))
-    .bind(&req.tenant_id)
-    .bind(after(&req.page_token)?)
-    .bind(size + 1)
+    let rows = sqlx::query_as!(
+        NumberRow,
+        "SELECT phone_number_id, tenant_id, display_phone_number, throughput_per_second, status,
+                previous_secret_valid_until
+           FROM accounts.numbers WHERE tenant_id = $1 AND phone_number_id > $2
+         ORDER BY phone_number_id LIMIT $3",
+        &req.tenant_id,
+        after(&req.page_token)?,
+        size + 1
+    )
     .fetch_all(&api.pool)
     .await
     .map_err(|e| db_error("listing numbers", e))?;
@@ -76,15 +82,18 @@ pub(super) async fn rotate_secret(
             ));
         }
     };
-    let row = sqlx::query_as::<_, NumberRow>(&format!(
+    let row = sqlx::query_as!(
+        NumberRow,
         "UPDATE accounts.numbers SET previous_app_secret = app_secret, app_secret = $3,
-                previous_secret_valid_until = now() + $4 * interval '1 second'
-         WHERE tenant_id = $1 AND phone_number_id = $2 RETURNING {NUMBER_COLUMNS}"
-    ))
-    .bind(&req.tenant_id)
-    .bind(&req.phone_number_id)
-    .bind(secret("new_app_secret", &req.new_app_secret)?)
-    .bind(overlap)
+                previous_secret_valid_until = now() + $4::bigint * interval '1 second'
+         WHERE tenant_id = $1 AND phone_number_id = $2
+         RETURNING phone_number_id, tenant_id, display_phone_number, throughput_per_second, status,
+                   previous_secret_valid_until",
+        &req.tenant_id,
+        &req.phone_number_id,
+        secret("new_app_secret", &req.new_app_secret)?,
+        overlap
+    )
     .fetch_optional(&api.pool)
     .await
     .map_err(|e| db_error("rotating a secret", e))?
@@ -99,11 +108,14 @@ pub(super) async fn get(
     let req = api
         .tenant_request(request, Access::Scope(Scope::Read))
         .await?;
-    let row = sqlx::query_as::<_, NumberRow>(&format!(
-        "SELECT {NUMBER_COLUMNS} FROM accounts.numbers WHERE tenant_id = $1 AND phone_number_id = $2"
-    ))
-    .bind(&req.tenant_id)
-    .bind(&req.phone_number_id)
+    let row = sqlx::query_as!(
+        NumberRow,
+        "SELECT phone_number_id, tenant_id, display_phone_number, throughput_per_second, status,
+                previous_secret_valid_until
+           FROM accounts.numbers WHERE tenant_id = $1 AND phone_number_id = $2",
+        &req.tenant_id,
+        &req.phone_number_id
+    )
     .fetch_optional(&api.pool)
     .await
     .map_err(|e| db_error("reading a number", e))?
@@ -128,15 +140,18 @@ pub(super) async fn update(
             ));
         }
     };
-    let row = sqlx::query_as::<_, NumberRow>(&format!(
-        "UPDATE accounts.numbers SET display_phone_number = coalesce(nullif($3, ''), display_phone_number),
-                throughput_per_second = coalesce($4, throughput_per_second)
-         WHERE tenant_id = $1 AND phone_number_id = $2 RETURNING {NUMBER_COLUMNS}"
-    ))
-    .bind(&req.tenant_id)
-    .bind(&req.phone_number_id)
-    .bind(&req.display_phone_number)
-    .bind(throughput)
+    let row = sqlx::query_as!(
+        NumberRow,
+        "UPDATE accounts.numbers SET display_phone_number = coalesce(nullif($3::text, ''), display_phone_number),
+                throughput_per_second = coalesce($4::integer, throughput_per_second)
+         WHERE tenant_id = $1 AND phone_number_id = $2
+         RETURNING phone_number_id, tenant_id, display_phone_number, throughput_per_second, status,
+                   previous_secret_valid_until",
+        &req.tenant_id,
+        &req.phone_number_id,
+        &req.display_phone_number,
+        throughput
+    )
     .fetch_optional(&api.pool)
     .await
     .map_err(|e| db_error("updating a number", e))?
@@ -150,12 +165,15 @@ pub(super) async fn set_status(
 ) -> Result<Response<v1::Number>, Status> {
     let req = api.tenant_request(request, Access::AboveTenant).await?;
     let status_name = convert::status_name(req.status)?;
-    let row = sqlx::query_as::<_, NumberRow>(&format!(
-        "UPDATE accounts.numbers SET status = $3 WHERE tenant_id = $1 AND phone_number_id = $2 RETURNING {NUMBER_COLUMNS}"
-    ))
-    .bind(&req.tenant_id)
-    .bind(&req.phone_number_id)
-    .bind(status_name)
+    let row = sqlx::query_as!(
+        NumberRow,
+        "UPDATE accounts.numbers SET status = $3 WHERE tenant_id = $1 AND phone_number_id = $2
+         RETURNING phone_number_id, tenant_id, display_phone_number, throughput_per_second, status,
+                   previous_secret_valid_until",
+        &req.tenant_id,
+        &req.phone_number_id,
+        status_name
+    )
     .fetch_optional(&api.pool)
     .await
     .map_err(|e| db_error("changing a number", e))?

@@ -9,11 +9,12 @@ pub(super) async fn create(
     let p = auth::principal(&request)?;
     operator_only(&p)?;
     let req = request.into_inner();
-    let row = sqlx::query_as::<_, PartnerRow>(
+    let row = sqlx::query_as!(
+        PartnerRow,
         "INSERT INTO accounts.partners (partner_id, name) VALUES ($1, $2) RETURNING partner_id, name, status, created_at",
+        account_id("partner_id", &req.partner_id)?,
+        name(&req.name)?
     )
-    .bind(account_id("partner_id", &req.partner_id)?)
-    .bind(name(&req.name)?)
     .fetch_one(&api.pool)
     .await
     .map_err(|e| db_error("creating a partner", e))?;
@@ -28,11 +29,12 @@ pub(super) async fn list(
     operator_only(&p)?;
     let req = request.into_inner();
     let size = page_size(req.page_size)?;
-    let rows = sqlx::query_as::<_, PartnerRow>(
+    let rows = sqlx::query_as!(
+        PartnerRow,
         "SELECT partner_id, name, status, created_at FROM accounts.partners WHERE partner_id > $1 ORDER BY partner_id LIMIT $2",
+        after(&req.page_token)?,
+        size + 1
     )
-    .bind(after(&req.page_token)?)
-    .bind(size + 1)
     .fetch_all(&api.pool)
     .await
     .map_err(|e| db_error("listing partners", e))?;
@@ -51,11 +53,12 @@ pub(super) async fn set_status(
     operator_only(&p)?;
     let req = request.into_inner();
     let status_name = convert::status_name(req.status)?;
-    let row = sqlx::query_as::<_, PartnerRow>(
+    let row = sqlx::query_as!(
+        PartnerRow,
         "UPDATE accounts.partners SET status = $2 WHERE partner_id = $1 RETURNING partner_id, name, status, created_at",
+        &req.partner_id,
+        status_name
     )
-    .bind(&req.partner_id)
-    .bind(status_name)
     .fetch_optional(&api.pool)
     .await
     .map_err(|e| db_error("changing a partner", e))?
@@ -89,11 +92,12 @@ pub(super) async fn update(
     let p = auth::principal(&request)?;
     operator_only(&p)?;
     let req = request.into_inner();
-    let row = sqlx::query_as::<_, PartnerRow>(
+    let row = sqlx::query_as!(
+        PartnerRow,
         "UPDATE accounts.partners SET name = $2 WHERE partner_id = $1 RETURNING partner_id, name, status, created_at",
+        &req.partner_id,
+        name(&req.name)?
     )
-    .bind(&req.partner_id)
-    .bind(name(&req.name)?)
     .fetch_optional(&api.pool)
     .await
     .map_err(|e| db_error("renaming a partner", e))?

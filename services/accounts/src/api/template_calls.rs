@@ -33,14 +33,17 @@ pub(super) async fn list(
         .tenant_request(request, Access::Scope(Scope::Read))
         .await?;
     let size = page_size(req.page_size)?;
-    let rows = sqlx::query_as::<_, crate::templates::TemplateRow>(&format!(
-        "SELECT {} FROM accounts.templates WHERE tenant_id = $1 AND deleted_at IS NULL AND template_id > $2
+    let rows = sqlx::query_as!(
+        crate::templates::TemplateRow,
+        "SELECT template_id, tenant_id, name, language, category, body, header, footer,
+                buttons::text AS buttons, parameter_count, status, paused_until, pauses,
+                last_review_at, created_at
+           FROM accounts.templates WHERE tenant_id = $1 AND deleted_at IS NULL AND template_id > $2
          ORDER BY template_id LIMIT $3",
-        crate::templates::COLUMNS
-    ))
-    .bind(&req.tenant_id)
-    .bind(after(&req.page_token)?)
-    .bind(size + 1)
+        &req.tenant_id,
+        after(&req.page_token)?,
+        size + 1
+    )
     .fetch_all(&api.pool)
     .await
     .map_err(|e| db_error("listing templates", e))?;
@@ -59,14 +62,17 @@ pub(super) async fn delete(
     let req = api
         .tenant_request(request, Access::Scope(Scope::Admin))
         .await?;
-    let row = sqlx::query_as::<_, crate::templates::TemplateRow>(&format!(
+    let row = sqlx::query_as!(
+        crate::templates::TemplateRow,
         // Idempotent: deleting again answers the deleted template.
         "UPDATE accounts.templates SET deleted_at = coalesce(deleted_at, now())
-         WHERE tenant_id = $1 AND template_id = $2 RETURNING {}",
-        crate::templates::COLUMNS
-    ))
-    .bind(&req.tenant_id)
-    .bind(&req.template_id)
+         WHERE tenant_id = $1 AND template_id = $2
+         RETURNING template_id, tenant_id, name, language, category, body, header, footer,
+                   buttons::text AS buttons, parameter_count, status, paused_until, pauses,
+                   last_review_at, created_at",
+        &req.tenant_id,
+        &req.template_id
+    )
     .fetch_optional(&api.pool)
     .await
     .map_err(|e| db_error("deleting a template", e))?

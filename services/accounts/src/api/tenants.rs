@@ -12,18 +12,22 @@ pub(super) async fn create(
         return Err(not_found("partner_id", &req.partner_id));
     }
     p.require(Scope::Admin)?;
-    let row = sqlx::query_as::<_, TenantRow>(&format!(
-        "INSERT INTO accounts.tenants (partner_id, tenant_id, name, tier, waba_id) VALUES ($1, $2, $3, $4, nullif($5, '')) RETURNING {TENANT_COLUMNS}"
-    ))
-    .bind(&req.partner_id)
-    .bind(account_id("tenant_id", &req.tenant_id)?)
-    .bind(name(&req.name)?)
-    .bind(tier(req.tier)?)
-    .bind(if req.waba_id.is_empty() {
-        ""
-    } else {
-        network_id("waba_id", &req.waba_id)?
-    })
+    let row = sqlx::query_as!(
+        TenantRow,
+        "INSERT INTO accounts.tenants (partner_id, tenant_id, name, tier, waba_id)
+         VALUES ($1, $2, $3, $4, nullif($5::text, ''))
+         RETURNING tenant_id, partner_id, name, status, tier, created_at, waba_id,
+                   send_rate_per_second, send_burst, send_weight",
+        &req.partner_id,
+        account_id("tenant_id", &req.tenant_id)?,
+        name(&req.name)?,
+        tier(req.tier)?,
+        if req.waba_id.is_empty() {
+            ""
+        } else {
+            network_id("waba_id", &req.waba_id)?
+        }
+    )
     .fetch_one(&api.pool)
     .await
     .map_err(|e| db_error("creating a tenant", e))?;
@@ -41,12 +45,15 @@ pub(super) async fn list(
     }
     p.require(Scope::Read)?;
     let size = page_size(req.page_size)?;
-    let rows = sqlx::query_as::<_, TenantRow>(&format!(
-        "SELECT {TENANT_COLUMNS} FROM accounts.tenants WHERE partner_id = $1 AND tenant_id > $2 ORDER BY tenant_id LIMIT $3"
-    ))
-    .bind(&req.partner_id)
-    .bind(after(&req.page_token)?)
-    .bind(size + 1)
+    let rows = sqlx::query_as!(
+        TenantRow,
+        "SELECT tenant_id, partner_id, name, status, tier, created_at, waba_id,
+                send_rate_per_second, send_burst, send_weight
+           FROM accounts.tenants WHERE partner_id = $1 AND tenant_id > $2 ORDER BY tenant_id LIMIT $3",
+        &req.partner_id,
+        after(&req.page_token)?,
+        size + 1
+    )
     .fetch_all(&api.pool)
     .await
     .map_err(|e| db_error("listing tenants", e))?;
@@ -70,15 +77,18 @@ pub(super) async fn update(
     if !req.name.is_empty() {
         name(&req.name)?;
     }
-    let row = sqlx::query_as::<_, TenantRow>(&format!(
-        "UPDATE accounts.tenants SET name = coalesce(nullif($2, ''), name),
-                tier = CASE WHEN $3 THEN $4 ELSE tier END
-         WHERE tenant_id = $1 RETURNING {TENANT_COLUMNS}"
-    ))
-    .bind(&req.tenant_id)
-    .bind(&req.name)
-    .bind(new_tier.is_some())
-    .bind(new_tier.flatten())
+    let row = sqlx::query_as!(
+        TenantRow,
+        "UPDATE accounts.tenants SET name = coalesce(nullif($2::text, ''), name),
+                tier = CASE WHEN $3::boolean THEN $4::integer ELSE tier END
+         WHERE tenant_id = $1
+         RETURNING tenant_id, partner_id, name, status, tier, created_at, waba_id,
+                   send_rate_per_second, send_burst, send_weight",
+        &req.tenant_id,
+        &req.name,
+        new_tier.is_some(),
+        new_tier.flatten()
+    )
     .fetch_one(&api.pool)
     .await
     .map_err(|e| db_error("updating a tenant", e))?;
@@ -100,15 +110,18 @@ pub(super) async fn set_limits(
         .validate()
         .map_err(|e| status::invalid_argument(e.field(), e.to_string()))?;
     let as_column = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
-    let row = sqlx::query_as::<_, TenantRow>(&format!(
+    let row = sqlx::query_as!(
+        TenantRow,
         "UPDATE accounts.tenants
             SET send_rate_per_second = $2, send_burst = $3, send_weight = $4
-          WHERE tenant_id = $1 RETURNING {TENANT_COLUMNS}"
-    ))
-    .bind(&req.tenant_id)
-    .bind(as_column(limits.rate_per_second))
-    .bind(as_column(limits.burst))
-    .bind(as_column(limits.weight))
+          WHERE tenant_id = $1
+         RETURNING tenant_id, partner_id, name, status, tier, created_at, waba_id,
+                   send_rate_per_second, send_burst, send_weight",
+        &req.tenant_id,
+        as_column(limits.rate_per_second),
+        as_column(limits.burst),
+        as_column(limits.weight)
+    )
     .fetch_one(&api.pool)
     .await
     .map_err(|e| db_error("setting a tenant's limits", e))?;
@@ -128,11 +141,14 @@ pub(super) async fn set_status(
 ) -> Result<Response<v1::Tenant>, Status> {
     let req = api.tenant_request(request, Access::AboveTenant).await?;
     let status_name = convert::status_name(req.status)?;
-    let row = sqlx::query_as::<_, TenantRow>(&format!(
-        "UPDATE accounts.tenants SET status = $2 WHERE tenant_id = $1 RETURNING {TENANT_COLUMNS}"
-    ))
-    .bind(&req.tenant_id)
-    .bind(status_name)
+    let row = sqlx::query_as!(
+        TenantRow,
+        "UPDATE accounts.tenants SET status = $2 WHERE tenant_id = $1
+         RETURNING tenant_id, partner_id, name, status, tier, created_at, waba_id,
+                   send_rate_per_second, send_burst, send_weight",
+        &req.tenant_id,
+        status_name
+    )
     .fetch_one(&api.pool)
     .await
     .map_err(|e| db_error("changing a tenant", e))?;

@@ -28,7 +28,6 @@ pub(super) async fn list_wallet_history(
             .parse()
             .map_err(|_| invalid_argument("page_token", "not a token this service issued"))?
     };
-    #[derive(sqlx::FromRow)]
     struct Entry {
         entry_id: i64,
         kind: String,
@@ -41,15 +40,16 @@ pub(super) async fn list_wallet_history(
         free_reason: String,
         note: String,
     }
-    let rows: Vec<Entry> = sqlx::query_as(
+    let rows: Vec<Entry> = sqlx::query_as!(
+        Entry,
         "SELECT entry_id, kind, reference, amount, occurred_at, category, market,
                 card_version, free_reason, note
            FROM billing.ledger WHERE tenant_id = $1 AND entry_id < $2
           ORDER BY entry_id DESC LIMIT $3",
+        &req.tenant_id,
+        before,
+        size + 1,
     )
-    .bind(&req.tenant_id)
-    .bind(before)
-    .bind(size + 1)
     .fetch_all(&api.pool)
     .await
     .map_err(store("reading the ledger"))?;
