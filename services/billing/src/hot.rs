@@ -7,6 +7,13 @@
 //! the Redis update) heals by itself. Top-ups and credit changes drop the hash (the next
 //! reservation reloads it). A reservation written to Postgres after a reload's snapshot is
 //! confirmed into the hash afterwards (`confirm`, idempotent), so a reload never forgets one.
+//!
+//! A reservation Postgres has ended (captured or released) leaves a short-lived tombstone in
+//! `<prefix>:{<tenant>}:ended:<bucket>` (a hash per 10 s bucket, kept two buckets). It closes
+//! two races with a reload: a snapshot read before a capture but loaded after it (the load
+//! leaves that reservation out and charges the balance, as Postgres did), and a confirmation
+//! that arrives after the capture (it does not put the reservation back). A snapshot read
+//! after the capture does not list the reservation, so the tombstone changes nothing there.
 
 use std::collections::BTreeMap;
 
@@ -41,20 +48,34 @@ end
 return out
 "#;
 
+// KEYS = wallet, tombstones of this bucket, of the previous one. ARGV = balance, credit limit,
+// reserved, ttl ms, then message, amount, ... (the open reservations of the snapshot). A
+// reservation with a tombstone ended after the snapshot was read: it is left out, and a
+// capture is charged to the balance.
 const LOAD_LUA: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'b', ARGV[1], 'c', ARGV[2], 'r', ARGV[3])
-for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], 'm:' .. ARGV[i], ARGV[i + 1]) end
+for i = 5, #ARGV, 2 do
+  local ended = redis.call('HGET', KEYS[2], ARGV[i]) or redis.call('HGET', KEYS[3], ARGV[i])
+  if ended then
+    redis.call('HINCRBY', KEYS[1], 'r', '-' .. ARGV[i + 1])
+    if ended == 'c' then redis.call('HINCRBY', KEYS[1], 'b', '-' .. ARGV[i + 1]) end
+  else
+    redis.call('HSET', KEYS[1], 'm:' .. ARGV[i], ARGV[i + 1])
+  end
+end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return 1
 "#;
 
-// ARGV = message, amount, ...
+// KEYS as LOAD_LUA's. ARGV = message, amount, ... A reservation already ended is not put back.
 const CONFIRM_LUA: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local n = 0
 for i = 1, #ARGV, 2 do
-  if redis.call('HSETNX', KEYS[1], 'm:' .. ARGV[i], ARGV[i + 1]) == 1 then
+  local ended = redis.call('HEXISTS', KEYS[2], ARGV[i]) == 1
+    or redis.call('HEXISTS', KEYS[3], ARGV[i]) == 1
+  if not ended and redis.call('HSETNX', KEYS[1], 'm:' .. ARGV[i], ARGV[i + 1]) == 1 then
     redis.call('HINCRBY', KEYS[1], 'r', ARGV[i + 1])
     n = n + 1
   end
@@ -62,21 +83,57 @@ end
 return n
 "#;
 
-// ARGV = message, captured (1|0), ...
+// KEYS = wallet, tombstones of this bucket. ARGV = tombstone ttl ms, then message, how, ...
+// where how is c (captured in Postgres), r (released there) or u (undo a hold Redis made that
+// Postgres does not have: no tombstone). The tombstone is written even when the wallet is not
+// loaded: that is when a reload may be reading an older snapshot.
 const END_LUA: &str = r#"
 local n = 0
-for i = 1, #ARGV, 2 do
+local marked = false
+for i = 2, #ARGV, 2 do
+  local how = ARGV[i + 1]
+  if how ~= 'u' then
+    redis.call('HSET', KEYS[2], ARGV[i], how)
+    marked = true
+  end
   local f = 'm:' .. ARGV[i]
   local a = redis.call('HGET', KEYS[1], f)
   if a then
     redis.call('HDEL', KEYS[1], f)
     redis.call('HINCRBY', KEYS[1], 'r', '-' .. a)
-    if ARGV[i + 1] == '1' then redis.call('HINCRBY', KEYS[1], 'b', '-' .. a) end
+    if how == 'c' then redis.call('HINCRBY', KEYS[1], 'b', '-' .. a) end
     n = n + 1
   end
 end
+if marked then redis.call('PEXPIRE', KEYS[2], ARGV[1]) end
 return n
 "#;
+
+/// Width of a tombstone bucket; a tombstone lives one to two of them, far longer than a
+/// reload's snapshot-to-load or a reservation's write-to-confirm.
+const TOMBSTONE_BUCKET_MS: u64 = 10_000;
+
+/// How a reservation ends in the hot wallet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HotEnd {
+    /// Captured in Postgres: the hold goes and the balance is charged.
+    Captured,
+    /// Released in Postgres: the hold goes.
+    Released,
+    /// A hold Redis made for a request Postgres did not store as open: the hold goes, and no
+    /// tombstone (Postgres's own reservation of that id, if open, stays loadable).
+    Undo,
+}
+
+impl HotEnd {
+    fn code(self) -> &'static str {
+        match self {
+            HotEnd::Captured => "c",
+            HotEnd::Released => "r",
+            HotEnd::Undo => "u",
+        }
+    }
+}
 
 /// Groups `(tenant, rest)` items by tenant, keeping their order within each tenant.
 fn by_tenant<'a, T>(items: &'a [(&'a str, T)]) -> BTreeMap<&'a str, Vec<&'a T>> {
@@ -148,6 +205,22 @@ impl HotWallets {
         format!("{}:{{{tenant_id}}}:wallet", self.prefix)
     }
 
+    /// The tombstone hashes of the current bucket and of the previous one.
+    fn tombstones(&self, tenant_id: &str) -> [String; 2] {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let bucket = now_ms / TOMBSTONE_BUCKET_MS;
+        [bucket, bucket.saturating_sub(1)]
+            .map(|b| format!("{}:{{{tenant_id}}}:ended:{b}", self.prefix))
+    }
+
+    /// The keys a load or a confirmation reads: the wallet, then both tombstone buckets.
+    fn wallet_keys(&self, tenant_id: &str) -> [String; 3] {
+        let [current, previous] = self.tombstones(tenant_id);
+        [self.key(tenant_id), current, previous]
+    }
+
     /// Reserves one tenant's messages in one script call, in order. `None` when the wallet
     /// is not cached (load it and try again).
     pub async fn reserve(
@@ -186,7 +259,10 @@ impl HotWallets {
     /// Loads a snapshot unless the hash exists already (another loader won).
     pub async fn load(&self, tenant_id: &str, s: &Snapshot) -> redis::RedisResult<()> {
         let mut conn = self.conn.clone();
-        let mut inv = self.load.key(self.key(tenant_id));
+        let mut inv = self.load.prepare_invoke();
+        for key in self.wallet_keys(tenant_id) {
+            inv.key(key);
+        }
         inv.arg(s.balance)
             .arg(s.credit_limit)
             .arg(s.reserved)
@@ -208,7 +284,10 @@ impl HotWallets {
             items.iter().map(|(t, m, a)| (*t, (*m, *a))).collect();
         let mut pipe = redis::pipe();
         for (tenant_id, messages) in by_tenant(&pairs) {
-            let mut inv = self.confirm.key(self.key(tenant_id));
+            let mut inv = self.confirm.prepare_invoke();
+            for key in self.wallet_keys(tenant_id) {
+                inv.key(key);
+            }
             for (message_id, amount) in messages {
                 inv.arg(*message_id).arg(*amount);
             }
@@ -235,19 +314,22 @@ impl HotWallets {
         }
     }
 
-    /// Ends reservations in the hash (`captured`: the balance is charged too). Idempotent: a
-    /// reservation the hash does not hold is left alone. One script call per tenant.
-    pub async fn end(&self, items: &[(&str, &str, bool)]) -> redis::RedisResult<()> {
+    /// Ends reservations in the hash (a capture charges the balance too) and leaves their
+    /// tombstones. Idempotent: a reservation the hash does not hold is left alone. One script
+    /// call per tenant.
+    pub async fn end(&self, items: &[(&str, &str, HotEnd)]) -> redis::RedisResult<()> {
         if items.is_empty() {
             return Ok(());
         }
-        let pairs: Vec<(&str, (&str, bool))> =
-            items.iter().map(|(t, m, c)| (*t, (*m, *c))).collect();
+        let pairs: Vec<(&str, (&str, HotEnd))> =
+            items.iter().map(|(t, m, h)| (*t, (*m, *h))).collect();
         let mut pipe = redis::pipe();
         for (tenant_id, messages) in by_tenant(&pairs) {
+            let [current, _] = self.tombstones(tenant_id);
             let mut inv = self.end.key(self.key(tenant_id));
-            for (message_id, captured) in messages {
-                inv.arg(*message_id).arg(if *captured { "1" } else { "0" });
+            inv.key(current).arg(2 * TOMBSTONE_BUCKET_MS);
+            for (message_id, how) in messages {
+                inv.arg(*message_id).arg(how.code());
             }
             pipe.invoke_script(&inv).ignore();
         }

@@ -17,7 +17,7 @@ use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::hot::{HotReserve, HotWallets};
+use crate::hot::{HotEnd, HotReserve, HotWallets};
 use crate::reservations::{self, LowBalance, ReservationRow, Stored};
 
 #[derive(Debug, thiserror::Error)]
@@ -233,7 +233,7 @@ async fn flush(settings: &WriterSettings, jobs: Vec<Job>) {
         }
     };
     let mut confirm: Vec<(&str, &str, Micros)> = Vec::new();
-    let mut undo: Vec<(&str, &str, bool)> = Vec::new();
+    let mut undo: Vec<(&str, &str, HotEnd)> = Vec::new();
     let mut replies: Vec<Result<Reserved, ReserveError>> = Vec::with_capacity(rows.len());
     for ((row, (_, fresh)), answer) in rows.iter().zip(&to_write).zip(answers) {
         match answer {
@@ -252,10 +252,15 @@ async fn flush(settings: &WriterSettings, jobs: Vec<Job>) {
                 let conflict = !stored.same_charge(row);
                 if row.price > 0 && (*fresh && (conflict || state != "open")) {
                     // Redis added it just now for a request that reserves nothing: undo.
-                    undo.push((&row.tenant_id, &row.message_id, false));
+                    undo.push((&row.tenant_id, &row.message_id, HotEnd::Undo));
                 } else if row.price > 0 && !*fresh && state != "open" && !conflict {
                     // The hash still held an ended reservation (stale): end it as Postgres did.
-                    undo.push((&row.tenant_id, &row.message_id, state == "captured"));
+                    let how = if state == "captured" {
+                        HotEnd::Captured
+                    } else {
+                        HotEnd::Released
+                    };
+                    undo.push((&row.tenant_id, &row.message_id, how));
                 }
                 replies.push(if conflict {
                     Err(ReserveError::Conflict(row.message_id.clone()))

@@ -3,7 +3,7 @@
 
 use sqlx::PgPool;
 
-use crate::hot::HotWallets;
+use crate::hot::{HotEnd, HotWallets};
 use crate::reservations::{self, Settled, Settlement};
 
 #[derive(Debug, thiserror::Error)]
@@ -27,10 +27,17 @@ pub async fn settle(
 }
 
 pub async fn sync_hot(hot: &HotWallets, settled: &Settled) -> Result<(), SettleError> {
-    let ends: Vec<(&str, &str, bool)> = settled
+    let ends: Vec<(&str, &str, HotEnd)> = settled
         .ended_priced
         .iter()
-        .map(|(t, m, c)| (t.as_str(), m.as_str(), *c))
+        .map(|(t, m, captured)| {
+            let how = if *captured {
+                HotEnd::Captured
+            } else {
+                HotEnd::Released
+            };
+            (t.as_str(), m.as_str(), how)
+        })
         .collect();
     hot.end(&ends).await?;
     Ok(())
