@@ -309,6 +309,144 @@ async fn the_same_send_ten_times_at_once_is_one_message_and_one_charge() -> anyh
     Ok(())
 }
 
+/// A bulk sender's batch: each message is decided as SendMessage decides it and answered on
+/// its own, in order; the same batch retried answers the same message ids and charges nothing
+/// twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_answers_each_message_on_its_own_and_a_retried_batch_changes_nothing()
+-> anyhow::Result<()> {
+    use finestra_proto::v1::send_message_result::Outcome;
+    let c = Chain::start(80).await?;
+    c.template("weekend_offer", "MARKETING", 1).await?;
+    c.top_up(1_000_000).await?;
+    let users: Vec<String> = (0..4).map(|i| format!("39333111{i:04}")).collect();
+    let mut messages: Vec<v1::SendMessageRequest> = users
+        .iter()
+        .map(|u| {
+            c.request(
+                u,
+                &format!("batch-1/{u}"),
+                template("weekend_offer", &["Ada"]),
+            )
+        })
+        .collect();
+    // Refused on their own: a free-form outside any window, a template missing its parameter,
+    // a message of another tenant, and a message without an idempotency key.
+    messages.insert(1, c.request(&users[0], "batch-1/free-form", text("hello?")));
+    messages.insert(
+        3,
+        c.request(
+            &users[1],
+            "batch-1/no-param",
+            template("weekend_offer", &[]),
+        ),
+    );
+    let mut foreign = c.request(
+        &users[2],
+        "batch-1/foreign",
+        template("weekend_offer", &["X"]),
+    );
+    foreign.tenant_id = "someone-else".into();
+    messages.push(foreign);
+    messages.push(c.request(&users[3], "", template("weekend_offer", &["Ada"])));
+    let batch = v1::SendMessagesRequest {
+        tenant_id: c.tenant.clone(),
+        messages,
+    };
+
+    let answers = c
+        .client
+        .clone()
+        .send_messages(batch.clone())
+        .await?
+        .into_inner();
+    let outcomes: Vec<Outcome> = answers
+        .results
+        .into_iter()
+        .map(|r| r.outcome.ok_or_else(|| anyhow::anyhow!("an empty result")))
+        .collect::<anyhow::Result<_>>()?;
+    assert_eq!(outcomes.len(), 8, "one result per message, in order");
+    let refused: Vec<(usize, String)> = outcomes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, o)| match o {
+            Outcome::Refused(r) => Some((i, r.reason.clone())),
+            Outcome::Accepted(_) => None,
+        })
+        .collect();
+    assert_eq!(
+        refused,
+        [
+            (1, "WINDOW_CLOSED".to_owned()),
+            (3, "TEMPLATE_PARAMS_MISMATCH".to_owned()),
+            (6, "INVALID_ARGUMENT".to_owned()),
+            (7, "INVALID_ARGUMENT".to_owned()),
+        ]
+    );
+    let accepted: Vec<v1::SendMessageResponse> = outcomes
+        .into_iter()
+        .filter_map(|o| match o {
+            Outcome::Accepted(a) => Some(a),
+            Outcome::Refused(_) => None,
+        })
+        .collect();
+    assert_eq!(accepted.len(), 4);
+    assert!(
+        accepted
+            .iter()
+            .all(|a| !a.replayed && a.price_micros == MARKETING_IT)
+    );
+    for a in &accepted {
+        c.settles(&a.message_id, &["DELIVERED", "READ"]).await?;
+    }
+
+    let again = c.client.clone().send_messages(batch).await?.into_inner();
+    let replayed: Vec<(String, bool)> = again
+        .results
+        .iter()
+        .filter_map(|r| match &r.outcome {
+            Some(Outcome::Accepted(a)) => Some((a.message_id.clone(), a.replayed)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        replayed,
+        accepted
+            .iter()
+            .map(|a| (a.message_id.clone(), true))
+            .collect::<Vec<_>>(),
+        "the retried batch answers the same messages, as replays"
+    );
+    c.books_settled().await?;
+    let mut charged: Vec<String> = c.charges().await?.into_iter().map(|(id, _)| id).collect();
+    charged.sort();
+    let mut ids: Vec<String> = accepted.iter().map(|a| a.message_id.clone()).collect();
+    ids.sort();
+    assert_eq!(charged, ids, "each accepted message charged once");
+    assert_eq!(
+        c.reservations().await?,
+        4,
+        "nothing reserved for a refusal or a replay"
+    );
+
+    let empty = c
+        .client
+        .clone()
+        .send_messages(v1::SendMessagesRequest {
+            tenant_id: c.tenant.clone(),
+            messages: Vec::new(),
+        })
+        .await;
+    assert_eq!(
+        empty.err().map(|s| s.code()),
+        Some(Code::InvalidArgument),
+        "an empty batch is refused as a whole"
+    );
+    c.reconcile().await?;
+    c.stop().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn provider_errors_are_retried_then_dead_lettered_and_released() -> anyhow::Result<()> {
     let c = Chain::start(80).await?;

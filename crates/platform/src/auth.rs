@@ -192,6 +192,7 @@ for_tenant!(
 // Of dispatch.
 for_tenant!(
     SendMessageRequest,
+    SendMessagesRequest,
     GetMessageRequest,
     ListMessagesRequest,
     StreamEventsRequest,

@@ -18,13 +18,16 @@ use finestra_proto::v1::{
     CreateWebhookRequest, DeleteWebhookRequest, GetMessageRequest, ListDeadLettersRequest,
     ListDeadLettersResponse, ListMessagesRequest, ListMessagesResponse, ListWebhooksRequest,
     ListWebhooksResponse, Message, RedriveRequest, RedriveResponse, RotateWebhookSecretRequest,
-    SendMessageRequest, SendMessageResponse, StreamEventsRequest, TenantEvent, Webhook,
+    SendMessageRequest, SendMessageResponse, SendMessagesRequest, SendMessagesResponse,
+    StreamEventsRequest, TenantEvent, Webhook,
 };
+use futures::StreamExt as _;
 use tokio::sync::oneshot;
 use tonic::{Code, Request, Response, Status};
 
 use crate::accept::{Accepted, Acceptor, Pending, Refused};
 use crate::admission::{self, Admission};
+use crate::batch;
 use crate::content;
 use crate::facts::Facts;
 use crate::hot::{Claim, Hot, TierVerdict};
@@ -235,6 +238,47 @@ impl DispatchApi {
                 .map_err(|e| self.store_error("rebuilding the tier", &e))?;
         }
         Err(Status::unavailable("the tier counter could not be loaded"))
+    }
+
+    /// One SendMessage after authorization: the tenant's admission share, then the send.
+    async fn send_one(&self, req: SendMessageRequest) -> Result<SendMessageResponse, Status> {
+        let own = self
+            .facts
+            .limits(&req.tenant_id)
+            .await
+            .map_err(|e| self.store_error("reading a tenant's limits", &e))?;
+        let limits = self.admission.effective(own);
+        let _ticket = match self.admission.enter(&req.tenant_id, limits.weight).await {
+            Ok(ticket) => ticket,
+            Err(ShareRefusal::OverShare) => {
+                return Err(tenant_rate_limited(
+                    &req.tenant_id,
+                    "the tenant holds its whole share of dispatch while other tenants send",
+                    self.admission.settings.retry_over_share,
+                ));
+            }
+            Err(ShareRefusal::Full) => {
+                admission::count(&req.tenant_id, "refused");
+                metrics::counter!("finestra_dispatch_refused_total", "reason" => "BACKLOG_FULL")
+                    .increment(1);
+                return Err(with_reason_and_retry(
+                    Code::ResourceExhausted,
+                    Reason::BacklogFull,
+                    "dispatch is at capacity; retry with the same idempotency key shortly",
+                    &[],
+                    self.admission.settings.retry_over_share,
+                ));
+            }
+        };
+        let started = std::time::Instant::now();
+        let tenant_id = req.tenant_id.clone();
+        let answer = self.send(req, limits.rate()).await;
+        if answer.is_ok() {
+            admission::count(&tenant_id, "admitted");
+        }
+        metrics::histogram!("finestra_dispatch_send_seconds")
+            .record(started.elapsed().as_secs_f64());
+        answer
     }
 
     async fn send(
@@ -586,43 +630,31 @@ impl DispatchService for DispatchApi {
         request: Request<SendMessageRequest>,
     ) -> Result<Response<SendMessageResponse>, Status> {
         let req = self.auth.authorize(request, Scope::Send).await?.request;
-        let own = self
-            .facts
-            .limits(&req.tenant_id)
-            .await
-            .map_err(|e| self.store_error("reading a tenant's limits", &e))?;
-        let limits = self.admission.effective(own);
-        let _ticket = match self.admission.enter(&req.tenant_id, limits.weight).await {
-            Ok(ticket) => ticket,
-            Err(ShareRefusal::OverShare) => {
-                return Err(tenant_rate_limited(
-                    &req.tenant_id,
-                    "the tenant holds its whole share of dispatch while other tenants send",
-                    self.admission.settings.retry_over_share,
-                ));
-            }
-            Err(ShareRefusal::Full) => {
-                admission::count(&req.tenant_id, "refused");
-                metrics::counter!("finestra_dispatch_refused_total", "reason" => "BACKLOG_FULL")
-                    .increment(1);
-                return Err(with_reason_and_retry(
-                    Code::ResourceExhausted,
-                    Reason::BacklogFull,
-                    "dispatch is at capacity; retry with the same idempotency key shortly",
-                    &[],
-                    self.admission.settings.retry_over_share,
-                ));
-            }
-        };
-        let started = std::time::Instant::now();
-        let tenant_id = req.tenant_id.clone();
-        let answer = self.send(req, limits.rate()).await;
-        if answer.is_ok() {
-            admission::count(&tenant_id, "admitted");
-        }
-        metrics::histogram!("finestra_dispatch_send_seconds")
-            .record(started.elapsed().as_secs_f64());
-        answer.map(Response::new)
+        self.send_one(req).await.map(Response::new)
+    }
+
+    async fn send_messages(
+        &self,
+        request: Request<SendMessagesRequest>,
+    ) -> Result<Response<SendMessagesResponse>, Status> {
+        let batch = self.auth.authorize(request, Scope::Send).await?.request;
+        batch::check_size(batch.messages.len())?;
+        let tenant_id = batch.tenant_id;
+        let results = futures::stream::iter(batch.messages)
+            .map(|message| {
+                let own = batch::own_message(&tenant_id, message);
+                async move {
+                    match own {
+                        Ok(message) => self.send_one(message).await,
+                        Err(refused) => Err(refused.into()),
+                    }
+                }
+            })
+            .buffered(batch::CONCURRENCY)
+            .map(batch::result)
+            .collect()
+            .await;
+        Ok(Response::new(SendMessagesResponse { results }))
     }
 
     async fn get_message(

@@ -5,6 +5,7 @@
 pub mod accept;
 pub mod admission;
 pub mod api;
+pub mod batch;
 pub mod content;
 pub mod error;
 pub mod events;
