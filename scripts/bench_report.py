@@ -159,6 +159,10 @@ def main():
         f"{send['closed_loop_accepted_per_s']:>9,.0f} accepted/s  ({ratio(send['closed_loop_accepted_per_s'], raw)})",
         f"    end to end: {send['end_to_end_per_s']:>9,.0f} messages/s delivered  "
         f"({ratio(send['end_to_end_per_s'], raw)}), {send['failed']} failed",
+        f"    SendMessages ({send['batch_callers']} callers x {send['batch_size']}): "
+        f"{send['batch_accepted_per_s']:>9,.0f} messages/s  call p99 {send['batch_call_p99_ms']:.1f} ms",
+        f"    broker records per message: {send['records_produced_per_message']:.2f} produced, "
+        f"{send['records_consumed_per_message']:.2f} consumed",
         f"  webhooks → inbound events (bench-ingest): {ingest['webhooks']['per_s']:>9,.0f} /s  "
         f"p99 {ingest['webhooks']['p99_ms']:.1f} ms  ({ratio(ingest['webhooks']['per_s'], ingest['raw_produce_per_s'])})",
         f"  window updates (bench-ingest):            {ingest['window_updates']['steady_per_s']:>9,.0f} /s  "

@@ -180,7 +180,6 @@ impl Cluster {
             ]),
             "dispatch" => env.extend([
                 ("DISPATCH_WORKER_GROUP", s.scope.group("dispatch-worker")),
-                ("DISPATCH_STATUS_GROUP", s.scope.group("dispatch-status")),
                 ("DISPATCH_EVENTS_GROUP", s.scope.group("dispatch-events")),
                 (
                     "DISPATCH_BILLING_URL",

@@ -16,7 +16,6 @@ fn spawn_dispatch(c: &Chain) -> anyhow::Result<std::process::Child> {
             .envs(finestra_testkit::store_env())
             .env("FINESTRA_TOPIC_SUFFIX", format!(".{}", c.scope.id()))
             .env("FINESTRA_DISPATCH_WORKER_GROUP", &cfg.worker_group)
-            .env("FINESTRA_DISPATCH_STATUS_GROUP", &cfg.status_group)
             .env("FINESTRA_DISPATCH_BILLING_URL", &cfg.billing_url)
             .env("FINESTRA_DISPATCH_BILLING_KEY", &cfg.billing_key)
             .env("FINESTRA_PROVIDER_URL", &cfg.provider_url)

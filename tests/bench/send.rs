@@ -3,7 +3,9 @@
 //! billing captures — with every service in this process against the local Postgres, Redis and
 //! tansu. Two phases: an open loop at a fixed rate (SendMessage latency there), then a closed
 //! loop at full speed (sustained accepted/s). Then it waits until every accepted message is
-//! delivered and charged, and measures the raw broker produce rate in the same run. Prints the
+//! delivered and charged, and measures the raw broker produce rate in the same run. A third
+//! phase sends through SendMessages (batches). It counts the broker records produced and
+//! consumed per settled message from the broker's offsets. Prints the
 //! figures and writes `var/bench-send.json`.
 
 use std::sync::{Arc, Mutex};
@@ -263,6 +265,73 @@ async fn closed_loop(
     Ok(figures(&hist, hist.len(), errors, seconds))
 }
 
+/// Bulk senders: `callers` clients each send `SendMessages` batches of `size` in a closed
+/// loop. Returns the messages accepted, those refused, the seconds, and the batch calls'
+/// latency (p50, p99 ms).
+async fn batch_loop(
+    tenants: &Arc<Vec<Tenant>>,
+    callers: usize,
+    size: u64,
+    duration: Duration,
+    tag: &'static str,
+) -> anyhow::Result<(u64, u64, f64, f64, f64)> {
+    use finestra_proto::v1::send_message_result::Outcome;
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..callers {
+        let tenants = tenants.clone();
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new(3)?;
+            let (mut accepted, mut refused) = (0u64, 0u64);
+            while started.elapsed() < duration {
+                let first = next.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
+                let t_index = w % tenants.len();
+                let t = &tenants[t_index];
+                let messages = (first..first + size)
+                    .map(|n| request(t, n, tag, t_index))
+                    .collect();
+                let mut client = t.clients[w % t.clients.len()].clone();
+                let at = Instant::now();
+                let batch = v1::SendMessagesRequest {
+                    tenant_id: t.id.clone(),
+                    messages,
+                };
+                match client.send_messages(batch).await {
+                    Ok(answer) => {
+                        let _ = hist.record(at.elapsed().as_micros() as u64);
+                        for r in answer.into_inner().results {
+                            match r.outcome {
+                                Some(Outcome::Accepted(_)) => accepted += 1,
+                                _ => refused += 1,
+                            }
+                        }
+                    }
+                    Err(_) => refused += size,
+                }
+            }
+            Ok::<_, anyhow::Error>((hist, accepted, refused))
+        }));
+    }
+    let mut hist = Histogram::<u64>::new(3)?;
+    let (mut accepted, mut refused) = (0, 0);
+    for t in tasks {
+        let (h, a, r) = t.await??;
+        hist.add(&h)?;
+        accepted += a;
+        refused += r;
+    }
+    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1_000.0;
+    Ok((
+        accepted,
+        refused,
+        started.elapsed().as_secs_f64(),
+        ms(0.5),
+        ms(0.99),
+    ))
+}
+
 async fn count(pool: &sqlx::PgPool, tenants: &[String], sql: &str) -> anyhow::Result<i64> {
     Ok(sqlx::query_scalar(sql)
         .bind(tenants)
@@ -398,6 +467,24 @@ async fn main() -> anyhow::Result<()> {
         full.p99_ms
     );
 
+    let batch_size = env_num("BENCH_BATCH_SIZE", 500);
+    let batch_callers = env_num("BENCH_BATCH_CALLERS", 4) as usize;
+    eprintln!(
+        "[bench-send] SendMessages: {batch_callers} callers, batches of {batch_size}, {seconds} s"
+    );
+    let (batch_ok, batch_refused, batch_seconds, batch_p50, batch_p99) = batch_loop(
+        &tenants,
+        batch_callers,
+        batch_size,
+        Duration::from_secs(seconds),
+        "batch",
+    )
+    .await?;
+    let batch_per_s = batch_ok as f64 / batch_seconds;
+    eprintln!(
+        "[bench-send]   accepted {batch_ok} ({batch_per_s:.0}/s), refused {batch_refused}, a batch call p50 {batch_p50:.1} ms, p99 {batch_p99:.1} ms"
+    );
+
     let accepted = count(
         &infra.pool,
         &tenant_ids,
@@ -481,6 +568,24 @@ async fn main() -> anyhow::Result<()> {
     chain.stop().await;
     let differences = finestra_e2e::load::reconcile_differences(&tenant_ids).await?;
 
+    // Broker records per settled message, from the broker's own offsets: every record produced
+    // to this run's topics, and every record each consumer group of the chain committed past
+    // (the chain has stopped, so every group committed all it processed). A record carrying
+    // several events counts once.
+    let topics = scope.topics();
+    let mut records_produced = 0i64;
+    for topic in topics.all() {
+        records_produced += finestra_testkit::produced(topic).await?;
+    }
+    let mut records_consumed = 0i64;
+    for group in ["window", "billing", "dispatch-worker", "dispatch-events"] {
+        for topic in topics.all() {
+            records_consumed += finestra_testkit::committed(&scope.group(group), topic).await?;
+        }
+    }
+    let produced_per_message = records_produced as f64 / accepted.max(1) as f64;
+    let consumed_per_message = records_consumed as f64 / accepted.max(1) as f64;
+
     // The raw broker rate, same run, same machine: 100k records of the outbound event's size.
     let producer = kafka::producer(&infra.brokers)?;
     let topic = format!("finestra.bench-raw.{}", scope.id());
@@ -545,6 +650,12 @@ async fn main() -> anyhow::Result<()> {
         "  raw broker produce: {raw_per_s:.0} records/s (end to end = {:.1}% of it)",
         100.0 * end_to_end_per_s / raw_per_s
     );
+    println!(
+        "  SendMessages, {batch_callers} callers × batches of {batch_size}: {batch_per_s:.0} messages/s accepted ({batch_refused} refused), a call p50 {batch_p50:.1} ms, p99 {batch_p99:.1} ms"
+    );
+    println!(
+        "  broker records per settled message: {produced_per_message:.2} produced, {consumed_per_message:.2} consumed ({records_produced} and {records_consumed} for {accepted} messages)"
+    );
     println!("  reconcile differences after the run: {differences}");
     let json = serde_json::json!({
         "sustained_rate": sustained_rate, "sustained_accepted_per_s": sustained.ok as f64 / sustained.seconds,
@@ -557,6 +668,10 @@ async fn main() -> anyhow::Result<()> {
         "end_to_end_messages": measured, "end_to_end_per_s": end_to_end_per_s, "failed": failed,
         "accepted_to_delivered_p50_ms": p50_e2e, "accepted_to_delivered_p99_ms": p99_e2e,
         "raw_produce_per_s": raw_per_s, "reconcile_differences": differences,
+        "batch_size": batch_size, "batch_callers": batch_callers, "batch_accepted_per_s": batch_per_s,
+        "batch_refused": batch_refused, "batch_call_p50_ms": batch_p50, "batch_call_p99_ms": batch_p99,
+        "records_produced_per_message": produced_per_message,
+        "records_consumed_per_message": consumed_per_message,
         "settled_timeline": settled, "tenants": tenant_count, "seconds": seconds,
         "per_second": timeline.json(),
     });

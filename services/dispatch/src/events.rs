@@ -1,8 +1,9 @@
-//! The tenant's event log: a consumer copies what a tenant is told about (statuses of its
+//! Dispatch's one event pipeline: for each batch it first moves its messages along their
+//! statuses (`statuses.rs`), then copies what a tenant is told about (statuses of its
 //! messages, inbound messages, window changes, blocks, marketing preferences) into
-//! `dispatch.tenant_events` with a per-tenant cursor, and fans each event out to the tenant's
-//! webhook endpoints as pending deliveries, in the same transaction. `StreamEvents` reads the
-//! log; the webhook deliverer works the deliveries.
+//! `dispatch.tenant_events` with a per-tenant cursor, fanning each event out to the tenant's
+//! webhook endpoints as pending deliveries in the same transaction, and commits the offsets
+//! after both. `StreamEvents` reads the log; the webhook deliverer works the deliveries.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -104,6 +105,8 @@ pub async fn record(pool: &PgPool, events: &[Recorded], now: i64) -> Result<u64,
 pub struct EventLoop {
     pub consumer: BatchConsumer,
     pub pool: PgPool,
+    /// Message states move with the statuses of each batch before it is recorded.
+    pub statuses: crate::statuses::StatusApplier,
     pub clock: Arc<dyn Clock>,
     /// Wakes streams and the webhook deliverer after new events were recorded.
     pub recorded: Arc<Notify>,
@@ -116,14 +119,18 @@ impl EventLoop {
         let mut last = None;
         while let Some(batch) = self.consumer.next_batch_until_shutdown(&shutdown).await {
             let now = self.clock.now().micros();
+            let envelopes: Vec<Envelope> =
+                batch.iter().filter_map(|m| kafka::decode(m).ok()).collect();
+            if !self.statuses.apply(&envelopes, now, &shutdown).await {
+                return;
+            }
             let mut seen = HashSet::new();
             let mut referrals = Vec::new();
-            let events: Vec<Recorded> = batch
+            let events: Vec<Recorded> = envelopes
                 .iter()
-                .filter_map(|m| {
-                    let env = kafka::decode(m).ok()?;
-                    referrals.extend(crate::fep::check_of(&env));
-                    let kind = kind_of(&env)?;
+                .filter_map(|env| {
+                    referrals.extend(crate::fep::check_of(env));
+                    let kind = kind_of(env)?;
                     if env.tenant_id.is_empty() || !seen.insert(env.event_id.clone()) {
                         return None;
                     }

@@ -39,9 +39,8 @@ finestra_platform::settings! {
     pub struct DispatchConfig: common("0.0.0.0:7054", "0.0.0.0:9104") {
         /// The worker's consumer group (outbound topic).
         pub worker_group: String = ("DISPATCH_WORKER_GROUP", "finestra-dispatch-worker"),
-        /// The status consumer's group.
-        pub status_group: String = ("DISPATCH_STATUS_GROUP", "finestra-dispatch-status"),
-        /// The tenant event log's consumer group.
+        /// The event pipeline's consumer group: message states from statuses, and the tenant
+        /// event log.
         pub events_group: String = ("DISPATCH_EVENTS_GROUP", "finestra-dispatch-events"),
         /// Billing's gRPC address, for reservations.
         pub billing_url: String = ("DISPATCH_BILLING_URL", "http://127.0.0.1:7053"),
@@ -319,22 +318,6 @@ pub async fn start(
         .run(shutdown.clone()),
     );
     let worker_task = tokio::spawn(worker.run(shutdown.clone()));
-    let status_task = tokio::spawn(
-        statuses::StatusLoop {
-            consumer: BatchConsumer::new(ConsumerSettings {
-                brokers: common.kafka_brokers.clone(),
-                group_id: config.status_group.clone(),
-                topics: vec![common.topics.status.clone()],
-                max_batch: config.max_batch,
-                linger: config.linger,
-            })?,
-            pool,
-            hot: hot.clone(),
-            clock: clock.clone(),
-        }
-        .run(shutdown.clone()),
-    );
-
     let events_task = tokio::spawn(
         events::EventLoop {
             consumer: BatchConsumer::new(ConsumerSettings {
@@ -350,6 +333,10 @@ pub async fn start(
                 linger: config.linger,
             })?,
             pool: events_pool,
+            statuses: statuses::StatusApplier {
+                pool,
+                hot: hot.clone(),
+            },
             clock: clock.clone(),
             recorded: recorded.clone(),
             fep_grace: config.fep_grace,
@@ -396,7 +383,6 @@ pub async fn start(
     running.own("worker", worker_task);
     running.own("requeue", requeue_task);
     running.own("fep checks", fep_task);
-    running.own("statuses", status_task);
     running.own("auth-invalidation", invalidation_task);
     // Last: acceptance drains once the gRPC server (its only sender) has stopped.
     running.own("acceptance", accept_task);

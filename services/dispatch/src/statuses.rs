@@ -1,15 +1,16 @@
-//! The status consumer: the network's statuses (and dispatch's own `failed` reports) from
-//! `finestra.status.v1` move messages along `Progress`. A batch is applied in rounds, each
-//! message's statuses in order of progress, so every timestamp is its own status's; the
-//! store's `WHERE` makes a duplicate or stale status change nothing.
+//! Message states from statuses: the network's statuses (and dispatch's own `failed` reports)
+//! from `finestra.status.v1` move messages along `Progress`. The event pipeline (`events.rs`)
+//! hands each batch's statuses here before it records them in the tenant event log, so a
+//! status is read once by dispatch. A batch is applied in rounds, each message's statuses in
+//! order of progress, so every timestamp is its own status's; the store's `WHERE` makes a
+//! duplicate or stale status change nothing.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use finestra_domain::Clock;
 use finestra_domain::delivery::Progress;
 use finestra_platform::Shutdown;
-use finestra_platform::kafka::{self, BatchConsumer};
+use finestra_platform::kafka;
+use finestra_proto::v1::Envelope;
 use finestra_proto::v1::envelope::Payload;
 use sqlx::PgPool;
 
@@ -17,18 +18,16 @@ use crate::hot::Hot;
 use crate::pg::{self, StatusChange};
 use crate::provider::ProviderError;
 
-pub struct StatusLoop {
-    pub consumer: BatchConsumer,
+pub struct StatusApplier {
     pub pool: PgPool,
     /// The tier counts: a failed business-initiated message reached nobody.
     pub hot: Hot,
-    pub clock: Arc<dyn Clock>,
 }
 
 const DAY_MICROS: i64 = 24 * 3_600 * 1_000_000;
 
 /// The change a status envelope asks for, if it is about one of dispatch's messages.
-fn change_of(env: &finestra_proto::v1::Envelope, now: i64) -> Option<StatusChange> {
+fn change_of(env: &Envelope, now: i64) -> Option<StatusChange> {
     let Some(Payload::MessageStatus(s)) = &env.payload else {
         return None;
     };
@@ -98,7 +97,7 @@ fn rounds(changes: Vec<StatusChange>) -> Vec<Vec<StatusChange>> {
     out
 }
 
-impl StatusLoop {
+impl StatusApplier {
     /// Takes the users of failed business-initiated messages out of the tier count (or back
     /// to their newest other send). Every failed status of the batch is looked at, not only
     /// those that moved now, so a batch replayed after a crash repeats it; should Redis not
@@ -131,49 +130,39 @@ impl StatusLoop {
         }
     }
 
-    pub async fn run(self, shutdown: Shutdown) {
-        let mut last = None;
-        while let Some(batch) = self.consumer.next_batch_until_shutdown(&shutdown).await {
-            let now = self.clock.now().micros();
-            let changes: Vec<StatusChange> = batch
-                .iter()
-                .filter_map(|m| kafka::decode(m).ok())
-                .filter_map(|env| change_of(&env, now))
-                .collect();
-            let mut attempt = 0;
-            'apply: loop {
-                let mut failed = false;
-                for round in rounds(changes.clone()) {
-                    match pg::apply_statuses(&self.pool, &round, now).await {
-                        Ok(moved) => metrics::counter!("finestra_dispatch_status_applied_total")
-                            .increment(moved.len() as u64),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "applying statuses failed; retrying");
-                            failed = true;
-                            break;
-                        }
+    /// Applies the statuses among `batch` to the messages, retrying a store failure until it
+    /// passes; `false` when shutdown began first (the batch is then not committed).
+    pub async fn apply(&self, batch: &[Envelope], now: i64, shutdown: &Shutdown) -> bool {
+        let changes: Vec<StatusChange> =
+            batch.iter().filter_map(|env| change_of(env, now)).collect();
+        if changes.is_empty() {
+            return true;
+        }
+        let mut attempt = 0;
+        'apply: loop {
+            let mut failed = false;
+            for round in rounds(changes.clone()) {
+                match pg::apply_statuses(&self.pool, &round, now).await {
+                    Ok(moved) => metrics::counter!("finestra_dispatch_status_applied_total")
+                        .increment(moved.len() as u64),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "applying statuses failed; retrying");
+                        failed = true;
+                        break;
                     }
                 }
-                if !failed {
-                    break 'apply;
-                }
-                tokio::select! {
-                    () = shutdown.wait() => return,
-                    () = tokio::time::sleep(kafka::retry_backoff(attempt)) => {}
-                }
-                attempt += 1;
             }
-            self.forget_failed(&changes, now).await;
-            if let Err(e) = self.consumer.commit_async(&batch) {
-                tracing::warn!(error = %e, "committing status offsets failed; replay is harmless");
+            if !failed {
+                break 'apply;
             }
-            last = Some(batch);
+            tokio::select! {
+                () = shutdown.wait() => return false,
+                () = tokio::time::sleep(kafka::retry_backoff(attempt)) => {}
+            }
+            attempt += 1;
         }
-        if let Some(batch) = last
-            && let Err(e) = self.consumer.commit(&batch).await
-        {
-            tracing::warn!(error = %e, "the final status commit failed");
-        }
+        self.forget_failed(&changes, now).await;
+        true
     }
 }
 

@@ -418,7 +418,6 @@ pub async fn dispatch_config(
     Ok(finestra_dispatch::DispatchConfig {
         common: scope.config()?,
         worker_group: scope.group("dispatch-worker"),
-        status_group: scope.group("dispatch-status"),
         billing_url: billing_url.to_owned(),
         billing_key,
         billing_connections: 2,
@@ -647,6 +646,28 @@ pub async fn read_all(topic: &str) -> anyhow::Result<Vec<finestra_proto::v1::Env
             Ok(out)
         },
     )
+    .await?
+}
+
+/// Σ high watermarks of `topic`'s partitions: how many records were ever produced to it.
+pub async fn produced(topic: &str) -> anyhow::Result<i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let brokers = infra().await?.brokers.clone();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<i64> {
+        let c: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()?;
+        let md = c.fetch_metadata(Some(&topic), Duration::from_secs(5))?;
+        let mut total = 0;
+        for t in md.topics() {
+            for p in t.partitions() {
+                let (_, high) = c.fetch_watermarks(&topic, p.id(), Duration::from_secs(5))?;
+                total += high;
+            }
+        }
+        Ok(total)
+    })
     .await?
 }
 
