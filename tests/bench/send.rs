@@ -190,7 +190,10 @@ async fn open_loop(
                     Err(status) => {
                         errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         if let Ok(mut c) = codes.lock() {
-                            *c.entry(format!("{:?}", status.code())).or_default() += 1;
+                            let reason =
+                                finestra_platform::status::reason_of(&status).unwrap_or_default();
+                            *c.entry(format!("{:?} {reason}", status.code()))
+                                .or_default() += 1;
                         }
                     }
                 }
@@ -208,7 +211,7 @@ async fn open_loop(
     let errors = errors.load(std::sync::atomic::Ordering::Relaxed);
     if errors > 0 {
         let by_code = codes.lock().map(|c| c.clone()).unwrap_or_default();
-        eprintln!("[bench-send]   errors by code: {by_code:?}");
+        eprintln!("[bench-send]   errors by code and reason: {by_code:?}");
     }
     Ok(figures(&h, h.len(), errors, seconds))
 }

@@ -263,11 +263,11 @@ pub struct LimitSettings {
     pub min: usize,
     pub max: usize,
     /// Latency is "not queueing" while the interval's mean stays within
-    /// `baseline × tolerance + slack_micros`, the baseline being the lowest latency seen lately.
+    /// `baseline × tolerance + slack_micros`, the baseline being the lowest latency seen lately,
     pub tolerance: f64,
     pub slack_micros: i64,
-    /// ... and within this, when the baseline allows more: under a flood from the start the
-    /// baseline is only learnt once the queue is gone, and this bounds the queue until then.
+    /// ... or within this: the latency an operator accepts in any case. Before a baseline is
+    /// known (a flood from the start) it is the only bound.
     pub target_micros: i64,
     /// An interval ends after this long with at least `min_samples` samples.
     pub interval_micros: i64,
@@ -364,11 +364,13 @@ impl AdaptiveLimit {
             return self.limit();
         }
         let mean = self.sum_micros / i64::from(self.samples);
+        // Queueing means slower than the target *and* than the tolerance over the unloaded
+        // latency: a chain whose rounds grow with load (a group commit takes more per round)
+        // is not queueing while it stays within the operator's target.
         let target = match self.baseline() {
-            // Never below what the chain takes unloaded (a slow store is not a queue).
-            Some(baseline) => ((baseline as f64 * s.tolerance) as i64 + s.slack_micros)
-                .min(s.target_micros)
-                .max(baseline + s.slack_micros),
+            Some(baseline) => {
+                ((baseline as f64 * s.tolerance) as i64 + s.slack_micros).max(s.target_micros)
+            }
             None => s.target_micros,
         };
         if mean > target {
