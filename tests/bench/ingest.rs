@@ -149,6 +149,36 @@ struct WindowFigures {
     steady_per_second: f64,
     first_applied_after: Duration,
     prefill_per_second: f64,
+    /// Mean `MEMORY USAGE` of a sample of the windows' hashes, and the sample's size.
+    bytes_per_window: f64,
+    sampled: usize,
+}
+
+/// The mean `MEMORY USAGE` (key, fields, values and Redis's overhead) of the hashes of the
+/// first `sample` users' windows.
+async fn redis_bytes_per_window(
+    tenant: &str,
+    number: &str,
+    sample: usize,
+) -> anyhow::Result<(f64, usize)> {
+    let mut redis = infra().await?.redis.clone();
+    let (mut total, mut found) = (0i64, 0usize);
+    for i in 0..sample {
+        let user = format!("39348{i:07}");
+        let key = finestra_registry::windows::key("fin", tenant, number, &user);
+        let bytes: Option<i64> = redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg(&key)
+            .arg("SAMPLES")
+            .arg(0)
+            .query_async(&mut redis)
+            .await?;
+        if let Some(bytes) = bytes {
+            total += bytes;
+            found += 1;
+        }
+    }
+    Ok((total as f64 / found.max(1) as f64, found))
 }
 
 async fn window_updates(scope: &Scope, n: usize, users: usize) -> anyhow::Result<WindowFigures> {
@@ -224,7 +254,10 @@ async fn window_updates(scope: &Scope, n: usize, users: usize) -> anyhow::Result
     let done = Instant::now();
     window.stop().await;
     let (first_at, first_count) = first.context("nothing applied")?;
+    let (bytes_per_window, sampled) = redis_bytes_per_window(&tenant, &number, 1_000).await?;
     Ok(WindowFigures {
+        bytes_per_window,
+        sampled,
         overall_per_second: n as f64 / (done - started).as_secs_f64(),
         steady_per_second: (n as i64 - first_count) as f64
             / (done - first_at).as_secs_f64().max(1e-3),
@@ -291,6 +324,10 @@ async fn main() -> anyhow::Result<()> {
         "  ratio to raw produce      {:>10.2}",
         win.steady_per_second / raw_rate
     );
+    println!(
+        "redis bytes per open window {:>10.0}            (MEMORY USAGE, mean of {} window hashes)",
+        win.bytes_per_window, win.sampled
+    );
     let json = serde_json::json!({
         "cores": cores, "broker_engine": engine,
         "raw_produce_per_s": raw_rate,
@@ -298,7 +335,8 @@ async fn main() -> anyhow::Result<()> {
                       "seconds": seconds, "p50_ms": w.p50_ms, "p99_ms": w.p99_ms, "max_ms": w.max_ms},
         "window_updates": {"steady_per_s": win.steady_per_second, "overall_per_s": win.overall_per_second,
                             "first_applied_after_s": win.first_applied_after.as_secs_f64(),
-                            "events": updates, "prefill_per_s": win.prefill_per_second},
+                            "events": updates, "prefill_per_s": win.prefill_per_second,
+                            "redis_bytes_per_window": win.bytes_per_window, "redis_sampled": win.sampled},
     });
     std::fs::create_dir_all("var")?;
     std::fs::write("var/bench-ingest.json", serde_json::to_vec_pretty(&json)?)?;
