@@ -1002,11 +1002,7 @@ async fn a_block_leaves_settling_to_statuses_and_old_reservations_expire() -> an
             ..b.reserve_request("ancient", "MARKETING", IT_USER)
         })
         .await?;
-    let hot = finestra_billing::hot::HotWallets::new(
-        infra().await?.redis.clone(),
-        "fin",
-        Duration::from_secs(600),
-    );
+    let hot = hot_wallets(&infra().await?.redis);
     let now = finestra_domain::Timestamp::from_micros(finestra_testkit::now_secs() * 1_000_000);
     finestra_billing::sweep_once(&pool, &hot, now.plus_hours(-30 * 24), now).await?;
     assert_eq!(state("ancient").await?, "released");
@@ -1304,11 +1300,7 @@ async fn billing_killed_between_the_ledger_write_and_the_commit_loses_and_double
     );
     let w = finestra_billing::pg::wallet(&infra.pool, &tenant).await?;
     assert_eq!((w.balance, w.reserved), (0, 0));
-    let hot = finestra_billing::hot::HotWallets::new(
-        infra.redis.clone(),
-        "fin",
-        Duration::from_secs(600),
-    );
+    let hot = hot_wallets(&infra.redis);
     let report = finestra_billing::reconcile::run(&infra.pool, &hot, Some(&tenant)).await?;
     assert!(report.differences.is_empty(), "{:?}", report.differences);
     Ok(())

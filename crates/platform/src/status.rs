@@ -199,11 +199,7 @@ impl From<RequestError> for Status {
 
 /// `INVALID_ARGUMENT` when a required field is empty.
 pub fn required<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
-    if value.trim().is_empty() {
-        Err(invalid_argument(field, format!("{field} is required")))
-    } else {
-        Ok(value)
-    }
+    Ok(RequestError::required(field, value)?)
 }
 
 /// `NOT_FOUND` for a resource outside the caller's reach or absent (never telling which).

@@ -649,45 +649,57 @@ pub async fn read_all(topic: &str) -> anyhow::Result<Vec<finestra_proto::v1::Env
     .await?
 }
 
-/// Σ high watermarks of `topic`'s partitions: how many records were ever produced to it.
-pub async fn produced(topic: &str) -> anyhow::Result<i64> {
+/// Runs `read` on a consumer of the test broker (in `group`, when given) with the partitions
+/// of `topic`, off the async runtime (librdkafka's calls block).
+async fn with_partitions(
+    group: Option<&str>,
+    topic: &str,
+    read: impl FnOnce(&rdkafka::consumer::BaseConsumer, &str, Vec<i32>) -> anyhow::Result<i64>
+    + Send
+    + 'static,
+) -> anyhow::Result<i64> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let brokers = infra().await?.brokers.clone();
-    let topic = topic.to_owned();
+    let (group, topic) = (group.map(str::to_owned), topic.to_owned());
     tokio::task::spawn_blocking(move || -> anyhow::Result<i64> {
-        let c: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .create()?;
+        let mut config = rdkafka::ClientConfig::new();
+        config.set("bootstrap.servers", &brokers);
+        if let Some(group) = &group {
+            config.set("group.id", group);
+        }
+        let c: BaseConsumer = config.create()?;
         let md = c.fetch_metadata(Some(&topic), Duration::from_secs(5))?;
+        let partitions = md
+            .topics()
+            .iter()
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        read(&c, &topic, partitions)
+    })
+    .await?
+}
+
+/// Σ high watermarks of `topic`'s partitions: how many records were ever produced to it.
+pub async fn produced(topic: &str) -> anyhow::Result<i64> {
+    with_partitions(None, topic, |c, topic, partitions| {
+        use rdkafka::consumer::Consumer;
         let mut total = 0;
-        for t in md.topics() {
-            for p in t.partitions() {
-                let (_, high) = c.fetch_watermarks(&topic, p.id(), Duration::from_secs(5))?;
-                total += high;
-            }
+        for p in partitions {
+            total += c.fetch_watermarks(topic, p, Duration::from_secs(5))?.1;
         }
         Ok(total)
     })
-    .await?
+    .await
 }
 
 /// Σ committed offsets of consumer group `group` on `topic` (0 for partitions it never
 /// committed): how many records the group has fully processed.
 pub async fn committed(group: &str, topic: &str) -> anyhow::Result<i64> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    let brokers = infra().await?.brokers.clone();
-    let (group, topic) = (group.to_owned(), topic.to_owned());
-    tokio::task::spawn_blocking(move || -> anyhow::Result<i64> {
-        let c: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .set("group.id", &group)
-            .create()?;
-        let md = c.fetch_metadata(Some(&topic), Duration::from_secs(5))?;
+    with_partitions(Some(group), topic, |c, topic, partitions| {
+        use rdkafka::consumer::Consumer;
         let mut tpl = rdkafka::TopicPartitionList::new();
-        for t in md.topics() {
-            for p in t.partitions() {
-                tpl.add_partition(&topic, p.id());
-            }
+        for p in partitions {
+            tpl.add_partition(topic, p);
         }
         let offsets = c.committed_offsets(tpl, Duration::from_secs(5))?;
         Ok(offsets
@@ -699,7 +711,7 @@ pub async fn committed(group: &str, topic: &str) -> anyhow::Result<i64> {
             })
             .sum())
     })
-    .await?
+    .await
 }
 
 /// A binary of the workspace next to the running test's executable (`make test` builds the

@@ -221,6 +221,20 @@ impl BillingApi {
         Response::new(wallet_of(tenant_id, self.pricer.currency(), w))
     }
 
+    /// After a top-up or a credit change in Postgres: the hot wallet is dropped (the next
+    /// reservation reloads it with the new figures), and the wallet is answered.
+    async fn wallet_changed(
+        &self,
+        tenant_id: &str,
+        w: &WalletRow,
+    ) -> Result<Response<Wallet>, Status> {
+        self.hot
+            .forget(tenant_id)
+            .await
+            .map_err(|e| status::store("refreshing the hot wallet", &e))?;
+        Ok(self.wallet_response(tenant_id, w))
+    }
+
     /// One reservation (the caller is authorized already).
     async fn reserve_one(&self, req: ReserveRequest) -> Result<ReserveResponse, Status> {
         let tenant_id = required("tenant_id", &req.tenant_id)?;

@@ -106,12 +106,7 @@ pub(super) async fn top_up(
     )
     .await
     .map_err(store("crediting a top-up"))?;
-    // The hot wallet reloads with the new balance.
-    api.hot
-        .forget(&req.tenant_id)
-        .await
-        .map_err(|e| status::store("refreshing the hot wallet", &e))?;
-    Ok(Response::new(wallet_of(&req.tenant_id, currency, &w)))
+    api.wallet_changed(&req.tenant_id, &w).await
 }
 
 pub(super) async fn set_credit_limit(
@@ -146,9 +141,5 @@ pub(super) async fn set_credit_limit(
     )
     .await
     .map_err(store("setting a credit limit"))?;
-    api.hot
-        .forget(&req.tenant_id)
-        .await
-        .map_err(|e| status::store("refreshing the hot wallet", &e))?;
-    Ok(api.wallet_response(&req.tenant_id, &w))
+    api.wallet_changed(&req.tenant_id, &w).await
 }
