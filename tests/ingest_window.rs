@@ -596,23 +596,17 @@ async fn a_user_who_never_wrote_is_cached_as_closed_and_then_opens_normally() ->
     let user = "393471117001";
     let w = s.window(user).await?;
     assert!(!w.open && w.csw_until.is_none());
-    // The answer is now cached in Redis as an empty state (polled: it is written after the
-    // answer).
+    // The answer is now cached in Redis as the empty state, an empty string (polled: it is
+    // written after the answer).
     let redis = finestra_testkit::infra().await?.redis.clone();
-    let key = format!("{}win:{}:{user}", s.scope.redis_prefix("acme"), s.number);
+    let key = finestra_registry::windows::key("fin", &s.scope.tenant_id("acme"), &s.number, user);
     eventually("the empty state cached", WAIT, || {
         let (mut redis, key) = (redis.clone(), key.clone());
         let s = &s;
         async move {
             s.window(user).await?;
-            let fields: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
-                .arg(&key)
-                .query_async(&mut redis)
-                .await?;
-            Ok(
-                (fields.len() == 1 && fields.get("v").map(String::as_str) == Some("1"))
-                    .then_some(()),
-            )
+            let value: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut redis).await?;
+            Ok((value.as_deref() == Some("")).then_some(()))
         }
     })
     .await?;

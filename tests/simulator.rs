@@ -142,6 +142,13 @@ async fn the_simulator_sends_applies_the_networks_rules_and_reports_statuses() -
             ("read".to_owned(), "msg-1".to_owned())
         ]
     );
+    // `sent` and `delivered` were reported in one webhook, so they travel in one record;
+    // `read` came later in its own.
+    assert_eq!(
+        finestra_testkit::count_records(&topics.status).await?,
+        2,
+        "sent+delivered packed in one record, read in another"
+    );
 
     // Free-form outside the window: 131047, as the real network answers.
     let (status, body) = net.send(TOKEN, &net.number, text(user)).await?;

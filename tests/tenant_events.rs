@@ -358,3 +358,133 @@ async fn tenants_follow_events_on_a_resumable_stream_and_on_signed_retried_webho
     c.stop().await;
     Ok(())
 }
+
+/// A status as ingest would publish it for the chain's message `id` (wamid `wamid`).
+fn status_of(c: &Chain, id: &str, wamid: &str, user: &str, status: &str) -> v1::Envelope {
+    v1::Envelope {
+        event_id: format!("st:{wamid}:{status}"),
+        tenant_id: c.tenant.clone(),
+        occurred_at: Some(finestra_proto::time::from_micros(
+            finestra_testkit::now_secs() * 1_000_000,
+        )),
+        recorded_at: None,
+        payload: Some(v1::envelope::Payload::MessageStatus(v1::MessageStatus {
+            phone_number_id: c.number.clone(),
+            message_id: wamid.to_owned(),
+            status: status.to_owned(),
+            recipient: Some(v1::UserRef {
+                wa_id: user.to_owned(),
+                ..v1::UserRef::default()
+            }),
+            callback_data: id.to_owned(),
+            ..v1::MessageStatus::default()
+        })),
+    }
+}
+
+/// The provider redelivers and reorders statuses (a webhook retried, statuses of one message
+/// in several webhooks racing): dispatch's status pipeline moves the message forward only,
+/// tells the tenant each status once, and billing charges once.
+#[tokio::test(flavor = "multi_thread")]
+async fn redelivered_and_reordered_statuses_move_a_message_forward_once_and_are_told_once()
+-> anyhow::Result<()> {
+    use finestra_platform::kafka::{self, Outgoing};
+    let c = Chain::start(80).await?;
+    c.template("pipeline_util", "UTILITY", 1).await?;
+    c.top_up(1_000_000_000).await?;
+    let user = "393331110077";
+    let sent = c
+        .template_send(user, "pipe-1", "pipeline_util", &["A-1"])
+        .await?;
+    let id = sent.message_id;
+    let message = c.settles(&id, &["DELIVERED"]).await?;
+    let wamid = message.provider_message_id;
+    c.books_settled().await?;
+
+    // What a provider's retries and races may bring after that: the same webhook again
+    // (sent + delivered packed), read before a late delivered, duplicates of read, and a
+    // failed after delivered, in records of several statuses and of one.
+    let topic = c.scope.topics().status;
+    let key = kafka::conversation_key(&c.tenant, &c.number, user);
+    let records: Vec<v1::Envelope> = vec![
+        finestra_proto::packing::pack(vec![
+            status_of(&c, &id, &wamid, user, "sent"),
+            status_of(&c, &id, &wamid, user, "delivered"),
+        ])
+        .ok_or_else(|| anyhow::anyhow!("statuses pack"))?,
+        status_of(&c, &id, &wamid, user, "read"),
+        finestra_proto::packing::pack(vec![
+            status_of(&c, &id, &wamid, user, "delivered"),
+            status_of(&c, &id, &wamid, user, "read"),
+            status_of(&c, &id, &wamid, user, "failed"),
+        ])
+        .ok_or_else(|| anyhow::anyhow!("statuses pack"))?,
+        status_of(&c, &id, &wamid, user, "read"),
+    ];
+    let producer = kafka::producer(&finestra_testkit::infra().await?.brokers)?;
+    for envelope in records {
+        let record = Outgoing {
+            traceparent: None,
+            topic: &topic,
+            key: key.clone(),
+            envelope,
+        };
+        kafka::publish_all(&producer, std::slice::from_ref(&record)).await?;
+    }
+
+    // Dispatch's status pipeline has read every record (the chain's own and these four).
+    let group = c.scope.group("dispatch-events");
+    let all_records = finestra_testkit::count_records(&topic).await?;
+    eventually("dispatch read every status record", WAIT, || async {
+        let done = finestra_testkit::committed(&group, &topic).await? >= all_records;
+        Ok(done.then_some(()))
+    })
+    .await?;
+    let mut stream = c
+        .client
+        .clone()
+        .stream_events(v1::StreamEventsRequest {
+            tenant_id: c.tenant.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let told = |events: &[v1::TenantEvent]| -> Vec<String> {
+        let mut ids: Vec<String> = events
+            .iter()
+            .filter_map(|e| e.event.as_ref())
+            .filter(|env| {
+                matches!(&env.payload, Some(v1::envelope::Payload::MessageStatus(s))
+                    if s.callback_data == id)
+            })
+            .map(|env| env.event_id.clone())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let mut all = Vec::new();
+    read_until(&mut stream, &mut all, |e| {
+        told(e).contains(&format!("st:{wamid}:failed"))
+    })
+    .await?;
+    // Anything recorded after it would be a duplicate: read what else is there.
+    while let Ok(Ok(Some(next))) =
+        tokio::time::timeout(std::time::Duration::from_millis(300), stream.message()).await
+    {
+        all.push(next);
+    }
+    let want: Vec<String> = ["delivered", "failed", "read", "sent"]
+        .iter()
+        .map(|s| format!("st:{wamid}:{s}"))
+        .collect();
+    assert_eq!(told(&all), want, "each status told once");
+    // Read, and never back to failed: a status never moves a message backwards.
+    assert_eq!(c.message(&id).await?.status, "READ");
+    let charges = c.charges().await?;
+    assert_eq!(charges.len(), 1, "charged once: {charges:?}");
+    let wallet = c.books_settled().await?;
+    assert_eq!(wallet.reserved_micros, 0);
+    c.reconcile().await?;
+    c.stop().await;
+    Ok(())
+}

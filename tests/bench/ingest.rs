@@ -149,12 +149,12 @@ struct WindowFigures {
     steady_per_second: f64,
     first_applied_after: Duration,
     prefill_per_second: f64,
-    /// Mean `MEMORY USAGE` of a sample of the windows' hashes, and the sample's size.
+    /// Mean `MEMORY USAGE` of a sample of the windows' keys, and the sample's size.
     bytes_per_window: f64,
     sampled: usize,
 }
 
-/// The mean `MEMORY USAGE` (key, fields, values and Redis's overhead) of the hashes of the
+/// The mean `MEMORY USAGE` (key, fields, values and Redis's overhead) of the keys of the
 /// first `sample` users' windows.
 async fn redis_bytes_per_window(
     tenant: &str,
@@ -325,7 +325,7 @@ async fn main() -> anyhow::Result<()> {
         win.steady_per_second / raw_rate
     );
     println!(
-        "redis bytes per open window {:>10.0}            (MEMORY USAGE, mean of {} window hashes)",
+        "redis bytes per open window {:>10.0}            (MEMORY USAGE, mean of {} windows)",
         win.bytes_per_window, win.sampled
     );
     let json = serde_json::json!({

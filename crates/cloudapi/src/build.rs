@@ -132,17 +132,46 @@ pub fn status_with_callback(
     timestamp: i64,
     callback_data: &str,
 ) -> Value {
-    let mut item = json!({
-        "id": wamid, "status": status, "timestamp": timestamp.to_string(), "recipient_id": recipient,
-        "pricing": { "billable": true, "pricing_model": "PMP", "category": "marketing" }
-    });
-    if !callback_data.is_empty() {
-        item["biz_opaque_callback_data"] = json!(callback_data);
-    }
+    statuses_with_callback(
+        phone_number_id,
+        display,
+        wamid,
+        &[status],
+        recipient,
+        timestamp,
+        callback_data,
+    )
+}
+
+/// Several statuses of one message in one notification, in order (the Cloud API batches
+/// statuses that are ready together).
+pub fn statuses_with_callback(
+    phone_number_id: &str,
+    display: &str,
+    wamid: &str,
+    statuses: &[&str],
+    recipient: &str,
+    timestamp: i64,
+    callback_data: &str,
+) -> Value {
+    let items: Vec<Value> = statuses
+        .iter()
+        .map(|status| {
+            let mut item = json!({
+                "id": wamid, "status": status, "timestamp": timestamp.to_string(),
+                "recipient_id": recipient,
+                "pricing": { "billable": true, "pricing_model": "PMP", "category": "marketing" }
+            });
+            if !callback_data.is_empty() {
+                item["biz_opaque_callback_data"] = json!(callback_data);
+            }
+            item
+        })
+        .collect();
     let value = json!({
         "messaging_product": "whatsapp",
         "metadata": metadata(phone_number_id, display),
-        "statuses": [item],
+        "statuses": items,
     });
     notification("WABA", vec![("messages", value)])
 }

@@ -123,7 +123,7 @@ pub enum ShareRefusal {
 
 /// The admission capacity shared by weight among the tenants with sends in flight.
 ///
-/// A tenant may hold up to `max(floor, capacity * weight / active_weight)` sends at once,
+/// A tenant may hold up to `max(floor, ⌈capacity * weight / active_weight⌉)` sends at once,
 /// where `active_weight` sums the weights of the tenants holding any (itself included). A
 /// tenant alone may use the whole capacity; as soon as another arrives, the first is refused
 /// new sends until it is back under its share (its sends finish in milliseconds). Beyond the
@@ -175,7 +175,11 @@ impl<K: Hash + Eq + Clone> Shares<K> {
             Some(h) => self.active_weight - u64::from(h.weight) + weight,
             None => self.active_weight + weight,
         };
-        let share = (self.capacity as u64).saturating_mul(weight) / active.max(1);
+        // Rounded up: with few places, a weight's fraction of one is still a place (the fair
+        // clock shares the admissions over time beyond that).
+        let share = (self.capacity as u64)
+            .saturating_mul(weight)
+            .div_ceil(active.max(1));
         usize::try_from(share).unwrap_or(usize::MAX).max(self.floor)
     }
 

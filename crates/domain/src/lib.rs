@@ -2,6 +2,7 @@
 //! time comes in through [`Clock`] or as arguments, so every rule is testable exhaustively.
 
 pub mod delivery;
+pub mod fair_clock;
 pub mod fairness;
 pub mod ids;
 pub mod pacing;

@@ -407,3 +407,9 @@ pub fn traceparent(message: &OwnedMessage) -> Option<&str> {
 pub fn decode(message: &OwnedMessage) -> Result<Envelope, prost::DecodeError> {
     Envelope::decode(message.payload().unwrap_or_default())
 }
+
+/// The events a record carries, in order: one, or each status of a `MessageStatuses` record
+/// as an envelope of its own (`finestra_proto::packing`).
+pub fn decode_all(message: &OwnedMessage) -> Result<Vec<Envelope>, prost::DecodeError> {
+    decode(message).map(finestra_proto::packing::unpack)
+}

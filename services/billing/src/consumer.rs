@@ -112,13 +112,16 @@ impl Loop {
             // Traced statuses: one span per settlement, open while its batch is written.
             let mut spans = Vec::new();
             for m in &batch {
-                match kafka::decode(m) {
-                    Ok(envelope) => {
-                        let action = action_of(&envelope, now);
-                        if let (Action::Settle(s), Some(tp)) = (&action, kafka::traceparent(m)) {
-                            spans.push(settlement_span(s, tp));
+                match kafka::decode_all(m) {
+                    Ok(envelopes) => {
+                        for envelope in envelopes {
+                            let action = action_of(&envelope, now);
+                            if let (Action::Settle(s), Some(tp)) = (&action, kafka::traceparent(m))
+                            {
+                                spans.push(settlement_span(s, tp));
+                            }
+                            actions.push(action);
                         }
-                        actions.push(action);
                     }
                     Err(e) => poison.push(kafka::dead_letter(m, &group, e.to_string())),
                 }

@@ -5,7 +5,10 @@
 //! many as the chain serves without a queue forming. When every place is taken, a send within
 //! its tenant's share waits its turn, at most the latency target, and places are handed out
 //! in weighted round robin over tenants (`domain::fairness::FairQueue`), so tenants that all
-//! want more get places in proportion to their weights. A tenant's own rate and burst are a
+//! want more get places in proportion to their weights. Over time the admissions themselves
+//! follow the weights among tenants that want more than they get
+//! (`domain::fair_clock::FairClock`), so weights show however few places there are. A tenant's
+//! own rate and burst are a
 //! Redis bucket checked in the same script as the idempotency claim (`hot`), so they hold
 //! across replicas and restarts.
 //!
@@ -17,6 +20,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use finestra_domain::fair_clock::FairClock;
 use finestra_domain::fairness::{
     AdaptiveLimit, FairQueue, Lane as _, LimitSettings, ShareRefusal, Shares, TenantLimits,
 };
@@ -24,6 +28,13 @@ use tokio::sync::oneshot;
 
 /// The adaptive limit's floor.
 const MIN_LIMIT: usize = 8;
+
+/// Sends (of weight 1) a tenant may run ahead of the tenants that want more than they get.
+const CLOCK_SLACK_SENDS: u64 = 2;
+/// How long a refusal counts a tenant as wanting more than it gets.
+const BACKLOG_FOR: Duration = Duration::from_millis(500);
+/// The fair clock forgets tenants that no longer matter every this many calls.
+const PRUNE_EVERY: u64 = 1_024;
 
 /// Hashed buckets for per-tenant metrics.
 pub const BUCKETS: usize = 16;
@@ -83,6 +94,9 @@ struct Waiter {
 
 struct State {
     shares: Shares<String>,
+    /// Admissions over time, by weight, among tenants that want more than they get.
+    clock: FairClock<String>,
+    calls: u64,
     limit: AdaptiveLimit,
     /// Sends waiting for a place, in weighted round robin over tenants.
     waiting: FairQueue<String, VecDeque<Waiter>>,
@@ -151,6 +165,11 @@ impl Admission {
         let me = Self {
             state: Mutex::new(State {
                 shares: Shares::new(capacity, floor, 0),
+                clock: FairClock::new(
+                    CLOCK_SLACK_SENDS,
+                    i64::try_from(BACKLOG_FOR.as_micros()).unwrap_or(i64::MAX),
+                ),
+                calls: 0,
                 limit,
                 waiting: FairQueue::default(),
                 waiting_of: HashMap::new(),
@@ -179,6 +198,11 @@ impl Admission {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Microseconds since this admission started (the fair clock's time).
+    fn now(&self) -> i64 {
+        i64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(i64::MAX)
+    }
+
     fn ticket(self: &Arc<Self>, tenant_id: &str, in_flight: usize, used: bool) -> Ticket {
         Ticket {
             admission: Some(self.clone()),
@@ -197,9 +221,12 @@ impl Admission {
             };
             let in_flight = state.shares.total();
             state.shares.force_admit(&w.tenant_id, w.weight);
+            let now = self.now();
+            state.clock.admitted(&w.tenant_id, w.weight, now);
             let ticket = self.ticket(&w.tenant_id, in_flight, false);
             if let Err(mut unused) = w.tx.send(ticket) {
-                // That waiter gave up (it counted itself out): undo here, under the lock.
+                // That waiter gave up (it counted itself out): undo here, under the lock. Its
+                // turn stays spent on the fair clock: it was offered.
                 unused.admission = None;
                 state.shares.release(&w.tenant_id);
             }
@@ -210,27 +237,43 @@ impl Admission {
     /// Takes a place for one send of `tenant_id` with `weight`: at once when there is room
     /// and nobody waits (or the tenant is under its floor); otherwise it waits its turn, at
     /// most the latency target, if its share of waiting places has room. Refused at once when
-    /// the tenant already holds its share, or waits with all of its share.
+    /// the tenant already holds its share, or waits with all of its share, or has been
+    /// admitted more than its weight's part while others wanted more (the fair clock).
     pub async fn enter(
         self: &Arc<Self>,
         tenant_id: &str,
         weight: u32,
     ) -> Result<Ticket, ShareRefusal> {
         let key = tenant_id.to_owned();
+        let now = self.now();
+        let refused = |state: &mut State, why: ShareRefusal| {
+            state.clock.refused(&key, now);
+            Err(why)
+        };
         let waiter = {
             let mut state = self.lock();
+            state.calls += 1;
+            if state.calls.is_multiple_of(PRUNE_EVERY) {
+                state.clock.prune(now);
+            }
             let in_flight = state.shares.total();
             let under_floor = state.shares.held_by(&key) < state.shares.floor();
+            if !under_floor && state.clock.check(&key, now).is_err() {
+                return refused(&mut state, ShareRefusal::OverShare);
+            }
             if state.waiting_live == 0 || under_floor {
                 match state.shares.try_admit(&key, weight) {
                     Ok(()) => {
+                        state.clock.admitted(&key, weight, now);
                         metrics::gauge!("finestra_dispatch_sends_in_flight")
                             .set((in_flight + 1) as f64);
                         metrics::gauge!("finestra_dispatch_sending_tenants")
                             .set(state.shares.active() as f64);
                         return Ok(self.ticket(tenant_id, in_flight, true));
                     }
-                    Err(ShareRefusal::OverShare) => return Err(ShareRefusal::OverShare),
+                    Err(ShareRefusal::OverShare) => {
+                        return refused(&mut state, ShareRefusal::OverShare);
+                    }
                     Err(ShareRefusal::Full) => {}
                 }
             }
@@ -239,11 +282,12 @@ impl Admission {
             if state.shares.held_by(&key) + waiting >= state.shares.share_of(&key, weight) {
                 let alone = state.shares.active() <= usize::from(state.shares.held_by(&key) > 0)
                     && state.waiting_live == waiting;
-                return Err(if alone {
+                let why = if alone {
                     ShareRefusal::Full
                 } else {
                     ShareRefusal::OverShare
-                });
+                };
+                return refused(&mut state, why);
             }
             let (tx, rx) = oneshot::channel();
             state.waiting.push(
@@ -270,6 +314,9 @@ impl Admission {
             }
         }
         state.waiting_live -= 1;
+        if !matches!(outcome, Ok(Ok(_))) {
+            state.clock.refused(&key, self.now());
+        }
         drop(state);
         match outcome {
             Ok(Ok(mut ticket)) => {

@@ -119,8 +119,11 @@ impl EventLoop {
         let mut last = None;
         while let Some(batch) = self.consumer.next_batch_until_shutdown(&shutdown).await {
             let now = self.clock.now().micros();
-            let envelopes: Vec<Envelope> =
-                batch.iter().filter_map(|m| kafka::decode(m).ok()).collect();
+            let envelopes: Vec<Envelope> = batch
+                .iter()
+                .filter_map(|m| kafka::decode_all(m).ok())
+                .flatten()
+                .collect();
             if !self.statuses.apply(&envelopes, now, &shutdown).await {
                 return;
             }

@@ -246,7 +246,9 @@ struct StatusReport {
     traceparent: Option<String>,
 }
 
-/// Posts the message's statuses in order, each after the configured delay.
+/// Posts the message's statuses in order: `sent` with its outcome (`delivered` or `failed`)
+/// in one notification after the configured delay, as the Cloud API batches statuses that
+/// are ready together, then `read`, when the user reads it, after another delay.
 async fn report_statuses(sim: Arc<Sim>, report: StatusReport) {
     let StatusReport {
         number,
@@ -264,23 +266,18 @@ async fn report_statuses(sim: Arc<Sim>, report: StatusReport) {
             rng.random_range(0..1_000) < sim.config.read_per_mille,
         )
     };
-    let mut statuses = vec!["sent"];
-    if fail {
-        statuses.push("failed");
-    } else {
-        statuses.push("delivered");
-        if read {
-            statuses.push("read");
-        }
+    let mut posts: Vec<Vec<&str>> = vec![vec!["sent", if fail { "failed" } else { "delivered" }]];
+    if read && !fail {
+        posts.push(vec!["read"]);
     }
-    for status in statuses {
+    for statuses in posts {
         tokio::time::sleep(sim.config.status_delay).await;
         let at = sim.clock.now().micros() / 1_000_000;
-        let mut body = finestra_cloudapi::build::status_with_callback(
-            &number, &display, &wamid, status, &to, at, &callback,
+        let mut body = finestra_cloudapi::build::statuses_with_callback(
+            &number, &display, &wamid, &statuses, &to, at, &callback,
         );
-        if status == "failed" {
-            body["entry"][0]["changes"][0]["value"]["statuses"][0]["errors"] = json!([{
+        if let Some(i) = statuses.iter().position(|s| *s == "failed") {
+            body["entry"][0]["changes"][0]["value"]["statuses"][i]["errors"] = json!([{
                 "code": 131000, "title": "Something went wrong",
                 "message": "Something went wrong",
                 "error_data": { "details": "the simulator failed this message" }
@@ -291,7 +288,7 @@ async fn report_statuses(sim: Arc<Sim>, report: StatusReport) {
             .post_traced(&secret, &body, STATUS_ATTEMPTS, traceparent.as_deref())
             .await;
         if let Err(e) = posted {
-            tracing::warn!(error = %e, %wamid, status, "a status webhook could not be delivered");
+            tracing::warn!(error = %e, %wamid, ?statuses, "a status webhook could not be delivered");
         }
     }
     if !fail {

@@ -44,7 +44,8 @@ finestra_platform::settings! {
         pub webhook_url: String = ("SIM_WEBHOOK_URL", "http://127.0.0.1:8080/webhooks/cloud-api"),
         /// The bearer token senders must present.
         pub access_token: String = ("SIM_ACCESS_TOKEN", "finestra-simulator-token"),
-        /// Delay before each status webhook.
+        /// Delay before each status webhook (`sent` goes with `delivered` or `failed` in one;
+        /// `read` follows in another).
         pub status_delay: Duration = ("SIM_STATUS_DELAY_MS", "50"),
         /// Share of sends that fail after `sent`, per mille.
         pub failure_per_mille: u32 = ("SIM_FAILURE_PER_MILLE", "0"),

@@ -111,7 +111,20 @@ impl WindowService for WindowApi {
                 .as_str()
                 .to_owned(),
         };
-        let state = self.state(&key).await?;
+        let mut state = self.state(&key).await?;
+        if state
+            .last_inbound
+            .as_ref()
+            .is_some_and(|l| l.message_id.is_empty())
+        {
+            // Redis keeps no message id (hot.rs keeps its values small): Postgres does.
+            let row = pg::read_state(&self.pool, &key)
+                .await
+                .map_err(|e| status::store("reading window state", &e))?;
+            if let Some(row) = row {
+                state.last_inbound = row.state().last_inbound;
+            }
+        }
         Ok(Response::new(to_window(&key, &state, self.clock.now())))
     }
 

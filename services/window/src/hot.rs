@@ -1,71 +1,64 @@
-//! The Redis side: one hash per pair, `<prefix>:{<tenant>}:win:<number>:<user>` (the tenant in
-//! a hash tag, so a Redis Cluster keeps a tenant's keys in one slot).
+//! The Redis side: one string per pair, `<prefix>:{<tenant>}w:<number>:<user>` (the tenant in
+//! a hash tag, so a Redis Cluster keeps a tenant's keys in one slot), read by dispatch and
+//! billing through `finestra_registry::windows` (layout documented in
+//! `proto/finestra/v1/window.proto`).
 //!
-//! Fields (times in microseconds since the epoch): `csw`, `li_at`, `li_id`, `ref`, `fep`,
-//! `mo_at`, `mo` (0/1), `bl_at`, `bl` (0/1). Other services may read this layout as a read
-//! model; it is documented in `proto/finestra/v1/window.proto`.
+//! The value is the state's times in microseconds since the epoch, `:`-separated in a fixed
+//! order, `csw:ref:fep:mo_at:mo:bl_at:bl` (`mo`, `bl` 0/1), a field empty when unset and empty
+//! trailing fields left out. It is this small on purpose (docs/architecture.md, "Where state lives"):
+//! a pair whose user wrote holds one integer, which Redis stores in the key's object itself,
+//! so a million open windows fit in about a hundred megabytes. The last inbound message's id
+//! is not kept here: only GetWindow tells it, and it reads it from Postgres.
 //!
 //! Only complete states are ever written (the merged Postgres row), through a Lua script that
-//! merges field by field like `WindowState::merge`. So a hash is always the join of complete
+//! merges field by field like `WindowState::merge`. So a value is always the join of complete
 //! states: never a partial state, never moved backwards by a stale writer. A missing key is
-//! rebuilt from Postgres; a pair Postgres does not know is cached as an empty state (field `v`
-//! only), so repeated reads of users who never wrote do not reach Postgres.
-
-use std::collections::HashMap;
+//! rebuilt from Postgres; a pair Postgres does not know is cached as the empty state (an empty
+//! string), so repeated reads of users who never wrote do not reach Postgres.
 
 use finestra_domain::{Flag, Timestamp, WindowState};
 use redis::aio::ConnectionManager;
 
 use crate::state::PairKey;
 
-/// How long a hash outlives the end of its window (and the minimum life of a hash that only
+/// How long a value outlives the end of its window (and the minimum life of one that only
 /// holds preferences). A miss afterwards is answered from Postgres.
 pub const GRACE_MICROS: i64 = 24 * Timestamp::HOUR;
 
 const MERGE_LUA: &str = r#"
 local key = KEYS[1]
-local cur = redis.call('HMGET', key, 'csw', 'li_at', 'li_id', 'ref', 'fep', 'mo_at', 'mo', 'bl_at', 'bl')
-local function num(v) if v == false or v == nil or v == '' then return nil end return tonumber(v) end
--- Byte order, as Rust and Postgres ("C") compare: independent of Redis's locale.
-local function bytes_gt(a, b)
-  for i = 1, math.min(#a, #b) do
-    local x, y = a:byte(i), b:byte(i)
-    if x ~= y then return x > y end
-  end
-  return #a > #b
+local raw = redis.call('GET', key)
+local cur = {}
+if raw then
+  local i = 1
+  for f in string.gmatch(raw .. ':', '([^:]*):') do cur[i] = f; i = i + 1 end
 end
+local function num(v) if v == false or v == nil or v == '' then return nil end return tonumber(v) end
+-- Fields are kept as the strings given (never reformatted: Lua prints large numbers in
+-- exponent form).
 local out = {}
-local function max_field(f, i, v)
-  local new = num(v)
-  if new == nil then return num(cur[i]) end
-  local old = num(cur[i])
-  if old == nil or new > old then table.insert(out, f); table.insert(out, v); return new end
-  return old
+local function max_field(i, v)
+  local new, old = num(v), num(cur[i])
+  if new ~= nil and (old == nil or new > old) then out[i] = v else out[i] = cur[i] or '' end
 end
 -- (at, value) pairs: the newer `at` wins; at the same `at` the greater value wins.
-local function pair_field(fat, fval, i, at, val, numeric)
-  local new_at = num(at)
-  if new_at == nil then return end
-  local old_at = num(cur[i])
-  local newer = old_at == nil or new_at > old_at
-  if not newer and new_at == old_at then
-    if numeric then newer = tonumber(val) > (num(cur[i + 1]) or -1)
-    else newer = bytes_gt(val, cur[i + 1] or '') end
-  end
-  if newer then table.insert(out, fat); table.insert(out, at); table.insert(out, fval); table.insert(out, val) end
+local function pair_field(i, at, val)
+  local new_at, old_at = num(at), num(cur[i])
+  local newer = new_at ~= nil and (old_at == nil or new_at > old_at
+    or (new_at == old_at and (num(val) or -1) > (num(cur[i + 1]) or -1)))
+  if newer then out[i] = at; out[i + 1] = val
+  else out[i] = cur[i] or ''; out[i + 1] = cur[i + 1] or '' end
 end
-local csw = max_field('csw', 1, ARGV[1]) or 0
-pair_field('li_at', 'li_id', 2, ARGV[2], ARGV[3], false)
-max_field('ref', 4, ARGV[4])
-local fep = max_field('fep', 5, ARGV[5]) or 0
-pair_field('mo_at', 'mo', 6, ARGV[6], ARGV[7], true)
-pair_field('bl_at', 'bl', 8, ARGV[8], ARGV[9], true)
--- `v` marks the hash as holding a complete state even when it has no field yet (a pair whose
--- user never wrote), so such reads are answered from Redis too.
-table.insert(out, 'v'); table.insert(out, '1')
-redis.call('HSET', key, unpack(out))
-local expire_us = math.max(csw, fep, tonumber(ARGV[10])) + tonumber(ARGV[11])
-redis.call('PEXPIREAT', key, math.floor(expire_us / 1000))
+max_field(1, ARGV[1])
+max_field(2, ARGV[2])
+max_field(3, ARGV[3])
+pair_field(4, ARGV[4], ARGV[5])
+pair_field(6, ARGV[6], ARGV[7])
+local n = 7
+while n > 1 and out[n] == '' do n = n - 1 end
+local value = table.concat(out, ':', 1, n)
+local expire_us = math.max(num(out[1]) or 0, num(out[3]) or 0, tonumber(ARGV[8])) + tonumber(ARGV[9])
+redis.call('SET', key, value, 'PXAT', math.floor(expire_us / 1000))
 return 1
 "#;
 
@@ -90,10 +83,7 @@ impl HotStore {
     }
 
     pub fn key(&self, k: &PairKey) -> String {
-        format!(
-            "{}:{{{}}}:win:{}:{}",
-            self.prefix, k.tenant_id, k.phone_number_id, k.user
-        )
+        finestra_registry::windows::key(&self.prefix, &k.tenant_id, &k.phone_number_id, &k.user)
     }
 
     fn invocation<'a>(
@@ -112,13 +102,6 @@ impl HotStore {
         let (bl_at, bl) = flag(s.blocked);
         let mut inv = self.merge.key(self.key(k));
         inv.arg(opt_num(s.csw_until.map(Timestamp::micros)))
-            .arg(opt_num(s.last_inbound.as_ref().map(|l| l.at.micros())))
-            .arg(
-                s.last_inbound
-                    .as_ref()
-                    .map(|l| l.message_id.as_str())
-                    .unwrap_or(""),
-            )
             .arg(opt_num(s.referral_at.map(Timestamp::micros)))
             .arg(opt_num(s.fep_until.map(Timestamp::micros)))
             .arg(mo_at)
@@ -158,16 +141,14 @@ impl HotStore {
         }
     }
 
-    /// The hash of a pair, `None` when Redis does not hold it.
+    /// The state Redis holds for a pair, `None` when it holds none. Its last inbound message
+    /// has no id (Postgres keeps it).
     pub async fn get(&self, k: &PairKey) -> redis::RedisResult<Option<WindowState>> {
         let mut conn = self.conn.clone();
-        let fields: HashMap<String, String> = redis::cmd("HGETALL")
+        let value: Option<String> = redis::cmd("GET")
             .arg(self.key(k))
             .query_async(&mut conn)
             .await?;
-        if fields.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(finestra_registry::windows::from_hash(&fields)))
+        Ok(value.map(|v| finestra_registry::windows::decode(&v)))
     }
 }

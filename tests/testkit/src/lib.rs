@@ -602,7 +602,8 @@ pub async fn count_records(topic: &str) -> anyhow::Result<i64> {
 pub use serde_json;
 pub use tonic;
 
-/// Every envelope currently on `topic`, all partitions, in offset order per partition.
+/// Every event currently on `topic`, all partitions, in offset order per partition (a record
+/// carrying several, `MessageStatuses`, gives each as its own envelope).
 pub async fn read_all(topic: &str) -> anyhow::Result<Vec<finestra_proto::v1::Envelope>> {
     use prost::Message as _;
     use rdkafka::Message as _;
@@ -637,9 +638,9 @@ pub async fn read_all(topic: &str) -> anyhow::Result<Vec<finestra_proto::v1::Env
                 );
                 if let Some(m) = c.poll(Duration::from_millis(200)) {
                     let m = m?;
-                    out.push(finestra_proto::v1::Envelope::decode(
-                        m.payload().unwrap_or_default(),
-                    )?);
+                    out.extend(finestra_proto::packing::unpack(
+                        finestra_proto::v1::Envelope::decode(m.payload().unwrap_or_default())?,
+                    ));
                     remaining -= 1;
                 }
             }
