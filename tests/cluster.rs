@@ -108,6 +108,11 @@ impl Cluster {
         })
     }
 
+    /// The process id of a running service.
+    pub fn pid(&self, service: &str) -> Option<u32> {
+        self.children.get(service).map(Child::id)
+    }
+
     pub fn ports(&self, service: &str) -> anyhow::Result<&Ports> {
         self.ports
             .get(service)
@@ -394,6 +399,11 @@ impl Broker {
 
     pub fn brokers(&self) -> String {
         self.addr.to_string()
+    }
+
+    /// The broker's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     async fn run(&mut self) -> anyhow::Result<()> {

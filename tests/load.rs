@@ -41,7 +41,8 @@ pub struct Load {
     pub errors_by_code: Mutex<BTreeMap<String, u64>>,
 }
 
-async fn client(url: &str, key: &str) -> anyhow::Result<DispatchServiceClient<AuthedChannel>> {
+/// A dispatch client of a tenant's key that reconnects by itself.
+pub async fn client(url: &str, key: &str) -> anyhow::Result<DispatchServiceClient<AuthedChannel>> {
     // A lazy channel reconnects by itself after the server restarts.
     let channel = tonic::transport::Channel::from_shared(url.to_owned())?
         .connect_timeout(Duration::from_secs(1))
@@ -55,7 +56,9 @@ async fn client(url: &str, key: &str) -> anyhow::Result<DispatchServiceClient<Au
     ))
 }
 
-fn request(t: &Tenant, t_index: usize, n: u64) -> v1::SendMessageRequest {
+/// The `n`th send of tenant `t_index`: a free reply now and then, else a charged template to a
+/// new user (`n` below 10⁹ keeps the user a valid number).
+pub fn request(t: &Tenant, t_index: usize, n: u64) -> v1::SendMessageRequest {
     // One send in 200 is a free reply inside an open window (a user is paced at one message
     // per 6 s, so replies stay well under it); the rest are charged templates to users with no
     // window.
@@ -272,6 +275,18 @@ impl Generator {
         rate: u64,
         label: &'static str,
     ) -> anyhow::Result<Self> {
+        Self::start_at(dispatch_url, tenants, rate, label, 0).await
+    }
+
+    /// As [`Generator::start`], numbering its sends from `first` (so that a second generator
+    /// of the same tenants sends new messages, not retries of the first one's).
+    pub async fn start_at(
+        dispatch_url: &str,
+        tenants: Arc<Vec<Tenant>>,
+        rate: u64,
+        label: &'static str,
+        first: u64,
+    ) -> anyhow::Result<Self> {
         let load = Arc::new(Load::default());
         let stop = Arc::new(AtomicBool::new(false));
         let mut clients = Vec::new();
@@ -284,10 +299,10 @@ impl Generator {
                 let mut sends = tokio::task::JoinSet::new();
                 let began = Instant::now();
                 let mut tick = tokio::time::interval(Duration::from_millis(5));
-                let mut n = 0u64;
+                let mut n = first;
                 while !stop.load(Ordering::Relaxed) {
                     tick.tick().await;
-                    let due = (began.elapsed().as_secs_f64() * rate as f64) as u64;
+                    let due = first + (began.elapsed().as_secs_f64() * rate as f64) as u64;
                     while n < due {
                         let t_index = (n as usize) % tenants.len();
                         let req = request(&tenants[t_index], t_index, n);

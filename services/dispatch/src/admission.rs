@@ -258,7 +258,10 @@ impl Admission {
             }
             let in_flight = state.shares.total();
             let under_floor = state.shares.held_by(&key) < state.shares.floor();
-            if !under_floor && state.clock.check(&key, now).is_err() {
+            // Before the floor: a tenant ahead of the others holds nothing between two closed-loop
+            // calls, and its floor would otherwise let it take every turn. A tenant that is not
+            // backlogged (a clinic beside a flood) is never ahead, so the floor still lets it in.
+            if state.clock.check(&key, now).is_err() {
                 return refused(&mut state, ShareRefusal::OverShare);
             }
             if state.waiting_live == 0 || under_floor {

@@ -331,7 +331,15 @@ pub async fn apply_statuses(
     let mut codes = Vec::with_capacity(changes.len());
     let mut titles = Vec::with_capacity(changes.len());
     let mut attempts = Vec::with_capacity(changes.len());
-    for c in changes {
+    // In key order: the worker's outcomes and the status pipeline update the same rows at the
+    // same time (a packed sent+delivered arrives while the send is being recorded), and rows
+    // locked in one order by both cannot deadlock.
+    let mut ordered: Vec<&StatusChange> = changes.iter().collect();
+    ordered.sort_unstable_by(|a, b| {
+        (a.tenant_id.as_str(), a.message_id.as_str())
+            .cmp(&(b.tenant_id.as_str(), b.message_id.as_str()))
+    });
+    for c in ordered {
         tenants.push(c.tenant_id.clone());
         ids.push(c.message_id.clone());
         statuses.push(c.progress.as_str().to_owned());
