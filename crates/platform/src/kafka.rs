@@ -63,22 +63,46 @@ pub async fn publish_all(
     records: &[Outgoing<'_>],
 ) -> Result<(), BusError> {
     let payloads: Vec<Vec<u8>> = records.iter().map(|r| r.envelope.encode_to_vec()).collect();
-    let sends = records.iter().zip(&payloads).map(|(r, payload)| {
-        let mut record = FutureRecord::to(r.topic)
-            .key(r.key.as_bytes())
-            .payload(payload.as_slice());
-        if let Some(tp) = &r.traceparent {
-            record = record.headers(OwnedHeaders::new().insert(Header {
-                key: crate::trace::TRACEPARENT,
-                value: Some(tp.as_str()),
-            }));
-        }
-        producer.send(record, Duration::from_secs(10))
-    });
+    let sends = records
+        .iter()
+        .zip(&payloads)
+        .map(|(r, payload)| producer.send(future_record(r, payload), Duration::from_secs(10)));
     for result in futures::future::join_all(sends).await {
         result.map_err(|(e, _)| e)?;
     }
     Ok(())
+}
+
+/// Puts every record on the producer's queue, in order, without waiting for the broker: for
+/// records whose loss a sweep repairs (dispatch's outbound events, re-queued from their stored
+/// rows). Fails at once when the queue refuses one (it is full: the broker has been away long);
+/// the returned futures resolve with each delivery.
+pub fn enqueue_all(
+    producer: &FutureProducer,
+    records: &[Outgoing<'_>],
+) -> Result<Vec<rdkafka::producer::DeliveryFuture>, BusError> {
+    let mut deliveries = Vec::with_capacity(records.len());
+    for r in records {
+        let payload = r.envelope.encode_to_vec();
+        let delivery = producer
+            .send_result(future_record(r, &payload))
+            .map_err(|(e, _)| e)?;
+        deliveries.push(delivery);
+    }
+    Ok(deliveries)
+}
+
+fn future_record<'a>(r: &'a Outgoing<'_>, payload: &'a [u8]) -> FutureRecord<'a, [u8], [u8]> {
+    let mut record = FutureRecord::to(r.topic)
+        .key(r.key.as_bytes())
+        .payload(payload);
+    if let Some(tp) = &r.traceparent {
+        record = record.headers(OwnedHeaders::new().insert(Header {
+            key: crate::trace::TRACEPARENT,
+            value: Some(tp.as_str()),
+        }));
+    }
+    record
 }
 
 /// The record key of a conversation: `tenant:number:user`, so one conversation is ordered on

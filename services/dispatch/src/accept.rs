@@ -1,7 +1,15 @@
 //! Acceptance as a group commit: concurrent sends that passed the rules are gathered into
-//! batches, and each batch does one `ReserveBatch` call to billing, one multi-row INSERT and
-//! one round of broker produces, before anyone is answered. The per-call costs (a gRPC round
-//! trip, a Postgres commit) are what limit a per-message path; batching amortises them.
+//! batches, and each batch does one `ReserveBatch` call to billing and one multi-row INSERT
+//! before anyone is answered. The per-call costs (a gRPC round trip, a Postgres commit) are
+//! what limit a per-message path; batching amortises them.
+//!
+//! The stored row is the message's record, so the answer does not wait for the broker: the
+//! batch's outbound events are put on the producer's queue in order, and the answer goes out
+//! while they travel (on this machine's broker an acknowledgement took most of a send's
+//! time). An event that never arrives (the process died, the broker refused it) leaves its
+//! message ACCEPTED, and the re-queue sweep (`outbox.rs`) queues it again from the row; a
+//! graceful stop flushes the queue first. Only the rare event that starts a free entry point
+//! (for the window service) is awaited: no sweep repairs it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -106,6 +114,17 @@ pub fn spawn(settings: AcceptorSettings) -> (Acceptor, tokio::task::JoinHandle<(
                 tracing::error!(error = %e, "an acceptance loop ended abnormally");
             }
         }
+        // Outbound events queued but not yet delivered go out before the process does.
+        let producer = settings.producer.clone();
+        let flushed = tokio::task::spawn_blocking(move || {
+            rdkafka::producer::Producer::flush(&producer, Duration::from_secs(10))
+        })
+        .await;
+        if !matches!(flushed, Ok(Ok(()))) {
+            tracing::warn!(
+                "queued outbound events were not all delivered at shutdown; the re-queue sweep will queue their messages again"
+            );
+        }
     });
     (Acceptor { tx }, task)
 }
@@ -153,6 +172,24 @@ pub fn outbound_record<'a>(topic: &'a str, m: &NewMessage) -> Outgoing<'a> {
         key: kafka::conversation_key(&m.tenant_id, &m.phone_number_id, &m.recipient),
         envelope: outbound_event(m, !m.business_initiated),
     }
+}
+
+/// Follows queued outbound events to their delivery, off the answer's path: a failed one is
+/// counted and logged (its message stays ACCEPTED until the re-queue sweep).
+fn watch_deliveries(deliveries: Vec<rdkafka::producer::DeliveryFuture>) {
+    if deliveries.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        for delivery in deliveries {
+            if !matches!(delivery.await, Ok(Ok(_))) {
+                metrics::counter!("finestra_dispatch_outbound_undelivered_total").increment(1);
+                tracing::warn!(
+                    "an outbound event was not delivered; the re-queue sweep will queue its message again"
+                );
+            }
+        }
+    });
 }
 
 async fn run_batch(
@@ -244,6 +281,7 @@ async fn run_batch(
     };
     let stored_after = started.elapsed();
     let mut outgoing: Vec<Outgoing<'_>> = Vec::with_capacity(reserved.len());
+    let mut fep_starts: Vec<Outgoing<'_>> = Vec::new();
     for p in reserved
         .iter()
         .filter(|p| new_ids.contains(&p.message.message_id))
@@ -256,7 +294,7 @@ async fn run_batch(
         if p.message.starts_fep {
             // The window service hears of it on the user topic it reads anyway, so it need
             // not read every outbound record for the few replies that start an FEP.
-            outgoing.push(Outgoing {
+            fep_starts.push(Outgoing {
                 traceparent: None,
                 topic: &settings.user_topic,
                 key: key.clone(),
@@ -276,18 +314,22 @@ async fn run_batch(
             envelope: outbound_event(&p.message, p.csw_open),
         });
     }
-    let produced = kafka::publish_all(&settings.producer, &outgoing).await;
+    let produced = match kafka::publish_all(&settings.producer, &fep_starts).await {
+        Ok(()) => kafka::enqueue_all(&settings.producer, &outgoing).map(watch_deliveries),
+        Err(e) => Err(e),
+    };
     tracing::debug!(
         size,
         reserve_ms = reserved_after.as_millis() as u64,
         store_ms = (stored_after - reserved_after).as_millis() as u64,
-        produce_ms = (started.elapsed() - stored_after).as_millis() as u64,
+        queue_ms = (started.elapsed() - stored_after).as_millis() as u64,
         "accepted a batch"
     );
     for p in reserved {
         let answer = if !new_ids.contains(&p.message.message_id) {
             Ok(Accepted::Existing)
         } else if let Err(e) = &produced {
+            // Stored and reserved, but not queued: the retry with the same key queues it.
             tracing::warn!(error = %e, "queueing accepted messages failed");
             Err(Refused::Unavailable(
                 "the broker did not take the message; retry with the same idempotency key".into(),

@@ -1,6 +1,7 @@
 //! Re-queueing stored messages whose outbound event may be lost. Acceptance stores a message,
-//! then produces its event, then answers; a process killed between the store and the produce
-//! leaves a stored (and reserved) message that no worker will ever see. A retried key queues
+//! queues its event and answers while the event travels (`accept.rs`); a process killed before
+//! the event reached the broker, or a broker that refused it, leaves a stored (and reserved)
+//! message that no worker will ever see. A retried key queues
 //! it again (`api`), but a client that gives up would leave it ACCEPTED for ever. So every
 //! replica sweeps messages still ACCEPTED long after they were last touched and queues them
 //! again. A message that was merely waiting in a backlog costs one record the worker skips
