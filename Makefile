@@ -41,8 +41,10 @@ test: infra
 	@psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS $(TEST_DATABASE) WITH (FORCE)"
 	@createdb -h 127.0.0.1 -U postgres $(TEST_DATABASE)
 	@redis-cli -h 127.0.0.1 -p 6379 -n 1 FLUSHDB >/dev/null
-	@# The billing binary the crash tests start carries its failpoint (release images do not).
+	@# The billing and dispatch binaries the crash tests start carry their failpoints (release
+	@# images do not).
 	@cargo build --quiet -p finestra-billing --features failpoints --bin finestra-billing
+	@cargo build --quiet -p finestra-dispatch --features failpoints --bin finestra-dispatch
 	@if cargo nextest --version >/dev/null 2>&1; then \
 		cargo nextest run --workspace --no-fail-fast; \
 	else \

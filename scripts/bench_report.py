@@ -122,9 +122,12 @@ def ratio(v, raw):
 def main():
     os.makedirs(OUT, exist_ok=True)
     send, ingest, billing, fair = load("send"), load("ingest"), load("billing"), load("fair")
+    cpu = load("cpu")
     missing = [
         n
-        for n, v in [("send", send), ("ingest", ingest), ("billing", billing), ("fair", fair)]
+        for n, v in [
+            ("send", send), ("ingest", ingest), ("billing", billing), ("fair", fair), ("cpu", cpu)
+        ]
         if v is None
     ]
     if missing:
@@ -137,6 +140,7 @@ def main():
         "ingest": ingest,
         "billing": billing,
         "fair": fair,
+        "cpu": cpu,
     }
     with open(os.path.join(OUT, "result.json"), "w") as f:
         json.dump(result, f, indent=2)
@@ -145,7 +149,7 @@ def main():
     raw = send["raw_produce_per_s"]
     lines = [
         "",
-        f"Finestra benchmarks ({os.cpu_count()} cores, every service in-process, "
+        f"Finestra benchmarks ({os.cpu_count()} cores, services in-process unless said, "
         "Postgres 15, Redis 7, tansu 0.6 SQLite)",
         f"  raw broker produce (same run, bench-send):       {raw:>9,.0f} records/s",
         "  SendMessage → delivered and charged (bench-send)",
@@ -157,8 +161,16 @@ def main():
         f"shed {send['open_loop_errors']}",
         f"    closed loop ({send['closed_loop_in_flight']} in flight): "
         f"{send['closed_loop_accepted_per_s']:>9,.0f} accepted/s  ({ratio(send['closed_loop_accepted_per_s'], raw)})",
-        f"    end to end: {send['end_to_end_per_s']:>9,.0f} messages/s delivered  "
-        f"({ratio(send['end_to_end_per_s'], raw)}), {send['failed']} failed",
+        f"    end to end, steady closed loop: {send['steady_end_to_end_per_s']:>9,.0f} delivered and charged/s  "
+        f"(x {send['records_produced_per_message']:.2f} records = "
+        f"{ratio(send['steady_end_to_end_per_s'] * send['records_produced_per_message'], raw)})",
+        f"    end to end, whole run with pauses: {send['end_to_end_per_s']:>9,.0f} messages/s, "
+        f"{send['failed']} failed",
+        "    latency sweep: "
+        + ", ".join(
+            f"{s['rate']}/s p50 {s['p50_ms']:.1f} p99 {s['p99_ms']:.1f} ms" for s in send["sweep"]
+        ),
+        f"    SendMessage p99 first over 25 ms at: {send['p99_first_over_25ms_at'] or 'never (within the sweep)'}/s",
         f"    SendMessages ({send['batch_callers']} callers x {send['batch_size']}): "
         f"{send['batch_accepted_per_s']:>9,.0f} messages/s  call p99 {send['batch_call_p99_ms']:.1f} ms",
         f"    broker records per message: {send['records_produced_per_message']:.2f} produced, "
@@ -180,8 +192,17 @@ def main():
         f"{fair['flood']['refused_with_retry_info']:,} with retry info",
         f"    weights 1..10 at saturation: delivered shares within "
         f"{100.0 * fair['weights_worst_relative_error']:.1f}% of weight/55",
+        "  CPU µs per delivered-and-charged message, services as processes (bench-cpu)",
+        *[
+            f"    {p['label']}: Finestra's five services {p['finestra_micros']:,.0f}, "
+            f"everything {p['everything_micros']:,.0f} (broker "
+            f"{p['per_message_micros'].get('broker (tansu)', 0):,.0f}, Postgres "
+            f"{p['per_message_micros'].get('postgres', 0):,.0f})"
+            for p in cpu["points"]
+        ],
         f"  reconcile differences: send {send['reconcile_differences']}, "
-        f"billing {billing['reconcile_differences']}, fair {fair['reconcile_differences']}",
+        f"billing {billing['reconcile_differences']}, fair {fair['reconcile_differences']}, "
+        f"cpu {cpu['reconcile_differences']}",
         f"  results: {OUT}/result.json   chart: {OUT}/chart.svg",
     ]
     print("\n".join(lines))

@@ -1,5 +1,7 @@
-//! Dispatch losing nothing: a dispatch process killed mid-stream, and a stored message whose
-//! event never reached the broker: each is sent once, delivered and charged once.
+//! Dispatch losing nothing: a dispatch process killed mid-stream, one killed between its
+//! event pipeline's writes and their offset commit, and a stored message whose event never
+//! reached the broker: each message is sent once, delivered and charged once, each status
+//! recorded once.
 
 use std::time::Duration;
 
@@ -9,6 +11,11 @@ use finestra_proto::v1;
 use finestra_testkit::{eventually, infra};
 
 fn spawn_dispatch(c: &Chain) -> anyhow::Result<std::process::Child> {
+    spawn_dispatch_with(c, &[])
+}
+
+/// [`spawn_dispatch`] with more environment (a failpoint, a batch size).
+fn spawn_dispatch_with(c: &Chain, env: &[(&str, &str)]) -> anyhow::Result<std::process::Child> {
     let cfg = &c.dispatch_config;
     let addr = c.dispatch_url.trim_start_matches("http://").to_owned();
     Ok(
@@ -16,6 +23,7 @@ fn spawn_dispatch(c: &Chain) -> anyhow::Result<std::process::Child> {
             .envs(finestra_testkit::store_env())
             .env("FINESTRA_TOPIC_SUFFIX", format!(".{}", c.scope.id()))
             .env("FINESTRA_DISPATCH_WORKER_GROUP", &cfg.worker_group)
+            .env("FINESTRA_DISPATCH_EVENTS_GROUP", &cfg.events_group)
             .env("FINESTRA_DISPATCH_BILLING_URL", &cfg.billing_url)
             .env("FINESTRA_DISPATCH_BILLING_KEY", &cfg.billing_key)
             .env("FINESTRA_PROVIDER_URL", &cfg.provider_url)
@@ -32,6 +40,7 @@ fn spawn_dispatch(c: &Chain) -> anyhow::Result<std::process::Child> {
             .env("FINESTRA_GRPC_ADDR", &addr)
             .env("FINESTRA_METRICS_ADDR", "127.0.0.1:0")
             .env("FINESTRA_LOG", "error")
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()?,
@@ -230,6 +239,161 @@ async fn a_stored_message_whose_event_was_lost_is_queued_again_and_charged_once(
     assert_eq!(charges.len(), 1, "charged once: {charges:?}");
     assert_eq!(charges[0].abs(), price);
     c.reconcile().await?;
+    c.stop().await;
+    Ok(())
+}
+
+/// A status as ingest would publish it for message `id` of the chain's tenant.
+fn status_of(c: &Chain, id: &str, user: &str, status: &str) -> v1::Envelope {
+    v1::Envelope {
+        event_id: format!("st:wamid.{id}:{status}"),
+        tenant_id: c.tenant.clone(),
+        occurred_at: Some(finestra_proto::time::from_micros(
+            finestra_testkit::now_secs() * 1_000_000,
+        )),
+        recorded_at: None,
+        payload: Some(v1::envelope::Payload::MessageStatus(v1::MessageStatus {
+            phone_number_id: c.number.clone(),
+            message_id: format!("wamid.{id}"),
+            status: status.to_owned(),
+            recipient: Some(v1::UserRef {
+                wa_id: user.to_owned(),
+                ..v1::UserRef::default()
+            }),
+            callback_data: id.to_owned(),
+            ..v1::MessageStatus::default()
+        })),
+    }
+}
+
+/// Dispatch's event pipeline (message states, then the tenant's event log, then the offsets)
+/// killed right after a batch's writes are durable and before its offsets are committed: the
+/// successor reads the batch again. Every message ends delivered and every status is in the
+/// tenant's event log, once.
+#[tokio::test(flavor = "multi_thread")]
+async fn dispatch_killed_between_the_event_writes_and_the_offset_commit_loses_and_doubles_nothing()
+-> anyhow::Result<()> {
+    use finestra_platform::kafka::{self, Outgoing};
+    let c = Chain::start_with(80, false).await?;
+    let infra = infra().await?;
+    let n = 60usize;
+    let accepted_at = finestra_testkit::now_secs() * 1_000_000;
+    // Messages as acceptance stores them; their statuses as ingest publishes them (sent and
+    // delivered of one webhook in one record).
+    let rows: Vec<finestra_dispatch::pg::NewMessage> = (0..n)
+        .map(|i| finestra_dispatch::pg::NewMessage {
+            tenant_id: c.tenant.clone(),
+            message_id: format!("m-evcrash-{i}"),
+            idempotency_key: format!("evcrash-{i}"),
+            request_hash: vec![0],
+            phone_number_id: c.number.clone(),
+            recipient: format!("39333700{i:04}"),
+            kind: "template".into(),
+            template_name: "order_ready".into(),
+            category: "UTILITY".into(),
+            body: "{}".into(),
+            price_micros: 0,
+            currency: "EUR".into(),
+            free: false,
+            free_reason: String::new(),
+            business_initiated: true,
+            starts_fep: false,
+            accepted_at,
+        })
+        .collect();
+    finestra_dispatch::pg::insert(&infra.pool, &rows).await?;
+    let topic = c.scope.topics().status;
+    let mut records = Vec::with_capacity(n);
+    for m in &rows {
+        records.push(Outgoing {
+            traceparent: None,
+            topic: &topic,
+            key: kafka::conversation_key(&c.tenant, &c.number, &m.recipient),
+            envelope: finestra_proto::packing::pack(vec![
+                status_of(&c, &m.message_id, &m.recipient, "sent"),
+                status_of(&c, &m.message_id, &m.recipient, "delivered"),
+            ])
+            .ok_or_else(|| anyhow::anyhow!("statuses pack"))?,
+        });
+    }
+    kafka::publish_all(&kafka::producer(&infra.brokers)?, &records).await?;
+
+    let delivered = || {
+        let (pool, tenant) = (infra.pool.clone(), c.tenant.clone());
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM dispatch.messages
+                  WHERE tenant_id = $1 AND message_id LIKE 'm-evcrash-%' AND status = 'DELIVERED'",
+            )
+            .bind(&tenant)
+            .fetch_one(&pool)
+            .await
+        }
+    };
+    let recorded = || {
+        let (pool, tenant) = (infra.pool.clone(), c.tenant.clone());
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM dispatch.tenant_events
+                  WHERE tenant_id = $1 AND event_id LIKE 'st:wamid.m-evcrash-%'",
+            )
+            .bind(&tenant)
+            .fetch_one(&pool)
+            .await
+        }
+    };
+    // The failpoint aborts the process right after its first event batch (ten records at
+    // most) is written, before the offset commit.
+    let mut first = spawn_dispatch_with(
+        &c,
+        &[
+            ("FINESTRA_DISPATCH_CRASH_AFTER_EVENT_BATCHES", "1"),
+            ("FINESTRA_DISPATCH_MAX_BATCH", "10"),
+        ],
+    )?;
+    let exit = eventually("the process ended", Duration::from_secs(90), || {
+        let status = first.try_wait();
+        async move { Ok(status?) }
+    })
+    .await?;
+    use std::os::unix::process::ExitStatusExt as _;
+    assert_eq!(exit.signal(), Some(6), "aborted by the failpoint: {exit:?}");
+    let written = delivered().await?;
+    assert!(
+        written > 0 && written < n as i64,
+        "the first batch was written, not everything: {written} of {n}"
+    );
+    assert_eq!(
+        recorded().await?,
+        2 * written,
+        "a batch's events are written with its states"
+    );
+    let group = &c.dispatch_config.events_group;
+    assert_eq!(
+        finestra_testkit::committed(group, &topic).await?,
+        0,
+        "nothing was committed"
+    );
+
+    // The successor joins after the dead member's session expired (see above), reads the
+    // batch again and the rest.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let mut second = spawn_dispatch(&c)?;
+    eventually("every message delivered", 3 * WAIT, || async {
+        Ok((delivered().await? == n as i64).then_some(()))
+    })
+    .await?;
+    eventually("every status recorded", WAIT, || async {
+        Ok((recorded().await? == 2 * n as i64).then_some(()))
+    })
+    .await?;
+    eventually("every record committed", WAIT, || async {
+        Ok((finestra_testkit::committed(group, &topic).await? == n as i64).then_some(()))
+    })
+    .await?;
+    assert_eq!(recorded().await?, 2 * n as i64, "each status recorded once");
+    second.kill()?;
+    second.wait()?;
     c.stop().await;
     Ok(())
 }

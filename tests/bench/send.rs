@@ -1,12 +1,13 @@
 //! `make bench-send`: the whole chain on this machine — SendMessage → broker → dispatch worker
 //! → simulator (Cloud API) → signed status webhooks → ingest → broker → dispatch statuses and
 //! billing captures — with every service in this process against the local Postgres, Redis and
-//! tansu. Two phases: an open loop at a fixed rate (SendMessage latency there), then a closed
-//! loop at full speed (sustained accepted/s). Then it waits until every accepted message is
-//! delivered and charged, and measures the raw broker produce rate in the same run. A third
-//! phase sends through SendMessages (batches). It counts the broker records produced and
-//! consumed per settled message from the broker's offsets. Prints the
-//! figures and writes `var/bench-send.json`.
+//! tansu. Phases: an open loop at a rate the chain sustains; a latency sweep (open loops of
+//! rising rates, `BENCH_SWEEP`, until the SendMessage p99 exceeds 25 ms); an open loop far
+//! beyond capacity (what is shed, and how); a closed loop at full speed, settled on its own so
+//! its end-to-end rate is measured first to last delivery with nothing else running; then
+//! SendMessages (batches). It counts the broker records produced and consumed per settled
+//! message from the broker's offsets, measures the raw broker produce rate in the same run,
+//! prints the figures and writes `var/bench-send.json`.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -335,6 +336,24 @@ async fn batch_loop(
     ))
 }
 
+/// Waits (at most two minutes) until every message of `tenants` is delivered or failed.
+async fn settle(pool: &sqlx::PgPool, tenants: &[String]) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        let (open,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM dispatch.messages
+              WHERE tenant_id = ANY($1) AND status NOT IN ('DELIVERED', 'READ', 'FAILED')",
+        )
+        .bind(tenants)
+        .fetch_one(pool)
+        .await?;
+        if open == 0 || started.elapsed() > Duration::from_secs(120) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 async fn count(pool: &sqlx::PgPool, tenants: &[String], sql: &str) -> anyhow::Result<i64> {
     Ok(sqlx::query_scalar(sql)
         .bind(tenants)
@@ -420,19 +439,43 @@ async fn main() -> anyhow::Result<()> {
         sustained.p99_ms
     );
     // Its messages settle before the next phase, so its latencies are its own.
-    let settle_started = Instant::now();
-    loop {
-        let (open,): (i64,) = sqlx::query_as(
-            "SELECT count(*) FROM dispatch.messages
-              WHERE tenant_id = ANY($1) AND status NOT IN ('DELIVERED', 'READ', 'FAILED')",
+    settle(&infra.pool, &tenant_ids).await?;
+
+    // The latency sweep: open loops of rising rates, each settled before the next, until the
+    // SendMessage p99 exceeds the target (or a call fails).
+    let sweep_rates: Vec<u64> = std::env::var("BENCH_SWEEP")
+        .unwrap_or_else(|_| "250,500,750,1000,1250,1500,2000,3000".into())
+        .split(',')
+        .filter_map(|r| r.trim().parse().ok())
+        .collect();
+    let sweep_seconds = env_num("BENCH_SWEEP_SECONDS", 3);
+    let p99_target_ms = 25.0;
+    let mut sweep = Vec::new();
+    let mut first_over: Option<u64> = None;
+    for r in sweep_rates {
+        let tag: &'static str = Box::leak(format!("sweep{r}").into_boxed_str());
+        let f = open_loop(
+            &tenants,
+            r,
+            Duration::from_secs(sweep_seconds),
+            tag,
+            &timeline,
         )
-        .bind(&tenant_ids)
-        .fetch_one(&infra.pool)
         .await?;
-        if open == 0 || settle_started.elapsed() > Duration::from_secs(120) {
+        eprintln!(
+            "[bench-send]   sweep {r}/s: accepted {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
+            f.ok as f64 / f.seconds,
+            f.p50_ms,
+            f.p99_ms,
+            f.errors
+        );
+        settle(&infra.pool, &tenant_ids).await?;
+        let over = f.p99_ms > p99_target_ms || f.errors > 0;
+        sweep.push((r, f));
+        if over {
+            first_over = Some(r);
             break;
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     eprintln!("[bench-send] open loop: {rate}/s for {seconds} s over {tenant_count} tenants");
     let fixed = open_loop(
@@ -469,6 +512,21 @@ async fn main() -> anyhow::Result<()> {
         full.p50_ms,
         full.p99_ms
     );
+
+    // The closed loop's messages settle before the batch phase: its end-to-end rate is its
+    // own, first to last delivery with no other phase competing.
+    settle(&infra.pool, &tenant_ids).await?;
+    let (full_first_delivery, full_last_delivery, full_delivered): (i64, i64, i64) =
+        sqlx::query_as(
+            "SELECT min(updated_at), max(updated_at), count(*) FROM dispatch.messages
+          WHERE tenant_id = ANY($1) AND idempotency_key LIKE 'full-%'
+            AND status IN ('DELIVERED', 'READ')",
+        )
+        .bind(&tenant_ids)
+        .fetch_one(&infra.pool)
+        .await?;
+    let steady_span_s = (full_last_delivery - full_first_delivery) as f64 / 1e6;
+    let steady_per_s = full_delivered as f64 / steady_span_s.max(1e-3);
 
     let batch_size = env_num("BENCH_BATCH_SIZE", 500);
     let batch_callers = env_num("BENCH_BATCH_CALLERS", 4) as usize;
@@ -645,13 +703,31 @@ async fn main() -> anyhow::Result<()> {
         full.p50_ms, full.p99_ms, full.errors
     );
     println!(
-        "  end to end: {measured} messages accepted→delivered in {:.1} s = {end_to_end_per_s:.0} messages/s ({failed} failed)",
+        "  end to end, steady (closed-loop phase, first to last delivery): {full_delivered} messages in {steady_span_s:.1} s = {steady_per_s:.0} delivered and charged/s"
+    );
+    println!(
+        "  end to end, whole run (pauses included): {measured} messages accepted→delivered in {:.1} s = {end_to_end_per_s:.0} messages/s ({failed} failed)",
         (last_delivery - first_accept) as f64 / 1e6
     );
+    for (r, f) in &sweep {
+        println!(
+            "  sweep, open loop at {r}/s for {sweep_seconds} s: {:.0} accepted/s, SendMessage p50 {:.2} ms, p99 {:.2} ms, {} errors",
+            f.ok as f64 / f.seconds,
+            f.p50_ms,
+            f.p99_ms,
+            f.errors
+        );
+    }
+    match first_over {
+        Some(r) => println!(
+            "  SendMessage p99 first exceeds {p99_target_ms} ms (or a call fails) at {r}/s open loop"
+        ),
+        None => println!("  SendMessage p99 stayed within {p99_target_ms} ms at every rate swept"),
+    }
     println!("  accepted→delivered (open-loop phase): p50 {p50_e2e:.0} ms, p99 {p99_e2e:.0} ms");
     println!(
-        "  raw broker produce: {raw_per_s:.0} records/s (end to end = {:.1}% of it)",
-        100.0 * end_to_end_per_s / raw_per_s
+        "  raw broker produce: {raw_per_s:.0} records/s (steady end to end × {produced_per_message:.2} records produced per message = {:.1}% of it)",
+        100.0 * steady_per_s * produced_per_message / raw_per_s
     );
     println!(
         "  SendMessages, {batch_callers} callers × batches of {batch_size}: {batch_per_s:.0} messages/s accepted ({batch_refused} refused), a call p50 {batch_p50:.1} ms, p99 {batch_p99:.1} ms"
@@ -660,6 +736,15 @@ async fn main() -> anyhow::Result<()> {
         "  broker records per settled message: {produced_per_message:.2} produced, {consumed_per_message:.2} consumed ({records_produced} and {records_consumed} for {accepted} messages)"
     );
     println!("  reconcile differences after the run: {differences}");
+    let sweep_json: Vec<serde_json::Value> = sweep
+        .iter()
+        .map(|(r, f)| {
+            serde_json::json!({
+                "rate": r, "accepted_per_s": f.ok as f64 / f.seconds,
+                "p50_ms": f.p50_ms, "p99_ms": f.p99_ms, "errors": f.errors,
+            })
+        })
+        .collect();
     let json = serde_json::json!({
         "sustained_rate": sustained_rate, "sustained_accepted_per_s": sustained.ok as f64 / sustained.seconds,
         "sustained_p50_ms": sustained.p50_ms, "sustained_p99_ms": sustained.p99_ms, "sustained_errors": sustained.errors,
@@ -669,6 +754,8 @@ async fn main() -> anyhow::Result<()> {
         "closed_loop_in_flight": in_flight, "closed_loop_accepted_per_s": full_per_s,
         "closed_loop_p50_ms": full.p50_ms, "closed_loop_p99_ms": full.p99_ms, "closed_loop_errors": full.errors,
         "end_to_end_messages": measured, "end_to_end_per_s": end_to_end_per_s, "failed": failed,
+        "steady_end_to_end_per_s": steady_per_s, "steady_delivered": full_delivered,
+        "steady_span_s": steady_span_s, "sweep": sweep_json, "p99_first_over_25ms_at": first_over,
         "accepted_to_delivered_p50_ms": p50_e2e, "accepted_to_delivered_p99_ms": p99_e2e,
         "raw_produce_per_s": raw_per_s, "reconcile_differences": differences,
         "batch_size": batch_size, "batch_callers": batch_callers, "batch_accepted_per_s": batch_per_s,

@@ -112,11 +112,15 @@ pub struct EventLoop {
     pub recorded: Arc<Notify>,
     /// How long after a referral message its first reply is looked for (`fep.rs`).
     pub fep_grace: std::time::Duration,
+    /// Test failpoint (feature `failpoints`): abort after this many batches were written, before
+    /// their offsets are committed.
+    pub crash_after_batches: Option<u64>,
 }
 
 impl EventLoop {
     pub async fn run(self, shutdown: Shutdown) {
         let mut last = None;
+        let mut batches_written = 0u64;
         while let Some(batch) = self.consumer.next_batch_until_shutdown(&shutdown).await {
             let now = self.clock.now().micros();
             let envelopes: Vec<Envelope> = batch
@@ -169,6 +173,16 @@ impl EventLoop {
                 }
                 attempt += 1;
             }
+            batches_written += 1;
+            #[cfg(feature = "failpoints")]
+            if self.crash_after_batches == Some(batches_written) {
+                tracing::error!(
+                    "failpoint: aborting after the event batch was written, before the commit"
+                );
+                std::process::abort();
+            }
+            #[cfg(not(feature = "failpoints"))]
+            let _ = (self.crash_after_batches, batches_written);
             if !events.is_empty() {
                 self.recorded.notify_waiters();
             }

@@ -112,15 +112,35 @@ finestra_platform::settings! {
         /// A message still ACCEPTED this long after it was stored is queued again (its event
         /// may have been lost with a process killed between the store and the produce).
         pub requeue_after: Duration = ("DISPATCH_REQUEUE_AFTER_SECS", "300"),
-        /// How often stale ACCEPTED messages are looked for.
+        /// How often stale ACCEPTED messages are looked for (and once right after start, for
+        /// every message stored before the process started).
         pub requeue_every: Duration = ("DISPATCH_REQUEUE_EVERY_SECS", "30"),
         /// How long after a referral message dispatch looks for a reply accepted before the
         /// window service recorded the referral (longer than any acceptance in flight).
         pub fep_grace: Duration = ("DISPATCH_FEP_GRACE_SECS", "30"),
+        /// Test failpoint, only in a build with the `failpoints` feature (which `make test`
+        /// enables): abort after this many event-pipeline batches were written to Postgres,
+        /// before the offset commit.
+        pub crash_after_event_batches: Option<u64> = ("DISPATCH_CRASH_AFTER_EVENT_BATCHES", ""),
     }
 }
 
 impl DispatchConfig {
+    /// Refuses a failpoint in a build that has none, so a stray variable is not ignored.
+    pub fn check(self) -> Result<Self, finestra_platform::config::ConfigError> {
+        match self.crash_after_event_batches {
+            Some(n) if !cfg!(feature = "failpoints") => {
+                Err(finestra_platform::config::ConfigError::Invalid {
+                    name: "FINESTRA_DISPATCH_CRASH_AFTER_EVENT_BATCHES".into(),
+                    value: n.to_string(),
+                    reason: "a test failpoint; this build has none (cargo feature `failpoints`)"
+                        .into(),
+                })
+            }
+            _ => Ok(self),
+        }
+    }
+
     /// The delivery retry schedule.
     pub fn retry(&self) -> RetryPolicy {
         RetryPolicy {
@@ -340,6 +360,7 @@ pub async fn start(
             clock: clock.clone(),
             recorded: recorded.clone(),
             fep_grace: config.fep_grace,
+            crash_after_batches: config.crash_after_event_batches,
         }
         .run(shutdown.clone()),
     );

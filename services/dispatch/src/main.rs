@@ -8,7 +8,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// `finestra-dispatch` serves; `finestra-dispatch migrate` applies the schema and exits.
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = finestra_dispatch::DispatchConfig::from_env()?;
+    let config = finestra_dispatch::DispatchConfig::from_env()?.check()?;
     let telemetry = telemetry::init("finestra-dispatch", config.common.otlp_endpoint.as_deref())?;
     if std::env::args().nth(1).as_deref() == Some("migrate") {
         let pool = stores::postgres(&config.common).await?;

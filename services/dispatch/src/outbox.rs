@@ -26,6 +26,9 @@ enum SweepError {
     Bus(#[from] BusError),
 }
 
+/// How long after start the first sweep runs (the process is serving by then).
+const START_PAUSE: Duration = Duration::from_secs(2);
+
 pub struct Requeuer {
     pub pool: PgPool,
     pub producer: FutureProducer,
@@ -42,13 +45,23 @@ pub struct Requeuer {
 }
 
 impl Requeuer {
+    /// Sweeps every `every`. The first sweep, right after start, takes every message still
+    /// ACCEPTED that was stored before this process started: a predecessor killed with events
+    /// still on its producer's queue (acceptance answers before they reach the broker) left
+    /// them, and they are queued again now instead of one `after` later. A message another
+    /// replica is still handling costs a record its worker skips.
     pub async fn run(self, shutdown: Shutdown) {
+        let started = self.clock.now().micros();
+        let mut cutoff = Some(started);
+        let mut pause = START_PAUSE.min(self.every);
         loop {
             tokio::select! {
                 () = shutdown.wait() => return,
-                () = tokio::time::sleep(self.every) => {}
+                () = tokio::time::sleep(pause) => {}
             }
-            match self.sweep().await {
+            let swept = self.sweep(cutoff.take()).await;
+            pause = self.every;
+            match swept {
                 Ok(0) => {}
                 Ok(n) => {
                     metrics::counter!("finestra_dispatch_requeued_total").increment(n as u64);
@@ -59,13 +72,15 @@ impl Requeuer {
         }
     }
 
-    async fn sweep(&self) -> Result<usize, SweepError> {
+    /// Queues again the messages ACCEPTED and untouched since `cutoff` (by default one `after`
+    /// ago).
+    async fn sweep(&self, cutoff: Option<i64>) -> Result<usize, SweepError> {
         let now = self.clock.now().micros();
         let after = i64::try_from(self.after.as_micros()).unwrap_or(i64::MAX);
         // Marked before the produce: a failed produce is tried again one `after` later.
         let stale = pg::claim_stale_accepted(
             &self.pool,
-            now.saturating_sub(after),
+            cutoff.unwrap_or(now.saturating_sub(after)),
             now,
             self.batch,
             &self.tenant_prefix,

@@ -456,6 +456,7 @@ pub async fn dispatch_config(
         requeue_after: Duration::from_secs(300),
         requeue_every: Duration::from_secs(30),
         fep_grace: Duration::from_secs(1),
+        crash_after_event_batches: None,
     })
 }
 
