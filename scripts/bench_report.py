@@ -178,7 +178,8 @@ def main():
         f"  webhooks → inbound events (bench-ingest): {ingest['webhooks']['per_s']:>9,.0f} /s  "
         f"p99 {ingest['webhooks']['p99_ms']:.1f} ms  ({ratio(ingest['webhooks']['per_s'], ingest['raw_produce_per_s'])})",
         f"  window updates (bench-ingest):            {ingest['window_updates']['steady_per_s']:>9,.0f} /s  "
-        f"({ratio(ingest['window_updates']['steady_per_s'], ingest['raw_produce_per_s'])})",
+        f"({ratio(ingest['window_updates']['steady_per_s'], ingest['raw_produce_per_s'])}), "
+        f"Redis {ingest['window_updates'].get('redis_bytes_per_window', 0):.0f} bytes per open window",
         f"  reservations (bench-billing):             {billing['reservations_per_s']:>9,.0f} /s  "
         f"p99 {billing['reserve_p99_ms']:.1f} ms; batched {billing['batched_reservations_per_s']:,.0f} /s",
         f"  captures (bench-billing):                 {billing['captures_per_s']:>9,.0f} /s  "
