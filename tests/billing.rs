@@ -12,7 +12,7 @@ use finestra_platform::status::reason_of;
 use finestra_proto::time::{from_micros, to_micros};
 use finestra_proto::v1::billing_service_client::BillingServiceClient;
 use finestra_proto::v1::envelope::Payload;
-use finestra_proto::v1::{self, Envelope, MessageStatus, UserBlock, UserRef};
+use finestra_proto::v1::{self, Envelope, UserBlock, UserRef};
 use finestra_testkit::{Scope, Started, committed, eventually, infra};
 use tonic::Code;
 
@@ -179,23 +179,14 @@ impl Books {
 }
 
 fn status_event(tenant: &str, number: &str, message_id: &str, status: &str) -> Envelope {
-    Envelope {
-        event_id: format!("st:wamid.{message_id}:{status}"),
-        tenant_id: tenant.to_owned(),
-        occurred_at: Some(from_micros(finestra_testkit::now_secs() * 1_000_000)),
-        recorded_at: None,
-        payload: Some(Payload::MessageStatus(MessageStatus {
-            phone_number_id: number.to_owned(),
-            message_id: format!("wamid.{message_id}"),
-            status: status.to_owned(),
-            recipient: Some(UserRef {
-                wa_id: IT_USER.into(),
-                ..UserRef::default()
-            }),
-            callback_data: message_id.to_owned(),
-            ..MessageStatus::default()
-        })),
-    }
+    finestra_e2e::chain::status_event(
+        tenant,
+        number,
+        message_id,
+        &format!("wamid.{message_id}"),
+        IT_USER,
+        status,
+    )
 }
 
 fn assert_reason(r: Result<impl std::fmt::Debug, tonic::Status>, code: Code, reason: &str) {

@@ -320,6 +320,11 @@ impl Chain {
             .into_inner())
     }
 
+    /// A status of message `id` (network id `wamid`) to `user`, as ingest publishes it.
+    pub fn status(&self, id: &str, wamid: &str, user: &str, status: &str) -> v1::Envelope {
+        status_event(&self.tenant, &self.number, id, wamid, user, status)
+    }
+
     /// Waits until the message has one of `statuses`.
     pub async fn settles(&self, id: &str, statuses: &[&str]) -> anyhow::Result<v1::Message> {
         eventually(&format!("{id} reaches {statuses:?}"), WAIT, || async {
@@ -411,5 +416,36 @@ pub fn reason(r: &Result<SendMessageResponse, tonic::Status>) -> (Code, String) 
     match r {
         Ok(ok) => (Code::Ok, ok.message_id.clone()),
         Err(s) => (s.code(), reason_of(s).unwrap_or_default()),
+    }
+}
+
+/// A `MessageStatus` event as ingest publishes it: message `id` (Finestra's, echoed as
+/// callback data) of `tenant`'s `number`, network id `wamid`, to `user`, now.
+pub fn status_event(
+    tenant: &str,
+    number: &str,
+    id: &str,
+    wamid: &str,
+    user: &str,
+    status: &str,
+) -> v1::Envelope {
+    v1::Envelope {
+        event_id: format!("st:{wamid}:{status}"),
+        tenant_id: tenant.to_owned(),
+        occurred_at: Some(finestra_proto::time::from_micros(
+            finestra_testkit::now_secs() * 1_000_000,
+        )),
+        recorded_at: None,
+        payload: Some(v1::envelope::Payload::MessageStatus(v1::MessageStatus {
+            phone_number_id: number.to_owned(),
+            message_id: wamid.to_owned(),
+            status: status.to_owned(),
+            recipient: Some(v1::UserRef {
+                wa_id: user.to_owned(),
+                ..v1::UserRef::default()
+            }),
+            callback_data: id.to_owned(),
+            ..v1::MessageStatus::default()
+        })),
     }
 }

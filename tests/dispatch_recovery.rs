@@ -243,29 +243,6 @@ async fn a_stored_message_whose_event_was_lost_is_queued_again_and_charged_once(
     Ok(())
 }
 
-/// A status as ingest would publish it for message `id` of the chain's tenant.
-fn status_of(c: &Chain, id: &str, user: &str, status: &str) -> v1::Envelope {
-    v1::Envelope {
-        event_id: format!("st:wamid.{id}:{status}"),
-        tenant_id: c.tenant.clone(),
-        occurred_at: Some(finestra_proto::time::from_micros(
-            finestra_testkit::now_secs() * 1_000_000,
-        )),
-        recorded_at: None,
-        payload: Some(v1::envelope::Payload::MessageStatus(v1::MessageStatus {
-            phone_number_id: c.number.clone(),
-            message_id: format!("wamid.{id}"),
-            status: status.to_owned(),
-            recipient: Some(v1::UserRef {
-                wa_id: user.to_owned(),
-                ..v1::UserRef::default()
-            }),
-            callback_data: id.to_owned(),
-            ..v1::MessageStatus::default()
-        })),
-    }
-}
-
 /// Dispatch's event pipeline (message states, then the tenant's event log, then the offsets)
 /// killed right after a batch's writes are durable and before its offsets are committed: the
 /// successor reads the batch again. Every message ends delivered and every status is in the
@@ -310,8 +287,18 @@ async fn dispatch_killed_between_the_event_writes_and_the_offset_commit_loses_an
             topic: &topic,
             key: kafka::conversation_key(&c.tenant, &c.number, &m.recipient),
             envelope: finestra_proto::packing::pack(vec![
-                status_of(&c, &m.message_id, &m.recipient, "sent"),
-                status_of(&c, &m.message_id, &m.recipient, "delivered"),
+                c.status(
+                    &m.message_id,
+                    &format!("wamid.{}", m.message_id),
+                    &m.recipient,
+                    "sent",
+                ),
+                c.status(
+                    &m.message_id,
+                    &format!("wamid.{}", m.message_id),
+                    &m.recipient,
+                    "delivered",
+                ),
             ])
             .ok_or_else(|| anyhow::anyhow!("statuses pack"))?,
         });

@@ -600,3 +600,28 @@ pub async fn reconcile_differences(tenants: &[String]) -> anyhow::Result<usize> 
     }
     Ok(differences)
 }
+
+/// Waits until every message of `tenants` has settled (delivered, read or failed), printing
+/// how many are still open after `label`; fails after ten minutes.
+pub async fn settle(pool: &sqlx::PgPool, tenants: &[String], label: &str) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        let open: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM dispatch.messages
+              WHERE tenant_id = ANY($1) AND status NOT IN ('DELIVERED', 'READ', 'FAILED')",
+        )
+        .bind(tenants)
+        .fetch_one(pool)
+        .await?;
+        eprint!("\r[{label}]   settling: {open:>7} open   ");
+        if open == 0 {
+            eprintln!();
+            return Ok(());
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "not every message settled within 10 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -15,6 +15,14 @@ use finestra_testkit::{Scope, Started};
 
 pub const WAIT: Duration = Duration::from_secs(30);
 
+/// A benchmark's numeric knob from the environment (`BENCH_*`, `CHAOS_*`), or `default`.
+pub fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 pub struct Slice {
     pub scope: Scope,
     pub ingest: Started,

@@ -99,6 +99,19 @@ fn signed_by(header: &str, body: &[u8], secret: &str) -> bool {
     parts.any(|p| p.strip_prefix("v1=") == Some(want.as_str()))
 }
 
+/// The tenant's event stream from `cursor` (empty: from the start).
+async fn events_from(c: &Chain, cursor: &str) -> anyhow::Result<tonic::Streaming<v1::TenantEvent>> {
+    Ok(c.client
+        .clone()
+        .stream_events(v1::StreamEventsRequest {
+            tenant_id: c.tenant.clone(),
+            cursor: cursor.to_owned(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner())
+}
+
 /// Reads a stream until `done` holds for the events read so far (or the wait runs out).
 async fn read_until(
     stream: &mut tonic::Streaming<v1::TenantEvent>,
@@ -166,15 +179,7 @@ async fn tenants_follow_events_on_a_resumable_stream_and_on_signed_retried_webho
         Some(Code::InvalidArgument)
     );
 
-    let mut stream = c
-        .client
-        .clone()
-        .stream_events(v1::StreamEventsRequest {
-            tenant_id: c.tenant.clone(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
+    let mut stream = events_from(&c, "").await?;
     let giulia = "393331110010";
     c.user_says(giulia, 0, false).await?;
     let first = c.text(giulia, "ev-1", "Ciao Giulia").await?;
@@ -189,16 +194,7 @@ async fn tenants_follow_events_on_a_resumable_stream_and_on_signed_retried_webho
     c.user_says(giulia, 0, false).await?;
     let second = c.text(giulia, "ev-2", "Anything else?").await?;
     c.settles(&second.message_id, &["DELIVERED"]).await?;
-    let mut resumed = c
-        .client
-        .clone()
-        .stream_events(v1::StreamEventsRequest {
-            tenant_id: c.tenant.clone(),
-            cursor: cursor.clone(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
+    let mut resumed = events_from(&c, &cursor).await?;
     let before = seen.len();
     read_until(&mut resumed, &mut seen, |e| {
         delivered_status_of(e, &second.message_id)
@@ -224,15 +220,7 @@ async fn tenants_follow_events_on_a_resumable_stream_and_on_signed_retried_webho
         assert!(kinds.contains(kind), "{kind} in {kinds:?}");
     }
     // Nothing between the two streams was lost: the log from the start equals what was read.
-    let mut replay = c
-        .client
-        .clone()
-        .stream_events(v1::StreamEventsRequest {
-            tenant_id: c.tenant.clone(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
+    let mut replay = events_from(&c, "").await?;
     let mut all = Vec::new();
     let last = seen.last().map(|e| e.cursor.clone()).unwrap_or_default();
     read_until(&mut replay, &mut all, |e| {
@@ -339,16 +327,7 @@ async fn tenants_follow_events_on_a_resumable_stream_and_on_signed_retried_webho
     c.user_says("393331110012", 23 * 3_600 + 1_800, false)
         .await?;
     c.user_says("393331110013", 25 * 3_600, false).await?;
-    let mut tail = c
-        .client
-        .clone()
-        .stream_events(v1::StreamEventsRequest {
-            tenant_id: c.tenant.clone(),
-            cursor: last,
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
+    let mut tail = events_from(&c, &last).await?;
     let mut later = Vec::new();
     read_until(&mut tail, &mut later, |e| {
         e.iter().any(|x| x.kind == "window_closing_soon")
@@ -357,29 +336,6 @@ async fn tenants_follow_events_on_a_resumable_stream_and_on_signed_retried_webho
     .await?;
     c.stop().await;
     Ok(())
-}
-
-/// A status as ingest would publish it for the chain's message `id` (wamid `wamid`).
-fn status_of(c: &Chain, id: &str, wamid: &str, user: &str, status: &str) -> v1::Envelope {
-    v1::Envelope {
-        event_id: format!("st:{wamid}:{status}"),
-        tenant_id: c.tenant.clone(),
-        occurred_at: Some(finestra_proto::time::from_micros(
-            finestra_testkit::now_secs() * 1_000_000,
-        )),
-        recorded_at: None,
-        payload: Some(v1::envelope::Payload::MessageStatus(v1::MessageStatus {
-            phone_number_id: c.number.clone(),
-            message_id: wamid.to_owned(),
-            status: status.to_owned(),
-            recipient: Some(v1::UserRef {
-                wa_id: user.to_owned(),
-                ..v1::UserRef::default()
-            }),
-            callback_data: id.to_owned(),
-            ..v1::MessageStatus::default()
-        })),
-    }
 }
 
 /// The provider redelivers and reorders statuses (a webhook retried, statuses of one message
@@ -408,18 +364,18 @@ async fn redelivered_and_reordered_statuses_move_a_message_forward_once_and_are_
     let key = kafka::conversation_key(&c.tenant, &c.number, user);
     let records: Vec<v1::Envelope> = vec![
         finestra_proto::packing::pack(vec![
-            status_of(&c, &id, &wamid, user, "sent"),
-            status_of(&c, &id, &wamid, user, "delivered"),
+            c.status(&id, &wamid, user, "sent"),
+            c.status(&id, &wamid, user, "delivered"),
         ])
         .ok_or_else(|| anyhow::anyhow!("statuses pack"))?,
-        status_of(&c, &id, &wamid, user, "read"),
+        c.status(&id, &wamid, user, "read"),
         finestra_proto::packing::pack(vec![
-            status_of(&c, &id, &wamid, user, "delivered"),
-            status_of(&c, &id, &wamid, user, "read"),
-            status_of(&c, &id, &wamid, user, "failed"),
+            c.status(&id, &wamid, user, "delivered"),
+            c.status(&id, &wamid, user, "read"),
+            c.status(&id, &wamid, user, "failed"),
         ])
         .ok_or_else(|| anyhow::anyhow!("statuses pack"))?,
-        status_of(&c, &id, &wamid, user, "read"),
+        c.status(&id, &wamid, user, "read"),
     ];
     let producer = kafka::producer(&finestra_testkit::infra().await?.brokers)?;
     for envelope in records {
@@ -440,15 +396,7 @@ async fn redelivered_and_reordered_statuses_move_a_message_forward_once_and_are_
         Ok(done.then_some(()))
     })
     .await?;
-    let mut stream = c
-        .client
-        .clone()
-        .stream_events(v1::StreamEventsRequest {
-            tenant_id: c.tenant.clone(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
+    let mut stream = events_from(&c, "").await?;
     let told = |events: &[v1::TenantEvent]| -> Vec<String> {
         let mut ids: Vec<String> = events
             .iter()

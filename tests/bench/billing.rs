@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use finestra_e2e::env_num;
 use finestra_platform::auth::{AuthedChannel, Owner, Scope as KeyScope};
 use finestra_platform::kafka::{self, Outgoing};
 use finestra_proto::v1::billing_service_client::BillingServiceClient;
@@ -14,13 +15,6 @@ use finestra_proto::v1::envelope::Payload;
 use finestra_proto::v1::{self, Envelope, MessageStatus};
 use finestra_testkit::{Scope, infra};
 use hdrhistogram::Histogram;
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 struct ReserveFigures {
     ok: u64,

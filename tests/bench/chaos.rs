@@ -17,16 +17,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use finestra_e2e::cluster::{Broker, Cluster, ClusterSpec};
+use finestra_e2e::env_num;
 use finestra_e2e::load::{self, Generator};
 use finestra_platform::auth::{Owner, Scope as KeyScope};
 use finestra_testkit::{Scope, infra};
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn log(started: Instant, what: &str) {
     eprintln!(

@@ -22,17 +22,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use finestra_e2e::cluster::{Broker, Cluster, ClusterSpec, SERVICES};
+use finestra_e2e::env_num;
 use finestra_e2e::load::{self, Generator};
 use finestra_platform::auth::{Owner, Scope as KeyScope};
 use finestra_platform::status::retry_after_of;
 use finestra_testkit::{Scope, infra};
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Clock ticks per second of `/proc/<pid>/stat` times (`getconf CLK_TCK`; 100 on Linux).
 fn ticks_per_second() -> f64 {

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use finestra_e2e::{env_num, load};
 use finestra_platform::auth::{AuthedChannel, Scope as KeyScope};
 use finestra_platform::status::{reason_of, retry_after_of};
 use finestra_proto::v1;
@@ -31,13 +32,6 @@ use hdrhistogram::Histogram;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 type Client = DispatchServiceClient<AuthedChannel>;
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 struct Tenant {
     id: String,
@@ -232,30 +226,6 @@ fn jitter() -> f64 {
     rand::rng().random()
 }
 
-/// Waits until every message of `tenants` has settled (delivered, read or failed).
-async fn settle(pool: &sqlx::PgPool, tenants: &[String]) -> anyhow::Result<()> {
-    let started = Instant::now();
-    loop {
-        let open: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM dispatch.messages
-              WHERE tenant_id = ANY($1) AND status NOT IN ('DELIVERED', 'READ', 'FAILED')",
-        )
-        .bind(tenants)
-        .fetch_one(pool)
-        .await?;
-        eprint!("\r[bench-fair]   settling: {open:>7} open   ");
-        if open == 0 {
-            eprintln!();
-            return Ok(());
-        }
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(600),
-            "not every message settled within 10 minutes"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _ = tracing_subscriber::fmt()
@@ -337,14 +307,14 @@ async fn main() -> anyhow::Result<()> {
         alone.quantile_ms(0.5),
         alone.quantile_ms(0.99)
     );
-    settle(&infra.pool, &all_ids).await?;
+    load::settle(&infra.pool, &all_ids, "bench-fair").await?;
 
     let probe = Duration::from_secs(5);
     eprintln!("[bench-fair] 2. the chain's capacity: the retailer alone, closed loop, {probe:?}");
     let capacity = closed_loop(retailer.clone(), 128, probe, "capacity").await;
     let capacity_per_s = capacity.ok as f64 / probe.as_secs_f64();
     eprintln!("[bench-fair]   {capacity_per_s:.0} accepted/s");
-    settle(&infra.pool, &all_ids).await?;
+    load::settle(&infra.pool, &all_ids, "bench-fair").await?;
 
     let flood_rate = (capacity_per_s * flood_factor as f64).max(100.0) as u64;
     eprintln!(
@@ -372,7 +342,7 @@ async fn main() -> anyhow::Result<()> {
         flood.ok,
         flood.refused
     );
-    settle(&infra.pool, &all_ids).await?;
+    load::settle(&infra.pool, &all_ids, "bench-fair").await?;
 
     eprintln!("[bench-fair] 4. weights 1..10, closed loop, {seconds:?}");
     let mut runs = Vec::new();
@@ -384,7 +354,7 @@ async fn main() -> anyhow::Result<()> {
     for r in runs {
         weight_seen.push(r.await?);
     }
-    settle(&infra.pool, &all_ids).await?;
+    load::settle(&infra.pool, &all_ids, "bench-fair").await?;
     let weighted_ids: Vec<String> = weighted.iter().map(|t| t.id.clone()).collect();
     let delivered: Vec<(String, i64)> = sqlx::query_as(
         "SELECT tenant_id, count(*) FROM dispatch.messages

@@ -12,6 +12,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use finestra_e2e::env_num;
 use finestra_platform::auth::{AuthedChannel, Owner, Scope as KeyScope};
 use finestra_platform::kafka::{self, Outgoing};
 use finestra_proto::v1::dispatch_service_client::DispatchServiceClient;
@@ -22,13 +23,6 @@ use hdrhistogram::Histogram;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 type Client = DispatchServiceClient<AuthedChannel>;
 
@@ -336,24 +330,6 @@ async fn batch_loop(
     ))
 }
 
-/// Waits (at most two minutes) until every message of `tenants` is delivered or failed.
-async fn settle(pool: &sqlx::PgPool, tenants: &[String]) -> anyhow::Result<()> {
-    let started = Instant::now();
-    loop {
-        let (open,): (i64,) = sqlx::query_as(
-            "SELECT count(*) FROM dispatch.messages
-              WHERE tenant_id = ANY($1) AND status NOT IN ('DELIVERED', 'READ', 'FAILED')",
-        )
-        .bind(tenants)
-        .fetch_one(pool)
-        .await?;
-        if open == 0 || started.elapsed() > Duration::from_secs(120) {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
 async fn count(pool: &sqlx::PgPool, tenants: &[String], sql: &str) -> anyhow::Result<i64> {
     Ok(sqlx::query_scalar(sql)
         .bind(tenants)
@@ -439,7 +415,7 @@ async fn main() -> anyhow::Result<()> {
         sustained.p99_ms
     );
     // Its messages settle before the next phase, so its latencies are its own.
-    settle(&infra.pool, &tenant_ids).await?;
+    finestra_e2e::load::settle(&infra.pool, &tenant_ids, "bench-send").await?;
 
     // The latency sweep: open loops of rising rates, each settled before the next, until the
     // SendMessage p99 exceeds the target (or a call fails).
@@ -469,7 +445,7 @@ async fn main() -> anyhow::Result<()> {
             f.p99_ms,
             f.errors
         );
-        settle(&infra.pool, &tenant_ids).await?;
+        finestra_e2e::load::settle(&infra.pool, &tenant_ids, "bench-send").await?;
         let over = f.p99_ms > p99_target_ms || f.errors > 0;
         sweep.push((r, f));
         if over {
@@ -515,7 +491,7 @@ async fn main() -> anyhow::Result<()> {
 
     // The closed loop's messages settle before the batch phase: its end-to-end rate is its
     // own, first to last delivery with no other phase competing.
-    settle(&infra.pool, &tenant_ids).await?;
+    finestra_e2e::load::settle(&infra.pool, &tenant_ids, "bench-send").await?;
     let (full_first_delivery, full_last_delivery, full_delivered): (i64, i64, i64) =
         sqlx::query_as(
             "SELECT min(updated_at), max(updated_at), count(*) FROM dispatch.messages

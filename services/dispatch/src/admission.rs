@@ -221,8 +221,7 @@ impl Admission {
             };
             let in_flight = state.shares.total();
             state.shares.force_admit(&w.tenant_id, w.weight);
-            let now = self.now();
-            state.clock.admitted(&w.tenant_id, w.weight, now);
+            state.clock.admitted(&w.tenant_id, w.weight);
             let ticket = self.ticket(&w.tenant_id, in_flight, false);
             if let Err(mut unused) = w.tx.send(ticket) {
                 // That waiter gave up (it counted itself out): undo here, under the lock. Its
@@ -267,7 +266,7 @@ impl Admission {
             if state.waiting_live == 0 || under_floor {
                 match state.shares.try_admit(&key, weight) {
                     Ok(()) => {
-                        state.clock.admitted(&key, weight, now);
+                        state.clock.admitted(&key, weight);
                         metrics::gauge!("finestra_dispatch_sends_in_flight")
                             .set((in_flight + 1) as f64);
                         metrics::gauge!("finestra_dispatch_sending_tenants")

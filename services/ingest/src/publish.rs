@@ -76,10 +76,15 @@ pub async fn publish(
     let records: Vec<Outgoing<'_>> = groups
         .into_iter()
         .flat_map(|(topic, key, envelopes)| {
-            // Statuses pack into one record; anything else is a record of its own.
-            let packed = match packing::pack(envelopes.clone()) {
-                Some(one) => vec![one],
-                None => envelopes,
+            // Several statuses of a conversation pack into one record; anything else (and a
+            // status alone) is a record of its own.
+            let packed = if envelopes.len() > 1 {
+                match packing::pack(envelopes.clone()) {
+                    Some(one) => vec![one],
+                    None => envelopes,
+                }
+            } else {
+                envelopes
             };
             packed.into_iter().map(move |envelope| Outgoing {
                 traceparent: traceparent.map(str::to_owned),
