@@ -9,6 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 fin=./target/debug/finestra
 TENANT=demo-pizzeria
+WABA=demo-waba-100
 NUMBER=100200300
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 # Re-running the demo finds its partner, tenant, number and template already there.
@@ -30,22 +31,32 @@ export FINESTRA_API_KEY
 FINESTRA_API_KEY=$(cat var/run/operator.key)
 echo "operator key ${FINESTRA_API_KEY:0:13}… (only its hash is stored)"
 
-step "A partner (BSP) onboards a business: tenant '$TENANT' with number $NUMBER"
+step "The partner registers the business's number with the network (the simulator), as it configures an app at Meta"
+$fin sim register-number --phone-number-id "$NUMBER" --waba-id "$WABA" --display "+39 02 1234 5678" \
+  --app-secret demo-app-secret-0001
+
+step "A partner (BSP) onboards the business in Finestra: tenant '$TENANT', business account $WABA, number $NUMBER"
 once $fin partner create --id demo-bsp --name "Demo BSP"
-once $fin tenant create --partner demo-bsp --id "$TENANT" --name "Pizzeria Napoli"
+once $fin tenant create --partner demo-bsp --id "$TENANT" --name "Pizzeria Napoli" --waba-id "$WABA"
 once $fin number add --tenant "$TENANT" --phone-number-id "$NUMBER" --display "+39 02 1234 5678" \
   --app-secret demo-app-secret-0001
 
-step "The business submits a template; the provider approves it (here: the operator's review command)"
+step "The business makes two templates: Finestra submits each to the network, which reviews it"
 once $fin template create --tenant "$TENANT" --name order_ready --language it --category UTILITY \
   --body "Ciao {{1}}, il tuo ordine {{2}} è pronto"
 once $fin template create --tenant "$TENANT" --name weekend_offer --language it --category MARKETING \
   --body "Ciao {{1}}, questo weekend pizza a metà prezzo!"
+# The network approves a template a couple of seconds after its submission, and says so with a
+# signed webhook that reaches accounts through ingest and the broker.
 for name in order_ready weekend_offer; do
-  TEMPLATE=$($fin --json template list --tenant "$TENANT" | grep "\"name\":\"$name\"" | sed -n 's/.*"template_id":"\([^"]*\)".*/\1/p')
-  $fin template review --tenant "$TENANT" --id "$TEMPLATE" --event APPROVED \
-    || echo "(already reviewed: a stale or repeated review never moves a template backwards)"
+  for _ in $(seq 1 150); do
+    $fin --json template list --tenant "$TENANT" | grep "\"name\":\"$name\"" | grep -q '"status":"APPROVED"' && break
+    sleep 0.2
+  done
+  $fin --json template list --tenant "$TENANT" | grep "\"name\":\"$name\"" | grep -q '"status":"APPROVED"' \
+    || { echo "the network has not approved $name after 30 s; see var/run/simulator.log and var/run/accounts.log" >&2; exit 1; }
 done
+$fin template list --tenant "$TENANT"
 OPERATOR_KEY=$FINESTRA_API_KEY
 
 step "The business gets its own read-only API key"

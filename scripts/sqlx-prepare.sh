@@ -27,6 +27,7 @@ migrate accounts crates/registry/migrations
 migrate windows services/window/migrations
 migrate billing services/billing/migrations
 migrate dispatch services/dispatch/migrations
+migrate sim services/simulator/migrations
 
 out="$PWD/.sqlx"
 $check && out="$PWD/target/sqlx-check"

@@ -213,7 +213,8 @@ impl Chain {
         .await?)
     }
 
-    /// Adds an approved template straight to the control plane's table.
+    /// Adds an approved template straight to the control plane's table, and to the network
+    /// (submitted through its Cloud API and approved there).
     pub async fn template(&self, name: &str, category: &str, params: i32) -> anyhow::Result<()> {
         self.template_with_status(name, category, params, "APPROVED")
             .await
@@ -227,19 +228,29 @@ impl Chain {
         status: &str,
     ) -> anyhow::Result<()> {
         let infra = infra().await?;
+        let body = (1..=params).fold("Ciao".to_owned(), |b, i| format!("{b} {{{{{i}}}}}"));
         sqlx::query(
             "INSERT INTO accounts.templates
                 (template_id, tenant_id, name, language, category, body, parameter_count, status)
-             VALUES ($1, $2, $3, 'it', $4, 'Ciao {{1}}', $5, $6)",
+             VALUES ($1, $2, $3, 'it', $4, $5, $6, $7)",
         )
         .bind(format!("tpl-{}-{name}", self.scope.id()))
         .bind(&self.tenant)
         .bind(name)
         .bind(category)
+        .bind(&body)
         .bind(params)
         .bind(status)
         .execute(&infra.pool)
         .await?;
+        // The network has it too, in the same state (a PENDING one it has not reviewed yet:
+        // Finestra refuses it before the network could).
+        if status != "PENDING" {
+            let waba = self.scope.waba_id("acme");
+            self.sim
+                .template(&waba, name, category, &body, status)
+                .await?;
+        }
         Ok(())
     }
 

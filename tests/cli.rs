@@ -83,6 +83,8 @@ async fn bootstrap_partner_tenant_number_key_template() -> anyhow::Result<()> {
             &tenant,
             "--name",
             "CLI Shop",
+            "--waba-id",
+            &format!("waba-{tenant}"),
         ],
     )?;
     assert_eq!(field(&created, "partner_id")?, partner);
@@ -135,6 +137,28 @@ async fn bootstrap_partner_tenant_number_key_template() -> anyhow::Result<()> {
     )?;
     assert_eq!(field(&template, "status")?, "PENDING");
     let template_id = field(&template, "template_id")?;
+    // This test runs no network: the template is kept, not submitted, and a submission or a
+    // sync now is refused with the reason.
+    assert!(template.contains(r#""submitted":false"#), "{template}");
+    for args in [
+        vec![
+            "template",
+            "submit",
+            "--tenant",
+            &tenant,
+            "--id",
+            &template_id,
+        ],
+        vec!["template", "sync", "--tenant", &tenant],
+    ] {
+        let refused = cli.run(ta, &args)?;
+        assert!(!refused.status.success());
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            stderr.contains("PROVIDER_UNAVAILABLE"),
+            "{args:?}: {stderr}"
+        );
+    }
     let reviewed = cli.ok(
         op,
         &[

@@ -152,6 +152,12 @@ impl Cluster {
             "accounts" => env.extend([
                 ("KEY_PREFIX", "fin_test_".into()),
                 ("ACCOUNTS_CONSUMER_GROUP", s.scope.group("accounts")),
+                ("ACCOUNTS_SUBMIT_TENANT_PREFIX", s.scope.tenant_prefix()),
+                (
+                    "PROVIDER_URL",
+                    format!("http://{}", sim.http.context("simulator http")?),
+                ),
+                ("PROVIDER_TOKEN", s.provider_token.clone()),
             ]),
             "ingest" => env.extend([
                 ("HTTP_ADDR", p.http.context("ingest http")?.to_string()),
@@ -178,7 +184,7 @@ impl Cluster {
                 ("SIM_ACCESS_TOKEN", s.provider_token.clone()),
                 ("SIM_INGEST_URL", format!("http://{}", ingest.grpc)),
                 ("SIM_INGEST_KEY", s.operator_key.clone()),
-                ("SIM_REVIEW_TENANT_PREFIX", s.scope.tenant_prefix()),
+                ("SIM_NETWORK", format!("test-{scope_id}")),
                 ("SIM_STATUS_DELAY_MS", "10".into()),
                 ("SIM_READ_PER_MILLE", "0".into()),
                 ("SIM_NUMBER_RATE", "1000".into()),
@@ -247,6 +253,14 @@ impl Cluster {
                 "{service} exited right after starting: {status} (log {})",
                 log_path.display()
             );
+        }
+        if service == "simulator" {
+            // The network knows the test's numbers and templates only once told (again after a
+            // restart: it keeps them, and telling twice changes nothing).
+            finestra_testkit::Network::new(&self.network_url()?, &self.spec.provider_token, 1_000)
+                .register_all(&self.spec.scope)
+                .await
+                .context("registering the test's numbers with the network")?;
         }
         Ok(())
     }

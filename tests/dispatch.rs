@@ -514,6 +514,7 @@ async fn a_slow_number_is_paced_while_another_tenants_messages_flow() -> anyhow:
     c.template("order_ready", "UTILITY", 1).await?;
     c.top_up(200 * UTILITY_IT).await?;
     let (other_tenant, other_number, _) = c.scope.tenant_with_number("other", 2).await?;
+    c.sim.register_all(&c.scope).await?;
     let other_key = c.scope.tenant_key("other", &[KeyScope::Send]).await?;
     let mut other = DispatchServiceClient::new(
         finestra_testkit::authed_channel(c.dispatch_url.clone(), &other_key).await?,

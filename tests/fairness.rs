@@ -30,6 +30,7 @@ struct Neighbour {
 impl Neighbour {
     async fn join(c: &Chain, name: &str, n: u32, dispatch_url: &str) -> anyhow::Result<Self> {
         let (tenant, number, _) = c.scope.tenant_with_number(name, n).await?;
+        c.sim.register_all(&c.scope).await?;
         let key = c.scope.tenant_key(name, &[KeyScope::Send]).await?;
         let client = DispatchServiceClient::new(
             finestra_testkit::authed_channel(dispatch_url.to_owned(), &key).await?,

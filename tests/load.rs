@@ -133,7 +133,8 @@ async fn send_until_accepted(
 
 /// A tenant with one number that only the network paces (no tier, 1,000 messages/s), an
 /// approved UTILITY template `template` (one parameter) and `funds` micro-euros; returns
-/// (tenant id, number id). The chaos run, the shutdown test and bench-send start from it.
+/// (tenant id, number id). The network learns of the number and the template when the
+/// scope's numbers are registered with it (`Network::register_all`). The chaos run, the shutdown test and bench-send start from it.
 pub async fn sending_tenant(
     scope: &Scope,
     name: &str,
@@ -162,6 +163,13 @@ pub async fn sending_tenant(
     .bind(template)
     .execute(&infra.pool)
     .await?;
+    scope.note_template(finestra_testkit::NetworkTemplate {
+        waba_id: scope.waba_id(name),
+        name: template.into(),
+        category: "UTILITY".into(),
+        body: "Order {{1}} ready".into(),
+        event: "APPROVED".into(),
+    });
     finestra_billing::pg::top_up(
         &infra.pool,
         &tenant,

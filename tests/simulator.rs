@@ -1,6 +1,7 @@
 //! The simulator as the provider: the Cloud API's send surface, its own window/block/
 //! throughput rules, and signed status and inbound webhooks that ingest accepts (so they reach
-//! the topics), against the real ingest, Postgres and broker.
+//! the topics), against the real ingest, Postgres and broker. It knows only the numbers
+//! registered with it and the templates submitted to it.
 
 use std::time::Duration;
 
@@ -51,17 +52,53 @@ fn template(to: &str, callback: &str) -> Value {
            "biz_opaque_callback_data": callback})
 }
 
-/// The approved marketing template `offer` (no parameters) the sends use.
-async fn approved_offer(tenant: &str) -> anyhow::Result<()> {
-    sqlx::query(
-        "INSERT INTO accounts.templates
-            (template_id, tenant_id, name, language, category, body, parameter_count, status)
-         VALUES ('tpl-' || $1, $1, 'offer', 'it', 'MARKETING', 'Half price tonight', 0, 'APPROVED')",
-    )
-    .bind(tenant)
-    .execute(&infra().await?.pool)
-    .await?;
-    Ok(())
+/// Tells the network of the scope's number, and submits the marketing template `offer` (no
+/// parameters) that the sends use, approved.
+async fn network_with_offer(
+    scope: &Scope,
+    base_url: &str,
+    rate: u32,
+) -> anyhow::Result<finestra_testkit::Network> {
+    let network = finestra_testkit::Network::new(base_url, TOKEN, rate);
+    network.register_all(scope).await?;
+    let waba = scope
+        .network_numbers()
+        .first()
+        .map(|n| n.waba_id.clone())
+        .unwrap_or_default();
+    network
+        .template(
+            &waba,
+            "offer",
+            "MARKETING",
+            "Half price tonight",
+            "APPROVED",
+        )
+        .await?;
+    Ok(network)
+}
+
+/// A simulator of this test's own network, posting its webhooks to `ingest_http`.
+fn sim_config(
+    scope: &Scope,
+    ingest_http: std::net::SocketAddr,
+    read_per_mille: u32,
+) -> anyhow::Result<finestra_simulator::SimConfig> {
+    Ok(finestra_simulator::SimConfig {
+        http_addr: "127.0.0.1:0".parse()?,
+        database_url: scope.config()?.database_url,
+        network: format!("test-{}", scope.id()),
+        webhook_url: format!("http://{ingest_http}/webhooks/cloud-api"),
+        access_token: TOKEN.into(),
+        status_delay: Duration::from_millis(10),
+        failure_per_mille: 0,
+        read_per_mille,
+        number_rate: 80,
+        ingest_url: String::new(),
+        ingest_key: String::new(),
+        review_delay: Duration::from_millis(100),
+        banned_word: "casino".into(),
+    })
 }
 
 fn error_code(v: &Value) -> i64 {
@@ -74,8 +111,7 @@ async fn the_simulator_sends_applies_the_networks_rules_and_reports_statuses() -
     let scope = Scope::new();
     infra().await?;
     scope.create_topics().await?;
-    let (tenant, number, _) = scope.tenant_with_number("sim", 1).await?;
-    approved_offer(&tenant).await?;
+    let (_, number, _) = scope.tenant_with_number("sim", 1).await?;
     let ingest = finestra_testkit::start_ingest(&scope).await?;
     let http_addr = ingest
         .running
@@ -83,25 +119,23 @@ async fn the_simulator_sends_applies_the_networks_rules_and_reports_statuses() -
         .ok_or_else(|| anyhow::anyhow!("ingest has an HTTP listener"))?;
     let shutdown = finestra_platform::Shutdown::new();
     let sim = finestra_simulator::start(
-        finestra_simulator::SimConfig {
-            http_addr: "127.0.0.1:0".parse()?,
-            database_url: scope.config()?.database_url,
-            webhook_url: format!("http://{http_addr}/webhooks/cloud-api"),
-            access_token: TOKEN.into(),
-            status_delay: Duration::from_millis(10),
-            failure_per_mille: 0,
-            read_per_mille: 1_000,
-            number_rate: 80,
-            ingest_url: String::new(),
-            ingest_key: String::new(),
-            review_delay: Duration::from_millis(100),
-            banned_word: "casino".into(),
-            review_tenant_prefix: scope.tenant_prefix(),
-        },
+        sim_config(&scope, http_addr, 1_000)?,
         finestra_testkit::system_clock(),
         shutdown.clone(),
     )
     .await?;
+    // Before the partner registers it, the network does not know the number.
+    let unregistered = Net {
+        base: sim.base_url(),
+        number: number.clone(),
+        http: reqwest::Client::new(),
+    };
+    let (status, body) = unregistered
+        .send(TOKEN, &number, template("393470000999", "early"))
+        .await?;
+    assert_eq!((status, error_code(&body)), (400, 100), "{body}");
+    let network = network_with_offer(&scope, &sim.base_url(), 80).await?;
+    let waba = scope.waba_id("sim");
     let net = Net {
         base: sim.base_url(),
         number: number.clone(),
@@ -231,9 +265,41 @@ async fn the_simulator_sends_applies_the_networks_rules_and_reports_statuses() -
         json!({"phone_number_id": number, "user": user, "stop": false}),
     )
     .await?;
+    // A template the network paused or disabled, or one it has not reviewed yet.
+    for (event, code) in [("PAUSED", 132_015), ("DISABLED", 132_016)] {
+        assert_eq!(
+            net.control(
+                "template",
+                json!({"waba_id": waba, "name": "offer", "language": "it", "event": event})
+            )
+            .await?,
+            200
+        );
+        let (status, body) = net.send(TOKEN, &net.number, template(user, "x")).await?;
+        assert_eq!((status, error_code(&body)), (400, code), "{event}: {body}");
+    }
+    let pending = reqwest::Client::new()
+        .post(format!("{}/v21.0/{waba}/message_templates", sim.base_url()))
+        .bearer_auth(TOKEN)
+        .json(
+            &json!({"name": "fresh", "language": "it", "category": "UTILITY",
+                      "components": [{"type": "BODY", "text": "Hello"}]}),
+        )
+        .send()
+        .await?;
+    assert_eq!(pending.status(), 200);
+    let mut fresh = template(user, "x");
+    fresh["template"]["name"] = json!("fresh");
+    let (status, body) = net.send(TOKEN, &net.number, fresh).await?;
+    assert_eq!(
+        (status, error_code(&body)),
+        (400, 132_001),
+        "not usable before its review: {body}"
+    );
+    drop(network);
 
     // Wrong token, unknown number, malformed body.
-    let (status, body) = net.send("nope", &net.number, template(user, "x")).await?;
+    let (status, body) = net.send("nope", &net.number, text(user)).await?;
     assert_eq!((status, error_code(&body)), (401, 190));
     let (status, body) = net.send(TOKEN, "pn-unknown", template(user, "x")).await?;
     assert_eq!((status, error_code(&body)), (400, 100));
@@ -256,32 +322,21 @@ async fn the_simulator_sends_applies_the_networks_rules_and_reports_statuses() -
 async fn the_simulator_refuses_beyond_a_numbers_throughput() -> anyhow::Result<()> {
     let scope = Scope::new();
     infra().await?;
-    let (tenant, number, _) = scope.tenant_with_number("simrate", 1).await?;
-    approved_offer(&tenant).await?;
+    scope.create_topics().await?;
+    let (_, number, _) = scope.tenant_with_number("simrate", 1).await?;
+    let ingest = finestra_testkit::start_ingest(&scope).await?;
+    let http_addr = ingest
+        .running
+        .http_addr
+        .ok_or_else(|| anyhow::anyhow!("ingest has an HTTP listener"))?;
     let shutdown = finestra_platform::Shutdown::new();
-    let sim = finestra_simulator::start(
-        finestra_simulator::SimConfig {
-            http_addr: "127.0.0.1:0".parse()?,
-            database_url: scope.config()?.database_url,
-            // Nobody listens: statuses are dropped after their retries, sends are unaffected.
-            webhook_url: "http://127.0.0.1:9/webhooks/cloud-api".into(),
-            access_token: TOKEN.into(),
-            status_delay: Duration::from_secs(3_600),
-            failure_per_mille: 0,
-            read_per_mille: 0,
-            // One message a second, burst of one: the second of two back-to-back sends is
-            // refused unless a whole second passed between them (timing-proof on a busy box).
-            number_rate: 1,
-            ingest_url: String::new(),
-            ingest_key: String::new(),
-            review_delay: Duration::from_millis(100),
-            banned_word: "casino".into(),
-            review_tenant_prefix: scope.tenant_prefix(),
-        },
-        finestra_testkit::system_clock(),
-        shutdown.clone(),
-    )
-    .await?;
+    let mut config = sim_config(&scope, http_addr, 0)?;
+    config.status_delay = Duration::from_secs(3_600);
+    let sim = finestra_simulator::start(config, finestra_testkit::system_clock(), shutdown.clone())
+        .await?;
+    // One message a second, burst of one: the second of two back-to-back sends is refused
+    // unless a whole second passed between them (timing-proof on a busy box).
+    network_with_offer(&scope, &sim.base_url(), 1).await?;
     let net = Net {
         base: sim.base_url(),
         number,
@@ -301,77 +356,118 @@ async fn the_simulator_refuses_beyond_a_numbers_throughput() -> anyhow::Result<(
     );
     shutdown.trigger();
     sim.task.await?;
+    ingest.stop().await;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_network_reviews_templates_approves_rejects_the_banned_word_and_pauses()
+async fn the_network_reviews_submitted_templates_approves_rejects_the_banned_word_and_pauses()
 -> anyhow::Result<()> {
     let scope = Scope::new();
-    let infra = infra().await?;
+    infra().await?;
     scope.create_topics().await?;
-    let (tenant, _, _) = scope.tenant_with_number("reviews", 1).await?;
-    let waba = format!("waba{}", scope.id());
-    sqlx::query("UPDATE accounts.tenants SET waba_id = $2 WHERE tenant_id = $1")
-        .bind(&tenant)
-        .bind(&waba)
-        .execute(&infra.pool)
-        .await?;
-    for (id, name, body) in [
-        ("ok", "order_ready", "Ciao {{1}}, il tuo ordine è pronto"),
-        ("bad", "big_win", "Win big at our Casino, {{1}}!"),
-    ] {
-        sqlx::query(
-            "INSERT INTO accounts.templates
-                (template_id, tenant_id, name, language, category, body, parameter_count)
-             VALUES ($1, $2, $3, 'it', 'MARKETING', $4, 1)",
-        )
-        .bind(format!("{id}-{}", scope.id()))
-        .bind(&tenant)
-        .bind(name)
-        .bind(body)
-        .execute(&infra.pool)
-        .await?;
-    }
+    scope.tenant_with_number("reviews", 1).await?;
+    let waba = scope.waba_id("reviews");
     let ingest = finestra_testkit::start_ingest(&scope).await?;
-    let accounts = finestra_testkit::start_accounts(&scope).await?;
     let sim = finestra_testkit::start_simulator(&scope, &ingest.running, TOKEN, 80).await?;
-    let status = |id: &'static str| {
-        let (pool, template) = (infra.pool.clone(), format!("{id}-{}", scope.id()));
+    let http = reqwest::Client::new();
+    let submit = |name: &'static str, body: &'static str| {
+        let (http, url) = (
+            http.clone(),
+            format!("{}/v21.0/{waba}/message_templates", sim.base_url()),
+        );
         async move {
-            sqlx::query_scalar::<_, String>(
-                "SELECT status FROM accounts.templates WHERE template_id = $1",
-            )
-            .bind(&template)
-            .fetch_one(&pool)
-            .await
+            let answer = http
+                .post(url)
+                .bearer_auth(TOKEN)
+                .json(
+                    &json!({"name": name, "language": "it", "category": "MARKETING",
+                              "components": [{"type": "BODY", "text": body}]}),
+                )
+                .send()
+                .await?;
+            anyhow::ensure!(answer.status() == 200, "submitting {name}");
+            let created: Value = answer.json().await?;
+            assert_eq!(created["status"], "PENDING");
+            Ok::<_, anyhow::Error>(created["id"].as_str().unwrap_or_default().to_owned())
         }
     };
-    eventually(
-        "the network approves one and rejects the other",
-        WAIT,
-        || async {
-            let (ok, bad) = (status("ok").await?, status("bad").await?);
-            Ok((ok != "PENDING" && bad != "PENDING").then_some((ok, bad)))
-        },
-    )
-    .await
-    .map(|(ok, bad)| {
-        assert_eq!((ok.as_str(), bad.as_str()), ("APPROVED", "REJECTED"));
-    })?;
+    submit("order_ready", "Ciao {{1}}, il tuo ordine è pronto").await?;
+    submit("big_win", "Win big at our Casino, {{1}}!").await?;
+    let listed = || async {
+        let page: finestra_cloudapi::templates::Page = http
+            .get(format!("{}/v21.0/{waba}/message_templates", sim.base_url()))
+            .bearer_auth(TOKEN)
+            .send()
+            .await?
+            .json()
+            .await?;
+        Ok::<_, anyhow::Error>(page.data)
+    };
+    let reviewed = eventually("the network reviews both", WAIT, || async {
+        let data = listed().await?;
+        Ok(data.iter().all(|t| t.status != "PENDING").then_some(data))
+    })
+    .await?;
+    let verdict = |name: &str| {
+        reviewed.iter().find(|t| t.name == name).map(|t| {
+            (
+                t.status.clone(),
+                t.rejected_reason.clone().unwrap_or_default(),
+            )
+        })
+    };
+    assert_eq!(
+        verdict("order_ready"),
+        Some(("APPROVED".into(), "NONE".into()))
+    );
+    assert_eq!(
+        verdict("big_win"),
+        Some(("REJECTED".into(), "PROMOTIONAL".into()))
+    );
 
-    let answer = reqwest::Client::new()
+    // A duplicate name and language is refused at once, as the Cloud API refuses it.
+    let duplicate = http
+        .post(format!("{}/v21.0/{waba}/message_templates", sim.base_url()))
+        .bearer_auth(TOKEN)
+        .json(
+            &json!({"name": "order_ready", "language": "it", "category": "UTILITY",
+                      "components": [{"type": "BODY", "text": "Again"}]}),
+        )
+        .send()
+        .await?;
+    assert_eq!(duplicate.status(), 400);
+    // Another business account's token cannot see or touch this one's templates.
+    let foreign = http
+        .get(format!("{}/v21.0/{waba}/message_templates", sim.base_url()))
+        .bearer_auth("someone-else")
+        .send()
+        .await?;
+    assert_eq!(foreign.status(), 401);
+
+    let answer = http
         .post(format!("{}/sim/v1/template", sim.base_url()))
-        .json(&json!({"template_id": format!("ok-{}", scope.id()), "event": "PAUSED"}))
+        .json(&json!({"waba_id": waba, "name": "order_ready", "language": "it", "event": "PAUSED"}))
         .send()
         .await?;
     assert!(answer.status().is_success());
-    eventually("the pause reaches the control plane", WAIT, || async {
-        Ok((status("ok").await? == "PAUSED").then_some(()))
-    })
-    .await?;
+    let data = listed().await?;
+    assert_eq!(
+        data.iter()
+            .find(|t| t.name == "order_ready")
+            .map(|t| t.status.as_str()),
+        Some("PAUSED")
+    );
+    // Deleted by name: gone from the listing.
+    let deleted = http
+        .delete(format!("{}/v21.0/{waba}/message_templates", sim.base_url()))
+        .bearer_auth(TOKEN)
+        .query(&[("name", "big_win")])
+        .send()
+        .await?;
+    assert_eq!(deleted.status(), 200);
+    assert!(listed().await?.iter().all(|t| t.name != "big_win"));
     sim.stop().await;
-    accounts.stop().await;
     ingest.stop().await;
     Ok(())
 }

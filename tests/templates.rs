@@ -210,6 +210,7 @@ async fn provider_template_webhooks_drive_the_lifecycle_and_stale_ones_change_no
         "weekly_offer",
         "it",
         "APPROVED",
+        "",
     );
     assert_eq!(post(approved.clone(), secret.clone()).await?, 200);
     finestra_testkit::eventually("approved", finestra_e2e::WAIT, || async {
@@ -233,6 +234,7 @@ async fn provider_template_webhooks_drive_the_lifecycle_and_stale_ones_change_no
         "weekly_offer",
         "it",
         "PAUSED",
+        "",
     );
     assert_eq!(post(paused, secret.clone()).await?, 200);
     // The approval delivered again after the pause: stale.
@@ -245,6 +247,7 @@ async fn provider_template_webhooks_drive_the_lifecycle_and_stale_ones_change_no
         "weekly_offer",
         "it",
         "REINSTATED",
+        "",
     );
     assert_eq!(post(reinstated, secret.clone()).await?, 200);
     let t = finestra_testkit::eventually("reinstated", finestra_e2e::WAIT, || async {
@@ -262,6 +265,7 @@ async fn provider_template_webhooks_drive_the_lifecycle_and_stale_ones_change_no
         "weekly_offer",
         "it",
         "DISABLED",
+        "",
     );
     assert_eq!(post(other.clone(), "not-the-secret".into()).await?, 401);
     let unknown = finestra_cloudapi::build::template_status(
@@ -271,6 +275,7 @@ async fn provider_template_webhooks_drive_the_lifecycle_and_stale_ones_change_no
         "weekly_offer",
         "it",
         "DISABLED",
+        "",
     );
     assert_eq!(post(unknown, secret.clone()).await?, 200);
     assert_eq!(status_of().await?.status, "APPROVED");

@@ -283,6 +283,7 @@ async fn main() -> anyhow::Result<()> {
             next: AtomicU64::new(0),
         }));
     }
+    chain.sim.register_all(&scope).await?;
     let clinic = tenants[0].clone();
     let retailer = tenants[1].clone();
     let weighted: Vec<Arc<Tenant>> = tenants[2..].to_vec();

@@ -184,13 +184,15 @@ pub fn template_status(
     name: &str,
     language: &str,
     event: &str,
+    reason: &str,
 ) -> Value {
     json!({
         "object": "whatsapp_business_account",
         "entry": [{ "id": waba_id, "time": time, "changes": [{
             "field": "message_template_status_update",
             "value": { "event": event, "message_template_id": template_id, "message_template_name": name,
-                       "message_template_language": language, "reason": "NONE" }
+                       "message_template_language": language,
+                       "reason": if reason.is_empty() { "NONE" } else { reason } }
         }]}]
     })
 }

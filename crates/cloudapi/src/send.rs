@@ -95,6 +95,16 @@ struct ErrorObject {
     code: i32,
     #[serde(default)]
     message: String,
+    #[serde(default)]
+    error_user_msg: Option<String>,
+    #[serde(default)]
+    error_data: Option<ErrorData>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorData {
+    #[serde(default)]
+    details: String,
 }
 
 /// The `error.code` and `error.message` of an error answer.
@@ -102,6 +112,23 @@ pub fn error_of(answer: &[u8]) -> Option<(i32, String)> {
     serde_json::from_slice::<ErrorAnswer>(answer)
         .ok()
         .map(|e| (e.error.code, e.error.message))
+}
+
+/// The `error.code`, and the network's explanation: `error.message` followed by
+/// `error_user_msg` or `error_data.details` when the answer has one (what a tenant is shown).
+pub fn error_explained(answer: &[u8]) -> Option<(i32, String)> {
+    serde_json::from_slice::<ErrorAnswer>(answer).ok().map(|e| {
+        let detail = e
+            .error
+            .error_user_msg
+            .or(e.error.error_data.map(|d| d.details))
+            .filter(|d| !d.is_empty());
+        let text = match detail {
+            Some(d) => format!("{}: {d}", e.error.message),
+            None => e.error.message,
+        };
+        (e.error.code, text)
+    })
 }
 
 #[cfg(test)]
@@ -149,6 +176,11 @@ mod tests {
         assert_eq!(
             error_of(err),
             Some((131_047, "(#131047) Re-engagement message".into()))
+        );
+        let explained = br#"{"error":{"message":"(#100) Invalid parameter","code":100,"error_data":{"details":"name exists"}}}"#;
+        assert_eq!(
+            error_explained(explained),
+            Some((100, "(#100) Invalid parameter: name exists".into()))
         );
         assert_eq!(accepted_id(b"nonsense"), None);
         assert_eq!(error_of(b"<html>"), None);

@@ -178,6 +178,8 @@ for_tenant!(
     GetTemplateRequest,
     ListTemplatesRequest,
     DeleteTemplateRequest,
+    SubmitTemplateRequest,
+    SyncTemplatesRequest,
 );
 // Of billing.
 for_tenant!(

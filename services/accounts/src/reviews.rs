@@ -91,7 +91,7 @@ async fn apply(
         tracing::warn!(tenant_id, name = %r.name, language = %r.language, "review of an unknown template dropped");
         return Ok(());
     };
-    match crate::templates::review(pool, tenant_id, &template_id, review, at).await {
+    match crate::templates::review(pool, tenant_id, &template_id, review, &r.reason, at).await {
         Ok(_) => Ok(()),
         // Not applicable (deleted meanwhile, or a step the lifecycle refuses): dropped.
         Err(e @ (TemplateError::NotFound { .. } | TemplateError::Transition { .. })) => {

@@ -29,6 +29,12 @@ pub enum TemplateError {
         template_id: String,
         why: ReviewError,
     },
+    #[error("the tenant has no business account id (set it with UpdateTenant)")]
+    NoBusinessAccount,
+    #[error("the network refused the template: {message}")]
+    ProviderRefused { code: i32, message: String },
+    #[error("the network could not be reached: {0}")]
+    ProviderUnavailable(String),
     #[error("store: {0}")]
     Store(#[from] sqlx::Error),
 }
@@ -49,6 +55,9 @@ pub struct TemplateRow {
     pub pauses: i32,
     pub last_review_at: Option<chrono::DateTime<chrono::Utc>>,
     pub created_at: chrono::DateTime<chrono::Utc>,
+    pub provider_template_id: Option<String>,
+    pub submitted_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub status_reason: String,
 }
 
 fn micros(t: chrono::DateTime<chrono::Utc>) -> Timestamp {
@@ -91,6 +100,9 @@ impl TemplateRow {
             },
             pauses: u32::try_from(self.pauses).unwrap_or(0),
             created_at: Some(ts(self.created_at)),
+            provider_template_id: self.provider_template_id.unwrap_or_default(),
+            status_reason: self.status_reason,
+            submitted: self.submitted_at.is_some(),
         }
     }
 }
@@ -157,7 +169,7 @@ pub async fn create(
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::text::jsonb, $10)
          RETURNING template_id, tenant_id, name, language, category, body, header, footer,
                    buttons::text AS buttons, parameter_count, status, paused_until, pauses,
-                   last_review_at, created_at",
+                   last_review_at, created_at, provider_template_id, submitted_at, status_reason",
         &id,
         &req.tenant_id,
         &req.name,
@@ -191,7 +203,7 @@ pub async fn get(
         TemplateRow,
         "SELECT template_id, tenant_id, name, language, category, body, header, footer,
                 buttons::text AS buttons, parameter_count, status, paused_until, pauses,
-                last_review_at, created_at
+                last_review_at, created_at, provider_template_id, submitted_at, status_reason
            FROM accounts.templates WHERE tenant_id = $1 AND template_id = $2 AND deleted_at IS NULL",
         tenant_id,
         template_id
@@ -209,6 +221,7 @@ pub async fn review(
     tenant_id: &str,
     template_id: &str,
     review: Review,
+    reason: &str,
     at: Timestamp,
 ) -> Result<TemplateRow, TemplateError> {
     let mut tx = pool.begin().await?;
@@ -216,7 +229,7 @@ pub async fn review(
         TemplateRow,
         "SELECT template_id, tenant_id, name, language, category, body, header, footer,
                 buttons::text AS buttons, parameter_count, status, paused_until, pauses,
-                last_review_at, created_at
+                last_review_at, created_at, provider_template_id, submitted_at, status_reason
            FROM accounts.templates WHERE tenant_id = $1 AND template_id = $2 AND deleted_at IS NULL FOR UPDATE",
         tenant_id,
         template_id
@@ -245,21 +258,32 @@ pub async fn review(
         TemplateRow,
         "UPDATE accounts.templates SET status = $3, category = $4, pauses = $5,
                 paused_until = timestamptz 'epoch' + $6::bigint * interval '1 microsecond',
-                last_review_at = timestamptz 'epoch' + $7::bigint * interval '1 microsecond'
+                last_review_at = timestamptz 'epoch' + $7::bigint * interval '1 microsecond',
+                status_reason = $8
          WHERE tenant_id = $1 AND template_id = $2
          RETURNING template_id, tenant_id, name, language, category, body, header, footer,
                    buttons::text AS buttons, parameter_count, status, paused_until, pauses,
-                   last_review_at, created_at",
+                   last_review_at, created_at, provider_template_id, submitted_at, status_reason",
         tenant_id,
         template_id,
         lifecycle.status.name(),
         lifecycle.category.as_str(),
         i32::from(lifecycle.pauses),
         paused_until,
-        at.micros()
+        at.micros(),
+        reason_kept(reason)
     )
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
     Ok(updated)
+}
+
+/// The network writes `NONE` when there is no reason; nothing is kept then.
+fn reason_kept(reason: &str) -> &str {
+    if reason.eq_ignore_ascii_case("NONE") {
+        ""
+    } else {
+        reason
+    }
 }

@@ -134,6 +134,27 @@ pub enum TemplateCommand {
         #[arg(long)]
         id: String,
     },
+    /// Submit to the network a template it has not received (it was unreachable when the
+    /// template was made).
+    Submit {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        id: String,
+    },
+    /// Read the tenant's templates back from the network and bring them in line: statuses,
+    /// templates deleted there, templates made there directly, submissions owed.
+    Sync {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Delete a template here and at the network.
+    Delete {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        id: String,
+    },
     /// Operator: apply a provider review (APPROVED, REJECTED, PAUSED, UNPAUSED, DISABLED,
     /// RECATEGORISED).
     Review {
@@ -152,7 +173,8 @@ fn template_json(t: &v1::Template) -> serde_json::Value {
     serde_json::json!({
         "template_id": t.template_id, "tenant_id": t.tenant_id, "name": t.name, "language": t.language,
         "category": t.category, "status": t.status, "parameter_count": t.parameter_count, "pauses": t.pauses,
-        "body": t.body,
+        "body": t.body, "provider_template_id": t.provider_template_id, "submitted": t.submitted,
+        "status_reason": t.status_reason,
     })
 }
 
@@ -160,8 +182,18 @@ fn print_template(t: &v1::Template, json: bool) {
     if json {
         println!("{}", template_json(t));
     } else {
+        let network = if t.submitted {
+            format!("network id {}", t.provider_template_id)
+        } else {
+            "not yet submitted".into()
+        };
+        let reason = if t.status_reason.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", t.status_reason)
+        };
         println!(
-            "{:<24} {:<20} {:<6} {:<15} {:<9} {} parameter(s)",
+            "{:<24} {:<20} {:<6} {:<15} {:<9} {} parameter(s), {network}{reason}",
             t.template_id, t.name, t.language, t.category, t.status, t.parameter_count
         );
     }
@@ -546,6 +578,53 @@ pub async fn template(api: &Api, command: TemplateCommand, json: bool) -> anyhow
                 print_template(&t, false);
                 println!("  {}", t.body);
             }
+        }
+        TemplateCommand::Submit { tenant, id } => {
+            let t = c
+                .submit_template(v1::SubmitTemplateRequest {
+                    tenant_id: tenant,
+                    template_id: id,
+                })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            print_template(&t, json);
+        }
+        TemplateCommand::Sync { tenant } => {
+            let r = c
+                .sync_templates(v1::SyncTemplatesRequest { tenant_id: tenant })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "updated": r.updated, "removed": r.removed, "adopted": r.adopted,
+                        "submitted": r.submitted,
+                        "templates": r.templates.iter().map(template_json).collect::<Vec<_>>(),
+                    })
+                );
+            } else {
+                println!(
+                    "synchronised with the network: {} updated, {} removed (deleted there), {} adopted (made there), {} submitted",
+                    r.updated, r.removed, r.adopted, r.submitted
+                );
+                for t in &r.templates {
+                    print_template(t, false);
+                }
+            }
+        }
+        TemplateCommand::Delete { tenant, id } => {
+            let t = c
+                .delete_template(v1::DeleteTemplateRequest {
+                    tenant_id: tenant,
+                    template_id: id,
+                })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            print_template(&t, json);
         }
         TemplateCommand::Review {
             tenant,

@@ -1,4 +1,5 @@
-//! `finestra sim …`: plays the simulator's users (its control API).
+//! `finestra sim …`: the simulator's control API: registers numbers with the network (as a
+//! partner configures its app at Meta), reviews templates there, and plays the users.
 
 use anyhow::Context as _;
 use clap::Subcommand;
@@ -6,6 +7,38 @@ use serde_json::{Value, json};
 
 #[derive(Subcommand)]
 pub enum SimCommand {
+    /// Registers a number with the network: its business account, the app secret that signs
+    /// its webhooks, the token senders present, its throughput.
+    RegisterNumber {
+        #[arg(long)]
+        phone_number_id: String,
+        #[arg(long)]
+        waba_id: String,
+        #[arg(long, default_value = "")]
+        display: String,
+        #[arg(long)]
+        app_secret: String,
+        /// Default: the simulator's own (SIM_ACCESS_TOKEN).
+        #[arg(long)]
+        access_token: Option<String>,
+        /// Messages a second (default: the simulator's SIM_NUMBER_RATE).
+        #[arg(long)]
+        throughput: Option<u32>,
+    },
+    /// The network reviews a template now: APPROVED, REJECTED, PAUSED, REINSTATED, DISABLED,
+    /// FLAGGED.
+    ReviewTemplate {
+        #[arg(long)]
+        waba_id: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        language: String,
+        #[arg(long)]
+        event: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
     /// A user writes to a number (the simulator posts the signed webhook to ingest).
     UserSays {
         #[arg(long)]
@@ -76,6 +109,46 @@ async fn post(base: &str, path: &str, body: Value) -> anyhow::Result<Value> {
 
 pub async fn run(base: &str, command: SimCommand) -> anyhow::Result<()> {
     match command {
+        SimCommand::RegisterNumber {
+            phone_number_id,
+            waba_id,
+            display,
+            app_secret,
+            access_token,
+            throughput,
+        } => {
+            let answer = post(
+                base,
+                "numbers",
+                json!({"phone_number_id": phone_number_id, "waba_id": waba_id,
+                       "display_phone_number": display, "app_secret": app_secret,
+                       "access_token": access_token, "throughput_per_second": throughput}),
+            )
+            .await?;
+            println!(
+                "{phone_number_id} registered with the network under business account {waba_id} ({} msg/s)",
+                answer["throughput_per_second"]
+            );
+        }
+        SimCommand::ReviewTemplate {
+            waba_id,
+            name,
+            language,
+            event,
+            reason,
+        } => {
+            let answer = post(
+                base,
+                "template",
+                json!({"waba_id": waba_id, "name": name, "language": language,
+                       "event": event, "reason": reason}),
+            )
+            .await?;
+            println!(
+                "the network reviewed {name} ({language}): {}",
+                answer["status"].as_str().unwrap_or_default()
+            );
+        }
         SimCommand::UserSays {
             phone_number_id,
             from,

@@ -15,7 +15,6 @@ pub mod gate;
 pub mod hot;
 pub mod outbox;
 pub mod pg;
-pub mod provider;
 pub mod statuses;
 pub mod tenant_api;
 pub mod webhooks;
@@ -235,7 +234,7 @@ pub async fn start(
         parallel: config.accept_parallel,
         billing_timeout: config.billing_timeout,
     });
-    let provider = provider::CloudApi::new(
+    let provider = finestra_provider::CloudApi::new(
         &config.provider_url,
         &config.provider_version,
         &config.provider_token,

@@ -16,7 +16,7 @@ use sqlx::PgPool;
 
 use crate::hot::Hot;
 use crate::pg::{self, StatusChange};
-use crate::provider::ProviderError;
+use finestra_provider::ProviderError;
 
 pub struct StatusApplier {
     pub pool: PgPool,

@@ -40,7 +40,7 @@ use crate::facts::Facts;
 use crate::gate::Gate;
 use crate::hot::Hot;
 use crate::pg::{self, StatusChange};
-use crate::provider::{Provider, ProviderError};
+use finestra_provider::{Provider, ProviderError};
 
 const CONSUMER: &str = "dispatch-worker";
 /// Messages a parked tenant is always given back, even while the worker is full.

@@ -15,7 +15,7 @@ use crate::controls::user_writes;
 use crate::network::Refusal;
 
 /// A Cloud-API-shaped error answer.
-fn cloud_error(
+pub(crate) fn cloud_error(
     status: StatusCode,
     code: i32,
     title: &str,
@@ -50,31 +50,52 @@ const TYPES: [&str; 11] = [
     "contacts",
 ];
 
+/// The bearer token of a request.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
+pub(crate) fn invalid_token() -> (StatusCode, Json<Value>) {
+    cloud_error(
+        StatusCode::UNAUTHORIZED,
+        190,
+        "Invalid OAuth access token",
+        "the bearer token is missing or wrong",
+    )
+}
+
+pub(crate) fn unknown_version(version: &str) -> Option<(StatusCode, Json<Value>)> {
+    (!version.starts_with('v')).then(|| {
+        cloud_error(
+            StatusCode::BAD_REQUEST,
+            100,
+            "Invalid parameter",
+            "unknown API version",
+        )
+    })
+}
+
+pub(crate) fn try_again(what: &str, e: &dyn std::fmt::Display) -> (StatusCode, Json<Value>) {
+    tracing::error!(error = %e, "{what} failed");
+    cloud_error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        1,
+        "Unknown error",
+        "try again",
+    )
+}
+
 pub(crate) async fn send(
     State(sim): State<Arc<Sim>>,
     Path((version, phone_number_id)): Path<(String, String)>,
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> (StatusCode, Json<Value>) {
-    let token = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if token != Some(sim.config.access_token.as_str()) {
-        return cloud_error(
-            StatusCode::UNAUTHORIZED,
-            190,
-            "Invalid OAuth access token",
-            "the bearer token is missing or wrong",
-        );
-    }
-    if !version.starts_with('v') {
-        return cloud_error(
-            StatusCode::BAD_REQUEST,
-            100,
-            "Invalid parameter",
-            "unknown API version",
-        );
+    if let Some(answer) = unknown_version(&version) {
+        return answer;
     }
     let number = match sim.number(&phone_number_id).await {
         Ok(Some(n)) => n,
@@ -86,16 +107,11 @@ pub(crate) async fn send(
                 "unknown phone number id",
             );
         }
-        Err(e) => {
-            tracing::error!(error = %e, "looking up a number failed");
-            return cloud_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                1,
-                "Unknown error",
-                "try again",
-            );
-        }
+        Err(e) => return try_again("looking up a number", &e),
     };
+    if bearer(&headers) != Some(number.access_token.as_str()) {
+        return invalid_token();
+    }
     if sim.take_fault(&phone_number_id) {
         return cloud_error(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -130,7 +146,7 @@ pub(crate) async fn send(
             &to,
             kind == "template",
             now,
-            sim.config.number_rate,
+            u32::try_from(number.throughput_per_second).unwrap_or(1),
         )
     });
     match admitted {
@@ -173,17 +189,9 @@ pub(crate) async fn send(
                     .sum()
             })
             .unwrap_or(0);
-        let known = match sim.template(&number.tenant_id, name, language).await {
+        let known = match sim.template(&number.waba_id, name, language).await {
             Ok(k) => k,
-            Err(e) => {
-                tracing::error!(error = %e, "looking up a template failed");
-                return cloud_error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    1,
-                    "Unknown error",
-                    "try again",
-                );
-            }
+            Err(e) => return try_again("looking up a template", &e),
         };
         let checked = sim
             .net

@@ -1,4 +1,5 @@
-//! The control API (`/sim/v1/...`) that plays the users: a user writes to a number, a
+//! The control API (`/sim/v1/...`): a partner registers its numbers with the network (as it
+//! configures an app at Meta); the rest plays the users: a user writes to a number, a
 //! population of users writes and replies, a user blocks a number or stops its marketing; it
 //! also injects send failures and reviews templates now.
 
@@ -11,7 +12,108 @@ use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::store::{self, SimNumber};
 use crate::{Sim, reviews};
+
+/// A number a partner registers with the network.
+#[derive(Deserialize)]
+pub(crate) struct Registration {
+    phone_number_id: String,
+    waba_id: String,
+    #[serde(default)]
+    display_phone_number: String,
+    app_secret: String,
+    /// The token its senders present (default: the simulator's `SIM_ACCESS_TOKEN`).
+    #[serde(default)]
+    access_token: Option<String>,
+    /// Messages a second before 130429 (default: `SIM_NUMBER_RATE`).
+    #[serde(default)]
+    throughput_per_second: Option<u32>,
+}
+
+fn is_id(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Registers (or re-registers) a number with the network.
+pub(crate) async fn register_number(
+    State(sim): State<Arc<Sim>>,
+    Json(r): Json<Registration>,
+) -> (StatusCode, Json<Value>) {
+    let throughput = r.throughput_per_second.unwrap_or(sim.config.number_rate);
+    let problem = if !is_id(&r.phone_number_id) || !is_id(&r.waba_id) {
+        Some("phone_number_id and waba_id are 1 to 64 letters, digits, '-' and '_'")
+    } else if r.app_secret.len() < 8 {
+        Some("app_secret has at least 8 characters")
+    } else if !(1..=10_000).contains(&throughput) {
+        Some("throughput_per_second is 1 to 10000")
+    } else {
+        None
+    };
+    if let Some(why) = problem {
+        return (StatusCode::BAD_REQUEST, Json(json!({ "error": why })));
+    }
+    let number = SimNumber {
+        display_phone_number: if r.display_phone_number.is_empty() {
+            format!("+{}", r.phone_number_id)
+        } else {
+            r.display_phone_number
+        },
+        phone_number_id: r.phone_number_id,
+        waba_id: r.waba_id,
+        app_secret: r.app_secret,
+        access_token: r
+            .access_token
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(|| sim.config.access_token.clone()),
+        throughput_per_second: i32::try_from(throughput).unwrap_or(i32::MAX),
+    };
+    match store::register_number(&sim.pool, sim.network(), &number).await {
+        Ok(n) => {
+            sim.changed();
+            (
+                StatusCode::OK,
+                Json(
+                    json!({ "phone_number_id": n.phone_number_id, "waba_id": n.waba_id,
+                              "throughput_per_second": n.throughput_per_second }),
+                ),
+            )
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "registering a number failed");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(json!({"error": "try again"})),
+            )
+        }
+    }
+}
+
+/// The numbers registered with the network (their secrets left out).
+pub(crate) async fn list_numbers(State(sim): State<Arc<Sim>>) -> (StatusCode, Json<Value>) {
+    match store::numbers(&sim.pool, sim.network()).await {
+        Ok(numbers) => {
+            let numbers: Vec<Value> = numbers
+                .into_iter()
+                .map(|n| {
+                    json!({ "phone_number_id": n.phone_number_id, "waba_id": n.waba_id,
+                            "display_phone_number": n.display_phone_number,
+                            "throughput_per_second": n.throughput_per_second })
+                })
+                .collect();
+            (StatusCode::OK, Json(json!({ "numbers": numbers })))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "listing numbers failed");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(json!({"error": "try again"})),
+            )
+        }
+    }
+}
 
 /// Failures a test or a demo injects for a number: the next `next` sends (or every send while
 /// `always`) answer HTTP `http_status` with a temporary Cloud API error.
@@ -76,7 +178,7 @@ pub(crate) struct Say {
 async fn control_number(
     sim: &Sim,
     phone_number_id: &str,
-) -> Result<finestra_registry::Number, (StatusCode, Json<Value>)> {
+) -> Result<SimNumber, (StatusCode, Json<Value>)> {
     match sim.number(phone_number_id).await {
         Ok(Some(n)) => Ok(n),
         Ok(None) => Err((
@@ -142,7 +244,7 @@ const MEDIA: [&str; 5] = ["image", "document", "audio", "video", "sticker"];
 /// the signed webhook. The wamid, or it with why ingest did not take it.
 pub(crate) async fn user_writes(
     sim: &Sim,
-    number: &finestra_registry::Number,
+    number: &SimNumber,
     from: &str,
     name: &str,
     text: &str,
@@ -156,7 +258,7 @@ pub(crate) async fn user_writes(
 #[allow(clippy::too_many_arguments)]
 async fn user_writes_kind(
     sim: &Sim,
-    number: &finestra_registry::Number,
+    number: &SimNumber,
     from: &str,
     name: &str,
     text: &str,
@@ -378,9 +480,21 @@ pub(crate) async fn preference(
 
 #[derive(Deserialize)]
 pub(crate) struct TemplateReview {
+    /// The network's template id (as the submission's answer gave it)...
+    #[serde(default)]
     template_id: String,
-    /// APPROVED, REJECTED, PAUSED, REINSTATED, DISABLED, ...
+    /// ...or the business account, name and language.
+    #[serde(default)]
+    waba_id: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    language: String,
+    /// APPROVED, REJECTED, PAUSED, REINSTATED, DISABLED, FLAGGED, ...
     event: String,
+    /// Why (a rejection's or a pause's reason).
+    #[serde(default)]
+    reason: String,
 }
 
 /// The network reviews a template now (e.g. pauses it for low quality).
@@ -388,37 +502,63 @@ pub(crate) async fn review_template(
     State(sim): State<Arc<Sim>>,
     Json(r): Json<TemplateReview>,
 ) -> (StatusCode, Json<Value>) {
-    let found = reviews::one(sim.registry.pool(), &r.template_id).await;
-    let t = match found {
-        Ok(Some(t)) => t,
-        Ok(None) => {
-            return (
-                StatusCode::NOT_FOUND,
-                Json(
-                    json!({"error": "no such template (or its tenant has no business account id)"}),
-                ),
-            );
+    let template_id = if r.template_id.is_empty() {
+        match store::template_named(&sim.pool, sim.network(), &r.waba_id, &r.name, &r.language)
+            .await
+        {
+            Ok(Some(t)) => t.template_id,
+            Ok(None) => {
+                return (
+                    StatusCode::NOT_FOUND,
+                    Json(json!({"error": "no such template"})),
+                );
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "looking up a template failed");
+                return (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    Json(json!({"error": "try again"})),
+                );
+            }
         }
-        Err(e) => {
-            tracing::error!(error = %e, "looking up a template failed");
-            return (
+    } else {
+        r.template_id
+    };
+    let event = r.event.to_ascii_uppercase();
+    let now = sim.clock.now().micros() / 1_000_000;
+    let reviewed = reviews::review(
+        &sim.pool,
+        &sim.poster,
+        sim.network(),
+        reviews::Event {
+            template_id: &template_id,
+            event: &event,
+            reason: &r.reason,
+            only_pending: false,
+        },
+        now,
+    )
+    .await;
+    sim.changed();
+    match reviewed {
+        Ok(t) => (
+            StatusCode::OK,
+            Json(json!({ "event": event, "template_id": t.template_id, "status": t.status })),
+        ),
+        Err(reviews::ReviewError::NotFound) => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "no such template"})),
+        ),
+        Err(e @ reviews::ReviewError::Db(_)) => {
+            tracing::error!(error = %e, "reviewing a template failed");
+            (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 Json(json!({"error": "try again"})),
-            );
+            )
         }
-    };
-    // Strictly after the last review applied (two reviews in one second: the later one wins).
-    let last = reviews::last_review_secs(sim.registry.pool(), &r.template_id)
-        .await
-        .ok()
-        .flatten();
-    let now = (sim.clock.now().micros() / 1_000_000).max(last.map_or(0, |l| l + 1));
-    match reviews::post(&sim.poster, &t, &r.event, now).await {
-        Ok(status) if status < 300 => (StatusCode::OK, Json(json!({ "event": r.event }))),
-        Ok(status) => (
+        Err(e) => (
             StatusCode::BAD_GATEWAY,
-            Json(json!({ "error": format!("ingest answered {status}") })),
+            Json(json!({ "error": e.to_string() })),
         ),
-        Err(e) => (StatusCode::BAD_GATEWAY, Json(json!({ "error": e }))),
     }
 }

@@ -1,18 +1,24 @@
-//! The simulator: the default messaging network. It serves the Cloud API's send surface
-//! (`POST /v{version}/{phone_number_id}/messages`, bearer token), applies the network's own
-//! rules (window, block, throughput: `network`), answers a `wamid`, then posts signed status
-//! webhooks (`sent`, `delivered`, `read`, or `failed`) to ingest, echoing
-//! `biz_opaque_callback_data`. A control API plays the users: a user writes to a number (an
-//! inbound webhook, with a chosen time), blocks or unblocks it (reported to ingest), stops or
-//! resumes marketing; it injects send failures and reviews templates (`reviews`).
+//! The simulator: the default messaging network. It knows only what a real network would: the
+//! numbers a partner registered with it (`/sim/v1/numbers`, as an app is configured at Meta)
+//! and what Finestra sent it through the Cloud API, kept in its own `sim` schema (`store`). It
+//! serves the Cloud API's send surface (`POST /v{version}/{phone_number_id}/messages`, the
+//! number's bearer token), applies the network's own rules (window, block, throughput:
+//! `network`), answers a `wamid`, then posts signed status webhooks (`sent`, `delivered`,
+//! `read`, or `failed`) to ingest, echoing `biz_opaque_callback_data`. Templates are submitted,
+//! listed, edited and deleted through `/{waba_id}/message_templates` (`templates_api`) and
+//! reviewed by the network (`reviews`). A control API plays the users: a user writes to a
+//! number (an inbound webhook, with a chosen time), blocks or unblocks it (reported to ingest),
+//! stops or resumes marketing; it injects send failures and reviews templates now.
 
 pub mod network;
 pub mod reviews;
+pub mod store;
 pub mod webhooks;
 
 mod cloud_api;
 mod controls;
 mod observe;
+mod templates_api;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -22,7 +28,6 @@ use axum::Router;
 use axum::routing::{get, post};
 use finestra_domain::Clock;
 use finestra_platform::Shutdown;
-use finestra_registry::Registry;
 use std::collections::HashMap;
 
 use controls::Population;
@@ -38,11 +43,14 @@ finestra_platform::settings! {
     pub struct SimConfig {
         /// The network's Cloud API listener.
         pub http_addr: SocketAddr = ("SIM_HTTP_ADDR", "127.0.0.1:8090"),
-        /// Postgres, for the accounts read model (numbers, app secrets, templates to review).
+        /// Postgres, for the network's own state (schema `sim`: registered numbers, submitted
+        /// templates). It never reads Finestra's schemas.
         pub database_url: String = ("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/finestra"),
+        /// This network's name in its store: simulators sharing a database keep apart by it.
+        pub network: String = ("SIM_NETWORK", "sim"),
         /// Where the network posts its webhooks (ingest).
         pub webhook_url: String = ("SIM_WEBHOOK_URL", "http://127.0.0.1:8080/webhooks/cloud-api"),
-        /// The bearer token senders must present.
+        /// The access token of a number registered without one.
         pub access_token: String = ("SIM_ACCESS_TOKEN", "finestra-simulator-token"),
         /// Delay before each status webhook (`sent` goes with `delivered` or `failed` in one;
         /// `read` follows in another).
@@ -51,7 +59,7 @@ finestra_platform::settings! {
         pub failure_per_mille: u32 = ("SIM_FAILURE_PER_MILLE", "0"),
         /// Share of delivered messages the user reads, per mille.
         pub read_per_mille: u32 = ("SIM_READ_PER_MILLE", "500"),
-        /// Messages per second a number may send before 130429.
+        /// Messages per second a number registered without a throughput may send before 130429.
         pub number_rate: u32 = ("SIM_NUMBER_RATE", "80"),
         /// Ingest's gRPC address: blocks are reported through `IngestInbound`, as a channel
         /// without block webhooks does. Empty: blocks stay inside the network (it still
@@ -59,21 +67,23 @@ finestra_platform::settings! {
         pub ingest_url: String = ("SIM_INGEST_URL", "http://127.0.0.1:7051"),
         /// An operator key (scope `send`) for `IngestInbound`.
         pub ingest_key: String = ("SIM_INGEST_KEY", ""),
-        /// A submitted template is approved this long after its creation...
+        /// A submitted template is approved this long after its submission...
         pub review_delay: Duration = ("SIM_REVIEW_DELAY_MS", "2000"),
         /// ...unless its body contains this word (case-insensitive; empty: none).
         pub banned_word: String = ("SIM_BANNED_WORD", "casino"),
-        /// Review only tenants whose id starts with this (empty: all; tests scope it).
-        pub review_tenant_prefix: String = ("SIM_REVIEW_TENANT_PREFIX", ""),
     }
 }
 
-/// Numbers as the registry has them, kept briefly (a send looks its number up).
-type NumberCache = Mutex<HashMap<String, (std::time::Instant, finestra_registry::Number)>>;
+/// Numbers as the store has them, kept briefly (a send looks its number up).
+type NumberCache = Mutex<HashMap<String, (std::time::Instant, store::SimNumber)>>;
 
-/// Approved templates by (tenant, name, language), kept briefly.
+/// Reviewed templates by (WABA, name, language), kept briefly (`None`: none a send may name).
 type TemplateCache =
     Mutex<HashMap<(String, String, String), (std::time::Instant, Option<network::KnownTemplate>)>>;
+
+/// How long a cached number or template is used. This simulator drops its caches on every
+/// change it makes; the bound covers another simulator process sharing the network's store.
+const CACHE_TTL: Duration = Duration::from_secs(5);
 
 struct Sim {
     templates: TemplateCache,
@@ -85,7 +95,7 @@ struct Sim {
     /// `biz_opaque_callback_data`, the newest `RECEIVED_KEPT`).
     received: Mutex<HashMap<String, std::collections::VecDeque<String>>>,
     net: Mutex<Network>,
-    registry: Registry,
+    pool: sqlx::PgPool,
     poster: Poster,
     config: SimConfig,
     clock: Arc<dyn Clock>,
@@ -94,18 +104,19 @@ struct Sim {
 }
 
 impl Sim {
-    /// The number, from a 5 s cache in front of the registry.
-    async fn number(
-        &self,
-        phone_number_id: &str,
-    ) -> Result<Option<finestra_registry::Number>, finestra_registry::RegistryError> {
+    fn network(&self) -> &str {
+        &self.config.network
+    }
+
+    /// The number, from a short cache in front of the store.
+    async fn number(&self, phone_number_id: &str) -> Result<Option<store::SimNumber>, sqlx::Error> {
         if let Ok(cache) = self.numbers.lock()
             && let Some((at, n)) = cache.get(phone_number_id)
-            && at.elapsed() < Duration::from_secs(5)
+            && at.elapsed() < CACHE_TTL
         {
             return Ok(Some(n.clone()));
         }
-        let found = self.registry.number(phone_number_id).await?;
+        let found = store::number(&self.pool, self.network(), phone_number_id).await?;
         if let (Some(n), Ok(mut cache)) = (&found, self.numbers.lock()) {
             cache.insert(
                 phone_number_id.to_owned(),
@@ -115,36 +126,44 @@ impl Sim {
         Ok(found)
     }
 
-    /// The tenant's approved template (5 s cache in front of the control plane's table).
+    /// The business account's reviewed template a send names (short cache in front of the
+    /// store).
     async fn template(
         &self,
-        tenant_id: &str,
+        waba_id: &str,
         name: &str,
         language: &str,
     ) -> Result<Option<network::KnownTemplate>, sqlx::Error> {
-        let key = (tenant_id.to_owned(), name.to_owned(), language.to_owned());
+        let key = (waba_id.to_owned(), name.to_owned(), language.to_owned());
         if let Ok(cache) = self.templates.lock()
             && let Some((at, t)) = cache.get(&key)
-            && at.elapsed() < Duration::from_secs(5)
+            && at.elapsed() < CACHE_TTL
         {
             return Ok(*t);
         }
-        // As the control plane stores it, judged by the channel's rules (a pause that has
-        // ended counts as approved: one rule, in finestra_domain).
-        let now = self.clock.now();
-        let known =
-            finestra_registry::template_send_facts(self.registry.pool(), tenant_id, name, language)
-                .await?
-                .and_then(|row| row.facts())
-                .filter(|t| t.status.at(now) == finestra_domain::template::Status::Approved)
-                .map(|t| network::KnownTemplate {
-                    marketing: t.category == finestra_domain::template::Category::Marketing,
-                    parameter_count: t.parameter_count,
-                });
+        let known = store::template_named(&self.pool, self.network(), waba_id, name, language)
+            .await?
+            .and_then(|t| {
+                Some(network::KnownTemplate {
+                    marketing: t.category == "MARKETING",
+                    parameter_count: usize::try_from(t.parameter_count).unwrap_or(0),
+                    state: network::TemplateState::of(&t.status)?,
+                })
+            });
         if let Ok(mut cache) = self.templates.lock() {
             cache.insert(key, (std::time::Instant::now(), known));
         }
         Ok(known)
+    }
+
+    /// Forgets cached numbers and templates (after this simulator changed one).
+    fn changed(&self) {
+        if let Ok(mut c) = self.templates.lock() {
+            c.clear();
+        }
+        if let Ok(mut c) = self.numbers.lock() {
+            c.clear();
+        }
     }
 
     /// Consumes one injected failure of the number, if any.
@@ -204,7 +223,10 @@ pub async fn start(
     clock: Arc<dyn Clock>,
     shutdown: Shutdown,
 ) -> anyhow::Result<Running> {
-    let pool = finestra_registry::connect(&config.database_url).await?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(8)
+        .connect_lazy(&config.database_url)?;
+    store::migrate(&pool).await?;
     let review_pool = pool.clone();
     let sim = Arc::new(Sim {
         templates: Mutex::new(HashMap::new()),
@@ -214,7 +236,7 @@ pub async fn start(
         stats: Mutex::new(HashMap::new()),
         received: Mutex::new(HashMap::new()),
         net: Mutex::new(Network::default()),
-        registry: Registry::new(pool),
+        pool,
         poster: Poster {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
@@ -230,18 +252,27 @@ pub async fn start(
         reviews::Reviewer {
             pool: review_pool,
             poster: sim.poster.clone(),
+            network: config.network.clone(),
             delay: config.review_delay,
             banned_word: config.banned_word.clone(),
-            tenant_prefix: config.review_tenant_prefix.clone(),
             every: Duration::from_millis(250),
             clock,
         }
         .run(shutdown.clone()),
     );
     let app = Router::new()
+        // One parameter name per position: the router needs it across these paths.
+        .route("/{version}/{id}/messages", post(cloud_api::send))
         .route(
-            "/{version}/{phone_number_id}/messages",
-            post(cloud_api::send),
+            "/{version}/{id}/message_templates",
+            post(templates_api::submit)
+                .get(templates_api::list)
+                .delete(templates_api::delete),
+        )
+        .route("/{version}/{id}", post(templates_api::edit))
+        .route(
+            "/sim/v1/numbers",
+            post(controls::register_number).get(controls::list_numbers),
         )
         .route("/sim/v1/say", post(controls::say))
         .route("/sim/v1/block", post(controls::block))

@@ -22,6 +22,10 @@ pub enum Refusal {
     ParamsMismatch,
     /// 131050: the user stopped marketing messages.
     MarketingStopped,
+    /// 132015: the template is paused for its low quality.
+    TemplatePaused,
+    /// 132016: the template is disabled.
+    TemplateDisabled,
 }
 
 impl Refusal {
@@ -33,6 +37,8 @@ impl Refusal {
             Refusal::TemplateMissing => 132_001,
             Refusal::ParamsMismatch => 132_000,
             Refusal::MarketingStopped => 131_050,
+            Refusal::TemplatePaused => 132_015,
+            Refusal::TemplateDisabled => 132_016,
         }
     }
 
@@ -46,6 +52,8 @@ impl Refusal {
                 "Number of parameters does not match the expected number of params"
             }
             Refusal::MarketingStopped => "Unable to deliver message",
+            Refusal::TemplatePaused => "Template is Paused",
+            Refusal::TemplateDisabled => "Template is Disabled",
         }
     }
 }
@@ -59,11 +67,33 @@ struct Bucket {
 
 type Pair = (String, String);
 
-/// An approved template as the network knows it.
+/// A template the network reviewed favourably, as a send finds it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KnownTemplate {
     pub marketing: bool,
     pub parameter_count: usize,
+    pub state: TemplateState,
+}
+
+/// Where a reviewed template stands (one still pending or rejected is not known to sends).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TemplateState {
+    Approved,
+    Paused,
+    Disabled,
+}
+
+impl TemplateState {
+    /// The state of a stored status; `None` for a template sends cannot use or name
+    /// (PENDING, REJECTED).
+    pub fn of(status: &str) -> Option<Self> {
+        match status {
+            "APPROVED" => Some(Self::Approved),
+            "PAUSED" => Some(Self::Paused),
+            "DISABLED" => Some(Self::Disabled),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -111,6 +141,11 @@ impl Network {
         given_parameters: usize,
     ) -> Result<(), Refusal> {
         let t = template.ok_or(Refusal::TemplateMissing)?;
+        match t.state {
+            TemplateState::Approved => {}
+            TemplateState::Paused => return Err(Refusal::TemplatePaused),
+            TemplateState::Disabled => return Err(Refusal::TemplateDisabled),
+        }
         if t.parameter_count != given_parameters {
             return Err(Refusal::ParamsMismatch);
         }
@@ -168,6 +203,7 @@ mod tests {
         let offer = Some(KnownTemplate {
             marketing: true,
             parameter_count: 1,
+            state: TemplateState::Approved,
         });
         assert_eq!(
             n.check_template("pn", "39", None, 0),
@@ -184,13 +220,34 @@ mod tests {
                 .map_err(Refusal::code),
             Err(131_050)
         );
-        let utility = Some(KnownTemplate {
+        let utility = KnownTemplate {
             marketing: false,
             parameter_count: 0,
-        });
-        assert_eq!(n.check_template("pn", "39", utility, 0), Ok(()));
+            state: TemplateState::Approved,
+        };
+        assert_eq!(n.check_template("pn", "39", Some(utility), 0), Ok(()));
         n.set_marketing_stopped("pn", "39", false);
         assert_eq!(n.check_template("pn", "39", offer, 1), Ok(()));
+        let paused = KnownTemplate {
+            state: TemplateState::Paused,
+            ..utility
+        };
+        assert_eq!(
+            n.check_template("pn", "39", Some(paused), 0)
+                .map_err(Refusal::code),
+            Err(132_015)
+        );
+        let disabled = KnownTemplate {
+            state: TemplateState::Disabled,
+            ..utility
+        };
+        assert_eq!(
+            n.check_template("pn", "39", Some(disabled), 0)
+                .map_err(Refusal::code),
+            Err(132_016)
+        );
+        assert_eq!(TemplateState::of("PENDING"), None);
+        assert_eq!(TemplateState::of("REJECTED"), None);
     }
 
     const T: i64 = 1_764_000_000_000_000;

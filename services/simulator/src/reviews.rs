@@ -1,110 +1,156 @@
-//! The network's template reviews (docs/rules.md §4): a template a business submitted (PENDING in the
-//! control plane) is approved after a configurable delay, or rejected when its body contains
-//! the banned word; a control call can pause, unpause or disable one. Each verdict reaches
-//! Finestra as a signed `message_template_status_update` webhook of the tenant's business
+//! The network's template reviews (docs/rules.md §4), over the templates submitted to it
+//! through its Cloud API: one is approved a configurable delay after its submission, or
+//! rejected when its body contains the banned word; a control call can pause, reinstate,
+//! disable, reject or approve one. Each verdict is recorded in the network's own store and
+//! reaches Finestra as a signed `message_template_status_update` webhook of the business
 //! account, like Meta's.
 
-use std::collections::HashSet;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use finestra_platform::Shutdown;
 use sqlx::PgPool;
 
+use crate::store::{self, SimTemplate};
 use crate::webhooks::Poster;
 
-/// A template the network can review (read through the accounts schema's read model).
-pub use finestra_registry::ReviewableTemplate as Reviewable;
+/// The status a review event leaves the template in; `None` for an event that is not one.
+pub fn status_after(event: &str) -> Option<&'static str> {
+    Some(match event {
+        "APPROVED" | "REINSTATED" | "UNPAUSED" => "APPROVED",
+        "REJECTED" => "REJECTED",
+        "PAUSED" => "PAUSED",
+        "DISABLED" => "DISABLED",
+        _ => return None,
+    })
+}
 
-/// What the network decides for a submitted body.
-pub fn verdict(body: &str, banned_word: &str) -> &'static str {
+/// What the network decides for a submitted body, and why (Meta's rejection reasons).
+pub fn verdict(body: &str, banned_word: &str) -> (&'static str, &'static str) {
     if !banned_word.is_empty() && body.to_lowercase().contains(&banned_word.to_lowercase()) {
-        "REJECTED"
+        ("REJECTED", "PROMOTIONAL")
     } else {
-        "APPROVED"
+        ("APPROVED", "")
     }
 }
 
-/// Templates of tenants whose id starts with `tenant_prefix` waiting for the network's review
-/// for at least `delay`.
-pub async fn pending(
+/// The body text of a stored template.
+pub fn body_text(t: &SimTemplate) -> String {
+    let components: Vec<serde_json::Value> =
+        serde_json::from_str(&t.components).unwrap_or_default();
+    finestra_cloudapi::templates::Content::from_components(&components).body
+}
+
+/// Why a review could not be told to Finestra.
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewError {
+    #[error("no such template")]
+    NotFound,
+    #[error("business account {0} has no registered number to sign its webhooks")]
+    Unsigned(String),
+    #[error("the webhook was not delivered: {0}")]
+    Undelivered(String),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// One review event of a template.
+pub struct Event<'a> {
+    pub template_id: &'a str,
+    /// APPROVED, REJECTED, PAUSED, REINSTATED, DISABLED, FLAGGED, ...
+    pub event: &'a str,
+    pub reason: &'a str,
+    /// Only a template still PENDING (the reviewer's own verdicts; a control call wins).
+    pub only_pending: bool,
+}
+
+/// Records the event for the template and posts it to Finestra.
+pub async fn review(
     pool: &PgPool,
-    delay: Duration,
-    tenant_prefix: &str,
-) -> Result<Vec<Reviewable>, sqlx::Error> {
-    let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
-    finestra_registry::pending_templates(pool, delay_ms, tenant_prefix).await
-}
-
-/// One template, for a review the control API asks for.
-pub async fn one(pool: &PgPool, template_id: &str) -> Result<Option<Reviewable>, sqlx::Error> {
-    finestra_registry::reviewable_template(pool, template_id).await
-}
-
-/// The time of the template's last applied review, whole seconds (a review event must be newer
-/// to apply: the control plane ignores stale ones).
-pub async fn last_review_secs(
-    pool: &PgPool,
-    template_id: &str,
-) -> Result<Option<i64>, sqlx::Error> {
-    finestra_registry::template_last_review_secs(pool, template_id).await
-}
-
-/// Posts a review event (APPROVED, REJECTED, PAUSED, REINSTATED, DISABLED, ...).
-pub async fn post(
     poster: &Poster,
-    t: &Reviewable,
-    event: &str,
+    network: &str,
+    e: Event<'_>,
     now_secs: i64,
-) -> Result<u16, String> {
-    let (template_id, name, language, _, waba, secret) = t;
-    let body = finestra_cloudapi::build::template_status(
-        waba,
-        now_secs,
+) -> Result<SimTemplate, ReviewError> {
+    let Event {
         template_id,
-        name,
-        language,
         event,
+        reason,
+        only_pending,
+    } = e;
+    let (t, at) = store::review_template(
+        pool,
+        network,
+        template_id,
+        status_after(event),
+        None,
+        reason,
+        now_secs,
+        only_pending,
+    )
+    .await?
+    .ok_or(ReviewError::NotFound)?;
+    let secret = store::waba_numbers(pool, network, &t.waba_id)
+        .await?
+        .into_iter()
+        .next()
+        .map(|n| n.app_secret)
+        .ok_or_else(|| ReviewError::Unsigned(t.waba_id.clone()))?;
+    let body = finestra_cloudapi::build::template_status(
+        &t.waba_id,
+        at,
+        &t.template_id,
+        &t.name,
+        &t.language,
+        event,
+        reason,
     );
-    poster.post(secret, &body, 8).await
+    match poster.post(&secret, &body, 8).await {
+        Ok(status) if status < 300 => Ok(t),
+        Ok(status) => Err(ReviewError::Undelivered(format!(
+            "ingest answered {status}"
+        ))),
+        Err(e) => Err(ReviewError::Undelivered(e)),
+    }
 }
 
 pub struct Reviewer {
     pub pool: PgPool,
     pub poster: Poster,
+    pub network: String,
     pub delay: Duration,
     pub banned_word: String,
-    /// Only tenants whose id starts with this (empty: every tenant).
-    pub tenant_prefix: String,
     pub every: Duration,
     pub clock: std::sync::Arc<dyn finestra_domain::Clock>,
 }
 
 impl Reviewer {
     pub async fn run(self, shutdown: Shutdown) {
-        // Reviews already delivered (the control plane then no longer lists them as pending).
-        let done = Mutex::new(HashSet::new());
+        let delay_ms = i64::try_from(self.delay.as_millis()).unwrap_or(i64::MAX);
         loop {
-            match pending(&self.pool, self.delay, &self.tenant_prefix).await {
+            match store::pending_templates(&self.pool, &self.network, delay_ms).await {
                 Ok(list) => {
                     for t in list {
-                        if done.lock().map(|d| d.contains(&t.0)).unwrap_or(true) {
-                            continue;
-                        }
-                        let event = verdict(&t.3, &self.banned_word);
+                        let (event, reason) = verdict(&body_text(&t), &self.banned_word);
                         let now = self.clock.now().micros() / 1_000_000;
-                        match post(&self.poster, &t, event, now).await {
-                            Ok(status) if status < 300 => {
-                                if let Ok(mut d) = done.lock() {
-                                    d.insert(t.0.clone());
-                                }
-                                tracing::info!(template = %t.1, event, "template reviewed");
-                            }
-                            Ok(status) => {
-                                tracing::warn!(status, "ingest refused a template review")
-                            }
+                        let reviewed = review(
+                            &self.pool,
+                            &self.poster,
+                            &self.network,
+                            Event {
+                                template_id: &t.template_id,
+                                event,
+                                reason,
+                                only_pending: true,
+                            },
+                            now,
+                        )
+                        .await;
+                        match reviewed {
+                            Ok(_) => tracing::info!(template = %t.name, event, "template reviewed"),
+                            // Decided meanwhile by a control call, or deleted.
+                            Err(ReviewError::NotFound) => {}
                             Err(e) => {
-                                tracing::warn!(error = %e, "a template review could not be delivered")
+                                tracing::warn!(template = %t.name, event, error = %e, "a template review was recorded but not told")
                             }
                         }
                     }
@@ -124,15 +170,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_banned_word_rejects_whatever_its_case() {
-        assert_eq!(
-            verdict("Ciao {{1}}, il tuo ordine è pronto", "casino"),
-            "APPROVED"
-        );
-        assert_eq!(
-            verdict("Win big at the CASINO tonight", "casino"),
-            "REJECTED"
-        );
-        assert_eq!(verdict("anything", ""), "APPROVED");
+    fn a_banned_word_anywhere_rejects_and_events_land_on_statuses() {
+        assert_eq!(verdict("Win at the CASINO", "casino").0, "REJECTED");
+        assert_eq!(verdict("Your order is ready", "casino"), ("APPROVED", ""));
+        assert_eq!(verdict("casino", ""), ("APPROVED", ""));
+        assert_eq!(status_after("REINSTATED"), Some("APPROVED"));
+        assert_eq!(status_after("PAUSED"), Some("PAUSED"));
+        assert_eq!(status_after("FLAGGED"), None);
     }
 }

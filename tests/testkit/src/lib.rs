@@ -124,6 +124,7 @@ async fn migrate() -> anyhow::Result<()> {
     finestra_billing::pg::migrate(&pool).await?;
     finestra_billing::pg::ensure_default_card(&pool).await?;
     finestra_dispatch::pg::migrate(&pool).await?;
+    finestra_simulator::store::migrate(&pool).await?;
     pool.close().await;
     Ok(())
 }
@@ -156,6 +157,31 @@ fn base_config() -> anyhow::Result<CommonConfig> {
 #[derive(Clone, Debug)]
 pub struct Scope {
     id: String,
+    /// The numbers its tenants got, to register with its simulator (the network knows a
+    /// number only once a partner registered it there).
+    numbers: Arc<std::sync::Mutex<Vec<NetworkNumber>>>,
+    /// Approved templates its tenants got straight in the control plane's table, which the
+    /// network must hold too.
+    templates: Arc<std::sync::Mutex<Vec<NetworkTemplate>>>,
+}
+
+/// A template as the network is to hold it.
+#[derive(Clone, Debug)]
+pub struct NetworkTemplate {
+    pub waba_id: String,
+    pub name: String,
+    pub category: String,
+    pub body: String,
+    /// APPROVED, PAUSED, DISABLED or REJECTED.
+    pub event: String,
+}
+
+/// A number as the network is told of it.
+#[derive(Clone, Debug)]
+pub struct NetworkNumber {
+    pub phone_number_id: String,
+    pub waba_id: String,
+    pub app_secret: String,
 }
 
 impl Default for Scope {
@@ -169,7 +195,31 @@ impl Scope {
         let n: u64 = rand::rng().random();
         Self {
             id: format!("{:012x}", n & 0xffff_ffff_ffff),
+            numbers: Arc::default(),
+            templates: Arc::default(),
         }
+    }
+
+    /// Notes a template the network must hold (`Network::register_all` submits it there).
+    pub fn note_template(&self, t: NetworkTemplate) {
+        if let Ok(mut templates) = self.templates.lock() {
+            templates.push(t);
+        }
+    }
+
+    /// The templates noted so far.
+    pub fn network_templates(&self) -> Vec<NetworkTemplate> {
+        self.templates.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    /// The business account (WABA) id of this test's tenant `name`.
+    pub fn waba_id(&self, name: &str) -> String {
+        format!("w{}{name}", self.id)
+    }
+
+    /// The numbers this test's tenants got so far.
+    pub fn network_numbers(&self) -> Vec<NetworkNumber> {
+        self.numbers.lock().map(|n| n.clone()).unwrap_or_default()
     }
 
     pub fn id(&self) -> &str {
@@ -276,6 +326,22 @@ impl Scope {
         registry
             .put_number(&tenant, &number, "+39 02 0000 0000", &secret)
             .await?;
+        // Templates belong to a business account: every test tenant has one.
+        let waba = self.waba_id(name);
+        sqlx::query(
+            "UPDATE accounts.tenants SET waba_id = $2 WHERE tenant_id = $1 AND waba_id IS NULL",
+        )
+        .bind(&tenant)
+        .bind(&waba)
+        .execute(&infra.pool)
+        .await?;
+        if let Ok(mut numbers) = self.numbers.lock() {
+            numbers.push(NetworkNumber {
+                phone_number_id: number.clone(),
+                waba_id: waba,
+                app_secret: secret.clone(),
+            });
+        }
         Ok((tenant, number, secret))
     }
 }
@@ -472,11 +538,39 @@ pub async fn start_dispatch_with(
 pub struct StartedSim {
     pub running: finestra_simulator::Running,
     pub shutdown: Shutdown,
+    /// The access token its numbers are registered with.
+    pub token: String,
+    /// Their throughput.
+    pub number_rate: u32,
 }
 
 impl StartedSim {
     pub fn base_url(&self) -> String {
         self.running.base_url()
+    }
+
+    /// The network's control and Cloud API, as this test's partner uses them.
+    pub fn network(&self) -> Network {
+        Network::new(&self.base_url(), &self.token, self.number_rate)
+    }
+
+    /// Registers every number (and noted template) of `scope` with the network.
+    pub async fn register_all(&self, scope: &Scope) -> anyhow::Result<()> {
+        self.network().register_all(scope).await
+    }
+
+    /// See `Network::template`.
+    pub async fn template(
+        &self,
+        waba_id: &str,
+        name: &str,
+        category: &str,
+        body: &str,
+        event: &str,
+    ) -> anyhow::Result<String> {
+        self.network()
+            .template(waba_id, name, category, body, event)
+            .await
     }
 
     pub async fn stop(self) {
@@ -485,13 +579,161 @@ impl StartedSim {
     }
 }
 
+/// A simulator's control API and Cloud API, reached over HTTP (in-process or a process).
+#[derive(Clone)]
+pub struct Network {
+    pub base_url: String,
+    /// The access token numbers are registered with.
+    pub token: String,
+    /// Their throughput.
+    pub number_rate: u32,
+    http: reqwest::Client,
+}
+
+impl Network {
+    pub fn new(base_url: &str, token: &str, number_rate: u32) -> Self {
+        Self {
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+            number_rate,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn base_url(&self) -> String {
+        self.base_url.clone()
+    }
+
+    /// Registers a number with the network, as a partner configures its app.
+    pub async fn register(&self, n: &NetworkNumber) -> anyhow::Result<()> {
+        let answer = self
+            .http
+            .post(format!("{}/sim/v1/numbers", self.base_url()))
+            .json(&serde_json::json!({
+                "phone_number_id": n.phone_number_id, "waba_id": n.waba_id,
+                "display_phone_number": "+39 02 0000 0000", "app_secret": n.app_secret,
+                "access_token": self.token, "throughput_per_second": self.number_rate,
+            }))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            answer.status().is_success(),
+            "registering {} with the network: {}",
+            n.phone_number_id,
+            answer.text().await.unwrap_or_default()
+        );
+        Ok(())
+    }
+
+    /// Registers every number `scope`'s tenants got so far, and the templates it noted
+    /// (a template the network holds already is left as it is).
+    pub async fn register_all(&self, scope: &Scope) -> anyhow::Result<()> {
+        for n in scope.network_numbers() {
+            self.register(&n).await?;
+        }
+        for t in scope.network_templates() {
+            if self.template_id(&t.waba_id, &t.name).await?.is_none() {
+                self.template(&t.waba_id, &t.name, &t.category, &t.body, &t.event)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The network's id of the business account's template `name`, if it holds one.
+    pub async fn template_id(&self, waba_id: &str, name: &str) -> anyhow::Result<Option<String>> {
+        let page: finestra_cloudapi::templates::Page = self
+            .http
+            .get(format!(
+                "{}/v21.0/{waba_id}/message_templates",
+                self.base_url()
+            ))
+            .bearer_auth(&self.token)
+            .query(&[("name", name)])
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        Ok(page.data.into_iter().next().map(|t| t.id))
+    }
+
+    /// A template of business account `waba_id` as it stands at the network: submitted through
+    /// the Cloud API, then given `event` (APPROVED, PAUSED, DISABLED, REJECTED) by a review
+    /// now. Returns the network's template id.
+    pub async fn template(
+        &self,
+        waba_id: &str,
+        name: &str,
+        category: &str,
+        body: &str,
+        event: &str,
+    ) -> anyhow::Result<String> {
+        let content = finestra_cloudapi::templates::Content {
+            body: body.into(),
+            ..Default::default()
+        };
+        let created = self
+            .http
+            .post(format!(
+                "{}/v21.0/{waba_id}/message_templates",
+                self.base_url()
+            ))
+            .bearer_auth(&self.token)
+            .json(&finestra_cloudapi::templates::submission(
+                name, "it", category, &content,
+            ))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            created.status().is_success(),
+            "submitting {name}: {}",
+            created.text().await.unwrap_or_default()
+        );
+        let created: finestra_cloudapi::templates::Created = created.json().await?;
+        let reviewed = self
+            .http
+            .post(format!("{}/sim/v1/template", self.base_url()))
+            .json(&serde_json::json!({ "template_id": created.id, "event": event }))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            reviewed.status().is_success(),
+            "reviewing {name}: {}",
+            reviewed.text().await.unwrap_or_default()
+        );
+        Ok(created.id)
+    }
+}
+
 /// Starts the simulator posting webhooks to `ingest` (HTTP and gRPC addresses), reporting
-/// blocks with an operator key, statuses 10 ms apart.
+/// blocks with an operator key, statuses 10 ms apart; its network is this test's own, and the
+/// numbers the test's tenants got so far are registered with it (token `token`, throughput
+/// `number_rate`).
 pub async fn start_simulator(
     scope: &Scope,
     ingest: &Running,
     token: &str,
     number_rate: u32,
+) -> anyhow::Result<StartedSim> {
+    start_simulator_on(
+        scope,
+        ingest,
+        token,
+        number_rate,
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+    )
+    .await
+}
+
+/// `start_simulator` listening on `http_addr` (a test that needs the network's address
+/// before the network is up).
+pub async fn start_simulator_on(
+    scope: &Scope,
+    ingest: &Running,
+    token: &str,
+    number_rate: u32,
+    http_addr: SocketAddr,
 ) -> anyhow::Result<StartedSim> {
     use finestra_platform::auth::{Owner, Scope as KeyScope};
     let http = ingest.http_addr.context("ingest has an HTTP listener")?;
@@ -499,7 +741,7 @@ pub async fn start_simulator(
     let shutdown = Shutdown::new();
     let running = finestra_simulator::start(
         finestra_simulator::SimConfig {
-            http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http_addr,
             database_url: scope.config()?.database_url,
             webhook_url: format!("http://{http}/webhooks/cloud-api"),
             access_token: token.to_owned(),
@@ -511,20 +753,45 @@ pub async fn start_simulator(
             ingest_key,
             review_delay: Duration::from_millis(100),
             banned_word: "casino".into(),
-            review_tenant_prefix: scope.tenant_prefix(),
+            network: format!("test-{}", scope.id()),
         },
         system_clock(),
         shutdown.clone(),
     )
     .await?;
-    Ok(StartedSim { running, shutdown })
+    let sim = StartedSim {
+        running,
+        shutdown,
+        token: token.to_owned(),
+        number_rate,
+    };
+    sim.register_all(scope).await?;
+    Ok(sim)
 }
 
+/// Accounts with no network to reach: templates are kept unsubmitted (see
+/// `start_accounts_with_network`).
 pub async fn start_accounts(scope: &Scope) -> anyhow::Result<Started> {
+    // Port 9 (discard) has no listener here: the network is unreachable at once.
+    start_accounts_with_network(scope, "http://127.0.0.1:9", "").await
+}
+
+/// Accounts submitting templates to the network at `provider_url` with `token`.
+pub async fn start_accounts_with_network(
+    scope: &Scope,
+    provider_url: &str,
+    token: &str,
+) -> anyhow::Result<Started> {
     let config = finestra_accounts::AccountsConfig {
         common: scope.config()?,
         key_prefix: "fin_test_".into(),
         consumer_group: scope.group("accounts"),
+        provider_url: provider_url.into(),
+        provider_version: "v21.0".into(),
+        provider_token: token.into(),
+        provider_timeout: Duration::from_secs(5),
+        submit_every: Duration::from_millis(500),
+        submit_tenant_prefix: scope.tenant_prefix(),
     };
     let shutdown = Shutdown::new();
     let running = finestra_accounts::start(config, shutdown.clone()).await?;

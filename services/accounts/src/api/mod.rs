@@ -32,6 +32,8 @@ pub struct AccountsApi {
     pub producer: FutureProducer,
     pub topic: String,
     pub key_prefix: String,
+    /// The network, where templates are submitted.
+    pub provider: Arc<dyn finestra_provider::Provider>,
 }
 
 /// What a tenant-level call needs of its key.
@@ -465,5 +467,19 @@ impl AccountsService for AccountsApi {
         request: Request<v1::ReviewTemplateRequest>,
     ) -> Result<Response<v1::Template>, Status> {
         template_calls::review(self, request).await
+    }
+
+    async fn submit_template(
+        &self,
+        request: Request<v1::SubmitTemplateRequest>,
+    ) -> Result<Response<v1::Template>, Status> {
+        template_calls::submit(self, request).await
+    }
+
+    async fn sync_templates(
+        &self,
+        request: Request<v1::SyncTemplatesRequest>,
+    ) -> Result<Response<v1::SyncTemplatesResponse>, Status> {
+        template_calls::sync(self, request).await
     }
 }

@@ -1,0 +1,223 @@
+//! The Cloud API over HTTP: `{base}/{version}/...` with the bearer token.
+
+use std::time::Duration;
+
+use finestra_cloudapi::templates::{self, Content, Created, Listed, Page};
+use futures::future::BoxFuture;
+use reqwest::Method;
+
+use crate::{Deleted, Provider, ProviderError, Submission};
+
+/// Pages a listing follows at most (a business account holds up to a few hundred templates).
+const MAX_PAGES: usize = 50;
+
+pub struct CloudApi {
+    http: reqwest::Client,
+    base_url: String,
+    version: String,
+    token: String,
+}
+
+/// A successful answer: its HTTP status and body.
+struct Answer {
+    status: u16,
+    body: Vec<u8>,
+}
+
+impl CloudApi {
+    pub fn new(
+        base_url: &str,
+        version: &str,
+        token: &str,
+        timeout: Duration,
+    ) -> Result<Self, reqwest::Error> {
+        Ok(Self {
+            http: reqwest::Client::builder()
+                .timeout(timeout)
+                .pool_max_idle_per_host(256)
+                .build()?,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            version: version.to_owned(),
+            token: token.to_owned(),
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/{}/{}", self.base_url, self.version, path)
+    }
+
+    /// One call; any answer outside 2xx becomes the network's error (404 is left to the
+    /// caller when `absent_ok`).
+    async fn call(
+        &self,
+        method: Method,
+        url: String,
+        query: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+        absent_ok: bool,
+    ) -> Result<Answer, ProviderError> {
+        let mut request = self
+            .http
+            .request(method, url)
+            .bearer_auth(&self.token)
+            .query(query);
+        if let Some(tp) = finestra_platform::trace::current() {
+            request = request.header(finestra_platform::trace::TRACEPARENT, tp);
+        }
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body);
+        }
+        let answer = request
+            .send()
+            .await
+            .map_err(|e| ProviderError::transport(e.to_string()))?;
+        let status = answer.status().as_u16();
+        let body = answer
+            .bytes()
+            .await
+            .map_err(|e| ProviderError::transport(e.to_string()))?
+            .to_vec();
+        if (200..300).contains(&status) || (absent_ok && status == 404) {
+            return Ok(Answer { status, body });
+        }
+        let (code, title) = finestra_cloudapi::send::error_explained(&body)
+            .unwrap_or((i32::from(status), format!("HTTP {status}")));
+        Err(ProviderError::from_code(status, code, title))
+    }
+
+    fn json(value: &serde_json::Value) -> Option<Vec<u8>> {
+        Some(value.to_string().into_bytes())
+    }
+}
+
+fn unreadable(what: &str) -> ProviderError {
+    ProviderError::from_code(200, 0, format!("an unreadable answer to {what}"))
+}
+
+impl Provider for CloudApi {
+    fn send<'a>(
+        &'a self,
+        phone_number_id: &'a str,
+        body: &'a [u8],
+    ) -> BoxFuture<'a, Result<String, ProviderError>> {
+        Box::pin(async move {
+            let answer = self
+                .call(
+                    Method::POST,
+                    self.url(&format!("{phone_number_id}/messages")),
+                    &[],
+                    Some(body.to_vec()),
+                    false,
+                )
+                .await?;
+            finestra_cloudapi::send::accepted_id(&answer.body).ok_or_else(|| {
+                ProviderError::from_code(answer.status, 0, "an answer without a message id".into())
+            })
+        })
+    }
+
+    fn submit_template<'a>(
+        &'a self,
+        waba_id: &'a str,
+        s: Submission<'a>,
+    ) -> BoxFuture<'a, Result<Created, ProviderError>> {
+        Box::pin(async move {
+            let body = templates::submission(s.name, s.language, s.category, s.content);
+            let answer = self
+                .call(
+                    Method::POST,
+                    self.url(&format!("{waba_id}/message_templates")),
+                    &[],
+                    Self::json(&body),
+                    false,
+                )
+                .await?;
+            serde_json::from_slice(&answer.body).map_err(|_| unreadable("a submission"))
+        })
+    }
+
+    fn edit_template<'a>(
+        &'a self,
+        provider_template_id: &'a str,
+        category: Option<&'a str>,
+        content: &'a Content,
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(async move {
+            let body = templates::edit(category, content);
+            self.call(
+                Method::POST,
+                self.url(provider_template_id),
+                &[],
+                Self::json(&body),
+                false,
+            )
+            .await
+            .map(|_| ())
+        })
+    }
+
+    fn delete_template<'a>(
+        &'a self,
+        waba_id: &'a str,
+        name: &'a str,
+        provider_template_id: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Deleted, ProviderError>> {
+        Box::pin(async move {
+            let mut query = vec![("name", name)];
+            if let Some(id) = provider_template_id {
+                query.push(("hsm_id", id));
+            }
+            let answer = self
+                .call(
+                    Method::DELETE,
+                    self.url(&format!("{waba_id}/message_templates")),
+                    &query,
+                    None,
+                    true,
+                )
+                .await?;
+            Ok(if answer.status == 404 {
+                Deleted::Absent
+            } else {
+                Deleted::Deleted
+            })
+        })
+    }
+
+    fn list_templates<'a>(
+        &'a self,
+        waba_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<Listed>, ProviderError>> {
+        Box::pin(async move {
+            let mut all = Vec::new();
+            let mut after = String::new();
+            for _ in 0..MAX_PAGES {
+                let mut query = vec![("limit", "100")];
+                if !after.is_empty() {
+                    query.push(("after", after.as_str()));
+                }
+                let answer = self
+                    .call(
+                        Method::GET,
+                        self.url(&format!("{waba_id}/message_templates")),
+                        &query,
+                        None,
+                        false,
+                    )
+                    .await?;
+                let page: Page =
+                    serde_json::from_slice(&answer.body).map_err(|_| unreadable("a listing"))?;
+                let next = page.next_after().map(str::to_owned);
+                all.extend(page.data);
+                match next {
+                    Some(cursor) => after = cursor,
+                    None => return Ok(all),
+                }
+            }
+            tracing::warn!(waba_id, pages = MAX_PAGES, "template listing cut short");
+            Ok(all)
+        })
+    }
+}

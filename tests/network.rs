@@ -1,0 +1,392 @@
+//! Finestra and the network meet only through the network's API: templates made in Finestra
+//! are submitted to the network, reviewed there and usable only once it approved them; what
+//! the network refuses, deletes or holds alone is seen in Finestra; and the simulator, the
+//! network's stand-in, never reads Finestra's schemas.
+
+use std::time::Duration;
+
+use finestra_e2e::WAIT;
+use finestra_e2e::chain::{Chain, TOKEN, UTILITY_IT, reason};
+use finestra_platform::auth::AuthedChannel;
+use finestra_platform::auth::Scope as KeyScope;
+use finestra_platform::status::reason_of;
+use finestra_proto::v1::{self, accounts_service_client::AccountsServiceClient};
+use finestra_testkit::{eventually, infra};
+use tonic::Code;
+
+fn create(tenant: &str, name: &str, category: &str, body: &str) -> v1::CreateTemplateRequest {
+    v1::CreateTemplateRequest {
+        tenant_id: tenant.into(),
+        name: name.into(),
+        language: "it".into(),
+        category: category.into(),
+        body: body.into(),
+        ..Default::default()
+    }
+}
+
+async fn template_named(
+    accounts: &mut AccountsServiceClient<AuthedChannel>,
+    tenant: &str,
+    name: &str,
+) -> anyhow::Result<Option<v1::Template>> {
+    Ok(accounts
+        .list_templates(v1::ListTemplatesRequest {
+            tenant_id: tenant.into(),
+            page_size: 100,
+            page_token: String::new(),
+        })
+        .await?
+        .into_inner()
+        .templates
+        .into_iter()
+        .find(|t| t.name == name))
+}
+
+/// Waits until the template reaches `status`.
+async fn reaches(
+    accounts: &AccountsServiceClient<AuthedChannel>,
+    tenant: &str,
+    template_id: &str,
+    status: &str,
+) -> anyhow::Result<v1::Template> {
+    eventually(&format!("{template_id} is {status}"), WAIT, || async {
+        let t = accounts
+            .clone()
+            .get_template(v1::GetTemplateRequest {
+                tenant_id: tenant.into(),
+                template_id: template_id.into(),
+            })
+            .await?
+            .into_inner();
+        Ok((t.status == status).then_some(t))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_template_is_sendable_only_once_the_network_approved_what_finestra_submitted()
+-> anyhow::Result<()> {
+    let c = Chain::start(80).await?;
+    let accounts =
+        finestra_testkit::start_accounts_with_network(&c.scope, &c.sim.base_url(), TOKEN).await?;
+    let admin = c.scope.tenant_key("acme", &[KeyScope::Admin]).await?;
+    let mut api = AccountsServiceClient::new(
+        finestra_testkit::authed_channel(accounts.running.grpc_url(), &admin).await?,
+    );
+    c.top_up(10 * UTILITY_IT).await?;
+    let user = "393471230001";
+
+    // Made in Finestra: submitted to the network at once, pending its review.
+    let made = api
+        .create_template(create(&c.tenant, "order_ready", "UTILITY", "Ciao {{1}}"))
+        .await?
+        .into_inner();
+    assert!(
+        made.submitted && !made.provider_template_id.is_empty(),
+        "{made:?}"
+    );
+    assert_eq!(made.status, "PENDING");
+    let early = c
+        .template_send(user, "early", "order_ready", &["A-1"])
+        .await;
+    assert_eq!(
+        reason(&early),
+        (Code::FailedPrecondition, "TEMPLATE_NOT_APPROVED".into()),
+        "not before the network approved it"
+    );
+    reaches(&api, &c.tenant, &made.template_id, "APPROVED").await?;
+    let sent = c
+        .template_send(user, "approved", "order_ready", &["A-1"])
+        .await?;
+    c.settles(&sent.message_id, &["DELIVERED", "READ"]).await?;
+
+    // The network's review rejects one, with its reason.
+    let jackpot = api
+        .create_template(create(
+            &c.tenant,
+            "jackpot",
+            "MARKETING",
+            "Casino night, {{1}}!",
+        ))
+        .await?
+        .into_inner();
+    let rejected = reaches(&api, &c.tenant, &jackpot.template_id, "REJECTED").await?;
+    assert_eq!(rejected.status_reason, "PROMOTIONAL");
+
+    // A submission the network refuses (it holds that name already) is not kept, and the
+    // tenant is told the network's reason.
+    let waba = c.scope.waba_id("acme");
+    c.sim
+        .template(&waba, "made_there", "UTILITY", "Hello {{1}}", "APPROVED")
+        .await?;
+    let refused = api
+        .create_template(create(&c.tenant, "made_there", "UTILITY", "Hi {{1}}"))
+        .await
+        .expect_err("the network holds that name already");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert_eq!(reason_of(&refused).as_deref(), Some("PROVIDER_REFUSED"));
+    assert!(
+        refused.message().contains("already exists"),
+        "{}",
+        refused.message()
+    );
+    assert!(
+        template_named(&mut api, &c.tenant, "made_there")
+            .await?
+            .is_none()
+    );
+
+    // A sync adopts what the network holds alone and drops what it deleted.
+    let deleted_there = reqwest::Client::new()
+        .delete(format!(
+            "{}/v21.0/{waba}/message_templates",
+            c.sim.base_url()
+        ))
+        .bearer_auth(TOKEN)
+        .query(&[("name", "order_ready")])
+        .send()
+        .await?;
+    assert_eq!(deleted_there.status(), 200);
+    let synced = api
+        .sync_templates(v1::SyncTemplatesRequest {
+            tenant_id: c.tenant.clone(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!((synced.adopted, synced.removed), (1, 1), "{synced:?}");
+    let adopted = template_named(&mut api, &c.tenant, "made_there")
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("adopted"))?;
+    assert_eq!(
+        (adopted.status.as_str(), adopted.submitted),
+        ("APPROVED", true)
+    );
+    assert!(
+        template_named(&mut api, &c.tenant, "order_ready")
+            .await?
+            .is_none()
+    );
+    let gone = c.template_send(user, "gone", "order_ready", &["A-2"]).await;
+    assert_eq!(
+        reason(&gone),
+        (Code::FailedPrecondition, "TEMPLATE_NOT_APPROVED".into())
+    );
+    let adopted_send = c
+        .template_send(user, "adopted", "made_there", &["A-3"])
+        .await?;
+    c.settles(&adopted_send.message_id, &["DELIVERED", "READ"])
+        .await?;
+
+    // A template the network never received cannot reach a user, whatever Finestra's table
+    // says: the network refuses it (132001).
+    sqlx::query(
+        "INSERT INTO accounts.templates
+            (template_id, tenant_id, name, language, category, body, parameter_count, status)
+         VALUES ($1, $2, 'ghost', 'it', 'UTILITY', 'Boo {{1}}', 1, 'APPROVED')",
+    )
+    .bind(format!("tpl-ghost-{}", c.scope.id()))
+    .bind(&c.tenant)
+    .execute(&infra().await?.pool)
+    .await?;
+    let ghost = c.template_send(user, "ghost", "ghost", &["x"]).await?;
+    let failed = c.settles(&ghost.message_id, &["FAILED"]).await?;
+    assert_eq!(failed.failure_reason, "TEMPLATE_NOT_APPROVED");
+
+    // Deleted in Finestra: deleted at the network too.
+    api.delete_template(v1::DeleteTemplateRequest {
+        tenant_id: c.tenant.clone(),
+        template_id: adopted.template_id.clone(),
+    })
+    .await?;
+    assert_eq!(
+        c.sim.network().template_id(&waba, "made_there").await?,
+        None
+    );
+
+    c.books_settled().await?;
+    c.reconcile().await?;
+    accounts.stop().await;
+    c.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_template_made_while_the_network_is_down_is_submitted_when_it_is_back()
+-> anyhow::Result<()> {
+    let scope = finestra_testkit::Scope::new();
+    infra().await?;
+    scope.create_topics().await?;
+    let (tenant, _, _) = scope.tenant_with_number("later", 1).await?;
+    // The network's address, before the network is up.
+    let network_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let accounts = finestra_testkit::start_accounts_with_network(
+        &scope,
+        &format!("http://{network_addr}"),
+        TOKEN,
+    )
+    .await?;
+    let admin = scope.tenant_key("later", &[KeyScope::Admin]).await?;
+    let mut api = AccountsServiceClient::new(
+        finestra_testkit::authed_channel(accounts.running.grpc_url(), &admin).await?,
+    );
+    let kept = api
+        .create_template(create(&tenant, "reminder", "UTILITY", "See you at {{1}}"))
+        .await?
+        .into_inner();
+    assert_eq!((kept.status.as_str(), kept.submitted), ("PENDING", false));
+    let now = api
+        .submit_template(v1::SubmitTemplateRequest {
+            tenant_id: tenant.clone(),
+            template_id: kept.template_id.clone(),
+        })
+        .await
+        .expect_err("the network is down");
+    assert_eq!(now.code(), Code::Unavailable);
+    assert_eq!(reason_of(&now).as_deref(), Some("PROVIDER_UNAVAILABLE"));
+    // A tenant without a business account has nowhere to submit templates.
+    sqlx::query("UPDATE accounts.tenants SET waba_id = NULL WHERE tenant_id = $1")
+        .bind(&tenant)
+        .execute(&infra().await?.pool)
+        .await?;
+    let nowhere = api
+        .create_template(create(&tenant, "other", "UTILITY", "Hi"))
+        .await
+        .expect_err("no business account");
+    assert_eq!(reason_of(&nowhere).as_deref(), Some("NO_BUSINESS_ACCOUNT"));
+    sqlx::query("UPDATE accounts.tenants SET waba_id = $2 WHERE tenant_id = $1")
+        .bind(&tenant)
+        .bind(scope.waba_id("later"))
+        .execute(&infra().await?.pool)
+        .await?;
+
+    // The network comes up: the background submitter submits it, the network approves it.
+    let ingest = finestra_testkit::start_ingest(&scope).await?;
+    let sim =
+        finestra_testkit::start_simulator_on(&scope, &ingest.running, TOKEN, 80, network_addr)
+            .await?;
+    let approved = eventually(
+        "submitted and approved",
+        Duration::from_secs(30),
+        || async {
+            let t = api
+                .clone()
+                .get_template(v1::GetTemplateRequest {
+                    tenant_id: tenant.clone(),
+                    template_id: kept.template_id.clone(),
+                })
+                .await?
+                .into_inner();
+            Ok((t.submitted && t.status == "APPROVED").then_some(t))
+        },
+    )
+    .await?;
+    assert_eq!(
+        sim.network()
+            .template_id(&scope.waba_id("later"), "reminder")
+            .await?,
+        Some(approved.provider_template_id)
+    );
+    sim.stop().await;
+    ingest.stop().await;
+    accounts.stop().await;
+    Ok(())
+}
+
+/// Finestra's schemas (each owned by one service) the network must never read.
+const FINESTRA_SCHEMAS: [&str; 4] = ["accounts", "windows", "billing", "dispatch"];
+
+/// Finestra's crates that hold its stores and services.
+const FINESTRA_STORE_CRATES: [&str; 6] = [
+    "finestra-registry",
+    "finestra-accounts",
+    "finestra-window",
+    "finestra-billing",
+    "finestra-dispatch",
+    "finestra-ingest",
+];
+
+/// Every `schema.table` reference in `text` to one of Finestra's schemas.
+fn schema_references(text: &str) -> Vec<String> {
+    let bytes = text.as_bytes();
+    let mut found = Vec::new();
+    for schema in FINESTRA_SCHEMAS {
+        let needle = format!("{schema}.");
+        let mut from = 0;
+        while let Some(at) = text[from..].find(&needle) {
+            let start = from + at;
+            let end = start + needle.len();
+            let word_start = start == 0
+                || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+            let table_follows = bytes
+                .get(end)
+                .is_some_and(|b| b.is_ascii_lowercase() || *b == b'_');
+            if word_start && table_follows {
+                let table: String = text[end..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                found.push(format!("{schema}.{table}"));
+            }
+            from = end;
+        }
+    }
+    found
+}
+
+fn files_under(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            files_under(&path, out)?;
+        } else {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn the_simulator_never_reads_finestras_schemas() -> anyhow::Result<()> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../services/simulator");
+    let mut files = Vec::new();
+    files_under(&root.join("src"), &mut files)?;
+    files_under(&root.join("migrations"), &mut files)?;
+    anyhow::ensure!(
+        files.len() > 5,
+        "the simulator's sources are where expected"
+    );
+    let mut offences = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file)?;
+        for reference in schema_references(&text) {
+            offences.push(format!("{}: {reference}", file.display()));
+        }
+        for store in [
+            "finestra_registry",
+            "finestra_accounts",
+            "finestra_dispatch",
+        ] {
+            if text.contains(store) {
+                offences.push(format!("{}: {store}", file.display()));
+            }
+        }
+    }
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml"))?;
+    for krate in FINESTRA_STORE_CRATES {
+        if manifest.contains(krate) {
+            offences.push(format!("Cargo.toml depends on {krate}"));
+        }
+    }
+    assert!(
+        offences.is_empty(),
+        "the simulator reaches into Finestra's state: {offences:#?}"
+    );
+    // The scan itself finds what it looks for.
+    assert_eq!(
+        schema_references("SELECT 1 FROM accounts.templates JOIN sim.numbers"),
+        vec!["accounts.templates".to_owned()]
+    );
+    assert!(schema_references("ingest told dispatch. Then").is_empty());
+    Ok(())
+}
