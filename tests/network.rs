@@ -293,6 +293,213 @@ async fn a_template_made_while_the_network_is_down_is_submitted_when_it_is_back(
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edited_template_is_reviewed_again_before_it_is_sent_again() -> anyhow::Result<()> {
+    let c = Chain::start(80).await?;
+    let accounts =
+        finestra_testkit::start_accounts_with_network(&c.scope, &c.sim.base_url(), TOKEN).await?;
+    let admin = c.scope.tenant_key("acme", &[KeyScope::Admin]).await?;
+    let mut api = AccountsServiceClient::new(
+        finestra_testkit::authed_channel(accounts.running.grpc_url(), &admin).await?,
+    );
+    let made = api
+        .create_template(create(&c.tenant, "pickup", "UTILITY", "Pick up at {{1}}"))
+        .await?
+        .into_inner();
+    let edit = |body: &str| v1::EditTemplateRequest {
+        tenant_id: c.tenant.clone(),
+        template_id: made.template_id.clone(),
+        body: body.into(),
+        ..Default::default()
+    };
+    let under_review = api
+        .edit_template(edit("Pick up at {{1}} today"))
+        .await
+        .expect_err("a template under review cannot be edited");
+    assert_eq!(
+        reason_of(&under_review).as_deref(),
+        Some("INVALID_TRANSITION")
+    );
+    reaches(&api, &c.tenant, &made.template_id, "APPROVED").await?;
+
+    let edited = api
+        .edit_template(edit("Pick up at {{1}} from {{2}}"))
+        .await?
+        .into_inner();
+    assert_eq!(
+        (edited.status.as_str(), edited.parameter_count),
+        ("PENDING", 2)
+    );
+    let user = "393471230002";
+    c.top_up(10 * UTILITY_IT).await?;
+    let during = c
+        .template_send(user, "during", "pickup", &["Via Roma", "18:00"])
+        .await;
+    assert_eq!(
+        reason(&during),
+        (Code::FailedPrecondition, "TEMPLATE_NOT_APPROVED".into()),
+        "not while the network reviews the edit"
+    );
+    reaches(&api, &c.tenant, &made.template_id, "APPROVED").await?;
+    // The network holds the new content: two parameters now.
+    let after = c
+        .template_send(user, "after", "pickup", &["Via Roma", "18:00"])
+        .await?;
+    c.settles(&after.message_id, &["DELIVERED", "READ"]).await?;
+    accounts.stop().await;
+    c.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_error_the_network_answers_ends_in_its_reason_and_retry_decision() -> anyhow::Result<()>
+{
+    let c = Chain::start(1_000).await?;
+    c.template("order_ready", "UTILITY", 1).await?;
+    let codes = finestra_provider::KNOWN_CODES;
+    c.top_up(i64::try_from(codes.len())? * 2 * UTILITY_IT)
+        .await?;
+    for (i, known) in codes.iter().enumerate() {
+        // The network's HTTP status for it, as Meta answers it.
+        let http_status = match known.code {
+            130_429 => 429,
+            1 | 2 | 131_000 | 131_016 => 503,
+            190 => 401,
+            _ => 400,
+        };
+        c.sim(
+            "faults",
+            serde_json::json!({"phone_number_id": c.number, "next": 1, "code": known.code,
+                               "http_status": http_status}),
+        )
+        .await?;
+        let user = format!("3934712{i:05}");
+        let sent = c
+            .template_send(
+                &user,
+                &format!("code-{}", known.code),
+                "order_ready",
+                &["x"],
+            )
+            .await?;
+        let m = c
+            .settles(&sent.message_id, &["FAILED", "DELIVERED", "READ"])
+            .await?;
+        if known.retryable {
+            assert_ne!(m.status, "FAILED", "{} is retried: {m:?}", known.code);
+            assert_eq!(m.attempts, 2, "{}: one refusal, then delivered", known.code);
+        } else {
+            assert_eq!(
+                (m.status.as_str(), m.failure_reason.as_str(), m.attempts),
+                ("FAILED", known.reason, 1),
+                "{} is final",
+                known.code
+            );
+        }
+    }
+    c.books_settled().await?;
+    c.reconcile().await?;
+    c.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_business_marks_messages_read_shows_typing_and_blocks_users_at_the_network()
+-> anyhow::Result<()> {
+    let c = Chain::start(80).await?;
+    c.template("order_ready", "UTILITY", 1).await?;
+    c.top_up(10 * UTILITY_IT).await?;
+    let user = "393471230003";
+    let wamid = c.user_writes(user, 0, false).await?;
+    let mut client = c.client.clone();
+
+    client
+        .mark_read(v1::MarkReadRequest {
+            tenant_id: c.tenant.clone(),
+            phone_number_id: c.number.clone(),
+            message_id: wamid.clone(),
+            typing_indicator: true,
+        })
+        .await?;
+    let stats = c.sim_stats(&c.number).await?;
+    assert_eq!(
+        (
+            stats["marked_read"].as_u64(),
+            stats["typing_shown"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+    let unknown = client
+        .mark_read(v1::MarkReadRequest {
+            tenant_id: c.tenant.clone(),
+            phone_number_id: c.number.clone(),
+            message_id: "wamid.nobody-wrote-this".into(),
+            typing_indicator: false,
+        })
+        .await
+        .expect_err("no user sent it");
+    assert_eq!(unknown.code(), Code::FailedPrecondition);
+    assert_eq!(reason_of(&unknown).as_deref(), Some("PROVIDER_REFUSED"));
+    // Another tenant's number is out of reach.
+    let (_, other_number, _) = c.scope.tenant_with_number("other", 2).await?;
+    let foreign = client
+        .mark_read(v1::MarkReadRequest {
+            tenant_id: c.tenant.clone(),
+            phone_number_id: other_number,
+            message_id: wamid.clone(),
+            typing_indicator: false,
+        })
+        .await
+        .expect_err("not the tenant's number");
+    assert_eq!(foreign.code(), Code::NotFound);
+
+    // Blocked at the network: the user's messages no longer arrive, nothing reaches them.
+    let block = |unblock: bool, users: Vec<String>| v1::BlockUsersRequest {
+        tenant_id: c.tenant.clone(),
+        phone_number_id: c.number.clone(),
+        users,
+        unblock,
+    };
+    let blocked = client
+        .block_users(block(false, vec![format!("+{user}")]))
+        .await?
+        .into_inner();
+    assert_eq!(blocked.users, vec![user.to_owned()]);
+    let silent = c
+        .sim(
+            "say",
+            serde_json::json!({"phone_number_id": c.number, "from": user, "text": "hello?"}),
+        )
+        .await?;
+    assert_eq!(silent["delivered"], false);
+    let refused = c
+        .template_send(user, "blocked", "order_ready", &["x"])
+        .await?;
+    let failed = c.settles(&refused.message_id, &["FAILED"]).await?;
+    assert_eq!(failed.failure_reason, "UNDELIVERABLE");
+    let bad = client
+        .block_users(block(false, vec!["not-a-number".into()]))
+        .await
+        .expect_err("a wa_id is digits");
+    assert_eq!(bad.code(), Code::InvalidArgument);
+
+    let unblocked = client
+        .block_users(block(true, vec![user.to_owned()]))
+        .await?
+        .into_inner();
+    assert_eq!(unblocked.users, vec![user.to_owned()]);
+    assert!(!c.user_writes(user, 0, false).await?.is_empty());
+    let stats = c.sim_stats(&c.number).await?;
+    assert_eq!(
+        (stats["blocks"].as_u64(), stats["unblocks"].as_u64()),
+        (Some(1), Some(1))
+    );
+    c.books_settled().await?;
+    c.reconcile().await?;
+    c.stop().await;
+    Ok(())
+}
+
 /// Finestra's schemas (each owned by one service) the network must never read.
 const FINESTRA_SCHEMAS: [&str; 4] = ["accounts", "windows", "billing", "dispatch"];
 

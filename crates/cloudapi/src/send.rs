@@ -66,6 +66,58 @@ pub fn reaction(message_id: &str, emoji: &str) -> Value {
     json!({ "message_id": message_id, "emoji": emoji })
 }
 
+/// Marks a user's message read (`POST /{phone_number_id}/messages`), with the typing indicator
+/// when `typing`.
+pub fn mark_read(message_id: &str, typing: bool) -> Value {
+    let mut v = json!({
+        "messaging_product": "whatsapp",
+        "status": "read",
+        "message_id": message_id,
+    });
+    if typing && let Some(obj) = v.as_object_mut() {
+        obj.insert("typing_indicator".into(), json!({ "type": "text" }));
+    }
+    v
+}
+
+/// The body of `POST` (block) or `DELETE` (unblock) `/{phone_number_id}/block_users`.
+pub fn block_users(users: &[String]) -> Value {
+    let users: Vec<Value> = users.iter().map(|u| json!({ "user": u })).collect();
+    json!({ "messaging_product": "whatsapp", "block_users": users })
+}
+
+/// The answer to a block (`added_users`) or an unblock (`removed_users`): the users it applied
+/// to, by wa_id.
+pub fn blocked_users(answer: &[u8], block: bool) -> Option<Vec<String>> {
+    let v: Value = serde_json::from_slice(answer).ok()?;
+    let key = if block {
+        "added_users"
+    } else {
+        "removed_users"
+    };
+    Some(
+        v["block_users"][key]
+            .as_array()?
+            .iter()
+            .filter_map(|u| u["wa_id"].as_str().map(str::to_owned))
+            .collect(),
+    )
+}
+
+/// The answer to a block: `added_users` (or `removed_users`) as the network lists them.
+pub fn block_answer(users: &[String], block: bool) -> Value {
+    let key = if block {
+        "added_users"
+    } else {
+        "removed_users"
+    };
+    let listed: Vec<Value> = users
+        .iter()
+        .map(|u| json!({ "input": u, "wa_id": u }))
+        .collect();
+    json!({ "messaging_product": "whatsapp", "block_users": { key: listed } })
+}
+
 #[derive(Debug, Deserialize)]
 struct Accepted {
     messages: Vec<AcceptedMessage>,
@@ -183,6 +235,20 @@ mod tests {
             Some((100, "(#100) Invalid parameter: name exists".into()))
         );
         assert_eq!(accepted_id(b"nonsense"), None);
+        let users = vec!["39333".to_owned()];
+        let answer = serde_json::to_vec(&block_answer(&users, true)).unwrap_or_default();
+        assert_eq!(blocked_users(&answer, true), Some(users.clone()));
+        assert_eq!(
+            blocked_users(&answer, false),
+            None,
+            "no removed_users in a block"
+        );
+        assert_eq!(block_users(&users)["block_users"][0]["user"], "39333");
+        assert_eq!(
+            mark_read("wamid.X", true)["typing_indicator"]["type"],
+            "text"
+        );
+        assert_eq!(mark_read("wamid.X", false).get("typing_indicator"), None);
         assert_eq!(error_of(b"<html>"), None);
     }
 }

@@ -82,6 +82,16 @@ impl Status {
             Status::Disabled => "DISABLED",
         }
     }
+
+    /// Whether a template in this status may be edited. The network reviews an edited
+    /// template again (it is PENDING until then): an approved, rejected or paused one can be
+    /// edited; one under review already, or disabled, cannot.
+    pub fn editable(self) -> bool {
+        matches!(
+            self,
+            Status::Approved | Status::Rejected | Status::Paused { .. }
+        )
+    }
 }
 
 /// A review decision from the provider.
@@ -285,6 +295,20 @@ pub fn parameter_count(text: &str) -> Result<usize, TemplateError> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn only_a_reviewed_template_that_is_not_disabled_can_be_edited() {
+        assert!(Status::Approved.editable());
+        assert!(Status::Rejected.editable());
+        assert!(
+            Status::Paused {
+                until: Timestamp::from_secs(1)
+            }
+            .editable()
+        );
+        assert!(!Status::Pending.editable(), "under review already");
+        assert!(!Status::Disabled.editable());
+    }
     use super::*;
     use proptest::prelude::*;
 

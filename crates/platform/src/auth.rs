@@ -180,6 +180,7 @@ for_tenant!(
     DeleteTemplateRequest,
     SubmitTemplateRequest,
     SyncTemplatesRequest,
+    EditTemplateRequest,
 );
 // Of billing.
 for_tenant!(
@@ -204,6 +205,8 @@ for_tenant!(
     DeleteWebhookRequest,
     ListDeadLettersRequest,
     RedriveRequest,
+    MarkReadRequest,
+    BlockUsersRequest,
 );
 
 /// A request its key may act on (see [`Authenticator::authorize`]).

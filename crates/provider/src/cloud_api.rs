@@ -220,4 +220,47 @@ impl Provider for CloudApi {
             Ok(all)
         })
     }
+
+    fn mark_read<'a>(
+        &'a self,
+        phone_number_id: &'a str,
+        message_id: &'a str,
+        typing: bool,
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(async move {
+            let body = finestra_cloudapi::send::mark_read(message_id, typing);
+            self.call(
+                Method::POST,
+                self.url(&format!("{phone_number_id}/messages")),
+                &[],
+                Self::json(&body),
+                false,
+            )
+            .await
+            .map(|_| ())
+        })
+    }
+
+    fn block_users<'a>(
+        &'a self,
+        phone_number_id: &'a str,
+        users: &'a [String],
+        block: bool,
+    ) -> BoxFuture<'a, Result<Vec<String>, ProviderError>> {
+        Box::pin(async move {
+            let body = finestra_cloudapi::send::block_users(users);
+            let method = if block { Method::POST } else { Method::DELETE };
+            let answer = self
+                .call(
+                    method,
+                    self.url(&format!("{phone_number_id}/block_users")),
+                    &[],
+                    Self::json(&body),
+                    false,
+                )
+                .await?;
+            finestra_cloudapi::send::blocked_users(&answer.body, block)
+                .ok_or_else(|| unreadable("a block"))
+        })
+    }
 }

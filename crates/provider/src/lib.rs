@@ -66,4 +66,22 @@ pub trait Provider: Send + Sync + 'static {
         &'a self,
         waba_id: &'a str,
     ) -> BoxFuture<'a, Result<Vec<Listed>, ProviderError>>;
+
+    /// Marks a message the user sent to `phone_number_id` as read (blue ticks), and shows the
+    /// user a typing indicator when `typing` (until the reply, or 25 s).
+    fn mark_read<'a>(
+        &'a self,
+        phone_number_id: &'a str,
+        message_id: &'a str,
+        typing: bool,
+    ) -> BoxFuture<'a, Result<(), ProviderError>>;
+
+    /// Blocks (or unblocks) users at the network: they can no longer write to the number, nor
+    /// receive from it. Answers the users the network applied it to.
+    fn block_users<'a>(
+        &'a self,
+        phone_number_id: &'a str,
+        users: &'a [String],
+        block: bool,
+    ) -> BoxFuture<'a, Result<Vec<String>, ProviderError>>;
 }

@@ -139,6 +139,82 @@ pub async fn submit(
     }
 }
 
+/// New content for a template (and a new category, when given): the network reviews it again
+/// and it is PENDING until then. A template the network has not received yet is only changed
+/// here (its submission carries the new content).
+pub async fn edit(
+    pool: &PgPool,
+    provider: &dyn Provider,
+    req: &finestra_proto::v1::EditTemplateRequest,
+) -> Result<TemplateRow, TemplateError> {
+    let row = templates::get(pool, &req.tenant_id, &req.template_id).await?;
+    let status = row.lifecycle().status_at(now());
+    if !status.editable() {
+        return Err(TemplateError::NotEditable {
+            template_id: row.template_id,
+            status: status.name(),
+        });
+    }
+    let category = if req.category.trim().is_empty() {
+        None
+    } else {
+        Some(
+            Category::parse(&req.category).ok_or(TemplateError::Invalid {
+                field: "category",
+                rule: "MARKETING, UTILITY or AUTHENTICATION",
+            })?,
+        )
+    };
+    let params = finestra_domain::template::validate(
+        &row.name,
+        &row.language,
+        &req.body,
+        &req.header,
+        &req.footer,
+    )
+    .map_err(|e| TemplateError::InvalidTemplate {
+        name: row.name.clone(),
+        why: e.to_string(),
+    })?;
+    let buttons = templates::buttons(&req.buttons_json)?;
+    let content = Content {
+        body: req.body.clone(),
+        header: req.header.clone(),
+        footer: req.footer.clone(),
+        buttons: buttons.and_then(|b| serde_json::from_str(b).ok()),
+    };
+    if let Some(provider_id) = &row.provider_template_id {
+        provider
+            .edit_template(provider_id, category.map(Category::as_str), &content)
+            .await
+            .map_err(refusal)?;
+    }
+    sqlx::query_as!(
+        TemplateRow,
+        "UPDATE accounts.templates
+            SET body = $3, header = $4, footer = $5, buttons = $6::text::jsonb,
+                parameter_count = $7, category = coalesce($8, category), status = 'PENDING',
+                paused_until = NULL, status_reason = ''
+          WHERE tenant_id = $1 AND template_id = $2 AND deleted_at IS NULL
+         RETURNING template_id, tenant_id, name, language, category, body, header, footer,
+                   buttons::text AS buttons, parameter_count, status, paused_until, pauses,
+                   last_review_at, created_at, provider_template_id, submitted_at, status_reason",
+        &req.tenant_id,
+        &req.template_id,
+        &req.body,
+        &req.header,
+        &req.footer,
+        buttons,
+        i32::try_from(params).unwrap_or(i32::MAX),
+        category.map(Category::as_str)
+    )
+    .fetch_optional(pool)
+    .await?
+    .ok_or_else(|| TemplateError::NotFound {
+        template_id: req.template_id.clone(),
+    })
+}
+
 /// Takes an unsubmitted template for one submission (a lease of 30 s).
 async fn claim(
     pool: &PgPool,

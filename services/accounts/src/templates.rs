@@ -29,6 +29,11 @@ pub enum TemplateError {
         template_id: String,
         why: ReviewError,
     },
+    #[error("a {status} template cannot be edited (only an approved, rejected or paused one)")]
+    NotEditable {
+        template_id: String,
+        status: &'static str,
+    },
     #[error("the tenant has no business account id (set it with UpdateTenant)")]
     NoBusinessAccount,
     #[error("the network refused the template: {message}")]
@@ -129,6 +134,23 @@ pub fn parse_review(event: &str, new_category: &str) -> Result<Review, TemplateE
     })
 }
 
+/// The buttons a request gives (`None` when it gives none), checked to be a JSON array.
+pub fn buttons(buttons_json: &str) -> Result<Option<&str>, TemplateError> {
+    let buttons = (!buttons_json.trim().is_empty()).then_some(buttons_json);
+    if let Some(b) = buttons
+        && !matches!(
+            serde_json::from_str::<serde_json::Value>(b),
+            Ok(serde_json::Value::Array(_))
+        )
+    {
+        return Err(TemplateError::Invalid {
+            field: "buttons_json",
+            rule: "buttons must be a JSON array",
+        });
+    }
+    Ok(buttons)
+}
+
 /// Validates and stores a new PENDING template.
 pub async fn create(
     pool: &PgPool,
@@ -149,19 +171,7 @@ pub async fn create(
         name: req.name.clone(),
         why: e.to_string(),
     })?;
-    let buttons: Option<&str> =
-        (!req.buttons_json.trim().is_empty()).then_some(req.buttons_json.as_str());
-    if let Some(b) = buttons
-        && !matches!(
-            serde_json::from_str::<serde_json::Value>(b),
-            Ok(serde_json::Value::Array(_))
-        )
-    {
-        return Err(TemplateError::Invalid {
-            field: "buttons_json",
-            rule: "buttons must be a JSON array",
-        });
-    }
+    let buttons = buttons(&req.buttons_json)?;
     let id = format!("tpl_{:016x}", rand::random::<u64>());
     sqlx::query_as!(
         TemplateRow,

@@ -134,6 +134,22 @@ pub enum TemplateCommand {
         #[arg(long)]
         id: String,
     },
+    /// Replace a template's content: the network reviews it again.
+    Edit {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        body: String,
+        #[arg(long, default_value = "")]
+        header: String,
+        #[arg(long, default_value = "")]
+        footer: String,
+        /// A new category (default: keep it).
+        #[arg(long, default_value = "")]
+        category: String,
+    },
     /// Submit to the network a template it has not received (it was unreachable when the
     /// template was made).
     Submit {
@@ -578,6 +594,29 @@ pub async fn template(api: &Api, command: TemplateCommand, json: bool) -> anyhow
                 print_template(&t, false);
                 println!("  {}", t.body);
             }
+        }
+        TemplateCommand::Edit {
+            tenant,
+            id,
+            body,
+            header,
+            footer,
+            category,
+        } => {
+            let t = c
+                .edit_template(v1::EditTemplateRequest {
+                    tenant_id: tenant,
+                    template_id: id,
+                    body,
+                    header,
+                    footer,
+                    buttons_json: String::new(),
+                    category,
+                })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            print_template(&t, json);
         }
         TemplateCommand::Submit { tenant, id } => {
             let t = c

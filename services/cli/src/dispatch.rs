@@ -94,6 +94,31 @@ pub enum MessageCommand {
         #[arg(long, default_value = "")]
         page_token: String,
     },
+    /// Mark a user's message read at the network (and show the typing indicator).
+    Read {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        phone_number_id: String,
+        /// The network's id of the user's message (wamid...).
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        typing: bool,
+    },
+    /// Block users of a number at the network (they can no longer write to it nor receive).
+    Block {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        phone_number_id: String,
+        /// wa_ids, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        users: Vec<String>,
+        /// Unblock them instead.
+        #[arg(long)]
+        unblock: bool,
+    },
 }
 
 fn random_key() -> String {
@@ -224,6 +249,53 @@ pub async fn message(
 ) -> anyhow::Result<()> {
     let mut c = DispatchServiceClient::new(channel);
     match command {
+        MessageCommand::Read {
+            tenant,
+            phone_number_id,
+            id,
+            typing,
+        } => {
+            c.mark_read(v1::MarkReadRequest {
+                tenant_id: tenant,
+                phone_number_id,
+                message_id: id.clone(),
+                typing_indicator: typing,
+            })
+            .await
+            .map_err(rpc_error)?;
+            if json_out {
+                println!("{}", serde_json::json!({ "message_id": id, "read": true }));
+            } else {
+                println!("{id} marked read");
+            }
+        }
+        MessageCommand::Block {
+            tenant,
+            phone_number_id,
+            users,
+            unblock,
+        } => {
+            let applied = c
+                .block_users(v1::BlockUsersRequest {
+                    tenant_id: tenant,
+                    phone_number_id,
+                    users,
+                    unblock,
+                })
+                .await
+                .map_err(rpc_error)?
+                .into_inner()
+                .users;
+            if json_out {
+                println!(
+                    "{}",
+                    serde_json::json!({ "users": applied, "blocked": !unblock })
+                );
+            } else {
+                let done = if unblock { "unblocked" } else { "blocked" };
+                println!("{done} at the network: {}", applied.join(", "));
+            }
+        }
         MessageCommand::Get { tenant, id } => {
             let m = c
                 .get_message(v1::GetMessageRequest {

@@ -13,6 +13,7 @@ use finestra_platform::status::Reason;
 use finestra_platform::status::{
     self, invalid_argument, not_found, required, with_reason, with_reason_and_retry,
 };
+use finestra_proto::v1;
 use finestra_proto::v1::dispatch_service_server::DispatchService;
 use finestra_proto::v1::{
     CreateWebhookRequest, DeleteWebhookRequest, GetMessageRequest, ListDeadLettersRequest,
@@ -57,6 +58,8 @@ pub struct DispatchApi {
     /// The tasks requests leave behind (key bookkeeping, event streams): the drain waits
     /// for them.
     pub tasks: tokio_util::task::TaskTracker,
+    /// The network, for what a tenant asks of it beside sending (read receipts, blocks).
+    pub provider: Arc<dyn finestra_provider::Provider>,
 }
 
 fn refusal_status(r: &Refusal, message_id: &str) -> Status {
@@ -655,6 +658,26 @@ impl DispatchService for DispatchApi {
             .collect()
             .await;
         Ok(Response::new(SendMessagesResponse { results }))
+    }
+
+    async fn mark_read(
+        &self,
+        request: Request<v1::MarkReadRequest>,
+    ) -> Result<Response<v1::MarkReadResponse>, Status> {
+        let req = self.auth.authorize(request, Scope::Send).await?.request;
+        crate::network_api::mark_read(&self.facts, self.provider.as_ref(), req)
+            .await
+            .map(Response::new)
+    }
+
+    async fn block_users(
+        &self,
+        request: Request<v1::BlockUsersRequest>,
+    ) -> Result<Response<v1::BlockUsersResponse>, Status> {
+        let req = self.auth.authorize(request, Scope::Send).await?.request;
+        crate::network_api::block_users(&self.facts, self.provider.as_ref(), req)
+            .await
+            .map(Response::new)
     }
 
     async fn get_message(

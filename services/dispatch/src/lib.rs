@@ -13,6 +13,7 @@ pub mod facts;
 pub mod fep;
 pub mod gate;
 pub mod hot;
+pub mod network_api;
 pub mod outbox;
 pub mod pg;
 pub mod statuses;
@@ -234,17 +235,19 @@ pub async fn start(
         parallel: config.accept_parallel,
         billing_timeout: config.billing_timeout,
     });
-    let provider = finestra_provider::CloudApi::new(
-        &config.provider_url,
-        &config.provider_version,
-        &config.provider_token,
-        config.provider_timeout,
-    )
-    .map_err(|e| ConfigError::Invalid {
-        name: "FINESTRA_PROVIDER_URL".into(),
-        value: config.provider_url.clone(),
-        reason: e.to_string(),
-    })?;
+    let provider: Arc<dyn finestra_provider::Provider> = Arc::new(
+        finestra_provider::CloudApi::new(
+            &config.provider_url,
+            &config.provider_version,
+            &config.provider_token,
+            config.provider_timeout,
+        )
+        .map_err(|e| ConfigError::Invalid {
+            name: "FINESTRA_PROVIDER_URL".into(),
+            value: config.provider_url.clone(),
+            reason: e.to_string(),
+        })?,
+    );
     let facts = facts::Facts::new(pool.clone(), config.facts_ttl);
     let hot = hot::Hot::new(redis.clone(), &common.redis_prefix);
 
@@ -276,6 +279,7 @@ pub async fn start(
         clock: clock.clone(),
         replay_wait: config.replay_wait,
         tasks: request_tasks.clone(),
+        provider: provider.clone(),
     };
     let (incoming, grpc_addr) = finestra_platform::grpc::bind(common.grpc_addr).await?;
     let router = tonic::transport::Server::builder()
@@ -298,7 +302,7 @@ pub async fn start(
         pool: pool.clone(),
         hot: hot.clone(),
         facts,
-        provider: Arc::new(provider),
+        provider,
         producer: producer.clone(),
         status_topic: common.topics.status.clone(),
         dlq_topic: common.topics.dlq.clone(),

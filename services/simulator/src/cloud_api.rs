@@ -112,11 +112,14 @@ pub(crate) async fn send(
     if bearer(&headers) != Some(number.access_token.as_str()) {
         return invalid_token();
     }
-    if sim.take_fault(&phone_number_id) {
+    if body["status"] == "read" {
+        return mark_read(&sim, &phone_number_id, &body);
+    }
+    if let Some(fault) = sim.take_fault(&phone_number_id) {
         return cloud_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            1,
-            "An unknown error occurred",
+            StatusCode::from_u16(fault.http_status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            fault.code,
+            "An error injected by the simulator",
             "injected by the simulator",
         );
     }
@@ -234,6 +237,124 @@ pub(crate) async fn send(
             "contacts": [{ "input": to, "wa_id": to }],
             "messages": [{ "id": wamid }]
         })),
+    )
+}
+
+/// The business marks a user's message read (and may show the typing indicator): the message
+/// must be one a user sent to this number.
+fn mark_read(sim: &Sim, phone_number_id: &str, body: &Value) -> (StatusCode, Json<Value>) {
+    let message_id = body["message_id"].as_str().unwrap_or_default();
+    if body["messaging_product"] != "whatsapp" || !sim.wrote(phone_number_id, message_id) {
+        return cloud_error(
+            StatusCode::BAD_REQUEST,
+            100,
+            "Invalid parameter",
+            "message_id names no message a user sent to this number",
+        );
+    }
+    let typing = body["typing_indicator"]["type"] == "text";
+    sim.count(phone_number_id, |s| {
+        s.marked_read += 1;
+        s.typing_shown += u64::from(typing);
+    });
+    (StatusCode::OK, Json(json!({ "success": true })))
+}
+
+#[derive(serde::Deserialize)]
+pub(crate) struct BlockUsers {
+    #[serde(default)]
+    messaging_product: String,
+    #[serde(default)]
+    block_users: Vec<BlockUser>,
+}
+
+#[derive(serde::Deserialize)]
+struct BlockUser {
+    user: String,
+}
+
+/// Most users one block request may name.
+const BLOCK_BATCH: usize = 1_000;
+
+pub(crate) async fn block_users(
+    State(sim): State<Arc<Sim>>,
+    Path((version, phone_number_id)): Path<(String, String)>,
+    headers: HeaderMap,
+    Json(body): Json<BlockUsers>,
+) -> (StatusCode, Json<Value>) {
+    set_business_block(&sim, &version, &phone_number_id, &headers, body, true).await
+}
+
+pub(crate) async fn unblock_users(
+    State(sim): State<Arc<Sim>>,
+    Path((version, phone_number_id)): Path<(String, String)>,
+    headers: HeaderMap,
+    Json(body): Json<BlockUsers>,
+) -> (StatusCode, Json<Value>) {
+    set_business_block(&sim, &version, &phone_number_id, &headers, body, false).await
+}
+
+async fn set_business_block(
+    sim: &Sim,
+    version: &str,
+    phone_number_id: &str,
+    headers: &HeaderMap,
+    body: BlockUsers,
+    block: bool,
+) -> (StatusCode, Json<Value>) {
+    if let Some(answer) = unknown_version(version) {
+        return answer;
+    }
+    let number = match sim.number(phone_number_id).await {
+        Ok(Some(n)) => n,
+        Ok(None) => {
+            return cloud_error(
+                StatusCode::BAD_REQUEST,
+                100,
+                "Invalid parameter",
+                "unknown phone number id",
+            );
+        }
+        Err(e) => return try_again("looking up a number", &e),
+    };
+    if bearer(headers) != Some(number.access_token.as_str()) {
+        return invalid_token();
+    }
+    let users: Vec<String> = body
+        .block_users
+        .into_iter()
+        .map(|u| u.user.trim_start_matches('+').to_owned())
+        .collect();
+    if body.messaging_product != "whatsapp"
+        || users.is_empty()
+        || users.len() > BLOCK_BATCH
+        || users
+            .iter()
+            .any(|u| u.is_empty() || !u.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return cloud_error(
+            StatusCode::BAD_REQUEST,
+            100,
+            "Invalid parameter",
+            "block_users lists 1 to 1000 users by wa_id",
+        );
+    }
+    if let Ok(mut net) = sim.net.lock() {
+        for u in &users {
+            net.set_business_blocked(phone_number_id, u, block);
+        }
+    }
+    let n = users.len() as u64;
+    sim.count(phone_number_id, |s| {
+        if block {
+            s.blocks += n;
+        } else {
+            s.unblocks += n;
+        }
+    });
+    (
+        StatusCode::OK,
+        Json(finestra_cloudapi::send::block_answer(&users, block)),
     )
 }
 

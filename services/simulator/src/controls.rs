@@ -116,7 +116,8 @@ pub(crate) async fn list_numbers(State(sim): State<Arc<Sim>>) -> (StatusCode, Js
 }
 
 /// Failures a test or a demo injects for a number: the next `next` sends (or every send while
-/// `always`) answer HTTP `http_status` with a temporary Cloud API error.
+/// `always`) answer HTTP `http_status` with the Cloud API error `code` (by default 500 with
+/// code 1, a temporary error).
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize)]
 pub struct Fault {
     #[serde(default)]
@@ -125,10 +126,16 @@ pub struct Fault {
     pub always: bool,
     #[serde(default = "default_fault_status")]
     pub http_status: u16,
+    #[serde(default = "default_fault_code")]
+    pub code: i32,
 }
 
 fn default_fault_status() -> u16 {
     500
+}
+
+fn default_fault_code() -> i32 {
+    1
 }
 
 #[derive(Deserialize)]
@@ -204,6 +211,17 @@ pub(crate) async fn say(
         Ok(n) => n,
         Err(answer) => return answer,
     };
+    let blocked = sim
+        .net
+        .lock()
+        .map(|net| net.business_blocked(&number.phone_number_id, &say.from))
+        .unwrap_or(false);
+    if blocked {
+        return (
+            StatusCode::OK,
+            Json(json!({ "delivered": false, "why": "the business blocked this user" })),
+        );
+    }
     let at = sim.clock.now().micros() - say.seconds_ago.max(0) * 1_000_000;
     let referral = say
         .referral_source_id
@@ -294,10 +312,17 @@ async fn user_writes_kind(
         }
     }
     if let Ok(mut net) = sim.net.lock() {
+        if net.business_blocked(&number.phone_number_id, from) {
+            // The business blocked this user: the network delivers nothing of theirs.
+            return Err((wamid, "the business blocked this user".into()));
+        }
         net.user_wrote(&number.phone_number_id, from, at);
     }
     match sim.poster.post(&number.app_secret, &body, 8).await {
-        Ok(status) if status < 300 => Ok(wamid),
+        Ok(status) if status < 300 => {
+            sim.note_inbound(&number.phone_number_id, &wamid);
+            Ok(wamid)
+        }
         Ok(status) => Err((wamid, format!("ingest answered {status}"))),
         Err(e) => Err((wamid, e)),
     }

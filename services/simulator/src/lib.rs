@@ -94,6 +94,9 @@ struct Sim {
     /// Per number, the messages it accepted in the order it accepted them (their
     /// `biz_opaque_callback_data`, the newest `RECEIVED_KEPT`).
     received: Mutex<HashMap<String, std::collections::VecDeque<String>>>,
+    /// Per number, the wamids of the newest `RECEIVED_KEPT` messages its users sent (a read
+    /// receipt must name one).
+    inbound: Mutex<HashMap<String, std::collections::VecDeque<String>>>,
     net: Mutex<Network>,
     pool: sqlx::PgPool,
     poster: Poster,
@@ -167,13 +170,11 @@ impl Sim {
     }
 
     /// Consumes one injected failure of the number, if any.
-    fn take_fault(&self, number: &str) -> bool {
+    fn take_fault(&self, number: &str) -> Option<Fault> {
         let Ok(mut faults) = self.faults.lock() else {
-            return false;
+            return None;
         };
-        let Some(f) = faults.get_mut(number) else {
-            return false;
-        };
+        let f = faults.get_mut(number)?;
         let fire = if f.always {
             true
         } else if f.next > 0 {
@@ -182,17 +183,35 @@ impl Sim {
         } else {
             false
         };
+        let fault = *f;
         drop(faults);
         if fire {
             self.count(number, |s| s.injected_failures += 1);
         }
-        fire
+        fire.then_some(fault)
     }
 
     fn count(&self, number: &str, f: impl FnOnce(&mut NumberStats)) {
         if let Ok(mut stats) = self.stats.lock() {
             f(stats.entry(number.to_owned()).or_default());
         }
+    }
+
+    fn note_inbound(&self, number: &str, wamid: &str) {
+        if let Ok(mut inbound) = self.inbound.lock() {
+            let kept = inbound.entry(number.to_owned()).or_default();
+            if kept.len() == RECEIVED_KEPT {
+                kept.pop_front();
+            }
+            kept.push_back(wamid.to_owned());
+        }
+    }
+
+    fn wrote(&self, number: &str, wamid: &str) -> bool {
+        self.inbound
+            .lock()
+            .map(|i| i.get(number).is_some_and(|k| k.iter().any(|w| w == wamid)))
+            .unwrap_or(false)
     }
 
     fn note_received(&self, number: &str, callback: &str) {
@@ -235,6 +254,7 @@ pub async fn start(
         faults: Mutex::new(HashMap::new()),
         stats: Mutex::new(HashMap::new()),
         received: Mutex::new(HashMap::new()),
+        inbound: Mutex::new(HashMap::new()),
         net: Mutex::new(Network::default()),
         pool,
         poster: Poster {
@@ -270,6 +290,10 @@ pub async fn start(
                 .delete(templates_api::delete),
         )
         .route("/{version}/{id}", post(templates_api::edit))
+        .route(
+            "/{version}/{id}/block_users",
+            post(cloud_api::block_users).delete(cloud_api::unblock_users),
+        )
         .route(
             "/sim/v1/numbers",
             post(controls::register_number).get(controls::list_numbers),

@@ -100,6 +100,8 @@ impl TemplateState {
 pub struct Network {
     last_inbound: HashMap<Pair, i64>,
     blocked: HashSet<Pair>,
+    /// Users the business blocked at the network (`/block_users`).
+    business_blocked: HashSet<Pair>,
     marketing_stopped: HashSet<Pair>,
     buckets: HashMap<String, Bucket>,
 }
@@ -121,6 +123,20 @@ impl Network {
         } else {
             self.blocked.remove(&pair(number, user));
         }
+    }
+
+    /// The business blocks (or unblocks) the user: nothing passes either way meanwhile.
+    pub fn set_business_blocked(&mut self, number: &str, user: &str, blocked: bool) {
+        if blocked {
+            self.business_blocked.insert(pair(number, user));
+        } else {
+            self.business_blocked.remove(&pair(number, user));
+        }
+    }
+
+    /// Whether the business blocked the user (the user's messages do not reach it).
+    pub fn business_blocked(&self, number: &str, user: &str) -> bool {
+        self.business_blocked.contains(&pair(number, user))
     }
 
     pub fn set_marketing_stopped(&mut self, number: &str, user: &str, stopped: bool) {
@@ -183,7 +199,8 @@ impl Network {
             return Err(Refusal::RateLimited);
         }
         bucket.tokens -= 1.0;
-        if self.blocked.contains(&pair(number, user)) {
+        let p = pair(number, user);
+        if self.blocked.contains(&p) || self.business_blocked.contains(&p) {
             return Err(Refusal::Undeliverable);
         }
         if !template && !self.window_open(number, user, now) {
@@ -285,6 +302,15 @@ mod tests {
             Err(Refusal::Undeliverable)
         );
         n.set_blocked("pn", "39", false);
+        assert_eq!(n.admit("pn", "39", false, T, 80), Ok(()));
+        n.set_business_blocked("pn", "39", true);
+        assert_eq!(
+            n.admit("pn", "39", true, T, 80),
+            Err(Refusal::Undeliverable),
+            "nor to a user the business blocked"
+        );
+        assert!(n.business_blocked("pn", "39") && !n.business_blocked("pn2", "39"));
+        n.set_business_blocked("pn", "39", false);
         assert_eq!(n.admit("pn", "39", false, T, 80), Ok(()));
     }
 

@@ -18,6 +18,12 @@ pub struct NumberStats {
     pub refused: u64,
     pub rate_limited: u64,
     pub injected_failures: u64,
+    /// User messages the business marked read, and typing indicators it showed.
+    pub marked_read: u64,
+    pub typing_shown: u64,
+    /// Users the business blocked and unblocked at the network.
+    pub blocks: u64,
+    pub unblocks: u64,
 }
 
 /// How many accepted messages per number `received` keeps.

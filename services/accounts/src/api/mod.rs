@@ -469,6 +469,13 @@ impl AccountsService for AccountsApi {
         template_calls::review(self, request).await
     }
 
+    async fn edit_template(
+        &self,
+        request: Request<v1::EditTemplateRequest>,
+    ) -> Result<Response<v1::Template>, Status> {
+        template_calls::edit(self, request).await
+    }
+
     async fn submit_template(
         &self,
         request: Request<v1::SubmitTemplateRequest>,

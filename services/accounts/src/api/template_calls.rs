@@ -32,6 +32,17 @@ pub(super) async fn create(
     }
 }
 
+pub(super) async fn edit(
+    api: &AccountsApi,
+    request: Request<v1::EditTemplateRequest>,
+) -> Result<Response<v1::Template>, Status> {
+    let req = api
+        .tenant_request(request, Access::Scope(Scope::Admin))
+        .await?;
+    let row = crate::submissions::edit(&api.pool, api.provider.as_ref(), &req).await?;
+    Ok(Response::new(row.wire(now())))
+}
+
 pub(super) async fn submit(
     api: &AccountsApi,
     request: Request<v1::SubmitTemplateRequest>,
@@ -190,6 +201,12 @@ impl From<TemplateError> for Status {
                 status::not_found("template_id", template_id)
             }
             TemplateError::Transition { template_id, .. } => status::with_reason(
+                Code::FailedPrecondition,
+                Reason::InvalidTransition,
+                e.to_string(),
+                &[("template_id", template_id)],
+            ),
+            TemplateError::NotEditable { template_id, .. } => status::with_reason(
                 Code::FailedPrecondition,
                 Reason::InvalidTransition,
                 e.to_string(),
