@@ -164,6 +164,16 @@ echo "  -> refused with USER_BLOCKED: nothing reserved, nothing charged, nothing
 $fin sim unblock --phone-number-id "$NUMBER" --user 393471234567 >/dev/null
 echo "(Giulia unblocks again afterwards, so the demo can be run again.)"
 
+step "The network raises the number's messaging limit: Finestra's tier follows (a signed health webhook)"
+$fin sim health --kind number_quality --phone-number-id "$NUMBER" --event UPGRADE \
+  --current-limit TIER_2K --old-limit TIER_250
+for _ in $(seq 1 150); do
+  FINESTRA_API_KEY=$OPERATOR_KEY $fin --json number health --tenant "$TENANT" --phone-number-id "$NUMBER" \
+    | grep -q '"messaging_limit":"TIER_2K"' && break
+  sleep 0.2
+done
+FINESTRA_API_KEY=$OPERATOR_KEY $fin number health --tenant "$TENANT" --phone-number-id "$NUMBER"
+
 step "The business's wallet and this month's invoice"
 $fin billing wallet --tenant "$TENANT"
 $fin billing invoice --tenant "$TENANT" --month "$(date -u +%Y-%m)"

@@ -411,7 +411,7 @@ async fn quotes_price_by_window_category_market_and_partner_markup() -> anyhow::
     .await?;
     assert_eq!(stored, (0, 0, "2025-07-01".into(), "none".into()));
 
-    // Refusals: a template not approved, another tenant's number.
+    // Refusals: a template paused for its quality, another tenant's number.
     sqlx::query("UPDATE accounts.templates SET status = 'PAUSED' WHERE template_id = $1")
         .bind(&marketing)
         .execute(&infra().await?.pool)
@@ -419,7 +419,7 @@ async fn quotes_price_by_window_category_market_and_partner_markup() -> anyhow::
     assert_reason(
         quote(IT_USER, false, &marketing, "").await,
         Code::FailedPrecondition,
-        "TEMPLATE_NOT_APPROVED",
+        "TEMPLATE_PAUSED",
     );
     let mut c = b.tenant_read.clone();
     assert_reason(

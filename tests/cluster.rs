@@ -210,6 +210,13 @@ impl Cluster {
                 // The database is shared with other tests, whose dispatchers retry on other
                 // schedules and topics: each sweeps its own tenants only.
                 ("DISPATCH_SWEEP_TENANT_PREFIX", s.scope.tenant_prefix()),
+                (
+                    "DISPATCH_MEDIA_DIR",
+                    std::env::temp_dir()
+                        .join(format!("finestra-media-{scope_id}"))
+                        .to_string_lossy()
+                        .into_owned(),
+                ),
             ]),
             other => anyhow::bail!("no service {other}"),
         }

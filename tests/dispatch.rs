@@ -37,6 +37,7 @@ async fn a_reply_inside_the_window_is_sent_delivered_and_not_charged() -> anyhow
                 link: "https://files.example/invoice-17.pdf".into(),
                 caption: "Your invoice".into(),
                 filename: "invoice-17.pdf".into(),
+                media_id: String::new(),
             }),
         ))
         .await?;
@@ -735,7 +736,7 @@ async fn every_refusal_has_its_reason_and_reserves_nothing() -> anyhow::Result<(
         (
             c.template_send(ugo, "r2", "paused", &["x"]).await,
             Code::FailedPrecondition,
-            "TEMPLATE_NOT_APPROVED",
+            "TEMPLATE_PAUSED",
         ),
         (
             c.template_send(ugo, "r3", "missing", &["x"]).await,

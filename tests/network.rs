@@ -6,10 +6,11 @@
 use std::time::Duration;
 
 use finestra_e2e::WAIT;
-use finestra_e2e::chain::{Chain, TOKEN, UTILITY_IT, reason};
+use finestra_e2e::chain::{Chain, MARKETING_IT, TOKEN, UTILITY_IT, reason};
 use finestra_platform::auth::AuthedChannel;
 use finestra_platform::auth::Scope as KeyScope;
 use finestra_platform::status::reason_of;
+use finestra_proto::v1::dispatch_service_client::DispatchServiceClient;
 use finestra_proto::v1::{self, accounts_service_client::AccountsServiceClient};
 use finestra_testkit::{eventually, infra};
 use tonic::Code;
@@ -64,6 +65,26 @@ async fn reaches(
     .await
 }
 
+/// Sends a template whose approval the control plane has recorded: dispatch holds a tenant's
+/// template facts for up to `FINESTRA_DISPATCH_FACTS_TTL_MS`, so a send refused meanwhile is
+/// made again (a refusal stores nothing, so the same key is free).
+async fn accepted_once_dispatch_sees_it(
+    c: &Chain,
+    user: &str,
+    key: &str,
+    template: &str,
+    params: &[&str],
+) -> anyhow::Result<v1::SendMessageResponse> {
+    eventually("dispatch sees the approval", WAIT, || async {
+        match c.template_send(user, key, template, params).await {
+            Ok(sent) => Ok(Some(sent)),
+            Err(s) if reason_of(&s).as_deref() == Some("TEMPLATE_NOT_APPROVED") => Ok(None),
+            Err(s) => Err(s.into()),
+        }
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_template_is_sendable_only_once_the_network_approved_what_finestra_submitted()
 -> anyhow::Result<()> {
@@ -96,9 +117,8 @@ async fn a_template_is_sendable_only_once_the_network_approved_what_finestra_sub
         "not before the network approved it"
     );
     reaches(&api, &c.tenant, &made.template_id, "APPROVED").await?;
-    let sent = c
-        .template_send(user, "approved", "order_ready", &["A-1"])
-        .await?;
+    let sent =
+        accepted_once_dispatch_sees_it(&c, user, "approved", "order_ready", &["A-1"]).await?;
     c.settles(&sent.message_id, &["DELIVERED", "READ"]).await?;
 
     // The network's review rejects one, with its reason.
@@ -167,11 +187,23 @@ async fn a_template_is_sendable_only_once_the_network_approved_what_finestra_sub
             .await?
             .is_none()
     );
-    let gone = c.template_send(user, "gone", "order_ready", &["A-2"]).await;
-    assert_eq!(
-        reason(&gone),
-        (Code::FailedPrecondition, "TEMPLATE_NOT_APPROVED".into())
-    );
+    // Refused once dispatch's facts (held up to FINESTRA_DISPATCH_FACTS_TTL_MS) see the deletion;
+    // a send accepted before then fails at the network (it holds no such template) and costs
+    // nothing (reconciled below).
+    let tries = std::sync::atomic::AtomicU32::new(0);
+    eventually(
+        "sends of the deleted template are refused",
+        WAIT,
+        || async {
+            let key = format!(
+                "gone-{}",
+                tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            );
+            let gone = reason(&c.template_send(user, &key, "order_ready", &["A-2"]).await);
+            Ok((gone == (Code::FailedPrecondition, "TEMPLATE_NOT_APPROVED".into())).then_some(()))
+        },
+    )
+    .await?;
     let adopted_send = c
         .template_send(user, "adopted", "made_there", &["A-3"])
         .await?;
@@ -342,9 +374,8 @@ async fn an_edited_template_is_reviewed_again_before_it_is_sent_again() -> anyho
     );
     reaches(&api, &c.tenant, &made.template_id, "APPROVED").await?;
     // The network holds the new content: two parameters now.
-    let after = c
-        .template_send(user, "after", "pickup", &["Via Roma", "18:00"])
-        .await?;
+    let after =
+        accepted_once_dispatch_sees_it(&c, user, "after", "pickup", &["Via Roma", "18:00"]).await?;
     c.settles(&after.message_id, &["DELIVERED", "READ"]).await?;
     accounts.stop().await;
     c.stop().await;
@@ -493,6 +524,415 @@ async fn a_business_marks_messages_read_shows_typing_and_blocks_users_at_the_net
     assert_eq!(
         (stats["blocks"].as_u64(), stats["unblocks"].as_u64()),
         (Some(1), Some(1))
+    );
+    c.books_settled().await?;
+    c.reconcile().await?;
+    c.stop().await;
+    Ok(())
+}
+
+/// The network-health events the tenant was told of, by event id, in order.
+fn health_events(events: &[v1::TenantEvent]) -> Vec<(String, v1::HealthChanged)> {
+    events
+        .iter()
+        .filter_map(|e| {
+            let env = e.event.as_ref()?;
+            match &env.payload {
+                Some(v1::envelope::Payload::HealthChanged(h)) if e.kind == "network_health" => {
+                    Some((env.event_id.clone(), h.clone()))
+                }
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_health_event_changes_what_it_should_and_reaches_the_tenant_once() -> anyhow::Result<()>
+{
+    let c = Chain::start(80).await?;
+    let accounts =
+        finestra_testkit::start_accounts_with_network(&c.scope, &c.sim.base_url(), TOKEN).await?;
+    let reader = c.scope.tenant_key("acme", &[KeyScope::Read]).await?;
+    let api = AccountsServiceClient::new(
+        finestra_testkit::authed_channel(accounts.running.grpc_url(), &reader).await?,
+    );
+    c.template("offer", "MARKETING", 1).await?;
+    c.top_up(10 * MARKETING_IT).await?;
+    let waba = c.scope.waba_id("acme");
+    let secret = c
+        .scope
+        .network_numbers()
+        .first()
+        .map(|n| n.app_secret.clone())
+        .unwrap_or_default();
+    let health = || async {
+        Ok::<_, anyhow::Error>(
+            api.clone()
+                .get_number_health(v1::GetNumberHealthRequest {
+                    tenant_id: c.tenant.clone(),
+                    phone_number_id: c.number.clone(),
+                })
+                .await?
+                .into_inner(),
+        )
+    };
+    let mut stream = c
+        .client
+        .clone()
+        .stream_events(v1::StreamEventsRequest {
+            tenant_id: c.tenant.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+
+    // The tenant's 250 users of the day (tier 250, the default) are taken already.
+    let mut redis = infra().await?.redis.clone();
+    let tier_key = format!("fin:{{{}}}:tier", c.tenant);
+    let now = chrono::Utc::now().timestamp_micros();
+    let mut taken = redis::cmd("ZADD");
+    taken.arg(&tier_key);
+    for i in 0..250 {
+        taken.arg(now).arg(format!("393000{i:06}"));
+    }
+    taken.query_async::<()>(&mut redis).await?;
+    redis::cmd("SET")
+        .arg(format!("{tier_key}:v"))
+        .arg(1)
+        .arg("EX")
+        .arg(3_600)
+        .query_async::<()>(&mut redis)
+        .await?;
+    let user = "393471239999";
+    assert_eq!(
+        reason(&c.template_send(user, "over-tier", "offer", &["x"]).await),
+        (Code::ResourceExhausted, "TIER_LIMIT_REACHED".into())
+    );
+
+    // The network raises the number's messaging limit: the tier follows, dispatch applies it.
+    c.sim(
+        "health",
+        serde_json::json!({"kind": "number_quality", "phone_number_id": c.number,
+                           "event": "UPGRADE", "current_limit": "TIER_2K", "old_limit": "TIER_250"}),
+    )
+    .await?;
+    eventually("the limit is recorded", WAIT, || async {
+        let h = health().await?;
+        Ok((h.messaging_limit == "TIER_2K" && h.tier == 2_000).then_some(()))
+    })
+    .await?;
+    eventually("dispatch applies the new tier", WAIT, || async {
+        let answer = c.template_send(user, "over-tier", "offer", &["x"]).await;
+        Ok(answer.ok())
+    })
+    .await?;
+
+    // Flagged for its quality: the rating is RED. The same webhook delivered twice is told once.
+    let flagged = c
+        .sim(
+            "health",
+            serde_json::json!({"kind": "number_quality", "phone_number_id": c.number,
+                               "event": "FLAGGED"}),
+        )
+        .await?;
+    let again = serde_json::to_vec(&flagged["posted"])?;
+    assert_eq!(
+        finestra_testkit::post_webhook(&c.http, &c.ingest.running, &again, Some(&secret)).await?,
+        200
+    );
+    eventually("the flag is recorded", WAIT, || async {
+        let h = health().await?;
+        Ok((h.quality_rating == "RED" && h.quality_event == "FLAGGED").then_some(()))
+    })
+    .await?;
+
+    // The business's limit (unlimited now), an account update, a template's quality.
+    c.sim(
+        "health",
+        serde_json::json!({"kind": "capability", "waba_id": waba, "current_limit": "TIER_UNLIMITED"}),
+    )
+    .await?;
+    c.sim(
+        "health",
+        serde_json::json!({"kind": "account", "waba_id": waba, "event": "ACCOUNT_VIOLATION",
+                           "detail": {"violation_type": "SPAM"}}),
+    )
+    .await?;
+    let offer_id = c
+        .sim
+        .network()
+        .template_id(&waba, "offer")
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the network holds offer"))?;
+    c.sim(
+        "health",
+        serde_json::json!({"kind": "template_quality", "template_id": offer_id, "quality": "YELLOW"}),
+    )
+    .await?;
+    let recorded = eventually("the account and the tier are recorded", WAIT, || async {
+        let h = health().await?;
+        Ok((h.tier == 0 && h.account_status == "ACCOUNT_VIOLATION").then_some(h))
+    })
+    .await?;
+    assert!(recorded.account_detail.contains("SPAM"), "{recorded:?}");
+    eventually("the template's quality is recorded", WAIT, || async {
+        let offer = api
+            .clone()
+            .get_template(v1::GetTemplateRequest {
+                tenant_id: c.tenant.clone(),
+                template_id: format!("tpl-{}-offer", c.scope.id()),
+            })
+            .await?
+            .into_inner();
+        Ok((offer.quality == "YELLOW").then_some(()))
+    })
+    .await?;
+
+    // Paused by the network for its quality: sends are refused TEMPLATE_PAUSED.
+    c.sim(
+        "template",
+        serde_json::json!({"waba_id": waba, "name": "offer", "language": "it", "event": "PAUSED"}),
+    )
+    .await?;
+    // (Each try its own key: one accepted before the pause applied would be replayed.)
+    let tries = std::sync::atomic::AtomicU32::new(0);
+    eventually("sends of the paused template are refused", WAIT, || async {
+        let key = format!(
+            "paused-{}",
+            tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let answer = reason(&c.template_send("393471230077", &key, "offer", &["x"]).await);
+        Ok((answer == (Code::FailedPrecondition, "TEMPLATE_PAUSED".into())).then_some(()))
+    })
+    .await?;
+
+    // A last event marks the end: everything before it was told, each once.
+    c.sim(
+        "health",
+        serde_json::json!({"kind": "number_quality", "phone_number_id": c.number,
+                           "event": "UNFLAGGED"}),
+    )
+    .await?;
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !health_events(&seen)
+        .iter()
+        .any(|(_, h)| h.event == "UNFLAGGED")
+    {
+        let next = tokio::time::timeout_at(deadline, stream.message())
+            .await
+            .map_err(|_| anyhow::anyhow!("the stream went quiet; {} events read", seen.len()))??;
+        seen.push(next.ok_or_else(|| anyhow::anyhow!("the stream ended"))?);
+    }
+    let told: Vec<String> = health_events(&seen)
+        .into_iter()
+        .map(|(_, h)| format!("{}{}{}", h.event, h.messaging_limit, h.quality))
+        .collect();
+    assert_eq!(
+        told,
+        [
+            "UPGRADETIER_2K",
+            "FLAGGEDRED",
+            "CAPABILITY_UPDATETIER_UNLIMITED",
+            "ACCOUNT_VIOLATION",
+            "YELLOW",
+            "UNFLAGGEDGREEN"
+        ],
+        "each once, in order"
+    );
+    assert!(
+        seen.iter().any(|e| e.kind == "template_review"
+            && matches!(e.event.as_ref().and_then(|env| env.payload.as_ref()),
+                    Some(v1::envelope::Payload::TemplateReviewed(r)) if r.event == "PAUSED")),
+        "the pause was told too"
+    );
+    accounts.stop().await;
+    c.stop().await;
+    Ok(())
+}
+
+/// The file of the user's message `wamid`, as the tenant was told of it.
+async fn announced_media(c: &Chain, wamid: &str) -> anyhow::Result<v1::InboundMedia> {
+    let mut stream = c
+        .client
+        .clone()
+        .stream_events(v1::StreamEventsRequest {
+            tenant_id: c.tenant.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let next = tokio::time::timeout_at(deadline, stream.message())
+            .await
+            .map_err(|_| anyhow::anyhow!("no inbound message {wamid} told"))??
+            .ok_or_else(|| anyhow::anyhow!("the stream ended"))?;
+        if let Some(v1::envelope::Payload::InboundMessage(m)) = next.event.and_then(|e| e.payload)
+            && m.message_id == wamid
+        {
+            return m
+                .media
+                .ok_or_else(|| anyhow::anyhow!("{wamid} carried no file"));
+        }
+    }
+}
+
+/// The file as GetMedia streams it: its first chunk (the description) and its bytes.
+async fn fetched(
+    client: &DispatchServiceClient<AuthedChannel>,
+    tenant: &str,
+    media_id: &str,
+) -> Result<(v1::MediaChunk, Vec<u8>, usize), tonic::Status> {
+    let mut stream = client
+        .clone()
+        .get_media(v1::GetMediaRequest {
+            tenant_id: tenant.into(),
+            media_id: media_id.into(),
+        })
+        .await?
+        .into_inner();
+    let mut first = None;
+    let mut data = Vec::new();
+    let mut chunks = 0;
+    while let Some(chunk) = stream.message().await? {
+        chunks += 1;
+        data.extend_from_slice(&chunk.data);
+        first.get_or_insert(chunk);
+    }
+    Ok((first.unwrap_or_default(), data, chunks))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn media_is_uploaded_and_sent_by_id_and_a_users_file_is_fetched_checked_and_kept_for_its_tenant()
+-> anyhow::Result<()> {
+    use sha2::Digest as _;
+    let c = Chain::start(80).await?;
+    let user = "393471230004";
+    c.user_says(user, 0, false).await?;
+    let client = c.client.clone();
+
+    // Uploaded for the number, then sent by its id.
+    let menu: Vec<u8> = b"not really a png, but the network only checks type and size".repeat(100);
+    let uploaded = client
+        .clone()
+        .upload_media(v1::UploadMediaRequest {
+            tenant_id: c.tenant.clone(),
+            phone_number_id: c.number.clone(),
+            content_type: "image/png".into(),
+            filename: "menu.png".into(),
+            data: menu.clone(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        (uploaded.kind.as_str(), uploaded.size),
+        ("image", menu.len() as u64)
+    );
+    let image = |key: &str, media_id: &str| {
+        c.request(
+            user,
+            key,
+            v1::send_message_request::Content::Media(v1::MediaContent {
+                kind: "image".into(),
+                media_id: media_id.into(),
+                caption: "Our menu".into(),
+                ..Default::default()
+            }),
+        )
+    };
+    let sent = c.send(image("menu", &uploaded.media_id)).await?;
+    c.settles(&sent.message_id, &["DELIVERED", "READ"]).await?;
+    let unknown = c.send(image("unknown", "9999999999")).await?;
+    let failed = c.settles(&unknown.message_id, &["FAILED"]).await?;
+    assert_eq!(failed.failure_reason, "MEDIA_UPLOAD_FAILED");
+    // The network's limits, before anything reaches it.
+    for (content_type, size) in [
+        ("image/png", 5 * 1024 * 1024 + 1),
+        ("application/x-msdownload", 10),
+    ] {
+        let refused = client
+            .clone()
+            .upload_media(v1::UploadMediaRequest {
+                tenant_id: c.tenant.clone(),
+                phone_number_id: c.number.clone(),
+                content_type: content_type.into(),
+                filename: "x".into(),
+                data: vec![7; size],
+            })
+            .await
+            .expect_err("outside the network's limits");
+        assert_eq!(refused.code(), Code::InvalidArgument, "{content_type}");
+    }
+
+    // A user sends a photo: fetched from the network, checked, kept, streamed in chunks.
+    let said = c
+        .sim(
+            "say",
+            serde_json::json!({"phone_number_id": c.number, "from": user, "text": "the receipt",
+                               "media": "image", "media_bytes": 1_500_000}),
+        )
+        .await?;
+    let wamid = said["wamid"].as_str().unwrap_or_default().to_owned();
+    let announced = announced_media(&c, &wamid).await?;
+    assert_eq!(announced.content_type, "image/jpeg");
+    let (first, data, chunks) = eventually("the photo is fetched", WAIT, || async {
+        match fetched(&client, &c.tenant, &announced.media_id).await {
+            Ok(got) => Ok(Some(got)),
+            Err(s) if s.code() == Code::Unavailable => Ok(None),
+            Err(s) => Err(s.into()),
+        }
+    })
+    .await?;
+    assert_eq!(
+        (first.content_type.as_str(), first.size, data.len()),
+        ("image/jpeg", 1_500_000, 1_500_000)
+    );
+    assert!(chunks >= 3, "streamed in chunks: {chunks}");
+    let digest = hex::encode(sha2::Sha256::digest(&data));
+    assert_eq!(
+        (first.sha256.as_str(), digest.as_str()),
+        (announced.sha256.as_str(), announced.sha256.as_str())
+    );
+
+    // Another tenant cannot reach it, by its own id nor by the owner's.
+    c.scope.tenant_with_number("other", 2).await?;
+    let other_key = c.scope.tenant_key("other", &[KeyScope::Read]).await?;
+    let other = DispatchServiceClient::new(
+        finestra_testkit::authed_channel(c.dispatch_url.clone(), &other_key).await?,
+    );
+    let theirs = fetched(&other, &c.scope.tenant_id("other"), &announced.media_id)
+        .await
+        .expect_err("not the other tenant's file");
+    assert_eq!(theirs.code(), Code::NotFound);
+    let owners = fetched(&other, &c.tenant, &announced.media_id)
+        .await
+        .expect_err("not the other tenant's tenant");
+    assert_eq!(owners.code(), Code::NotFound);
+
+    // A file that does not match what the webhook announced is not kept.
+    let said = c
+        .sim(
+            "say",
+            serde_json::json!({"phone_number_id": c.number, "from": user, "text": "tampered",
+                               "media": "document", "media_wrong_sha256": true}),
+        )
+        .await?;
+    let tampered = announced_media(&c, said["wamid"].as_str().unwrap_or_default()).await?;
+    let refused = eventually("the mismatch is found", WAIT, || async {
+        match fetched(&client, &c.tenant, &tampered.media_id).await {
+            Err(s) if s.code() == Code::Unavailable => Ok(None),
+            Err(s) => Ok(Some(s)),
+            Ok(_) => anyhow::bail!("a file that does not match was served"),
+        }
+    })
+    .await?;
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("SHA-256"),
+        "{}",
+        refused.message()
     );
     c.books_settled().await?;
     c.reconcile().await?;

@@ -197,6 +197,82 @@ pub fn template_status(
     })
 }
 
+/// A business account's notification with one change of `field`.
+fn account_change(waba_id: &str, time: i64, field: &str, value: Value) -> Value {
+    json!({
+        "object": "whatsapp_business_account",
+        "entry": [{ "id": waba_id, "time": time, "changes": [{ "field": field, "value": value }]}]
+    })
+}
+
+/// A `phone_number_quality_update` notification: the number's quality flag or messaging limit
+/// changed (`event` FLAGGED, UNFLAGGED, UPGRADE, DOWNGRADE).
+pub fn number_quality(
+    waba_id: &str,
+    time: i64,
+    display_phone_number: &str,
+    event: &str,
+    current_limit: &str,
+    old_limit: &str,
+) -> Value {
+    let mut value = json!({ "display_phone_number": display_phone_number, "event": event });
+    if let Some(obj) = value.as_object_mut() {
+        if !current_limit.is_empty() {
+            obj.insert("current_limit".into(), json!(current_limit));
+        }
+        if !old_limit.is_empty() {
+            obj.insert("old_limit".into(), json!(old_limit));
+        }
+    }
+    account_change(waba_id, time, "phone_number_quality_update", value)
+}
+
+/// An `account_update` notification (`detail`, when given, goes in as the event's info:
+/// `ban_info` for DISABLED_UPDATE, `restriction_info` for ACCOUNT_RESTRICTION, else
+/// `violation_info`).
+pub fn account_update(waba_id: &str, time: i64, event: &str, detail: Option<Value>) -> Value {
+    let mut value = json!({ "event": event });
+    if let (Some(detail), Some(obj)) = (detail, value.as_object_mut()) {
+        let key = match event {
+            "DISABLED_UPDATE" => "ban_info",
+            "ACCOUNT_RESTRICTION" => "restriction_info",
+            _ => "violation_info",
+        };
+        obj.insert(key.into(), detail);
+    }
+    account_change(waba_id, time, "account_update", value)
+}
+
+/// A `message_template_quality_update` notification.
+pub fn template_quality(
+    waba_id: &str,
+    time: i64,
+    template_id: &str,
+    name: &str,
+    language: &str,
+    previous: &str,
+    new: &str,
+) -> Value {
+    account_change(
+        waba_id,
+        time,
+        "message_template_quality_update",
+        json!({ "previous_quality_score": previous, "new_quality_score": new,
+                "message_template_id": template_id, "message_template_name": name,
+                "message_template_language": language }),
+    )
+}
+
+/// A `business_capability_update` notification: the business's messaging limit.
+pub fn capability(waba_id: &str, time: i64, limit: &str) -> Value {
+    account_change(
+        waba_id,
+        time,
+        "business_capability_update",
+        json!({ "max_daily_conversations_per_business": limit }),
+    )
+}
+
 /// A `template_category_update` notification of a business account.
 pub fn template_category(
     waba_id: &str,

@@ -25,10 +25,15 @@ pub fn text(body_text: &str, preview_url: bool) -> Value {
     json!({ "body": body_text, "preview_url": preview_url })
 }
 
-/// image / document / video / audio / sticker by link. Audio and stickers carry no caption;
-/// only documents carry a file name.
-pub fn media(kind: &str, link: &str, caption: &str, filename: &str) -> Value {
-    let mut v = json!({ "link": link });
+/// image / document / video / audio / sticker by link, or by the network's id of an uploaded
+/// file when `media_id` is given. Audio and stickers carry no caption; only documents carry a
+/// file name.
+pub fn media(kind: &str, link: &str, media_id: &str, caption: &str, filename: &str) -> Value {
+    let mut v = if media_id.is_empty() {
+        json!({ "link": link })
+    } else {
+        json!({ "id": media_id })
+    };
     if let Some(obj) = v.as_object_mut() {
         if !caption.is_empty() && !matches!(kind, "audio" | "sticker") {
             obj.insert("caption".into(), json!(caption));
@@ -102,6 +107,23 @@ pub fn blocked_users(answer: &[u8], block: bool) -> Option<Vec<String>> {
             .filter_map(|u| u["wa_id"].as_str().map(str::to_owned))
             .collect(),
     )
+}
+
+/// The answer to `GET /{media_id}`: where to download the file (a short-lived URL that wants
+/// the bearer token), its type, hex SHA-256 and size.
+#[derive(Clone, Debug, Deserialize, serde::Serialize, PartialEq, Eq)]
+pub struct MediaInfo {
+    pub url: String,
+    pub mime_type: String,
+    pub sha256: String,
+    pub file_size: u64,
+    pub id: String,
+}
+
+/// The answer to an upload (`POST /{phone_number_id}/media`): the file's id.
+pub fn uploaded_id(answer: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(answer).ok()?;
+    v["id"].as_str().map(str::to_owned)
 }
 
 /// The answer to a block: `added_users` (or `removed_users`) as the network lists them.
@@ -205,13 +227,19 @@ mod tests {
         let d = media(
             "document",
             "https://x.example/a.pdf",
+            "",
             "Your invoice",
             "a.pdf",
         );
         assert_eq!(d["filename"], "a.pdf");
         assert_eq!(
-            media("audio", "https://x/a.ogg", "ignored", "")["caption"],
+            media("audio", "https://x/a.ogg", "", "ignored", "")["caption"],
             Value::Null
+        );
+        let by_id = media("image", "", "1037543291543636", "Look", "");
+        assert_eq!(
+            (by_id["id"].as_str(), by_id.get("link")),
+            (Some("1037543291543636"), None)
         );
         assert_eq!(
             template("hello", "en", &[])["components"],

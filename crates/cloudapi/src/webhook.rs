@@ -94,6 +94,26 @@ pub struct Message {
     pub video: Option<Media>,
     #[serde(default)]
     pub document: Option<Media>,
+    #[serde(default)]
+    pub audio: Option<Media>,
+    #[serde(default)]
+    pub sticker: Option<Media>,
+}
+
+impl Message {
+    /// The file of a media message.
+    pub fn media(&self) -> Option<&Media> {
+        [
+            &self.image,
+            &self.video,
+            &self.document,
+            &self.audio,
+            &self.sticker,
+        ]
+        .into_iter()
+        .flatten()
+        .next()
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,10 +122,19 @@ pub struct Text {
     pub body: String,
 }
 
+/// A file a user sent: the network's id to fetch it by, its type and hash, a caption.
 #[derive(Debug, Deserialize)]
 pub struct Media {
     #[serde(default)]
     pub caption: String,
+    #[serde(default, deserialize_with = "id_text")]
+    pub id: String,
+    #[serde(default)]
+    pub mime_type: String,
+    #[serde(default)]
+    pub sha256: String,
+    #[serde(default)]
+    pub filename: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -212,6 +241,56 @@ fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
         Secs::Number(n) => Ok(n),
         Secs::Text(s) => s.trim().parse().map_err(serde::de::Error::custom),
     }
+}
+
+/// `value` of a `phone_number_quality_update` change: a number's quality flag or messaging
+/// limit changed. It names the number by its display number.
+#[derive(Debug, Deserialize)]
+pub struct NumberQualityUpdate {
+    pub display_phone_number: String,
+    /// FLAGGED, UNFLAGGED, UPGRADE, DOWNGRADE, ONBOARDING.
+    pub event: String,
+    #[serde(default)]
+    pub current_limit: Option<String>,
+    #[serde(default)]
+    pub old_limit: Option<String>,
+}
+
+/// `value` of an `account_update` change.
+#[derive(Debug, Deserialize)]
+pub struct AccountUpdate {
+    pub event: String,
+    #[serde(default)]
+    pub phone_number: Option<String>,
+    #[serde(default)]
+    pub ban_info: Option<serde_json::Value>,
+    #[serde(default)]
+    pub violation_info: Option<serde_json::Value>,
+    #[serde(default)]
+    pub restriction_info: Option<serde_json::Value>,
+}
+
+/// `value` of a `message_template_quality_update` change.
+#[derive(Debug, Deserialize)]
+pub struct TemplateQualityUpdate {
+    #[serde(default)]
+    pub previous_quality_score: String,
+    pub new_quality_score: String,
+    #[serde(default, deserialize_with = "id_text")]
+    pub message_template_id: String,
+    pub message_template_name: String,
+    pub message_template_language: String,
+}
+
+/// `value` of a `business_capability_update` change: the business's messaging limit.
+#[derive(Debug, Deserialize)]
+pub struct CapabilityUpdate {
+    /// TIER_250, TIER_2K, TIER_10K, TIER_100K, TIER_UNLIMITED.
+    #[serde(default)]
+    pub max_daily_conversations_per_business: Option<String>,
+    /// The older shape: a number of conversations a day.
+    #[serde(default)]
+    pub max_daily_conversation_per_phone_number: Option<u64>,
 }
 
 /// `value` of a `message_template_status_update` change.

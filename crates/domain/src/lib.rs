@@ -4,7 +4,9 @@
 pub mod delivery;
 pub mod fair_clock;
 pub mod fairness;
+pub mod health;
 pub mod ids;
+pub mod media;
 pub mod pacing;
 pub mod pricing;
 pub mod send;

@@ -17,9 +17,11 @@ pub enum FreeForm {
         body: String,
     },
     /// image, document, audio, video, sticker: by link.
+    /// By the network's id of an uploaded file, or by an http(s) link: exactly one.
     Media {
         kind: String,
         link: String,
+        media_id: String,
         caption: String,
     },
     Interactive,
@@ -69,7 +71,12 @@ pub enum Refusal {
     InvalidMessage(String),
     WindowClosed,
     TemplateNotApproved,
-    TemplateParamsMismatch { expected: usize, given: usize },
+    /// The network paused the template for its quality; usable again when the pause ends.
+    TemplatePaused,
+    TemplateParamsMismatch {
+        expected: usize,
+        given: usize,
+    },
     MarketingOptOut,
 }
 
@@ -82,6 +89,7 @@ impl Refusal {
             Refusal::InvalidMessage(_) => "INVALID_MESSAGE",
             Refusal::WindowClosed => "WINDOW_CLOSED",
             Refusal::TemplateNotApproved => "TEMPLATE_NOT_APPROVED",
+            Refusal::TemplatePaused => "TEMPLATE_PAUSED",
             Refusal::TemplateParamsMismatch { .. } => "TEMPLATE_PARAMS_MISMATCH",
             Refusal::MarketingOptOut => "MARKETING_OPT_OUT",
         }
@@ -149,9 +157,23 @@ fn validate(message: &Outgoing, recipient: &str) -> Result<(), Refusal> {
                 return invalid("the text is longer than 4,096 characters");
             }
         }
-        Outgoing::FreeForm(FreeForm::Media { link, caption, .. }) => {
-            if !valid_link(link) {
-                return invalid("the media link is not an http(s) URL");
+        Outgoing::FreeForm(FreeForm::Media {
+            link,
+            media_id,
+            caption,
+            ..
+        }) => {
+            match (link.is_empty(), media_id.is_empty()) {
+                (true, true) | (false, false) => {
+                    return invalid("media is sent by exactly one of link and media_id");
+                }
+                (false, true) if !valid_link(link) => {
+                    return invalid("the media link is not an http(s) URL");
+                }
+                (true, false) if !crate::media::valid_media_id(media_id) => {
+                    return invalid("the media_id is not one the network issues");
+                }
+                _ => {}
             }
             if caption.chars().count() > 1_024 {
                 return invalid("the caption is longer than 1,024 characters");
@@ -221,8 +243,12 @@ fn decide(
         };
     }
     let template = match facts.template {
-        Some(t) if t.status.at(facts.now) == Status::Approved => t,
-        _ => return Err(Refusal::TemplateNotApproved),
+        Some(t) => match t.status.at(facts.now) {
+            Status::Approved => t,
+            Status::Paused { .. } => return Err(Refusal::TemplatePaused),
+            _ => return Err(Refusal::TemplateNotApproved),
+        },
+        None => return Err(Refusal::TemplateNotApproved),
     };
     if let Some(given) = parameters
         && template.parameter_count != given
@@ -334,14 +360,7 @@ mod tests {
     #[test]
     fn template_status_parameters_and_opt_out() {
         let closed = WindowState::default();
-        for status in [
-            Status::Pending,
-            Status::Rejected,
-            Status::Disabled,
-            Status::Paused {
-                until: NOW.plus_hours(3),
-            },
-        ] {
+        for status in [Status::Pending, Status::Rejected, Status::Disabled] {
             let t = TemplateFacts {
                 status,
                 ..APPROVED_MARKETING
@@ -352,6 +371,17 @@ mod tests {
                 "{status:?}"
             );
         }
+        let paused = TemplateFacts {
+            status: Status::Paused {
+                until: NOW.plus_hours(3),
+            },
+            ..APPROVED_MARKETING
+        };
+        assert_eq!(
+            admit(&template(1), &facts(&closed, Some(paused))),
+            Err(Refusal::TemplatePaused),
+            "paused for its quality: told so"
+        );
         assert_eq!(
             admit(&template(1), &facts(&closed, None)),
             Err(Refusal::TemplateNotApproved),
@@ -399,6 +429,7 @@ mod tests {
             Outgoing::FreeForm(FreeForm::Media {
                 kind: "document".into(),
                 link: link.into(),
+                media_id: String::new(),
                 caption: String::new(),
             })
         };
@@ -406,6 +437,24 @@ mod tests {
         assert!(invalid(media("https:///y.pdf")));
         assert!(invalid(media("https://exa mple.com/y.pdf")));
         assert!(!invalid(media("https://example.com/invoice.pdf")));
+        let by_id = |link: &str, id: &str| {
+            Outgoing::FreeForm(FreeForm::Media {
+                kind: "image".into(),
+                link: link.into(),
+                media_id: id.into(),
+                caption: String::new(),
+            })
+        };
+        assert!(
+            !invalid(by_id("", "1037543291543636")),
+            "by the network's id"
+        );
+        assert!(invalid(by_id("", "")), "neither");
+        assert!(
+            invalid(by_id("https://example.com/a.png", "1037543291543636")),
+            "both"
+        );
+        assert!(invalid(by_id("", "../../etc")), "not a media id");
         let mut f = facts(&open, None);
         f.recipient = "39-347";
         assert!(matches!(
@@ -466,7 +515,7 @@ mod tests {
         let running = Some(paused_until(NOW.plus_micros(1)));
         assert_eq!(
             admit(&template(1), &facts(&open, running)),
-            Err(Refusal::TemplateNotApproved)
+            Err(Refusal::TemplatePaused)
         );
         let unknown_end = Status::from_stored("PAUSED", None).expect("a status");
         let t = Some(TemplateFacts {
@@ -475,7 +524,7 @@ mod tests {
         });
         assert_eq!(
             admit_quote(Asked::Template, &facts(&open, t)),
-            Err(Refusal::TemplateNotApproved)
+            Err(Refusal::TemplatePaused)
         );
     }
 

@@ -181,6 +181,7 @@ for_tenant!(
     SubmitTemplateRequest,
     SyncTemplatesRequest,
     EditTemplateRequest,
+    GetNumberHealthRequest,
 );
 // Of billing.
 for_tenant!(
@@ -207,6 +208,8 @@ for_tenant!(
     RedriveRequest,
     MarkReadRequest,
     BlockUsersRequest,
+    UploadMediaRequest,
+    GetMediaRequest,
 );
 
 /// A request its key may act on (see [`Authenticator::authorize`]).

@@ -225,6 +225,7 @@ pub fn refusal(r: &finestra_domain::send::Refusal, metadata: &[(&str, &str)]) ->
         Refusal::UserBlocked
         | Refusal::WindowClosed
         | Refusal::TemplateNotApproved
+        | Refusal::TemplatePaused
         | Refusal::MarketingOptOut => Code::FailedPrecondition,
     };
     let message = match r {
@@ -240,6 +241,10 @@ pub fn refusal(r: &finestra_domain::send::Refusal, metadata: &[(&str, &str)]) ->
         }
         Refusal::TemplateNotApproved => {
             "the template does not exist in that language or is not approved".to_owned()
+        }
+        Refusal::TemplatePaused => {
+            "the network paused the template for its quality: usable again when the pause ends"
+                .to_owned()
         }
         Refusal::TemplateParamsMismatch { expected, given } => {
             format!("the template takes {expected} parameters, {given} given")
@@ -259,6 +264,7 @@ pub fn refusal_reason(r: &finestra_domain::send::Refusal) -> Reason {
         Refusal::InvalidMessage(_) => Reason::InvalidMessage,
         Refusal::WindowClosed => Reason::WindowClosed,
         Refusal::TemplateNotApproved => Reason::TemplateNotApproved,
+        Refusal::TemplatePaused => Reason::TemplatePaused,
         Refusal::TemplateParamsMismatch { .. } => Reason::TemplateParamsMismatch,
         Refusal::MarketingOptOut => Reason::MarketingOptOut,
     }
@@ -278,6 +284,7 @@ mod tests {
             Refusal::InvalidMessage("x".into()),
             Refusal::WindowClosed,
             Refusal::TemplateNotApproved,
+            Refusal::TemplatePaused,
             Refusal::TemplateParamsMismatch {
                 expected: 1,
                 given: 2,

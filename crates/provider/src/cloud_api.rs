@@ -6,7 +6,7 @@ use finestra_cloudapi::templates::{self, Content, Created, Listed, Page};
 use futures::future::BoxFuture;
 use reqwest::Method;
 
-use crate::{Deleted, Provider, ProviderError, Submission};
+use crate::{Deleted, MediaInfo, Provider, ProviderError, Submission};
 
 /// Pages a listing follows at most (a business account holds up to a few hundred templates).
 const MAX_PAGES: usize = 50;
@@ -261,6 +261,108 @@ impl Provider for CloudApi {
                 .await?;
             finestra_cloudapi::send::blocked_users(&answer.body, block)
                 .ok_or_else(|| unreadable("a block"))
+        })
+    }
+
+    fn upload_media<'a>(
+        &'a self,
+        phone_number_id: &'a str,
+        content_type: &'a str,
+        filename: &'a str,
+        data: Vec<u8>,
+    ) -> BoxFuture<'a, Result<String, ProviderError>> {
+        Box::pin(async move {
+            let file = reqwest::multipart::Part::bytes(data)
+                .file_name(filename.to_owned())
+                .mime_str(content_type)
+                .map_err(|e| ProviderError::from_code(400, 100, e.to_string()))?;
+            let form = reqwest::multipart::Form::new()
+                .text("messaging_product", "whatsapp")
+                .text("type", content_type.to_owned())
+                .part("file", file);
+            let answer = self
+                .http
+                .post(self.url(&format!("{phone_number_id}/media")))
+                .bearer_auth(&self.token)
+                .multipart(form)
+                .send()
+                .await
+                .map_err(|e| ProviderError::transport(e.to_string()))?;
+            let status = answer.status().as_u16();
+            let body = answer
+                .bytes()
+                .await
+                .map_err(|e| ProviderError::transport(e.to_string()))?;
+            if !(200..300).contains(&status) {
+                let (code, title) = finestra_cloudapi::send::error_explained(&body)
+                    .unwrap_or((i32::from(status), format!("HTTP {status}")));
+                return Err(ProviderError::from_code(status, code, title));
+            }
+            finestra_cloudapi::send::uploaded_id(&body).ok_or_else(|| unreadable("an upload"))
+        })
+    }
+
+    fn media_info<'a>(
+        &'a self,
+        media_id: &'a str,
+        phone_number_id: &'a str,
+    ) -> BoxFuture<'a, Result<MediaInfo, ProviderError>> {
+        Box::pin(async move {
+            let answer = self
+                .call(
+                    Method::GET,
+                    self.url(media_id),
+                    &[("phone_number_id", phone_number_id)],
+                    None,
+                    false,
+                )
+                .await?;
+            serde_json::from_slice(&answer.body).map_err(|_| unreadable("a media lookup"))
+        })
+    }
+
+    fn download_media<'a>(
+        &'a self,
+        url: &'a str,
+        max_bytes: u64,
+    ) -> BoxFuture<'a, Result<Vec<u8>, ProviderError>> {
+        Box::pin(async move {
+            let too_large = || {
+                ProviderError::from_code(
+                    200,
+                    131_052,
+                    format!("the file is larger than {max_bytes} bytes"),
+                )
+            };
+            let mut answer = self
+                .http
+                .get(url)
+                .bearer_auth(&self.token)
+                .send()
+                .await
+                .map_err(|e| ProviderError::transport(e.to_string()))?;
+            let status = answer.status().as_u16();
+            if !(200..300).contains(&status) {
+                let body = answer.bytes().await.unwrap_or_default();
+                let (code, title) = finestra_cloudapi::send::error_explained(&body)
+                    .unwrap_or((i32::from(status), format!("HTTP {status}")));
+                return Err(ProviderError::from_code(status, code, title));
+            }
+            if answer.content_length().is_some_and(|n| n > max_bytes) {
+                return Err(too_large());
+            }
+            let mut data = Vec::new();
+            while let Some(chunk) = answer
+                .chunk()
+                .await
+                .map_err(|e| ProviderError::transport(e.to_string()))?
+            {
+                if (data.len() + chunk.len()) as u64 > max_bytes {
+                    return Err(too_large());
+                }
+                data.extend_from_slice(&chunk);
+            }
+            Ok(data)
         })
     }
 }

@@ -8,6 +8,7 @@ mod error;
 
 pub use cloud_api::CloudApi;
 pub use error::{KNOWN_CODES, KnownCode, ProviderError};
+pub use finestra_cloudapi::send::MediaInfo;
 pub use finestra_cloudapi::templates::{Content, Created, Listed};
 
 use futures::future::BoxFuture;
@@ -75,6 +76,31 @@ pub trait Provider: Send + Sync + 'static {
         message_id: &'a str,
         typing: bool,
     ) -> BoxFuture<'a, Result<(), ProviderError>>;
+
+    /// Uploads a file for `phone_number_id` to send by id; the network's media id.
+    fn upload_media<'a>(
+        &'a self,
+        phone_number_id: &'a str,
+        content_type: &'a str,
+        filename: &'a str,
+        data: Vec<u8>,
+    ) -> BoxFuture<'a, Result<String, ProviderError>>;
+
+    /// Where a file a user sent to `phone_number_id` can be downloaded, with its type, hash
+    /// and size.
+    fn media_info<'a>(
+        &'a self,
+        media_id: &'a str,
+        phone_number_id: &'a str,
+    ) -> BoxFuture<'a, Result<MediaInfo, ProviderError>>;
+
+    /// Downloads a file from the URL `media_info` gave (with the bearer token); a file longer
+    /// than `max_bytes` is refused without being read to its end.
+    fn download_media<'a>(
+        &'a self,
+        url: &'a str,
+        max_bytes: u64,
+    ) -> BoxFuture<'a, Result<Vec<u8>, ProviderError>>;
 
     /// Blocks (or unblocks) users at the network: they can no longer write to the number, nor
     /// receive from it. Answers the users the network applied it to.

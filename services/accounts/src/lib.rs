@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod convert;
+pub mod health;
 pub mod reviews;
 pub mod submissions;
 pub mod templates;

@@ -1,6 +1,7 @@
-//! Applies the provider's template reviews (`TemplateReviewed` on finestra.provider.v1, from
-//! ingest's template webhooks). Idempotent and order-safe: a review not newer than the last one
-//! applied changes nothing; offsets are committed after the batch is applied.
+//! Applies the provider's template reviews and health events (`TemplateReviewed` and
+//! `HealthChanged` on finestra.provider.v1, from ingest's webhooks; `health` records the
+//! latter). Idempotent and order-safe: a review not newer than the last one applied changes
+//! nothing; offsets are committed after the batch is applied.
 
 use std::time::Duration;
 
@@ -39,16 +40,22 @@ pub async fn run(consumer: BatchConsumer, pool: PgPool, shutdown: Shutdown) {
                     tracing::warn!("undecodable provider event skipped");
                     continue;
                 };
-                let Some(Payload::TemplateReviewed(r)) = env.payload else {
-                    continue;
-                };
                 let at = env
                     .occurred_at
                     .as_ref()
                     .map(|t| Timestamp::from_micros(finestra_proto::time::to_micros(t)))
                     .unwrap_or_default();
-                if let Err(e) = apply(&pool, &env.tenant_id, &r, at).await {
-                    tracing::error!(error = %e, "applying a template review failed; retrying the batch");
+                let applied = match &env.payload {
+                    Some(Payload::TemplateReviewed(r)) => apply(&pool, &env.tenant_id, r, at).await,
+                    Some(Payload::HealthChanged(h)) => {
+                        crate::health::apply(&pool, &env.tenant_id, h, at)
+                            .await
+                            .map_err(TemplateError::from)
+                    }
+                    _ => continue,
+                };
+                if let Err(e) = applied {
+                    tracing::error!(error = %e, "applying a provider event failed; retrying the batch");
                     retry = true;
                     break;
                 }

@@ -198,7 +198,7 @@ pub async fn edit(
           WHERE tenant_id = $1 AND template_id = $2 AND deleted_at IS NULL
          RETURNING template_id, tenant_id, name, language, category, body, header, footer,
                    buttons::text AS buttons, parameter_count, status, paused_until, pauses,
-                   last_review_at, created_at, provider_template_id, submitted_at, status_reason",
+                   last_review_at, created_at, provider_template_id, submitted_at, status_reason, quality",
         &req.tenant_id,
         &req.template_id,
         &req.body,
@@ -229,7 +229,7 @@ async fn claim(
             AND (submit_lease_until IS NULL OR submit_lease_until < now())
          RETURNING template_id, tenant_id, name, language, category, body, header, footer,
                    buttons::text AS buttons, parameter_count, status, paused_until, pauses,
-                   last_review_at, created_at, provider_template_id, submitted_at, status_reason",
+                   last_review_at, created_at, provider_template_id, submitted_at, status_reason, quality",
         tenant_id,
         template_id
     )
@@ -260,7 +260,7 @@ async fn record_submission(
           WHERE template_id = $1
          RETURNING template_id, tenant_id, name, language, category, body, header, footer,
                    buttons::text AS buttons, parameter_count, status, paused_until, pauses,
-                   last_review_at, created_at, provider_template_id, submitted_at, status_reason",
+                   last_review_at, created_at, provider_template_id, submitted_at, status_reason, quality",
         template_id,
         provider_template_id
     )
@@ -330,7 +330,7 @@ pub async fn sync(
         TemplateRow,
         "SELECT template_id, tenant_id, name, language, category, body, header, footer,
                 buttons::text AS buttons, parameter_count, status, paused_until, pauses,
-                last_review_at, created_at, provider_template_id, submitted_at, status_reason
+                last_review_at, created_at, provider_template_id, submitted_at, status_reason, quality
            FROM accounts.templates WHERE tenant_id = $1 AND deleted_at IS NULL",
         tenant_id
     )
@@ -512,7 +512,7 @@ pub async fn catch_up_once(
         TemplateRow,
         "SELECT template_id, tenant_id, name, language, category, body, header, footer,
                 buttons::text AS buttons, parameter_count, status, paused_until, pauses,
-                last_review_at, created_at, provider_template_id, submitted_at, status_reason
+                last_review_at, created_at, provider_template_id, submitted_at, status_reason, quality
            FROM accounts.templates
           WHERE deleted_at IS NOT NULL AND submitted_at IS NOT NULL
             AND provider_deleted_at IS NULL AND starts_with(tenant_id, $1)

@@ -63,6 +63,7 @@ pub struct TemplateRow {
     pub provider_template_id: Option<String>,
     pub submitted_at: Option<chrono::DateTime<chrono::Utc>>,
     pub status_reason: String,
+    pub quality: String,
 }
 
 fn micros(t: chrono::DateTime<chrono::Utc>) -> Timestamp {
@@ -108,6 +109,7 @@ impl TemplateRow {
             provider_template_id: self.provider_template_id.unwrap_or_default(),
             status_reason: self.status_reason,
             submitted: self.submitted_at.is_some(),
+            quality: self.quality,
         }
     }
 }
@@ -179,7 +181,7 @@ pub async fn create(
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::text::jsonb, $10)
          RETURNING template_id, tenant_id, name, language, category, body, header, footer,
                    buttons::text AS buttons, parameter_count, status, paused_until, pauses,
-                   last_review_at, created_at, provider_template_id, submitted_at, status_reason",
+                   last_review_at, created_at, provider_template_id, submitted_at, status_reason, quality",
         &id,
         &req.tenant_id,
         &req.name,
@@ -213,7 +215,7 @@ pub async fn get(
         TemplateRow,
         "SELECT template_id, tenant_id, name, language, category, body, header, footer,
                 buttons::text AS buttons, parameter_count, status, paused_until, pauses,
-                last_review_at, created_at, provider_template_id, submitted_at, status_reason
+                last_review_at, created_at, provider_template_id, submitted_at, status_reason, quality
            FROM accounts.templates WHERE tenant_id = $1 AND template_id = $2 AND deleted_at IS NULL",
         tenant_id,
         template_id
@@ -239,7 +241,7 @@ pub async fn review(
         TemplateRow,
         "SELECT template_id, tenant_id, name, language, category, body, header, footer,
                 buttons::text AS buttons, parameter_count, status, paused_until, pauses,
-                last_review_at, created_at, provider_template_id, submitted_at, status_reason
+                last_review_at, created_at, provider_template_id, submitted_at, status_reason, quality
            FROM accounts.templates WHERE tenant_id = $1 AND template_id = $2 AND deleted_at IS NULL FOR UPDATE",
         tenant_id,
         template_id
@@ -273,7 +275,7 @@ pub async fn review(
          WHERE tenant_id = $1 AND template_id = $2
          RETURNING template_id, tenant_id, name, language, category, body, header, footer,
                    buttons::text AS buttons, parameter_count, status, paused_until, pauses,
-                   last_review_at, created_at, provider_template_id, submitted_at, status_reason",
+                   last_review_at, created_at, provider_template_id, submitted_at, status_reason, quality",
         tenant_id,
         template_id,
         lifecycle.status.name(),

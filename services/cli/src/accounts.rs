@@ -75,6 +75,14 @@ pub enum NumberCommand {
         #[arg(long)]
         tenant: String,
     },
+    /// What the network says of the number: quality rating, messaging limit, the tier
+    /// enforced from it, the account's status.
+    Health {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        phone_number_id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -441,6 +449,63 @@ pub async fn number(api: &Api, command: NumberCommand, json: bool) -> anyhow::Re
                 print,
             )
             .await?;
+        }
+        NumberCommand::Health {
+            tenant,
+            phone_number_id,
+        } => {
+            let h = c
+                .get_number_health(v1::GetNumberHealthRequest {
+                    tenant_id: tenant,
+                    phone_number_id,
+                })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            let when = |t: &Option<finestra_proto::prost_types::Timestamp>| fmt_ts(t.as_ref());
+            let tier = if h.tier == 0 {
+                "unlimited".to_owned()
+            } else {
+                format!("{} users / 24 h", h.tier)
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "tenant_id": h.tenant_id, "phone_number_id": h.phone_number_id,
+                        "quality_rating": h.quality_rating, "messaging_limit": h.messaging_limit,
+                        "quality_event": h.quality_event, "tier": h.tier,
+                        "account_status": h.account_status, "account_detail": h.account_detail,
+                    })
+                );
+            } else {
+                println!(
+                    "{} of {}: quality {}, messaging limit {} (last event {} at {})",
+                    h.phone_number_id,
+                    h.tenant_id,
+                    h.quality_rating,
+                    if h.messaging_limit.is_empty() {
+                        "not yet told"
+                    } else {
+                        &h.messaging_limit
+                    },
+                    if h.quality_event.is_empty() {
+                        "none"
+                    } else {
+                        &h.quality_event
+                    },
+                    when(&h.quality_event_at)
+                );
+                println!("  tier enforced: {tier}");
+                if !h.account_status.is_empty() {
+                    println!(
+                        "  account: {} at {} {}",
+                        h.account_status,
+                        when(&h.account_status_at),
+                        h.account_detail
+                    );
+                }
+            }
         }
     }
     Ok(())

@@ -47,26 +47,162 @@ pub enum SendCommand {
         #[arg(long = "param")]
         params: Vec<String>,
     },
-    /// A document by link (inside the window).
+    /// A document by link or by the id `media upload` gave (inside the window).
     Document {
         #[command(flatten)]
         to: Envelope,
-        #[arg(long)]
+        #[arg(long, default_value = "", required_unless_present = "media_id")]
         link: String,
+        #[arg(long, default_value = "")]
+        media_id: String,
         #[arg(long, default_value = "")]
         caption: String,
         #[arg(long, default_value = "")]
         filename: String,
     },
-    /// An image by link (inside the window).
+    /// An image by link or by the id `media upload` gave (inside the window).
     Image {
         #[command(flatten)]
         to: Envelope,
-        #[arg(long)]
+        #[arg(long, default_value = "", required_unless_present = "media_id")]
         link: String,
+        #[arg(long, default_value = "")]
+        media_id: String,
         #[arg(long, default_value = "")]
         caption: String,
     },
+}
+
+#[derive(Subcommand)]
+pub enum MediaCommand {
+    /// Upload a file to the network for a number; prints the media id to send it by.
+    Upload {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        phone_number_id: String,
+        #[arg(long)]
+        file: std::path::PathBuf,
+        /// image/jpeg, application/pdf, ... (default: from the file's extension).
+        #[arg(long, default_value = "")]
+        content_type: String,
+    },
+    /// Save a file a user sent (the media id from the inbound message) to `--out`.
+    Get {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+}
+
+/// The content type of a file by its extension.
+fn content_type_of(path: &std::path::Path) -> &'static str {
+    match path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "jpg" | "jpeg" => "image/jpeg",
+        "png" => "image/png",
+        "webp" => "image/webp",
+        "pdf" => "application/pdf",
+        "txt" => "text/plain",
+        "mp4" => "video/mp4",
+        "ogg" => "audio/ogg",
+        "mp3" => "audio/mpeg",
+        "docx" => "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        "xlsx" => "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        _ => "application/octet-stream",
+    }
+}
+
+pub async fn media(
+    channel: AuthedChannel,
+    command: MediaCommand,
+    json_out: bool,
+) -> anyhow::Result<()> {
+    let mut c = DispatchServiceClient::new(channel)
+        .max_decoding_message_size(100 * 1024 * 1024 + 64 * 1024)
+        .max_encoding_message_size(100 * 1024 * 1024 + 64 * 1024);
+    match command {
+        MediaCommand::Upload {
+            tenant,
+            phone_number_id,
+            file,
+            content_type,
+        } => {
+            let data = std::fs::read(&file)
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
+            let content_type = if content_type.is_empty() {
+                content_type_of(&file).to_owned()
+            } else {
+                content_type
+            };
+            let filename = file
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_owned();
+            let up = c
+                .upload_media(v1::UploadMediaRequest {
+                    tenant_id: tenant,
+                    phone_number_id,
+                    content_type,
+                    filename,
+                    data,
+                })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            if json_out {
+                println!(
+                    "{}",
+                    serde_json::json!({"media_id": up.media_id, "kind": up.kind, "size": up.size})
+                );
+            } else {
+                println!("{} ({}, {} bytes)", up.media_id, up.kind, up.size);
+            }
+        }
+        MediaCommand::Get { tenant, id, out } => {
+            let mut stream = c
+                .get_media(v1::GetMediaRequest {
+                    tenant_id: tenant,
+                    media_id: id.clone(),
+                })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            let mut data = Vec::new();
+            let mut first = None;
+            while let Some(chunk) = stream.message().await.map_err(rpc_error)? {
+                if first.is_none() {
+                    first = Some((chunk.content_type.clone(), chunk.sha256.clone(), chunk.size));
+                }
+                data.extend_from_slice(&chunk.data);
+            }
+            let (content_type, sha256, size) = first.unwrap_or_default();
+            std::fs::write(&out, &data)
+                .map_err(|e| anyhow::anyhow!("writing {}: {e}", out.display()))?;
+            if json_out {
+                println!(
+                    "{}",
+                    serde_json::json!({"media_id": id, "content_type": content_type,
+                                       "sha256": sha256, "size": size, "out": out})
+                );
+            } else {
+                println!(
+                    "{id}: {content_type}, {size} bytes, sha256 {sha256} -> {}",
+                    out.display()
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -194,6 +330,7 @@ pub async fn send(
         SendCommand::Document {
             to,
             link,
+            media_id,
             caption,
             filename,
         } => request(
@@ -203,15 +340,22 @@ pub async fn send(
                 link,
                 caption,
                 filename,
+                media_id,
             }),
         ),
-        SendCommand::Image { to, link, caption } => request(
+        SendCommand::Image {
+            to,
+            link,
+            media_id,
+            caption,
+        } => request(
             to,
             Content::Media(v1::MediaContent {
                 kind: "image".into(),
                 link,
                 caption,
                 filename: String::new(),
+                media_id,
             }),
         ),
     };

@@ -189,6 +189,19 @@ enum Command {
         #[command(subcommand)]
         command: dispatch::MessageCommand,
     },
+    /// Media: upload a file to send by id, save a file a user sent.
+    Media {
+        #[arg(
+            long,
+            env = "FINESTRA_DISPATCH_ENDPOINT",
+            default_value = "http://127.0.0.1:7054"
+        )]
+        endpoint: String,
+        #[arg(long, env = "FINESTRA_API_KEY", hide_env_values = true)]
+        api_key: String,
+        #[command(subcommand)]
+        command: dispatch::MediaCommand,
+    },
     /// Play the simulator's users: write to a number, block or unblock it.
     Sim {
         /// The simulator's HTTP address.
@@ -517,6 +530,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             api_key,
             command,
         } => dispatch::message(channel(&endpoint, &api_key).await?, command, json).await?,
+        Command::Media {
+            endpoint,
+            api_key,
+            command,
+        } => dispatch::media(channel(&endpoint, &api_key).await?, command, json).await?,
         Command::Events {
             endpoint,
             api_key,

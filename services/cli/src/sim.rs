@@ -25,6 +25,29 @@ pub enum SimCommand {
         #[arg(long)]
         throughput: Option<u32>,
     },
+    /// The network says something of an account's health (a signed webhook to ingest):
+    /// `--kind number_quality --phone-number-id N --event FLAGGED|UNFLAGGED|UPGRADE|DOWNGRADE
+    /// [--current-limit TIER_2K]`, `--kind capability --waba-id W --current-limit TIER_10K`,
+    /// `--kind account --waba-id W --event ACCOUNT_VIOLATION`, `--kind template_quality
+    /// --template-id T --quality YELLOW`.
+    Health {
+        #[arg(long)]
+        kind: String,
+        #[arg(long, default_value = "")]
+        phone_number_id: String,
+        #[arg(long, default_value = "")]
+        waba_id: String,
+        #[arg(long, default_value = "")]
+        event: String,
+        #[arg(long, default_value = "")]
+        current_limit: String,
+        #[arg(long, default_value = "")]
+        old_limit: String,
+        #[arg(long, default_value = "")]
+        template_id: String,
+        #[arg(long, default_value = "")]
+        quality: String,
+    },
     /// The network reviews a template now: APPROVED, REJECTED, PAUSED, REINSTATED, DISABLED,
     /// FLAGGED.
     ReviewTemplate {
@@ -129,6 +152,26 @@ pub async fn run(base: &str, command: SimCommand) -> anyhow::Result<()> {
                 "{phone_number_id} registered with the network under business account {waba_id} ({} msg/s)",
                 answer["throughput_per_second"]
             );
+        }
+        SimCommand::Health {
+            kind,
+            phone_number_id,
+            waba_id,
+            event,
+            current_limit,
+            old_limit,
+            template_id,
+            quality,
+        } => {
+            post(
+                base,
+                "health",
+                json!({"kind": kind, "phone_number_id": phone_number_id, "waba_id": waba_id,
+                       "event": event, "current_limit": current_limit, "old_limit": old_limit,
+                       "template_id": template_id, "quality": quality}),
+            )
+            .await?;
+            println!("the network told Finestra: {kind} {event}{current_limit}{quality}");
         }
         SimCommand::ReviewTemplate {
             waba_id,

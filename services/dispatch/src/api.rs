@@ -60,6 +60,8 @@ pub struct DispatchApi {
     pub tasks: tokio_util::task::TaskTracker,
     /// The network, for what a tenant asks of it beside sending (read receipts, blocks).
     pub provider: Arc<dyn finestra_provider::Provider>,
+    /// Where files users sent are kept once fetched.
+    pub media_store: Arc<dyn crate::media_store::MediaStore>,
 }
 
 fn refusal_status(r: &Refusal, message_id: &str) -> Status {
@@ -658,6 +660,28 @@ impl DispatchService for DispatchApi {
             .collect()
             .await;
         Ok(Response::new(SendMessagesResponse { results }))
+    }
+
+    async fn upload_media(
+        &self,
+        request: Request<v1::UploadMediaRequest>,
+    ) -> Result<Response<v1::UploadMediaResponse>, Status> {
+        let req = self.auth.authorize(request, Scope::Send).await?.request;
+        crate::media_api::upload(&self.facts, self.provider.as_ref(), req)
+            .await
+            .map(Response::new)
+    }
+
+    type GetMediaStream = tokio_stream::wrappers::ReceiverStream<Result<v1::MediaChunk, Status>>;
+
+    async fn get_media(
+        &self,
+        request: Request<v1::GetMediaRequest>,
+    ) -> Result<Response<Self::GetMediaStream>, Status> {
+        let req = self.auth.authorize(request, Scope::Read).await?.request;
+        crate::media_api::get(self.facts.pool(), self.media_store.as_ref(), req)
+            .await
+            .map(Response::new)
     }
 
     async fn mark_read(

@@ -9,7 +9,7 @@ use prost::Message as _;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-/// Media kinds sent by link.
+/// Media kinds (sent by link or by the network's media id).
 const MEDIA_KINDS: [&str; 5] = ["image", "document", "video", "audio", "sticker"];
 
 /// A request made sense of.
@@ -56,10 +56,17 @@ pub fn parse(req: &SendMessageRequest) -> Result<Parsed, Malformed> {
                 outgoing: free(FreeForm::Media {
                     kind: m.kind.clone(),
                     link: m.link.clone(),
+                    media_id: m.media_id.clone(),
                     caption: m.caption.clone(),
                 }),
                 kind: m.kind.clone(),
-                object: finestra_cloudapi::send::media(&m.kind, &m.link, &m.caption, &m.filename),
+                object: finestra_cloudapi::send::media(
+                    &m.kind,
+                    &m.link,
+                    &m.media_id,
+                    &m.caption,
+                    &m.filename,
+                ),
             }
         }
         Content::Template(t) => Parsed {
@@ -159,9 +166,17 @@ mod tests {
             link: "https://files.example/a.pdf".into(),
             caption: "Invoice".into(),
             filename: "a.pdf".into(),
+            media_id: String::new(),
         })))
         .expect("document");
         assert_eq!(d.object["filename"], "a.pdf");
+        let by_id = parse(&req(Content::Media(MediaContent {
+            kind: "image".into(),
+            media_id: "1037543291543636".into(),
+            ..Default::default()
+        })))
+        .expect("an image by id");
+        assert_eq!(by_id.object["id"], "1037543291543636");
         let tpl = parse(&req(Content::Template(TemplateContent {
             name: "order_ready".into(),
             language: "it".into(),

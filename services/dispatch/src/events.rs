@@ -1,6 +1,7 @@
 //! Dispatch's one event pipeline: for each batch it first moves its messages along their
 //! statuses (`statuses.rs`), then copies what a tenant is told about (statuses of its
-//! messages, inbound messages, window changes, blocks, marketing preferences) into
+//! messages, inbound messages, window changes, blocks, marketing preferences, the network's
+//! template reviews and health events) into
 //! `dispatch.tenant_events` with a per-tenant cursor, fanning each event out to the tenant's
 //! webhook endpoints as pending deliveries in the same transaction, and commits the offsets
 //! after both. `StreamEvents` reads the log; the webhook deliverer works the deliveries.
@@ -29,6 +30,9 @@ pub fn kind_of(env: &Envelope) -> Option<&'static str> {
         Payload::WindowClosed(_) => "window_closed",
         Payload::UserBlock(_) => "user_block",
         Payload::UserPreference(_) => "user_preference",
+        // The network's word on the tenant's account: template reviews and health.
+        Payload::TemplateReviewed(_) => "template_review",
+        Payload::HealthChanged(_) => "network_health",
         _ => return None,
     })
 }
@@ -133,6 +137,10 @@ impl EventLoop {
             }
             let mut seen = HashSet::new();
             let mut referrals = Vec::new();
+            let files: Vec<crate::media::Pending> = envelopes
+                .iter()
+                .filter_map(crate::media::pending_of)
+                .collect();
             let events: Vec<Recorded> = envelopes
                 .iter()
                 .filter_map(|env| {
@@ -159,6 +167,7 @@ impl EventLoop {
             loop {
                 let written = async {
                     record(&self.pool, &events, now).await?;
+                    crate::media::note(&self.pool, &files).await?;
                     crate::fep::note(&self.pool, &referrals, fep_due).await
                 };
                 match written.await {

@@ -13,6 +13,9 @@ pub mod facts;
 pub mod fep;
 pub mod gate;
 pub mod hot;
+pub mod media;
+pub mod media_api;
+pub mod media_store;
 pub mod network_api;
 pub mod outbox;
 pub mod pg;
@@ -118,6 +121,9 @@ finestra_platform::settings! {
         /// How long after a referral message dispatch looks for a reply accepted before the
         /// window service recorded the referral (longer than any acceptance in flight).
         pub fep_grace: Duration = ("DISPATCH_FEP_GRACE_SECS", "30"),
+        /// The directory where files users sent are kept once fetched from the network
+        /// (`<dir>/<tenant>/<media id>`; production keeps them in object storage).
+        pub media_dir: String = ("DISPATCH_MEDIA_DIR", "var/media"),
         /// Test failpoint, only in a build with the `failpoints` feature (which `make test`
         /// enables): abort after this many event-pipeline batches were written to Postgres,
         /// before the offset commit.
@@ -260,6 +266,8 @@ pub async fn start(
     )?;
     let recorded = Arc::new(tokio::sync::Notify::new());
     let request_tasks = tokio_util::task::TaskTracker::new();
+    let media_store: Arc<dyn media_store::MediaStore> =
+        Arc::new(media_store::DirStore::new(&config.media_dir));
     let api = api::DispatchApi {
         admission: admission::Admission::new(admission::AdmissionSettings {
             capacity: config.max_pending_sends.max(1),
@@ -280,13 +288,19 @@ pub async fn start(
         replay_wait: config.replay_wait,
         tasks: request_tasks.clone(),
         provider: provider.clone(),
+        media_store: media_store.clone(),
     };
     let (incoming, grpc_addr) = finestra_platform::grpc::bind(common.grpc_addr).await?;
     let router = tonic::transport::Server::builder()
         .trace_fn(finestra_platform::trace::grpc_request_span)
         .add_service(health_service)
         .add_service(finestra_platform::grpc::reflection()?)
-        .add_service(RequireKey::new(DispatchServiceServer::new(api), auth));
+        .add_service(RequireKey::new(
+            DispatchServiceServer::new(api)
+                .max_decoding_message_size(media_api::MAX_REQUEST_BYTES)
+                .max_encoding_message_size(media_api::MAX_REQUEST_BYTES),
+            auth,
+        ));
     let grpc_task = service::spawn_grpc(router, incoming, shutdown.clone());
 
     let events_pool = pool.clone();
@@ -302,7 +316,7 @@ pub async fn start(
         pool: pool.clone(),
         hot: hot.clone(),
         facts,
-        provider,
+        provider: provider.clone(),
         producer: producer.clone(),
         status_topic: common.topics.status.clone(),
         dlq_topic: common.topics.dlq.clone(),
@@ -315,6 +329,16 @@ pub async fn start(
         tenant_defaults: config.tenant_defaults(),
         tenant_prefix: config.sweep_tenant_prefix.clone(),
     };
+    let media_task = tokio::spawn(
+        media::Fetcher {
+            pool: pool.clone(),
+            provider: provider.clone(),
+            store: media_store.clone(),
+            tenant_prefix: config.sweep_tenant_prefix.clone(),
+            every: Duration::from_millis(250),
+        }
+        .run(shutdown.clone()),
+    );
     let fep_task = tokio::spawn(
         fep::Checker {
             pool: pool.clone(),
@@ -351,6 +375,8 @@ pub async fn start(
                     common.topics.inbound.clone(),
                     common.topics.user.clone(),
                     common.topics.window.clone(),
+                    // Template reviews and health events: few, told to the tenant.
+                    common.topics.provider.clone(),
                 ],
                 max_batch: config.max_batch,
                 linger: config.linger,
@@ -407,6 +433,7 @@ pub async fn start(
     running.own("worker", worker_task);
     running.own("requeue", requeue_task);
     running.own("fep checks", fep_task);
+    running.own("media fetcher", media_task);
     running.own("auth-invalidation", invalidation_task);
     // Last: acceptance drains once the gRPC server (its only sender) has stopped.
     running.own("acceptance", accept_task);

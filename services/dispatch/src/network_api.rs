@@ -38,7 +38,7 @@ pub fn provider_status(e: &ProviderError) -> Status {
 }
 
 /// The number, when it is the tenant's (NOT_FOUND otherwise, never telling whose it is).
-async fn tenants_number(
+pub(crate) async fn tenants_number(
     facts: &Facts,
     tenant_id: &str,
     phone_number_id: &str,

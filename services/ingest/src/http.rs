@@ -191,7 +191,8 @@ async fn receive(
         events.extend(drafts.into_iter().map(|d| (tenant.clone(), d)));
     }
 
-    // Template reviews name the business account; they are signed like its numbers' webhooks.
+    // Template reviews and health changes name the business account; they are signed like its
+    // numbers' webhooks.
     for change in &account_changes {
         let owner = match app.directory.by_waba(&change.waba_id).await {
             Ok(o) => o,
@@ -216,13 +217,24 @@ async fn receive(
             tracing::warn!(waba_id = %change.waba_id, "template webhook signature mismatch");
             return (StatusCode::UNAUTHORIZED, "signature mismatch");
         }
-        let Mapped { drafts, skipped } = mapping::map_template_change(
-            &change.waba_id,
-            change.time,
-            &change.field,
-            change.value.get(),
-            now,
-        );
+        let Mapped { drafts, skipped } = if mapping::is_health_field(&change.field) {
+            mapping::map_health_change(
+                &change.waba_id,
+                change.time,
+                &change.field,
+                change.value.get(),
+                &owner.1,
+                now,
+            )
+        } else {
+            mapping::map_template_change(
+                &change.waba_id,
+                change.time,
+                &change.field,
+                change.value.get(),
+                now,
+            )
+        };
         for s in skipped {
             metrics::counter!("finestra_ingest_items_skipped_total", "reason" => s.reason)
                 .increment(1);
@@ -266,7 +278,7 @@ async fn receive(
 
 /// Parses the notification and the changes Finestra handles; other fields are counted and
 /// ignored.
-/// A business-account-level change (template reviews): it names the WABA, not a number.
+/// A business-account-level change (template reviews, health): it names the WABA, not a number.
 struct AccountChange {
     waba_id: String,
     time: i64,
@@ -289,7 +301,12 @@ fn parse(body: &[u8]) -> Result<(Vec<ParsedChange>, Vec<AccountChange>), serde_j
             let field = match change.field.as_str() {
                 "messages" => Field::Messages,
                 "user_preferences" => Field::UserPreferences,
-                "message_template_status_update" | "template_category_update" => {
+                "message_template_status_update"
+                | "template_category_update"
+                | "phone_number_quality_update"
+                | "account_update"
+                | "message_template_quality_update"
+                | "business_capability_update" => {
                     account.push(AccountChange {
                         waba_id: entry.id.clone(),
                         time: entry.time,

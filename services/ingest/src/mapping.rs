@@ -185,14 +185,17 @@ pub fn map_messages(value: &webhook::Value, now: Timestamp) -> Mapped {
             .text
             .as_ref()
             .map(|t| t.body.clone())
-            .or_else(|| {
-                [&m.image, &m.video, &m.document]
-                    .into_iter()
-                    .flatten()
-                    .map(|x| x.caption.clone())
-                    .next()
-            })
+            .or_else(|| m.media().map(|x| x.caption.clone()))
             .unwrap_or_default();
+        let media = m
+            .media()
+            .filter(|x| !x.id.is_empty())
+            .map(|x| v1::InboundMedia {
+                media_id: x.id.clone(),
+                content_type: x.mime_type.clone(),
+                sha256: x.sha256.clone(),
+                filename: x.filename.clone(),
+            });
         let payload = Payload::InboundMessage(v1::InboundMessage {
             phone_number_id: number.clone(),
             display_phone_number: value.metadata.display_phone_number.clone(),
@@ -211,6 +214,7 @@ pub fn map_messages(value: &webhook::Value, now: Timestamp) -> Mapped {
             }),
             raw_json: raw.get().as_bytes().to_vec(),
             context_message_id: m.context.map(|c| c.id).unwrap_or_default(),
+            media,
         });
         out.drafts.push(Draft {
             stream: Stream::Inbound,
@@ -403,6 +407,136 @@ pub fn map_template_change(
             payload: Payload::TemplateReviewed(r),
         }),
         Err(e) => out.skip("malformed_template_change", e.to_string()),
+    }
+    out
+}
+
+/// The business-account changes that tell of its health.
+pub fn is_health_field(field: &str) -> bool {
+    matches!(
+        field,
+        "phone_number_quality_update"
+            | "account_update"
+            | "message_template_quality_update"
+            | "business_capability_update"
+    )
+}
+
+fn digits(s: &str) -> String {
+    s.chars().filter(char::is_ascii_digit).collect()
+}
+
+/// Maps a health change of business account `waba_id` (its numbers `numbers`) sent at `time`
+/// (Unix seconds) to a `HealthChanged` event on the provider stream.
+pub fn map_health_change(
+    waba_id: &str,
+    time: i64,
+    field: &str,
+    value: &str,
+    numbers: &[finestra_registry::Number],
+    now: Timestamp,
+) -> Mapped {
+    use finestra_domain::health;
+    use v1::health_changed::Kind;
+    let mut out = Mapped::default();
+    let at = Timestamp::from_secs(time);
+    if !is_plausible_event_time(at, now) {
+        out.skip(
+            "implausible_timestamp",
+            format!("{field} of {waba_id}: {time}"),
+        );
+        return out;
+    }
+    let base = v1::HealthChanged {
+        waba_id: waba_id.to_owned(),
+        ..Default::default()
+    };
+    let changed: Result<v1::HealthChanged, String> = match field {
+        "phone_number_quality_update" => {
+            serde_json::from_str::<webhook::NumberQualityUpdate>(value)
+                .map_err(|e| e.to_string())
+                .and_then(|v| {
+                    let display = digits(&v.display_phone_number);
+                    let number = numbers
+                        .iter()
+                        .find(|n| digits(&n.display_phone_number) == display)
+                        .ok_or_else(|| {
+                            format!("no number {} in {waba_id}", v.display_phone_number)
+                        })?;
+                    Ok(v1::HealthChanged {
+                        kind: Kind::NumberQuality.into(),
+                        phone_number_id: number.phone_number_id.clone(),
+                        quality: health::rating_after(&v.event)
+                            .unwrap_or_default()
+                            .to_owned(),
+                        event: v.event.to_ascii_uppercase(),
+                        messaging_limit: v.current_limit.unwrap_or_default().to_ascii_uppercase(),
+                        detail: v
+                            .old_limit
+                            .map(|old| serde_json::json!({ "old_limit": old }).to_string())
+                            .unwrap_or_default(),
+                        ..base
+                    })
+                })
+        }
+        "account_update" => serde_json::from_str::<webhook::AccountUpdate>(value)
+            .map_err(|e| e.to_string())
+            .map(|v| v1::HealthChanged {
+                kind: Kind::Account.into(),
+                event: v.event.to_ascii_uppercase(),
+                detail: v
+                    .ban_info
+                    .or(v.restriction_info)
+                    .or(v.violation_info)
+                    .map(|d| d.to_string())
+                    .unwrap_or_default(),
+                ..base
+            }),
+        "message_template_quality_update" => {
+            serde_json::from_str::<webhook::TemplateQualityUpdate>(value)
+                .map_err(|e| e.to_string())
+                .map(|v| v1::HealthChanged {
+                    kind: Kind::TemplateQuality.into(),
+                    quality: v.new_quality_score.to_ascii_uppercase(),
+                    previous_quality: v.previous_quality_score.to_ascii_uppercase(),
+                    provider_template_id: v.message_template_id,
+                    template_name: v.message_template_name,
+                    template_language: v.message_template_language,
+                    ..base
+                })
+        }
+        _ => serde_json::from_str::<webhook::CapabilityUpdate>(value)
+            .map_err(|e| e.to_string())
+            .and_then(|v| {
+                let limit = v
+                    .max_daily_conversations_per_business
+                    .map(|l| l.to_ascii_uppercase())
+                    .or(v
+                        .max_daily_conversation_per_phone_number
+                        .map(|n| health::limit_of_daily(n).to_owned()))
+                    .ok_or("no messaging limit in the capability update")?;
+                Ok(v1::HealthChanged {
+                    kind: Kind::Capability.into(),
+                    event: "CAPABILITY_UPDATE".into(),
+                    messaging_limit: limit,
+                    ..base
+                })
+            }),
+    };
+    match changed {
+        Ok(h) => out.drafts.push(Draft {
+            stream: Stream::Provider,
+            // Keys the record: one business account's health stays in order on one partition.
+            phone_number_id: waba_id.to_owned(),
+            user: None,
+            event_id: format!(
+                "health:{waba_id}:{field}:{}{}:{}:{}:{}:{time}",
+                h.phone_number_id, h.provider_template_id, h.event, h.quality, h.messaging_limit
+            ),
+            occurred_at: Some(at),
+            payload: Payload::HealthChanged(h),
+        }),
+        Err(e) => out.skip("malformed_health_change", e),
     }
     out
 }

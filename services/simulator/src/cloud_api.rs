@@ -179,6 +179,22 @@ pub(crate) async fn send(
             );
         }
     }
+    // A file sent by id must be one uploaded for this number.
+    if let Some(media_id) = body[kind]["id"].as_str() {
+        match crate::media_api::sendable(&sim, &phone_number_id, media_id).await {
+            Ok(true) => {}
+            Ok(false) => {
+                sim.count(&phone_number_id, |s| s.refused += 1);
+                return cloud_error(
+                    StatusCode::BAD_REQUEST,
+                    131_053,
+                    "Media upload error",
+                    "no file of that id was uploaded for this number",
+                );
+            }
+            Err(e) => return try_again("looking up a file", &e),
+        }
+    }
     if kind == "template" {
         let t = &body["template"];
         let name = t["name"].as_str().unwrap_or_default();

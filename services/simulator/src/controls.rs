@@ -179,6 +179,12 @@ pub(crate) struct Say {
     /// text becomes its caption).
     #[serde(default)]
     media: Option<String>,
+    /// The file's size in bytes (default 2 KiB).
+    #[serde(default)]
+    media_bytes: Option<usize>,
+    /// The webhook announces a hash the file does not have (a download must notice).
+    #[serde(default)]
+    media_wrong_sha256: bool,
 }
 
 /// The number a control call names, or the answer to give when there is none.
@@ -235,15 +241,13 @@ pub(crate) async fn say(
             Json(json!({"error": format!("media is one of {}", MEDIA.join(", "))})),
         );
     }
+    let media = say.media.as_deref().map(|kind| UserMedia {
+        kind,
+        bytes: say.media_bytes.unwrap_or(2_048).min(MAX_USER_MEDIA),
+        wrong_sha256: say.media_wrong_sha256,
+    });
     let written = user_writes_kind(
-        &sim,
-        &number,
-        &say.from,
-        &say.name,
-        &say.text,
-        at,
-        referral,
-        say.media.as_deref(),
+        &sim, &number, &say.from, &say.name, &say.text, at, referral, media,
     )
     .await;
     match written {
@@ -257,6 +261,36 @@ pub(crate) async fn say(
 
 /// Media a simulated user can send.
 const MEDIA: [&str; 5] = ["image", "document", "audio", "video", "sticker"];
+
+/// The largest file a simulated user sends.
+const MAX_USER_MEDIA: usize = 4 * 1024 * 1024;
+
+/// A file a simulated user sends.
+#[derive(Clone, Copy)]
+struct UserMedia<'a> {
+    kind: &'a str,
+    bytes: usize,
+    wrong_sha256: bool,
+}
+
+impl UserMedia<'_> {
+    /// Its content type and, for a document, its file name.
+    fn described(&self) -> (&'static str, &'static str) {
+        match self.kind {
+            "image" => ("image/jpeg", ""),
+            "document" => ("application/pdf", "receipt.pdf"),
+            "audio" => ("audio/ogg", ""),
+            "video" => ("video/mp4", ""),
+            _ => ("image/webp", ""),
+        }
+    }
+
+    /// Its bytes: a recognisable pattern, different per message.
+    fn data(&self, wamid: &str) -> Vec<u8> {
+        let pattern = format!("{} of {wamid};", self.kind);
+        pattern.bytes().cycle().take(self.bytes.max(1)).collect()
+    }
+}
 
 /// A user's text reaches the number at `at` (µs): the network records the window and posts
 /// the signed webhook. The wamid, or it with why ingest did not take it.
@@ -282,7 +316,7 @@ async fn user_writes_kind(
     text: &str,
     at: i64,
     referral: Option<Value>,
-    media: Option<&str>,
+    media: Option<UserMedia<'_>>,
 ) -> Result<String, (String, String)> {
     let wamid = format!("wamid.sim.in.{:032x}", rand::rng().random::<u128>());
     let msg = finestra_cloudapi::build::InboundText {
@@ -298,17 +332,41 @@ async fn user_writes_kind(
         &number.display_phone_number,
         &[msg],
     );
-    if let Some(kind) = media {
-        // The Cloud API shape of inbound media: an id to download it by, its type, a caption.
+    if let Some(media) = media {
+        // The network keeps the file; the webhook carries an id to download it by, its type,
+        // its hash and a caption, as the Cloud API's does.
+        let (content_type, filename) = media.described();
+        let data = media.data(&wamid);
+        let kept = crate::media_api::keep(
+            sim,
+            &number.phone_number_id,
+            content_type,
+            filename,
+            &data,
+            true,
+        )
+        .await
+        .map_err(|e| {
+            (
+                wamid.clone(),
+                format!("the network could not keep the file: {e}"),
+            )
+        })?;
+        let sha256 = if media.wrong_sha256 {
+            crate::media_api::sha256_hex(b"not this file")
+        } else {
+            kept.sha256
+        };
+        let mut object = json!({ "id": kept.media_id, "mime_type": content_type,
+                                 "sha256": sha256, "caption": text });
+        if !filename.is_empty() {
+            object["filename"] = json!(filename);
+        }
         let m = &mut body["entry"][0]["changes"][0]["value"]["messages"][0];
         if let Some(obj) = m.as_object_mut() {
             obj.remove("text");
-            obj.insert("type".into(), json!(kind));
-            obj.insert(
-                kind.to_owned(),
-                json!({ "id": format!("media.sim.{:016x}", rand::rng().random::<u64>()),
-                        "mime_type": "application/octet-stream", "caption": text }),
-            );
+            obj.insert("type".into(), json!(media.kind));
+            obj.insert(media.kind.to_owned(), object);
         }
     }
     if let Ok(mut net) = sim.net.lock() {

@@ -8,7 +8,8 @@
 //! listed, edited and deleted through `/{waba_id}/message_templates` (`templates_api`) and
 //! reviewed by the network (`reviews`). A control API plays the users: a user writes to a
 //! number (an inbound webhook, with a chosen time), blocks or unblocks it (reported to ingest),
-//! stops or resumes marketing; it injects send failures and reviews templates now.
+//! stops or resumes marketing; it injects send failures, reviews templates now and emits the
+//! network's health events (`health`).
 
 pub mod network;
 pub mod reviews;
@@ -17,6 +18,8 @@ pub mod webhooks;
 
 mod cloud_api;
 mod controls;
+mod health;
+mod media_api;
 mod observe;
 mod templates_api;
 
@@ -289,7 +292,12 @@ pub async fn start(
                 .get(templates_api::list)
                 .delete(templates_api::delete),
         )
-        .route("/{version}/{id}", post(templates_api::edit))
+        .route(
+            "/{version}/{id}",
+            post(templates_api::edit).get(media_api::info),
+        )
+        .route("/{version}/{id}/media", post(media_api::upload))
+        .route("/media-download/{id}", get(media_api::download))
         .route(
             "/{version}/{id}/block_users",
             post(cloud_api::block_users).delete(cloud_api::unblock_users),
@@ -303,6 +311,7 @@ pub async fn start(
         .route("/sim/v1/faults", post(controls::faults))
         .route("/sim/v1/preference", post(controls::preference))
         .route("/sim/v1/template", post(controls::review_template))
+        .route("/sim/v1/health", post(health::emit))
         .route("/sim/v1/population", post(controls::population))
         .route("/sim/v1/stats/{phone_number_id}", get(observe::stats))
         .route("/sim/v1/received/{phone_number_id}", get(observe::received))

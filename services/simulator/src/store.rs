@@ -379,3 +379,113 @@ pub async fn review_template(
         )
     }))
 }
+
+/// The network rates a template's quality; answers the score before, `None` when it is gone.
+pub async fn rate_template(
+    pool: &PgPool,
+    network: &str,
+    template_id: &str,
+    quality: &str,
+) -> Result<Option<(SimTemplate, String)>, sqlx::Error> {
+    let row = sqlx::query!(
+        "UPDATE sim.templates t SET quality = $3
+           FROM sim.templates before
+          WHERE t.network = $1 AND t.template_id = $2 AND t.deleted_at IS NULL
+            AND before.network = t.network AND before.template_id = t.template_id
+         RETURNING t.template_id, t.waba_id, t.name, t.language, t.category,
+                   t.components::text AS \"components!\", t.parameter_count, t.status, t.reason,
+                   t.quality, before.quality AS previous",
+        network,
+        template_id,
+        quality
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|r| {
+        (
+            SimTemplate {
+                template_id: r.template_id,
+                waba_id: r.waba_id,
+                name: r.name,
+                language: r.language,
+                category: r.category,
+                components: r.components,
+                parameter_count: r.parameter_count,
+                status: r.status,
+                reason: r.reason,
+                quality: r.quality,
+            },
+            r.previous,
+        )
+    }))
+}
+
+/// A file the network holds.
+#[derive(Clone, Debug)]
+pub struct SimMedia {
+    pub media_id: String,
+    pub phone_number_id: String,
+    pub content_type: String,
+    pub sha256: String,
+    pub filename: String,
+    pub size: i64,
+}
+
+/// Stores a file; its id.
+pub async fn put_media(
+    pool: &PgPool,
+    network: &str,
+    m: &SimMedia,
+    data: &[u8],
+    from_user: bool,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "INSERT INTO sim.media (network, media_id, phone_number_id, content_type, sha256,
+                                filename, data, from_user)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        network,
+        &m.media_id,
+        &m.phone_number_id,
+        &m.content_type,
+        &m.sha256,
+        &m.filename,
+        data,
+        from_user
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// A file's description, without its bytes.
+pub async fn media(
+    pool: &PgPool,
+    network: &str,
+    media_id: &str,
+) -> Result<Option<SimMedia>, sqlx::Error> {
+    sqlx::query_as!(
+        SimMedia,
+        "SELECT media_id, phone_number_id, content_type, sha256, filename,
+                length(data)::bigint AS \"size!\"
+           FROM sim.media WHERE network = $1 AND media_id = $2",
+        network,
+        media_id
+    )
+    .fetch_optional(pool)
+    .await
+}
+
+/// A file's bytes.
+pub async fn media_data(
+    pool: &PgPool,
+    network: &str,
+    media_id: &str,
+) -> Result<Option<Vec<u8>>, sqlx::Error> {
+    sqlx::query_scalar!(
+        "SELECT data FROM sim.media WHERE network = $1 AND media_id = $2",
+        network,
+        media_id
+    )
+    .fetch_optional(pool)
+    .await
+}

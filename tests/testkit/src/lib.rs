@@ -522,6 +522,10 @@ pub async fn dispatch_config(
         requeue_after: Duration::from_secs(300),
         requeue_every: Duration::from_secs(30),
         fep_grace: Duration::from_secs(1),
+        media_dir: std::env::temp_dir()
+            .join(format!("finestra-media-{}", scope.id()))
+            .to_string_lossy()
+            .into_owned(),
         crash_after_event_batches: None,
     })
 }

@@ -420,6 +420,13 @@ impl AccountsService for AccountsApi {
         numbers::get(self, request).await
     }
 
+    async fn get_number_health(
+        &self,
+        request: Request<v1::GetNumberHealthRequest>,
+    ) -> Result<Response<v1::NumberHealth>, Status> {
+        numbers::health(self, request).await
+    }
+
     async fn update_number(
         &self,
         request: Request<v1::UpdateNumberRequest>,

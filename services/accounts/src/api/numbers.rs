@@ -123,6 +123,40 @@ pub(super) async fn get(
     Ok(Response::new(row.into()))
 }
 
+pub(super) async fn health(
+    api: &AccountsApi,
+    request: Request<v1::GetNumberHealthRequest>,
+) -> Result<Response<v1::NumberHealth>, Status> {
+    let req = api
+        .tenant_request(request, Access::Scope(Scope::Read))
+        .await?;
+    let row = sqlx::query!(
+        "SELECT n.phone_number_id, n.tenant_id, n.quality_rating, n.messaging_limit,
+                n.health_event, n.health_at, t.tier, t.account_status, t.account_detail,
+                t.account_status_at
+           FROM accounts.numbers n JOIN accounts.tenants t USING (tenant_id)
+          WHERE n.tenant_id = $1 AND n.phone_number_id = $2",
+        &req.tenant_id,
+        &req.phone_number_id
+    )
+    .fetch_optional(&api.pool)
+    .await
+    .map_err(|e| db_error("reading a number's health", e))?
+    .ok_or_else(|| not_found("phone_number_id", &req.phone_number_id))?;
+    Ok(Response::new(v1::NumberHealth {
+        tenant_id: row.tenant_id,
+        phone_number_id: row.phone_number_id,
+        quality_rating: row.quality_rating,
+        messaging_limit: row.messaging_limit,
+        quality_event: row.health_event,
+        quality_event_at: row.health_at.map(convert::ts),
+        tier: row.tier.map_or(0, |t| u32::try_from(t).unwrap_or(0)),
+        account_status: row.account_status,
+        account_detail: row.account_detail,
+        account_status_at: row.account_status_at.map(convert::ts),
+    }))
+}
+
 pub(super) async fn update(
     api: &AccountsApi,
     request: Request<v1::UpdateNumberRequest>,

@@ -73,7 +73,7 @@ pub(super) async fn sync(
         crate::templates::TemplateRow,
         "SELECT template_id, tenant_id, name, language, category, body, header, footer,
                 buttons::text AS buttons, parameter_count, status, paused_until, pauses,
-                last_review_at, created_at, provider_template_id, submitted_at, status_reason
+                last_review_at, created_at, provider_template_id, submitted_at, status_reason, quality
            FROM accounts.templates WHERE tenant_id = $1 AND deleted_at IS NULL
          ORDER BY template_id",
         &req.tenant_id
@@ -114,7 +114,7 @@ pub(super) async fn list(
         crate::templates::TemplateRow,
         "SELECT template_id, tenant_id, name, language, category, body, header, footer,
                 buttons::text AS buttons, parameter_count, status, paused_until, pauses,
-                last_review_at, created_at, provider_template_id, submitted_at, status_reason
+                last_review_at, created_at, provider_template_id, submitted_at, status_reason, quality
            FROM accounts.templates WHERE tenant_id = $1 AND deleted_at IS NULL AND template_id > $2
          ORDER BY template_id LIMIT $3",
         &req.tenant_id,
@@ -146,7 +146,7 @@ pub(super) async fn delete(
          WHERE tenant_id = $1 AND template_id = $2
          RETURNING template_id, tenant_id, name, language, category, body, header, footer,
                    buttons::text AS buttons, parameter_count, status, paused_until, pauses,
-                   last_review_at, created_at, provider_template_id, submitted_at, status_reason",
+                   last_review_at, created_at, provider_template_id, submitted_at, status_reason, quality",
         &req.tenant_id,
         &req.template_id
     )
