@@ -40,6 +40,9 @@ once $fin partner create --id demo-bsp --name "Demo BSP"
 once $fin tenant create --partner demo-bsp --id "$TENANT" --name "Pizzeria Napoli" --waba-id "$WABA"
 once $fin number add --tenant "$TENANT" --phone-number-id "$NUMBER" --display "+39 02 1234 5678" \
   --app-secret demo-app-secret-0001
+# The marketing frequency cap: at most 5 marketing templates per user per day for this business
+# (the platform's default is 2 per 7 days), so the demo can run again and again.
+$fin tenant limits --id "$TENANT" --marketing-cap 5 --marketing-cap-days 1 >/dev/null
 
 step "The business makes two templates: Finestra submits each to the network, which reviews it"
 once $fin template create --tenant "$TENANT" --name order_ready --language it --category UTILITY \

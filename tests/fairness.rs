@@ -128,6 +128,7 @@ async fn set_limits(
                 send_rate_per_second: rate,
                 send_burst: burst,
                 weight,
+                ..Default::default()
             }),
         })
         .await
@@ -378,6 +379,7 @@ async fn limits_a_partner_sets_apply_within_seconds_and_only_to_that_tenant() ->
                 send_rate_per_second: 100_000,
                 send_burst: 100_000,
                 weight: 100,
+                ..Default::default()
             }),
         })
         .await
@@ -395,7 +397,8 @@ async fn limits_a_partner_sets_apply_within_seconds_and_only_to_that_tenant() ->
         Some(v1::TenantLimits {
             send_rate_per_second: 2,
             send_burst: 5,
-            weight: 3
+            weight: 3,
+            ..Default::default()
         })
     );
     // The tenant sees them.

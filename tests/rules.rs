@@ -195,3 +195,188 @@ async fn money_inputs_are_bounded_and_refused_with_the_rule() -> anyhow::Result<
     c.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_marketing_frequency_cap_refuses_the_third_in_the_window_and_never_a_utility_one()
+-> anyhow::Result<()> {
+    // The platform's default: 2 marketing templates per user per 7 days.
+    let c = Chain::start_tuned(80, true, |config| {
+        config.marketing_cap = 2;
+        config.marketing_cap_days = 7;
+    })
+    .await?;
+    c.template("offer", "MARKETING", 1).await?;
+    c.template("receipt", "UTILITY", 1).await?;
+    c.top_up(20 * MARKETING_IT).await?;
+    let capped = (Code::FailedPrecondition, "FREQUENCY_CAPPED".to_owned());
+    let giulia = "393510000101";
+    let first = c.template_send(giulia, "offer-1", "offer", &["x"]).await?;
+    c.template_send(giulia, "offer-2", "offer", &["x"]).await?;
+    assert_eq!(
+        reason(&c.template_send(giulia, "offer-3", "offer", &["x"]).await),
+        capped
+    );
+    assert_eq!(
+        reason(&c.template_send(giulia, "offer-3", "offer", &["x"]).await),
+        capped,
+        "a refusal stores nothing: the same key is refused again"
+    );
+    let replayed = c.template_send(giulia, "offer-1", "offer", &["x"]).await?;
+    assert!(
+        replayed.replayed && replayed.message_id == first.message_id,
+        "a retried send is not a new one"
+    );
+    c.template_send(giulia, "receipt-1", "receipt", &["x"])
+        .await?;
+    let marco = c
+        .template_send("393510000102", "marco-1", "offer", &["x"])
+        .await?;
+    // (Everything sent so far is delivered before the network is told to fail the next.)
+    c.settles(&marco.message_id, &["DELIVERED", "READ"]).await?;
+
+    // A marketing template that failed reached nobody: it does not count.
+    let eva = "393510000103";
+    c.sim(
+        "faults",
+        json!({"phone_number_id": c.number, "next": 1, "code": 131_026, "http_status": 400}),
+    )
+    .await?;
+    let lost = c.template_send(eva, "eva-1", "offer", &["x"]).await?;
+    c.settles(&lost.message_id, &["FAILED"]).await?;
+    eventually("the failed one no longer counts", WAIT, || async {
+        let infra = infra().await?;
+        let mut redis = infra.redis.clone();
+        let score: Option<f64> = redis::cmd("ZSCORE")
+            .arg(format!("fin:{{{}}}:mcap:{eva}", c.tenant))
+            .arg(&lost.message_id)
+            .query_async(&mut redis)
+            .await?;
+        Ok(score.is_none().then_some(()))
+    })
+    .await?;
+    c.template_send(eva, "eva-2", "offer", &["x"]).await?;
+    c.template_send(eva, "eva-3", "offer", &["x"]).await?;
+    assert_eq!(
+        reason(&c.template_send(eva, "eva-4", "offer", &["x"]).await),
+        capped
+    );
+
+    // Redis loses the counts: they are rebuilt from the messages, and still refuse.
+    c.scope.lose_redis().await?;
+    assert_eq!(
+        reason(&c.template_send(giulia, "offer-4", "offer", &["x"]).await),
+        capped
+    );
+
+    // The tenant's partner raises its cap: it applies within the facts' cache time.
+    let accounts = finestra_testkit::start_accounts(&c.scope).await?;
+    let partner_key = c
+        .scope
+        .key(
+            Owner::Partner {
+                partner_id: c.scope.partner_id(),
+            },
+            &[KeyScope::Admin],
+        )
+        .await?;
+    let mut partner = finestra_proto::v1::accounts_service_client::AccountsServiceClient::new(
+        finestra_testkit::authed_channel(accounts.running.grpc_url(), &partner_key).await?,
+    );
+    partner
+        .set_tenant_limits(finestra_proto::v1::SetTenantLimitsRequest {
+            tenant_id: c.tenant.clone(),
+            limits: Some(finestra_proto::v1::TenantLimits {
+                marketing_cap_per_user: 3,
+                ..Default::default()
+            }),
+        })
+        .await?;
+    eventually("the raised cap applies", WAIT, || async {
+        Ok(c.template_send(giulia, "offer-5", "offer", &["x"])
+            .await
+            .ok())
+    })
+    .await?;
+    assert_eq!(
+        reason(&c.template_send(giulia, "offer-6", "offer", &["x"]).await),
+        capped
+    );
+    accounts.stop().await;
+    c.books_settled().await?;
+    c.reconcile().await?;
+    c.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_keyword_stops_marketing_start_resumes_it_and_the_networks_131050_suppresses()
+-> anyhow::Result<()> {
+    let c = Chain::start(80).await?;
+    c.template("offer", "MARKETING", 1).await?;
+    c.template("receipt", "UTILITY", 1).await?;
+    c.top_up(20 * MARKETING_IT).await?;
+    let opted_out = (Code::FailedPrecondition, "MARKETING_OPT_OUT".to_owned());
+    let chain = &c;
+    // (The provider's times are whole seconds, and a stop wins a tie: each message is
+    // written some seconds before the next.)
+    let says = |user: &'static str, text: &'static str, seconds_ago: i64| async move {
+        chain
+            .sim(
+                "say",
+                json!({"phone_number_id": chain.number, "from": user, "text": text,
+                       "seconds_ago": seconds_ago}),
+            )
+            .await
+    };
+    let stopped = |user: &'static str, want: bool| async move {
+        eventually("the preference is recorded", WAIT, || async {
+            Ok((chain.window(user).await?.is_marketing_opted_out() == want).then_some(()))
+        })
+        .await
+    };
+
+    // "Basta!" is only a stop keyword (case, accent and punctuation aside): marketing stops,
+    // utility goes on.
+    let giulia = "393510000201";
+    says(giulia, " Basta! ", 10).await?;
+    stopped(giulia, true).await?;
+    assert_eq!(
+        reason(&c.template_send(giulia, "offer-1", "offer", &["x"]).await),
+        opted_out
+    );
+    c.template_send(giulia, "receipt-1", "receipt", &["x"])
+        .await?;
+    // A sentence with the word in it is no keyword.
+    let marco = "393510000202";
+    says(marco, "please stop by the shop tomorrow", 0).await?;
+    c.user_says(marco, 0, false).await?;
+    assert!(!c.window(marco).await?.is_marketing_opted_out());
+    // START resumes it.
+    says(giulia, "START", 0).await?;
+    stopped(giulia, false).await?;
+    let resumed = c.template_send(giulia, "offer-2", "offer", &["x"]).await?;
+    // (Everything sent so far is delivered before the network is told to refuse the next.)
+    c.settles(&resumed.message_id, &["DELIVERED", "READ"])
+        .await?;
+
+    // The network refuses a marketing template with 131050: the user is suppressed.
+    let eva = "393510000203";
+    c.sim(
+        "faults",
+        json!({"phone_number_id": c.number, "next": 1, "code": 131_050, "http_status": 400}),
+    )
+    .await?;
+    let refused = c.template_send(eva, "eva-1", "offer", &["x"]).await?;
+    let failed = c.settles(&refused.message_id, &["FAILED"]).await?;
+    assert_eq!(failed.failure_reason, "MARKETING_OPT_OUT");
+    stopped(eva, true).await?;
+    assert_eq!(
+        reason(&c.template_send(eva, "eva-2", "offer", &["x"]).await),
+        opted_out,
+        "refused before it costs anything"
+    );
+    c.books_settled().await?;
+    c.reconcile().await?;
+    c.stop().await;
+    Ok(())
+}

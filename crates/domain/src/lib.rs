@@ -4,9 +4,11 @@
 pub mod delivery;
 pub mod fair_clock;
 pub mod fairness;
+pub mod frequency;
 pub mod health;
 pub mod ids;
 pub mod media;
+pub mod opt_out;
 pub mod pacing;
 pub mod pricing;
 pub mod send;

@@ -266,6 +266,10 @@ pub struct TenantSendFacts {
     pub tier: Option<i64>,
     /// As its partner set them (0 fields take the platform's defaults).
     pub limits: finestra_domain::fairness::TenantLimits,
+    /// Its marketing frequency cap as its partner set it: templates per days (0: the
+    /// platform's default).
+    pub marketing_cap: u32,
+    pub marketing_cap_days: u32,
 }
 
 /// The send facts of a tenant, if it exists.
@@ -275,7 +279,8 @@ pub async fn tenant_send_facts(
 ) -> Result<Option<TenantSendFacts>, sqlx::Error> {
     let row = sqlx::query!(
         r#"SELECT t.status = 'active' AND p.status = 'active' AS "active!", t.tier,
-                t.send_rate_per_second, t.send_burst, t.send_weight
+                t.send_rate_per_second, t.send_burst, t.send_weight, t.marketing_cap,
+                t.marketing_cap_days
            FROM accounts.tenants t JOIN accounts.partners p USING (partner_id)
           WHERE t.tenant_id = $1"#,
         tenant_id
@@ -291,6 +296,8 @@ pub async fn tenant_send_facts(
             burst: non_negative(r.send_burst),
             weight: non_negative(r.send_weight),
         },
+        marketing_cap: non_negative(r.marketing_cap),
+        marketing_cap_days: non_negative(r.marketing_cap_days),
     }))
 }
 

@@ -73,6 +73,8 @@ pub struct TenantRow {
     pub send_rate_per_second: i32,
     pub send_burst: i32,
     pub send_weight: i32,
+    pub marketing_cap: i32,
+    pub marketing_cap_days: i32,
 }
 
 impl From<TenantRow> for v1::Tenant {
@@ -89,6 +91,8 @@ impl From<TenantRow> for v1::Tenant {
                 send_rate_per_second: u32::try_from(r.send_rate_per_second).unwrap_or(0),
                 send_burst: u32::try_from(r.send_burst).unwrap_or(0),
                 weight: u32::try_from(r.send_weight).unwrap_or(0),
+                marketing_cap_per_user: u32::try_from(r.marketing_cap).unwrap_or(0),
+                marketing_cap_days: u32::try_from(r.marketing_cap_days).unwrap_or(0),
             }),
         }
     }

@@ -55,6 +55,12 @@ pub enum TenantCommand {
         /// Share when tenants contend (1..100).
         #[arg(long)]
         weight: Option<u32>,
+        /// Marketing templates a user may receive per window (0: the platform's default).
+        #[arg(long)]
+        marketing_cap: Option<u32>,
+        /// The frequency cap's window in days (0: the platform's default).
+        #[arg(long)]
+        marketing_cap_days: Option<u32>,
     },
 }
 
@@ -366,6 +372,8 @@ pub async fn tenant(api: &Api, command: TenantCommand, json: bool) -> anyhow::Re
             rate,
             burst,
             weight,
+            marketing_cap,
+            marketing_cap_days,
         } => {
             let t = c
                 .get_tenant(v1::GetTenantRequest {
@@ -374,7 +382,12 @@ pub async fn tenant(api: &Api, command: TenantCommand, json: bool) -> anyhow::Re
                 .await
                 .map_err(rpc_error)?
                 .into_inner();
-            let t = if rate.is_none() && burst.is_none() && weight.is_none() {
+            let t = if rate.is_none()
+                && burst.is_none()
+                && weight.is_none()
+                && marketing_cap.is_none()
+                && marketing_cap_days.is_none()
+            {
                 t
             } else {
                 // An omitted flag keeps what is set.
@@ -385,6 +398,8 @@ pub async fn tenant(api: &Api, command: TenantCommand, json: bool) -> anyhow::Re
                         send_rate_per_second: rate.unwrap_or(now.send_rate_per_second),
                         send_burst: burst.unwrap_or(now.send_burst),
                         weight: weight.unwrap_or(now.weight),
+                        marketing_cap_per_user: marketing_cap.unwrap_or(now.marketing_cap_per_user),
+                        marketing_cap_days: marketing_cap_days.unwrap_or(now.marketing_cap_days),
                     }),
                 })
                 .await

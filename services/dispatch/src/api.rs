@@ -62,6 +62,8 @@ pub struct DispatchApi {
     pub provider: Arc<dyn finestra_provider::Provider>,
     /// Where files users sent are kept once fetched.
     pub media_store: Arc<dyn crate::media_store::MediaStore>,
+    /// The marketing frequency cap of a tenant whose partner set none.
+    pub marketing_cap: finestra_domain::frequency::FrequencyCap,
 }
 
 fn refusal_status(r: &Refusal, message_id: &str) -> Status {
@@ -243,6 +245,47 @@ impl DispatchApi {
                 .map_err(|e| self.store_error("rebuilding the tier", &e))?;
         }
         Err(Status::unavailable("the tier counter could not be loaded"))
+    }
+
+    /// Counts a marketing template under the tenant's frequency cap (rebuilding the user's
+    /// count from Postgres when Redis lost it).
+    async fn frequency(
+        &self,
+        tenant_id: &str,
+        user: &str,
+        message_id: &str,
+        now: Timestamp,
+    ) -> Result<TierVerdict, Status> {
+        let cap = self
+            .facts
+            .frequency_cap(tenant_id, self.marketing_cap)
+            .await
+            .map_err(|e| self.store_error("reading the frequency cap", &e))?;
+        for _ in 0..3 {
+            let verdict = self
+                .hot
+                .cap_admit(tenant_id, user, message_id, cap, now)
+                .await
+                .map_err(|e| self.store_error("counting the frequency cap", &e))?;
+            if verdict != TierVerdict::NotLoaded {
+                return Ok(verdict);
+            }
+            let sends = pg::marketing_sends(self.facts.pool(), tenant_id, user, cap.cutoff(now))
+                .await
+                .map_err(|e| self.store_error("rebuilding the frequency cap", &e))?;
+            self.hot
+                .cap_load(tenant_id, user, &sends, cap)
+                .await
+                .map_err(|e| self.store_error("rebuilding the frequency cap", &e))?;
+        }
+        Err(Status::unavailable("the frequency cap could not be loaded"))
+    }
+
+    /// Takes a refused marketing send out of its user's frequency count.
+    async fn forget_marketing(&self, tenant_id: &str, user: &str, message_id: &str) {
+        if let Err(e) = self.hot.cap_forget(tenant_id, user, message_id).await {
+            tracing::warn!(error = %e, "taking a refused send out of the frequency cap failed");
+        }
     }
 
     /// One SendMessage after authorization: the tenant's admission share, then the send.
@@ -428,12 +471,38 @@ impl DispatchApi {
                 .increment(1);
             refusal_status(&r, message_id)
         })?;
+        let marketing = admitted.category == Some(finestra_domain::template::Category::Marketing);
+        let mut cap_counted = false;
+        if marketing {
+            match self
+                .frequency(tenant_id, recipient, message_id, now)
+                .await?
+            {
+                TierVerdict::LimitReached => {
+                    metrics::counter!("finestra_dispatch_refused_total", "reason" => "FREQUENCY_CAPPED")
+                        .increment(1);
+                    return Err(with_reason(
+                        Code::FailedPrecondition,
+                        Reason::FrequencyCapped,
+                        "the user has received as many marketing templates as the tenant's \
+                         frequency cap allows in its window",
+                        &[("message_id", message_id)],
+                    ));
+                }
+                TierVerdict::Counted => cap_counted = true,
+                TierVerdict::AlreadyCounted | TierVerdict::NotLoaded => {}
+            }
+        }
         let mut counted = false;
         if admitted.business_initiated {
             match self.tier(tenant_id, recipient, now).await? {
                 TierVerdict::LimitReached => {
                     metrics::counter!("finestra_dispatch_refused_total", "reason" => "TIER_LIMIT_REACHED")
                         .increment(1);
+                    if cap_counted {
+                        self.forget_marketing(tenant_id, recipient, message_id)
+                            .await;
+                    }
                     return Err(with_reason(
                         Code::ResourceExhausted,
                         Reason::TierLimitReached,
@@ -534,6 +603,10 @@ impl DispatchApi {
             && let Err(e) = self.hot.tier_undo(tenant_id, recipient, now.micros()).await
         {
             tracing::warn!(error = %e, "taking a refused send out of the tier count failed");
+        }
+        if result.is_err() && cap_counted {
+            self.forget_marketing(tenant_id, recipient, message_id)
+                .await;
         }
         result
     }

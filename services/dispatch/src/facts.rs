@@ -3,6 +3,8 @@
 //! suspended number, a changed tier or a paused template takes effect within that time.
 
 use std::sync::Arc;
+
+use finestra_domain::frequency::FrequencyCap;
 use std::time::Duration;
 
 use finestra_domain::fairness::TenantLimits;
@@ -94,6 +96,17 @@ impl Facts {
     }
 
     /// The tenant's limits as set by its partner (0 fields: the platform's defaults).
+    /// The tenant's marketing frequency cap: as its partner set it, else the platform's.
+    pub async fn frequency_cap(
+        &self,
+        tenant_id: &str,
+        platform: FrequencyCap,
+    ) -> Result<FrequencyCap, Arc<sqlx::Error>> {
+        Ok(self.tenant(tenant_id).await?.map_or(platform, |t| {
+            FrequencyCap::of_tenant(t.marketing_cap, t.marketing_cap_days, platform)
+        }))
+    }
+
     pub async fn limits(&self, tenant_id: &str) -> Result<TenantLimits, Arc<sqlx::Error>> {
         Ok(self
             .tenant(tenant_id)

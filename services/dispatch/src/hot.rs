@@ -7,6 +7,9 @@
 //!                                      the tier limit's distinct users of the rolling 24 h
 //!   fin:{<tenant>}:tier:v              the set was loaded from Postgres (it may be lost; it is
 //!                                      rebuilt on a miss)
+//!   fin:{<tenant>}:mcap:<user>         sorted set: the user's marketing templates of the
+//!                                      frequency cap's window (message → accepted, µs), and
+//!                                      `~` at +inf once loaded from Postgres
 //!   fin:{<tenant>}:rate                the tenant's SendMessage bucket (GCRA "theoretical
 //!                                      arrival time", µs; `domain::fairness::RateLimit`);
 //!                                      shared by every replica, lost only to a fuller bucket
@@ -43,6 +46,29 @@ for i = 1, #ARGV - 1, 2 do
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[#ARGV])
 redis.call('SET', KEYS[2], '1', 'PX', ARGV[#ARGV])
+return 1
+"#;
+
+/// Counts marketing message ARGV[4] (accepted at ARGV[1], µs) for the user unless the cap
+/// (ARGV[3] per window, sends at or before ARGV[2] no longer count) is reached. Returns 1
+/// (counted), 0 (that message counted already: a replay), -1 (capped), -2 (not loaded).
+const CAP_ADMIT: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return -2 end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+if redis.call('ZSCORE', KEYS[1], ARGV[4]) then return 0 end
+if redis.call('ZCARD', KEYS[1]) - 1 >= tonumber(ARGV[3]) then return -1 end
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return 1
+"#;
+
+/// Loads a user's marketing sends of the window (message, accepted µs pairs), marked loaded.
+const CAP_LOAD: &str = r#"
+redis.call('ZADD', KEYS[1], '+inf', '~')
+for i = 1, #ARGV - 1, 2 do
+  redis.call('ZADD', KEYS[1], ARGV[i + 1], ARGV[i])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[#ARGV])
 return 1
 "#;
 
@@ -129,6 +155,8 @@ pub struct Hot {
     undo: Script,
     admit_and_claim: Script,
     forget_failed: Script,
+    cap_admit: Script,
+    cap_load: Script,
 }
 
 impl Hot {
@@ -141,6 +169,8 @@ impl Hot {
             undo: Script::new(TIER_UNDO),
             admit_and_claim: Script::new(ADMIT_AND_CLAIM),
             forget_failed: Script::new(TIER_FORGET_FAILED),
+            cap_admit: Script::new(CAP_ADMIT),
+            cap_load: Script::new(CAP_LOAD),
         }
     }
 
@@ -330,6 +360,73 @@ impl Hot {
             .arg(user)
             .arg(at_micros.to_string())
             .invoke_async::<i64>(&mut conn)
+            .await
+            .map(|_| ())
+    }
+
+    fn cap_key(&self, tenant_id: &str, user: &str) -> String {
+        format!("{}:{{{tenant_id}}}:mcap:{user}", self.prefix)
+    }
+
+    /// Counts marketing message `message_id` to `user` under the tenant's frequency cap (the
+    /// same verdicts as the tier's).
+    pub async fn cap_admit(
+        &self,
+        tenant_id: &str,
+        user: &str,
+        message_id: &str,
+        cap: finestra_domain::frequency::FrequencyCap,
+        now: finestra_domain::Timestamp,
+    ) -> redis::RedisResult<TierVerdict> {
+        let mut conn = self.conn.clone();
+        let answer: i64 = self
+            .cap_admit
+            .key(self.cap_key(tenant_id, user))
+            .arg(now.micros())
+            .arg(cap.cutoff(now))
+            .arg(cap.max)
+            .arg(message_id)
+            .arg(cap.window_micros / 1_000 + 3_600_000)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(match answer {
+            1 => TierVerdict::Counted,
+            0 => TierVerdict::AlreadyCounted,
+            -1 => TierVerdict::LimitReached,
+            _ => TierVerdict::NotLoaded,
+        })
+    }
+
+    /// Loads a user's marketing sends of the window from the durable record.
+    pub async fn cap_load(
+        &self,
+        tenant_id: &str,
+        user: &str,
+        sends: &[(String, i64)],
+        cap: finestra_domain::frequency::FrequencyCap,
+    ) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
+        let mut call = self.cap_load.key(self.cap_key(tenant_id, user));
+        for (message_id, at) in sends {
+            call.arg(message_id).arg(*at);
+        }
+        call.arg(cap.window_micros / 1_000 + 3_600_000);
+        call.invoke_async::<i64>(&mut conn).await.map(|_| ())
+    }
+
+    /// Takes a marketing message out of its user's count (refused after it was counted, or
+    /// failed: it reached nobody). Idempotent.
+    pub async fn cap_forget(
+        &self,
+        tenant_id: &str,
+        user: &str,
+        message_id: &str,
+    ) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
+        redis::cmd("ZREM")
+            .arg(self.cap_key(tenant_id, user))
+            .arg(message_id)
+            .query_async::<i64>(&mut conn)
             .await
             .map(|_| ())
     }

@@ -121,6 +121,11 @@ finestra_platform::settings! {
         /// How long after a referral message dispatch looks for a reply accepted before the
         /// window service recorded the referral (longer than any acceptance in flight).
         pub fep_grace: Duration = ("DISPATCH_FEP_GRACE_SECS", "30"),
+        /// Marketing templates a user may receive from one tenant per window (the frequency
+        /// cap, docs/rules.md §2), for tenants whose partner set no cap of their own.
+        pub marketing_cap: u32 = ("DISPATCH_MARKETING_CAP", "2"),
+        /// The frequency cap's window, in days, for those tenants.
+        pub marketing_cap_days: u32 = ("DISPATCH_MARKETING_CAP_DAYS", "7"),
         /// The directory where files users sent are kept once fetched from the network
         /// (`<dir>/<tenant>/<media id>`; production keeps them in object storage).
         pub media_dir: String = ("DISPATCH_MEDIA_DIR", "var/media"),
@@ -289,6 +294,10 @@ pub async fn start(
         tasks: request_tasks.clone(),
         provider: provider.clone(),
         media_store: media_store.clone(),
+        marketing_cap: finestra_domain::frequency::FrequencyCap::per_days(
+            config.marketing_cap.max(1),
+            config.marketing_cap_days.max(1),
+        ),
     };
     let (incoming, grpc_addr) = finestra_platform::grpc::bind(common.grpc_addr).await?;
     let router = tonic::transport::Server::builder()
@@ -319,6 +328,7 @@ pub async fn start(
         provider: provider.clone(),
         producer: producer.clone(),
         status_topic: common.topics.status.clone(),
+        user_topic: common.topics.user.clone(),
         dlq_topic: common.topics.dlq.clone(),
         retry: config.retry(),
         max_in_flight: config.max_in_flight,

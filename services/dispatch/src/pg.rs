@@ -237,6 +237,53 @@ pub async fn business_initiated_users(
     Ok(rows.into_iter().map(|r| (r.recipient, r.newest)).collect())
 }
 
+/// A user's marketing templates accepted after `since` that did not fail: (message, accepted
+/// µs), for the frequency cap's rebuild.
+pub async fn marketing_sends(
+    pool: &PgPool,
+    tenant_id: &str,
+    user: &str,
+    since: i64,
+) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    let rows = sqlx::query!(
+        "SELECT message_id, accepted_at FROM dispatch.messages
+          WHERE tenant_id = $1 AND recipient = $2 AND category = 'MARKETING'
+            AND accepted_at > $3 AND status <> 'FAILED'",
+        tenant_id,
+        user,
+        since,
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.message_id, r.accepted_at))
+        .collect())
+}
+
+/// The failed marketing templates among `keys`: (tenant, recipient, message), for the
+/// frequency cap (a message that failed reached nobody).
+pub async fn failed_marketing(
+    pool: &PgPool,
+    keys: &[(String, String)],
+) -> Result<Vec<(String, String, String)>, sqlx::Error> {
+    let (tenants, ids): (Vec<String>, Vec<String>) = keys.iter().cloned().unzip();
+    let rows = sqlx::query!(
+        "SELECT m.tenant_id, m.recipient, m.message_id FROM dispatch.messages m
+           JOIN unnest($1::text[], $2::text[]) AS k(tenant_id, message_id)
+             ON m.tenant_id = k.tenant_id AND m.message_id = k.message_id
+          WHERE m.category = 'MARKETING' AND m.status = 'FAILED'",
+        &tenants,
+        &ids,
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.tenant_id, r.recipient, r.message_id))
+        .collect())
+}
+
 /// For failed business-initiated messages among `keys`: (tenant, recipient, when the failed
 /// one was accepted, the newest other business-initiated message to that user since `since`
 /// that has not failed). A message that failed reached nobody, so the tier counts the user

@@ -128,6 +128,17 @@ impl StatusApplier {
                 tracing::warn!(error = %e, "taking a failed message out of the tier failed");
             }
         }
+        // Nor does a failed marketing template count toward its user's frequency cap.
+        match pg::failed_marketing(&self.pool, &failed).await {
+            Ok(marketing) => {
+                for (tenant, user, message_id) in marketing {
+                    if let Err(e) = self.hot.cap_forget(&tenant, &user, &message_id).await {
+                        tracing::warn!(error = %e, "taking a failed message out of the frequency cap failed");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reading failed marketing messages failed"),
+        }
     }
 
     /// Applies the statuses among `batch` to the messages, retrying a store failure until it

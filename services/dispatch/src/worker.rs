@@ -56,6 +56,8 @@ pub struct Worker {
     pub provider: Arc<dyn Provider>,
     pub producer: FutureProducer,
     pub status_topic: String,
+    /// Where a user's marketing stop the network reported (131050) is told.
+    pub user_topic: String,
     pub dlq_topic: String,
     pub retry: RetryPolicy,
     /// Messages taken up and not finished, at most (then consuming pauses).
@@ -239,6 +241,31 @@ fn failed_status(job: &Job, error: &ProviderError, at: Timestamp) -> Envelope {
             callback_data: job.message_id.clone(),
             ..MessageStatus::default()
         })),
+    }
+}
+
+/// The network refused a marketing template because the user stopped marketing (131050): the
+/// stop is recorded as if the user had told it (the tenant's suppression, docs/rules.md §3),
+/// so the next marketing template to them is refused before it costs anything.
+fn network_opt_out(job: &Job, at: Timestamp) -> Envelope {
+    let ts = finestra_proto::time::from_micros(at.micros());
+    Envelope {
+        event_id: format!("optout:{}", job.message_id),
+        tenant_id: job.tenant_id.clone(),
+        occurred_at: Some(ts),
+        recorded_at: Some(ts),
+        payload: Some(Payload::UserPreference(
+            finestra_proto::v1::UserPreference {
+                phone_number_id: job.phone_number_id.clone(),
+                user: Some(UserRef {
+                    wa_id: job.to.clone(),
+                    ..UserRef::default()
+                }),
+                category: "marketing_messages".into(),
+                stop: true,
+                detail: format!("the network refused {} with 131050", job.message_id),
+            },
+        )),
     }
 }
 
@@ -736,6 +763,13 @@ impl Worker {
                         &d.job.phone_number_id,
                         &d.job.to,
                     );
+                    if error.code == 131_050 {
+                        events.push((
+                            self.user_topic.as_str(),
+                            key.clone(),
+                            network_opt_out(&d.job, now),
+                        ));
+                    }
                     events.push((
                         self.status_topic.as_str(),
                         key,

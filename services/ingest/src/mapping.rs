@@ -216,6 +216,31 @@ pub fn map_messages(value: &webhook::Value, now: Timestamp) -> Mapped {
             context_message_id: m.context.map(|c| c.id).unwrap_or_default(),
             media,
         });
+        // A text that is only an opt-out keyword is also a marketing stop (or, START, a
+        // resume), as the network's own preference webhook is (docs/rules.md §3).
+        let keyword = m
+            .text
+            .as_ref()
+            .filter(|_| m.kind == "text")
+            .and_then(|t| finestra_domain::opt_out::keyword_of(&t.body));
+        if let Some(keyword) = keyword {
+            let stop = keyword == finestra_domain::opt_out::Keyword::Stop;
+            let said = m.text.as_ref().map(|t| t.body.trim()).unwrap_or_default();
+            out.drafts.push(Draft {
+                stream: Stream::User,
+                phone_number_id: number.clone(),
+                event_id: format!("kw:{}", m.id),
+                occurred_at: Some(sent_at),
+                payload: Payload::UserPreference(v1::UserPreference {
+                    phone_number_id: number.clone(),
+                    user: Some(user_ref(&user, &m.from, &m.from_user_id, name)),
+                    category: MARKETING_MESSAGES.into(),
+                    stop,
+                    detail: format!("the user wrote {said:?}"),
+                }),
+                user: Some(user.clone()),
+            });
+        }
         out.drafts.push(Draft {
             stream: Stream::Inbound,
             phone_number_id: number.clone(),
@@ -295,6 +320,9 @@ pub fn map_messages(value: &webhook::Value, now: Timestamp) -> Mapped {
     }
     out
 }
+
+/// The preference category of marketing messages, as the network names it.
+const MARKETING_MESSAGES: &str = "marketing_messages";
 
 /// Maps the `value` of a `user_preferences` change: marketing stop / resume.
 pub fn map_user_preferences(value: &webhook::Value, now: Timestamp) -> Mapped {

@@ -522,6 +522,9 @@ pub async fn dispatch_config(
         requeue_after: Duration::from_secs(300),
         requeue_every: Duration::from_secs(30),
         fep_grace: Duration::from_secs(1),
+        // Tests that are not about the frequency cap are never held back by it.
+        marketing_cap: 1_000,
+        marketing_cap_days: 1,
         media_dir: std::env::temp_dir()
             .join(format!("finestra-media-{}", scope.id()))
             .to_string_lossy()

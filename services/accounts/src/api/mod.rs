@@ -220,7 +220,7 @@ impl AccountsApi {
         let row = sqlx::query_as!(
             TenantRow,
             "SELECT tenant_id, partner_id, name, status, tier, created_at, waba_id,
-                    send_rate_per_second, send_burst, send_weight
+                    send_rate_per_second, send_burst, send_weight, marketing_cap, marketing_cap_days
                FROM accounts.tenants WHERE tenant_id = $1",
             tenant_id
         )

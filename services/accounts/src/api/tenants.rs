@@ -17,7 +17,7 @@ pub(super) async fn create(
         "INSERT INTO accounts.tenants (partner_id, tenant_id, name, tier, waba_id)
          VALUES ($1, $2, $3, $4, nullif($5::text, ''))
          RETURNING tenant_id, partner_id, name, status, tier, created_at, waba_id,
-                   send_rate_per_second, send_burst, send_weight",
+                   send_rate_per_second, send_burst, send_weight, marketing_cap, marketing_cap_days",
         &req.partner_id,
         account_id("tenant_id", &req.tenant_id)?,
         name(&req.name)?,
@@ -48,7 +48,7 @@ pub(super) async fn list(
     let rows = sqlx::query_as!(
         TenantRow,
         "SELECT tenant_id, partner_id, name, status, tier, created_at, waba_id,
-                send_rate_per_second, send_burst, send_weight
+                send_rate_per_second, send_burst, send_weight, marketing_cap, marketing_cap_days
            FROM accounts.tenants WHERE partner_id = $1 AND tenant_id > $2 ORDER BY tenant_id LIMIT $3",
         &req.partner_id,
         after(&req.page_token)?,
@@ -83,7 +83,7 @@ pub(super) async fn update(
                 tier = CASE WHEN $3::boolean THEN $4::integer ELSE tier END
          WHERE tenant_id = $1
          RETURNING tenant_id, partner_id, name, status, tier, created_at, waba_id,
-                   send_rate_per_second, send_burst, send_weight",
+                   send_rate_per_second, send_burst, send_weight, marketing_cap, marketing_cap_days",
         &req.tenant_id,
         &req.name,
         new_tier.is_some(),
@@ -109,18 +109,33 @@ pub(super) async fn set_limits(
     limits
         .validate()
         .map_err(|e| status::invalid_argument(e.field(), e.to_string()))?;
+    if wanted.marketing_cap_per_user > 1_000 {
+        return Err(status::invalid_argument(
+            "limits.marketing_cap_per_user",
+            "0 (the default) to 1000",
+        ));
+    }
+    if wanted.marketing_cap_days > 90 {
+        return Err(status::invalid_argument(
+            "limits.marketing_cap_days",
+            "0 (the default) to 90",
+        ));
+    }
     let as_column = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
     let row = sqlx::query_as!(
         TenantRow,
         "UPDATE accounts.tenants
-            SET send_rate_per_second = $2, send_burst = $3, send_weight = $4
+            SET send_rate_per_second = $2, send_burst = $3, send_weight = $4,
+                marketing_cap = $5, marketing_cap_days = $6
           WHERE tenant_id = $1
          RETURNING tenant_id, partner_id, name, status, tier, created_at, waba_id,
-                   send_rate_per_second, send_burst, send_weight",
+                   send_rate_per_second, send_burst, send_weight, marketing_cap, marketing_cap_days",
         &req.tenant_id,
         as_column(limits.rate_per_second),
         as_column(limits.burst),
-        as_column(limits.weight)
+        as_column(limits.weight),
+        as_column(wanted.marketing_cap_per_user),
+        as_column(wanted.marketing_cap_days)
     )
     .fetch_one(&api.pool)
     .await
@@ -145,7 +160,7 @@ pub(super) async fn set_status(
         TenantRow,
         "UPDATE accounts.tenants SET status = $2 WHERE tenant_id = $1
          RETURNING tenant_id, partner_id, name, status, tier, created_at, waba_id,
-                   send_rate_per_second, send_burst, send_weight",
+                   send_rate_per_second, send_burst, send_weight, marketing_cap, marketing_cap_days",
         &req.tenant_id,
         status_name
     )
