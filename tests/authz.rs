@@ -262,6 +262,43 @@ fn rpcs() -> Vec<Rpc> {
             ),
         ),
         accounts(
+            "AccountsService/GetNumberHealth",
+            Scope::Read,
+            true,
+            call!(
+                AccountsServiceClient,
+                get_number_health,
+                |Ctx { tenant, number, .. }| v1::GetNumberHealthRequest {
+                    tenant_id: tenant,
+                    phone_number_id: number,
+                }
+            ),
+        ),
+        accounts(
+            "AccountsService/SetOptOutKeywords",
+            Scope::Admin,
+            true,
+            call!(
+                AccountsServiceClient,
+                set_opt_out_keywords,
+                |Ctx { tenant, .. }| v1::SetOptOutKeywordsRequest {
+                    tenant_id: tenant,
+                    stop_keywords: vec!["ferma".into()],
+                    start_keywords: Vec::new(),
+                }
+            ),
+        ),
+        accounts(
+            "AccountsService/GetOptOutKeywords",
+            Scope::Read,
+            true,
+            call!(
+                AccountsServiceClient,
+                get_opt_out_keywords,
+                |Ctx { tenant, .. }| v1::GetOptOutKeywordsRequest { tenant_id: tenant }
+            ),
+        ),
+        accounts(
             "AccountsService/UpdateNumber",
             Scope::Admin,
             true,

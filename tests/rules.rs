@@ -380,3 +380,62 @@ async fn a_stop_keyword_stops_marketing_start_resumes_it_and_the_networks_131050
     c.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenants_own_opt_out_keywords_replace_the_platforms() -> anyhow::Result<()> {
+    let c = Chain::start(80).await?;
+    let accounts = finestra_testkit::start_accounts(&c.scope).await?;
+    let admin = c.scope.tenant_key("acme", &[KeyScope::Admin]).await?;
+    let mut api = finestra_proto::v1::accounts_service_client::AccountsServiceClient::new(
+        finestra_testkit::authed_channel(accounts.running.grpc_url(), &admin).await?,
+    );
+    let set = api
+        .set_opt_out_keywords(finestra_proto::v1::SetOptOutKeywordsRequest {
+            tenant_id: c.tenant.clone(),
+            stop_keywords: vec!["Ferma".into(), "cancellami".into()],
+            start_keywords: vec!["riprendi".into()],
+        })
+        .await?
+        .into_inner();
+    assert_eq!(set.effective_stop_keywords, ["FERMA", "CANCELLAMI"]);
+    let both = api
+        .set_opt_out_keywords(finestra_proto::v1::SetOptOutKeywordsRequest {
+            tenant_id: c.tenant.clone(),
+            stop_keywords: vec!["ferma".into()],
+            start_keywords: vec!["FERMA".into()],
+        })
+        .await
+        .expect_err("a word cannot both stop and start");
+    assert_eq!(both.code(), Code::InvalidArgument);
+
+    let says = |user: &'static str, text: &'static str, seconds_ago: i64| {
+        c.sim(
+            "say",
+            json!({"phone_number_id": c.number, "from": user, "text": text,
+                   "seconds_ago": seconds_ago}),
+        )
+    };
+    let giulia = "393510000301";
+    says(giulia, "fermà", 10).await?;
+    eventually("the tenant's stop word stops marketing", WAIT, || async {
+        Ok(c.window(giulia)
+            .await?
+            .is_marketing_opted_out()
+            .then_some(()))
+    })
+    .await?;
+    says(giulia, "Riprendi!", 0).await?;
+    eventually("the tenant's start word resumes it", WAIT, || async {
+        Ok((!c.window(giulia).await?.is_marketing_opted_out()).then_some(()))
+    })
+    .await?;
+    // The platform's STOP is not this tenant's word any more. (Its message is recorded before
+    // the later one the test waits for: one conversation stays in order.)
+    let marco = "393510000302";
+    says(marco, "STOP", 5).await?;
+    c.user_says(marco, 0, false).await?;
+    assert!(!c.window(marco).await?.is_marketing_opted_out());
+    accounts.stop().await;
+    c.stop().await;
+    Ok(())
+}

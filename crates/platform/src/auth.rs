@@ -182,6 +182,8 @@ for_tenant!(
     SyncTemplatesRequest,
     EditTemplateRequest,
     GetNumberHealthRequest,
+    SetOptOutKeywordsRequest,
+    GetOptOutKeywordsRequest,
 );
 // Of billing.
 for_tenant!(

@@ -393,6 +393,24 @@ pub async fn template_send_facts_by_id_or_name(
     .await
 }
 
+/// A tenant's opt-out keywords as ingest applies them (its own lists, or the defaults).
+pub async fn opt_out_keywords(
+    pool: &PgPool,
+    tenant_id: &str,
+) -> Result<finestra_domain::opt_out::Keywords, sqlx::Error> {
+    let row = sqlx::query!(
+        "SELECT stop_keywords, start_keywords FROM accounts.tenants WHERE tenant_id = $1",
+        tenant_id
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(
+        row.map_or_else(finestra_domain::opt_out::Keywords::default, |r| {
+            finestra_domain::opt_out::Keywords::of_tenant(&r.stop_keywords, &r.start_keywords)
+        }),
+    )
+}
+
 /// The ids of a partner's tenants (billing's partner roll-up).
 pub async fn partner_tenant_ids(
     pool: &PgPool,

@@ -62,6 +62,17 @@ pub enum TenantCommand {
         #[arg(long)]
         marketing_cap_days: Option<u32>,
     },
+    /// The words that, alone in a user's message, stop or resume marketing (shown without
+    /// flags; an empty value, e.g. `--stop ""`, goes back to the platform's list).
+    OptOutKeywords {
+        #[arg(long)]
+        id: String,
+        /// Comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        stop: Option<Vec<String>>,
+        #[arg(long, value_delimiter = ',')]
+        start: Option<Vec<String>>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -366,6 +377,44 @@ pub async fn tenant(api: &Api, command: TenantCommand, json: bool) -> anyhow::Re
                 .map_err(rpc_error)?
                 .into_inner();
             print(&t);
+        }
+        TenantCommand::OptOutKeywords { id, stop, start } => {
+            let now = c
+                .get_opt_out_keywords(v1::GetOptOutKeywordsRequest {
+                    tenant_id: id.clone(),
+                })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            let k = if stop.is_none() && start.is_none() {
+                now
+            } else {
+                let cleaned = |l: Vec<String>| -> Vec<String> {
+                    l.into_iter().filter(|k| !k.trim().is_empty()).collect()
+                };
+                c.set_opt_out_keywords(v1::SetOptOutKeywordsRequest {
+                    tenant_id: id,
+                    stop_keywords: stop.map(cleaned).unwrap_or(now.stop_keywords),
+                    start_keywords: start.map(cleaned).unwrap_or(now.start_keywords),
+                })
+                .await
+                .map_err(rpc_error)?
+                .into_inner()
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"tenant_id": k.tenant_id,
+                        "stop": k.effective_stop_keywords, "start": k.effective_start_keywords})
+                );
+            } else {
+                println!(
+                    "{}: stop on {}; start on {}",
+                    k.tenant_id,
+                    k.effective_stop_keywords.join(", "),
+                    k.effective_start_keywords.join(", ")
+                );
+            }
         }
         TenantCommand::Limits {
             id,

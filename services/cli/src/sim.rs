@@ -171,7 +171,11 @@ pub async fn run(base: &str, command: SimCommand) -> anyhow::Result<()> {
                        "template_id": template_id, "quality": quality}),
             )
             .await?;
-            println!("the network told Finestra: {kind} {event}{current_limit}{quality}");
+            let said: Vec<&str> = [event.as_str(), current_limit.as_str(), quality.as_str()]
+                .into_iter()
+                .filter(|s| !s.is_empty())
+                .collect();
+            println!("the network told Finestra: {kind} {}", said.join(" "));
         }
         SimCommand::ReviewTemplate {
             waba_id,

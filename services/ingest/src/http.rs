@@ -180,7 +180,17 @@ async fn receive(
         };
         let now = app.clock.now();
         let Mapped { drafts, skipped } = match change.field {
-            Field::Messages => mapping::map_messages(&change.value, now),
+            Field::Messages => {
+                let keywords = match app.directory.keywords(tenant).await {
+                    Ok(k) => k,
+                    Err(e) => {
+                        outcome("registry_unavailable");
+                        tracing::error!(error = %e, "opt-out keyword lookup failed");
+                        return (StatusCode::SERVICE_UNAVAILABLE, "try again");
+                    }
+                };
+                mapping::map_messages(&change.value, now, &keywords)
+            }
             Field::UserPreferences => mapping::map_user_preferences(&change.value, now),
         };
         for s in skipped {

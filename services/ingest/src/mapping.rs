@@ -130,9 +130,14 @@ fn user_ref(user: &UserKey, wa_id: &str, user_id: &str, profile_name: &str) -> v
     }
 }
 
-/// Maps the `value` of a `messages` change: user messages, statuses and errors. Items whose
-/// provider timestamp is not plausible at `now` are skipped.
-pub fn map_messages(value: &webhook::Value, now: Timestamp) -> Mapped {
+/// Maps the `value` of a `messages` change: user messages (and the marketing stop or resume
+/// of a message that is only one of the tenant's opt-out `keywords`), statuses and errors.
+/// Items whose provider timestamp is not plausible at `now` are skipped.
+pub fn map_messages(
+    value: &webhook::Value,
+    now: Timestamp,
+    keywords: &finestra_domain::opt_out::Keywords,
+) -> Mapped {
     let mut out = Mapped::default();
     let number = &value.metadata.phone_number_id;
     let names: HashMap<&str, &str> = value
@@ -222,7 +227,7 @@ pub fn map_messages(value: &webhook::Value, now: Timestamp) -> Mapped {
             .text
             .as_ref()
             .filter(|_| m.kind == "text")
-            .and_then(|t| finestra_domain::opt_out::keyword_of(&t.body));
+            .and_then(|t| keywords.keyword_of(&t.body));
         if let Some(keyword) = keyword {
             let stop = keyword == finestra_domain::opt_out::Keyword::Stop;
             let said = m.text.as_ref().map(|t| t.body.trim()).unwrap_or_default();
@@ -715,7 +720,7 @@ mod tests {
                 "messages":[{"from":"16315551181","id":"wamid.A","timestamp":"1700000000",
                              "type":"text","text":{"body":"Hello"}}]}"#,
         );
-        let m = map_messages(&v, NOW);
+        let m = map_messages(&v, NOW, &Default::default());
         assert!(m.skipped.is_empty());
         let [d] = m.drafts.as_slice() else {
             panic!("one draft expected")
@@ -745,7 +750,7 @@ mod tests {
                   "referral":{"source_url":"https://fb.me/x","source_type":"ad","source_id":"42",
                               "headline":"Sale","ctwa_clid":"abc"}}]}"#,
         );
-        let m = map_messages(&v, NOW);
+        let m = map_messages(&v, NOW, &Default::default());
         let Payload::InboundMessage(msg) = &m.drafts[0].payload else {
             panic!()
         };
@@ -773,7 +778,7 @@ mod tests {
                   {"id":"wamid.S","status":"failed","timestamp":"1700000002","recipient_id":"393331234567",
                    "errors":[{"code":131047,"title":"Re-engagement message","error_data":{"details":"x"}}]}]}"#,
         );
-        let m = map_messages(&v, NOW);
+        let m = map_messages(&v, NOW, &Default::default());
         let ids: Vec<&str> = m.drafts.iter().map(|d| d.event_id.as_str()).collect();
         assert_eq!(ids, ["st:wamid.S:delivered", "st:wamid.S:failed"]);
         let Payload::MessageStatus(failed) = &m.drafts[1].payload else {
@@ -800,8 +805,8 @@ mod tests {
     fn provider_errors_get_a_stable_digest_id() {
         let json = r#"{"metadata":{"phone_number_id":"PN1"},
                        "errors":[{"code":131000,"title":"Something went wrong"}]}"#;
-        let a = map_messages(&value(json), NOW);
-        let b = map_messages(&value(json), NOW);
+        let a = map_messages(&value(json), NOW, &Default::default());
+        let b = map_messages(&value(json), NOW, &Default::default());
         assert_eq!(a.drafts[0].event_id, b.drafts[0].event_id);
         assert!(a.drafts[0].event_id.starts_with("pe:PN1:"));
         assert!(a.drafts[0].user.is_none());
@@ -816,7 +821,7 @@ mod tests {
                             {"from":"15551234567","id":"wamid.Z","timestamp":"1700000000","type":"image",
                              "image":{"caption":"look"}}]}"#,
         );
-        let m = map_messages(&v, NOW);
+        let m = map_messages(&v, NOW, &Default::default());
         assert_eq!(m.drafts.len(), 1);
         let Payload::InboundMessage(msg) = &m.drafts[0].payload else {
             panic!()
@@ -915,7 +920,7 @@ mod tests {
                             {"from":"15551234567","id":"wamid.zero","timestamp":"0","type":"text"}],
                 "statuses":[{"id":"wamid.S","status":"sent","timestamp":"1600000000","recipient_id":"15551234567"}]}"#,
         );
-        let m = map_messages(&v, NOW);
+        let m = map_messages(&v, NOW, &Default::default());
         assert!(m.drafts.is_empty());
         assert!(
             m.skipped

@@ -1,4 +1,5 @@
-//! `phone_number_id → tenant` (and business account → tenant) with a short-lived cache: a
+//! `phone_number_id → tenant` (and business account → tenant, and a tenant's opt-out
+//! keywords) with a short-lived cache: a
 //! webhook burst must not become one Postgres query per request, and a new or changed number
 //! is seen within the TTL.
 
@@ -16,6 +17,7 @@ pub struct NumberDirectory {
     registry: Registry,
     numbers: Cache<String, Option<Arc<Number>>>,
     accounts: Cache<String, Option<AccountOwner>>,
+    keywords: Cache<String, Arc<finestra_domain::opt_out::Keywords>>,
 }
 
 impl NumberDirectory {
@@ -30,7 +32,27 @@ impl NumberDirectory {
                 .max_capacity(10_000)
                 .time_to_live(ttl)
                 .build(),
+            keywords: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(ttl)
+                .build(),
         }
+    }
+
+    /// The tenant's opt-out keywords (seen within the TTL after a change).
+    pub async fn keywords(
+        &self,
+        tenant_id: &str,
+    ) -> Result<Arc<finestra_domain::opt_out::Keywords>, Arc<sqlx::Error>> {
+        let pool = self.registry.pool().clone();
+        let id = tenant_id.to_owned();
+        self.keywords
+            .try_get_with(tenant_id.to_owned(), async move {
+                finestra_registry::opt_out_keywords(&pool, &id)
+                    .await
+                    .map(Arc::new)
+            })
+            .await
     }
 
     /// The active number, `None` when no tenant has it or it (or its tenant) is suspended.

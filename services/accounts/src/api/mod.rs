@@ -21,6 +21,7 @@ use tonic::{Code, Request, Response, Status};
 use crate::convert::{self, NumberRow, PartnerRow, TenantRow};
 
 mod keys;
+mod keywords;
 mod numbers;
 mod partners;
 mod template_calls;
@@ -341,6 +342,20 @@ impl AccountsService for AccountsApi {
         request: Request<v1::UpdateTenantRequest>,
     ) -> Result<Response<v1::Tenant>, Status> {
         tenants::update(self, request).await
+    }
+
+    async fn set_opt_out_keywords(
+        &self,
+        request: Request<v1::SetOptOutKeywordsRequest>,
+    ) -> Result<Response<v1::OptOutKeywords>, Status> {
+        keywords::set(self, request).await
+    }
+
+    async fn get_opt_out_keywords(
+        &self,
+        request: Request<v1::GetOptOutKeywordsRequest>,
+    ) -> Result<Response<v1::OptOutKeywords>, Status> {
+        keywords::get(self, request).await
     }
 
     async fn set_tenant_limits(
