@@ -284,7 +284,7 @@ fn rpcs() -> Vec<Rpc> {
                 |Ctx { tenant, .. }| v1::SetOptOutKeywordsRequest {
                     tenant_id: tenant,
                     stop_keywords: vec!["ferma".into()],
-                    start_keywords: Vec::new(),
+                    ..Default::default()
                 }
             ),
         ),

@@ -382,7 +382,8 @@ async fn a_stop_keyword_stops_marketing_start_resumes_it_and_the_networks_131050
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_tenants_own_opt_out_keywords_replace_the_platforms() -> anyhow::Result<()> {
+async fn a_tenants_own_opt_out_keywords_replace_the_platforms_and_its_answer_is_sent()
+-> anyhow::Result<()> {
     let c = Chain::start(80).await?;
     let accounts = finestra_testkit::start_accounts(&c.scope).await?;
     let admin = c.scope.tenant_key("acme", &[KeyScope::Admin]).await?;
@@ -394,6 +395,8 @@ async fn a_tenants_own_opt_out_keywords_replace_the_platforms() -> anyhow::Resul
             tenant_id: c.tenant.clone(),
             stop_keywords: vec!["Ferma".into(), "cancellami".into()],
             start_keywords: vec!["riprendi".into()],
+            stop_reply: "Non riceverai più offerte.".into(),
+            start_reply: String::new(),
         })
         .await?
         .into_inner();
@@ -403,6 +406,7 @@ async fn a_tenants_own_opt_out_keywords_replace_the_platforms() -> anyhow::Resul
             tenant_id: c.tenant.clone(),
             stop_keywords: vec!["ferma".into()],
             start_keywords: vec!["FERMA".into()],
+            ..Default::default()
         })
         .await
         .expect_err("a word cannot both stop and start");
@@ -424,6 +428,25 @@ async fn a_tenants_own_opt_out_keywords_replace_the_platforms() -> anyhow::Resul
             .then_some(()))
     })
     .await?;
+    // The tenant's answer goes to her, inside the window her message opened, free.
+    let replied = eventually("the stop is answered", WAIT, || async {
+        let sent = c
+            .client
+            .clone()
+            .list_messages(finestra_proto::v1::ListMessagesRequest {
+                tenant_id: c.tenant.clone(),
+                to: giulia.into(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .messages;
+        Ok(sent
+            .into_iter()
+            .find(|m| m.kind == "text" && ["DELIVERED", "READ"].contains(&m.status.as_str())))
+    })
+    .await?;
+    assert!(replied.free, "{replied:?}");
     says(giulia, "Riprendi!", 0).await?;
     eventually("the tenant's start word resumes it", WAIT, || async {
         Ok((!c.window(giulia).await?.is_marketing_opted_out()).then_some(()))

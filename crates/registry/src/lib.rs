@@ -411,6 +411,24 @@ pub async fn opt_out_keywords(
     )
 }
 
+/// What a tenant answers a user who stopped (`stop`) or resumed marketing with a keyword;
+/// empty for no answer.
+pub async fn opt_out_reply(
+    pool: &PgPool,
+    tenant_id: &str,
+    stop: bool,
+) -> Result<String, sqlx::Error> {
+    let row = sqlx::query!(
+        "SELECT stop_reply, start_reply FROM accounts.tenants WHERE tenant_id = $1",
+        tenant_id
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(row
+        .map(|r| if stop { r.stop_reply } else { r.start_reply })
+        .unwrap_or_default())
+}
+
 /// The ids of a partner's tenants (billing's partner roll-up).
 pub async fn partner_tenant_ids(
     pool: &PgPool,

@@ -72,6 +72,12 @@ pub enum TenantCommand {
         stop: Option<Vec<String>>,
         #[arg(long, value_delimiter = ',')]
         start: Option<Vec<String>>,
+        /// What the tenant answers a user who stops with a keyword (empty: nothing).
+        #[arg(long)]
+        stop_reply: Option<String>,
+        /// What it answers one who resumes.
+        #[arg(long)]
+        start_reply: Option<String>,
     },
 }
 
@@ -378,7 +384,13 @@ pub async fn tenant(api: &Api, command: TenantCommand, json: bool) -> anyhow::Re
                 .into_inner();
             print(&t);
         }
-        TenantCommand::OptOutKeywords { id, stop, start } => {
+        TenantCommand::OptOutKeywords {
+            id,
+            stop,
+            start,
+            stop_reply,
+            start_reply,
+        } => {
             let now = c
                 .get_opt_out_keywords(v1::GetOptOutKeywordsRequest {
                     tenant_id: id.clone(),
@@ -386,7 +398,11 @@ pub async fn tenant(api: &Api, command: TenantCommand, json: bool) -> anyhow::Re
                 .await
                 .map_err(rpc_error)?
                 .into_inner();
-            let k = if stop.is_none() && start.is_none() {
+            let k = if stop.is_none()
+                && start.is_none()
+                && stop_reply.is_none()
+                && start_reply.is_none()
+            {
                 now
             } else {
                 let cleaned = |l: Vec<String>| -> Vec<String> {
@@ -396,6 +412,8 @@ pub async fn tenant(api: &Api, command: TenantCommand, json: bool) -> anyhow::Re
                     tenant_id: id,
                     stop_keywords: stop.map(cleaned).unwrap_or(now.stop_keywords),
                     start_keywords: start.map(cleaned).unwrap_or(now.start_keywords),
+                    stop_reply: stop_reply.unwrap_or(now.stop_reply),
+                    start_reply: start_reply.unwrap_or(now.start_reply),
                 })
                 .await
                 .map_err(rpc_error)?

@@ -288,6 +288,15 @@ impl DispatchApi {
         }
     }
 
+    /// A send Finestra makes for a tenant itself (an opt-out answer): decided exactly as the
+    /// tenant's own SendMessage.
+    pub(crate) async fn send_internal(
+        &self,
+        req: SendMessageRequest,
+    ) -> Result<SendMessageResponse, Status> {
+        self.send_one(req).await
+    }
+
     /// One SendMessage after authorization: the tenant's admission share, then the send.
     async fn send_one(&self, req: SendMessageRequest) -> Result<SendMessageResponse, Status> {
         let own = self

@@ -141,6 +141,10 @@ impl EventLoop {
                 .iter()
                 .filter_map(crate::media::pending_of)
                 .collect();
+            let keyworded: Vec<crate::auto_reply::Keyworded> = envelopes
+                .iter()
+                .filter_map(crate::auto_reply::keyworded)
+                .collect();
             let events: Vec<Recorded> = envelopes
                 .iter()
                 .filter_map(|env| {
@@ -168,6 +172,7 @@ impl EventLoop {
                 let written = async {
                     record(&self.pool, &events, now).await?;
                     crate::media::note(&self.pool, &files).await?;
+                    crate::auto_reply::note(&self.pool, &keyworded).await?;
                     crate::fep::note(&self.pool, &referrals, fep_due).await
                 };
                 match written.await {

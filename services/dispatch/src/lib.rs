@@ -5,6 +5,7 @@
 pub mod accept;
 pub mod admission;
 pub mod api;
+pub mod auto_reply;
 pub mod batch;
 pub mod content;
 pub mod error;
@@ -273,7 +274,7 @@ pub async fn start(
     let request_tasks = tokio_util::task::TaskTracker::new();
     let media_store: Arc<dyn media_store::MediaStore> =
         Arc::new(media_store::DirStore::new(&config.media_dir));
-    let api = api::DispatchApi {
+    let api = Arc::new(api::DispatchApi {
         admission: admission::Admission::new(admission::AdmissionSettings {
             capacity: config.max_pending_sends.max(1),
             floor: config.tenant_floor.max(1),
@@ -298,14 +299,23 @@ pub async fn start(
             config.marketing_cap.max(1),
             config.marketing_cap_days.max(1),
         ),
-    };
+    });
+    let replier_task = tokio::spawn(
+        auto_reply::Replier {
+            pool: pool.clone(),
+            api: api.clone(),
+            tenant_prefix: config.sweep_tenant_prefix.clone(),
+            every: Duration::from_millis(500),
+        }
+        .run(shutdown.clone()),
+    );
     let (incoming, grpc_addr) = finestra_platform::grpc::bind(common.grpc_addr).await?;
     let router = tonic::transport::Server::builder()
         .trace_fn(finestra_platform::trace::grpc_request_span)
         .add_service(health_service)
         .add_service(finestra_platform::grpc::reflection()?)
         .add_service(RequireKey::new(
-            DispatchServiceServer::new(api)
+            DispatchServiceServer::from_arc(api)
                 .max_decoding_message_size(media_api::MAX_REQUEST_BYTES)
                 .max_encoding_message_size(media_api::MAX_REQUEST_BYTES),
             auth,
@@ -444,6 +454,7 @@ pub async fn start(
     running.own("requeue", requeue_task);
     running.own("fep checks", fep_task);
     running.own("media fetcher", media_task);
+    running.own("opt-out replies", replier_task);
     running.own("auth-invalidation", invalidation_task);
     // Last: acceptance drains once the gRPC server (its only sender) has stopped.
     running.own("acceptance", accept_task);
