@@ -216,8 +216,12 @@ impl Provider for CloudApi {
                     None => return Ok(all),
                 }
             }
-            tracing::warn!(waba_id, pages = MAX_PAGES, "template listing cut short");
-            Ok(all)
+            // A partial listing would read as templates deleted at the network.
+            Err(ProviderError::from_code(
+                200,
+                0,
+                format!("the listing has more than {MAX_PAGES} pages"),
+            ))
         })
     }
 

@@ -2,7 +2,8 @@
 //! retry can help, and the reason a failed message or a refused call carries.
 
 /// Why a call to the network failed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{reason} (code {code}): {title}")]
 pub struct ProviderError {
     pub retryable: bool,
     /// The network's error code (0 for transport failures, the HTTP status for bare 5xx).
@@ -184,14 +185,6 @@ impl ProviderError {
         }
     }
 }
-
-impl std::fmt::Display for ProviderError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} (code {}): {}", self.reason, self.code, self.title)
-    }
-}
-
-impl std::error::Error for ProviderError {}
 
 #[cfg(test)]
 mod tests {

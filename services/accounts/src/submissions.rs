@@ -96,26 +96,27 @@ pub async fn submit(
         .await;
     match submitted {
         Ok(created) => {
-            let stored = record_submission(pool, template_id, &created.id).await?;
             metrics::counter!("finestra_accounts_templates_submitted_total").increment(1);
-            // The network may decide at once (a known-good template); its webhook says it too.
-            let review = match created.status.as_str() {
-                "APPROVED" => Some(Review::Approve),
-                "REJECTED" => Some(Review::Reject),
-                _ => None,
-            };
-            match review {
-                Some(review) => {
-                    templates::review(pool, tenant_id, template_id, review, "", now()).await
-                }
-                None => Ok(stored),
-            }
+            record_and_catch_up(pool, tenant_id, template_id, &created.id, &created.status).await
         }
         Err(e) if e.retryable => {
             release(pool, template_id).await?;
             Err(refusal(e))
         }
         Err(e) => {
+            // A refusal may be the network answering a repeat of a submission whose answer
+            // was lost: it holds this very template already. Then that one is this template.
+            if let Some(theirs) = already_there(provider, &waba_id, &row, &content).await {
+                tracing::info!(tenant_id, template = %row.name, code = e.code, "the network holds this template already; its id is kept");
+                return record_and_catch_up(
+                    pool,
+                    tenant_id,
+                    template_id,
+                    &theirs.id,
+                    &theirs.status,
+                )
+                .await;
+            }
             tracing::info!(tenant_id, template = %row.name, code = e.code, "the network refused a template");
             match on_refusal {
                 OnRefusal::Discard => {
@@ -215,6 +216,41 @@ pub async fn edit(
     })
 }
 
+/// Keeps the network's id for a submitted template, and its status when the network decided at
+/// once (its webhook says it too).
+async fn record_and_catch_up(
+    pool: &PgPool,
+    tenant_id: &str,
+    template_id: &str,
+    provider_template_id: &str,
+    status: &str,
+) -> Result<TemplateRow, TemplateError> {
+    let stored = record_submission(pool, template_id, provider_template_id).await?;
+    match catch_up(stored.lifecycle().status_at(now()).name(), status) {
+        Some(review) => {
+            let at = inferred_at(&stored);
+            templates::review(pool, tenant_id, template_id, review, "", at).await
+        }
+        None => Ok(stored),
+    }
+}
+
+/// The network's template of the same name, language, category and content, if it holds one.
+async fn already_there(
+    provider: &dyn Provider,
+    waba_id: &str,
+    row: &TemplateRow,
+    content: &Content,
+) -> Option<Listed> {
+    let listed = provider.list_templates(waba_id).await.ok()?;
+    listed.into_iter().find(|l| {
+        l.name == row.name
+            && l.language == row.language
+            && l.category.eq_ignore_ascii_case(&row.category)
+            && Content::from_components(&l.components) == *content
+    })
+}
+
 /// Takes an unsubmitted template for one submission (a lease of 30 s).
 async fn claim(
     pool: &PgPool,
@@ -295,6 +331,17 @@ pub async fn delete_remote(
     Ok(())
 }
 
+/// The time to stamp a review Finestra infers (from a submission's answer or a listing) with:
+/// just after the last one applied, so that it applies, and so that any later webhook of the
+/// network (whole seconds) is newer still and applies after it.
+fn inferred_at(row: &TemplateRow) -> Timestamp {
+    Timestamp::from_micros(
+        row.last_review_at
+            .map_or(0, |t| t.timestamp_micros())
+            .saturating_add(1),
+    )
+}
+
 /// The review that brings a template from `current` to the network's `listed` status, if one
 /// is needed.
 pub fn catch_up(current: &str, listed: &str) -> Option<Review> {
@@ -325,7 +372,8 @@ pub async fn sync(
     tenant_id: &str,
 ) -> Result<SyncReport, TemplateError> {
     let waba_id = waba_of(pool, tenant_id).await?;
-    let listed = provider.list_templates(&waba_id).await.map_err(refusal)?;
+    // The rows first, the listing after: a template submitted in between is then in the
+    // listing but not among the rows, and is left alone (never taken for deleted there).
     let local = sqlx::query_as!(
         TemplateRow,
         "SELECT template_id, tenant_id, name, language, category, body, header, footer,
@@ -336,8 +384,17 @@ pub async fn sync(
     )
     .fetch_all(pool)
     .await?;
+    // Deleted here, not yet at the network (the submitter deletes them there): not adopted.
+    let leaving: Vec<String> = sqlx::query_scalar!(
+        "SELECT provider_template_id AS \"id!\" FROM accounts.templates
+          WHERE tenant_id = $1 AND deleted_at IS NOT NULL AND provider_deleted_at IS NULL
+            AND provider_template_id IS NOT NULL",
+        tenant_id
+    )
+    .fetch_all(pool)
+    .await?;
+    let listed = provider.list_templates(&waba_id).await.map_err(refusal)?;
     let mut report = SyncReport::default();
-    let at = now();
     let same = |l: &Listed, row: &TemplateRow| match &row.provider_template_id {
         Some(id) => *id == l.id,
         None => l.name == row.name && l.language == row.language,
@@ -376,9 +433,10 @@ pub async fn sync(
         if row.provider_template_id.is_none() {
             record_submission(pool, &row.template_id, &remote.id).await?;
         }
-        let current = row.lifecycle().status_at(at).name();
+        let current = row.lifecycle().status_at(now()).name();
         if let Some(review) = catch_up(current, &remote.status) {
             let reason = remote.rejected_reason.as_deref().unwrap_or_default();
+            let at = inferred_at(row);
             match templates::review(pool, tenant_id, &row.template_id, review, reason, at).await {
                 Ok(_) => report.updated += 1,
                 Err(TemplateError::Transition { why, .. }) => {
@@ -390,10 +448,11 @@ pub async fn sync(
     }
     for remote in listed
         .iter()
-        .filter(|l| !local.iter().any(|row| same(l, row)))
+        .filter(|l| !local.iter().any(|row| same(l, row)) && !leaving.contains(&l.id))
     {
         match adopt(pool, tenant_id, remote).await {
-            Ok(()) => report.adopted += 1,
+            Ok(true) => report.adopted += 1,
+            Ok(false) => {}
             Err(e) => {
                 tracing::warn!(tenant_id, template = %remote.name, error = %e, "a template found at the network was not adopted")
             }
@@ -402,8 +461,9 @@ pub async fn sync(
     Ok(report)
 }
 
-/// Keeps a template made at the network directly, with the network's status.
-async fn adopt(pool: &PgPool, tenant_id: &str, remote: &Listed) -> Result<(), TemplateError> {
+/// Keeps a template made at the network directly, with the network's status; `false` when the
+/// tenant has one of that name and language already.
+async fn adopt(pool: &PgPool, tenant_id: &str, remote: &Listed) -> Result<bool, TemplateError> {
     let content = Content::from_components(&remote.components);
     let params = finestra_domain::template::validate(
         &remote.name,
@@ -426,7 +486,7 @@ async fn adopt(pool: &PgPool, tenant_id: &str, remote: &Listed) -> Result<(), Te
     };
     let buttons = content.buttons.as_ref().map(serde_json::Value::to_string);
     let id = format!("tpl_{:016x}", rand::random::<u64>());
-    sqlx::query!(
+    let adopted = sqlx::query!(
         "INSERT INTO accounts.templates (template_id, tenant_id, name, language, category, body,
                 header, footer, buttons, parameter_count, status, provider_template_id,
                 submitted_at, status_reason)
@@ -451,8 +511,9 @@ async fn adopt(pool: &PgPool, tenant_id: &str, remote: &Listed) -> Result<(), Te
             .unwrap_or_default()
     )
     .execute(pool)
-    .await?;
-    Ok(())
+    .await?
+    .rows_affected();
+    Ok(adopted > 0)
 }
 
 /// The background submitter: every `every`, submits the templates the network has not
@@ -545,7 +606,7 @@ mod tests {
         assert_eq!(
             catch_up("APPROVED", "PENDING"),
             None,
-            "an edit under review at the network keeps the approved content usable here"
+            "a listing never moves a template back to review"
         );
     }
 }

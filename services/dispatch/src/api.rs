@@ -569,6 +569,9 @@ impl DispatchApi {
                 .unwrap_or_else(|_| Err(Refused::Unavailable("acceptance was cut short".into()))),
             Err(e) => Err(e),
         };
+        // Only a refusal is surely not stored: a send cut short may have been (its retry then
+        // finds it), so its counts stay (refused sooner, never allowed more).
+        let refused = matches!(outcome, Err(Refused::Billing(_)));
         let result = match outcome {
             Ok(Accepted::New(m)) => {
                 metrics::counter!("finestra_dispatch_accepted_total").increment(1);
@@ -607,13 +610,13 @@ impl DispatchApi {
                 status::STORE_RETRY_AFTER,
             )),
         };
-        if result.is_err()
+        if refused
             && counted
             && let Err(e) = self.hot.tier_undo(tenant_id, recipient, now.micros()).await
         {
             tracing::warn!(error = %e, "taking a refused send out of the tier count failed");
         }
-        if result.is_err() && cap_counted {
+        if refused && cap_counted {
             self.forget_marketing(tenant_id, recipient, message_id)
                 .await;
         }

@@ -19,8 +19,9 @@ use crate::media_store::MediaStore;
 
 /// Attempts before a file is failed for good.
 const MAX_ATTEMPTS: i32 = 8;
-/// Files fetched at once.
-const BATCH: i64 = 16;
+/// Files fetched at once: each is held in memory while it is checked (up to 100 MiB for a
+/// document), so few at a time.
+const BATCH: i64 = 4;
 
 /// A file to fetch.
 #[derive(Clone, Debug)]

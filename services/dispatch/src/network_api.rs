@@ -16,7 +16,15 @@ const MAX_USERS: usize = 1_000;
 
 /// A network failure as the tenant sees it.
 pub fn provider_status(e: &ProviderError) -> Status {
-    if e.retryable {
+    if e.reason == "RATE_LIMITED" {
+        status::with_reason_and_retry(
+            Code::ResourceExhausted,
+            Reason::ProviderUnavailable,
+            format!("the network's rate limit: {}", e.title),
+            &[("provider_code", &e.code.to_string())],
+            std::time::Duration::from_secs(1),
+        )
+    } else if e.retryable {
         status::with_reason_and_retry(
             Code::Unavailable,
             Reason::ProviderUnavailable,
@@ -47,9 +55,10 @@ pub(crate) async fn tenants_number(
     let number = facts
         .number(id)
         .await
-        .map_err(|e| status::internal("reading a number", &e))?;
+        .map_err(|e| status::store("reading a number", &e))?;
+    // A suspended number does nothing at the network, as it sends nothing.
     match number {
-        Some(n) if n.tenant_id == tenant_id => Ok(()),
+        Some(n) if n.tenant_id == tenant_id && n.active => Ok(()),
         _ => Err(not_found("phone_number_id", id)),
     }
 }

@@ -180,6 +180,10 @@ async fn receive(
         };
         let now = app.clock.now();
         let Mapped { drafts, skipped } = match change.field {
+            // Only user messages can be keywords: statuses never wait for the lookup.
+            Field::Messages if change.value.messages.is_empty() => {
+                mapping::map_messages(&change.value, now, &Default::default())
+            }
             Field::Messages => {
                 let keywords = match app.directory.keywords(tenant).await {
                     Ok(k) => k,

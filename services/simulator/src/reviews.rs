@@ -105,7 +105,10 @@ pub async fn review(
         reason,
     );
     match poster.post(&secret, &body, 8).await {
-        Ok(status) if status < 300 => Ok(t),
+        Ok(status) if status < 300 => {
+            store::told(pool, network, &t.template_id).await?;
+            Ok(t)
+        }
         Ok(status) => Err(ReviewError::Undelivered(format!(
             "ingest answered {status}"
         ))),
@@ -156,6 +159,31 @@ impl Reviewer {
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "reading templates to review failed"),
+            }
+            // Reviews recorded but not told (ingest was down): told again, as they stand.
+            match store::untold_templates(&self.pool, &self.network).await {
+                Ok(list) => {
+                    for t in list {
+                        let now = self.clock.now().micros() / 1_000_000;
+                        let again = review(
+                            &self.pool,
+                            &self.poster,
+                            &self.network,
+                            Event {
+                                template_id: &t.template_id,
+                                event: &t.status,
+                                reason: &t.reason,
+                                only_pending: false,
+                            },
+                            now,
+                        )
+                        .await;
+                        if let Err(e) = again {
+                            tracing::warn!(template = %t.name, error = %e, "a review is still not told");
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "reading untold reviews failed"),
             }
             tokio::select! {
                 () = shutdown.wait() => return,

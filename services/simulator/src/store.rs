@@ -343,7 +343,7 @@ pub async fn review_template(
 ) -> Result<Option<(SimTemplate, i64)>, sqlx::Error> {
     let row = sqlx::query!(
         "UPDATE sim.templates SET status = coalesce($3, status), category = coalesce($4, category),
-                reason = $5,
+                reason = $5, untold = true,
                 reviewed_at = greatest(timestamptz 'epoch' + $6::bigint * interval '1 second',
                                        coalesce(reviewed_at, timestamptz 'epoch') + interval '1 second')
           WHERE network = $1 AND template_id = $2 AND deleted_at IS NULL
@@ -487,5 +487,35 @@ pub async fn media_data(
         media_id
     )
     .fetch_optional(pool)
+    .await
+}
+
+/// The review of a template was told to Finestra.
+pub async fn told(pool: &PgPool, network: &str, template_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "UPDATE sim.templates SET untold = false WHERE network = $1 AND template_id = $2",
+        network,
+        template_id
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Templates whose last review was recorded but not told (their webhook failed).
+pub async fn untold_templates(
+    pool: &PgPool,
+    network: &str,
+) -> Result<Vec<SimTemplate>, sqlx::Error> {
+    sqlx::query_as!(
+        SimTemplate,
+        "SELECT template_id, waba_id, name, language, category,
+                components::text AS \"components!\", parameter_count, status, reason, quality
+           FROM sim.templates
+          WHERE network = $1 AND untold AND deleted_at IS NULL AND status <> 'PENDING'
+          LIMIT 100",
+        network
+    )
+    .fetch_all(pool)
     .await
 }
