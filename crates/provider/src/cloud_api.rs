@@ -18,6 +18,20 @@ pub struct CloudApi {
     token: String,
 }
 
+/// What a call carries.
+enum Body {
+    Empty,
+    Json(Vec<u8>),
+    Form(reqwest::multipart::Form),
+}
+
+/// The network's error for a non-2xx answer: its Cloud API error, or the bare HTTP status.
+fn network_error(status: u16, body: &[u8]) -> ProviderError {
+    let (code, title) = finestra_cloudapi::send::error_explained(body)
+        .unwrap_or((i32::from(status), format!("HTTP {status}")));
+    ProviderError::from_code(status, code, title)
+}
+
 /// A successful answer: its HTTP status and body.
 struct Answer {
     status: u16,
@@ -53,7 +67,7 @@ impl CloudApi {
         method: Method,
         url: String,
         query: &[(&str, &str)],
-        body: Option<Vec<u8>>,
+        body: Body,
         absent_ok: bool,
     ) -> Result<Answer, ProviderError> {
         let mut request = self
@@ -64,11 +78,13 @@ impl CloudApi {
         if let Some(tp) = finestra_platform::trace::current() {
             request = request.header(finestra_platform::trace::TRACEPARENT, tp);
         }
-        if let Some(body) = body {
-            request = request
+        request = match body {
+            Body::Empty => request,
+            Body::Json(json) => request
                 .header("content-type", "application/json")
-                .body(body);
-        }
+                .body(json),
+            Body::Form(form) => request.multipart(form),
+        };
         let answer = request
             .send()
             .await
@@ -82,13 +98,11 @@ impl CloudApi {
         if (200..300).contains(&status) || (absent_ok && status == 404) {
             return Ok(Answer { status, body });
         }
-        let (code, title) = finestra_cloudapi::send::error_explained(&body)
-            .unwrap_or((i32::from(status), format!("HTTP {status}")));
-        Err(ProviderError::from_code(status, code, title))
+        Err(network_error(status, &body))
     }
 
-    fn json(value: &serde_json::Value) -> Option<Vec<u8>> {
-        Some(value.to_string().into_bytes())
+    fn json(value: &serde_json::Value) -> Body {
+        Body::Json(value.to_string().into_bytes())
     }
 }
 
@@ -108,7 +122,7 @@ impl Provider for CloudApi {
                     Method::POST,
                     self.url(&format!("{phone_number_id}/messages")),
                     &[],
-                    Some(body.to_vec()),
+                    Body::Json(body.to_vec()),
                     false,
                 )
                 .await?;
@@ -174,7 +188,7 @@ impl Provider for CloudApi {
                     Method::DELETE,
                     self.url(&format!("{waba_id}/message_templates")),
                     &query,
-                    None,
+                    Body::Empty,
                     true,
                 )
                 .await?;
@@ -203,7 +217,7 @@ impl Provider for CloudApi {
                         Method::GET,
                         self.url(&format!("{waba_id}/message_templates")),
                         &query,
-                        None,
+                        Body::Empty,
                         false,
                     )
                     .await?;
@@ -285,24 +299,16 @@ impl Provider for CloudApi {
                 .text("type", content_type.to_owned())
                 .part("file", file);
             let answer = self
-                .http
-                .post(self.url(&format!("{phone_number_id}/media")))
-                .bearer_auth(&self.token)
-                .multipart(form)
-                .send()
-                .await
-                .map_err(|e| ProviderError::transport(e.to_string()))?;
-            let status = answer.status().as_u16();
-            let body = answer
-                .bytes()
-                .await
-                .map_err(|e| ProviderError::transport(e.to_string()))?;
-            if !(200..300).contains(&status) {
-                let (code, title) = finestra_cloudapi::send::error_explained(&body)
-                    .unwrap_or((i32::from(status), format!("HTTP {status}")));
-                return Err(ProviderError::from_code(status, code, title));
-            }
-            finestra_cloudapi::send::uploaded_id(&body).ok_or_else(|| unreadable("an upload"))
+                .call(
+                    Method::POST,
+                    self.url(&format!("{phone_number_id}/media")),
+                    &[],
+                    Body::Form(form),
+                    false,
+                )
+                .await?;
+            finestra_cloudapi::send::uploaded_id(&answer.body)
+                .ok_or_else(|| unreadable("an upload"))
         })
     }
 
@@ -317,7 +323,7 @@ impl Provider for CloudApi {
                     Method::GET,
                     self.url(media_id),
                     &[("phone_number_id", phone_number_id)],
-                    None,
+                    Body::Empty,
                     false,
                 )
                 .await?;
@@ -348,9 +354,7 @@ impl Provider for CloudApi {
             let status = answer.status().as_u16();
             if !(200..300).contains(&status) {
                 let body = answer.bytes().await.unwrap_or_default();
-                let (code, title) = finestra_cloudapi::send::error_explained(&body)
-                    .unwrap_or((i32::from(status), format!("HTTP {status}")));
-                return Err(ProviderError::from_code(status, code, title));
+                return Err(network_error(status, &body));
             }
             if answer.content_length().is_some_and(|n| n > max_bytes) {
                 return Err(too_large());

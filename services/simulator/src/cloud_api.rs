@@ -88,6 +88,32 @@ pub(crate) fn try_again(what: &str, e: &dyn std::fmt::Display) -> (StatusCode, J
     )
 }
 
+/// The registered number a Cloud API request is for, when the request carries that number's
+/// token: 100 for a number the network does not know, 190 for a wrong token.
+pub(crate) async fn number_of_request(
+    sim: &Sim,
+    headers: &HeaderMap,
+    phone_number_id: &str,
+) -> Result<crate::store::SimNumber, (StatusCode, Json<Value>)> {
+    let number = match sim.number(phone_number_id).await {
+        Ok(Some(n)) => n,
+        Ok(None) => {
+            return Err(cloud_error(
+                StatusCode::BAD_REQUEST,
+                100,
+                "Invalid parameter",
+                "unknown phone number id",
+            ));
+        }
+        Err(e) => return Err(try_again("looking up a number", &e)),
+    };
+    if bearer(headers) == Some(number.access_token.as_str()) {
+        Ok(number)
+    } else {
+        Err(invalid_token())
+    }
+}
+
 pub(crate) async fn send(
     State(sim): State<Arc<Sim>>,
     Path((version, phone_number_id)): Path<(String, String)>,
@@ -97,21 +123,10 @@ pub(crate) async fn send(
     if let Some(answer) = unknown_version(&version) {
         return answer;
     }
-    let number = match sim.number(&phone_number_id).await {
-        Ok(Some(n)) => n,
-        Ok(None) => {
-            return cloud_error(
-                StatusCode::BAD_REQUEST,
-                100,
-                "Invalid parameter",
-                "unknown phone number id",
-            );
-        }
-        Err(e) => return try_again("looking up a number", &e),
+    let number = match number_of_request(&sim, &headers, &phone_number_id).await {
+        Ok(n) => n,
+        Err(answer) => return answer,
     };
-    if bearer(&headers) != Some(number.access_token.as_str()) {
-        return invalid_token();
-    }
     if body["status"] == "read" {
         return mark_read(&sim, &phone_number_id, &body);
     }
@@ -321,20 +336,8 @@ async fn set_business_block(
     if let Some(answer) = unknown_version(version) {
         return answer;
     }
-    let number = match sim.number(phone_number_id).await {
-        Ok(Some(n)) => n,
-        Ok(None) => {
-            return cloud_error(
-                StatusCode::BAD_REQUEST,
-                100,
-                "Invalid parameter",
-                "unknown phone number id",
-            );
-        }
-        Err(e) => return try_again("looking up a number", &e),
-    };
-    if bearer(headers) != Some(number.access_token.as_str()) {
-        return invalid_token();
+    if let Err(answer) = number_of_request(sim, headers, phone_number_id).await {
+        return answer;
     }
     let users: Vec<String> = body
         .block_users

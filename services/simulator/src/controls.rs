@@ -15,6 +15,15 @@ use serde_json::{Value, json};
 use crate::store::{self, SimNumber};
 use crate::{Sim, reviews};
 
+/// A control call the network's store failed: logged, answered 500 "try again".
+pub(crate) fn control_failed(what: &str, e: &dyn std::fmt::Display) -> (StatusCode, Json<Value>) {
+    tracing::error!(error = %e, "{what} failed");
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Json(json!({"error": "try again"})),
+    )
+}
+
 /// A number a partner registers with the network.
 #[derive(Deserialize)]
 pub(crate) struct Registration {
@@ -81,13 +90,7 @@ pub(crate) async fn register_number(
                 ),
             )
         }
-        Err(e) => {
-            tracing::error!(error = %e, "registering a number failed");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Json(json!({"error": "try again"})),
-            )
-        }
+        Err(e) => control_failed("registering a number", &e),
     }
 }
 
@@ -105,13 +108,7 @@ pub(crate) async fn list_numbers(State(sim): State<Arc<Sim>>) -> (StatusCode, Js
                 .collect();
             (StatusCode::OK, Json(json!({ "numbers": numbers })))
         }
-        Err(e) => {
-            tracing::error!(error = %e, "listing numbers failed");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Json(json!({"error": "try again"})),
-            )
-        }
+        Err(e) => control_failed("listing numbers", &e),
     }
 }
 
@@ -198,13 +195,7 @@ async fn control_number(
             StatusCode::NOT_FOUND,
             Json(json!({"error": "unknown phone number id"})),
         )),
-        Err(e) => {
-            tracing::error!(error = %e, "looking up a number failed");
-            Err((
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Json(json!({"error": "try again"})),
-            ))
-        }
+        Err(e) => Err(control_failed("looking up a number", &e)),
     }
 }
 
@@ -597,11 +588,7 @@ pub(crate) async fn review_template(
                 );
             }
             Err(e) => {
-                tracing::error!(error = %e, "looking up a template failed");
-                return (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    Json(json!({"error": "try again"})),
-                );
+                return control_failed("looking up a template", &e);
             }
         }
     } else {
@@ -632,13 +619,7 @@ pub(crate) async fn review_template(
             StatusCode::NOT_FOUND,
             Json(json!({"error": "no such template"})),
         ),
-        Err(e @ reviews::ReviewError::Db(_)) => {
-            tracing::error!(error = %e, "reviewing a template failed");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Json(json!({"error": "try again"})),
-            )
-        }
+        Err(e @ reviews::ReviewError::Db(_)) => control_failed("reviewing a template", &e),
         Err(e) => (
             StatusCode::BAD_GATEWAY,
             Json(json!({ "error": e.to_string() })),

@@ -11,20 +11,13 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::Sim;
+use crate::controls::control_failed;
 use crate::store;
 
 type Answer = (StatusCode, Json<Value>);
 
 fn answer(status: StatusCode, body: Value) -> Answer {
     (status, Json(body))
-}
-
-fn try_again(what: &str, e: &dyn std::fmt::Display) -> Answer {
-    tracing::error!(error = %e, "{what} failed");
-    answer(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        json!({"error": "try again"}),
-    )
 }
 
 /// What to emit.
@@ -67,7 +60,7 @@ pub(crate) async fn emit(State(sim): State<Arc<Sim>>, Json(r): Json<HealthReques
                         json!({"error": "unknown phone number id"}),
                     );
                 }
-                Err(e) => return try_again("looking up a number", &e),
+                Err(e) => return control_failed("looking up a number", &e),
             };
             let body = finestra_cloudapi::build::number_quality(
                 &number.waba_id,
@@ -96,7 +89,7 @@ pub(crate) async fn emit(State(sim): State<Arc<Sim>>, Json(r): Json<HealthReques
                 Ok(None) => {
                     return answer(StatusCode::NOT_FOUND, json!({"error": "no such template"}));
                 }
-                Err(e) => return try_again("rating a template", &e),
+                Err(e) => return control_failed("rating a template", &e),
             };
             let body = finestra_cloudapi::build::template_quality(
                 &t.waba_id,
@@ -126,7 +119,7 @@ pub(crate) async fn emit(State(sim): State<Arc<Sim>>, Json(r): Json<HealthReques
                 );
             }
         },
-        Err(e) => return try_again("looking up a business account", &e),
+        Err(e) => return control_failed("looking up a business account", &e),
     };
     match sim.poster.post(&secret, &body, 8).await {
         Ok(status) if status < 300 => answer(StatusCode::OK, json!({ "posted": body })),

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::Sim;
-use crate::cloud_api::{bearer, cloud_error, invalid_token, try_again, unknown_version};
+use crate::cloud_api::{cloud_error, number_of_request, try_again, unknown_version};
 use crate::store::{self, SimMedia};
 
 type Answer = (StatusCode, Json<Value>);
@@ -60,27 +60,6 @@ pub(crate) async fn keep(
     Ok(m)
 }
 
-/// The number's token must come with the request.
-async fn number_token(sim: &Sim, headers: &HeaderMap, phone_number_id: &str) -> Result<(), Answer> {
-    let number = match sim.number(phone_number_id).await {
-        Ok(Some(n)) => n,
-        Ok(None) => {
-            return Err(cloud_error(
-                StatusCode::BAD_REQUEST,
-                100,
-                "Invalid parameter",
-                "unknown phone number id",
-            ));
-        }
-        Err(e) => return Err(try_again("looking up a number", &e)),
-    };
-    if bearer(headers) == Some(number.access_token.as_str()) {
-        Ok(())
-    } else {
-        Err(invalid_token())
-    }
-}
-
 pub(crate) async fn upload(
     State(sim): State<Arc<Sim>>,
     Path((version, phone_number_id)): Path<(String, String)>,
@@ -90,7 +69,7 @@ pub(crate) async fn upload(
     if let Some(answer) = unknown_version(&version) {
         return answer;
     }
-    if let Err(answer) = number_token(&sim, &headers, &phone_number_id).await {
+    if let Err(answer) = number_of_request(&sim, &headers, &phone_number_id).await {
         return answer;
     }
     let (mut product, mut declared, mut file) = (String::new(), String::new(), None);
@@ -169,7 +148,7 @@ pub(crate) async fn info(
         }
         Err(e) => return try_again("looking up a file", &e),
     };
-    if let Err(answer) = number_token(&sim, &headers, &m.phone_number_id).await {
+    if let Err(answer) = number_of_request(&sim, &headers, &m.phone_number_id).await {
         return answer;
     }
     let host = headers
@@ -200,7 +179,7 @@ pub(crate) async fn download(
         Ok(None) => return StatusCode::NOT_FOUND.into_response(),
         Err(e) => return try_again("looking up a file", &e).into_response(),
     };
-    if let Err(answer) = number_token(&sim, &headers, &m.phone_number_id).await {
+    if let Err(answer) = number_of_request(&sim, &headers, &m.phone_number_id).await {
         return answer.into_response();
     }
     match store::media_data(&sim.pool, sim.network(), &media_id).await {
