@@ -267,6 +267,9 @@ crate::settings! {
         pub fetch_wait: Duration = ("KAFKA_FETCH_WAIT_MS", "50"),
         /// Bytes a fetch waits for (librdkafka `fetch.min.bytes`).
         pub fetch_min_bytes: u32 = ("KAFKA_FETCH_MIN_BYTES", "1"),
+        /// Further librdkafka producer properties, `key=value` pairs separated by commas,
+        /// applied after Finestra's own (for a broker that needs them; empty: none).
+        pub producer_config: String = ("KAFKA_PRODUCER_CONFIG", ""),
     }
 }
 

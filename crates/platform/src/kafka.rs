@@ -33,18 +33,41 @@ pub enum BusError {
     Config(#[from] crate::config::ConfigError),
 }
 
-/// The idempotent producer (`enable.idempotence=true`, `acks=all`).
+/// The producer: `acks=all`, one request in flight per broker connection, so a partition's
+/// records keep their order across retries. It is not librdkafka's idempotent producer: that
+/// one (2.12) keeps at most 5 records of a partition in flight and, while a batch that size
+/// waits for its acknowledgement, its broker thread wakes without sleeping (the batch's linger
+/// has passed but it may not be sent). With a broker that takes milliseconds per request this
+/// cost dispatch and ingest most of their CPU (docs/events.md, "Producers"). A retry after a
+/// lost acknowledgement can write a record twice; every consumer already drops a repeated
+/// `event_id`, as it must for redelivery. `FINESTRA_KAFKA_PRODUCER_CONFIG` can set it back.
 pub fn producer(brokers: &str) -> Result<FutureProducer, BusError> {
     let tuning = KafkaSettings::from_env()?;
-    Ok(ClientConfig::new()
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", brokers)
-        .set("enable.idempotence", "true")
+        .set("enable.idempotence", "false")
+        .set("max.in.flight.requests.per.connection", "1")
         .set("acks", "all")
         .set("linger.ms", tuning.linger.as_millis().to_string())
         .set("batch.num.messages", "10000")
         .set("queue.buffering.max.messages", "1000000")
-        .set("message.timeout.ms", "30000")
-        .create()?)
+        .set("message.timeout.ms", "30000");
+    for pair in tuning
+        .producer_config
+        .split(',')
+        .filter(|p| !p.trim().is_empty())
+    {
+        let (key, value) =
+            pair.split_once('=')
+                .ok_or_else(|| crate::config::ConfigError::Invalid {
+                    name: "FINESTRA_KAFKA_PRODUCER_CONFIG".to_owned(),
+                    value: tuning.producer_config.clone(),
+                    reason: format!("{pair:?} is not key=value"),
+                })?;
+        config.set(key.trim(), value.trim());
+    }
+    Ok(config.create()?)
 }
 
 /// One record to publish.
