@@ -9,6 +9,7 @@ use finestra_platform::auth::{AuthedChannel, Bearer, Owner, Scope};
 use finestra_proto::v1;
 use finestra_proto::v1::accounts_service_client::AccountsServiceClient;
 use finestra_proto::v1::billing_service_client::BillingServiceClient;
+use finestra_proto::v1::contacts_service_client::ContactsServiceClient;
 use finestra_proto::v1::dispatch_service_client::DispatchServiceClient;
 use finestra_proto::v1::window_service_client::WindowServiceClient;
 use finestra_proto::v1::{GetWindowRequest, ListOpenWindowsRequest};
@@ -519,8 +520,91 @@ fn rpcs() -> Vec<Rpc> {
                 cursors: Vec::new(),
             }),
         ),
+        dispatch(
+            "ContactsService/UpsertContact",
+            Scope::Send,
+            true,
+            call!(ContactsServiceClient, upsert_contact, |c| {
+                v1::UpsertContactRequest {
+                    tenant_id: c.tenant,
+                    user: "+393470000004".into(),
+                    add_tags: vec!["authz".into()],
+                    ..Default::default()
+                }
+            }),
+        ),
+        dispatch(
+            "ContactsService/GetContact",
+            Scope::Read,
+            true,
+            call!(ContactsServiceClient, get_contact, |c| {
+                v1::GetContactRequest {
+                    tenant_id: c.tenant,
+                    user: SEEDED_CONTACT.into(),
+                }
+            }),
+        ),
+        dispatch(
+            "ContactsService/ListContacts",
+            Scope::Read,
+            true,
+            call!(ContactsServiceClient, list_contacts, |c| {
+                v1::ListContactsRequest {
+                    tenant_id: c.tenant,
+                    ..Default::default()
+                }
+            }),
+        ),
+        dispatch(
+            "ContactsService/ImportContacts",
+            Scope::Send,
+            true,
+            |ch, c| {
+                Box::pin(async move {
+                    let chunk = v1::ImportContactsChunk {
+                        tenant_id: c.tenant,
+                        import_id: format!("authz-{}", c.unique),
+                        default_calling_code: String::new(),
+                        data: b"phone\n+393470000005\n".to_vec(),
+                    };
+                    ContactsServiceClient::new(ch)
+                        .import_contacts(futures::stream::iter(vec![chunk]))
+                        .await
+                        .map(|_| ())
+                })
+            },
+        ),
+        dispatch(
+            "ContactsService/GetContactImport",
+            Scope::Read,
+            true,
+            call!(ContactsServiceClient, get_contact_import, |c| {
+                v1::GetContactImportRequest {
+                    tenant_id: c.tenant,
+                    import_id: SEEDED_IMPORT.into(),
+                    ..Default::default()
+                }
+            }),
+        ),
+        dispatch(
+            "ContactsService/BlockContacts",
+            Scope::Send,
+            true,
+            call!(ContactsServiceClient, block_contacts, |c| {
+                // Never the user the send rows message.
+                v1::BlockContactsRequest {
+                    tenant_id: c.tenant,
+                    users: vec!["+393470000077".into()],
+                    unblock: false,
+                }
+            }),
+        ),
     ]
 }
+
+/// Tenant A's contact and finished import the read rows ask for.
+const SEEDED_CONTACT: &str = "393470000003";
+const SEEDED_IMPORT: &str = "authz-seeded";
 
 /// What an accounts call may need: tenant A, its number and template, a unique number.
 #[derive(Clone)]
@@ -621,6 +705,22 @@ async fn world() -> anyhow::Result<World> {
     )
     .bind(&tenant_a)
     .bind(&number)
+    .execute(&finestra_testkit::infra().await?.pool)
+    .await?;
+    sqlx::query(
+        "INSERT INTO dispatch.contacts (tenant_id, user_key, source, created_at, updated_at)
+         VALUES ($1, $2, 'api', 1, 1)",
+    )
+    .bind(&tenant_a)
+    .bind(SEEDED_CONTACT)
+    .execute(&finestra_testkit::infra().await?.pool)
+    .await?;
+    sqlx::query(
+        "INSERT INTO dispatch.contact_imports (tenant_id, import_id, state, started_at, heartbeat_at)
+         VALUES ($1, $2, 'done', 1, 1)",
+    )
+    .bind(&tenant_a)
+    .bind(SEEDED_IMPORT)
     .execute(&finestra_testkit::infra().await?.pool)
     .await?;
     let template: String = sqlx::query_scalar(

@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "accounts.proto",
         "billing.proto",
         "dispatch.proto",
+        "contacts.proto",
     ]
     .map(|f| proto_root.join("finestra/v1").join(f));
     for f in &files {

@@ -57,6 +57,9 @@ pub struct Facts<'a> {
     /// The recipient as given (E.164 digits, optional `+`).
     pub recipient: &'a str,
     pub window: &'a WindowState,
+    /// The tenant blocked this user itself (spam protection, docs/rules.md §3): refused as a
+    /// block by the user is.
+    pub tenant_blocked: bool,
     /// `None` when the tenant has no template of that name and language.
     pub template: Option<TemplateFacts>,
     pub now: Timestamp,
@@ -219,7 +222,7 @@ fn decide(
     if !facts.number_active {
         return Err(Refusal::NumberNotFound);
     }
-    if facts.window.is_blocked() {
+    if facts.window.is_blocked() || facts.tenant_blocked {
         return Err(Refusal::UserBlocked);
     }
     if let Some((message, recipient)) = content {
@@ -289,9 +292,33 @@ mod tests {
             number_active: true,
             recipient: USER,
             window,
+            tenant_blocked: false,
             template,
             now: NOW,
         }
+    }
+
+    #[test]
+    fn a_user_the_tenant_blocked_is_refused_like_one_who_blocked_the_number() {
+        let window = open_window();
+        let blocked = Facts {
+            tenant_blocked: true,
+            ..facts(&window, Some(APPROVED_MARKETING))
+        };
+        assert_eq!(
+            admit(&text("hi"), &blocked).map(|_| ()),
+            Err(Refusal::UserBlocked)
+        );
+        assert_eq!(
+            admit_quote(Asked::Template, &blocked).map(|_| ()),
+            Err(Refusal::UserBlocked)
+        );
+        // Before the message's own checks: an invalid message to a blocked user is refused
+        // for the block, as docs/rules.md §2 orders them.
+        assert_eq!(
+            admit(&text(""), &blocked).map(|_| ()),
+            Err(Refusal::UserBlocked)
+        );
     }
 
     fn text(body: &str) -> Outgoing {

@@ -212,6 +212,11 @@ for_tenant!(
     BlockUsersRequest,
     UploadMediaRequest,
     GetMediaRequest,
+    UpsertContactRequest,
+    GetContactRequest,
+    ListContactsRequest,
+    GetContactImportRequest,
+    BlockContactsRequest,
 );
 
 /// A request its key may act on (see [`Authenticator::authorize`]).

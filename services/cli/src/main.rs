@@ -4,6 +4,7 @@
 
 mod accounts;
 mod billing;
+mod contacts;
 mod dispatch;
 mod sim;
 
@@ -202,6 +203,19 @@ enum Command {
         #[command(subcommand)]
         command: dispatch::MediaCommand,
     },
+    /// A tenant's contacts: import a CSV, list, show, block.
+    Contacts {
+        #[arg(
+            long,
+            env = "FINESTRA_DISPATCH_ENDPOINT",
+            default_value = "http://127.0.0.1:7054"
+        )]
+        endpoint: String,
+        #[arg(long, env = "FINESTRA_API_KEY", hide_env_values = true)]
+        api_key: String,
+        #[command(subcommand)]
+        command: contacts::ContactsCommand,
+    },
     /// Play the simulator's users: write to a number, block or unblock it.
     Sim {
         /// The simulator's HTTP address.
@@ -286,6 +300,19 @@ async fn channel(endpoint: &str, key: &str) -> anyhow::Result<AuthedChannel> {
     let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(15))
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {endpoint}"))?;
+    Ok(tonic::service::interceptor::InterceptedService::new(
+        channel,
+        Bearer::new(key)?,
+    ))
+}
+
+/// A channel without a per-call deadline (a long upload).
+async fn streaming_channel(endpoint: &str, key: &str) -> anyhow::Result<AuthedChannel> {
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
+        .connect_timeout(Duration::from_secs(5))
         .connect()
         .await
         .with_context(|| format!("connecting to {endpoint}"))?;
@@ -535,6 +562,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             api_key,
             command,
         } => dispatch::media(channel(&endpoint, &api_key).await?, command, json).await?,
+        Command::Contacts {
+            endpoint,
+            api_key,
+            command,
+        } => {
+            // An import streams as long as the file takes: no per-call deadline.
+            let channel = streaming_channel(&endpoint, &api_key).await?;
+            contacts::contacts(channel, command, json).await?
+        }
         Command::Events {
             endpoint,
             api_key,

@@ -455,6 +455,12 @@ impl DispatchApi {
         } else {
             finestra_domain::WindowState::default()
         };
+        let tenant_blocked = number_active
+            && self
+                .facts
+                .tenant_blocked(tenant_id, recipient)
+                .await
+                .map_err(|e| self.store_error("reading the tenant's blocks", &e))?;
         let now = self.clock.now();
         let template = match &parsed.outgoing {
             Outgoing::Template { name, language, .. } if number_active => self
@@ -471,6 +477,7 @@ impl DispatchApi {
                 number_active,
                 recipient: &req.to,
                 window: &window,
+                tenant_blocked,
                 template,
                 now,
             },

@@ -141,6 +141,10 @@ impl EventLoop {
                 .iter()
                 .filter_map(crate::media::pending_of)
                 .collect();
+            let contacts_seen: Vec<crate::contacts::store::Seen> = envelopes
+                .iter()
+                .filter_map(crate::contacts::store::seen_of)
+                .collect();
             let keyworded: Vec<crate::auto_reply::Keyworded> = envelopes
                 .iter()
                 .filter_map(crate::auto_reply::keyworded)
@@ -172,6 +176,7 @@ impl EventLoop {
                 let written = async {
                     record(&self.pool, &events, now).await?;
                     crate::media::note(&self.pool, &files).await?;
+                    crate::contacts::store::note_inbound(&self.pool, &contacts_seen).await?;
                     crate::auto_reply::note(&self.pool, &keyworded).await?;
                     crate::fep::note(&self.pool, &referrals, fep_due).await
                 };

@@ -2,6 +2,7 @@
 //! model (`finestra_registry`) with short caches (FINESTRA_DISPATCH_FACTS_TTL_MS, default 2 s): a
 //! suspended number, a changed tier or a paused template takes effect within that time.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use finestra_domain::frequency::FrequencyCap;
@@ -27,6 +28,9 @@ pub struct Facts {
     numbers: moka::future::Cache<String, Option<Arc<NumberFacts>>>,
     tenants: moka::future::Cache<String, Option<TenantSendFacts>>,
     templates: moka::future::Cache<(String, String, String), Option<TemplateFacts>>,
+    /// The users each tenant blocked itself (dispatch's contacts): one read per tenant per
+    /// TTL, dropped at once on this replica when the tenant blocks or unblocks.
+    blocks: moka::future::Cache<String, Arc<HashSet<String>>>,
 }
 
 impl Facts {
@@ -45,7 +49,36 @@ impl Facts {
                 .max_capacity(100_000)
                 .time_to_live(ttl)
                 .build(),
+            blocks: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(ttl)
+                .build(),
         }
+    }
+
+    /// Whether the tenant blocked this user itself (docs/rules.md §3). Concurrent misses of a
+    /// tenant share one query.
+    pub async fn tenant_blocked(
+        &self,
+        tenant_id: &str,
+        user: &str,
+    ) -> Result<bool, Arc<sqlx::Error>> {
+        let pool = self.pool.clone();
+        let id = tenant_id.to_owned();
+        let blocked = self
+            .blocks
+            .try_get_with(tenant_id.to_owned(), async move {
+                crate::contacts::store::blocked_users(&pool, &id)
+                    .await
+                    .map(|users| Arc::new(users.into_iter().collect::<HashSet<_>>()))
+            })
+            .await?;
+        Ok(blocked.contains(user.trim_start_matches('+')))
+    }
+
+    /// Forgets a tenant's blocks on this replica (it just changed them).
+    pub async fn forget_blocks(&self, tenant_id: &str) {
+        self.blocks.invalidate(tenant_id).await;
     }
 
     pub fn pool(&self) -> &PgPool {

@@ -7,6 +7,7 @@ pub mod admission;
 pub mod api;
 pub mod auto_reply;
 pub mod batch;
+pub mod contacts;
 pub mod content;
 pub mod error;
 pub mod events;
@@ -36,6 +37,7 @@ use finestra_platform::kafka::{self, BatchConsumer, ConsumerSettings};
 use finestra_platform::service::{self, Observed, retry_until_ready};
 use finestra_platform::{ConfigError, Running, Shutdown, StartError, stores};
 use finestra_proto::v1::billing_service_client::BillingServiceClient;
+use finestra_proto::v1::contacts_service_server::ContactsServiceServer;
 use finestra_proto::v1::dispatch_service_server::DispatchServiceServer;
 
 finestra_platform::settings! {
@@ -314,6 +316,16 @@ pub async fn start(
         .trace_fn(finestra_platform::trace::grpc_request_span)
         .add_service(health_service)
         .add_service(finestra_platform::grpc::reflection()?)
+        .add_service(RequireKey::new(
+            ContactsServiceServer::new(contacts::ContactsApi {
+                pool: pool.clone(),
+                facts: api.facts.clone(),
+                auth: auth.clone(),
+                clock: clock.clone(),
+            })
+            .max_decoding_message_size(contacts::MAX_CHUNK + 1024),
+            auth.clone(),
+        ))
         .add_service(RequireKey::new(
             DispatchServiceServer::from_arc(api)
                 .max_decoding_message_size(media_api::MAX_REQUEST_BYTES)

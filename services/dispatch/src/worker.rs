@@ -123,6 +123,7 @@ struct Done {
 /// What the delivery tasks share.
 struct Shared {
     hot: Hot,
+    facts: Facts,
     pool: PgPool,
     provider: Arc<dyn Provider>,
     retry: RetryPolicy,
@@ -177,6 +178,36 @@ async fn deliver(shared: &Shared, job: &Job, shutdown: &Shutdown) -> Outcome {
         Ok(_) => {}
         // The network refuses blocked users itself (131026): go on without the check.
         Err(e) => tracing::warn!(error = %e, "reading the window before a send failed"),
+    }
+    // Nor does a user the tenant blocked since acceptance. The network does not know that
+    // block, so a failed read is tried again; only a store away for all of it lets the send
+    // go (acceptance checked the block already).
+    let mut blocked = None;
+    for try_ in 0..3 {
+        match shared.facts.tenant_blocked(&job.tenant_id, &job.to).await {
+            Ok(b) => {
+                blocked = Some(b);
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, try_, "reading the tenant's blocks before a send failed");
+                if !pause(Duration::from_millis(100), shutdown).await {
+                    return Outcome::Abandoned;
+                }
+            }
+        }
+    }
+    if blocked == Some(true) {
+        return Outcome::Failed {
+            error: ProviderError {
+                retryable: false,
+                code: 0,
+                title: "the tenant blocked this user".into(),
+                reason: "USER_BLOCKED",
+            },
+            attempts: 0,
+            exhausted: false,
+        };
     }
     let mut attempts = 0u32;
     loop {
@@ -273,6 +304,7 @@ impl Worker {
     pub async fn run(self, shutdown: Shutdown) {
         let shared = Arc::new(Shared {
             hot: self.hot.clone(),
+            facts: self.facts.clone(),
             pool: self.pool.clone(),
             provider: self.provider.clone(),
             retry: self.retry,

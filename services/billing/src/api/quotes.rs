@@ -49,6 +49,8 @@ pub(super) async fn quote_message(
             number_active: facts.number_active,
             recipient: user,
             window: &facts.window,
+            // The tenant's own blocks are dispatch's (its contacts); the send refuses them.
+            tenant_blocked: false,
             template: facts.template,
             now,
         },

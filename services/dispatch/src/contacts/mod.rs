@@ -1,0 +1,577 @@
+//! A tenant's contacts (docs/rules.md §11), served by dispatch, which owns them: created by a
+//! user's first message (the event pipeline notes it), by UpsertContact and by ImportContacts;
+//! the tenant's own block of a user is enforced at send and again before delivery.
+
+pub mod import;
+pub mod merge;
+pub mod store;
+
+use std::sync::Arc;
+
+use finestra_domain::contacts as rules;
+use finestra_domain::{Clock, Timestamp, UserKey};
+use finestra_platform::auth::{self, Authenticator, Scope};
+use finestra_platform::paging;
+use finestra_platform::status::{self, Reason, invalid_argument, not_found, required};
+use finestra_proto::time::from_micros;
+use finestra_proto::v1::contacts_service_server::ContactsService;
+use finestra_proto::v1::{
+    BlockContactsRequest, BlockContactsResponse, Contact, ContactImport, GetContactImportRequest,
+    GetContactRequest, ImportContactsChunk, ImportRow, ListContactsRequest, ListContactsResponse,
+    OptIn as OptInProto, UpsertContactRequest,
+};
+use futures::StreamExt as _;
+use sqlx::PgPool;
+use tonic::{Code, Request, Response, Status, Streaming};
+
+use crate::facts::Facts;
+use merge::{Change, OptIn};
+use store::{ContactRow, ImportRow as ImportState, ReportRow};
+
+/// Most users one BlockContacts call names.
+const MAX_BLOCKS: usize = 1_000;
+/// Report rows an ImportContacts answer carries (GetContactImport pages the rest).
+const REPORT_IN_ANSWER: i64 = 1_000;
+/// Largest chunk of an import.
+pub const MAX_CHUNK: usize = 4 * 1024 * 1024;
+
+pub struct ContactsApi {
+    pub pool: PgPool,
+    pub facts: Facts,
+    pub auth: Authenticator,
+    pub clock: Arc<dyn Clock>,
+}
+
+fn store_failure(context: &str, e: &sqlx::Error) -> Status {
+    status::store(context, e)
+}
+
+/// The user key of a user as the API names it: a phone number (normalised to E.164: with the
+/// default calling code when it has no '+', as E.164 digits when no code is given) or a
+/// business-scoped user id.
+pub fn user_key(field: &str, user: &str, calling_code: &str) -> Result<String, Status> {
+    let user = user.trim();
+    if user.is_empty() {
+        return Err(invalid_argument(field, "a user is required"));
+    }
+    let phone_like = user
+        .chars()
+        .all(|c| c.is_ascii_digit() || " +-.()/".contains(c));
+    if phone_like {
+        // Without a calling code, digits are the wa_id form the rest of the API takes.
+        let international = calling_code.is_empty() && !user.starts_with(['+', '0']);
+        let user = if international {
+            format!("+{user}")
+        } else {
+            user.to_owned()
+        };
+        rules::normalize_phone(&user, calling_code)
+            .map_err(|e| invalid_argument(field, e.to_string()))
+    } else {
+        UserKey::from_parts("", user)
+            .map(|k| k.as_str().to_owned())
+            .map_err(|e| invalid_argument(field, e.to_string()))
+    }
+}
+
+fn calling_code(code: &str) -> Result<&str, Status> {
+    if code.is_empty() || rules::is_calling_code(code) {
+        Ok(code)
+    } else {
+        Err(invalid_argument(
+            "default_calling_code",
+            "a calling code is 1 to 3 digits, not starting with 0",
+        ))
+    }
+}
+
+fn contact_of(tenant_id: &str, r: &ContactRow) -> Contact {
+    Contact {
+        tenant_id: tenant_id.to_owned(),
+        user: r.user_key.clone(),
+        name: r.name.clone(),
+        profile_name: r.profile_name.clone(),
+        attributes: r.attributes().into_iter().collect(),
+        tags: r.tags.clone(),
+        opt_in: r.opt_in_at.map(|at| OptInProto {
+            source: r.opt_in_source.clone(),
+            at: Some(from_micros(at)),
+            proof: r.opt_in_proof.clone(),
+        }),
+        opted_out_at: r.opted_out_at.map(from_micros),
+        blocked: r.blocked,
+        blocked_at: r.blocked_at.map(from_micros),
+        last_inbound_at: r.last_inbound_at.map(from_micros),
+        source: r.source.clone(),
+        created_at: Some(from_micros(r.created_at)),
+        updated_at: Some(from_micros(r.updated_at)),
+    }
+}
+
+/// The change an UpsertContact asks for, checked.
+fn change_of(req: &UpsertContactRequest, now: Timestamp) -> Result<Change, Status> {
+    if !rules::is_label(&req.name) {
+        return Err(invalid_argument(
+            "name",
+            "a name has at most 256 bytes and no control characters",
+        ));
+    }
+    if req.attributes.len() > rules::MAX_ATTRIBUTES {
+        return Err(invalid_argument(
+            "attributes",
+            format!("at most {} attributes", rules::MAX_ATTRIBUTES),
+        ));
+    }
+    for (k, v) in &req.attributes {
+        if !rules::is_attribute_key(k) || v.len() > rules::MAX_ATTRIBUTE_VALUE {
+            return Err(invalid_argument(
+                "attributes",
+                format!(
+                    "{k:?}: a key is 1-64 letters, digits or '_' starting with a letter; a value at most {} bytes",
+                    rules::MAX_ATTRIBUTE_VALUE
+                ),
+            ));
+        }
+    }
+    let tags = |field: &str, tags: &[String]| -> Result<Vec<String>, Status> {
+        tags.iter()
+            .map(|t| {
+                rules::normalize_tag(t).ok_or_else(|| {
+                    invalid_argument(
+                        field,
+                        format!("{t:?}: 1-64 letters, digits, '_', '-', '.', ':'"),
+                    )
+                })
+            })
+            .collect()
+    };
+    let opt_in = match &req.opt_in {
+        None => None,
+        Some(o) => {
+            let at =
+                o.at.as_ref()
+                    .map(finestra_proto::time::to_micros)
+                    .map(Timestamp::from_micros)
+                    .filter(|at| at.micros() > 0 && *at <= now)
+                    .ok_or_else(|| {
+                        invalid_argument("opt_in.at", "an opt-in has a time, not in the future")
+                    })?;
+            if o.source.trim().is_empty()
+                || !rules::is_label(&o.source)
+                || !rules::is_proof(&o.proof)
+            {
+                return Err(invalid_argument(
+                    "opt_in.source",
+                    "an opt-in names its source (at most 256 bytes) and a proof of at most 2,048",
+                ));
+            }
+            Some(OptIn {
+                source: o.source.trim().to_owned(),
+                at,
+                proof: o.proof.clone(),
+            })
+        }
+    };
+    let change = Change {
+        name: req.name.trim().to_owned(),
+        attributes: req.attributes.clone().into_iter().collect(),
+        add_tags: tags("add_tags", &req.add_tags)?,
+        remove_tags: tags("remove_tags", &req.remove_tags)?,
+        opt_in,
+        opted_out_at: None,
+        block: None,
+    };
+    Ok(change)
+}
+
+impl ContactsApi {
+    async fn contacts(&self, tenant_id: &str, users: &[String]) -> Result<Vec<Contact>, Status> {
+        Ok(store::get_many(&self.pool, tenant_id, users)
+            .await
+            .map_err(|e| store_failure("reading contacts", &e))?
+            .iter()
+            .map(|r| contact_of(tenant_id, r))
+            .collect())
+    }
+
+    async fn import_answer(
+        &self,
+        tenant_id: &str,
+        import_id: &str,
+        replayed: bool,
+        after: i64,
+        size: i64,
+    ) -> Result<ContactImport, Status> {
+        let state = store::get_import(&self.pool, tenant_id, import_id)
+            .await
+            .map_err(|e| store_failure("reading an import", &e))?
+            .ok_or_else(|| not_found("import_id", import_id))?;
+        let rows = store::report(&self.pool, tenant_id, import_id, after, size + 1)
+            .await
+            .map_err(|e| store_failure("reading an import's report", &e))?;
+        let keyed: Vec<(String, ReportRow)> =
+            rows.into_iter().map(|r| (r.line.to_string(), r)).collect();
+        let (page, next_page_token) = paging::paginate(keyed, size, |(k, _)| k);
+        Ok(import_of(
+            tenant_id,
+            import_id,
+            &state,
+            page,
+            next_page_token,
+            replayed,
+        ))
+    }
+
+    /// Runs an import to its end; its errors are the file's (recorded as the failure).
+    async fn run_import(
+        &self,
+        tenant_id: &str,
+        import_id: &str,
+        first: Vec<u8>,
+        calling_code: &str,
+        mut rest: Streaming<ImportContactsChunk>,
+    ) -> Result<Result<(), String>, Status> {
+        let now = self.clock.now();
+        let mut reader = import::Reader::new(calling_code, now);
+        let mut counts = ImportState {
+            state: "running".to_owned(),
+            rows_read: 0,
+            created: 0,
+            updated: 0,
+            unchanged: 0,
+            rejected: 0,
+            duplicates: 0,
+            opted_out: 0,
+            failure: String::new(),
+            started_at: now.micros(),
+            heartbeat_at: now.micros(),
+            finished_at: None,
+        };
+        let mut chunk = Some(first);
+        loop {
+            let ended = match chunk.take() {
+                Some(data) => {
+                    if data.len() > MAX_CHUNK {
+                        return Ok(Err(format!("a chunk holds at most {MAX_CHUNK} bytes")));
+                    }
+                    if let Err(e) = reader.push(&data) {
+                        return Ok(Err(e));
+                    }
+                    false
+                }
+                None => match rest.next().await {
+                    Some(Ok(next)) => {
+                        chunk = Some(next.data);
+                        continue;
+                    }
+                    Some(Err(e)) => return Err(e),
+                    None => {
+                        if let Err(e) = reader.finish() {
+                            return Ok(Err(e));
+                        }
+                        true
+                    }
+                },
+            };
+            if reader.batch.len() >= import::BATCH || ended {
+                self.apply_batch(tenant_id, import_id, &mut reader, &mut counts, now)
+                    .await?;
+            }
+            if ended {
+                return Ok(Ok(()));
+            }
+        }
+    }
+
+    async fn apply_batch(
+        &self,
+        tenant_id: &str,
+        import_id: &str,
+        reader: &mut import::Reader,
+        counts: &mut ImportState,
+        now: Timestamp,
+    ) -> Result<(), Status> {
+        let rows = std::mem::take(&mut reader.batch);
+        let changes: Vec<(String, Change)> = rows
+            .iter()
+            .map(|r| (r.user_key.clone(), r.change(now)))
+            .collect();
+        let applied = store::apply(&self.pool, tenant_id, &changes, "import", now)
+            .await
+            .map_err(|e| store_failure("importing contacts", &e))?;
+        let noted = std::mem::take(&mut reader.noted);
+        let count = |outcome: &str| noted.iter().filter(|n| n.outcome == outcome).count() as i64;
+        counts.rows_read = reader.rows as i64;
+        counts.created += applied.created as i64;
+        counts.updated += applied.updated as i64;
+        counts.unchanged += applied.unchanged as i64;
+        counts.rejected += count("rejected");
+        counts.duplicates += count("duplicate");
+        counts.opted_out += count("opted_out");
+        counts.heartbeat_at = self.clock.now().micros();
+        let report: Vec<ReportRow> = noted
+            .into_iter()
+            .map(|n| ReportRow {
+                line: n.line as i64,
+                phone: n.phone,
+                outcome: n.outcome.to_owned(),
+                field: n.field,
+                reason: n.reason.to_owned(),
+                message: n.message,
+            })
+            .collect();
+        store::record_progress(&self.pool, tenant_id, import_id, counts, &report)
+            .await
+            .map_err(|e| store_failure("recording an import's progress", &e))
+    }
+}
+
+fn import_of(
+    tenant_id: &str,
+    import_id: &str,
+    s: &ImportState,
+    report: Vec<(String, ReportRow)>,
+    next_page_token: String,
+    replayed: bool,
+) -> ContactImport {
+    let n = |v: i64| u64::try_from(v).unwrap_or(0);
+    ContactImport {
+        tenant_id: tenant_id.to_owned(),
+        import_id: import_id.to_owned(),
+        state: s.state.clone(),
+        rows: n(s.rows_read),
+        created: n(s.created),
+        updated: n(s.updated),
+        unchanged: n(s.unchanged),
+        rejected: n(s.rejected),
+        duplicates: n(s.duplicates),
+        opted_out: n(s.opted_out),
+        report: report
+            .into_iter()
+            .map(|(_, r)| ImportRow {
+                line: n(r.line),
+                phone: r.phone,
+                outcome: r.outcome,
+                field: r.field,
+                reason: r.reason,
+                message: r.message,
+            })
+            .collect(),
+        next_page_token,
+        replayed,
+        failure: s.failure.clone(),
+        started_at: Some(from_micros(s.started_at)),
+        finished_at: s.finished_at.map(from_micros),
+    }
+}
+
+fn is_import_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+}
+
+#[tonic::async_trait]
+impl ContactsService for ContactsApi {
+    async fn upsert_contact(
+        &self,
+        request: Request<UpsertContactRequest>,
+    ) -> Result<Response<Contact>, Status> {
+        let req = self.auth.authorize(request, Scope::Send).await?.request;
+        let code = calling_code(&req.default_calling_code)?;
+        let user = user_key("user", &req.user, code)?;
+        let now = self.clock.now();
+        let change = change_of(&req, now)?;
+        store::apply(
+            &self.pool,
+            &req.tenant_id,
+            &[(user.clone(), change)],
+            "api",
+            now,
+        )
+        .await
+        .map_err(|e| store_failure("writing a contact", &e))?;
+        let mut found = self
+            .contacts(&req.tenant_id, std::slice::from_ref(&user))
+            .await?;
+        found
+            .pop()
+            .map(Response::new)
+            .ok_or_else(|| status::internal("writing a contact", &"the contact is not there"))
+    }
+
+    async fn get_contact(
+        &self,
+        request: Request<GetContactRequest>,
+    ) -> Result<Response<Contact>, Status> {
+        let req = self.auth.authorize(request, Scope::Read).await?.request;
+        let user = user_key("user", &req.user, "")?;
+        let mut found = self
+            .contacts(&req.tenant_id, std::slice::from_ref(&user))
+            .await?;
+        found
+            .pop()
+            .map(Response::new)
+            .ok_or_else(|| not_found("contact", &user))
+    }
+
+    async fn list_contacts(
+        &self,
+        request: Request<ListContactsRequest>,
+    ) -> Result<Response<ListContactsResponse>, Status> {
+        let req = self.auth.authorize(request, Scope::Read).await?.request;
+        let size = paging::page_size(req.page_size)?;
+        let after = paging::after(&req.page_token)?;
+        let mut tags = Vec::with_capacity(req.tags.len());
+        for t in &req.tags {
+            tags.push(
+                rules::normalize_tag(t)
+                    .ok_or_else(|| invalid_argument("tags", format!("{t:?} is not a tag")))?,
+            );
+        }
+        let rows = store::list(
+            &self.pool,
+            &req.tenant_id,
+            &tags,
+            req.opt_in,
+            req.include_blocked,
+            &after,
+            size + 1,
+        )
+        .await
+        .map_err(|e| store_failure("listing contacts", &e))?;
+        let (page, next_page_token) = paging::paginate(rows, size, |r| &r.user_key);
+        Ok(Response::new(ListContactsResponse {
+            contacts: page.iter().map(|r| contact_of(&req.tenant_id, r)).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn import_contacts(
+        &self,
+        request: Request<Streaming<ImportContactsChunk>>,
+    ) -> Result<Response<ContactImport>, Status> {
+        let principal = auth::principal(&request)?;
+        let mut stream = request.into_inner();
+        let first = match stream.next().await {
+            Some(chunk) => chunk?,
+            None => return Err(invalid_argument("data", "the import sent no chunk")),
+        };
+        let tenant_id = required("tenant_id", &first.tenant_id)?.to_owned();
+        self.auth
+            .authorize_tenant(&principal, &tenant_id, Scope::Send)
+            .await?;
+        let import_id = first.import_id.clone();
+        if !is_import_id(&import_id) {
+            return Err(invalid_argument(
+                "import_id",
+                "1 to 64 letters, digits, '-', '_', '.' or ':'",
+            ));
+        }
+        let code = calling_code(&first.default_calling_code)?.to_owned();
+        let now = self.clock.now();
+        let claimed = store::claim_import(&self.pool, &tenant_id, &import_id, now)
+            .await
+            .map_err(|e| store_failure("starting an import", &e))?;
+        if !claimed {
+            let answer = self
+                .import_answer(&tenant_id, &import_id, true, 0, REPORT_IN_ANSWER)
+                .await?;
+            if answer.state == "running" {
+                return Err(status::with_reason(
+                    Code::Aborted,
+                    Reason::InProgress,
+                    "this import is running in another call; ask GetContactImport for its report",
+                    &[("import_id", &import_id)],
+                ));
+            }
+            return Ok(Response::new(answer));
+        }
+        let outcome = self
+            .run_import(&tenant_id, &import_id, first.data, &code, stream)
+            .await;
+        let failure = match &outcome {
+            Ok(Ok(())) => String::new(),
+            Ok(Err(file)) => file.clone(),
+            // The call broke off: a retry with the same id takes the import over.
+            Err(_) => "the call ended before the file did".to_owned(),
+        };
+        store::finish_import(
+            &self.pool,
+            &tenant_id,
+            &import_id,
+            &failure,
+            self.clock.now(),
+        )
+        .await
+        .map_err(|e| store_failure("ending an import", &e))?;
+        // A malformed file is answered with its report (state failed, and why); a call that
+        // broke off with its status.
+        let _file_failure_is_in_the_report = outcome?;
+        let answer = self
+            .import_answer(&tenant_id, &import_id, false, 0, REPORT_IN_ANSWER)
+            .await?;
+        Ok(Response::new(answer))
+    }
+
+    async fn get_contact_import(
+        &self,
+        request: Request<GetContactImportRequest>,
+    ) -> Result<Response<ContactImport>, Status> {
+        let req = self.auth.authorize(request, Scope::Read).await?.request;
+        let size = paging::page_size(req.page_size)?;
+        let after = paging::after(&req.page_token)?;
+        let after_line = if after.is_empty() {
+            0
+        } else {
+            after.parse::<i64>().map_err(|_| {
+                invalid_argument("page_token", "page_token is not one this service issued")
+            })?
+        };
+        self.import_answer(&req.tenant_id, &req.import_id, false, after_line, size)
+            .await
+            .map(Response::new)
+    }
+
+    async fn block_contacts(
+        &self,
+        request: Request<BlockContactsRequest>,
+    ) -> Result<Response<BlockContactsResponse>, Status> {
+        let req = self.auth.authorize(request, Scope::Send).await?.request;
+        if req.users.is_empty() || req.users.len() > MAX_BLOCKS {
+            return Err(invalid_argument(
+                "users",
+                format!("1 to {MAX_BLOCKS} users"),
+            ));
+        }
+        let now = self.clock.now();
+        let mut users = Vec::with_capacity(req.users.len());
+        for (i, u) in req.users.iter().enumerate() {
+            users.push(user_key(&format!("users[{i}]"), u, "")?);
+        }
+        users.sort();
+        users.dedup();
+        let changes: Vec<(String, Change)> = users
+            .iter()
+            .map(|u| {
+                (
+                    u.clone(),
+                    Change {
+                        block: Some((!req.unblock, now)),
+                        ..Change::default()
+                    },
+                )
+            })
+            .collect();
+        store::apply(&self.pool, &req.tenant_id, &changes, "api", now)
+            .await
+            .map_err(|e| store_failure("blocking contacts", &e))?;
+        // This replica applies it from the answer on; the others within their facts' TTL.
+        self.facts.forget_blocks(&req.tenant_id).await;
+        metrics::counter!("finestra_dispatch_contact_blocks_total").increment(users.len() as u64);
+        Ok(Response::new(BlockContactsResponse {
+            contacts: self.contacts(&req.tenant_id, &users).await?,
+        }))
+    }
+}

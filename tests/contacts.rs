@@ -1,0 +1,342 @@
+//! A tenant's contacts (docs/rules.md §11), against the whole chain: a CSV import reports
+//! every row it did not take as it stood and a second import changes nothing; a user's first
+//! message creates its contact; a user the tenant blocks receives nothing until the tenant
+//! lifts the block.
+
+use finestra_e2e::WAIT;
+use finestra_e2e::chain::{Chain, UTILITY_IT, reason};
+use finestra_platform::auth::{AuthedChannel, Scope as KeyScope};
+use finestra_proto::v1;
+use finestra_proto::v1::contacts_service_client::ContactsServiceClient;
+use finestra_testkit::{eventually, infra};
+use tonic::Code;
+
+async fn contacts_client(c: &Chain) -> anyhow::Result<ContactsServiceClient<AuthedChannel>> {
+    let key = c
+        .scope
+        .tenant_key("acme", &[KeyScope::Send, KeyScope::Read])
+        .await?;
+    let url = c
+        .dispatch
+        .as_ref()
+        .map(|d| d.running.grpc_url())
+        .unwrap_or_else(|| c.dispatch_url.clone());
+    Ok(ContactsServiceClient::new(
+        finestra_testkit::authed_channel(url, &key).await?,
+    ))
+}
+
+/// Streams `file` in chunks of `chunk` bytes (cut anywhere, as a client may).
+async fn import(
+    client: &ContactsServiceClient<AuthedChannel>,
+    tenant: &str,
+    import_id: &str,
+    file: &str,
+    chunk: usize,
+) -> Result<v1::ContactImport, tonic::Status> {
+    let chunks: Vec<v1::ImportContactsChunk> = file
+        .as_bytes()
+        .chunks(chunk)
+        .enumerate()
+        .map(|(i, data)| v1::ImportContactsChunk {
+            tenant_id: if i == 0 { tenant.into() } else { String::new() },
+            import_id: if i == 0 {
+                import_id.into()
+            } else {
+                String::new()
+            },
+            default_calling_code: if i == 0 { "39".into() } else { String::new() },
+            data: data.to_vec(),
+        })
+        .collect();
+    client
+        .clone()
+        .import_contacts(futures::stream::iter(chunks))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+const FILE: &str = "phone,name,tags,opt_in_source,opt_in_at,opt_in_proof,opted_out,attr.city\r\n\
+    +39 347 100 0001,Giulia Rossi,vip;Promo,web form,2026-01-02T10:00:00Z,\"I agree, send offers\",,Roma\r\n\
+    347 100 0002,Marco,,,,,,Milano\r\n\
+    not-a-number,Nobody,,,,,,\r\n\
+    0039 347 100 0001,Giulia again,,,,,,\r\n\
+    +39 347 100 0003,Anna,two words,,,,,\r\n\
+    +39 347 100 0004,Luca,,shop,,,,\r\n\
+    +39 347 100 0005,Sara,,,,,yes,Napoli\r\n\
+    \"+39 347 100 0006\",\"Bianchi, \"\"Paolo\"\"\",,,,,,\r\n";
+
+fn report(i: &v1::ContactImport) -> Vec<(u64, String, String, String)> {
+    i.report
+        .iter()
+        .map(|r| (r.line, r.outcome.clone(), r.field.clone(), r.reason.clone()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_import_reports_every_row_and_a_second_import_changes_nothing() -> anyhow::Result<()> {
+    let c = Chain::start(80).await?;
+    let client = contacts_client(&c).await?;
+
+    let first = import(&client, &c.tenant, "import-1", FILE, 7).await?;
+    assert_eq!(first.state, "done", "{first:?}");
+    assert_eq!(
+        (first.rows, first.created, first.updated, first.unchanged),
+        (8, 4, 0, 0),
+        "{first:?}"
+    );
+    assert_eq!(
+        (first.rejected, first.duplicates, first.opted_out),
+        (3, 1, 1)
+    );
+    let expected = vec![
+        (4, "rejected".into(), "phone".into(), "INVALID_PHONE".into()),
+        (5, "duplicate".into(), "phone".into(), "DUPLICATE".into()),
+        (6, "rejected".into(), "tags".into(), "INVALID_TAG".into()),
+        (
+            7,
+            "rejected".into(),
+            "opt_in_at".into(),
+            "INVALID_OPT_IN".into(),
+        ),
+        (
+            8,
+            "opted_out".into(),
+            "opted_out".into(),
+            "OPTED_OUT".into(),
+        ),
+    ];
+    assert_eq!(report(&first), expected);
+    assert!(!first.replayed);
+
+    let giulia = client
+        .clone()
+        .get_contact(v1::GetContactRequest {
+            tenant_id: c.tenant.clone(),
+            user: "+39 347 100 0001".into(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(giulia.user, "393471000001");
+    assert_eq!(giulia.name, "Giulia Rossi");
+    assert_eq!(giulia.tags, vec!["promo".to_owned(), "vip".to_owned()]);
+    assert_eq!(
+        giulia.attributes.get("city").map(String::as_str),
+        Some("Roma")
+    );
+    let opt_in = giulia.opt_in.expect("the opt-in is recorded");
+    assert_eq!(opt_in.source, "web form");
+    assert_eq!(opt_in.proof, "I agree, send offers");
+    assert_eq!(giulia.source, "import");
+    let paolo = client
+        .clone()
+        .get_contact(v1::GetContactRequest {
+            tenant_id: c.tenant.clone(),
+            user: "393471000006".into(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        paolo.name, "Bianchi, \"Paolo\"",
+        "a quoted field keeps its comma and quotes"
+    );
+    let sara = client
+        .clone()
+        .get_contact(v1::GetContactRequest {
+            tenant_id: c.tenant.clone(),
+            user: "393471000005".into(),
+        })
+        .await?
+        .into_inner();
+    assert!(sara.opt_in.is_none() && sara.opted_out_at.is_some());
+
+    // The same file again, under a new id: every valid row is unchanged, the report the same.
+    let second = import(&client, &c.tenant, "import-2", FILE, 1_000).await?;
+    assert_eq!(
+        (
+            second.rows,
+            second.created,
+            second.updated,
+            second.unchanged
+        ),
+        (8, 0, 0, 4)
+    );
+    assert_eq!(report(&second), expected);
+    // The same id answers the first report again.
+    let replayed = import(&client, &c.tenant, "import-1", "phone\n", 100).await?;
+    assert!(replayed.replayed);
+    assert_eq!((replayed.created, replayed.rejected), (4, 3));
+    // The report a page at a time.
+    let page = client
+        .clone()
+        .get_contact_import(v1::GetContactImportRequest {
+            tenant_id: c.tenant.clone(),
+            import_id: "import-1".into(),
+            page_size: 2,
+            page_token: String::new(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(report(&page), expected[..2].to_vec());
+    let rest = client
+        .clone()
+        .get_contact_import(v1::GetContactImportRequest {
+            tenant_id: c.tenant.clone(),
+            import_id: "import-1".into(),
+            page_size: 10,
+            page_token: page.next_page_token.clone(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(report(&rest), expected[2..].to_vec());
+
+    // Listing by tag and opt-in.
+    let vip = client
+        .clone()
+        .list_contacts(v1::ListContactsRequest {
+            tenant_id: c.tenant.clone(),
+            tags: vec!["VIP".into()],
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        vip.contacts
+            .iter()
+            .map(|c| c.user.as_str())
+            .collect::<Vec<_>>(),
+        vec!["393471000001"]
+    );
+    let not_opted_in = client
+        .clone()
+        .list_contacts(v1::ListContactsRequest {
+            tenant_id: c.tenant.clone(),
+            opt_in: v1::list_contacts_request::OptInFilter::NotOptedIn as i32,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(not_opted_in.contacts.len(), 3);
+
+    // A malformed file fails the import and says where.
+    let broken = import(&client, &c.tenant, "import-3", "phone\n\"+39347", 100).await?;
+    assert_eq!(broken.state, "failed");
+    assert!(broken.failure.contains("line 2"), "{}", broken.failure);
+    let err = import(&client, &c.tenant, "bad id!", FILE, 100)
+        .await
+        .expect_err("a bad import id is refused");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    c.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_the_tenant_blocks_receives_nothing_until_the_block_is_lifted() -> anyhow::Result<()>
+{
+    let c = Chain::start(80).await?;
+    let client = contacts_client(&c).await?;
+    c.template("order_update", "UTILITY", 1).await?;
+    c.top_up(20 * UTILITY_IT).await?;
+    let spammer = "393331110008";
+    let other = "393331110009";
+    // The spammer's window has closed (its templates are charged); the other user's is open.
+    c.user_says(spammer, 25 * 3_600, false).await?;
+    c.user_says(other, 60, false).await?;
+
+    // The user's first message made its contact.
+    let contact = eventually("the inbound message makes a contact", WAIT, || async {
+        match client
+            .clone()
+            .get_contact(v1::GetContactRequest {
+                tenant_id: c.tenant.clone(),
+                user: spammer.into(),
+            })
+            .await
+        {
+            Ok(found) => Ok(Some(found.into_inner())),
+            Err(s) if s.code() == Code::NotFound => Ok(None),
+            Err(s) => Err(s.into()),
+        }
+    })
+    .await?;
+    assert_eq!(contact.source, "inbound");
+    assert_eq!(contact.profile_name, "Giulia");
+    assert!(contact.last_inbound_at.is_some() && !contact.blocked);
+
+    // Queued behind a number that sends one message a second, then blocked by the tenant.
+    let infra = infra().await?;
+    sqlx::query("UPDATE accounts.numbers SET throughput_per_second = 1 WHERE phone_number_id = $1")
+        .bind(&c.number)
+        .execute(&infra.pool)
+        .await?;
+    let mut queued = Vec::new();
+    for i in 0..5 {
+        queued.push(
+            c.template_send(spammer, &format!("q-{i}"), "order_update", &["7"])
+                .await?
+                .message_id,
+        );
+    }
+    let blocked = client
+        .clone()
+        .block_contacts(v1::BlockContactsRequest {
+            tenant_id: c.tenant.clone(),
+            users: vec![format!("+{spammer}")],
+            unblock: false,
+        })
+        .await?
+        .into_inner();
+    assert!(blocked.contacts[0].blocked);
+    assert_eq!(
+        reason(&c.text(spammer, "after-block", "hi").await),
+        (Code::FailedPrecondition, "USER_BLOCKED".into())
+    );
+    assert_eq!(
+        reason(
+            &c.template_send(spammer, "after-block-t", "order_update", &["8"])
+                .await
+        ),
+        (Code::FailedPrecondition, "USER_BLOCKED".into())
+    );
+    // Another user of the tenant is not affected.
+    c.text(other, "to-other", "hello").await?;
+
+    let mut failed_blocked = 0;
+    let mut delivered = 0;
+    for id in &queued {
+        let m = c.settles(id, &["DELIVERED", "READ", "FAILED"]).await?;
+        if m.status == "FAILED" {
+            assert_eq!(m.failure_reason, "USER_BLOCKED", "{m:?}");
+            failed_blocked += 1;
+        } else {
+            delivered += 1;
+        }
+    }
+    assert!(
+        failed_blocked >= 2,
+        "queued messages fail once the tenant blocks ({failed_blocked} failed, {delivered} delivered)"
+    );
+    // Only what was delivered is charged (the other user's reply inside its window is free).
+    c.books_settled().await?;
+    let charged: Vec<(String, i64)> = c
+        .charges()
+        .await?
+        .into_iter()
+        .filter(|(_, amount)| *amount != 0)
+        .collect();
+    assert_eq!(charged.len(), delivered, "{charged:?}");
+
+    client
+        .clone()
+        .block_contacts(v1::BlockContactsRequest {
+            tenant_id: c.tenant.clone(),
+            users: vec![spammer.into()],
+            unblock: true,
+        })
+        .await?;
+    c.template_send(spammer, "after-unblock", "order_update", &["9"])
+        .await?;
+    c.reconcile().await?;
+    c.stop().await;
+    Ok(())
+}
