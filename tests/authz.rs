@@ -587,6 +587,41 @@ fn rpcs() -> Vec<Rpc> {
             }),
         ),
         dispatch(
+            "ContactsService/SaveSegment",
+            Scope::Send,
+            true,
+            call!(ContactsServiceClient, save_segment, |c| {
+                v1::SaveSegmentRequest {
+                    tenant_id: c.tenant,
+                    segment_id: format!("authz-{}", c.unique),
+                    name: "authz".into(),
+                    filter: None,
+                }
+            }),
+        ),
+        dispatch(
+            "ContactsService/ListSegments",
+            Scope::Read,
+            true,
+            call!(ContactsServiceClient, list_segments, |c| {
+                v1::ListSegmentsRequest {
+                    tenant_id: c.tenant,
+                    ..Default::default()
+                }
+            }),
+        ),
+        dispatch(
+            "ContactsService/DeleteSegment",
+            Scope::Send,
+            true,
+            call!(ContactsServiceClient, delete_segment, |c| {
+                v1::DeleteSegmentRequest {
+                    tenant_id: c.tenant,
+                    segment_id: "authz-none".into(),
+                }
+            }),
+        ),
+        dispatch(
             "ContactsService/BlockContacts",
             Scope::Send,
             true,

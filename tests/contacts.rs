@@ -195,7 +195,10 @@ async fn an_import_reports_every_row_and_a_second_import_changes_nothing() -> an
         .clone()
         .list_contacts(v1::ListContactsRequest {
             tenant_id: c.tenant.clone(),
-            tags: vec!["VIP".into()],
+            filter: Some(v1::ContactFilter {
+                tags: vec!["VIP".into()],
+                ..Default::default()
+            }),
             ..Default::default()
         })
         .await?
@@ -211,12 +214,94 @@ async fn an_import_reports_every_row_and_a_second_import_changes_nothing() -> an
         .clone()
         .list_contacts(v1::ListContactsRequest {
             tenant_id: c.tenant.clone(),
-            opt_in: v1::list_contacts_request::OptInFilter::NotOptedIn as i32,
+            filter: Some(v1::ContactFilter {
+                opt_in: v1::contact_filter::OptInFilter::NotOptedIn as i32,
+                ..Default::default()
+            }),
             ..Default::default()
         })
         .await?
         .into_inner();
     assert_eq!(not_opted_in.contacts.len(), 3);
+
+    // A saved segment: tags and an attribute; a filter and a segment are not both taken.
+    client
+        .clone()
+        .save_segment(v1::SaveSegmentRequest {
+            tenant_id: c.tenant.clone(),
+            segment_id: "rome-vip".into(),
+            name: "VIPs in Rome".into(),
+            filter: Some(v1::ContactFilter {
+                tags: vec!["vip".into()],
+                attributes: [("city".to_owned(), "Roma".to_owned())].into(),
+                ..Default::default()
+            }),
+        })
+        .await?;
+    let in_segment = client
+        .clone()
+        .list_contacts(v1::ListContactsRequest {
+            tenant_id: c.tenant.clone(),
+            segment_id: "rome-vip".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        in_segment
+            .contacts
+            .iter()
+            .map(|c| c.user.as_str())
+            .collect::<Vec<_>>(),
+        vec!["393471000001"]
+    );
+    let milano = client
+        .clone()
+        .list_contacts(v1::ListContactsRequest {
+            tenant_id: c.tenant.clone(),
+            filter: Some(v1::ContactFilter {
+                attributes: [("city".to_owned(), "Milano".to_owned())].into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        milano
+            .contacts
+            .iter()
+            .map(|c| c.user.as_str())
+            .collect::<Vec<_>>(),
+        vec!["393471000002"]
+    );
+    let segments = client
+        .clone()
+        .list_segments(v1::ListSegmentsRequest {
+            tenant_id: c.tenant.clone(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert_eq!(segments.segments.len(), 1);
+    assert_eq!(segments.segments[0].name, "VIPs in Rome");
+    client
+        .clone()
+        .delete_segment(v1::DeleteSegmentRequest {
+            tenant_id: c.tenant.clone(),
+            segment_id: "rome-vip".into(),
+        })
+        .await?;
+    let gone = client
+        .clone()
+        .list_contacts(v1::ListContactsRequest {
+            tenant_id: c.tenant.clone(),
+            segment_id: "rome-vip".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a deleted segment is gone");
+    assert_eq!(gone.code(), Code::NotFound);
 
     // A malformed file fails the import and says where.
     let broken = import(&client, &c.tenant, "import-3", "phone\n\"+39347", 100).await?;
@@ -262,6 +347,36 @@ async fn a_user_the_tenant_blocks_receives_nothing_until_the_block_is_lifted() -
     assert_eq!(contact.source, "inbound");
     assert_eq!(contact.profile_name, "Giulia");
     assert!(contact.last_inbound_at.is_some() && !contact.blocked);
+    // Whether a window is open follows the user's newest message.
+    for (window, expected) in [
+        (v1::contact_filter::WindowFilter::WindowOpen, other),
+        (v1::contact_filter::WindowFilter::WindowClosed, spammer),
+    ] {
+        let listed = eventually("both contacts are made", WAIT, || async {
+            let page = client
+                .clone()
+                .list_contacts(v1::ListContactsRequest {
+                    tenant_id: c.tenant.clone(),
+                    filter: Some(v1::ContactFilter {
+                        window: window as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            Ok((!page.contacts.is_empty()).then_some(page))
+        })
+        .await?;
+        assert_eq!(
+            listed
+                .contacts
+                .iter()
+                .map(|c| c.user.as_str())
+                .collect::<Vec<_>>(),
+            vec![expected]
+        );
+    }
 
     // Queued behind a number that sends one message a second, then blocked by the tenant.
     let infra = infra().await?;

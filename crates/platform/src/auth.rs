@@ -217,6 +217,9 @@ for_tenant!(
     ListContactsRequest,
     GetContactImportRequest,
     BlockContactsRequest,
+    SaveSegmentRequest,
+    ListSegmentsRequest,
+    DeleteSegmentRequest,
 );
 
 /// A request its key may act on (see [`Authenticator::authorize`]).

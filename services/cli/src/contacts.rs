@@ -44,6 +44,9 @@ pub enum ContactsCommand {
         not_opted_in: bool,
         #[arg(long)]
         include_blocked: bool,
+        /// A saved segment instead of the options above.
+        #[arg(long, default_value = "")]
+        segment: String,
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
@@ -53,6 +56,30 @@ pub enum ContactsCommand {
         tenant: String,
         #[arg(long)]
         user: String,
+    },
+    /// Save a segment (a named filter over contacts): by tags, attributes (key=value),
+    /// opt-in and whether a window is open.
+    SegmentSave {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        tag: Vec<String>,
+        #[arg(long)]
+        attribute: Vec<String>,
+        #[arg(long)]
+        opted_in: bool,
+        /// open or closed.
+        #[arg(long, default_value = "")]
+        window: String,
+    },
+    /// The tenant's segments.
+    SegmentList {
+        #[arg(long)]
+        tenant: String,
     },
     /// Block users (nothing from the tenant's numbers reaches them), or lift it.
     Block {
@@ -212,21 +239,27 @@ pub async fn contacts(
             opted_in,
             not_opted_in,
             include_blocked,
+            segment,
             limit,
         } => {
             let opt_in = if opted_in {
-                v1::list_contacts_request::OptInFilter::OptedIn
+                v1::contact_filter::OptInFilter::OptedIn
             } else if not_opted_in {
-                v1::list_contacts_request::OptInFilter::NotOptedIn
+                v1::contact_filter::OptInFilter::NotOptedIn
             } else {
-                v1::list_contacts_request::OptInFilter::OptInAny
+                v1::contact_filter::OptInFilter::OptInAny
             };
+            let filter = (segment.is_empty()).then(|| v1::ContactFilter {
+                tags: tag,
+                opt_in: opt_in as i32,
+                include_blocked,
+                ..Default::default()
+            });
             let page = c
                 .list_contacts(v1::ListContactsRequest {
                     tenant_id: tenant,
-                    tags: tag,
-                    opt_in: opt_in as i32,
-                    include_blocked,
+                    segment_id: segment,
+                    filter,
                     page_size: limit,
                     page_token: String::new(),
                 })
@@ -235,6 +268,68 @@ pub async fn contacts(
                 .into_inner();
             for contact in &page.contacts {
                 print_contact(contact, json_out);
+            }
+        }
+        ContactsCommand::SegmentSave {
+            tenant,
+            id,
+            name,
+            tag,
+            attribute,
+            opted_in,
+            window,
+        } => {
+            let mut attributes = std::collections::HashMap::new();
+            for a in attribute {
+                let (k, v) = a
+                    .split_once('=')
+                    .ok_or_else(|| anyhow::anyhow!("--attribute {a:?} is not key=value"))?;
+                attributes.insert(k.to_owned(), v.to_owned());
+            }
+            let window = match window.as_str() {
+                "" => v1::contact_filter::WindowFilter::WindowAny,
+                "open" => v1::contact_filter::WindowFilter::WindowOpen,
+                "closed" => v1::contact_filter::WindowFilter::WindowClosed,
+                other => anyhow::bail!("--window {other:?}: open or closed"),
+            };
+            let saved = c
+                .save_segment(v1::SaveSegmentRequest {
+                    tenant_id: tenant,
+                    segment_id: id,
+                    name,
+                    filter: Some(v1::ContactFilter {
+                        tags: tag,
+                        attributes,
+                        opt_in: if opted_in {
+                            v1::contact_filter::OptInFilter::OptedIn as i32
+                        } else {
+                            0
+                        },
+                        window: window as i32,
+                        ..Default::default()
+                    }),
+                })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            println!("{} {}", saved.segment_id, saved.name);
+        }
+        ContactsCommand::SegmentList { tenant } => {
+            let page = c
+                .list_segments(v1::ListSegmentsRequest {
+                    tenant_id: tenant,
+                    page_size: 1_000,
+                    page_token: String::new(),
+                })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            for s in &page.segments {
+                if json_out {
+                    println!("{}", json!({"segment_id": s.segment_id, "name": s.name}));
+                } else {
+                    println!("{}  {}", s.segment_id, s.name);
+                }
             }
         }
         ContactsCommand::Show { tenant, user } => {

@@ -16,11 +16,13 @@ use finestra_platform::status::{self, Reason, invalid_argument, not_found, requi
 use finestra_proto::time::from_micros;
 use finestra_proto::v1::contacts_service_server::ContactsService;
 use finestra_proto::v1::{
-    BlockContactsRequest, BlockContactsResponse, Contact, ContactImport, GetContactImportRequest,
-    GetContactRequest, ImportContactsChunk, ImportRow, ListContactsRequest, ListContactsResponse,
-    OptIn as OptInProto, UpsertContactRequest,
+    BlockContactsRequest, BlockContactsResponse, Contact, ContactFilter, ContactImport,
+    DeleteSegmentRequest, DeleteSegmentResponse, GetContactImportRequest, GetContactRequest,
+    ImportContactsChunk, ImportRow, ListContactsRequest, ListContactsResponse, ListSegmentsRequest,
+    ListSegmentsResponse, OptIn as OptInProto, SaveSegmentRequest, Segment, UpsertContactRequest,
 };
 use futures::StreamExt as _;
+use prost::Message as _;
 use sqlx::PgPool;
 use tonic::{Code, Request, Response, Status, Streaming};
 
@@ -185,6 +187,22 @@ fn change_of(req: &UpsertContactRequest, now: Timestamp) -> Result<Change, Statu
 }
 
 impl ContactsApi {
+    /// A saved segment's filter (NOT_FOUND when the tenant has none of that id).
+    pub async fn segment_filter(
+        &self,
+        tenant_id: &str,
+        segment_id: &str,
+    ) -> Result<store::Filter, Status> {
+        let row = store::segments(&self.pool, tenant_id, segment_id, "", 1)
+            .await
+            .map_err(|e| store_failure("reading a segment", &e))?
+            .pop()
+            .ok_or_else(|| not_found("segment_id", segment_id))?;
+        let filter = ContactFilter::decode(row.filter.as_slice())
+            .map_err(|e| status::internal("decoding a segment", &e))?;
+        filter_of(&filter)
+    }
+
     async fn contacts(&self, tenant_id: &str, users: &[String]) -> Result<Vec<Contact>, Status> {
         Ok(store::get_many(&self.pool, tenant_id, users)
             .await
@@ -365,6 +383,49 @@ fn import_of(
     }
 }
 
+/// A filter as the store takes it, checked.
+pub fn filter_of(f: &ContactFilter) -> Result<store::Filter, Status> {
+    let mut tags = Vec::with_capacity(f.tags.len());
+    for t in &f.tags {
+        tags.push(
+            rules::normalize_tag(t)
+                .ok_or_else(|| invalid_argument("filter.tags", format!("{t:?} is not a tag")))?,
+        );
+    }
+    for (k, v) in &f.attributes {
+        if !rules::is_attribute_key(k) || v.is_empty() || v.len() > rules::MAX_ATTRIBUTE_VALUE {
+            return Err(invalid_argument(
+                "filter.attributes",
+                format!("{k:?}: a key of 1-64 letters, digits or '_' and a value to match"),
+            ));
+        }
+    }
+    let attributes: std::collections::BTreeMap<&String, &String> = f.attributes.iter().collect();
+    let time = |t: &Option<finestra_proto::prost_types::Timestamp>| {
+        t.as_ref().map(finestra_proto::time::to_micros)
+    };
+    Ok(store::Filter {
+        tags,
+        attributes_json: serde_json::to_string(&attributes)
+            .map_err(|e| status::internal("encoding a filter", &e))?,
+        opt_in: f.opt_in,
+        last_inbound_after: time(&f.last_inbound_after),
+        last_inbound_before: time(&f.last_inbound_before),
+        window: f.window,
+        include_blocked: f.include_blocked,
+    })
+}
+
+fn segment_of(tenant_id: &str, r: &store::SegmentRow) -> Segment {
+    Segment {
+        tenant_id: tenant_id.to_owned(),
+        segment_id: r.segment_id.clone(),
+        name: r.name.clone(),
+        filter: ContactFilter::decode(r.filter.as_slice()).ok(),
+        updated_at: Some(from_micros(r.updated_at)),
+    }
+}
+
 fn is_import_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
         && id
@@ -423,19 +484,21 @@ impl ContactsService for ContactsApi {
         let req = self.auth.authorize(request, Scope::Read).await?.request;
         let size = paging::page_size(req.page_size)?;
         let after = paging::after(&req.page_token)?;
-        let mut tags = Vec::with_capacity(req.tags.len());
-        for t in &req.tags {
-            tags.push(
-                rules::normalize_tag(t)
-                    .ok_or_else(|| invalid_argument("tags", format!("{t:?} is not a tag")))?,
-            );
-        }
+        let filter = match (req.segment_id.is_empty(), &req.filter) {
+            (true, filter) => filter_of(&filter.clone().unwrap_or_default())?,
+            (false, None) => self.segment_filter(&req.tenant_id, &req.segment_id).await?,
+            (false, Some(_)) => {
+                return Err(invalid_argument(
+                    "filter",
+                    "name a segment or give a filter, not both",
+                ));
+            }
+        };
         let rows = store::list(
             &self.pool,
             &req.tenant_id,
-            &tags,
-            req.opt_in,
-            req.include_blocked,
+            &filter,
+            self.clock.now(),
             &after,
             size + 1,
         )
@@ -446,6 +509,65 @@ impl ContactsService for ContactsApi {
             contacts: page.iter().map(|r| contact_of(&req.tenant_id, r)).collect(),
             next_page_token,
         }))
+    }
+
+    async fn save_segment(
+        &self,
+        request: Request<SaveSegmentRequest>,
+    ) -> Result<Response<Segment>, Status> {
+        let req = self.auth.authorize(request, Scope::Send).await?.request;
+        if !is_import_id(&req.segment_id) {
+            return Err(invalid_argument(
+                "segment_id",
+                "1 to 64 letters, digits, '-', '_', '.' or ':'",
+            ));
+        }
+        if req.name.trim().is_empty() || !rules::is_label(&req.name) {
+            return Err(invalid_argument(
+                "name",
+                "a segment's name is 1 to 256 bytes without control characters",
+            ));
+        }
+        let filter = req.filter.clone().unwrap_or_default();
+        filter_of(&filter)?;
+        let row = store::SegmentRow {
+            segment_id: req.segment_id.clone(),
+            name: req.name.trim().to_owned(),
+            filter: filter.encode_to_vec(),
+            updated_at: self.clock.now().micros(),
+        };
+        store::save_segment(&self.pool, &req.tenant_id, &row)
+            .await
+            .map_err(|e| store_failure("saving a segment", &e))?;
+        Ok(Response::new(segment_of(&req.tenant_id, &row)))
+    }
+
+    async fn list_segments(
+        &self,
+        request: Request<ListSegmentsRequest>,
+    ) -> Result<Response<ListSegmentsResponse>, Status> {
+        let req = self.auth.authorize(request, Scope::Read).await?.request;
+        let size = paging::page_size(req.page_size)?;
+        let after = paging::after(&req.page_token)?;
+        let rows = store::segments(&self.pool, &req.tenant_id, "", &after, size + 1)
+            .await
+            .map_err(|e| store_failure("listing segments", &e))?;
+        let (page, next_page_token) = paging::paginate(rows, size, |r| &r.segment_id);
+        Ok(Response::new(ListSegmentsResponse {
+            segments: page.iter().map(|r| segment_of(&req.tenant_id, r)).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn delete_segment(
+        &self,
+        request: Request<DeleteSegmentRequest>,
+    ) -> Result<Response<DeleteSegmentResponse>, Status> {
+        let req = self.auth.authorize(request, Scope::Send).await?.request;
+        store::delete_segment(&self.pool, &req.tenant_id, &req.segment_id)
+            .await
+            .map_err(|e| store_failure("deleting a segment", &e))?;
+        Ok(Response::new(DeleteSegmentResponse {}))
     }
 
     async fn import_contacts(

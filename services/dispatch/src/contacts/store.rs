@@ -90,17 +90,40 @@ pub async fn get_many(
     .await
 }
 
-/// Contacts in user order after `after`, carrying every tag of `tags`; `opt_in` 1 keeps the
-/// opted-in, 2 the others; blocked contacts only when asked.
+/// Which contacts a list or a segment takes (checked by the API).
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// Lower case, every one required.
+    pub tags: Vec<String>,
+    /// A JSON object the attributes must contain.
+    pub attributes_json: String,
+    /// 0 any, 1 opted in, 2 not opted in.
+    pub opt_in: i32,
+    pub last_inbound_after: Option<i64>,
+    pub last_inbound_before: Option<i64>,
+    /// 0 any, 1 a window open (the user wrote in the last 24 h), 2 none open.
+    pub window: i32,
+    pub include_blocked: bool,
+}
+
+/// A customer-service window's length (docs/rules.md §1): a user who wrote within it has one
+/// open on that number.
+const WINDOW_MICROS: i64 = 24 * 3_600 * 1_000_000;
+
+/// Contacts matching `filter` in user order after `after`.
 pub async fn list(
     pool: &PgPool,
     tenant_id: &str,
-    tags: &[String],
-    opt_in: i32,
-    include_blocked: bool,
+    filter: &Filter,
+    now: Timestamp,
     after: &str,
     limit: i64,
 ) -> Result<Vec<ContactRow>, sqlx::Error> {
+    let attributes = if filter.attributes_json.is_empty() {
+        "{}"
+    } else {
+        filter.attributes_json.as_str()
+    };
     sqlx::query_as!(
         ContactRow,
         r#"SELECT user_key AS "user_key!", name, profile_name, attributes::text AS "attributes!",
@@ -108,18 +131,93 @@ pub async fn list(
                   last_inbound_at, source, created_at, updated_at
              FROM dispatch.contacts
             WHERE tenant_id = $1 AND user_key > $2 AND tags @> $3
-              AND ($4 OR NOT blocked)
-              AND ($5 = 0 OR ($5 = 1) = (opt_in_at IS NOT NULL))
-            ORDER BY user_key LIMIT $6"#,
+              AND attributes @> $4::text::jsonb
+              AND ($5 OR NOT blocked)
+              AND ($6 = 0 OR ($6 = 1) = (opt_in_at IS NOT NULL))
+              AND ($7::int8 IS NULL OR last_inbound_at > $7)
+              AND ($8::int8 IS NULL OR last_inbound_at < $8)
+              AND ($9 = 0 OR ($9 = 1) = (COALESCE(last_inbound_at, 0) > $10))
+            ORDER BY user_key LIMIT $11"#,
         tenant_id,
         after,
-        tags,
-        include_blocked,
-        opt_in,
+        &filter.tags,
+        attributes,
+        filter.include_blocked,
+        filter.opt_in,
+        filter.last_inbound_after,
+        filter.last_inbound_before,
+        filter.window,
+        now.micros() - WINDOW_MICROS,
         limit
     )
     .fetch_all(pool)
     .await
+}
+
+/// A saved segment: its name, encoded filter and when it was saved.
+pub struct SegmentRow {
+    pub segment_id: String,
+    pub name: String,
+    pub filter: Vec<u8>,
+    pub updated_at: i64,
+}
+
+pub async fn save_segment(
+    pool: &PgPool,
+    tenant_id: &str,
+    segment: &SegmentRow,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "INSERT INTO dispatch.segments (tenant_id, segment_id, name, filter, updated_at)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (tenant_id, segment_id) DO UPDATE
+            SET name = EXCLUDED.name, filter = EXCLUDED.filter, updated_at = EXCLUDED.updated_at",
+        tenant_id,
+        segment.segment_id,
+        segment.name,
+        segment.filter,
+        segment.updated_at
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Segments in id order after `after` (`only`: just that one).
+pub async fn segments(
+    pool: &PgPool,
+    tenant_id: &str,
+    only: &str,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<SegmentRow>, sqlx::Error> {
+    sqlx::query_as!(
+        SegmentRow,
+        "SELECT segment_id, name, filter, updated_at FROM dispatch.segments
+          WHERE tenant_id = $1 AND ($2 = '' OR segment_id = $2) AND segment_id > $3
+          ORDER BY segment_id LIMIT $4",
+        tenant_id,
+        only,
+        after,
+        limit
+    )
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn delete_segment(
+    pool: &PgPool,
+    tenant_id: &str,
+    segment_id: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "DELETE FROM dispatch.segments WHERE tenant_id = $1 AND segment_id = $2",
+        tenant_id,
+        segment_id
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// Applies changes to a tenant's contacts (at most one per user; a user missing is created
