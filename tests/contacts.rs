@@ -303,6 +303,24 @@ async fn an_import_reports_every_row_and_a_second_import_changes_nothing() -> an
         .expect_err("a deleted segment is gone");
     assert_eq!(gone.code(), Code::NotFound);
 
+    // An imported opt-out is on the tenant's suppression list: marketing is refused before
+    // it costs anything, utility goes.
+    c.template("offer", "MARKETING", 1).await?;
+    c.template("receipt", "UTILITY", 1).await?;
+    c.top_up(10 * UTILITY_IT).await?;
+    assert_eq!(
+        reason(
+            &c.template_send("393471000005", "sara-offer", "offer", &["x"])
+                .await
+        ),
+        (Code::FailedPrecondition, "MARKETING_OPT_OUT".into())
+    );
+    let receipt = c
+        .template_send("393471000005", "sara-receipt", "receipt", &["x"])
+        .await?;
+    c.settles(&receipt.message_id, &["DELIVERED", "READ"])
+        .await?;
+
     // A malformed file fails the import and says where.
     let broken = import(&client, &c.tenant, "import-3", "phone\n\"+39347", 100).await?;
     assert_eq!(broken.state, "failed");
@@ -311,6 +329,8 @@ async fn an_import_reports_every_row_and_a_second_import_changes_nothing() -> an
         .await
         .expect_err("a bad import id is refused");
     assert_eq!(err.code(), Code::InvalidArgument);
+    c.books_settled().await?;
+    c.reconcile().await?;
     c.stop().await;
     Ok(())
 }

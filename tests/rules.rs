@@ -5,6 +5,7 @@
 use finestra_e2e::WAIT;
 use finestra_e2e::chain::{Chain, MARKETING_IT, reason, template};
 use finestra_platform::auth::{Owner, Scope as KeyScope};
+use finestra_platform::status::reason_of;
 use finestra_proto::v1::SendMessageRequest;
 use finestra_proto::v1::dispatch_service_client::DispatchServiceClient;
 use finestra_testkit::{eventually, infra};
@@ -375,6 +376,60 @@ async fn a_stop_keyword_stops_marketing_start_resumes_it_and_the_networks_131050
         opted_out,
         "refused before it costs anything"
     );
+    // ... and put on the tenant's suppression list, for every one of its numbers; her START
+    // takes her off it and marketing goes again.
+    let key = c
+        .scope
+        .tenant_key("acme", &[KeyScope::Send, KeyScope::Read])
+        .await?;
+    let dispatch_url = c
+        .dispatch
+        .as_ref()
+        .map(|d| d.running.grpc_url())
+        .unwrap_or_else(|| c.dispatch_url.clone());
+    let contacts = finestra_proto::v1::contacts_service_client::ContactsServiceClient::new(
+        finestra_testkit::authed_channel(dispatch_url, &key).await?,
+    );
+    let suppressed = |want: bool| {
+        let contacts = contacts.clone();
+        let tenant = c.tenant.clone();
+        async move {
+            eventually("the suppression list follows", WAIT, || async {
+                let found = contacts
+                    .clone()
+                    .get_contact(finestra_proto::v1::GetContactRequest {
+                        tenant_id: tenant.clone(),
+                        user: eva.into(),
+                    })
+                    .await;
+                Ok(match found {
+                    Ok(contact) => {
+                        let contact = contact.into_inner();
+                        (contact.opted_out_at.is_some() == want).then_some(contact)
+                    }
+                    Err(s) if s.code() == Code::NotFound => None,
+                    Err(s) => return Err(s.into()),
+                })
+            })
+            .await
+        }
+    };
+    let listed = suppressed(true).await?;
+    assert_eq!(listed.source, "network");
+    // (The refusal's stop has microseconds, her START whole seconds: a later second.)
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    says(eva, "START", 0).await?;
+    stopped(eva, false).await?;
+    suppressed(false).await?;
+    let again = eventually("marketing goes again", WAIT, || async {
+        match c.template_send(eva, "eva-3", "offer", &["x"]).await {
+            Ok(sent) => Ok(Some(sent)),
+            Err(s) if reason_of(&s).as_deref() == Some("MARKETING_OPT_OUT") => Ok(None),
+            Err(s) => Err(s.into()),
+        }
+    })
+    .await?;
+    c.settles(&again.message_id, &["DELIVERED", "READ"]).await?;
     c.books_settled().await?;
     c.reconcile().await?;
     c.stop().await;

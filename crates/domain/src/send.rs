@@ -60,6 +60,9 @@ pub struct Facts<'a> {
     /// The tenant blocked this user itself (spam protection, docs/rules.md §3): refused as a
     /// block by the user is.
     pub tenant_blocked: bool,
+    /// The user is on the tenant's suppression list (an imported opt-out, the network's
+    /// 131050 on any of its numbers): marketing is refused as after the user's own stop.
+    pub tenant_opted_out: bool,
     /// `None` when the tenant has no template of that name and language.
     pub template: Option<TemplateFacts>,
     pub now: Timestamp,
@@ -261,7 +264,9 @@ fn decide(
             given,
         });
     }
-    if template.category == Category::Marketing && facts.window.is_marketing_opted_out() {
+    if template.category == Category::Marketing
+        && (facts.window.is_marketing_opted_out() || facts.tenant_opted_out)
+    {
         return Err(Refusal::MarketingOptOut);
     }
     Ok(Admitted {
@@ -293,9 +298,31 @@ mod tests {
             recipient: USER,
             window,
             tenant_blocked: false,
+            tenant_opted_out: false,
             template,
             now: NOW,
         }
+    }
+
+    #[test]
+    fn the_tenants_suppression_list_refuses_marketing_only() {
+        let window = WindowState::default();
+        let suppressed = Facts {
+            tenant_opted_out: true,
+            ..facts(&window, Some(APPROVED_MARKETING))
+        };
+        assert_eq!(
+            admit_quote(Asked::Template, &suppressed).map(|_| ()),
+            Err(Refusal::MarketingOptOut)
+        );
+        let utility = Facts {
+            template: Some(TemplateFacts {
+                category: Category::Utility,
+                ..APPROVED_MARKETING
+            }),
+            ..suppressed
+        };
+        assert!(admit_quote(Asked::Template, &utility).is_ok());
     }
 
     #[test]

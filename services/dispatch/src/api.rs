@@ -455,12 +455,14 @@ impl DispatchApi {
         } else {
             finestra_domain::WindowState::default()
         };
-        let tenant_blocked = number_active
-            && self
-                .facts
-                .tenant_blocked(tenant_id, recipient)
+        let contact = if number_active {
+            self.facts
+                .contact(tenant_id, recipient)
                 .await
-                .map_err(|e| self.store_error("reading the tenant's blocks", &e))?;
+                .map_err(|e| self.store_error("reading the tenant's contacts", &e))?
+        } else {
+            crate::facts::ContactFacts::default()
+        };
         let now = self.clock.now();
         let template = match &parsed.outgoing {
             Outgoing::Template { name, language, .. } if number_active => self
@@ -477,7 +479,8 @@ impl DispatchApi {
                 number_active,
                 recipient: &req.to,
                 window: &window,
-                tenant_blocked,
+                tenant_blocked: contact.blocked,
+                tenant_opted_out: contact.opted_out,
                 template,
                 now,
             },

@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use finestra_domain::Clock;
+use finestra_domain::{Clock, Timestamp};
 use finestra_platform::Shutdown;
 use finestra_platform::kafka::{self, BatchConsumer};
 use finestra_proto::v1::Envelope;
@@ -145,6 +145,10 @@ impl EventLoop {
                 .iter()
                 .filter_map(crate::contacts::store::seen_of)
                 .collect();
+            let preferences: Vec<_> = envelopes
+                .iter()
+                .filter_map(crate::contacts::store::preference_change_of)
+                .collect();
             let keyworded: Vec<crate::auto_reply::Keyworded> = envelopes
                 .iter()
                 .filter_map(crate::auto_reply::keyworded)
@@ -177,6 +181,12 @@ impl EventLoop {
                     record(&self.pool, &events, now).await?;
                     crate::media::note(&self.pool, &files).await?;
                     crate::contacts::store::note_inbound(&self.pool, &contacts_seen).await?;
+                    crate::contacts::store::note_preferences(
+                        &self.pool,
+                        &preferences,
+                        Timestamp::from_micros(now),
+                    )
+                    .await?;
                     crate::auto_reply::note(&self.pool, &keyworded).await?;
                     crate::fep::note(&self.pool, &referrals, fep_due).await
                 };

@@ -28,9 +28,25 @@ pub struct Facts {
     numbers: moka::future::Cache<String, Option<Arc<NumberFacts>>>,
     tenants: moka::future::Cache<String, Option<TenantSendFacts>>,
     templates: moka::future::Cache<(String, String, String), Option<TemplateFacts>>,
-    /// The users each tenant blocked itself (dispatch's contacts): one read per tenant per
-    /// TTL, dropped at once on this replica when the tenant blocks or unblocks.
-    blocks: moka::future::Cache<String, Arc<HashSet<String>>>,
+    /// Each tenant's blocked and opted-out contacts (dispatch's own): one read per tenant
+    /// per TTL, dropped at once on this replica when the tenant blocks or unblocks.
+    contacts: moka::future::Cache<String, Arc<ContactFlags>>,
+}
+
+/// The contacts a send must know of, of one tenant.
+#[derive(Debug, Default)]
+pub struct ContactFlags {
+    blocked: HashSet<String>,
+    opted_out: HashSet<String>,
+}
+
+/// What the tenant's contacts say of one user.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ContactFacts {
+    /// The tenant blocked the user itself.
+    pub blocked: bool,
+    /// The user is on the tenant's suppression list (no marketing).
+    pub opted_out: bool,
 }
 
 impl Facts {
@@ -49,36 +65,47 @@ impl Facts {
                 .max_capacity(100_000)
                 .time_to_live(ttl)
                 .build(),
-            blocks: moka::future::Cache::builder()
+            contacts: moka::future::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(ttl)
                 .build(),
         }
     }
 
-    /// Whether the tenant blocked this user itself (docs/rules.md §3). Concurrent misses of a
-    /// tenant share one query.
-    pub async fn tenant_blocked(
+    /// What the tenant's contacts say of this user (docs/rules.md §3). Concurrent misses of
+    /// a tenant share one query.
+    pub async fn contact(
         &self,
         tenant_id: &str,
         user: &str,
-    ) -> Result<bool, Arc<sqlx::Error>> {
+    ) -> Result<ContactFacts, Arc<sqlx::Error>> {
         let pool = self.pool.clone();
         let id = tenant_id.to_owned();
-        let blocked = self
-            .blocks
+        let flags = self
+            .contacts
             .try_get_with(tenant_id.to_owned(), async move {
-                crate::contacts::store::blocked_users(&pool, &id)
-                    .await
-                    .map(|users| Arc::new(users.into_iter().collect::<HashSet<_>>()))
+                let mut flags = ContactFlags::default();
+                for f in crate::contacts::store::flagged(&pool, &id).await? {
+                    if f.blocked {
+                        flags.blocked.insert(f.user_key.clone());
+                    }
+                    if f.opted_out {
+                        flags.opted_out.insert(f.user_key);
+                    }
+                }
+                Ok::<_, sqlx::Error>(Arc::new(flags))
             })
             .await?;
-        Ok(blocked.contains(user.trim_start_matches('+')))
+        let user = user.trim_start_matches('+');
+        Ok(ContactFacts {
+            blocked: flags.blocked.contains(user),
+            opted_out: flags.opted_out.contains(user),
+        })
     }
 
-    /// Forgets a tenant's blocks on this replica (it just changed them).
-    pub async fn forget_blocks(&self, tenant_id: &str) {
-        self.blocks.invalidate(tenant_id).await;
+    /// Forgets a tenant's contact flags on this replica (it just changed them).
+    pub async fn forget_contacts(&self, tenant_id: &str) {
+        self.contacts.invalidate(tenant_id).await;
     }
 
     pub fn pool(&self) -> &PgPool {

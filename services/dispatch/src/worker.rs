@@ -184,9 +184,9 @@ async fn deliver(shared: &Shared, job: &Job, shutdown: &Shutdown) -> Outcome {
     // go (acceptance checked the block already).
     let mut blocked = None;
     for try_ in 0..3 {
-        match shared.facts.tenant_blocked(&job.tenant_id, &job.to).await {
-            Ok(b) => {
-                blocked = Some(b);
+        match shared.facts.contact(&job.tenant_id, &job.to).await {
+            Ok(contact) => {
+                blocked = Some(contact.blocked);
                 break;
             }
             Err(e) => {

@@ -49,8 +49,10 @@ pub(super) async fn quote_message(
             number_active: facts.number_active,
             recipient: user,
             window: &facts.window,
-            // The tenant's own blocks are dispatch's (its contacts); the send refuses them.
+            // The tenant's own blocks and suppression list are dispatch's (its contacts);
+            // the send refuses them.
             tenant_blocked: false,
+            tenant_opted_out: false,
             template: facts.template,
             now,
         },

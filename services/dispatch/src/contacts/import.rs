@@ -236,6 +236,7 @@ impl Row {
             }),
             opted_out_at: self.opted_out.then_some(now),
             block: None,
+            resumed_at: None,
         }
     }
 }

@@ -42,6 +42,9 @@ pub struct Change {
     pub opted_out_at: Option<Timestamp>,
     /// Block (true) or lift the block (false), at the change's time.
     pub block: Option<(bool, Timestamp)>,
+    /// The user asked for marketing again (START, the network's resume) at this time: an
+    /// older opt-out is lifted.
+    pub resumed_at: Option<Timestamp>,
 }
 
 /// The contact after the change.
@@ -77,6 +80,11 @@ pub fn merge(before: &Owned, change: &Change) -> Owned {
             after.opt_in = Some(opt_in.clone());
             after.opted_out_at = None;
         }
+    }
+    if let Some(resumed) = change.resumed_at
+        && after.opted_out_at.is_some_and(|out| resumed > out)
+    {
+        after.opted_out_at = None;
     }
     if let Some((block, at)) = change.block
         && before.blocked != block
@@ -176,6 +184,28 @@ mod tests {
         );
         assert_eq!(back.opt_in, Some(opt_in(400)));
         assert_eq!(back.opted_out_at, None);
+    }
+
+    #[test]
+    fn a_newer_resume_lifts_an_opt_out_and_an_older_one_does_not() {
+        let t = Timestamp::from_secs;
+        let out = merge(
+            &Owned::default(),
+            &Change {
+                opted_out_at: Some(t(100)),
+                ..Change::default()
+            },
+        );
+        let older = Change {
+            resumed_at: Some(t(50)),
+            ..Change::default()
+        };
+        assert_eq!(merge(&out, &older), out);
+        let newer = Change {
+            resumed_at: Some(t(150)),
+            ..Change::default()
+        };
+        assert_eq!(merge(&out, &newer).opted_out_at, None);
     }
 
     #[test]

@@ -182,6 +182,7 @@ fn change_of(req: &UpsertContactRequest, now: Timestamp) -> Result<Change, Statu
         opt_in,
         opted_out_at: None,
         block: None,
+        resumed_at: None,
     };
     Ok(change)
 }
@@ -690,7 +691,7 @@ impl ContactsService for ContactsApi {
             .await
             .map_err(|e| store_failure("blocking contacts", &e))?;
         // This replica applies it from the answer on; the others within their facts' TTL.
-        self.facts.forget_blocks(&req.tenant_id).await;
+        self.facts.forget_contacts(&req.tenant_id).await;
         metrics::counter!("finestra_dispatch_contact_blocks_total").increment(users.len() as u64);
         Ok(Response::new(BlockContactsResponse {
             contacts: self.contacts(&req.tenant_id, &users).await?,

@@ -60,14 +60,101 @@ pub struct Applied {
     pub unchanged: u64,
 }
 
-/// The users a tenant blocked itself.
-pub async fn blocked_users(pool: &PgPool, tenant_id: &str) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar!(
-        "SELECT user_key FROM dispatch.contacts WHERE tenant_id = $1 AND blocked",
+/// A contact a send must know of: blocked by the tenant, or on its suppression list.
+pub struct Flagged {
+    pub user_key: String,
+    pub blocked: bool,
+    pub opted_out: bool,
+}
+
+/// The tenant's blocked and opted-out contacts.
+pub async fn flagged(pool: &PgPool, tenant_id: &str) -> Result<Vec<Flagged>, sqlx::Error> {
+    sqlx::query_as!(
+        Flagged,
+        r#"SELECT user_key, blocked, opted_out_at IS NOT NULL AS "opted_out!"
+             FROM dispatch.contacts
+            WHERE tenant_id = $1 AND (blocked OR opted_out_at IS NOT NULL)"#,
         tenant_id
     )
     .fetch_all(pool)
     .await
+}
+
+/// What a marketing preference does to the tenant's suppression list: the network's 131050
+/// refusal (`optout:` events, docs/rules.md §3) puts the user on it; any later resume of the
+/// user's (START, the network's preference) takes them off.
+pub fn preference_change_of(
+    env: &finestra_proto::v1::Envelope,
+) -> Option<(String, String, Change)> {
+    use finestra_proto::v1::envelope::Payload;
+    let Some(Payload::UserPreference(p)) = &env.payload else {
+        return None;
+    };
+    let user = p.user.as_ref()?;
+    let key = finestra_domain::UserKey::from_parts(&user.wa_id, &user.user_id).ok()?;
+    let at = Timestamp::from_micros(
+        env.occurred_at
+            .as_ref()
+            .map(finestra_proto::time::to_micros)?,
+    );
+    let change = if p.stop && env.event_id.starts_with("optout:") {
+        Change {
+            opted_out_at: Some(at),
+            ..Change::default()
+        }
+    } else if !p.stop {
+        Change {
+            resumed_at: Some(at),
+            ..Change::default()
+        }
+    } else {
+        return None;
+    };
+    (!env.tenant_id.is_empty()).then(|| (env.tenant_id.clone(), key.as_str().to_owned(), change))
+}
+
+/// Applies preference changes, a tenant at a time. A resume of a user who is no contact
+/// changes nothing (it must not make a contact of everyone who writes START).
+pub async fn note_preferences(
+    pool: &PgPool,
+    changes: &[(String, String, Change)],
+    now: Timestamp,
+) -> Result<(), sqlx::Error> {
+    let mut by_tenant: BTreeMap<&str, BTreeMap<&str, Change>> = BTreeMap::new();
+    for (tenant, user, change) in changes {
+        let slot = by_tenant
+            .entry(tenant)
+            .or_default()
+            .entry(user)
+            .or_default();
+        // One change per user and batch, the later event's fields winning.
+        if change.opted_out_at.is_some() {
+            slot.opted_out_at = change.opted_out_at;
+        }
+        if change.resumed_at.is_some() {
+            slot.resumed_at = change.resumed_at.max(slot.resumed_at);
+        }
+    }
+    for (tenant, users) in by_tenant {
+        let existing: Vec<String> = get_many(
+            pool,
+            tenant,
+            &users.keys().map(|u| (*u).to_owned()).collect::<Vec<_>>(),
+        )
+        .await?
+        .into_iter()
+        .map(|r| r.user_key)
+        .collect();
+        let list: Vec<(String, Change)> = users
+            .into_iter()
+            .filter(|(u, c)| c.opted_out_at.is_some() || existing.iter().any(|e| e == u))
+            .map(|(u, c)| (u.to_owned(), c))
+            .collect();
+        if !list.is_empty() {
+            apply(pool, tenant, &list, "network", now).await?;
+        }
+    }
+    Ok(())
 }
 
 pub async fn get_many(
