@@ -622,6 +622,31 @@ fn rpcs() -> Vec<Rpc> {
             }),
         ),
         dispatch(
+            "ContactsService/ListConversations",
+            Scope::Read,
+            true,
+            call!(ContactsServiceClient, list_conversations, |c| {
+                v1::ListConversationsRequest {
+                    tenant_id: c.tenant,
+                    phone_number_id: c.number,
+                    ..Default::default()
+                }
+            }),
+        ),
+        dispatch(
+            "ContactsService/GetConversation",
+            Scope::Read,
+            true,
+            call!(ContactsServiceClient, get_conversation, |c| {
+                v1::GetConversationRequest {
+                    tenant_id: c.tenant,
+                    phone_number_id: c.number,
+                    user: SEEDED_CONTACT.into(),
+                    ..Default::default()
+                }
+            }),
+        ),
+        dispatch(
             "ContactsService/BlockContacts",
             Scope::Send,
             true,

@@ -475,3 +475,116 @@ async fn a_user_the_tenant_blocks_receives_nothing_until_the_block_is_lifted() -
     c.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn conversations_show_both_directions_and_which_need_a_reply() -> anyhow::Result<()> {
+    let c = Chain::start(80).await?;
+    let client = contacts_client(&c).await?;
+    let anna = "393331110011";
+    let bruno = "393331110012";
+    let carla = "393331110013";
+    c.user_says(carla, 25 * 3_600, false).await?;
+    // Bruno's window closes within the hour; Anna's is fresh.
+    c.user_says(bruno, 23 * 3_600 + 1_800, false).await?;
+    c.user_says(anna, 60, false).await?;
+    let reply = c
+        .text(anna, "reply-1", "Ciao Anna, come possiamo aiutarti?")
+        .await?;
+
+    let users = |page: &v1::ListConversationsResponse| {
+        page.conversations
+            .iter()
+            .map(|c| c.user.clone())
+            .collect::<Vec<_>>()
+    };
+    let list = |only: Vec<v1::list_conversations_request::Only>| {
+        let client = client.clone();
+        let req = v1::ListConversationsRequest {
+            tenant_id: c.tenant.clone(),
+            phone_number_id: c.number.clone(),
+            only: only.into_iter().map(|o| o as i32).collect(),
+            ..Default::default()
+        };
+        async move { anyhow::Ok(client.clone().list_conversations(req).await?.into_inner()) }
+    };
+    let all = eventually("the three conversations are noted", WAIT, || async {
+        let page = list(vec![]).await?;
+        Ok((page.conversations.len() == 3).then_some(page))
+    })
+    .await?;
+    assert_eq!(
+        users(&all),
+        vec![anna, bruno, carla],
+        "newest message first"
+    );
+    assert!(all.conversations[0].window_open && !all.conversations[2].window_open);
+    assert!(!all.conversations[0].needs_reply, "Anna was answered");
+    use v1::list_conversations_request::Only;
+    assert_eq!(
+        users(&list(vec![Only::OpenWindow]).await?),
+        vec![anna, bruno]
+    );
+    assert_eq!(
+        users(&list(vec![Only::NeedsReply]).await?),
+        vec![bruno, carla]
+    );
+    assert_eq!(users(&list(vec![Only::ClosingSoon]).await?), vec![bruno]);
+    assert_eq!(
+        users(&list(vec![Only::OpenWindow, Only::NeedsReply]).await?),
+        vec![bruno]
+    );
+
+    // Anna's conversation, a message a page: the reply, then her message.
+    let get = |cursor: String| {
+        let client = client.clone();
+        let req = v1::GetConversationRequest {
+            tenant_id: c.tenant.clone(),
+            phone_number_id: c.number.clone(),
+            user: anna.into(),
+            page_size: 1,
+            cursor,
+        };
+        async move { anyhow::Ok(client.clone().get_conversation(req).await?.into_inner()) }
+    };
+    let first = get(String::new()).await?;
+    assert!(first.window_open && first.window_closes_at.is_some());
+    assert_eq!(first.messages.len(), 1);
+    let out = &first.messages[0];
+    assert_eq!(
+        out.direction,
+        v1::conversation_message::Direction::Outbound as i32
+    );
+    assert_eq!(out.message_id, reply.message_id);
+    assert!(
+        out.body_json.contains("come possiamo aiutarti"),
+        "{}",
+        out.body_json
+    );
+    assert!(!first.next_cursor.is_empty());
+    let second = get(first.next_cursor.clone()).await?;
+    let inbound = &second.messages[0];
+    assert_eq!(
+        inbound.direction,
+        v1::conversation_message::Direction::Inbound as i32
+    );
+    assert_eq!(
+        (inbound.text.as_str(), inbound.status.as_str()),
+        ("Ciao!", "RECEIVED")
+    );
+    assert!(second.next_cursor.is_empty(), "nothing older");
+
+    // Another tenant's number is not found.
+    let err = client
+        .clone()
+        .get_conversation(v1::GetConversationRequest {
+            tenant_id: c.tenant.clone(),
+            phone_number_id: "not-ours".into(),
+            user: anna.into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("an unknown number");
+    assert_eq!(err.code(), Code::NotFound);
+    c.stop().await;
+    Ok(())
+}

@@ -220,6 +220,8 @@ for_tenant!(
     SaveSegmentRequest,
     ListSegmentsRequest,
     DeleteSegmentRequest,
+    ListConversationsRequest,
+    GetConversationRequest,
 );
 
 /// A request its key may act on (see [`Authenticator::authorize`]).

@@ -45,6 +45,18 @@ pub struct Recorded {
     pub kind: &'static str,
     pub occurred_at: i64,
     pub envelope: Vec<u8>,
+    /// An inbound message's (number, user), so its conversation finds it.
+    pub pair: Option<(String, String)>,
+}
+
+/// The (number, user key) of an inbound message.
+pub fn pair_of(env: &Envelope) -> Option<(String, String)> {
+    let Some(Payload::InboundMessage(m)) = &env.payload else {
+        return None;
+    };
+    let user = m.user.as_ref()?;
+    let key = finestra_domain::UserKey::from_parts(&user.wa_id, &user.user_id).ok()?;
+    Some((m.phone_number_id.clone(), key.as_str().to_owned()))
 }
 
 /// Records events (duplicates by event id are skipped) and their webhook deliveries, in one
@@ -58,18 +70,24 @@ pub async fn record(pool: &PgPool, events: &[Recorded], now: i64) -> Result<u64,
     let mut kinds = Vec::with_capacity(events.len());
     let mut ats = Vec::with_capacity(events.len());
     let mut bodies = Vec::with_capacity(events.len());
+    let mut numbers: Vec<Option<String>> = Vec::with_capacity(events.len());
+    let mut users: Vec<Option<String>> = Vec::with_capacity(events.len());
     for e in events {
         tenants.push(e.tenant_id.clone());
         ids.push(e.event_id.clone());
         kinds.push(e.kind.to_owned());
         ats.push(e.occurred_at);
         bodies.push(e.envelope.clone());
+        numbers.push(e.pair.as_ref().map(|(n, _)| n.clone()));
+        users.push(e.pair.as_ref().map(|(_, u)| u.clone()));
     }
     let mut tx = pool.begin().await?;
     let done = sqlx::query!(
         "WITH input AS (
-             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bytea[])
-                 WITH ORDINALITY AS i(tenant_id, event_id, kind, occurred_at, envelope, ord)),
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bytea[],
+                                  $7::text[], $8::text[])
+                 WITH ORDINALITY AS i(tenant_id, event_id, kind, occurred_at, envelope,
+                                      phone_number_id, user_key, ord)),
          fresh AS (
              SELECT i.* FROM input i
               WHERE NOT EXISTS (SELECT 1 FROM dispatch.tenant_events e
@@ -85,8 +103,10 @@ pub async fn record(pool: &PgPool, events: &[Recorded], now: i64) -> Result<u64,
                          + row_number() OVER (PARTITION BY f.tenant_id ORDER BY f.ord) AS seq
                FROM fresh f JOIN bumped b USING (tenant_id)),
          ins AS (
-             INSERT INTO dispatch.tenant_events (tenant_id, seq, event_id, kind, occurred_at, envelope)
-             SELECT tenant_id, seq, event_id, kind, occurred_at, envelope FROM numbered
+             INSERT INTO dispatch.tenant_events (tenant_id, seq, event_id, kind, occurred_at, envelope,
+                                                 phone_number_id, user_key)
+             SELECT tenant_id, seq, event_id, kind, occurred_at, envelope, phone_number_id, user_key
+               FROM numbered
              ON CONFLICT DO NOTHING
              RETURNING tenant_id, seq)
          INSERT INTO dispatch.webhook_deliveries (tenant_id, endpoint_id, seq, first_at, next_attempt_at)
@@ -99,6 +119,8 @@ pub async fn record(pool: &PgPool, events: &[Recorded], now: i64) -> Result<u64,
         &ats,
         &bodies,
         now,
+        &numbers as &[Option<String>],
+        &users as &[Option<String>],
     )
     .execute(&mut *tx)
     .await?;
@@ -170,6 +192,7 @@ impl EventLoop {
                             .as_ref()
                             .map_or(now, finestra_proto::time::to_micros),
                         envelope: env.encode_to_vec(),
+                        pair: pair_of(env),
                     })
                 })
                 .collect();

@@ -320,6 +320,7 @@ pub async fn start(
             ContactsServiceServer::new(contacts::ContactsApi {
                 pool: pool.clone(),
                 facts: api.facts.clone(),
+                hot: api.hot.clone(),
                 auth: auth.clone(),
                 clock: clock.clone(),
             })

@@ -2,6 +2,7 @@
 //! user's first message (the event pipeline notes it), by UpsertContact and by ImportContacts;
 //! the tenant's own block of a user is enforced at send and again before delivery.
 
+pub mod conversations;
 pub mod import;
 pub mod merge;
 pub mod store;
@@ -20,6 +21,10 @@ use finestra_proto::v1::{
     DeleteSegmentRequest, DeleteSegmentResponse, GetContactImportRequest, GetContactRequest,
     ImportContactsChunk, ImportRow, ListContactsRequest, ListContactsResponse, ListSegmentsRequest,
     ListSegmentsResponse, OptIn as OptInProto, SaveSegmentRequest, Segment, UpsertContactRequest,
+};
+use finestra_proto::v1::{
+    Conversation, ConversationSummary, GetConversationRequest, ListConversationsRequest,
+    ListConversationsResponse, list_conversations_request,
 };
 use futures::StreamExt as _;
 use prost::Message as _;
@@ -40,6 +45,8 @@ pub const MAX_CHUNK: usize = 4 * 1024 * 1024;
 pub struct ContactsApi {
     pub pool: PgPool,
     pub facts: Facts,
+    /// Windows, for a conversation's state.
+    pub hot: crate::hot::Hot,
     pub auth: Authenticator,
     pub clock: Arc<dyn Clock>,
 }
@@ -188,6 +195,21 @@ fn change_of(req: &UpsertContactRequest, now: Timestamp) -> Result<Change, Statu
 }
 
 impl ContactsApi {
+    /// The number, when it is the tenant's (suspended or not; NOT_FOUND otherwise, never
+    /// telling whose it is).
+    async fn tenants_number(&self, tenant_id: &str, phone_number_id: &str) -> Result<(), Status> {
+        let id = required("phone_number_id", phone_number_id)?;
+        match self
+            .facts
+            .number(id)
+            .await
+            .map_err(|e| status::store("reading a number", &e))?
+        {
+            Some(n) if n.tenant_id == tenant_id => Ok(()),
+            _ => Err(not_found("phone_number_id", id)),
+        }
+    }
+
     /// A saved segment's filter (NOT_FOUND when the tenant has none of that id).
     pub async fn segment_filter(
         &self,
@@ -655,6 +677,140 @@ impl ContactsService for ContactsApi {
         self.import_answer(&req.tenant_id, &req.import_id, false, after_line, size)
             .await
             .map(Response::new)
+    }
+
+    async fn list_conversations(
+        &self,
+        request: Request<ListConversationsRequest>,
+    ) -> Result<Response<ListConversationsResponse>, Status> {
+        let req = self.auth.authorize(request, Scope::Read).await?.request;
+        self.tenants_number(&req.tenant_id, &req.phone_number_id)
+            .await?;
+        let size = paging::page_size(req.page_size)?;
+        let after = paging::after(&req.page_token)?;
+        let before = if after.is_empty() {
+            (i64::MAX, String::new())
+        } else {
+            after
+                .split_once('/')
+                .and_then(|(at, user)| Some((at.parse::<i64>().ok()?, user.to_owned())))
+                .ok_or_else(|| {
+                    invalid_argument("page_token", "page_token is not one this service issued")
+                })?
+        };
+        let now = self.clock.now();
+        let mut only = conversations::Only::default();
+        for o in &req.only {
+            match list_conversations_request::Only::try_from(*o) {
+                Ok(list_conversations_request::Only::All) => {}
+                Ok(list_conversations_request::Only::OpenWindow) => only.open_window = true,
+                Ok(list_conversations_request::Only::NeedsReply) => only.needs_reply = true,
+                Ok(list_conversations_request::Only::ClosingSoon) => {
+                    let within = if req.closing_within_seconds == 0 {
+                        3_600
+                    } else {
+                        i64::from(req.closing_within_seconds)
+                    };
+                    only.closing_by = Some(now.micros() + within * 1_000_000);
+                }
+                Err(_) => return Err(invalid_argument("only", format!("{o} is no filter"))),
+            }
+        }
+        let rows = conversations::list(
+            &self.pool,
+            &req.tenant_id,
+            &req.phone_number_id,
+            only,
+            now,
+            (before.0, &before.1),
+            size + 1,
+        )
+        .await
+        .map_err(|e| store_failure("listing conversations", &e))?;
+        let keyed: Vec<(String, conversations::SummaryRow)> = rows
+            .into_iter()
+            .map(|r| (format!("{}/{}", r.last_inbound_at, r.user_key), r))
+            .collect();
+        let (page, next_page_token) = paging::paginate(keyed, size, |(k, _)| k);
+        let conversations = page
+            .into_iter()
+            .map(|(_, r)| {
+                let closes = r.last_inbound_at + conversations::WINDOW_MICROS;
+                ConversationSummary {
+                    phone_number_id: req.phone_number_id.clone(),
+                    user: r.user_key,
+                    profile_name: r.profile_name,
+                    last_inbound_at: Some(from_micros(r.last_inbound_at)),
+                    window_open: closes > now.micros(),
+                    window_closes_at: Some(from_micros(closes)),
+                    needs_reply: !r.answered,
+                }
+            })
+            .collect();
+        Ok(Response::new(ListConversationsResponse {
+            conversations,
+            next_page_token,
+        }))
+    }
+
+    async fn get_conversation(
+        &self,
+        request: Request<GetConversationRequest>,
+    ) -> Result<Response<Conversation>, Status> {
+        let req = self.auth.authorize(request, Scope::Read).await?.request;
+        self.tenants_number(&req.tenant_id, &req.phone_number_id)
+            .await?;
+        let user = user_key("user", &req.user, "")?;
+        let size = paging::page_size(req.page_size)?;
+        let before = conversations::Position::decode(&req.cursor)
+            .ok_or_else(|| invalid_argument("cursor", "cursor is not one this service issued"))?;
+        let mut items = conversations::messages(
+            &self.pool,
+            &req.tenant_id,
+            &req.phone_number_id,
+            &user,
+            &before,
+            size + 1,
+        )
+        .await
+        .map_err(|e| store_failure("reading a conversation", &e))?;
+        let size = usize::try_from(size).unwrap_or(usize::MAX);
+        let next_cursor = if items.len() > size {
+            items.truncate(size);
+            items
+                .last()
+                .map(|i| i.position.encode())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let window = self
+            .hot
+            .window(&self.pool, &req.tenant_id, &req.phone_number_id, &user)
+            .await
+            .map_err(|e| status::store("reading the window", &e))?;
+        let contact = self
+            .facts
+            .contact(&req.tenant_id, &user)
+            .await
+            .map_err(|e| status::store("reading the tenant's contacts", &e))?;
+        let now = self.clock.now();
+        Ok(Response::new(Conversation {
+            tenant_id: req.tenant_id.clone(),
+            phone_number_id: req.phone_number_id.clone(),
+            user,
+            window_open: window.is_open(now),
+            window_closes_at: window.csw_until.map(|t| from_micros(t.micros())),
+            fep_until: window
+                .fep_until
+                .filter(|_| window.fep_open(now))
+                .map(|t| from_micros(t.micros())),
+            user_blocked: window.is_blocked(),
+            contact_blocked: contact.blocked,
+            marketing_opt_out: window.is_marketing_opted_out() || contact.opted_out,
+            messages: items.into_iter().map(|i| i.message).collect(),
+            next_cursor,
+        }))
     }
 
     async fn block_contacts(

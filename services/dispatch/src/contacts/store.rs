@@ -432,6 +432,7 @@ impl Columns {
 #[derive(Clone, Debug)]
 pub struct Seen {
     pub tenant_id: String,
+    pub phone_number_id: String,
     pub user_key: String,
     pub profile_name: String,
     pub at: Timestamp,
@@ -451,6 +452,7 @@ pub fn seen_of(env: &finestra_proto::v1::Envelope) -> Option<Seen> {
         .map(finestra_proto::time::to_micros)?;
     (!env.tenant_id.is_empty()).then(|| Seen {
         tenant_id: env.tenant_id.clone(),
+        phone_number_id: m.phone_number_id.clone(),
         user_key: key.as_str().to_owned(),
         profile_name: user.profile_name.clone(),
         at: Timestamp::from_micros(at),
@@ -489,6 +491,34 @@ pub async fn note_inbound(pool: &PgPool, seen: &[Seen]) -> Result<(), sqlx::Erro
         &tenants,
         &users,
         &names,
+        &ats
+    )
+    .execute(pool)
+    .await?;
+    // The conversations: one per (number, user), its newest message's time.
+    let mut pairs: BTreeMap<(&str, &str, &str), i64> = BTreeMap::new();
+    for s in seen {
+        let at = pairs
+            .entry((&s.tenant_id, &s.phone_number_id, &s.user_key))
+            .or_insert(s.at.micros());
+        *at = (*at).max(s.at.micros());
+    }
+    let col = |i: usize| -> Vec<String> {
+        pairs
+            .keys()
+            .map(|k| [k.0, k.1, k.2][i].to_owned())
+            .collect()
+    };
+    let ats: Vec<i64> = pairs.values().copied().collect();
+    sqlx::query!(
+        "INSERT INTO dispatch.conversations AS c (tenant_id, phone_number_id, user_key, last_inbound_at)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[])
+         ON CONFLICT (tenant_id, phone_number_id, user_key) DO UPDATE
+            SET last_inbound_at = EXCLUDED.last_inbound_at
+          WHERE EXCLUDED.last_inbound_at > c.last_inbound_at",
+        &col(0),
+        &col(1),
+        &col(2),
         &ats
     )
     .execute(pool)
