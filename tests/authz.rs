@@ -438,6 +438,7 @@ fn rpcs() -> Vec<Rpc> {
                     phone_number_id: c.number,
                     to: "393470000001".into(),
                     idempotency_key: "authz-send".into(),
+                    send_at: None,
                     content: Some(v1::send_message_request::Content::Text(v1::TextContent {
                         body: "hello".into(),
                         preview_url: false,
@@ -518,6 +519,28 @@ fn rpcs() -> Vec<Rpc> {
                 tenant_id: c.tenant,
                 endpoint_id: "wh_none".into(),
                 cursors: Vec::new(),
+            }),
+        ),
+        dispatch(
+            "DispatchService/GetScheduledMessage",
+            Scope::Read,
+            true,
+            call!(DispatchServiceClient, get_scheduled_message, |c| {
+                v1::GetScheduledMessageRequest {
+                    tenant_id: c.tenant,
+                    message_id: SEEDED_SCHEDULED.into(),
+                }
+            }),
+        ),
+        dispatch(
+            "DispatchService/CancelScheduledMessage",
+            Scope::Send,
+            true,
+            call!(DispatchServiceClient, cancel_scheduled_message, |c| {
+                v1::CancelScheduledMessageRequest {
+                    tenant_id: c.tenant,
+                    message_id: SEEDED_SCHEDULED.into(),
+                }
             }),
         ),
         dispatch(
@@ -665,6 +688,8 @@ fn rpcs() -> Vec<Rpc> {
 /// Tenant A's contact and finished import the read rows ask for.
 const SEEDED_CONTACT: &str = "393470000003";
 const SEEDED_IMPORT: &str = "authz-seeded";
+/// Tenant A's message scheduled far ahead (cancelling it again is fine).
+const SEEDED_SCHEDULED: &str = "msg_authz_scheduled";
 
 /// What an accounts call may need: tenant A, its number and template, a unique number.
 #[derive(Clone)]
@@ -781,6 +806,15 @@ async fn world() -> anyhow::Result<World> {
     )
     .bind(&tenant_a)
     .bind(SEEDED_IMPORT)
+    .execute(&finestra_testkit::infra().await?.pool)
+    .await?;
+    sqlx::query(
+        "INSERT INTO dispatch.scheduled_messages
+             (tenant_id, idempotency_key, message_id, request, send_at, created_at)
+         VALUES ($1, 'authz-scheduled', $2, '', 9000000000000000, 1)",
+    )
+    .bind(&tenant_a)
+    .bind(SEEDED_SCHEDULED)
     .execute(&finestra_testkit::infra().await?.pool)
     .await?;
     let template: String = sqlx::query_scalar(

@@ -284,6 +284,7 @@ impl Chain {
             phone_number_id: self.number.clone(),
             to: to.into(),
             idempotency_key: key.into(),
+            send_at: None,
             content: Some(content),
         }
     }

@@ -563,6 +563,7 @@ async fn a_slow_number_is_paced_while_another_tenants_messages_flow() -> anyhow:
             phone_number_id: other_number.clone(),
             to: user.into(),
             idempotency_key: "other-1".into(),
+            send_at: None,
             content: Some(text("On its way")),
         })
         .await?

@@ -74,6 +74,7 @@ impl Neighbour {
                 phone_number_id: self.number.clone(),
                 to: to.into(),
                 idempotency_key: key.into(),
+                send_at: None,
                 content: Some(text(body)),
             })
             .await
@@ -183,6 +184,7 @@ async fn a_flooding_tenant_is_refused_at_once_while_another_tenants_sends_all_go
                         phone_number_id: number.clone(),
                         to: format!("3935{caller:02}{i:06}"),
                         idempotency_key: format!("flood-{caller}-{i}"),
+                        send_at: None,
                         content: Some(template("order_ready", &["A-1"])),
                     })
                     .await
@@ -517,6 +519,7 @@ async fn a_tenants_rate_holds_across_two_dispatch_processes_and_a_restart() -> a
         phone_number_id: c.number.clone(),
         to: user.into(),
         idempotency_key: format!("two-{i}"),
+        send_at: None,
         content: Some(text("hi")),
     };
     let answers = futures::future::join_all((0..24).map(|i| {

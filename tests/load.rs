@@ -86,6 +86,7 @@ pub fn request(t: &Tenant, t_index: usize, n: u64) -> v1::SendMessageRequest {
         phone_number_id: t.number.clone(),
         to,
         idempotency_key: format!("chaos-{n}"),
+        send_at: None,
         content: Some(content),
     }
 }

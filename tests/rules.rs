@@ -34,6 +34,7 @@ async fn a_suspended_tenant_sends_nothing_even_through_its_partners_key() -> any
         phone_number_id: c.number.clone(),
         to: user.into(),
         idempotency_key: key.into(),
+        send_at: None,
         content: Some(finestra_e2e::chain::text("Your order shipped")),
     };
     partner.send_message(request("before")).await?;

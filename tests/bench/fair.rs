@@ -51,6 +51,7 @@ impl Tenant {
             // One user per message: the pair limit never paces the benchmark.
             to: format!("39{:02}{n:09}", self.index),
             idempotency_key: format!("{tag}-{n}"),
+            send_at: None,
             content: Some(Content::Template(v1::TemplateContent {
                 name: "bench_util".into(),
                 language: "it".into(),

@@ -39,6 +39,7 @@ fn request(t: &Tenant, n: u64, tag: &str, t_index: usize) -> v1::SendMessageRequ
         // One user per message: the pair limit never paces the benchmark.
         to: format!("39{t_index:02}{n:09}"),
         idempotency_key: format!("{tag}-{n}"),
+        send_at: None,
         content: Some(Content::Template(v1::TemplateContent {
             name: "bench_util".into(),
             language: "it".into(),

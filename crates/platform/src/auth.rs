@@ -212,6 +212,8 @@ for_tenant!(
     BlockUsersRequest,
     UploadMediaRequest,
     GetMediaRequest,
+    GetScheduledMessageRequest,
+    CancelScheduledMessageRequest,
     UpsertContactRequest,
     GetContactRequest,
     ListContactsRequest,

@@ -268,6 +268,7 @@ fn request(to: Envelope, content: Content) -> SendMessageRequest {
         phone_number_id: to.phone_number_id,
         to: to.to,
         idempotency_key: to.key.unwrap_or_else(random_key),
+        send_at: None,
         content: Some(content),
     }
 }

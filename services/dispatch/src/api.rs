@@ -297,8 +297,12 @@ impl DispatchApi {
         self.send_one(req).await
     }
 
-    /// One SendMessage after authorization: the tenant's admission share, then the send.
+    /// One SendMessage after authorization: the tenant's admission share, then the send
+    /// (or, with a later `send_at`, its keeping for the scheduler).
     async fn send_one(&self, req: SendMessageRequest) -> Result<SendMessageResponse, Status> {
+        if let Some(at) = crate::scheduled::scheduled_for(&req, self.clock.now()) {
+            return self.schedule(req, at).await;
+        }
         let own = self
             .facts
             .limits(&req.tenant_id)
@@ -336,6 +340,42 @@ impl DispatchApi {
         metrics::histogram!("finestra_dispatch_send_seconds")
             .record(started.elapsed().as_secs_f64());
         answer
+    }
+
+    /// Checks what can be checked now (the number is the tenant's, the key, the content) and
+    /// keeps the message for its time; the rules are decided when it goes.
+    async fn schedule(
+        &self,
+        req: SendMessageRequest,
+        send_at: i64,
+    ) -> Result<SendMessageResponse, Status> {
+        let number_id = required("phone_number_id", &req.phone_number_id)?;
+        let key = required("idempotency_key", &req.idempotency_key)?.to_owned();
+        if key.chars().count() > MAX_KEY_CHARS {
+            return Err(invalid_argument(
+                "idempotency_key",
+                format!("idempotency_key is longer than {MAX_KEY_CHARS} characters"),
+            ));
+        }
+        let number = self
+            .facts
+            .number(number_id)
+            .await
+            .map_err(|e| self.store_error("reading a number", &e))?;
+        if number.is_none_or(|n| n.tenant_id != req.tenant_id) {
+            return Err(status::not_found("phone_number_id", number_id));
+        }
+        content::parse(&req)
+            .map_err(|e| with_reason(Code::InvalidArgument, Reason::InvalidMessage, e.0, &[]))?;
+        let message_id = content::message_id(&req.tenant_id, &key);
+        crate::scheduled::schedule(
+            self.facts.pool(),
+            req,
+            &message_id,
+            send_at,
+            self.clock.now(),
+        )
+        .await
     }
 
     async fn send(
@@ -731,6 +771,26 @@ impl DispatchService for DispatchApi {
     ) -> Result<Response<SendMessageResponse>, Status> {
         let req = self.auth.authorize(request, Scope::Send).await?.request;
         self.send_one(req).await.map(Response::new)
+    }
+
+    async fn get_scheduled_message(
+        &self,
+        request: Request<v1::GetScheduledMessageRequest>,
+    ) -> Result<Response<v1::ScheduledMessage>, Status> {
+        let req = self.auth.authorize(request, Scope::Read).await?.request;
+        crate::scheduled::get(self.facts.pool(), &req.tenant_id, &req.message_id)
+            .await
+            .map(Response::new)
+    }
+
+    async fn cancel_scheduled_message(
+        &self,
+        request: Request<v1::CancelScheduledMessageRequest>,
+    ) -> Result<Response<v1::ScheduledMessage>, Status> {
+        let req = self.auth.authorize(request, Scope::Send).await?.request;
+        crate::scheduled::cancel(self.facts.pool(), &req.tenant_id, &req.message_id)
+            .await
+            .map(Response::new)
     }
 
     async fn send_messages(

@@ -123,6 +123,7 @@ impl Replier {
                 phone_number_id: o.phone_number_id.clone(),
                 to: o.recipient.clone(),
                 idempotency_key: format!("auto-reply:{}", o.event_id),
+                send_at: None,
                 content: Some(Content::Text(TextContent {
                     body: o.body.clone(),
                     preview_url: false,

@@ -145,6 +145,7 @@ mod tests {
             phone_number_id: "pn".into(),
             to: "+393331234567".into(),
             idempotency_key: "k1".into(),
+            send_at: None,
             content: Some(content),
         }
     }

@@ -21,6 +21,7 @@ pub mod media_store;
 pub mod network_api;
 pub mod outbox;
 pub mod pg;
+pub mod scheduled;
 pub mod statuses;
 pub mod tenant_api;
 pub mod webhooks;
@@ -302,6 +303,15 @@ pub async fn start(
             config.marketing_cap_days.max(1),
         ),
     });
+    let scheduler_task = tokio::spawn(
+        scheduled::Scheduler {
+            pool: pool.clone(),
+            api: api.clone(),
+            tenant_prefix: config.sweep_tenant_prefix.clone(),
+            every: Duration::from_millis(250),
+        }
+        .run(shutdown.clone()),
+    );
     let replier_task = tokio::spawn(
         auto_reply::Replier {
             pool: pool.clone(),
@@ -468,6 +478,7 @@ pub async fn start(
     running.own("fep checks", fep_task);
     running.own("media fetcher", media_task);
     running.own("opt-out replies", replier_task);
+    running.own("scheduled messages", scheduler_task);
     running.own("auth-invalidation", invalidation_task);
     // Last: acceptance drains once the gRPC server (its only sender) has stopped.
     running.own("acceptance", accept_task);
