@@ -315,6 +315,23 @@ async fn an_import_reports_every_row_and_a_second_import_changes_nothing() -> an
         ),
         (Code::FailedPrecondition, "MARKETING_OPT_OUT".into())
     );
+    let quoted = c
+        .books
+        .clone()
+        .quote_message(v1::QuoteMessageRequest {
+            tenant_id: c.tenant.clone(),
+            phone_number_id: c.number.clone(),
+            user: "393471000005".into(),
+            template_name: "offer".into(),
+            template_language: "it".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("the quote refuses it too");
+    assert_eq!(
+        finestra_platform::status::reason_of(&quoted).as_deref(),
+        Some("MARKETING_OPT_OUT")
+    );
     let receipt = c
         .template_send("393471000005", "sara-receipt", "receipt", &["x"])
         .await?;
@@ -433,6 +450,27 @@ async fn a_user_the_tenant_blocks_receives_nothing_until_the_block_is_lifted() -
         ),
         (Code::FailedPrecondition, "USER_BLOCKED".into())
     );
+    // A quote refuses what the send refuses (docs/rules.md §7).
+    let quote = |user: &str| {
+        let mut books = c.books.clone();
+        let req = v1::QuoteMessageRequest {
+            tenant_id: c.tenant.clone(),
+            phone_number_id: c.number.clone(),
+            user: user.into(),
+            template_name: "order_update".into(),
+            template_language: "it".into(),
+            ..Default::default()
+        };
+        async move { books.quote_message(req).await }
+    };
+    let refused = quote(spammer)
+        .await
+        .expect_err("a blocked user's quote is refused");
+    assert_eq!(
+        finestra_platform::status::reason_of(&refused).as_deref(),
+        Some("USER_BLOCKED")
+    );
+    quote(other).await?;
     // Another user of the tenant is not affected.
     c.text(other, "to-other", "hello").await?;
 

@@ -2,6 +2,7 @@
 //! signs that number's webhooks. Lives in the `accounts` schema, which the control-plane
 //! service takes over.
 
+pub mod contacts;
 pub mod directory;
 pub mod keys;
 pub mod windows;

@@ -138,6 +138,8 @@ pub struct SendFacts {
     /// The number exists, is the tenant's and is active.
     pub number_active: bool,
     pub window: WindowState,
+    /// The tenant's own block and suppression list (dispatch's contacts).
+    pub contact: finestra_registry::contacts::ContactFlags,
     pub template: Option<TemplateFacts>,
 }
 
@@ -165,6 +167,7 @@ pub async fn send_facts(
     let window =
         finestra_registry::windows::read(redis, pool, prefix, tenant_id, phone_number_id, user)
             .await?;
+    let contact = finestra_registry::contacts::flags(pool, tenant_id, user).await?;
     let template = match template {
         Some(t) => finestra_registry::template_send_facts_by_id_or_name(
             pool, tenant_id, t.id, t.name, t.language,
@@ -177,6 +180,7 @@ pub async fn send_facts(
         tenant_active,
         number_active,
         window,
+        contact,
         template,
     })
 }

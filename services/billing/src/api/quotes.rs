@@ -49,10 +49,8 @@ pub(super) async fn quote_message(
             number_active: facts.number_active,
             recipient: user,
             window: &facts.window,
-            // The tenant's own blocks and suppression list are dispatch's (its contacts);
-            // the send refuses them.
-            tenant_blocked: false,
-            tenant_opted_out: false,
+            tenant_blocked: facts.contact.blocked,
+            tenant_opted_out: facts.contact.opted_out,
             template: facts.template,
             now,
         },
