@@ -38,6 +38,18 @@ use crate::tenant_api;
 const DAY_MICROS: i64 = 24 * 3_600 * 1_000_000;
 const MAX_KEY_CHARS: usize = 128;
 
+/// The request's idempotency key: required, at most MAX_KEY_CHARS characters.
+fn idempotency_key(req: &SendMessageRequest) -> Result<String, Status> {
+    let key = required("idempotency_key", &req.idempotency_key)?;
+    if key.chars().count() > MAX_KEY_CHARS {
+        return Err(invalid_argument(
+            "idempotency_key",
+            format!("idempotency_key is longer than {MAX_KEY_CHARS} characters"),
+        ));
+    }
+    Ok(key.to_owned())
+}
+
 pub struct DispatchApi {
     /// Sends being decided at once, shared by weight among the tenants sending (a tenant over
     /// its share is refused TENANT_RATE_LIMITED at once, everyone beyond the reserve
@@ -350,13 +362,7 @@ impl DispatchApi {
         send_at: i64,
     ) -> Result<SendMessageResponse, Status> {
         let number_id = required("phone_number_id", &req.phone_number_id)?;
-        let key = required("idempotency_key", &req.idempotency_key)?.to_owned();
-        if key.chars().count() > MAX_KEY_CHARS {
-            return Err(invalid_argument(
-                "idempotency_key",
-                format!("idempotency_key is longer than {MAX_KEY_CHARS} characters"),
-            ));
-        }
+        let key = idempotency_key(&req)?;
         let number = self
             .facts
             .number(number_id)
@@ -385,13 +391,7 @@ impl DispatchApi {
     ) -> Result<SendMessageResponse, Status> {
         let tenant_id = req.tenant_id.clone();
         let number_id = required("phone_number_id", &req.phone_number_id)?.to_owned();
-        let key = required("idempotency_key", &req.idempotency_key)?.to_owned();
-        if key.chars().count() > MAX_KEY_CHARS {
-            return Err(invalid_argument(
-                "idempotency_key",
-                format!("idempotency_key is longer than {MAX_KEY_CHARS} characters"),
-            ));
-        }
+        let key = idempotency_key(&req)?;
         let recipient = content::recipient(&req.to).to_owned();
         let parsed = content::parse(&req)
             .map_err(|e| with_reason(Code::InvalidArgument, Reason::InvalidMessage, e.0, &[]))?;

@@ -131,6 +131,20 @@ struct Shared {
     clock: Arc<dyn Clock>,
 }
 
+/// A message to a blocked user fails USER_BLOCKED without reaching the network.
+fn blocked(title: &str) -> Outcome {
+    Outcome::Failed {
+        error: ProviderError {
+            retryable: false,
+            code: 0,
+            title: title.into(),
+            reason: "USER_BLOCKED",
+        },
+        attempts: 0,
+        exhausted: false,
+    }
+}
+
 fn micros_until(at: Timestamp, now: Timestamp) -> Duration {
     Duration::from_micros(u64::try_from(at.micros() - now.micros()).unwrap_or(0))
 }
@@ -163,18 +177,7 @@ async fn deliver(shared: &Shared, job: &Job, shutdown: &Shutdown) -> Outcome {
         .window(&shared.pool, &job.tenant_id, &job.phone_number_id, &job.to)
         .await;
     match window {
-        Ok(w) if w.is_blocked() => {
-            return Outcome::Failed {
-                error: ProviderError {
-                    retryable: false,
-                    code: 0,
-                    title: "the user blocked this number".into(),
-                    reason: "USER_BLOCKED",
-                },
-                attempts: 0,
-                exhausted: false,
-            };
-        }
+        Ok(w) if w.is_blocked() => return blocked("the user blocked this number"),
         Ok(_) => {}
         // The network refuses blocked users itself (131026): go on without the check.
         Err(e) => tracing::warn!(error = %e, "reading the window before a send failed"),
@@ -182,13 +185,10 @@ async fn deliver(shared: &Shared, job: &Job, shutdown: &Shutdown) -> Outcome {
     // Nor does a user the tenant blocked since acceptance. The network does not know that
     // block, so a failed read is tried again; only a store away for all of it lets the send
     // go (acceptance checked the block already).
-    let mut blocked = None;
     for try_ in 0..3 {
         match shared.facts.contact(&job.tenant_id, &job.to).await {
-            Ok(contact) => {
-                blocked = Some(contact.blocked);
-                break;
-            }
+            Ok(contact) if contact.blocked => return blocked("the tenant blocked this user"),
+            Ok(_) => break,
             Err(e) => {
                 tracing::warn!(error = %e, try_, "reading the tenant's blocks before a send failed");
                 if !pause(Duration::from_millis(100), shutdown).await {
@@ -196,18 +196,6 @@ async fn deliver(shared: &Shared, job: &Job, shutdown: &Shutdown) -> Outcome {
                 }
             }
         }
-    }
-    if blocked == Some(true) {
-        return Outcome::Failed {
-            error: ProviderError {
-                retryable: false,
-                code: 0,
-                title: "the tenant blocked this user".into(),
-                reason: "USER_BLOCKED",
-            },
-            attempts: 0,
-            exhausted: false,
-        };
     }
     let mut attempts = 0u32;
     loop {

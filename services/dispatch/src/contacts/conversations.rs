@@ -8,8 +8,8 @@ use finestra_proto::v1::{self, Envelope};
 use prost::Message as _;
 use sqlx::PgPool;
 
-/// A customer-service window's length (docs/rules.md §1).
-pub const WINDOW_MICROS: i64 = 24 * 3_600 * 1_000_000;
+/// A customer-service window's length (docs/rules.md §1): the domain's, in microseconds.
+pub const WINDOW_MICROS: i64 = finestra_domain::window::CSW_HOURS * Timestamp::HOUR;
 
 /// One row of ListConversations.
 pub struct SummaryRow {

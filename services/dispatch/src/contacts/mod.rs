@@ -51,10 +51,6 @@ pub struct ContactsApi {
     pub clock: Arc<dyn Clock>,
 }
 
-fn store_failure(context: &str, e: &sqlx::Error) -> Status {
-    status::store(context, e)
-}
-
 /// The user key of a user as the API names it: a phone number (normalised to E.164: with the
 /// default calling code when it has no '+', as E.164 digits when no code is given) or a
 /// business-scoped user id.
@@ -218,7 +214,7 @@ impl ContactsApi {
     ) -> Result<store::Filter, Status> {
         let row = store::segments(&self.pool, tenant_id, segment_id, "", 1)
             .await
-            .map_err(|e| store_failure("reading a segment", &e))?
+            .map_err(|e| status::store("reading a segment", &e))?
             .pop()
             .ok_or_else(|| not_found("segment_id", segment_id))?;
         let filter = ContactFilter::decode(row.filter.as_slice())
@@ -229,7 +225,7 @@ impl ContactsApi {
     async fn contacts(&self, tenant_id: &str, users: &[String]) -> Result<Vec<Contact>, Status> {
         Ok(store::get_many(&self.pool, tenant_id, users)
             .await
-            .map_err(|e| store_failure("reading contacts", &e))?
+            .map_err(|e| status::store("reading contacts", &e))?
             .iter()
             .map(|r| contact_of(tenant_id, r))
             .collect())
@@ -245,11 +241,11 @@ impl ContactsApi {
     ) -> Result<ContactImport, Status> {
         let state = store::get_import(&self.pool, tenant_id, import_id)
             .await
-            .map_err(|e| store_failure("reading an import", &e))?
+            .map_err(|e| status::store("reading an import", &e))?
             .ok_or_else(|| not_found("import_id", import_id))?;
         let rows = store::report(&self.pool, tenant_id, import_id, after, size + 1)
             .await
-            .map_err(|e| store_failure("reading an import's report", &e))?;
+            .map_err(|e| status::store("reading an import's report", &e))?;
         let keyed: Vec<(String, ReportRow)> =
             rows.into_iter().map(|r| (r.line.to_string(), r)).collect();
         let (page, next_page_token) = paging::paginate(keyed, size, |(k, _)| k);
@@ -339,7 +335,7 @@ impl ContactsApi {
             .collect();
         let applied = store::apply(&self.pool, tenant_id, &changes, "import", now)
             .await
-            .map_err(|e| store_failure("importing contacts", &e))?;
+            .map_err(|e| status::store("importing contacts", &e))?;
         let noted = std::mem::take(&mut reader.noted);
         let count = |outcome: &str| noted.iter().filter(|n| n.outcome == outcome).count() as i64;
         counts.rows_read = reader.rows as i64;
@@ -363,7 +359,7 @@ impl ContactsApi {
             .collect();
         store::record_progress(&self.pool, tenant_id, import_id, counts, &report)
             .await
-            .map_err(|e| store_failure("recording an import's progress", &e))
+            .map_err(|e| status::store("recording an import's progress", &e))
     }
 }
 
@@ -475,7 +471,7 @@ impl ContactsService for ContactsApi {
             now,
         )
         .await
-        .map_err(|e| store_failure("writing a contact", &e))?;
+        .map_err(|e| status::store("writing a contact", &e))?;
         let mut found = self
             .contacts(&req.tenant_id, std::slice::from_ref(&user))
             .await?;
@@ -526,7 +522,7 @@ impl ContactsService for ContactsApi {
             size + 1,
         )
         .await
-        .map_err(|e| store_failure("listing contacts", &e))?;
+        .map_err(|e| status::store("listing contacts", &e))?;
         let (page, next_page_token) = paging::paginate(rows, size, |r| &r.user_key);
         Ok(Response::new(ListContactsResponse {
             contacts: page.iter().map(|r| contact_of(&req.tenant_id, r)).collect(),
@@ -561,7 +557,7 @@ impl ContactsService for ContactsApi {
         };
         store::save_segment(&self.pool, &req.tenant_id, &row)
             .await
-            .map_err(|e| store_failure("saving a segment", &e))?;
+            .map_err(|e| status::store("saving a segment", &e))?;
         Ok(Response::new(segment_of(&req.tenant_id, &row)))
     }
 
@@ -574,7 +570,7 @@ impl ContactsService for ContactsApi {
         let after = paging::after(&req.page_token)?;
         let rows = store::segments(&self.pool, &req.tenant_id, "", &after, size + 1)
             .await
-            .map_err(|e| store_failure("listing segments", &e))?;
+            .map_err(|e| status::store("listing segments", &e))?;
         let (page, next_page_token) = paging::paginate(rows, size, |r| &r.segment_id);
         Ok(Response::new(ListSegmentsResponse {
             segments: page.iter().map(|r| segment_of(&req.tenant_id, r)).collect(),
@@ -589,7 +585,7 @@ impl ContactsService for ContactsApi {
         let req = self.auth.authorize(request, Scope::Send).await?.request;
         store::delete_segment(&self.pool, &req.tenant_id, &req.segment_id)
             .await
-            .map_err(|e| store_failure("deleting a segment", &e))?;
+            .map_err(|e| status::store("deleting a segment", &e))?;
         Ok(Response::new(DeleteSegmentResponse {}))
     }
 
@@ -618,7 +614,7 @@ impl ContactsService for ContactsApi {
         let now = self.clock.now();
         let claimed = store::claim_import(&self.pool, &tenant_id, &import_id, now)
             .await
-            .map_err(|e| store_failure("starting an import", &e))?;
+            .map_err(|e| status::store("starting an import", &e))?;
         if !claimed {
             let answer = self
                 .import_answer(&tenant_id, &import_id, true, 0, REPORT_IN_ANSWER)
@@ -650,7 +646,7 @@ impl ContactsService for ContactsApi {
             self.clock.now(),
         )
         .await
-        .map_err(|e| store_failure("ending an import", &e))?;
+        .map_err(|e| status::store("ending an import", &e))?;
         // A malformed file is answered with its report (state failed, and why); a call that
         // broke off with its status.
         let _file_failure_is_in_the_report = outcome?;
@@ -726,7 +722,7 @@ impl ContactsService for ContactsApi {
             size + 1,
         )
         .await
-        .map_err(|e| store_failure("listing conversations", &e))?;
+        .map_err(|e| status::store("listing conversations", &e))?;
         let keyed: Vec<(String, conversations::SummaryRow)> = rows
             .into_iter()
             .map(|r| (format!("{}/{}", r.last_inbound_at, r.user_key), r))
@@ -773,7 +769,7 @@ impl ContactsService for ContactsApi {
             size + 1,
         )
         .await
-        .map_err(|e| store_failure("reading a conversation", &e))?;
+        .map_err(|e| status::store("reading a conversation", &e))?;
         let size = usize::try_from(size).unwrap_or(usize::MAX);
         let next_cursor = if items.len() > size {
             items.truncate(size);
@@ -845,7 +841,7 @@ impl ContactsService for ContactsApi {
             .collect();
         store::apply(&self.pool, &req.tenant_id, &changes, "api", now)
             .await
-            .map_err(|e| store_failure("blocking contacts", &e))?;
+            .map_err(|e| status::store("blocking contacts", &e))?;
         // This replica applies it from the answer on; the others within their facts' TTL.
         self.facts.forget_contacts(&req.tenant_id).await;
         metrics::counter!("finestra_dispatch_contact_blocks_total").increment(users.len() as u64);

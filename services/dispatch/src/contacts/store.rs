@@ -193,10 +193,6 @@ pub struct Filter {
     pub include_blocked: bool,
 }
 
-/// A customer-service window's length (docs/rules.md §1): a user who wrote within it has one
-/// open on that number.
-const WINDOW_MICROS: i64 = 24 * 3_600 * 1_000_000;
-
 /// Contacts matching `filter` in user order after `after`.
 pub async fn list(
     pool: &PgPool,
@@ -234,7 +230,8 @@ pub async fn list(
         filter.last_inbound_after,
         filter.last_inbound_before,
         filter.window,
-        now.micros() - WINDOW_MICROS,
+        // A user who wrote within a window's length has one open on that number.
+        now.micros() - super::conversations::WINDOW_MICROS,
         limit
     )
     .fetch_all(pool)
