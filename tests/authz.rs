@@ -9,6 +9,7 @@ use finestra_platform::auth::{AuthedChannel, Bearer, Owner, Scope};
 use finestra_proto::v1;
 use finestra_proto::v1::accounts_service_client::AccountsServiceClient;
 use finestra_proto::v1::billing_service_client::BillingServiceClient;
+use finestra_proto::v1::campaign_service_client::CampaignServiceClient;
 use finestra_proto::v1::contacts_service_client::ContactsServiceClient;
 use finestra_proto::v1::dispatch_service_client::DispatchServiceClient;
 use finestra_proto::v1::window_service_client::WindowServiceClient;
@@ -682,12 +683,132 @@ fn rpcs() -> Vec<Rpc> {
                 }
             }),
         ),
+        dispatch(
+            "CampaignService/CreateCampaign",
+            Scope::Send,
+            true,
+            call!(CampaignServiceClient, create_campaign, |c| {
+                v1::CreateCampaignRequest {
+                    tenant_id: c.tenant,
+                    campaign_id: format!("authz-{}", c.unique),
+                    phone_number_id: c.number,
+                    template_name: SEEDED_OFFER.into(),
+                    template_language: "en".into(),
+                    parameters: vec!["{{name}}".into()],
+                    users: vec![SEEDED_CONTACT.into()],
+                    ..Default::default()
+                }
+            }),
+        ),
+        dispatch(
+            "CampaignService/GetCampaign",
+            Scope::Read,
+            true,
+            call!(CampaignServiceClient, get_campaign, |c| {
+                v1::GetCampaignRequest {
+                    tenant_id: c.tenant,
+                    campaign_id: "authz-draft".into(),
+                }
+            }),
+        ),
+        dispatch(
+            "CampaignService/ListCampaigns",
+            Scope::Read,
+            true,
+            call!(CampaignServiceClient, list_campaigns, |c| {
+                v1::ListCampaignsRequest {
+                    tenant_id: c.tenant,
+                    ..Default::default()
+                }
+            }),
+        ),
+        dispatch(
+            "CampaignService/QuoteCampaign",
+            Scope::Read,
+            true,
+            call!(CampaignServiceClient, quote_campaign, |c| {
+                v1::QuoteCampaignRequest {
+                    tenant_id: c.tenant,
+                    campaign_id: "authz-draft".into(),
+                    detail: true,
+                }
+            }),
+        ),
+        dispatch(
+            "CampaignService/LaunchCampaign",
+            Scope::Send,
+            true,
+            call!(CampaignServiceClient, launch_campaign, |c| {
+                v1::CampaignActionRequest {
+                    tenant_id: c.tenant,
+                    campaign_id: "authz-launch".into(),
+                }
+            }),
+        ),
+        dispatch(
+            "CampaignService/PauseCampaign",
+            Scope::Send,
+            true,
+            call!(CampaignServiceClient, pause_campaign, |c| {
+                v1::CampaignActionRequest {
+                    tenant_id: c.tenant,
+                    campaign_id: "authz-running".into(),
+                }
+            }),
+        ),
+        dispatch(
+            "CampaignService/ResumeCampaign",
+            Scope::Send,
+            true,
+            call!(CampaignServiceClient, resume_campaign, |c| {
+                v1::CampaignActionRequest {
+                    tenant_id: c.tenant,
+                    campaign_id: "authz-paused".into(),
+                }
+            }),
+        ),
+        dispatch(
+            "CampaignService/CancelCampaign",
+            Scope::Send,
+            true,
+            call!(CampaignServiceClient, cancel_campaign, |c| {
+                v1::CampaignActionRequest {
+                    tenant_id: c.tenant,
+                    campaign_id: "authz-cancel".into(),
+                }
+            }),
+        ),
+        dispatch(
+            "CampaignService/WatchCampaign",
+            Scope::Read,
+            true,
+            call!(CampaignServiceClient, watch_campaign, |c| {
+                v1::GetCampaignRequest {
+                    tenant_id: c.tenant,
+                    campaign_id: "authz-draft".into(),
+                }
+            }),
+        ),
+        dispatch(
+            "CampaignService/ListCampaignRecipients",
+            Scope::Read,
+            true,
+            call!(CampaignServiceClient, list_campaign_recipients, |c| {
+                v1::ListCampaignRecipientsRequest {
+                    tenant_id: c.tenant,
+                    campaign_id: "authz-running".into(),
+                    ..Default::default()
+                }
+            }),
+        ),
     ]
 }
 
 /// Tenant A's contact and finished import the read rows ask for.
 const SEEDED_CONTACT: &str = "393470000003";
 const SEEDED_IMPORT: &str = "authz-seeded";
+/// Tenant A's approved marketing template its campaigns send.
+const SEEDED_OFFER: &str = "authz_offer";
 /// Tenant A's message scheduled far ahead (cancelling it again is fine).
 const SEEDED_SCHEDULED: &str = "msg_authz_scheduled";
 
@@ -817,6 +938,7 @@ async fn world() -> anyhow::Result<World> {
     .bind(SEEDED_SCHEDULED)
     .execute(&finestra_testkit::infra().await?.pool)
     .await?;
+    seed_campaigns(&scope, &tenant_a, &number, &dispatch).await?;
     let template: String = sqlx::query_scalar(
         "INSERT INTO accounts.templates (template_id, tenant_id, name, language, category, body, parameter_count)
          VALUES ('tpl_' || $1, $1, 'order_ready', 'en', 'UTILITY', 'Order {{1}} is ready', 1) RETURNING template_id",
@@ -834,6 +956,65 @@ async fn world() -> anyhow::Result<World> {
         tenant_a,
         number,
     })
+}
+
+/// Tenant A's campaigns the campaign rows act on, one per state an action starts from. Each
+/// starts 20 days ahead, so the runner never sends them.
+async fn seed_campaigns(
+    scope: &TestScope,
+    tenant: &str,
+    number: &str,
+    dispatch: &Started,
+) -> anyhow::Result<()> {
+    let pool = &finestra_testkit::infra().await?.pool;
+    sqlx::query(
+        "INSERT INTO accounts.templates
+             (template_id, tenant_id, name, language, category, body, parameter_count, status)
+         VALUES ('tpl_offer_' || $1, $1, $2, 'en', 'MARKETING', 'Hi {{1}}', 1, 'APPROVED')",
+    )
+    .bind(tenant)
+    .bind(SEEDED_OFFER)
+    .execute(pool)
+    .await?;
+    let key = scope.tenant_key("a", &[Scope::Send, Scope::Read]).await?;
+    let mut client = CampaignServiceClient::new(
+        finestra_testkit::authed_channel(dispatch.running.grpc_url(), &key).await?,
+    );
+    let later = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_micros() as i64
+        + 20 * 24 * 3_600 * 1_000_000;
+    for (id, state) in [
+        ("authz-draft", "DRAFT"),
+        ("authz-launch", "DRAFT"),
+        ("authz-cancel", "DRAFT"),
+        ("authz-running", "RUNNING"),
+        ("authz-paused", "PAUSED"),
+    ] {
+        client
+            .create_campaign(v1::CreateCampaignRequest {
+                tenant_id: tenant.into(),
+                campaign_id: id.into(),
+                phone_number_id: number.into(),
+                template_name: SEEDED_OFFER.into(),
+                template_language: "en".into(),
+                parameters: vec!["{{name}}".into()],
+                users: vec![SEEDED_CONTACT.into()],
+                start_at: Some(finestra_proto::time::from_micros(later)),
+                ..Default::default()
+            })
+            .await?;
+        sqlx::query(
+            "UPDATE dispatch.campaigns SET state = $3, launched_at = 1
+              WHERE tenant_id = $1 AND campaign_id = $2 AND $3 <> 'DRAFT'",
+        )
+        .bind(tenant)
+        .bind(id)
+        .bind(state)
+        .execute(pool)
+        .await?;
+    }
+    Ok(())
 }
 
 impl World {

@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "billing.proto",
         "dispatch.proto",
         "contacts.proto",
+        "campaigns.proto",
     ]
     .map(|f| proto_root.join("finestra/v1").join(f));
     for f in &files {

@@ -1,6 +1,7 @@
 //! The product's rules (docs/rules.md) as pure code. No tokio, no stores, no proto types:
 //! time comes in through [`Clock`] or as arguments, so every rule is testable exhaustively.
 
+pub mod campaign;
 pub mod contacts;
 pub mod delivery;
 pub mod fair_clock;

@@ -224,6 +224,12 @@ for_tenant!(
     DeleteSegmentRequest,
     ListConversationsRequest,
     GetConversationRequest,
+    CreateCampaignRequest,
+    GetCampaignRequest,
+    ListCampaignsRequest,
+    QuoteCampaignRequest,
+    CampaignActionRequest,
+    ListCampaignRecipientsRequest,
 );
 
 /// A request its key may act on (see [`Authenticator::authorize`]).

@@ -394,6 +394,41 @@ pub async fn template_send_facts_by_id_or_name(
     .await
 }
 
+/// What a campaign's circuit breaker reads of the network's word on its number and template
+/// (docs/rules.md §12): their quality scores (GREEN, YELLOW, RED, UNKNOWN).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CampaignHealth {
+    pub number_quality: String,
+    pub template_quality: String,
+}
+
+pub async fn campaign_health(
+    pool: &PgPool,
+    tenant_id: &str,
+    phone_number_id: &str,
+    template_name: &str,
+    template_language: &str,
+) -> Result<CampaignHealth, sqlx::Error> {
+    let row = sqlx::query!(
+        r#"SELECT
+             (SELECT quality_rating FROM accounts.numbers
+               WHERE phone_number_id = $2 AND tenant_id = $1) AS "number_quality?",
+             (SELECT quality FROM accounts.templates
+               WHERE tenant_id = $1 AND name = $3 AND language = $4 AND deleted_at IS NULL)
+               AS "template_quality?""#,
+        tenant_id,
+        phone_number_id,
+        template_name,
+        template_language
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(CampaignHealth {
+        number_quality: row.number_quality.unwrap_or_else(|| "UNKNOWN".to_owned()),
+        template_quality: row.template_quality.unwrap_or_else(|| "UNKNOWN".to_owned()),
+    })
+}
+
 /// A tenant's opt-out keywords as ingest applies them (its own lists, or the defaults).
 pub async fn opt_out_keywords(
     pool: &PgPool,

@@ -88,26 +88,114 @@ pub async fn read(
     )
     .fetch_optional(pool)
     .await?;
-    let Some(r) = row else {
-        return Ok(WindowState::default());
-    };
-    let flag = |at: Option<i64>, on: Option<bool>| {
+    Ok(row.map_or_else(WindowState::default, |r| {
+        state_of_row(
+            r.csw_until,
+            r.last_inbound_at,
+            r.last_inbound_id,
+            r.referral_at,
+            r.fep_until,
+            (r.opt_out_at, r.opt_out),
+            (r.blocked_at, r.blocked),
+        )
+    }))
+}
+
+/// Many users' windows on one number (a campaign's quote): the hot values in `MGET`s of a
+/// thousand keys, the users Redis does not hold from Postgres in one query, in `users`' order.
+pub async fn read_many(
+    redis: &ConnectionManager,
+    pool: &PgPool,
+    prefix: &str,
+    tenant_id: &str,
+    phone_number_id: &str,
+    users: &[String],
+) -> Result<Vec<WindowState>, WindowReadError> {
+    let mut conn = redis.clone();
+    let mut states = Vec::with_capacity(users.len());
+    let mut missing: Vec<(usize, String)> = Vec::new();
+    for chunk in users.chunks(1_000) {
+        let keys: Vec<String> = chunk
+            .iter()
+            .map(|u| key(prefix, tenant_id, phone_number_id, u))
+            .collect();
+        let values: Vec<Option<String>> =
+            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+        for (user, value) in chunk.iter().zip(values) {
+            match value {
+                Some(v) => states.push(decode(&v)),
+                None => {
+                    missing.push((states.len(), user.clone()));
+                    states.push(WindowState::default());
+                }
+            }
+        }
+    }
+    if missing.is_empty() {
+        return Ok(states);
+    }
+    let keys: Vec<String> = missing.iter().map(|(_, u)| u.clone()).collect();
+    let rows = sqlx::query!(
+        "SELECT user_key, csw_until, last_inbound_at, last_inbound_id, referral_at, fep_until,
+                opt_out_at, opt_out, blocked_at, blocked
+           FROM windows.pair_state
+          WHERE tenant_id = $1 AND phone_number_id = $2 AND user_key = ANY($3)",
+        tenant_id,
+        phone_number_id,
+        &keys
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut found = std::collections::HashMap::with_capacity(rows.len());
+    for r in rows {
+        found.insert(
+            r.user_key.clone(),
+            state_of_row(
+                r.csw_until,
+                r.last_inbound_at,
+                r.last_inbound_id,
+                r.referral_at,
+                r.fep_until,
+                (r.opt_out_at, r.opt_out),
+                (r.blocked_at, r.blocked),
+            ),
+        );
+    }
+    for (at, user) in missing {
+        if let Some(state) = found.remove(&user) {
+            states[at] = state;
+        }
+    }
+    Ok(states)
+}
+
+/// A durable record's columns as a state.
+fn state_of_row(
+    csw_until: Option<i64>,
+    last_inbound_at: Option<i64>,
+    last_inbound_id: Option<String>,
+    referral_at: Option<i64>,
+    fep_until: Option<i64>,
+    opt_out: (Option<i64>, Option<bool>),
+    blocked: (Option<i64>, Option<bool>),
+) -> WindowState {
+    let flag = |(at, on): (Option<i64>, Option<bool>)| {
         at.map(|at| Flag {
             at: Timestamp::from_micros(at),
             on: on.unwrap_or(false),
         })
     };
-    Ok(WindowState {
-        csw_until: r.csw_until.map(Timestamp::from_micros),
-        last_inbound: r.last_inbound_at.map(|at| LastInbound {
+    WindowState {
+        csw_until: csw_until.map(Timestamp::from_micros),
+        last_inbound: last_inbound_at.map(|at| LastInbound {
             at: Timestamp::from_micros(at),
-            message_id: r.last_inbound_id.unwrap_or_default(),
+            message_id: last_inbound_id.unwrap_or_default(),
         }),
-        referral_at: r.referral_at.map(Timestamp::from_micros),
-        fep_until: r.fep_until.map(Timestamp::from_micros),
-        marketing_opt_out: flag(r.opt_out_at, r.opt_out),
-        blocked: flag(r.blocked_at, r.blocked),
-    })
+        referral_at: referral_at.map(Timestamp::from_micros),
+        fep_until: fep_until.map(Timestamp::from_micros),
+        marketing_opt_out: flag(opt_out),
+        blocked: flag(blocked),
+    }
 }
 
 #[cfg(test)]

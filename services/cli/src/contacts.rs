@@ -138,6 +138,63 @@ fn print_contact(c: &Contact, json_out: bool) {
     }
 }
 
+/// `finestra segment`: the segment commands of `finestra contacts` under their own name.
+#[derive(Subcommand)]
+pub enum SegmentCommand {
+    /// Save a segment (a named filter over contacts): by tags, attributes (key=value),
+    /// opt-in and whether a window is open. Saving an existing id replaces it.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        tag: Vec<String>,
+        #[arg(long)]
+        attribute: Vec<String>,
+        #[arg(long)]
+        opted_in: bool,
+        /// open or closed.
+        #[arg(long, default_value = "")]
+        window: String,
+    },
+    /// The tenant's segments.
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+}
+
+pub async fn segment(
+    channel: AuthedChannel,
+    command: SegmentCommand,
+    json_out: bool,
+) -> anyhow::Result<()> {
+    let command = match command {
+        SegmentCommand::Create {
+            tenant,
+            id,
+            name,
+            tag,
+            attribute,
+            opted_in,
+            window,
+        } => ContactsCommand::SegmentSave {
+            tenant,
+            id,
+            name,
+            tag,
+            attribute,
+            opted_in,
+            window,
+        },
+        SegmentCommand::List { tenant } => ContactsCommand::SegmentList { tenant },
+    };
+    contacts(channel, command, json_out).await
+}
+
 pub async fn contacts(
     channel: AuthedChannel,
     command: ContactsCommand,

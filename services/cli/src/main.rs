@@ -4,6 +4,7 @@
 
 mod accounts;
 mod billing;
+mod campaigns;
 mod contacts;
 mod dispatch;
 mod sim;
@@ -215,6 +216,33 @@ enum Command {
         api_key: String,
         #[command(subcommand)]
         command: contacts::ContactsCommand,
+    },
+    /// A tenant's segments (saved filters over its contacts): create, list.
+    Segment {
+        #[arg(
+            long,
+            env = "FINESTRA_DISPATCH_ENDPOINT",
+            default_value = "http://127.0.0.1:7054"
+        )]
+        endpoint: String,
+        #[arg(long, env = "FINESTRA_API_KEY", hide_env_values = true)]
+        api_key: String,
+        #[command(subcommand)]
+        command: contacts::SegmentCommand,
+    },
+    /// A tenant's template campaigns: create, quote, launch, pause, resume, cancel, watch,
+    /// report.
+    Campaign {
+        #[arg(
+            long,
+            env = "FINESTRA_DISPATCH_ENDPOINT",
+            default_value = "http://127.0.0.1:7054"
+        )]
+        endpoint: String,
+        #[arg(long, env = "FINESTRA_API_KEY", hide_env_values = true)]
+        api_key: String,
+        #[command(subcommand)]
+        command: campaigns::CampaignCommand,
     },
     /// Play the simulator's users: write to a number, block or unblock it.
     Sim {
@@ -570,6 +598,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             // An import streams as long as the file takes: no per-call deadline.
             let channel = streaming_channel(&endpoint, &api_key).await?;
             contacts::contacts(channel, command, json).await?
+        }
+        Command::Segment {
+            endpoint,
+            api_key,
+            command,
+        } => contacts::segment(channel(&endpoint, &api_key).await?, command, json).await?,
+        Command::Campaign {
+            endpoint,
+            api_key,
+            command,
+        } => {
+            // A watch follows the campaign as long as it runs: no per-call deadline.
+            let channel = streaming_channel(&endpoint, &api_key).await?;
+            campaigns::campaign(channel, command, json).await?
         }
         Command::Events {
             endpoint,

@@ -193,6 +193,26 @@ impl Hot {
         .await
     }
 
+    /// Many users' windows on one number (a campaign's quote), in `users`' order.
+    pub async fn windows(
+        &self,
+        pool: &sqlx::PgPool,
+        tenant_id: &str,
+        phone_number_id: &str,
+        users: &[String],
+    ) -> Result<Vec<finestra_domain::WindowState>, finestra_registry::windows::WindowReadError>
+    {
+        finestra_registry::windows::read_many(
+            &self.conn,
+            pool,
+            &self.prefix,
+            tenant_id,
+            phone_number_id,
+            users,
+        )
+        .await
+    }
+
     fn idem_key(&self, tenant_id: &str, message_id: &str) -> String {
         format!("{}:{{{tenant_id}}}:idem:{message_id}", self.prefix)
     }

@@ -7,6 +7,7 @@ pub mod admission;
 pub mod api;
 pub mod auto_reply;
 pub mod batch;
+pub mod campaigns;
 pub mod contacts;
 pub mod content;
 pub mod error;
@@ -38,6 +39,7 @@ use finestra_platform::kafka::{self, BatchConsumer, ConsumerSettings};
 use finestra_platform::service::{self, Observed, retry_until_ready};
 use finestra_platform::{ConfigError, Running, Shutdown, StartError, stores};
 use finestra_proto::v1::billing_service_client::BillingServiceClient;
+use finestra_proto::v1::campaign_service_server::CampaignServiceServer;
 use finestra_proto::v1::contacts_service_server::ContactsServiceServer;
 use finestra_proto::v1::dispatch_service_server::DispatchServiceServer;
 
@@ -240,6 +242,8 @@ pub async fn start(
             tonic::service::interceptor::InterceptedService::new(channel, bearer.clone()),
         ));
     }
+    // A campaign's quote prices through billing too (PriceBatch), on the first connection.
+    let quote_billing = billing[0].clone();
     let (acceptor, accept_task) = accept::spawn(accept::AcceptorSettings {
         pool: pool.clone(),
         billing,
@@ -321,6 +325,28 @@ pub async fn start(
         }
         .run(shutdown.clone()),
     );
+    let campaigns = Arc::new(campaigns::CampaignsApi {
+        pool: pool.clone(),
+        facts: api.facts.clone(),
+        hot: api.hot.clone(),
+        auth: auth.clone(),
+        clock: clock.clone(),
+        billing: quote_billing,
+        marketing_cap: api.marketing_cap,
+        shutdown: shutdown.clone(),
+    });
+    let campaign_task = tokio::spawn(
+        campaigns::runner::Runner {
+            pool: pool.clone(),
+            api: api.clone(),
+            campaigns: campaigns.clone(),
+            tenant_prefix: config.sweep_tenant_prefix.clone(),
+            every: Duration::from_millis(100),
+            breaker: finestra_domain::campaign::Breaker::DEFAULT,
+            id: finestra_platform::auth::generate_key("runner_"),
+        }
+        .run(shutdown.clone()),
+    );
     let (incoming, grpc_addr) = finestra_platform::grpc::bind(common.grpc_addr).await?;
     let router = tonic::transport::Server::builder()
         .trace_fn(finestra_platform::trace::grpc_request_span)
@@ -335,6 +361,10 @@ pub async fn start(
                 clock: clock.clone(),
             })
             .max_decoding_message_size(contacts::MAX_CHUNK + 1024),
+            auth.clone(),
+        ))
+        .add_service(RequireKey::new(
+            CampaignServiceServer::from_arc(campaigns),
             auth.clone(),
         ))
         .add_service(RequireKey::new(
@@ -479,6 +509,7 @@ pub async fn start(
     running.own("media fetcher", media_task);
     running.own("opt-out replies", replier_task);
     running.own("scheduled messages", scheduler_task);
+    running.own("campaigns", campaign_task);
     running.own("auth-invalidation", invalidation_task);
     // Last: acceptance drains once the gRPC server (its only sender) has stopped.
     running.own("acceptance", accept_task);

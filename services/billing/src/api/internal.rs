@@ -46,6 +46,63 @@ pub(super) async fn reserve_batch(
     }))
 }
 
+pub(super) async fn price_batch(
+    api: &BillingApi,
+    request: Request<PriceBatchRequest>,
+) -> Result<Response<PriceBatchResponse>, Status> {
+    let p = auth::principal(&request)?;
+    operator_only(&p, "PriceBatch (internal)", Scope::Send)?;
+    let req = request.into_inner();
+    if req.items.len() > MAX_BATCH {
+        return Err(invalid_argument(
+            "items",
+            format!("at most {MAX_BATCH} items per call"),
+        ));
+    }
+    let tenant_id = required("tenant_id", &req.tenant_id)?;
+    let partner_id = api.partner_of(tenant_id).await?;
+    let at = req
+        .at
+        .as_ref()
+        .map_or_else(|| api.clock.now(), |t| Timestamp::from_micros(to_micros(t)));
+    let mut results = Vec::with_capacity(req.items.len());
+    for item in req.items {
+        let kind = if item.free_form {
+            MessageKind::FreeForm
+        } else {
+            MessageKind::Template {
+                category: item.category.to_ascii_uppercase(),
+            }
+        };
+        let open = WindowAt {
+            csw_open: item.csw_open,
+            fep_open: item.fep_open,
+        };
+        let recipient = item.recipient.trim().trim_start_matches('+');
+        results.push(
+            match api
+                .pricer
+                .price(&partner_id, at, recipient, &kind, open)
+                .await
+            {
+                Ok(q) => PriceResult {
+                    quote: Some(quote_of(&q, WindowFacts::default(), at, open)),
+                    ..PriceResult::default()
+                },
+                Err(e) => {
+                    let status = pricing_status(e, tenant_id);
+                    PriceResult {
+                        quote: None,
+                        reason: finestra_platform::status::reason_of(&status).unwrap_or_default(),
+                        message: status.message().to_owned(),
+                    }
+                }
+            },
+        );
+    }
+    Ok(Response::new(PriceBatchResponse { results }))
+}
+
 pub(super) async fn release(
     api: &BillingApi,
     request: Request<ReleaseRequest>,

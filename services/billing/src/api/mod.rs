@@ -21,11 +21,11 @@ use finestra_proto::v1::{
     AddRateCardRequest, GetInvoiceRequest, GetMarkupRequest, GetPartnerRollupRequest,
     GetWalletRequest, Invoice, InvoiceLine, ListRateCardsRequest, ListRateCardsResponse,
     ListUsageRequest, ListUsageResponse, ListWalletHistoryRequest, ListWalletHistoryResponse,
-    Markup, Markups, PartnerRollup, PartnerRollupLine, Price, Quote, QuoteMessageRequest, RateCard,
-    ReconcileDifference, ReconcileReport, ReconcileRequest, ReleaseRequest, ReleaseResponse,
-    ReserveBatchRequest, ReserveBatchResponse, ReserveRequest, ReserveResponse, ReserveResult,
-    SetCreditLimitRequest, SetMarkupRequest, TopUpRequest, UsageRow, Wallet, WalletEntry,
-    WithdrawRateCardRequest,
+    Markup, Markups, PartnerRollup, PartnerRollupLine, Price, PriceBatchRequest,
+    PriceBatchResponse, PriceResult, Quote, QuoteMessageRequest, RateCard, ReconcileDifference,
+    ReconcileReport, ReconcileRequest, ReleaseRequest, ReleaseResponse, ReserveBatchRequest,
+    ReserveBatchResponse, ReserveRequest, ReserveResponse, ReserveResult, SetCreditLimitRequest,
+    SetMarkupRequest, TopUpRequest, UsageRow, Wallet, WalletEntry, WithdrawRateCardRequest,
 };
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
@@ -462,6 +462,13 @@ impl BillingService for BillingApi {
         request: Request<ReserveBatchRequest>,
     ) -> Result<Response<ReserveBatchResponse>, Status> {
         internal::reserve_batch(self, request).await
+    }
+
+    async fn price_batch(
+        &self,
+        request: Request<PriceBatchRequest>,
+    ) -> Result<Response<PriceBatchResponse>, Status> {
+        internal::price_batch(self, request).await
     }
 
     async fn release(

@@ -206,22 +206,6 @@ impl ContactsApi {
         }
     }
 
-    /// A saved segment's filter (NOT_FOUND when the tenant has none of that id).
-    pub async fn segment_filter(
-        &self,
-        tenant_id: &str,
-        segment_id: &str,
-    ) -> Result<store::Filter, Status> {
-        let row = store::segments(&self.pool, tenant_id, segment_id, "", 1)
-            .await
-            .map_err(|e| status::store("reading a segment", &e))?
-            .pop()
-            .ok_or_else(|| not_found("segment_id", segment_id))?;
-        let filter = ContactFilter::decode(row.filter.as_slice())
-            .map_err(|e| status::internal("decoding a segment", &e))?;
-        filter_of(&filter)
-    }
-
     async fn contacts(&self, tenant_id: &str, users: &[String]) -> Result<Vec<Contact>, Status> {
         Ok(store::get_many(&self.pool, tenant_id, users)
             .await
@@ -402,6 +386,22 @@ fn import_of(
     }
 }
 
+/// A saved segment's filter (NOT_FOUND when the tenant has none of that id).
+pub async fn saved_filter(
+    pool: &PgPool,
+    tenant_id: &str,
+    segment_id: &str,
+) -> Result<store::Filter, Status> {
+    let row = store::segments(pool, tenant_id, segment_id, "", 1)
+        .await
+        .map_err(|e| status::store("reading a segment", &e))?
+        .pop()
+        .ok_or_else(|| not_found("segment_id", segment_id))?;
+    let filter = ContactFilter::decode(row.filter.as_slice())
+        .map_err(|e| status::internal("decoding a segment", &e))?;
+    filter_of(&filter)
+}
+
 /// A filter as the store takes it, checked.
 pub fn filter_of(f: &ContactFilter) -> Result<store::Filter, Status> {
     let mut tags = Vec::with_capacity(f.tags.len());
@@ -445,7 +445,8 @@ fn segment_of(tenant_id: &str, r: &store::SegmentRow) -> Segment {
     }
 }
 
-fn is_import_id(id: &str) -> bool {
+/// An id a client names a thing by (an import, a segment, a campaign).
+pub(crate) fn is_client_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
         && id
             .chars()
@@ -505,7 +506,7 @@ impl ContactsService for ContactsApi {
         let after = paging::after(&req.page_token)?;
         let filter = match (req.segment_id.is_empty(), &req.filter) {
             (true, filter) => filter_of(&filter.clone().unwrap_or_default())?,
-            (false, None) => self.segment_filter(&req.tenant_id, &req.segment_id).await?,
+            (false, None) => saved_filter(&self.pool, &req.tenant_id, &req.segment_id).await?,
             (false, Some(_)) => {
                 return Err(invalid_argument(
                     "filter",
@@ -535,7 +536,7 @@ impl ContactsService for ContactsApi {
         request: Request<SaveSegmentRequest>,
     ) -> Result<Response<Segment>, Status> {
         let req = self.auth.authorize(request, Scope::Send).await?.request;
-        if !is_import_id(&req.segment_id) {
+        if !is_client_id(&req.segment_id) {
             return Err(invalid_argument(
                 "segment_id",
                 "1 to 64 letters, digits, '-', '_', '.' or ':'",
@@ -604,7 +605,7 @@ impl ContactsService for ContactsApi {
             .authorize_tenant(&principal, &tenant_id, Scope::Send)
             .await?;
         let import_id = first.import_id.clone();
-        if !is_import_id(&import_id) {
+        if !is_client_id(&import_id) {
             return Err(invalid_argument(
                 "import_id",
                 "1 to 64 letters, digits, '-', '_', '.' or ':'",
