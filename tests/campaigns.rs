@@ -1,7 +1,8 @@
 //! Campaigns (docs/rules.md §12) against the whole chain, the simulator as the network: a
 //! quote equals, recipient by recipient, what the campaign then charges; a template paused
 //! mid-campaign pauses it with the reason and the resume sends each remaining recipient once;
-//! five thousand contacts through a pause, a resume and a killed dispatch are each sent once.
+//! the circuit breaker pauses a campaign whose sends fail or whose number turns red; five
+//! thousand contacts through a pause, a resume and a killed dispatch are each sent once.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -462,6 +463,96 @@ async fn a_template_paused_mid_campaign_pauses_it_and_the_resume_sends_each_rema
         "the network received each once"
     );
     c.books_settled().await?;
+    c.reconcile().await?;
+    c.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_circuit_breaker_pauses_a_campaign_whose_sends_fail_or_whose_number_turns_red()
+-> anyhow::Result<()> {
+    let c = Chain::start(80).await?;
+    let k = clients(&c).await?;
+    let infra = infra().await?;
+    c.template("notice", "UTILITY", 1).await?;
+    sqlx::query(
+        "UPDATE accounts.numbers SET throughput_per_second = 10 WHERE phone_number_id = $1",
+    )
+    .bind(&c.number)
+    .execute(&infra.pool)
+    .await?;
+    let n = 60;
+    c.top_up(n * UTILITY_IT).await?;
+    let users: Vec<String> = (0..n).map(|i| format!("39333116{i:04}")).collect();
+    for u in &users {
+        contact(&k, &c, u, "Ada", false).await?;
+    }
+    // The network refuses every send for a while.
+    c.sim(
+        "faults",
+        json!({"phone_number_id": c.number, "always": true, "http_status": 400}),
+    )
+    .await?;
+    let mut req = create(&c, "failing", "notice");
+    req.users = users.clone();
+    k.campaigns.clone().create_campaign(req).await?;
+    k.campaigns
+        .clone()
+        .launch_campaign(action(&c, "failing"))
+        .await?;
+    let paused = eventually("the failures pause the campaign", WAIT, || async {
+        let now = campaign(&k, &c, "failing").await?;
+        Ok((now.state == "PAUSED").then_some(now))
+    })
+    .await?;
+    assert_eq!(paused.state_reason, "FAILURE_RATE");
+    let at_pause = progress(&paused);
+    assert!(at_pause.failed >= 20 && at_pause.queued > 0, "{at_pause:?}");
+
+    // The network recovers, but the number's quality is now RED: a resume pauses again.
+    c.sim(
+        "faults",
+        json!({"phone_number_id": c.number, "next": 0, "always": false}),
+    )
+    .await?;
+    sqlx::query("UPDATE accounts.numbers SET quality_rating = 'RED' WHERE phone_number_id = $1")
+        .bind(&c.number)
+        .execute(&infra.pool)
+        .await?;
+    k.campaigns
+        .clone()
+        .resume_campaign(action(&c, "failing"))
+        .await?;
+    let red = eventually("the number's quality pauses it", WAIT, || async {
+        let now = campaign(&k, &c, "failing").await?;
+        Ok((now.state == "PAUSED" && now.state_reason == "NUMBER_QUALITY_LOW").then_some(now))
+    })
+    .await?;
+    let failed_before = progress(&red).failed;
+
+    // Green again: the resume judges only the sends made since, and the rest go.
+    sqlx::query("UPDATE accounts.numbers SET quality_rating = 'GREEN' WHERE phone_number_id = $1")
+        .bind(&c.number)
+        .execute(&infra.pool)
+        .await?;
+    k.campaigns
+        .clone()
+        .resume_campaign(action(&c, "failing"))
+        .await?;
+    let done = completes(&k, &c, "failing", 2 * WAIT).await?;
+    let p = progress(&done);
+    assert_eq!((p.accepted, p.queued), (n, 0), "{p:?}");
+    assert_eq!(
+        p.failed, failed_before,
+        "nothing failed after the network recovered"
+    );
+    assert_eq!(p.delivered, n - failed_before);
+    c.books_settled().await?;
+    assert_eq!(
+        c.charges().await?.len() as i64,
+        p.delivered,
+        "only delivered ones are charged"
+    );
     c.reconcile().await?;
     c.stop().await;
     Ok(())

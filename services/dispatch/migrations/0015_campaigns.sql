@@ -17,6 +17,8 @@ CREATE TABLE campaigns (
     end_at             bigint,
     created_at         bigint NOT NULL,
     launched_at        bigint,
+    -- When it last became RUNNING: the circuit breaker judges only the sends since.
+    resumed_at         bigint,
     finished_at        bigint,
     updated_at         bigint NOT NULL,
     -- The runner (a replica's random id) holding a running campaign, and until when.

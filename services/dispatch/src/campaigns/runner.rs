@@ -265,8 +265,14 @@ impl Runner {
             &c.template_language,
         )
         .await?;
-        let (finished, failed) =
-            store::recent_outcomes(&self.pool, &c.tenant_id, &c.campaign_id, RECENT_SENDS).await?;
+        let (finished, failed) = store::recent_outcomes(
+            &self.pool,
+            &c.tenant_id,
+            &c.campaign_id,
+            c.resumed_at.unwrap_or(0),
+            RECENT_SENDS,
+        )
+        .await?;
         Ok(self.breaker.trips(&Health {
             number_quality: &health.number_quality,
             template_quality: &health.template_quality,

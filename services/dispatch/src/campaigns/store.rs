@@ -114,6 +114,7 @@ pub async fn set_state(
             SET state = $3, state_reason = $4, updated_at = $5,
                 launched_at = CASE WHEN $3 = 'RUNNING' THEN COALESCE(launched_at, $5)
                                    ELSE launched_at END,
+                resumed_at = CASE WHEN $3 = 'RUNNING' THEN $5 ELSE resumed_at END,
                 finished_at = CASE WHEN $3 IN ('COMPLETED', 'CANCELLED') THEN $5
                                    ELSE finished_at END,
                 lease_until = CASE WHEN $3 = 'RUNNING' THEN lease_until END
@@ -272,6 +273,7 @@ pub struct Held {
     pub template_language: String,
     pub request: Vec<u8>,
     pub end_at: Option<i64>,
+    pub resumed_at: Option<i64>,
 }
 
 /// Takes (or keeps) the running campaigns whose time has come and whose lease is free or
@@ -294,7 +296,7 @@ pub async fn hold_running(
                    AND (lease_until IS NULL OR lease_until < $1 OR runner = $3)
                  ORDER BY tenant_id, campaign_id LIMIT 256 FOR UPDATE SKIP LOCKED)
          RETURNING c.tenant_id, c.campaign_id, c.phone_number_id, c.template_name,
-                   c.template_language, c.request, c.end_at",
+                   c.template_language, c.request, c.end_at, c.resumed_at",
         now,
         lease_until,
         runner,
@@ -419,12 +421,13 @@ pub async fn record(
     Ok(())
 }
 
-/// Of the campaign's `n` newest accepted messages: how many have an outcome (anything past
-/// ACCEPTED) and how many of those failed.
+/// Of the campaign's `n` newest messages accepted since `since`: how many have an outcome
+/// (anything past ACCEPTED) and how many of those failed.
 pub async fn recent_outcomes(
     pool: &PgPool,
     tenant_id: &str,
     campaign_id: &str,
+    since: i64,
     n: i64,
 ) -> Result<(i64, i64), sqlx::Error> {
     let row = sqlx::query!(
@@ -434,10 +437,12 @@ pub async fn recent_outcomes(
                      JOIN dispatch.messages m
                        ON m.tenant_id = r.tenant_id AND m.message_id = r.message_id
                     WHERE r.tenant_id = $1 AND r.campaign_id = $2 AND r.state = 'ACCEPTED'
+                      AND r.decided_at >= $4
                     ORDER BY r.decided_at DESC LIMIT $3) recent"#,
         tenant_id,
         campaign_id,
-        n
+        n,
+        since
     )
     .fetch_one(pool)
     .await?;
