@@ -440,6 +440,7 @@ fn rpcs() -> Vec<Rpc> {
                     to: "393470000001".into(),
                     idempotency_key: "authz-send".into(),
                     send_at: None,
+                    send_at_local: String::new(),
                     content: Some(v1::send_message_request::Content::Text(v1::TextContent {
                         body: "hello".into(),
                         preview_url: false,

@@ -285,6 +285,7 @@ impl Chain {
             to: to.into(),
             idempotency_key: key.into(),
             send_at: None,
+            send_at_local: String::new(),
             content: Some(content),
         }
     }

@@ -564,6 +564,7 @@ async fn a_slow_number_is_paced_while_another_tenants_messages_flow() -> anyhow:
             to: user.into(),
             idempotency_key: "other-1".into(),
             send_at: None,
+            send_at_local: String::new(),
             content: Some(text("On its way")),
         })
         .await?

@@ -75,6 +75,7 @@ impl Neighbour {
                 to: to.into(),
                 idempotency_key: key.into(),
                 send_at: None,
+                send_at_local: String::new(),
                 content: Some(text(body)),
             })
             .await
@@ -185,6 +186,7 @@ async fn a_flooding_tenant_is_refused_at_once_while_another_tenants_sends_all_go
                         to: format!("3935{caller:02}{i:06}"),
                         idempotency_key: format!("flood-{caller}-{i}"),
                         send_at: None,
+                        send_at_local: String::new(),
                         content: Some(template("order_ready", &["A-1"])),
                     })
                     .await
@@ -520,6 +522,7 @@ async fn a_tenants_rate_holds_across_two_dispatch_processes_and_a_restart() -> a
         to: user.into(),
         idempotency_key: format!("two-{i}"),
         send_at: None,
+        send_at_local: String::new(),
         content: Some(text("hi")),
     };
     let answers = futures::future::join_all((0..24).map(|i| {

@@ -87,6 +87,7 @@ pub fn request(t: &Tenant, t_index: usize, n: u64) -> v1::SendMessageRequest {
         to,
         idempotency_key: format!("chaos-{n}"),
         send_at: None,
+        send_at_local: String::new(),
         content: Some(content),
     }
 }

@@ -35,6 +35,7 @@ async fn a_suspended_tenant_sends_nothing_even_through_its_partners_key() -> any
         to: user.into(),
         idempotency_key: key.into(),
         send_at: None,
+        send_at_local: String::new(),
         content: Some(finestra_e2e::chain::text("Your order shipped")),
     };
     partner.send_message(request("before")).await?;

@@ -137,3 +137,92 @@ async fn a_scheduled_send_goes_at_its_time_rechecks_the_rules_and_a_cancelled_on
     c.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_local_send_time_is_read_in_the_contacts_zone_or_else_its_markets() -> anyhow::Result<()>
+{
+    let c = Chain::start(80).await?;
+    c.template("notice", "UTILITY", 1).await?;
+    // Tomorrow at 09:00 wall-clock time, a date at least 3.5 h away in every zone used here.
+    let now_secs = finestra_testkit::now_secs();
+    let tomorrow = (now_secs / 86_400 + 1) * 86_400;
+    let nine_utc = tomorrow + 9 * 3_600;
+    let local = {
+        let days = tomorrow / 86_400;
+        // Civil date of a day count (Howard Hinnant's algorithm).
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let d = doy - (153 * mp + 2) / 5 + 1;
+        let m = if mp < 10 { mp + 3 } else { mp - 9 };
+        let y = yoe + era * 400 + i64::from(m <= 2);
+        format!("{y:04}-{m:02}-{d:02}T09:00")
+    };
+    let contacts = {
+        let key = c
+            .scope
+            .tenant_key("acme", &[finestra_platform::auth::Scope::Send])
+            .await?;
+        let url = c
+            .dispatch
+            .as_ref()
+            .map(|d| d.running.grpc_url())
+            .unwrap_or_else(|| c.dispatch_url.clone());
+        v1::contacts_service_client::ContactsServiceClient::new(
+            finestra_testkit::authed_channel(url, &key).await?,
+        )
+    };
+    // An Italian number whose contact lives in UTC, and an Indian number without a contact.
+    let abroad = "393331170001";
+    let india = "919812170002";
+    contacts
+        .clone()
+        .upsert_contact(v1::UpsertContactRequest {
+            tenant_id: c.tenant.clone(),
+            user: format!("+{abroad}"),
+            attributes: [("time_zone".to_owned(), "UTC".to_owned())].into(),
+            ..Default::default()
+        })
+        .await?;
+    let mut expected = Vec::new();
+    for (user, at) in [(abroad, nine_utc), (india, nine_utc - 5 * 3_600 - 1_800)] {
+        let mut req = c.request(user, &format!("local-{user}"), template("notice", &["A-1"]));
+        req.send_at_local = local.clone();
+        let answer = c.send(req).await?;
+        assert_eq!(answer.status, "SCHEDULED");
+        expected.push((answer.message_id, at));
+    }
+    for (id, at) in expected {
+        let s = scheduled(&c, &id).await?;
+        assert_eq!(
+            s.send_at.map(|t| t.seconds),
+            Some(at),
+            "{id}: {local} in the recipient's zone"
+        );
+        c.client
+            .clone()
+            .cancel_scheduled_message(v1::CancelScheduledMessageRequest {
+                tenant_id: c.tenant.clone(),
+                message_id: id,
+            })
+            .await?;
+    }
+    let mut both = c.request(india, "local-both", template("notice", &["A-1"]));
+    both.send_at_local = local.clone();
+    both.send_at = Some(at(Duration::from_secs(60)));
+    assert_eq!(
+        c.send(both).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    let mut garbled = c.request(india, "local-garbled", template("notice", &["A-1"]));
+    garbled.send_at_local = "tomorrow at nine".into();
+    assert_eq!(
+        c.send(garbled).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    c.stop().await;
+    Ok(())
+}

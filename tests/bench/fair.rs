@@ -52,6 +52,7 @@ impl Tenant {
             to: format!("39{:02}{n:09}", self.index),
             idempotency_key: format!("{tag}-{n}"),
             send_at: None,
+            send_at_local: String::new(),
             content: Some(Content::Template(v1::TemplateContent {
                 name: "bench_util".into(),
                 language: "it".into(),

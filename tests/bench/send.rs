@@ -40,6 +40,7 @@ fn request(t: &Tenant, n: u64, tag: &str, t_index: usize) -> v1::SendMessageRequ
         to: format!("39{t_index:02}{n:09}"),
         idempotency_key: format!("{tag}-{n}"),
         send_at: None,
+        send_at_local: String::new(),
         content: Some(Content::Template(v1::TemplateContent {
             name: "bench_util".into(),
             language: "it".into(),

@@ -9,6 +9,7 @@ pub mod fairness;
 pub mod frequency;
 pub mod health;
 pub mod ids;
+pub mod local_time;
 pub mod media;
 pub mod opt_out;
 pub mod pacing;

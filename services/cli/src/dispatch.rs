@@ -269,6 +269,7 @@ fn request(to: Envelope, content: Content) -> SendMessageRequest {
         to: to.to,
         idempotency_key: to.key.unwrap_or_else(random_key),
         send_at: None,
+        send_at_local: String::new(),
         content: Some(content),
     }
 }

@@ -312,7 +312,7 @@ impl DispatchApi {
     /// One SendMessage after authorization: the tenant's admission share, then the send
     /// (or, with a later `send_at`, its keeping for the scheduler).
     async fn send_one(&self, req: SendMessageRequest) -> Result<SendMessageResponse, Status> {
-        if let Some(at) = crate::scheduled::scheduled_for(&req, self.clock.now()) {
+        if let Some(at) = self.send_time(&req).await? {
             return self.schedule(req, at).await;
         }
         let own = self
@@ -352,6 +352,29 @@ impl DispatchApi {
         metrics::histogram!("finestra_dispatch_send_seconds")
             .record(started.elapsed().as_secs_f64());
         answer
+    }
+
+    /// When the request asks to be sent later (docs/rules.md §2); `None`: now. A local time
+    /// reads the recipient's contact for its time zone.
+    async fn send_time(&self, req: &SendMessageRequest) -> Result<Option<i64>, Status> {
+        let zone = if req.send_at_local.is_empty() {
+            String::new()
+        } else {
+            let recipient = content::recipient(&req.to);
+            let contact = crate::contacts::store::get_many(
+                self.facts.pool(),
+                &req.tenant_id,
+                &[recipient.to_owned()],
+            )
+            .await
+            .map_err(|e| self.store_error("reading the recipient's contact", &e))?;
+            let attributes = contact.first().map(|c| c.attributes()).unwrap_or_default();
+            crate::scheduled::recipient_zone(
+                attributes.get("time_zone").map(String::as_str),
+                recipient,
+            )
+        };
+        crate::scheduled::scheduled_for(req, &zone, self.clock.now())
     }
 
     /// Checks what can be checked now (the number is the tenant's, the key, the content) and

@@ -124,6 +124,7 @@ impl Replier {
                 to: o.recipient.clone(),
                 idempotency_key: format!("auto-reply:{}", o.event_id),
                 send_at: None,
+                send_at_local: String::new(),
                 content: Some(Content::Text(TextContent {
                     body: o.body.clone(),
                     preview_url: false,

@@ -146,6 +146,7 @@ mod tests {
             to: "+393331234567".into(),
             idempotency_key: "k1".into(),
             send_at: None,
+            send_at_local: String::new(),
             content: Some(content),
         }
     }

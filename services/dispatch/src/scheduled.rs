@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use finestra_domain::Timestamp;
+use finestra_domain::local_time;
 use finestra_platform::Shutdown;
 use finestra_platform::status::{self, Reason, invalid_argument, not_found, reason_of};
 use finestra_proto::v1::{ScheduledMessage, SendMessageRequest, SendMessageResponse};
@@ -26,10 +27,47 @@ const LEASE_MICROS: i64 = 60_000_000;
 /// Hand-offs refused for capacity or a store are tried again this many times.
 const MAX_ATTEMPTS: i32 = 100;
 
-/// When the request asks to be sent later than now (`None`: send now).
-pub fn scheduled_for(req: &SendMessageRequest, now: Timestamp) -> Option<i64> {
-    let at = finestra_proto::time::to_micros(req.send_at.as_ref()?);
-    (at > now.micros() + NOW_MICROS).then_some(at)
+/// When the request asks to be sent later than now (`None`: send now), `send_at_local` read in
+/// `zone` (the recipient's, docs/rules.md §2) or `send_at`.
+pub fn scheduled_for(
+    req: &SendMessageRequest,
+    zone: &str,
+    now: Timestamp,
+) -> Result<Option<i64>, Status> {
+    let at = if req.send_at_local.is_empty() {
+        match &req.send_at {
+            Some(at) => finestra_proto::time::to_micros(at),
+            None => return Ok(None),
+        }
+    } else {
+        if req.send_at.is_some() {
+            return Err(invalid_argument(
+                "send_at_local",
+                "a message has send_at or send_at_local, not both",
+            ));
+        }
+        let local = local_time::parse_local(&req.send_at_local)
+            .map_err(|e| invalid_argument("send_at_local", e.to_string()))?;
+        local_time::resolve(local, zone)
+            .map_err(|e| invalid_argument("send_at_local", e.to_string()))?
+            .micros()
+    };
+    Ok((at > now.micros() + NOW_MICROS).then_some(at))
+}
+
+/// The time zone a recipient's local time is read in: its contact's `time_zone` attribute when
+/// it names one, else its market's.
+pub fn recipient_zone(contact_zone: Option<&str>, recipient: &str) -> String {
+    contact_zone
+        .map(str::trim)
+        .filter(|z| local_time::is_zone(z))
+        .map_or_else(
+            || {
+                local_time::zone_of_market(finestra_domain::pricing::market_of(recipient))
+                    .to_owned()
+            },
+            str::to_owned,
+        )
 }
 
 struct Row {
@@ -74,6 +112,7 @@ pub async fn schedule(
     }
     let mut stored = req.clone();
     stored.send_at = None;
+    stored.send_at_local.clear();
     let request = stored.encode_to_vec();
     let inserted = sqlx::query!(
         "INSERT INTO dispatch.scheduled_messages

@@ -43,7 +43,7 @@ const MAX_PARAMETERS: usize = 32;
 /// How far ahead a campaign may start.
 const MAX_AHEAD_MICROS: i64 = 30 * 24 * 3_600 * 1_000_000;
 /// How often a watch looks at its campaign.
-const WATCH_EVERY: Duration = Duration::from_millis(500);
+const WATCH_EVERY: Duration = Duration::from_secs(1);
 
 pub struct CampaignsApi {
     pub pool: PgPool,
@@ -250,8 +250,8 @@ impl CampaignsApi {
 
     /// The campaign with its progress once launched.
     async fn campaign(&self, tenant_id: &str, row: &CampaignRow) -> Result<Campaign, Status> {
-        let progress = if row.launched_at.is_some() {
-            let rows = store::progress(&self.pool, tenant_id, &row.campaign_id)
+        let progress = if let Some(launched_at) = row.launched_at {
+            let rows = store::progress(&self.pool, tenant_id, &row.campaign_id, launched_at)
                 .await
                 .map_err(|e| status::store("reading a campaign's progress", &e))?;
             Some(progress_of(&rows))
@@ -575,8 +575,8 @@ async fn watched(pool: &PgPool, tenant_id: &str, campaign_id: &str) -> Result<Ca
         .await
         .map_err(|e| status::store("reading a campaign", &e))?
         .ok_or_else(|| not_found("campaign_id", campaign_id))?;
-    let progress = if row.launched_at.is_some() {
-        let rows = store::progress(pool, tenant_id, campaign_id)
+    let progress = if let Some(launched_at) = row.launched_at {
+        let rows = store::progress(pool, tenant_id, campaign_id, launched_at)
             .await
             .map_err(|e| status::store("reading a campaign's progress", &e))?;
         Some(progress_of(&rows))

@@ -38,6 +38,23 @@ struct Pace {
     last: Instant,
     carry: i64,
     breaker_checked: Option<Instant>,
+    /// When the campaign last became RUNNING as this pace knew it: a resume since (even one
+    /// between two rounds) starts the pace afresh, the breaker first.
+    resumed_at: Option<i64>,
+}
+
+impl Pace {
+    fn new(every: Duration, resumed_at: Option<i64>) -> Self {
+        Pace {
+            // A campaign taken now starts with a round's worth.
+            last: Instant::now()
+                .checked_sub(every)
+                .unwrap_or_else(Instant::now),
+            carry: 0,
+            breaker_checked: None,
+            resumed_at,
+        }
+    }
 }
 
 pub struct Runner {
@@ -85,14 +102,12 @@ impl Runner {
         });
         for campaign in held {
             let key = (campaign.tenant_id.clone(), campaign.campaign_id.clone());
-            let pace = paces.entry(key).or_insert_with(|| Pace {
-                // A campaign taken now starts with a round's worth.
-                last: Instant::now()
-                    .checked_sub(self.every)
-                    .unwrap_or_else(Instant::now),
-                carry: 0,
-                breaker_checked: None,
-            });
+            let pace = paces
+                .entry(key)
+                .or_insert_with(|| Pace::new(self.every, campaign.resumed_at));
+            if pace.resumed_at != campaign.resumed_at {
+                *pace = Pace::new(self.every, campaign.resumed_at);
+            }
             if let Err(e) = self.advance(&campaign, pace, now).await {
                 tracing::warn!(error = %e, campaign = %campaign.campaign_id,
                     "a campaign's round failed; trying again");
@@ -211,6 +226,7 @@ impl Runner {
                 to: member.user.clone(),
                 idempotency_key: key.clone(),
                 send_at: None,
+                send_at_local: String::new(),
                 content: Some(Content::Template(TemplateContent {
                     name: plan.template_name.clone(),
                     language: plan.template_language.clone(),

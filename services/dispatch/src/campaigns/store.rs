@@ -204,26 +204,40 @@ pub struct ProgressRow {
     pub currency: Option<String>,
 }
 
+/// The campaign's recipients in groups. The join with the messages is a hash join over the
+/// tenant's messages accepted since the launch (less an hour for clocks), whatever the
+/// planner guesses of a freshly fixed audience: a nested loop of index probes per recipient
+/// took seconds for 100,000 recipients.
 pub async fn progress(
     pool: &PgPool,
     tenant_id: &str,
     campaign_id: &str,
+    launched_at: i64,
 ) -> Result<Vec<ProgressRow>, sqlx::Error> {
-    sqlx::query_as!(
+    let mut tx = pool.begin().await?;
+    sqlx::query!("SET LOCAL enable_nestloop = off")
+        .execute(&mut *tx)
+        .await?;
+    let rows = sqlx::query_as!(
         ProgressRow,
-        r#"SELECT r.state, r.reason, m.status AS "status?",
+        r#"WITH m AS (
+               SELECT message_id, status, price_micros, currency FROM dispatch.messages
+                WHERE tenant_id = $1 AND accepted_at >= $3)
+           SELECT r.state, r.reason, m.status AS "status?",
                   count(*) AS "recipients!", COALESCE(sum(m.price_micros), 0)::int8 AS "price_micros!",
                   max(m.currency) AS "currency?"
              FROM dispatch.campaign_recipients r
-             LEFT JOIN dispatch.messages m
-               ON m.tenant_id = r.tenant_id AND m.message_id = r.message_id
+             LEFT JOIN m ON m.message_id = r.message_id
             WHERE r.tenant_id = $1 AND r.campaign_id = $2
             GROUP BY r.state, r.reason, m.status"#,
         tenant_id,
-        campaign_id
+        campaign_id,
+        launched_at - 3_600_000_000
     )
-    .fetch_all(pool)
-    .await
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(rows)
 }
 
 pub struct RecipientRow {
