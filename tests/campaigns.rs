@@ -469,6 +469,88 @@ async fn a_template_paused_mid_campaign_pauses_it_and_the_resume_sends_each_rema
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_campaign_stops_cleanly_when_the_wallet_runs_dry_and_at_the_tier_limit()
+-> anyhow::Result<()> {
+    let c = Chain::start(80).await?;
+    let k = clients(&c).await?;
+    let infra = infra().await?;
+    c.template("notice", "UTILITY", 1).await?;
+    // The lowest tier: 250 new users a day.
+    sqlx::query("UPDATE accounts.tenants SET tier = 250 WHERE tenant_id = $1")
+        .bind(&c.tenant)
+        .execute(&infra.pool)
+        .await?;
+    let n = 260;
+    let users: Vec<String> = (0..n).map(|i| format!("39333118{i:04}")).collect();
+    for u in &users {
+        contact(&k, &c, u, "Ada", false).await?;
+    }
+    // Funds for three utility templates.
+    c.top_up(3 * UTILITY_IT).await?;
+    let mut req = create(&c, "dry", "notice");
+    req.users = users.clone();
+    k.campaigns.clone().create_campaign(req).await?;
+    let quote = k
+        .campaigns
+        .clone()
+        .quote_campaign(v1::QuoteCampaignRequest {
+            tenant_id: c.tenant.clone(),
+            campaign_id: "dry".into(),
+            detail: false,
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        quote.total_price_micros,
+        n * UTILITY_IT,
+        "nothing reserved up front"
+    );
+    assert_eq!((quote.business_initiated, quote.tier_remaining), (n, 250));
+    k.campaigns
+        .clone()
+        .launch_campaign(action(&c, "dry"))
+        .await?;
+    let dry = eventually(
+        "the campaign pauses when the wallet runs dry",
+        WAIT,
+        || async {
+            let now = campaign(&k, &c, "dry").await?;
+            Ok((now.state == "PAUSED").then_some(now))
+        },
+    )
+    .await?;
+    assert_eq!(dry.state_reason, "INSUFFICIENT_FUNDS");
+    let p = progress(&dry);
+    assert_eq!((p.accepted, p.queued), (3, n - 3), "{p:?}");
+
+    // Topped up: it goes on until the tier allows no more new users.
+    c.top_up(n * UTILITY_IT).await?;
+    k.campaigns
+        .clone()
+        .resume_campaign(action(&c, "dry"))
+        .await?;
+    let capped = eventually("the campaign pauses at the tier limit", WAIT, || async {
+        let now = campaign(&k, &c, "dry").await?;
+        Ok((now.state == "PAUSED" && now.state_reason != "INSUFFICIENT_FUNDS").then_some(now))
+    })
+    .await?;
+    assert_eq!(capped.state_reason, "TIER_LIMIT_REACHED");
+    let p = progress(&capped);
+    assert_eq!((p.accepted, p.queued), (250, n - 250), "{p:?}");
+    let ids: HashSet<String> = recipients(&k, &c, "dry")
+        .await?
+        .into_iter()
+        .filter(|r| r.state == "ACCEPTED")
+        .map(|r| r.message_id)
+        .collect();
+    assert_eq!(ids.len(), 250);
+    c.books_settled().await?;
+    c.reconcile().await?;
+    c.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_circuit_breaker_pauses_a_campaign_whose_sends_fail_or_whose_number_turns_red()
 -> anyhow::Result<()> {
     let c = Chain::start(80).await?;

@@ -31,7 +31,7 @@ const BREAKER_EVERY: Duration = Duration::from_secs(2);
 /// The newest sends the breaker judges the failure rate on.
 const RECENT_SENDS: i64 = 100;
 /// Sends of one campaign decided at once.
-const CONCURRENT_SENDS: usize = 64;
+const CONCURRENT_SENDS: usize = 256;
 
 /// Where a held campaign's pacing stands.
 struct Pace {
