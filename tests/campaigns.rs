@@ -379,6 +379,26 @@ async fn a_quote_equals_what_the_campaign_then_charges_recipient_by_recipient() 
         }
     }
     c.reconcile().await?;
+
+    // A suspended tenant's campaign is not priced: it could not send.
+    sqlx::query("UPDATE accounts.tenants SET status = 'suspended' WHERE tenant_id = $1")
+        .bind(&c.tenant)
+        .execute(&infra().await?.pool)
+        .await?;
+    let refused = eventually("the quote sees the suspension", WAIT, || async {
+        let answer = k
+            .campaigns
+            .clone()
+            .quote_campaign(v1::QuoteCampaignRequest {
+                tenant_id: c.tenant.clone(),
+                campaign_id: "spring-notice".into(),
+                detail: false,
+            })
+            .await;
+        Ok(answer.err())
+    })
+    .await?;
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
     c.stop().await;
     Ok(())
 }

@@ -46,6 +46,8 @@ impl CampaignsApi {
         detail: bool,
     ) -> Result<CampaignQuote, Status> {
         let now = self.clock.now();
+        self.sendable_account(tenant_id, &plan.phone_number_id)
+            .await?;
         let category = self.sendable_template(tenant_id, plan, now).await?;
         let members = super::audience::members(&self.pool, tenant_id, &plan.audience, now).await?;
         if detail && members.len() > MAX_DETAIL {
@@ -193,6 +195,44 @@ impl CampaignsApi {
             priced_at: Some(from_micros(now.micros())),
             lines,
         })
+    }
+
+    /// Whether the tenant and the number may send at all (a quote of a suspended tenant or
+    /// number refuses as its sends would, instead of pricing what cannot go).
+    pub(super) async fn sendable_account(
+        &self,
+        tenant_id: &str,
+        phone_number_id: &str,
+    ) -> Result<(), Status> {
+        let tenant_active = self
+            .facts
+            .tenant(tenant_id)
+            .await
+            .map_err(|e| status::store("reading a tenant", &e))?
+            .is_some_and(|t| t.active);
+        if !tenant_active {
+            return Err(with_reason(
+                Code::FailedPrecondition,
+                Reason::TenantSuspended,
+                "the tenant is suspended",
+                &[("tenant_id", tenant_id)],
+            ));
+        }
+        match self
+            .facts
+            .number(phone_number_id)
+            .await
+            .map_err(|e| status::store("reading a number", &e))?
+        {
+            Some(n) if n.tenant_id == tenant_id && n.active => Ok(()),
+            Some(n) if n.tenant_id == tenant_id => Err(with_reason(
+                Code::FailedPrecondition,
+                Reason::NotFound,
+                "the number is suspended",
+                &[("phone_number_id", phone_number_id)],
+            )),
+            _ => Err(status::not_found("phone_number_id", phone_number_id)),
+        }
     }
 
     /// The template's category when it may be sent now; the reason it may not otherwise.
