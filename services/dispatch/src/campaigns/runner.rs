@@ -41,6 +41,8 @@ struct Pace {
     /// When the campaign last became RUNNING as this pace knew it: a resume since (even one
     /// between two rounds) starts the pace afresh, the breaker first.
     resumed_at: Option<i64>,
+    /// The last recipient decided (in user order): the next round reads after it.
+    cursor: String,
 }
 
 impl Pace {
@@ -53,6 +55,7 @@ impl Pace {
             carry: 0,
             breaker_checked: None,
             resumed_at,
+            cursor: String::new(),
         }
     }
 }
@@ -157,12 +160,21 @@ impl Runner {
         if n == 0 {
             return Ok(());
         }
-        let queued = store::queued(&self.pool, &c.tenant_id, &c.campaign_id, n).await?;
+        let queued =
+            store::queued(&self.pool, &c.tenant_id, &c.campaign_id, &pace.cursor, n).await?;
         if queued.is_empty() {
+            if !pace.cursor.is_empty() {
+                // Past the last one: anything left queued lies behind the cursor.
+                pace.cursor.clear();
+                return Ok(());
+            }
             if !store::any_queued(&self.pool, &c.tenant_id, &c.campaign_id).await? {
                 return self.finish(c, "", now).await;
             }
             return Ok(());
+        }
+        if let Some(last) = queued.last() {
+            pace.cursor.clone_from(&last.user_key);
         }
         let steps: Vec<(String, Result<Outcome, Step>)> = futures::stream::iter(queued)
             .map(|q| self.send(c, &plan, category, q))
@@ -179,6 +191,10 @@ impl Runner {
                 Err(Step::Pause(reason)) => pause = Some(reason),
                 Err(Step::Retry) => retried += 1,
             }
+        }
+        if retried > 0 || pause.is_some() {
+            // Some stay queued behind the cursor: the next round reads from the start.
+            pace.cursor.clear();
         }
         if retried > 0 {
             // Those recipients stay queued and lead the next round; the credit they used is

@@ -337,11 +337,14 @@ impl QueuedRow {
     }
 }
 
-/// The next recipients still queued, in user order.
+/// The next recipients still queued after `after`, in user order. The runner passes the last
+/// user it decided: the queued index keeps the entries of decided recipients until a vacuum,
+/// and a scan from the start would step over all of them every round.
 pub async fn queued(
     pool: &PgPool,
     tenant_id: &str,
     campaign_id: &str,
+    after: &str,
     limit: i64,
 ) -> Result<Vec<QueuedRow>, sqlx::Error> {
     sqlx::query_as!(
@@ -352,10 +355,12 @@ pub async fn queued(
              LEFT JOIN dispatch.contacts c
                ON c.tenant_id = r.tenant_id AND c.user_key = r.user_key
             WHERE r.tenant_id = $1 AND r.campaign_id = $2 AND r.state = 'QUEUED'
+              AND r.user_key > $4
             ORDER BY r.user_key LIMIT $3"#,
         tenant_id,
         campaign_id,
-        limit
+        limit,
+        after
     )
     .fetch_all(pool)
     .await
