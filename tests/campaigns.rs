@@ -40,6 +40,14 @@ async fn clients(c: &Chain) -> anyhow::Result<Clients> {
     })
 }
 
+/// Contacts named Ada without an opt-in, one per user.
+async fn contacts_of(k: &Clients, c: &Chain, users: &[String]) -> anyhow::Result<()> {
+    for u in users {
+        contact(k, c, u, "Ada", false).await?;
+    }
+    Ok(())
+}
+
 /// A contact tagged `spring`, with a name and an opt-in when given.
 async fn contact(
     k: &Clients,
@@ -64,6 +72,35 @@ async fn contact(
         })
         .await?;
     Ok(())
+}
+
+/// The number's throughput as the network allows it (the campaign runner's pace).
+async fn set_throughput(c: &Chain, per_second: i32) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE accounts.numbers SET throughput_per_second = $2 WHERE phone_number_id = $1",
+    )
+    .bind(&c.number)
+    .bind(per_second)
+    .execute(&infra().await?.pool)
+    .await?;
+    Ok(())
+}
+
+async fn quote(
+    k: &Clients,
+    c: &Chain,
+    id: &str,
+    detail: bool,
+) -> Result<v1::CampaignQuote, tonic::Status> {
+    k.campaigns
+        .clone()
+        .quote_campaign(v1::QuoteCampaignRequest {
+            tenant_id: c.tenant.clone(),
+            campaign_id: id.into(),
+            detail,
+        })
+        .await
+        .map(tonic::Response::into_inner)
 }
 
 fn create(c: &Chain, id: &str, template: &str) -> v1::CreateCampaignRequest {
@@ -249,17 +286,7 @@ async fn a_quote_equals_what_the_campaign_then_charges_recipient_by_recipient() 
 
     let mut quotes = BTreeMap::new();
     for id in ["spring-promo", "spring-notice"] {
-        let q = k
-            .campaigns
-            .clone()
-            .quote_campaign(v1::QuoteCampaignRequest {
-                tenant_id: c.tenant.clone(),
-                campaign_id: id.into(),
-                detail: true,
-            })
-            .await?
-            .into_inner();
-        quotes.insert(id, q);
+        quotes.insert(id, quote(&k, &c, id, true).await?);
     }
     let promo_q = &quotes["spring-promo"];
     let outcome = |q: &v1::CampaignQuote, user: &str| {
@@ -386,16 +413,7 @@ async fn a_quote_equals_what_the_campaign_then_charges_recipient_by_recipient() 
         .execute(&infra().await?.pool)
         .await?;
     let refused = eventually("the quote sees the suspension", WAIT, || async {
-        let answer = k
-            .campaigns
-            .clone()
-            .quote_campaign(v1::QuoteCampaignRequest {
-                tenant_id: c.tenant.clone(),
-                campaign_id: "spring-notice".into(),
-                detail: false,
-            })
-            .await;
-        Ok(answer.err())
+        Ok(quote(&k, &c, "spring-notice", false).await.err())
     })
     .await?;
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
@@ -411,16 +429,11 @@ async fn a_template_paused_mid_campaign_pauses_it_and_the_resume_sends_each_rema
     let infra = infra().await?;
     c.template("notice", "UTILITY", 1).await?;
     // Slow enough to pause it midway: 5 a second.
-    sqlx::query("UPDATE accounts.numbers SET throughput_per_second = 5 WHERE phone_number_id = $1")
-        .bind(&c.number)
-        .execute(&infra.pool)
-        .await?;
+    set_throughput(&c, 5).await?;
     let n = 40;
     c.top_up(n * UTILITY_IT).await?;
     let users: Vec<String> = (0..n).map(|i| format!("39333114{i:04}")).collect();
-    for u in &users {
-        contact(&k, &c, u, "Ada", false).await?;
-    }
+    contacts_of(&k, &c, &users).await?;
     let mut req = create(&c, "paused-midway", "notice");
     req.users = users.clone();
     k.campaigns.clone().create_campaign(req).await?;
@@ -502,30 +515,22 @@ async fn a_campaign_stops_cleanly_when_the_wallet_runs_dry_and_at_the_tier_limit
         .await?;
     let n = 260;
     let users: Vec<String> = (0..n).map(|i| format!("39333118{i:04}")).collect();
-    for u in &users {
-        contact(&k, &c, u, "Ada", false).await?;
-    }
+    contacts_of(&k, &c, &users).await?;
     // Funds for three utility templates.
     c.top_up(3 * UTILITY_IT).await?;
     let mut req = create(&c, "dry", "notice");
     req.users = users.clone();
     k.campaigns.clone().create_campaign(req).await?;
-    let quote = k
-        .campaigns
-        .clone()
-        .quote_campaign(v1::QuoteCampaignRequest {
-            tenant_id: c.tenant.clone(),
-            campaign_id: "dry".into(),
-            detail: false,
-        })
-        .await?
-        .into_inner();
+    let dry_quote = quote(&k, &c, "dry", false).await?;
     assert_eq!(
-        quote.total_price_micros,
+        dry_quote.total_price_micros,
         n * UTILITY_IT,
         "nothing reserved up front"
     );
-    assert_eq!((quote.business_initiated, quote.tier_remaining), (n, 250));
+    assert_eq!(
+        (dry_quote.business_initiated, dry_quote.tier_remaining),
+        (n, 250)
+    );
     k.campaigns
         .clone()
         .launch_campaign(action(&c, "dry"))
@@ -577,18 +582,11 @@ async fn the_circuit_breaker_pauses_a_campaign_whose_sends_fail_or_whose_number_
     let k = clients(&c).await?;
     let infra = infra().await?;
     c.template("notice", "UTILITY", 1).await?;
-    sqlx::query(
-        "UPDATE accounts.numbers SET throughput_per_second = 10 WHERE phone_number_id = $1",
-    )
-    .bind(&c.number)
-    .execute(&infra.pool)
-    .await?;
+    set_throughput(&c, 10).await?;
     let n = 60;
     c.top_up(n * UTILITY_IT).await?;
     let users: Vec<String> = (0..n).map(|i| format!("39333116{i:04}")).collect();
-    for u in &users {
-        contact(&k, &c, u, "Ada", false).await?;
-    }
+    contacts_of(&k, &c, &users).await?;
     // The network refuses every send for a while.
     c.sim(
         "faults",
@@ -669,16 +667,11 @@ async fn a_campaign_to_5000_contacts_sends_each_once_through_a_pause_and_a_kille
         .bind(&c.tenant)
         .execute(&infra.pool)
         .await?;
-    sqlx::query(
-        "UPDATE accounts.numbers SET throughput_per_second = 1000 WHERE phone_number_id = $1",
-    )
-    .bind(&c.number)
-    .execute(&infra.pool)
-    .await?;
+    set_throughput(&c, 1000).await?;
     c.template("notice", "UTILITY", 1).await?;
     let n: i64 = 5_000;
     c.top_up(n * UTILITY_IT).await?;
-    let mut child = spawn_dispatch(&c)?;
+    let mut child = c.spawn_dispatch(&[])?;
     let k = eventually("dispatch is up", WAIT, || async {
         Ok(clients(&c).await.ok())
     })
@@ -757,7 +750,7 @@ async fn a_campaign_to_5000_contacts_sends_each_once_through_a_pause_and_a_kille
     .await?;
     // The successor starts after the dead member's session expired (see dispatch_recovery).
     tokio::time::sleep(Duration::from_secs(11)).await;
-    let mut child = spawn_dispatch(&c)?;
+    let mut child = c.spawn_dispatch(&[])?;
     let done = completes(&k, &c, "five-thousand", 6 * WAIT).await?;
     let p = progress(&done);
     assert_eq!(
@@ -789,31 +782,4 @@ async fn a_campaign_to_5000_contacts_sends_each_once_through_a_pause_and_a_kille
     child.wait()?;
     c.stop().await;
     Ok(())
-}
-
-fn spawn_dispatch(c: &Chain) -> anyhow::Result<std::process::Child> {
-    let cfg = &c.dispatch_config;
-    let addr = c.dispatch_url.trim_start_matches("http://").to_owned();
-    Ok(
-        std::process::Command::new(finestra_testkit::workspace_binary("finestra-dispatch")?)
-            .envs(finestra_testkit::store_env())
-            .env("FINESTRA_TOPIC_SUFFIX", format!(".{}", c.scope.id()))
-            .env("FINESTRA_DISPATCH_WORKER_GROUP", &cfg.worker_group)
-            .env("FINESTRA_DISPATCH_EVENTS_GROUP", &cfg.events_group)
-            .env("FINESTRA_DISPATCH_BILLING_URL", &cfg.billing_url)
-            .env("FINESTRA_DISPATCH_BILLING_KEY", &cfg.billing_key)
-            .env("FINESTRA_PROVIDER_URL", &cfg.provider_url)
-            .env("FINESTRA_PROVIDER_TOKEN", &cfg.provider_token)
-            .env("FINESTRA_DISPATCH_FACTS_TTL_MS", "200")
-            .env(
-                "FINESTRA_DISPATCH_SWEEP_TENANT_PREFIX",
-                &cfg.sweep_tenant_prefix,
-            )
-            .env("FINESTRA_GRPC_ADDR", &addr)
-            .env("FINESTRA_METRICS_ADDR", "127.0.0.1:0")
-            .env("FINESTRA_LOG", "error")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()?,
-    )
 }

@@ -111,6 +111,41 @@ impl Chain {
         })
     }
 
+    /// Starts the dispatch binary as its own process on `dispatch_url` (a chain started with
+    /// `in_process: false`), for tests that kill it; `env` adds settings (a failpoint, a batch
+    /// size).
+    pub fn spawn_dispatch(&self, env: &[(&str, &str)]) -> anyhow::Result<std::process::Child> {
+        let cfg = &self.dispatch_config;
+        let addr = self.dispatch_url.trim_start_matches("http://").to_owned();
+        Ok(
+            std::process::Command::new(finestra_testkit::workspace_binary("finestra-dispatch")?)
+                .envs(finestra_testkit::store_env())
+                .env("FINESTRA_TOPIC_SUFFIX", format!(".{}", self.scope.id()))
+                .env("FINESTRA_DISPATCH_WORKER_GROUP", &cfg.worker_group)
+                .env("FINESTRA_DISPATCH_EVENTS_GROUP", &cfg.events_group)
+                .env("FINESTRA_DISPATCH_BILLING_URL", &cfg.billing_url)
+                .env("FINESTRA_DISPATCH_BILLING_KEY", &cfg.billing_key)
+                .env("FINESTRA_PROVIDER_URL", &cfg.provider_url)
+                .env("FINESTRA_PROVIDER_TOKEN", &cfg.provider_token)
+                .env("FINESTRA_DISPATCH_RETRY_BASE_MS", "20")
+                .env("FINESTRA_DISPATCH_RETRY_CAP_MS", "200")
+                .env("FINESTRA_DISPATCH_FACTS_TTL_MS", "200")
+                // Its webhook and re-queue sweeps keep to this test's tenants: the other tests'
+                // dispatchers retry on their own schedules.
+                .env(
+                    "FINESTRA_DISPATCH_SWEEP_TENANT_PREFIX",
+                    &cfg.sweep_tenant_prefix,
+                )
+                .env("FINESTRA_GRPC_ADDR", &addr)
+                .env("FINESTRA_METRICS_ADDR", "127.0.0.1:0")
+                .env("FINESTRA_LOG", "error")
+                .envs(env.iter().copied())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()?,
+        )
+    }
+
     pub async fn stop(self) {
         if let Some(d) = self.dispatch {
             d.stop().await;

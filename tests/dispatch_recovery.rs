@@ -10,43 +10,6 @@ use finestra_e2e::chain::{Chain, UTILITY_IT, template};
 use finestra_proto::v1;
 use finestra_testkit::{eventually, infra};
 
-fn spawn_dispatch(c: &Chain) -> anyhow::Result<std::process::Child> {
-    spawn_dispatch_with(c, &[])
-}
-
-/// [`spawn_dispatch`] with more environment (a failpoint, a batch size).
-fn spawn_dispatch_with(c: &Chain, env: &[(&str, &str)]) -> anyhow::Result<std::process::Child> {
-    let cfg = &c.dispatch_config;
-    let addr = c.dispatch_url.trim_start_matches("http://").to_owned();
-    Ok(
-        std::process::Command::new(finestra_testkit::workspace_binary("finestra-dispatch")?)
-            .envs(finestra_testkit::store_env())
-            .env("FINESTRA_TOPIC_SUFFIX", format!(".{}", c.scope.id()))
-            .env("FINESTRA_DISPATCH_WORKER_GROUP", &cfg.worker_group)
-            .env("FINESTRA_DISPATCH_EVENTS_GROUP", &cfg.events_group)
-            .env("FINESTRA_DISPATCH_BILLING_URL", &cfg.billing_url)
-            .env("FINESTRA_DISPATCH_BILLING_KEY", &cfg.billing_key)
-            .env("FINESTRA_PROVIDER_URL", &cfg.provider_url)
-            .env("FINESTRA_PROVIDER_TOKEN", &cfg.provider_token)
-            .env("FINESTRA_DISPATCH_RETRY_BASE_MS", "20")
-            .env("FINESTRA_DISPATCH_RETRY_CAP_MS", "200")
-            .env("FINESTRA_DISPATCH_FACTS_TTL_MS", "200")
-            // Its webhook and re-queue sweeps keep to this test's tenants: the other tests'
-            // dispatchers retry on their own schedules.
-            .env(
-                "FINESTRA_DISPATCH_SWEEP_TENANT_PREFIX",
-                &cfg.sweep_tenant_prefix,
-            )
-            .env("FINESTRA_GRPC_ADDR", &addr)
-            .env("FINESTRA_METRICS_ADDR", "127.0.0.1:0")
-            .env("FINESTRA_LOG", "error")
-            .envs(env.iter().copied())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()?,
-    )
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn dispatch_killed_mid_stream_loses_nothing_and_charges_nothing_twice() -> anyhow::Result<()>
 {
@@ -59,7 +22,7 @@ async fn dispatch_killed_mid_stream_loses_nothing_and_charges_nothing_twice() ->
     c.template("order_ready", "UTILITY", 1).await?;
     let n = 300usize;
     c.top_up(n as i64 * UTILITY_IT).await?;
-    let mut child = spawn_dispatch(&c)?;
+    let mut child = c.spawn_dispatch(&[])?;
 
     // The client keeps sending; a failed call is retried with the same key, as a client must.
     let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -98,7 +61,7 @@ async fn dispatch_killed_mid_stream_loses_nothing_and_charges_nothing_twice() ->
     // The successor starts after the dead member's session expired (10 s): tansu 0.6 leaves
     // a group stuck when a member is replaced within it (README, "Dev broker"); Kafka does not.
     tokio::time::sleep(Duration::from_secs(11)).await;
-    let mut child = spawn_dispatch(&c)?;
+    let mut child = c.spawn_dispatch(&[])?;
     let ids = sender.await?;
     assert!(
         killed_at < n,
@@ -331,13 +294,10 @@ async fn dispatch_killed_between_the_event_writes_and_the_offset_commit_loses_an
     };
     // The failpoint aborts the process right after its first event batch (ten records at
     // most) is written, before the offset commit.
-    let mut first = spawn_dispatch_with(
-        &c,
-        &[
-            ("FINESTRA_DISPATCH_CRASH_AFTER_EVENT_BATCHES", "1"),
-            ("FINESTRA_DISPATCH_MAX_BATCH", "10"),
-        ],
-    )?;
+    let mut first = c.spawn_dispatch(&[
+        ("FINESTRA_DISPATCH_CRASH_AFTER_EVENT_BATCHES", "1"),
+        ("FINESTRA_DISPATCH_MAX_BATCH", "10"),
+    ])?;
     let exit = eventually("the process ended", Duration::from_secs(90), || {
         let status = first.try_wait();
         async move { Ok(status?) }
@@ -365,7 +325,7 @@ async fn dispatch_killed_between_the_event_writes_and_the_offset_commit_loses_an
     // The successor joins after the dead member's session expired (see above), reads the
     // batch again and the rest.
     tokio::time::sleep(Duration::from_secs(11)).await;
-    let mut second = spawn_dispatch(&c)?;
+    let mut second = c.spawn_dispatch(&[])?;
     eventually("every message delivered", 3 * WAIT, || async {
         Ok((delivered().await? == n as i64).then_some(()))
     })

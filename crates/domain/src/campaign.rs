@@ -216,7 +216,7 @@ pub fn render(params: &[Param], contact: &ContactView<'_>) -> Result<Vec<String>
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum QuoteOutcome {
     /// Goes free (inside the window or a free entry point); the reason as pricing gives it.
-    Free(&'static str),
+    Free(String),
     /// Charged this price in the recipient's market.
     Charged { market: &'static str, price: i64 },
     /// Left out, with the reason a send or the campaign would give.
@@ -466,7 +466,7 @@ mod tests {
     fn the_tally_adds_up() {
         let mut t = Tally::default();
         for o in [
-            QuoteOutcome::Free("UTILITY_IN_WINDOW"),
+            QuoteOutcome::Free("UTILITY_IN_WINDOW".into()),
             QuoteOutcome::Charged {
                 market: "IT",
                 price: 30_000,

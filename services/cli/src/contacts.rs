@@ -59,23 +59,7 @@ pub enum ContactsCommand {
     },
     /// Save a segment (a named filter over contacts): by tags, attributes (key=value),
     /// opt-in and whether a window is open.
-    SegmentSave {
-        #[arg(long)]
-        tenant: String,
-        #[arg(long)]
-        id: String,
-        #[arg(long)]
-        name: String,
-        #[arg(long)]
-        tag: Vec<String>,
-        #[arg(long)]
-        attribute: Vec<String>,
-        #[arg(long)]
-        opted_in: bool,
-        /// open or closed.
-        #[arg(long, default_value = "")]
-        window: String,
-    },
+    SegmentSave(SegmentSpec),
     /// The tenant's segments.
     SegmentList {
         #[arg(long)]
@@ -138,28 +122,32 @@ fn print_contact(c: &Contact, json_out: bool) {
     }
 }
 
+/// A segment as `contacts segment-save` and `segment create` take it.
+#[derive(clap::Args)]
+pub struct SegmentSpec {
+    #[arg(long)]
+    tenant: String,
+    #[arg(long)]
+    id: String,
+    #[arg(long)]
+    name: String,
+    #[arg(long)]
+    tag: Vec<String>,
+    #[arg(long)]
+    attribute: Vec<String>,
+    #[arg(long)]
+    opted_in: bool,
+    /// open or closed.
+    #[arg(long, default_value = "")]
+    window: String,
+}
+
 /// `finestra segment`: the segment commands of `finestra contacts` under their own name.
 #[derive(Subcommand)]
 pub enum SegmentCommand {
     /// Save a segment (a named filter over contacts): by tags, attributes (key=value),
     /// opt-in and whether a window is open. Saving an existing id replaces it.
-    Create {
-        #[arg(long)]
-        tenant: String,
-        #[arg(long)]
-        id: String,
-        #[arg(long)]
-        name: String,
-        #[arg(long)]
-        tag: Vec<String>,
-        #[arg(long)]
-        attribute: Vec<String>,
-        #[arg(long)]
-        opted_in: bool,
-        /// open or closed.
-        #[arg(long, default_value = "")]
-        window: String,
-    },
+    Create(SegmentSpec),
     /// The tenant's segments.
     List {
         #[arg(long)]
@@ -173,23 +161,7 @@ pub async fn segment(
     json_out: bool,
 ) -> anyhow::Result<()> {
     let command = match command {
-        SegmentCommand::Create {
-            tenant,
-            id,
-            name,
-            tag,
-            attribute,
-            opted_in,
-            window,
-        } => ContactsCommand::SegmentSave {
-            tenant,
-            id,
-            name,
-            tag,
-            attribute,
-            opted_in,
-            window,
-        },
+        SegmentCommand::Create(spec) => ContactsCommand::SegmentSave(spec),
         SegmentCommand::List { tenant } => ContactsCommand::SegmentList { tenant },
     };
     contacts(channel, command, json_out).await
@@ -327,7 +299,7 @@ pub async fn contacts(
                 print_contact(contact, json_out);
             }
         }
-        ContactsCommand::SegmentSave {
+        ContactsCommand::SegmentSave(SegmentSpec {
             tenant,
             id,
             name,
@@ -335,7 +307,7 @@ pub async fn contacts(
             attribute,
             opted_in,
             window,
-        } => {
+        }) => {
             let mut attributes = std::collections::HashMap::new();
             for a in attribute {
                 let (k, v) = a

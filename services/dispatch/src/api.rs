@@ -35,7 +35,8 @@ use crate::hot::{Claim, Hot, TierVerdict};
 use crate::pg::{self, MessageRow, NewMessage};
 use crate::tenant_api;
 
-const DAY_MICROS: i64 = 24 * 3_600 * 1_000_000;
+/// The tier's rolling window (docs/rules.md §5).
+pub(crate) const DAY_MICROS: i64 = 24 * 3_600 * 1_000_000;
 const MAX_KEY_CHARS: usize = 128;
 
 /// The request's idempotency key: required, at most MAX_KEY_CHARS characters.

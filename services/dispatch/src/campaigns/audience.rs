@@ -88,7 +88,9 @@ pub async fn members(
     }
 }
 
-/// Fixes the audience as the campaign's recipients (inside the launch's transaction).
+/// Fixes the audience as the campaign's recipients (inside the launch's transaction): a list
+/// as it is, a segment or filter read a page at a time with the same query `ListContacts`
+/// uses.
 pub async fn fix(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     pool: &PgPool,
@@ -97,25 +99,29 @@ pub async fn fix(
     audience: &Audience,
     now: Timestamp,
 ) -> Result<u64, Status> {
-    let added = match audience {
+    let stored = |e: sqlx::Error| status::store("fixing the campaign's recipients", &e);
+    let filter = match audience {
         Audience::Users(users) => {
-            super::store::add_recipients(tx, tenant_id, campaign_id, users).await
-        }
-        Audience::Segment(id) => {
-            let filter = crate::contacts::saved_filter(pool, tenant_id, id).await?;
-            super::store::add_recipients_by_filter(
-                tx,
-                tenant_id,
-                campaign_id,
-                &filter,
-                now.micros(),
-            )
-            .await
-        }
-        Audience::Filter(f) => {
-            super::store::add_recipients_by_filter(tx, tenant_id, campaign_id, f, now.micros())
+            return super::store::add_recipients(tx, tenant_id, campaign_id, users)
                 .await
+                .map_err(stored);
         }
+        Audience::Segment(id) => crate::contacts::saved_filter(pool, tenant_id, id).await?,
+        Audience::Filter(f) => f.clone(),
     };
-    added.map_err(|e| status::store("fixing the campaign's recipients", &e))
+    let mut added = 0;
+    let mut after = String::new();
+    loop {
+        let page = contacts::list(pool, tenant_id, &filter, now, &after, PAGE)
+            .await
+            .map_err(stored)?;
+        let users: Vec<String> = page.iter().map(|r| r.user_key.clone()).collect();
+        added += super::store::add_recipients(tx, tenant_id, campaign_id, &users)
+            .await
+            .map_err(stored)?;
+        match users.last() {
+            Some(last) if i64::try_from(users.len()).unwrap_or(0) == PAGE => after.clone_from(last),
+            _ => return Ok(added),
+        }
+    }
 }

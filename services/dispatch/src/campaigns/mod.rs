@@ -158,11 +158,10 @@ pub fn plan_of(req: &CreateCampaignRequest, now: Option<Timestamp>) -> Result<Pl
 }
 
 /// A stored campaign's plan (it was checked when created).
-pub fn stored_plan(request: &[u8]) -> Result<(CreateCampaignRequest, Plan), Status> {
+pub fn stored_plan(request: &[u8]) -> Result<Plan, Status> {
     let req = CreateCampaignRequest::decode(request)
         .map_err(|e| status::internal("decoding a campaign", &e))?;
-    let plan = plan_of(&req, None)?;
-    Ok((req, plan))
+    plan_of(&req, None)
 }
 
 /// A campaign's progress from its recipients grouped by state, reason and message status.
@@ -242,23 +241,11 @@ fn campaign_of(
 
 impl CampaignsApi {
     async fn row(&self, tenant_id: &str, campaign_id: &str) -> Result<CampaignRow, Status> {
-        store::get(&self.pool, tenant_id, campaign_id)
-            .await
-            .map_err(|e| status::store("reading a campaign", &e))?
-            .ok_or_else(|| not_found("campaign_id", campaign_id))
+        row(&self.pool, tenant_id, campaign_id).await
     }
 
-    /// The campaign with its progress once launched.
     async fn campaign(&self, tenant_id: &str, row: &CampaignRow) -> Result<Campaign, Status> {
-        let progress = if let Some(launched_at) = row.launched_at {
-            let rows = store::progress(&self.pool, tenant_id, &row.campaign_id, launched_at)
-                .await
-                .map_err(|e| status::store("reading a campaign's progress", &e))?;
-            Some(progress_of(&rows))
-        } else {
-            None
-        };
-        campaign_of(tenant_id, row, progress)
+        with_progress(&self.pool, tenant_id, row).await
     }
 
     /// Makes `action`; repeating the move a campaign just made answers it again.
@@ -325,7 +312,7 @@ impl CampaignsApi {
         row: &CampaignRow,
         now: Timestamp,
     ) -> Result<bool, Status> {
-        let (_, plan) = stored_plan(&row.request)?;
+        let plan = stored_plan(&row.request)?;
         self.sendable_template(tenant_id, &plan, now).await?;
         let store_error = |e: sqlx::Error| status::store("launching a campaign", &e);
         let mut tx = self.pool.begin().await.map_err(store_error)?;
@@ -449,7 +436,7 @@ impl CampaignService for CampaignsApi {
     ) -> Result<Response<CampaignQuote>, Status> {
         let req = self.auth.authorize(request, Scope::Read).await?.request;
         let row = self.row(&req.tenant_id, &req.campaign_id).await?;
-        let (_, plan) = stored_plan(&row.request)?;
+        let plan = stored_plan(&row.request)?;
         let started = std::time::Instant::now();
         let quote = self.quote(&req.tenant_id, &plan, req.detail).await?;
         metrics::histogram!("finestra_dispatch_campaign_quote_seconds")
@@ -569,21 +556,33 @@ impl CampaignService for CampaignsApi {
     }
 }
 
-/// The campaign as a watch sends it.
-async fn watched(pool: &PgPool, tenant_id: &str, campaign_id: &str) -> Result<Campaign, Status> {
-    let row = store::get(pool, tenant_id, campaign_id)
+async fn row(pool: &PgPool, tenant_id: &str, campaign_id: &str) -> Result<CampaignRow, Status> {
+    store::get(pool, tenant_id, campaign_id)
         .await
         .map_err(|e| status::store("reading a campaign", &e))?
-        .ok_or_else(|| not_found("campaign_id", campaign_id))?;
+        .ok_or_else(|| not_found("campaign_id", campaign_id))
+}
+
+/// The campaign with its progress once launched.
+async fn with_progress(
+    pool: &PgPool,
+    tenant_id: &str,
+    row: &CampaignRow,
+) -> Result<Campaign, Status> {
     let progress = if let Some(launched_at) = row.launched_at {
-        let rows = store::progress(pool, tenant_id, campaign_id, launched_at)
+        let rows = store::progress(pool, tenant_id, &row.campaign_id, launched_at)
             .await
             .map_err(|e| status::store("reading a campaign's progress", &e))?;
         Some(progress_of(&rows))
     } else {
         None
     };
-    campaign_of(tenant_id, &row, progress)
+    campaign_of(tenant_id, row, progress)
+}
+
+/// The campaign as a watch sends it.
+async fn watched(pool: &PgPool, tenant_id: &str, campaign_id: &str) -> Result<Campaign, Status> {
+    with_progress(pool, tenant_id, &row(pool, tenant_id, campaign_id).await?).await
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use finestra_domain::Timestamp;
 use finestra_domain::campaign::{self as rules, ContactView, QuoteOutcome, Tally};
 use finestra_domain::pricing::market_of;
-use finestra_domain::send::{self, Facts as SendFacts, Outgoing};
+use finestra_domain::send::{self, Facts as SendFacts, Outgoing, TemplateFacts};
 use finestra_domain::template::Category;
 use finestra_platform::status::{self, Reason, with_reason};
 use finestra_proto::time::from_micros;
@@ -25,7 +25,6 @@ use super::{CampaignsApi, Plan};
 
 /// Recipients a quote answers line by line at most.
 pub const MAX_DETAIL: usize = 10_000;
-const DAY_MICROS: i64 = 24 * 3_600 * 1_000_000;
 
 /// One recipient decided, before pricing.
 enum Decided {
@@ -48,7 +47,8 @@ impl CampaignsApi {
         let now = self.clock.now();
         self.sendable_account(tenant_id, &plan.phone_number_id)
             .await?;
-        let category = self.sendable_template(tenant_id, plan, now).await?;
+        let template = self.sendable_template(tenant_id, plan, now).await?;
+        let category = template.category;
         let members = super::audience::members(&self.pool, tenant_id, &plan.audience, now).await?;
         if detail && members.len() > MAX_DETAIL {
             return Err(status::invalid_argument(
@@ -77,11 +77,6 @@ impl CampaignsApi {
                 marketing.entry(user).or_default().push(at);
             }
         }
-        let template = self
-            .facts
-            .template(tenant_id, &plan.template_name, &plan.template_language)
-            .await
-            .map_err(|e| status::store("reading a template", &e))?;
 
         let mut decided = Vec::with_capacity(members.len());
         for (member, window) in members.iter().zip(&windows) {
@@ -97,7 +92,7 @@ impl CampaignsApi {
                 window,
                 tenant_blocked: contact.blocked,
                 tenant_opted_out: contact.opted_out,
-                template,
+                template: Some(template),
                 now,
             };
             let sends = marketing.get(&member.user).map_or(&[][..], Vec::as_slice);
@@ -129,7 +124,7 @@ impl CampaignsApi {
                             currency.clone_from(&q.currency);
                             card_version.clone_from(&q.card_version);
                             if q.free {
-                                QuoteOutcome::Free(free_reason(&q.free_reason))
+                                QuoteOutcome::Free(q.free_reason.clone())
                             } else {
                                 QuoteOutcome::Charged {
                                     market: key.0,
@@ -158,7 +153,7 @@ impl CampaignsApi {
                 let used = crate::pg::business_initiated_users(
                     &self.pool,
                     tenant_id,
-                    now.micros() - DAY_MICROS,
+                    now.micros() - crate::api::DAY_MICROS,
                 )
                 .await
                 .map_err(|e| status::store("reading the tier's users", &e))?
@@ -235,13 +230,13 @@ impl CampaignsApi {
         }
     }
 
-    /// The template's category when it may be sent now; the reason it may not otherwise.
+    /// The template when it may be sent now; the reason it may not otherwise.
     pub(super) async fn sendable_template(
         &self,
         tenant_id: &str,
         plan: &Plan,
         now: Timestamp,
-    ) -> Result<Category, Status> {
+    ) -> Result<TemplateFacts, Status> {
         let template = self
             .facts
             .template(tenant_id, &plan.template_name, &plan.template_language)
@@ -255,8 +250,8 @@ impl CampaignsApi {
                 &[("template_name", plan.template_name.as_str())],
             ))
         };
-        match template.map(|t| (t.status.at(now), t.category)) {
-            Some((finestra_domain::template::Status::Approved, category)) => Ok(category),
+        match template.map(|t| (t.status.at(now), t)) {
+            Some((finestra_domain::template::Status::Approved, t)) => Ok(t),
             Some((finestra_domain::template::Status::Paused { .. }, _)) => refuse(
                 Reason::TemplatePaused,
                 "the network paused the template for its quality",
@@ -394,18 +389,9 @@ impl Plan {
     }
 }
 
-fn free_reason(reason: &str) -> &'static str {
-    match reason {
-        "UTILITY_IN_WINDOW" => "UTILITY_IN_WINDOW",
-        "FREE_ENTRY_POINT" => "FREE_ENTRY_POINT",
-        "SERVICE" => "SERVICE",
-        _ => "FREE",
-    }
-}
-
 fn line_of(user: &str, outcome: &QuoteOutcome) -> RecipientQuote {
     let (kind, reason, market, price) = match outcome {
-        QuoteOutcome::Free(reason) => ("FREE", (*reason).to_owned(), market_of(user), 0),
+        QuoteOutcome::Free(reason) => ("FREE", reason.clone(), market_of(user), 0),
         QuoteOutcome::Charged { market, price } => ("CHARGED", String::new(), *market, *price),
         QuoteOutcome::Excluded(reason) => ("EXCLUDED", reason.clone(), "", 0),
     };

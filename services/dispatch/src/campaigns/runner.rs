@@ -129,13 +129,13 @@ impl Runner {
         if c.end_at.is_some_and(|end| now >= end) {
             return self.finish(c, "ENDED", now).await;
         }
-        let (_, plan) = stored_plan(&c.request).map_err(|s| s.message().to_owned())?;
+        let plan = stored_plan(&c.request).map_err(|s| s.message().to_owned())?;
         let category = match self
             .campaigns
             .sendable_template(&c.tenant_id, &plan, self.api.clock.now())
             .await
         {
-            Ok(category) => category,
+            Ok(template) => template.category,
             Err(s) => {
                 let reason = reason_of(&s).unwrap_or_else(|| "TEMPLATE_NOT_APPROVED".into());
                 return self.pause(c, &reason, now).await;

@@ -3,9 +3,6 @@
 
 use sqlx::{PgPool, Postgres, Transaction};
 
-use crate::contacts::conversations::WINDOW_MICROS;
-use crate::contacts::store::Filter;
-
 #[derive(Clone, Debug)]
 pub struct CampaignRow {
     pub campaign_id: String,
@@ -130,47 +127,6 @@ pub async fn set_state(
     .await?
     .rows_affected()
         == 1)
-}
-
-/// Fixes a launched campaign's audience: the contacts `filter` takes now, in user order.
-pub async fn add_recipients_by_filter(
-    tx: &mut Transaction<'_, Postgres>,
-    tenant_id: &str,
-    campaign_id: &str,
-    filter: &Filter,
-    now: i64,
-) -> Result<u64, sqlx::Error> {
-    let attributes = if filter.attributes_json.is_empty() {
-        "{}"
-    } else {
-        filter.attributes_json.as_str()
-    };
-    // The same conditions as contacts::store::list.
-    Ok(sqlx::query!(
-        "INSERT INTO dispatch.campaign_recipients (tenant_id, campaign_id, user_key)
-         SELECT tenant_id, $2, user_key FROM dispatch.contacts
-          WHERE tenant_id = $1 AND tags @> $3
-            AND attributes @> $4::text::jsonb
-            AND ($5 OR NOT blocked)
-            AND ($6 = 0 OR ($6 = 1) = (opt_in_at IS NOT NULL))
-            AND ($7::int8 IS NULL OR last_inbound_at > $7)
-            AND ($8::int8 IS NULL OR last_inbound_at < $8)
-            AND ($9 = 0 OR ($9 = 1) = (COALESCE(last_inbound_at, 0) > $10))
-         ON CONFLICT DO NOTHING",
-        tenant_id,
-        campaign_id,
-        &filter.tags,
-        attributes,
-        filter.include_blocked,
-        filter.opt_in,
-        filter.last_inbound_after,
-        filter.last_inbound_before,
-        filter.window,
-        now - WINDOW_MICROS
-    )
-    .execute(&mut **tx)
-    .await?
-    .rows_affected())
 }
 
 /// Fixes a launched campaign's audience: these users.
