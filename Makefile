@@ -46,6 +46,8 @@ test: infra
 	@# images do not).
 	@cargo build --quiet -p finestra-billing --features failpoints --bin finestra-billing
 	@cargo build --quiet -p finestra-dispatch --features failpoints --bin finestra-dispatch
+	@# The Python clients of the gateway's tests (a venv, made once per requirements change).
+	@bash scripts/python-env.sh
 	@if cargo nextest --version >/dev/null 2>&1; then \
 		cargo nextest run --workspace --no-fail-fast; \
 	else \

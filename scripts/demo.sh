@@ -134,6 +134,21 @@ echo "  -> refused before anything is reserved or queued: only a template may re
 echo "The marketing template to Marco instead:"
 OFFER=$(send template --tenant "$TENANT" --phone-number-id "$NUMBER" --to 393479876543 \
   --name weekend_offer --language it --param Marco | tee /dev/stderr | cut -d' ' -f1)
+
+step "Code written for the Cloud API sends through the gateway: only its base URL and token change"
+GATEWAY=http://127.0.0.1:8088/v21.0
+cloud() { # <json body>: POST /{number}/messages as a Cloud API client does
+  curl -sS -X POST "$GATEWAY/$NUMBER/messages" -H "Authorization: Bearer $SEND_KEY" \
+    -H 'Content-Type: application/json' -d "$1"
+}
+echo "POST $GATEWAY/$NUMBER/messages, a text to Giulia:"
+cloud '{"messaging_product":"whatsapp","recipient_type":"individual","to":"393471234567","type":"text","text":{"body":"Your table for two is booked."}}'
+echo
+echo "The same to Marco, whose window closed, answers the Cloud API's own error:"
+cloud '{"messaging_product":"whatsapp","to":"393479876543","type":"text","text":{"body":"Still hungry?"}}' \
+  | tee /dev/stderr | grep -q '"code":131047'
+echo
+
 msg() { $fin message --api-key "$SEND_KEY" "$@"; }
 for id in "$REPLY" "$OFFER"; do
   for _ in $(seq 1 150); do

@@ -53,7 +53,7 @@ fi
 
 say "building the CLI and services"
 cargo build --quiet -p finestra-cli -p finestra-window -p finestra-ingest -p finestra-accounts \
-  -p finestra-billing -p finestra-simulator -p finestra-dispatch --bins
+  -p finestra-billing -p finestra-simulator -p finestra-dispatch -p finestra-gateway --bins
 ./target/debug/finestra migrate
 FINESTRA_LOG=warn ./target/debug/finestra-window migrate
 FINESTRA_LOG=warn ./target/debug/finestra-billing migrate

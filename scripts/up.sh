@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make up`: infrastructure, then accounts, ingest, window, billing, the simulator and dispatch in the background (pids and logs in
+# `make up`: infrastructure, then accounts, ingest, window, billing, the simulator, dispatch and the gateway in the background (pids and logs in
 # var/run), then the demo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,8 +43,11 @@ start dispatch finestra-dispatch \
   FINESTRA_GRPC_ADDR=127.0.0.1:7054 FINESTRA_METRICS_ADDR=127.0.0.1:9104 \
   FINESTRA_DISPATCH_BILLING_URL=http://127.0.0.1:7053 FINESTRA_DISPATCH_BILLING_KEY="$OPERATOR_KEY" \
   FINESTRA_PROVIDER_URL=http://127.0.0.1:8090
+start gateway finestra-gateway \
+  FINESTRA_GATEWAY_HTTP_ADDR=127.0.0.1:8088 FINESTRA_GRPC_ADDR=127.0.0.1:7056 FINESTRA_METRICS_ADDR=127.0.0.1:9106 \
+  FINESTRA_GATEWAY_DISPATCH_URL=http://127.0.0.1:7054 FINESTRA_GATEWAY_ACCOUNTS_URL=http://127.0.0.1:7050
 
-for port in 9100 9101 9102 9103 9104; do
+for port in 9100 9101 9102 9103 9104 9106; do
   for _ in $(seq 1 100); do
     curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
     sleep 0.2
@@ -61,6 +64,7 @@ echo "[up] ingest: webhooks http://127.0.0.1:8080/webhooks/cloud-api, gRPC 127.0
 echo "[up] window: gRPC 127.0.0.1:7052, metrics http://127.0.0.1:9102/metrics"
 echo "[up] billing: gRPC 127.0.0.1:7053, metrics http://127.0.0.1:9103/metrics"
 echo "[up] dispatch: gRPC 127.0.0.1:7054, metrics http://127.0.0.1:9104/metrics"
+echo "[up] gateway (the Cloud API for businesses): http://127.0.0.1:8088/v21.0/<phone_number_id>/messages, metrics http://127.0.0.1:9106/metrics"
 echo "[up] simulator (the messaging network): http://127.0.0.1:8090 (Cloud API send surface, /sim/v1 users)"
 bash scripts/demo.sh
 echo

@@ -489,6 +489,7 @@ fn rpcs() -> Vec<Rpc> {
                 v1::CreateWebhookRequest {
                     tenant_id: c.tenant,
                     url: "http://127.0.0.1:9/hook".into(),
+                    ..Default::default()
                 }
             }),
         ),

@@ -235,6 +235,35 @@ impl Chain {
         .await
     }
 
+    /// The file the network announced with the user's message `wamid` (its media id), as the
+    /// tenant's event stream tells it.
+    pub async fn announced_media(&self, wamid: &str) -> anyhow::Result<v1::InboundMedia> {
+        let mut stream = self
+            .client
+            .clone()
+            .stream_events(v1::StreamEventsRequest {
+                tenant_id: self.tenant.clone(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let next = tokio::time::timeout_at(deadline, stream.message())
+                .await
+                .map_err(|_| anyhow::anyhow!("no inbound message {wamid} told"))??
+                .ok_or_else(|| anyhow::anyhow!("the stream ended"))?;
+            if let Some(v1::envelope::Payload::InboundMessage(m)) =
+                next.event.and_then(|e| e.payload)
+                && m.message_id == wamid
+            {
+                return m
+                    .media
+                    .ok_or_else(|| anyhow::anyhow!("{wamid} carried no file"));
+            }
+        }
+    }
+
     pub async fn window(&self, user: &str) -> anyhow::Result<finestra_domain::WindowState> {
         let infra = infra().await?;
         Ok(finestra_registry::windows::read(

@@ -25,7 +25,7 @@ fn reference() -> String {
     );
     page.push_str(&section(
         "Every service",
-        "Read by accounts, ingest, window, billing and dispatch (the simulator reads \
+        "Read by accounts, ingest, window, billing, dispatch and the gateway (the simulator reads \
          `FINESTRA_DATABASE_URL` and the logging settings).",
         &[
             SharedSettings::SETTINGS,
@@ -59,6 +59,11 @@ fn reference() -> String {
         &[finestra_dispatch::DispatchConfig::SETTINGS],
     ));
     page.push_str(&section(
+        "finestra-gateway",
+        "The Cloud API's HTTP surface over dispatch and accounts (docs/gateway.md).",
+        &[finestra_gateway::GatewayConfig::SETTINGS],
+    ));
+    page.push_str(&section(
         "finestra-simulator",
         "The development network (Cloud API and its webhooks).",
         &[finestra_simulator::SimConfig::SETTINGS],
@@ -90,6 +95,7 @@ fn every_declared_default_parses() {
     finestra_window::WindowConfig::from_lookup(unset).expect("window defaults");
     finestra_billing::BillingConfig::from_lookup(unset).expect("billing defaults");
     finestra_dispatch::DispatchConfig::from_lookup(unset).expect("dispatch defaults");
+    finestra_gateway::GatewayConfig::from_lookup(unset).expect("gateway defaults");
     finestra_simulator::SimConfig::from_lookup(unset).expect("simulator defaults");
     SharedSettings::from_lookup(unset).expect("shared defaults");
     LogSettings::from_lookup(unset).expect("log defaults");
@@ -98,12 +104,13 @@ fn every_declared_default_parses() {
 
 #[test]
 fn a_variable_is_declared_once_per_binary() {
-    let services: [(&str, &[Setting]); 6] = [
+    let services: [(&str, &[Setting]); 7] = [
         ("accounts", finestra_accounts::AccountsConfig::SETTINGS),
         ("ingest", finestra_ingest::IngestConfig::SETTINGS),
         ("window", finestra_window::WindowConfig::SETTINGS),
         ("billing", finestra_billing::BillingConfig::SETTINGS),
         ("dispatch", finestra_dispatch::DispatchConfig::SETTINGS),
+        ("gateway", finestra_gateway::GatewayConfig::SETTINGS),
         ("simulator", finestra_simulator::SimConfig::SETTINGS),
     ];
     for (name, own) in services {

@@ -752,33 +752,6 @@ async fn each_health_event_changes_what_it_should_and_reaches_the_tenant_once() 
     Ok(())
 }
 
-/// The file of the user's message `wamid`, as the tenant was told of it.
-async fn announced_media(c: &Chain, wamid: &str) -> anyhow::Result<v1::InboundMedia> {
-    let mut stream = c
-        .client
-        .clone()
-        .stream_events(v1::StreamEventsRequest {
-            tenant_id: c.tenant.clone(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let next = tokio::time::timeout_at(deadline, stream.message())
-            .await
-            .map_err(|_| anyhow::anyhow!("no inbound message {wamid} told"))??
-            .ok_or_else(|| anyhow::anyhow!("the stream ended"))?;
-        if let Some(v1::envelope::Payload::InboundMessage(m)) = next.event.and_then(|e| e.payload)
-            && m.message_id == wamid
-        {
-            return m
-                .media
-                .ok_or_else(|| anyhow::anyhow!("{wamid} carried no file"));
-        }
-    }
-}
-
 /// The file as GetMedia streams it: its first chunk (the description) and its bytes.
 async fn fetched(
     client: &DispatchServiceClient<AuthedChannel>,
@@ -875,7 +848,7 @@ async fn media_is_uploaded_and_sent_by_id_and_a_users_file_is_fetched_checked_an
         )
         .await?;
     let wamid = said["wamid"].as_str().unwrap_or_default().to_owned();
-    let announced = announced_media(&c, &wamid).await?;
+    let announced = c.announced_media(&wamid).await?;
     assert_eq!(announced.content_type, "image/jpeg");
     let (first, data, chunks) = eventually("the photo is fetched", WAIT, || async {
         match fetched(&client, &c.tenant, &announced.media_id).await {
@@ -919,7 +892,9 @@ async fn media_is_uploaded_and_sent_by_id_and_a_users_file_is_fetched_checked_an
                                "media": "document", "media_wrong_sha256": true}),
         )
         .await?;
-    let tampered = announced_media(&c, said["wamid"].as_str().unwrap_or_default()).await?;
+    let tampered = c
+        .announced_media(said["wamid"].as_str().unwrap_or_default())
+        .await?;
     let refused = eventually("the mismatch is found", WAIT, || async {
         match fetched(&client, &c.tenant, &tampered.media_id).await {
             Err(s) if s.code() == Code::Unavailable => Ok(None),

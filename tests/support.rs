@@ -5,6 +5,7 @@ use std::time::Duration;
 
 pub mod chain;
 pub mod cluster;
+pub mod facade;
 pub mod load;
 
 use anyhow::Context as _;

@@ -155,6 +155,7 @@ async fn tenants_follow_events_on_a_resumable_stream_and_on_signed_retried_webho
         .create_webhook(v1::CreateWebhookRequest {
             tenant_id: c.tenant.clone(),
             url: flaky.serve().await?,
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -163,6 +164,7 @@ async fn tenants_follow_events_on_a_resumable_stream_and_on_signed_retried_webho
         .create_webhook(v1::CreateWebhookRequest {
             tenant_id: c.tenant.clone(),
             url: down.serve().await?,
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -172,6 +174,7 @@ async fn tenants_follow_events_on_a_resumable_stream_and_on_signed_retried_webho
             .create_webhook(v1::CreateWebhookRequest {
                 tenant_id: c.tenant.clone(),
                 url: "ftp://nope".into(),
+                ..Default::default()
             })
             .await
             .map_err(|s| s.code())

@@ -27,6 +27,8 @@ pub enum FreeForm {
     Interactive,
     Location,
     Reaction,
+    /// Contact cards.
+    Contacts,
 }
 
 /// What the business asks to send.

@@ -223,6 +223,28 @@ impl Registry {
         .await?)
     }
 
+    /// The tenant's business account id (empty when it has none) and the display number of
+    /// one of its numbers (empty when the number is not the tenant's): whom a Cloud API
+    /// notification about that number says it comes from.
+    pub async fn business_account(
+        &self,
+        tenant_id: &str,
+        phone_number_id: &str,
+    ) -> Result<(String, String), RegistryError> {
+        let row = sqlx::query!(
+            r#"SELECT coalesce(t.waba_id, '') AS "waba_id!",
+                      coalesce((SELECT n.display_phone_number FROM accounts.numbers n
+                                 WHERE n.tenant_id = t.tenant_id AND n.phone_number_id = $2),
+                               '') AS "display!"
+                 FROM accounts.tenants t WHERE t.tenant_id = $1"#,
+            tenant_id,
+            phone_number_id
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| (r.waba_id, r.display)).unwrap_or_default())
+    }
+
     /// The tenant of a provider business account, with every number's current webhook
     /// secrets (a WABA-level webhook is signed like the numbers' ones).
     pub async fn tenant_by_waba(

@@ -115,6 +115,23 @@ pub fn parse(req: &SendMessageRequest) -> Result<Parsed, Malformed> {
                 object: finestra_cloudapi::send::reaction(&r.message_id, &r.emoji),
             }
         }
+        Content::Contacts(c) => {
+            let cards: Value = serde_json::from_str(&c.json)
+                .map_err(|e| Malformed(format!("contacts.json is not JSON: {e}")))?;
+            let plausible = cards
+                .as_array()
+                .is_some_and(|a| !a.is_empty() && a.iter().all(Value::is_object));
+            if !plausible {
+                return Err(Malformed(
+                    "contacts.json must be a non-empty array of contact objects".into(),
+                ));
+            }
+            Parsed {
+                outgoing: free(FreeForm::Contacts),
+                kind: "contacts".into(),
+                object: cards,
+            }
+        }
     })
 }
 

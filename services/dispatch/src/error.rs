@@ -15,6 +15,9 @@ pub enum DispatchError {
         #[source]
         source: sqlx::Error,
     },
+    /// A Cloud API endpoint did not pass the verification handshake.
+    #[error("the endpoint did not pass the verification handshake: {0}")]
+    NotVerified(String),
 }
 
 impl DispatchError {
@@ -29,6 +32,12 @@ impl From<DispatchError> for Status {
         match e {
             DispatchError::Request(r) => r.into(),
             DispatchError::Store { context, source } => status::store(context, &source),
+            e @ DispatchError::NotVerified(_) => status::with_reason(
+                tonic::Code::FailedPrecondition,
+                status::Reason::WebhookNotVerified,
+                e.to_string(),
+                &[],
+            ),
         }
     }
 }

@@ -108,11 +108,13 @@ pub async fn record(pool: &PgPool, events: &[Recorded], now: i64) -> Result<u64,
              SELECT tenant_id, seq, event_id, kind, occurred_at, envelope, phone_number_id, user_key
                FROM numbered
              ON CONFLICT DO NOTHING
-             RETURNING tenant_id, seq)
+             RETURNING tenant_id, seq, kind)
          INSERT INTO dispatch.webhook_deliveries (tenant_id, endpoint_id, seq, first_at, next_attempt_at)
          SELECT ins.tenant_id, w.endpoint_id, ins.seq, $6, $6
            FROM ins JOIN dispatch.webhook_endpoints w
-             ON w.tenant_id = ins.tenant_id AND w.deleted_at IS NULL",
+             ON w.tenant_id = ins.tenant_id AND w.deleted_at IS NULL
+            -- A Cloud API endpoint gets only what the Cloud API has a notification for.
+            AND (w.format = 'finestra' OR ins.kind = ANY($9))",
         &tenants,
         &ids,
         &kinds,
@@ -121,6 +123,7 @@ pub async fn record(pool: &PgPool, events: &[Recorded], now: i64) -> Result<u64,
         now,
         &numbers as &[Option<String>],
         &users as &[Option<String>],
+        &crate::webhooks::cloud::KINDS.map(str::to_owned) as &[String],
     )
     .execute(&mut *tx)
     .await?;

@@ -466,6 +466,8 @@ pub async fn start(
         }
         .run(shutdown.clone()),
     );
+    let accounts =
+        webhooks::AccountCache::new(finestra_registry::Registry::new(webhooks_pool.clone()));
     let deliverer_task = tokio::spawn(
         webhooks::Deliverer {
             pool: webhooks_pool,
@@ -483,6 +485,7 @@ pub async fn start(
             batch: 200,
             lease: Duration::from_secs(60),
             tenant_prefix: config.sweep_tenant_prefix.clone(),
+            accounts,
         }
         .run(shutdown.clone()),
     );

@@ -10,7 +10,7 @@ use finestra_platform::status::RequestError;
 use finestra_proto::v1::{
     CreateWebhookRequest, Envelope, ListDeadLettersRequest, ListDeadLettersResponse,
     RedriveRequest, RedriveResponse, RotateWebhookSecretRequest, StreamEventsRequest, TenantEvent,
-    Webhook, WebhookDeadLetter,
+    Webhook, WebhookDeadLetter, WebhookFormat,
 };
 use prost::Message as _;
 use rand::Rng as _;
@@ -22,6 +22,8 @@ use crate::error::DispatchError;
 
 const STREAM_PAGE: i64 = 500;
 const DEFAULT_OVERLAP_SECONDS: u32 = 24 * 3_600;
+/// How long a Cloud API endpoint has to answer the verification handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn parse_cursor(cursor: &str) -> Result<i64, RequestError> {
     if cursor.is_empty() {
@@ -113,21 +115,50 @@ fn random_hex(bytes: usize) -> String {
     hex::encode(buf)
 }
 
-fn webhook(
+/// A new endpoint secret: `whsec_` and the base64 of 24 random bytes, the shape Standard
+/// Webhooks libraries take (docs/webhooks.md).
+fn new_secret() -> String {
+    use base64::Engine as _;
+    let mut key = [0u8; 24];
+    rand::rng().fill(&mut key);
+    format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(key)
+    )
+}
+
+/// The stored format's name (the `format` column).
+fn format_name(format: WebhookFormat) -> &'static str {
+    match format {
+        WebhookFormat::Finestra => "finestra",
+        WebhookFormat::CloudApi => "cloud_api",
+    }
+}
+
+fn format_of(name: &str) -> WebhookFormat {
+    if name == "cloud_api" {
+        WebhookFormat::CloudApi
+    } else {
+        WebhookFormat::Finestra
+    }
+}
+
+struct Stored {
     tenant_id: String,
     endpoint_id: String,
     url: String,
-    secret: String,
-    until: Option<i64>,
-    created_at: i64,
-) -> Webhook {
+    format: String,
+}
+
+fn webhook(endpoint: Stored, secret: String, until: Option<i64>, created_at: i64) -> Webhook {
     Webhook {
-        tenant_id,
-        endpoint_id,
-        url,
+        tenant_id: endpoint.tenant_id,
+        endpoint_id: endpoint.endpoint_id,
+        url: endpoint.url,
         secret,
         previous_secret_valid_until: until.map(finestra_proto::time::from_micros),
         created_at: Some(finestra_proto::time::from_micros(created_at)),
+        format: format_of(&endpoint.format).into(),
     }
 }
 
@@ -142,33 +173,65 @@ pub async fn create_webhook(
     if !plausible {
         return Err(RequestError::invalid("url", "url must be an http(s) URL").into());
     }
+    let format = WebhookFormat::try_from(req.format)
+        .map_err(|_| RequestError::invalid("format", "unknown webhook format"))?;
+    let verify_token = match format {
+        WebhookFormat::Finestra if !req.verify_token.is_empty() || !req.app_secret.is_empty() => {
+            return Err(RequestError::invalid(
+                "verify_token",
+                "a verify token and an app secret are for Cloud API format endpoints only",
+            )
+            .into());
+        }
+        WebhookFormat::Finestra => None,
+        WebhookFormat::CloudApi => {
+            let token = RequestError::required("verify_token", &req.verify_token)?;
+            let http = reqwest::Client::builder()
+                .timeout(HANDSHAKE_TIMEOUT)
+                .build()
+                .map_err(|e| DispatchError::NotVerified(e.to_string()))?;
+            crate::webhooks::handshake::verify(&http, url, token)
+                .await
+                .map_err(DispatchError::NotVerified)?;
+            Some(token)
+        }
+    };
+    let secret = if req.app_secret.is_empty() {
+        new_secret()
+    } else if (8..=256).contains(&req.app_secret.chars().count()) {
+        req.app_secret.clone()
+    } else {
+        return Err(RequestError::invalid("app_secret", "8..256 characters").into());
+    };
     let endpoint_id = format!("wh_{}", random_hex(8));
-    let secret = format!("whsec_{}", random_hex(24));
     sqlx::query!(
-        "INSERT INTO dispatch.webhook_endpoints (tenant_id, endpoint_id, url, secret, created_at)
-         VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO dispatch.webhook_endpoints
+                (tenant_id, endpoint_id, url, secret, created_at, format, verify_token)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
         &req.tenant_id,
         &endpoint_id,
         url,
         &secret,
         now,
+        format_name(format),
+        verify_token,
     )
     .execute(pool)
     .await
     .map_err(DispatchError::store("creating a webhook"))?;
-    Ok(webhook(
-        req.tenant_id,
+    let endpoint = Stored {
+        tenant_id: req.tenant_id,
         endpoint_id,
-        url.to_owned(),
-        secret,
-        None,
-        now,
-    ))
+        url: url.to_owned(),
+        format: format_name(format).to_owned(),
+    };
+    Ok(webhook(endpoint, secret, None, now))
 }
 
 pub async fn list_webhooks(pool: &PgPool, tenant_id: &str) -> Result<Vec<Webhook>, DispatchError> {
     let rows = sqlx::query!(
-        "SELECT endpoint_id, url, previous_valid_until, created_at FROM dispatch.webhook_endpoints
+        "SELECT endpoint_id, url, format, previous_valid_until, created_at
+           FROM dispatch.webhook_endpoints
           WHERE tenant_id = $1 AND deleted_at IS NULL ORDER BY created_at, endpoint_id",
         tenant_id,
     )
@@ -178,10 +241,14 @@ pub async fn list_webhooks(pool: &PgPool, tenant_id: &str) -> Result<Vec<Webhook
     Ok(rows
         .into_iter()
         .map(|r| {
+            let endpoint = Stored {
+                tenant_id: tenant_id.to_owned(),
+                endpoint_id: r.endpoint_id,
+                url: r.url,
+                format: r.format,
+            };
             webhook(
-                tenant_id.to_owned(),
-                r.endpoint_id,
-                r.url,
+                endpoint,
                 String::new(),
                 r.previous_valid_until,
                 r.created_at,
@@ -200,12 +267,12 @@ pub async fn rotate_secret(
     } else {
         req.overlap_seconds
     };
-    let secret = format!("whsec_{}", random_hex(24));
+    let secret = new_secret();
     let row = sqlx::query!(
         "UPDATE dispatch.webhook_endpoints
             SET previous_secret = secret, previous_valid_until = $3, secret = $4
           WHERE tenant_id = $1 AND endpoint_id = $2 AND deleted_at IS NULL
-      RETURNING url, previous_valid_until, created_at",
+      RETURNING url, format, previous_valid_until, created_at",
         &req.tenant_id,
         &req.endpoint_id,
         now + i64::from(overlap) * 1_000_000,
@@ -215,10 +282,14 @@ pub async fn rotate_secret(
     .await
     .map_err(DispatchError::store("rotating a webhook secret"))?;
     let row = row.ok_or_else(|| RequestError::not_found("endpoint_id", &req.endpoint_id))?;
+    let endpoint = Stored {
+        tenant_id: req.tenant_id,
+        endpoint_id: req.endpoint_id,
+        url: row.url,
+        format: row.format,
+    };
     Ok(webhook(
-        req.tenant_id,
-        req.endpoint_id,
-        row.url,
+        endpoint,
         secret,
         row.previous_valid_until,
         row.created_at,
@@ -238,7 +309,7 @@ pub async fn delete_webhook(
     let row = sqlx::query!(
         "UPDATE dispatch.webhook_endpoints SET deleted_at = $3
           WHERE tenant_id = $1 AND endpoint_id = $2 AND deleted_at IS NULL
-      RETURNING url, created_at",
+      RETURNING url, format, created_at",
         tenant_id,
         endpoint_id,
         now,
@@ -247,7 +318,13 @@ pub async fn delete_webhook(
     .await
     .map_err(DispatchError::store("deleting a webhook"))?;
     let row = row.ok_or_else(|| RequestError::not_found("endpoint_id", endpoint_id))?;
-    let (url, created) = (row.url, row.created_at);
+    let created = row.created_at;
+    let endpoint = Stored {
+        tenant_id: tenant_id.to_owned(),
+        endpoint_id: endpoint_id.to_owned(),
+        url: row.url,
+        format: row.format,
+    };
     sqlx::query!(
         "UPDATE dispatch.webhook_deliveries SET state = 'dead', last_error = 'endpoint deleted'
           WHERE tenant_id = $1 AND endpoint_id = $2 AND state = 'pending'",
@@ -260,14 +337,7 @@ pub async fn delete_webhook(
     tx.commit()
         .await
         .map_err(DispatchError::store("deleting a webhook"))?;
-    Ok(webhook(
-        tenant_id.to_owned(),
-        endpoint_id.to_owned(),
-        url,
-        String::new(),
-        None,
-        created,
-    ))
+    Ok(webhook(endpoint, String::new(), None, created))
 }
 
 pub async fn list_dead_letters(

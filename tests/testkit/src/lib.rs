@@ -805,6 +805,24 @@ pub async fn start_accounts_with_network(
     Ok(Started { running, shutdown })
 }
 
+/// The Cloud API gateway over dispatch and accounts at these gRPC URLs, its HTTP listener on
+/// a port of its own (`running.http_addr`).
+pub async fn start_gateway(
+    scope: &Scope,
+    dispatch_url: &str,
+    accounts_url: &str,
+) -> anyhow::Result<Started> {
+    let mut config = finestra_gateway::GatewayConfig::from_lookup(&|_| None)?;
+    config.common = scope.config()?;
+    config.http_addr = "127.0.0.1:0".parse()?;
+    config.dispatch_url = dispatch_url.into();
+    config.accounts_url = accounts_url.into();
+    config.max_upload_bytes = 1 << 20;
+    let shutdown = Shutdown::new();
+    let running = finestra_gateway::start(config, shutdown.clone()).await?;
+    Ok(Started { running, shutdown })
+}
+
 /// Posts a webhook body signed with `secret` (or unsigned when `None`).
 pub async fn post_webhook(
     client: &reqwest::Client,

@@ -1,9 +1,12 @@
-//! Tenant webhooks: each recorded event is POSTed as JSON to every endpoint of the tenant,
-//! signed with HMAC-SHA256 over `"{timestamp}.{body}"` (header
-//! `Finestra-Signature: t=<unix seconds>,v1=<hex>[,v1=<hex with the previous secret>]`), retried
-//! on `WebhookSchedule` (backoff ×4 from 5 s, ±25 % jitter, capped at 6 h) and dead-lettered
-//! after 3 days. Deliveries are claimed with a lease (`FOR UPDATE SKIP LOCKED`), so replicas
-//! share the work and a crashed one's claims come back after the lease.
+//! Tenant webhooks: each recorded event is POSTed as JSON to every endpoint of the tenant, in
+//! Finestra's format or the Cloud API's (`cloud`), signed as `signing` says, retried on
+//! `WebhookSchedule` (backoff ×4 from 5 s, ±25 % jitter, capped at 6 h) and dead-lettered after
+//! 3 days. Deliveries are claimed with a lease (`FOR UPDATE SKIP LOCKED`), so replicas share
+//! the work and a crashed one's claims come back after the lease.
+
+pub mod cloud;
+pub mod handshake;
+pub mod signing;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,30 +16,11 @@ use finestra_domain::delivery::WebhookSchedule;
 use finestra_platform::Shutdown;
 use finestra_proto::v1::Envelope;
 use finestra_proto::v1::envelope::Payload;
-use hmac::{Hmac, Mac};
 use prost::Message as _;
 use rand::Rng as _;
 use serde_json::{Value, json};
-use sha2::Sha256;
 use sqlx::PgPool;
 use tokio::sync::Notify;
-
-/// The signature header's value for `body` sent at `timestamp` (unix seconds).
-pub fn signature(secrets: &[&str], timestamp: i64, body: &[u8]) -> String {
-    let mut header = format!("t={timestamp}");
-    for secret in secrets {
-        // An HMAC takes a key of any length.
-        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
-            continue;
-        };
-        mac.update(timestamp.to_string().as_bytes());
-        mac.update(b".");
-        mac.update(body);
-        header.push_str(",v1=");
-        header.push_str(&hex::encode(mac.finalize().into_bytes()));
-    }
-    header
-}
 
 fn micros(ts: &Option<prost_types::Timestamp>) -> Option<i64> {
     ts.as_ref().map(finestra_proto::time::to_micros)
@@ -100,6 +84,53 @@ pub struct Deliverer {
     pub lease: Duration,
     /// Only tenants whose id starts with this (empty: all).
     pub tenant_prefix: String,
+    /// Who a Cloud API notification says it comes from, by (tenant, number).
+    pub accounts: AccountCache,
+}
+
+/// The business account and display number of (tenant, number), kept a minute: they change
+/// with onboarding only.
+#[derive(Clone)]
+pub struct AccountCache {
+    registry: finestra_registry::Registry,
+    cache: moka::future::Cache<(String, String), cloud::Account>,
+}
+
+impl AccountCache {
+    pub fn new(registry: finestra_registry::Registry) -> Self {
+        Self {
+            registry,
+            cache: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(60))
+                .build(),
+        }
+    }
+
+    async fn get(&self, tenant_id: &str, phone_number_id: &str) -> Result<cloud::Account, String> {
+        let registry = self.registry.clone();
+        let (tenant, number) = (tenant_id.to_owned(), phone_number_id.to_owned());
+        self.cache
+            .try_get_with((tenant.clone(), number.clone()), async move {
+                let (waba_id, display_phone_number) =
+                    registry.business_account(&tenant, &number).await?;
+                Ok::<_, finestra_registry::RegistryError>(cloud::Account {
+                    waba_id,
+                    display_phone_number,
+                })
+            })
+            .await
+            .map_err(|e| format!("looking up the business account: {e}"))
+    }
+}
+
+fn phone_number_id(env: &Envelope) -> &str {
+    match &env.payload {
+        Some(Payload::MessageStatus(s)) => &s.phone_number_id,
+        Some(Payload::InboundMessage(m)) => &m.phone_number_id,
+        Some(Payload::UserPreference(p)) => &p.phone_number_id,
+        _ => "",
+    }
 }
 
 /// A claimed delivery with its endpoint and event.
@@ -113,6 +144,7 @@ struct Due {
     secret: String,
     previous_secret: Option<String>,
     previous_valid_until: Option<i64>,
+    format: String,
     kind: String,
     envelope: Vec<u8>,
 }
@@ -164,7 +196,8 @@ impl Deliverer {
               RETURNING d.tenant_id, d.endpoint_id, d.seq, d.attempts, d.first_at)
              SELECT c.tenant_id AS \"tenant_id!\", c.endpoint_id AS \"endpoint_id!\",
                     c.seq AS \"seq!\", c.attempts AS \"attempts!\", c.first_at AS \"first_at!\",
-                    w.url, w.secret, w.previous_secret, w.previous_valid_until, e.kind, e.envelope
+                    w.url, w.secret, w.previous_secret, w.previous_valid_until, w.format,
+                    e.kind, e.envelope
                FROM claimed c
                JOIN dispatch.webhook_endpoints w USING (tenant_id, endpoint_id)
                JOIN dispatch.tenant_events e USING (tenant_id, seq)",
@@ -196,30 +229,53 @@ impl Deliverer {
             secret,
             previous_secret: previous,
             previous_valid_until: until,
+            format,
             kind,
             envelope,
         } = d;
         let result = async {
             let env = Envelope::decode(envelope.as_slice()).map_err(|e| e.to_string())?;
-            let payload = serde_json::to_vec(&body(&tenant_id, seq, &kind, &env))
-                .map_err(|e| e.to_string())?;
-            let mut secrets = vec![secret.as_str()];
-            if let (Some(p), Some(u)) = (previous.as_deref(), until)
-                && now < u
-            {
-                secrets.push(p);
-            }
-            let timestamp = now / 1_000_000;
-            let answer = self
-                .http
-                .post(&url)
+            let request = if format == "cloud_api" {
+                let account = self.accounts.get(&tenant_id, phone_number_id(&env)).await?;
+                let Some(notification) = cloud::notification(&env, &account) else {
+                    // Nothing the Cloud API would post (fan-out does not queue such events).
+                    return Ok(());
+                };
+                let payload = serde_json::to_vec(&notification).map_err(|e| e.to_string())?;
+                self.http
+                    .post(&url)
+                    .header(
+                        finestra_cloudapi::SIGNATURE_HEADER,
+                        signing::cloud_api(&secret, &payload),
+                    )
+                    .body(payload)
+            } else {
+                let payload = serde_json::to_vec(&body(&tenant_id, seq, &kind, &env))
+                    .map_err(|e| e.to_string())?;
+                let mut secrets = vec![secret.as_str()];
+                if let (Some(p), Some(u)) = (previous.as_deref(), until)
+                    && now < u
+                {
+                    secrets.push(p);
+                }
+                let timestamp = now / 1_000_000;
+                self.http
+                    .post(&url)
+                    .header("finestra-event-id", &env.event_id)
+                    .header(
+                        "finestra-signature",
+                        signing::finestra(&secrets, timestamp, &payload),
+                    )
+                    .header("webhook-id", &env.event_id)
+                    .header("webhook-timestamp", timestamp)
+                    .header(
+                        "webhook-signature",
+                        signing::standard(&secrets, &env.event_id, timestamp, &payload),
+                    )
+                    .body(payload)
+            };
+            let answer = request
                 .header("content-type", "application/json")
-                .header("finestra-event-id", &env.event_id)
-                .header(
-                    "finestra-signature",
-                    signature(&secrets, timestamp, &payload),
-                )
-                .body(payload)
                 .send()
                 .await
                 .map_err(|e| format!("unreachable: {e}"))?;
@@ -294,22 +350,5 @@ impl Deliverer {
         .execute(&self.pool)
         .await?;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_signature_covers_timestamp_and_body_once_per_secret() {
-        let one = signature(&["s3cret"], 1_764_000_000, b"{}");
-        assert!(one.starts_with("t=1764000000,v1="));
-        assert_eq!(one.matches("v1=").count(), 1);
-        let two = signature(&["new", "s3cret"], 1_764_000_000, b"{}");
-        assert_eq!(two.matches("v1=").count(), 2);
-        assert!(two.ends_with(one.trim_start_matches("t=1764000000,")));
-        assert_ne!(one, signature(&["s3cret"], 1_764_000_001, b"{}"));
-        assert_ne!(one, signature(&["s3cret"], 1_764_000_000, b"{ }"));
     }
 }
