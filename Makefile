@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help up down infra test lint deploy-check bench chaos bench-ingest bench-auth bench-billing bench-send bench-fair bench-cpu bench-campaign docs-config sqlx-prepare sqlx-check
+.PHONY: help up down infra test lint deploy-check bench chaos bench-ingest bench-auth bench-billing bench-send bench-fair bench-cpu bench-campaign bench-gateway docs-config sqlx-prepare sqlx-check
 
 help:
 	@echo "make up            infrastructure + every service in the background, then the demo"
@@ -22,6 +22,7 @@ help:
 	@echo "make bench-fair    fairness between tenants: a noisy neighbour, ten weights (release build)"
 	@echo "make bench-cpu     CPU per delivered message by process, services as processes (release build)"
 	@echo "make bench-campaign a 100,000-recipient campaign: quote time, runner rate, memory (release build)"
+	@echo "make bench-gateway the Cloud API gateway's overhead against direct SendMessage (release build)"
 
 up:
 	@bash scripts/up.sh
@@ -108,6 +109,12 @@ bench-campaign: infra
 	cargo build --release -p finestra-e2e --bin bench-campaign -p finestra-window -p finestra-ingest \
 		-p finestra-accounts -p finestra-billing -p finestra-simulator -p finestra-dispatch --bins
 	./target/release/bench-campaign
+
+bench-gateway: infra
+	cargo build --release -p finestra-e2e --bin bench-gateway -p finestra-window -p finestra-ingest \
+		-p finestra-accounts -p finestra-billing -p finestra-simulator -p finestra-dispatch \
+		-p finestra-gateway --bins
+	./target/release/bench-gateway
 
 bench-fair: infra
 	cargo build --release -p finestra-e2e --bin bench-fair

@@ -78,7 +78,7 @@ fn free_addr(taken: &mut BTreeSet<u16>) -> anyhow::Result<SocketAddr> {
 
 /// A service's ports (and the ingest's and simulator's HTTP port).
 fn pick_ports(service: &str, taken: &mut BTreeSet<u16>) -> anyhow::Result<Ports> {
-    let http = matches!(service, "ingest" | "simulator")
+    let http = matches!(service, "ingest" | "simulator" | "gateway")
         .then(|| free_addr(taken))
         .transpose()?;
     Ok(Ports {
@@ -121,6 +121,22 @@ impl Cluster {
 
     pub fn grpc_url(&self, service: &str) -> anyhow::Result<String> {
         Ok(format!("http://{}", self.ports(service)?.grpc))
+    }
+
+    /// Starts the Cloud API gateway over this cluster's dispatch and accounts. It is not one of
+    /// `SERVICES`: the runs that kill each service leave this stateless one out.
+    pub async fn start_gateway(&mut self) -> anyhow::Result<()> {
+        if !self.ports.contains_key("gateway") {
+            let ports = pick_ports("gateway", &mut self.taken)?;
+            self.ports.insert("gateway", ports);
+        }
+        self.start("gateway").await
+    }
+
+    /// The gateway's base URL (`http://` and its HTTP listener).
+    pub fn gateway_url(&self) -> anyhow::Result<String> {
+        let http = self.ports("gateway")?.http.context("gateway http")?;
+        Ok(format!("http://{http}"))
     }
 
     /// The simulator's base URL (the messaging network).
@@ -216,6 +232,20 @@ impl Cluster {
                         .join(format!("finestra-media-{scope_id}"))
                         .to_string_lossy()
                         .into_owned(),
+                ),
+            ]),
+            "gateway" => env.extend([
+                (
+                    "GATEWAY_HTTP_ADDR",
+                    p.http.context("gateway http")?.to_string(),
+                ),
+                (
+                    "GATEWAY_DISPATCH_URL",
+                    format!("http://{}", self.ports("dispatch")?.grpc),
+                ),
+                (
+                    "GATEWAY_ACCOUNTS_URL",
+                    format!("http://{}", self.ports("accounts")?.grpc),
                 ),
             ]),
             other => anyhow::bail!("no service {other}"),
@@ -357,6 +387,9 @@ impl Cluster {
 
     /// Stops every running service with SIGTERM, in reverse start order.
     pub async fn stop_all(&mut self) -> anyhow::Result<()> {
+        if self.children.contains_key("gateway") {
+            self.terminate("gateway").await?;
+        }
         for s in SERVICES.iter().rev() {
             if self.children.contains_key(s) {
                 self.terminate(s).await?;

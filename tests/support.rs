@@ -7,6 +7,7 @@ pub mod chain;
 pub mod cluster;
 pub mod facade;
 pub mod load;
+pub mod procstat;
 
 use anyhow::Context as _;
 use finestra_platform::auth::{AuthedChannel, Scope as KeyScope};

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use finestra_e2e::cluster::{Broker, Cluster, ClusterSpec};
 use finestra_e2e::env_num;
 use finestra_e2e::load;
+use finestra_e2e::procstat::rss;
 use finestra_platform::auth::{AuthedChannel, Owner, Scope as KeyScope};
 use finestra_proto::v1;
 use finestra_proto::v1::campaign_service_client::CampaignServiceClient;
@@ -23,14 +24,6 @@ use finestra_testkit::{Scope, infra};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// Resident memory of a process, in bytes.
-fn rss(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
 
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)

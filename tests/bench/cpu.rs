@@ -24,33 +24,10 @@ use std::time::{Duration, Instant};
 use finestra_e2e::cluster::{Broker, Cluster, ClusterSpec, SERVICES};
 use finestra_e2e::env_num;
 use finestra_e2e::load::{self, Generator};
+use finestra_e2e::procstat::{stat, ticks_per_second};
 use finestra_platform::auth::{Owner, Scope as KeyScope};
 use finestra_platform::status::retry_after_of;
 use finestra_testkit::{Scope, infra};
-
-/// Clock ticks per second of `/proc/<pid>/stat` times (`getconf CLK_TCK`; 100 on Linux).
-fn ticks_per_second() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-/// (command name, utime + stime, cutime + cstime) of a process, in ticks.
-fn stat(pid: u32) -> Option<(String, u64, u64)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The name is in parentheses and may hold spaces: fields follow the last ')'.
-    let open = text.find('(')?;
-    let close = text.rfind(')')?;
-    let name = text[open + 1..close].to_owned();
-    let fields: Vec<&str> = text[close + 2..].split(' ').collect();
-    // After the name: state(0) ppid(1) ... utime(11) stime(12) cutime(13) cstime(14).
-    let num = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
-    Some((name, num(11)? + num(12)?, num(13)? + num(14)?))
-}
 
 /// Ticks used so far by every process whose command name is `name`, plus what their exited
 /// children left (Postgres's backends come and go).
