@@ -427,6 +427,23 @@ async fn templates_numbers_and_media_in_the_cloud_apis_shape() -> anyhow::Result
     let uploaded: Value = uploaded.json().await?;
     let media_id = uploaded["id"].as_str().unwrap_or_default().to_owned();
     assert!(!media_id.is_empty(), "{uploaded}");
+    // It can be read back by its id, as the Cloud API lets an uploader.
+    let described = f.get(&media_id).await?;
+    assert_eq!(described.status, 200, "{}", described.body);
+    assert_eq!(
+        (&described.body["mime_type"], &described.body["file_size"]),
+        (&json!("application/pdf"), &json!(16))
+    );
+    let back = f
+        .chain
+        .http
+        .get(described.body["url"].as_str().unwrap_or_default())
+        .bearer_auth(&f.token)
+        .send()
+        .await?
+        .bytes()
+        .await?;
+    assert_eq!(&back[..], b"%PDF-1.4 invoice");
     let sent = f
         .message(&json!({"messaging_product": "whatsapp", "to": USER, "type": "template",
                          "template": {"name": "order_update", "language": {"code": "it"},

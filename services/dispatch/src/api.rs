@@ -846,9 +846,14 @@ impl DispatchService for DispatchApi {
         request: Request<v1::UploadMediaRequest>,
     ) -> Result<Response<v1::UploadMediaResponse>, Status> {
         let req = self.auth.authorize(request, Scope::Send).await?.request;
-        crate::media_api::upload(&self.facts, self.provider.as_ref(), req)
-            .await
-            .map(Response::new)
+        crate::media_api::upload(
+            &self.facts,
+            self.provider.as_ref(),
+            self.media_store.as_ref(),
+            req,
+        )
+        .await
+        .map(Response::new)
     }
 
     type GetMediaStream = tokio_stream::wrappers::ReceiverStream<Result<v1::MediaChunk, Status>>;

@@ -278,6 +278,49 @@ pub struct Kept {
     pub failure: String,
 }
 
+/// A file the tenant uploaded, kept as it was sent to the network so the tenant can read it
+/// back by the network's id (the Cloud API's `GET /{media_id}` describes uploads too).
+pub struct Uploaded<'a> {
+    pub tenant_id: &'a str,
+    pub phone_number_id: &'a str,
+    pub media_id: &'a str,
+    pub content_type: &'a str,
+    pub filename: &'a str,
+    pub data: &'a [u8],
+}
+
+/// Keeps an uploaded file in the media store and notes it stored (no user message carried it:
+/// `message_id` is empty). Keeping it twice changes nothing.
+pub async fn keep_uploaded(
+    pool: &PgPool,
+    store: &dyn crate::media_store::MediaStore,
+    file: Uploaded<'_>,
+) -> Result<(), String> {
+    let key = store
+        .put(file.tenant_id, file.media_id, file.data)
+        .await
+        .map_err(|e| format!("storing: {e}"))?;
+    sqlx::query!(
+        "INSERT INTO dispatch.media (tenant_id, media_id, phone_number_id, message_id,
+                                     content_type, sha256, filename, state, size, store_key,
+                                     stored_at)
+         VALUES ($1, $2, $3, '', $4, $5, $6, 'stored', $7, $8, now())
+         ON CONFLICT (tenant_id, media_id) DO NOTHING",
+        file.tenant_id,
+        file.media_id,
+        file.phone_number_id,
+        file.content_type,
+        sha256_hex(file.data),
+        file.filename,
+        file.data.len() as i64,
+        key,
+    )
+    .execute(pool)
+    .await
+    .map_err(|e| format!("noting it: {e}"))?;
+    Ok(())
+}
+
 pub async fn kept(
     pool: &PgPool,
     tenant_id: &str,

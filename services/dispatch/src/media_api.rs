@@ -1,6 +1,7 @@
 //! The tenant's side of media (docs/architecture.md, "The network"): `UploadMedia` sends a file
-//! to the network for one of the tenant's numbers, to be sent by its id; `GetMedia` streams a
-//! file a user sent, as the fetcher kept it (`media`), to that user's business only.
+//! to the network for one of the tenant's numbers, to be sent by its id, and keeps it; `GetMedia`
+//! streams a file a user sent, as the fetcher kept it (`media`), or one the tenant uploaded, to
+//! that business only.
 
 use finestra_platform::status::{self, Reason, not_found, required};
 use finestra_proto::v1::{GetMediaRequest, MediaChunk, UploadMediaRequest, UploadMediaResponse};
@@ -23,6 +24,7 @@ const CHUNK: usize = 1024 * 1024;
 pub async fn upload(
     facts: &Facts,
     provider: &dyn Provider,
+    store: &dyn MediaStore,
     req: UploadMediaRequest,
 ) -> Result<UploadMediaResponse, Status> {
     tenants_number(facts, &req.tenant_id, &req.phone_number_id).await?;
@@ -31,10 +33,33 @@ pub async fn upload(
     let kind = finestra_domain::media::check(content_type, size)
         .map_err(|e| status::invalid_argument("data", e.to_string()))?;
     let media_id = provider
-        .upload_media(&req.phone_number_id, content_type, &req.filename, req.data)
+        .upload_media(
+            &req.phone_number_id,
+            content_type,
+            &req.filename,
+            req.data.clone(),
+        )
         .await
         .map_err(|e| provider_status(&e))?;
     metrics::counter!("finestra_dispatch_media_uploaded_total").increment(1);
+    // The network has it, so the send by id works whatever happens here; a file that could not
+    // be kept is only not readable back.
+    let kept = crate::media::keep_uploaded(
+        facts.pool(),
+        store,
+        crate::media::Uploaded {
+            tenant_id: &req.tenant_id,
+            phone_number_id: &req.phone_number_id,
+            media_id: &media_id,
+            content_type,
+            filename: &req.filename,
+            data: &req.data,
+        },
+    )
+    .await;
+    if let Err(e) = kept {
+        tracing::warn!(error = %e, %media_id, "an uploaded file was not kept");
+    }
     Ok(UploadMediaResponse {
         media_id,
         kind: kind.name().to_owned(),
