@@ -83,6 +83,47 @@ async fn a_reply_inside_the_window_is_sent_delivered_and_not_charged() -> anyhow
     Ok(())
 }
 
+/// A business replies the moment it hears of a user's message (a webhook handler does): the
+/// reply finds the window open even while the window service has not recorded the message yet,
+/// and it is free; a user who never wrote still gets WINDOW_CLOSED.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reply_made_on_the_tenants_news_of_a_message_finds_the_window_open() -> anyhow::Result<()>
+{
+    let mut c = Chain::start(80).await?;
+    let giulia = "393331110007";
+    c.stop_window().await;
+    let wamid = c.user_writes(giulia, 0, false).await?;
+    let infra = infra().await?;
+    eventually("the tenant is told of the message", WAIT, || async {
+        let told: Option<(i32,)> = sqlx::query_as(
+            "SELECT 1 FROM dispatch.tenant_events
+              WHERE tenant_id = $1 AND kind = 'inbound_message' AND event_id = $2",
+        )
+        .bind(&c.tenant)
+        .bind(format!("in:{wamid}"))
+        .fetch_optional(&infra.pool)
+        .await?;
+        Ok(told.map(|_| ()))
+    })
+    .await?;
+    assert!(
+        !c.window(giulia)
+            .await?
+            .is_open(finestra_domain::Timestamp::from_micros(
+                chrono::Utc::now().timestamp_micros()
+            )),
+        "the window service is stopped: it has not opened the window"
+    );
+    let reply = c.text(giulia, "reply-on-news", "Right away!").await?;
+    assert_eq!((reply.free, reply.free_reason.as_str()), (true, "SERVICE"));
+    let stranger = c.text("393331110008", "to-a-stranger", "Hello?").await;
+    assert_eq!(reason(&stranger).1, "WINDOW_CLOSED");
+    c.start_window().await?;
+    c.settles(&reply.message_id, &["DELIVERED", "READ"]).await?;
+    c.stop().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn after_the_window_a_free_form_is_refused_and_a_template_is_charged_once()
 -> anyhow::Result<()> {

@@ -272,6 +272,79 @@ async fn each_refusal_of_the_send_rules_has_the_networks_error_code() -> anyhow:
         foreign.body["error"]["error_subcode"],
         nobodys.body["error"]["error_subcode"]
     );
+
+    // The lowest tier (250 new users a day): past it, the network's spam rate limit.
+    f.chain.top_up(300 * UTILITY_IT).await?;
+    sqlx::query("UPDATE accounts.tenants SET tier = 250 WHERE tenant_id = $1")
+        .bind(&f.chain.tenant)
+        .execute(&finestra_testkit::infra().await?.pool)
+        .await?;
+    // The facts cache sees the tier within its TTL.
+    tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+    let mut accepted = 0;
+    let mut capped = None;
+    for i in 0..300 {
+        let a = f
+            .message(&template(
+                &format!("3933320{i:05}"),
+                "order_update",
+                &["a", "b"],
+            ))
+            .await?;
+        if a.status == 200 {
+            accepted += 1;
+        } else {
+            capped = Some(a);
+            break;
+        }
+    }
+    let capped = capped.ok_or_else(|| anyhow::anyhow!("300 new users were all accepted"))?;
+    is_cloud_error(&capped, 131_048, 400);
+    assert_eq!(
+        capped.body["error"]["error_data"]["finestra_reason"],
+        "TIER_LIMIT_REACHED"
+    );
+    assert!(
+        accepted <= 250,
+        "{accepted} new users before the tier refused"
+    );
+
+    // The partner suspends the tenant: its own key stops working (190), and a send the
+    // partner makes for it is the locked account's 131031.
+    use finestra_platform::auth::Owner;
+    use finestra_proto::v1::accounts_service_client::AccountsServiceClient;
+    let s = &f.chain.scope;
+    let partner = s
+        .key(
+            Owner::Partner {
+                partner_id: s.partner_id(),
+            },
+            &[KeyScope::Admin],
+        )
+        .await?;
+    AccountsServiceClient::new(
+        finestra_testkit::authed_channel(f.accounts.running.grpc_url(), &partner).await?,
+    )
+    .set_tenant_status(finestra_proto::v1::SetTenantStatusRequest {
+        tenant_id: f.chain.tenant.clone(),
+        status: finestra_proto::v1::Status::Suspended as i32,
+    })
+    .await?;
+    let locked = eventually("the suspension is known", WAIT, || async {
+        let a = f.post_as(&path, Some(&partner), &body, &[]).await?;
+        Ok((a.code() == 131_031).then_some(a))
+    })
+    .await?;
+    assert_eq!(
+        locked.body["error"]["error_data"]["finestra_reason"],
+        "TENANT_SUSPENDED"
+    );
+    let own = eventually("the tenant's key stops working", WAIT, || async {
+        let a = f.post_as(&path, Some(&f.token), &body, &[]).await?;
+        Ok((a.code() == 190).then_some(a))
+    })
+    .await?;
+    is_cloud_error(&own, 190, 401);
     f.stop().await;
     Ok(())
 }

@@ -511,7 +511,8 @@ impl DispatchApi {
             .as_ref()
             .is_some_and(|n| n.tenant_id == tenant_id && n.active);
         // A user key that is not a plausible number never reaches the stores' key space.
-        let window = if number_active && !recipient.is_empty() && recipient.len() <= 32 {
+        let now = self.clock.now();
+        let mut window = if number_active && !recipient.is_empty() && recipient.len() <= 32 {
             self.hot
                 .window(self.facts.pool(), tenant_id, number_id, recipient)
                 .await
@@ -519,6 +520,26 @@ impl DispatchApi {
         } else {
             finestra_domain::WindowState::default()
         };
+        // A free-form message the window service would refuse may answer a user message the
+        // tenant was already told of (dispatch's event log runs ahead of the window service by
+        // up to a batch): that message opened the window, whatever the window service says yet.
+        if number_active
+            && matches!(parsed.outgoing, Outgoing::FreeForm(_))
+            && !window.is_open(now)
+            && let Ok(user) = finestra_domain::UserKey::from_parts(recipient, "")
+        {
+            let wrote = crate::events::newest_inbound(
+                self.facts.pool(),
+                tenant_id,
+                number_id,
+                user.as_str(),
+            )
+            .await
+            .map_err(|e| self.store_error("reading the user's last message", &e))?;
+            if let Some(at) = wrote {
+                window.on_user_message(Timestamp::from_micros(at), "", false, now);
+            }
+        }
         let contact = if number_active {
             self.facts
                 .contact(tenant_id, recipient)
@@ -527,7 +548,6 @@ impl DispatchApi {
         } else {
             crate::facts::ContactFacts::default()
         };
-        let now = self.clock.now();
         let template = match &parsed.outgoing {
             Outgoing::Template { name, language, .. } if number_active => self
                 .facts

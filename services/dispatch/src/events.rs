@@ -49,6 +49,28 @@ pub struct Recorded {
     pub pair: Option<(String, String)>,
 }
 
+/// When the user last wrote to the number (the newest user message of the pair in the tenant's
+/// event log, unix micros), `None` if never. A tenant hears of a user's message through this
+/// log, whose webhook deliveries are written in the same transaction as the event: a reply
+/// made on that news can rely on it even while the window service has not caught up.
+pub async fn newest_inbound(
+    pool: &PgPool,
+    tenant_id: &str,
+    phone_number_id: &str,
+    user_key: &str,
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar!(
+        "SELECT max(occurred_at) FROM dispatch.tenant_events
+          WHERE tenant_id = $1 AND phone_number_id = $2 AND user_key = $3
+            AND kind = 'inbound_message'",
+        tenant_id,
+        phone_number_id,
+        user_key
+    )
+    .fetch_one(pool)
+    .await
+}
+
 /// The (number, user key) of an inbound message.
 pub fn pair_of(env: &Envelope) -> Option<(String, String)> {
     let Some(Payload::InboundMessage(m)) = &env.payload else {
