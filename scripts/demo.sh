@@ -142,12 +142,13 @@ cloud() { # <json body>: POST /{number}/messages as a Cloud API client does
     -H 'Content-Type: application/json' -d "$1"
 }
 echo "POST $GATEWAY/$NUMBER/messages, a text to Giulia:"
-cloud '{"messaging_product":"whatsapp","recipient_type":"individual","to":"393471234567","type":"text","text":{"body":"Your table for two is booked."}}'
-echo
+ANSWER=$(cloud '{"messaging_product":"whatsapp","recipient_type":"individual","to":"393471234567","type":"text","text":{"body":"Your table for two is booked."}}')
+echo "  $ANSWER"
+case "$ANSWER" in *'"messages":[{"id":"m_'*) ;; *) echo "unexpected: the gateway refused it" >&2; exit 1 ;; esac
 echo "The same to Marco, whose window closed, answers the Cloud API's own error:"
-cloud '{"messaging_product":"whatsapp","to":"393479876543","type":"text","text":{"body":"Still hungry?"}}' \
-  | tee /dev/stderr | grep -q '"code":131047'
-echo
+ANSWER=$(cloud '{"messaging_product":"whatsapp","to":"393479876543","type":"text","text":{"body":"Still hungry?"}}')
+echo "  $ANSWER"
+case "$ANSWER" in *'"code":131047'*) ;; *) echo "unexpected: not the Cloud API's 131047" >&2; exit 1 ;; esac
 
 msg() { $fin message --api-key "$SEND_KEY" "$@"; }
 for id in "$REPLY" "$OFFER"; do
