@@ -392,6 +392,20 @@ async fn bad_requests_get_the_cloud_api_error_shape_and_never_a_500() -> anyhow:
                 .bearer_auth(&f.token)
                 .body("{}"),
         ),
+        (
+            "wrong method",
+            f.chain.http.delete(f.url(&path)).bearer_auth(&f.token),
+        ),
+        (
+            "a filter not carried out",
+            f.chain
+                .http
+                .get(f.url(&format!(
+                    "{}/message_templates?name=x",
+                    f.chain.scope.waba_id("acme")
+                )))
+                .bearer_auth(&f.token),
+        ),
     ];
     for (what, request) in answers {
         let response = request.send().await?;

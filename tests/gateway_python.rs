@@ -186,6 +186,16 @@ async fn an_unmodified_cloud_api_sdk_sends_and_receives_through_the_gateway() ->
         .into_inner();
     assert_eq!(created.format, i32::from(WebhookFormat::CloudApi));
     assert_eq!(created.secret, app_secret);
+    // Its secret is the business's app secret: it is not rotated by Finestra.
+    let rotated = dispatch
+        .rotate_webhook_secret(RotateWebhookSecretRequest {
+            tenant_id: f.chain.tenant.clone(),
+            endpoint_id: created.endpoint_id.clone(),
+            overlap_seconds: 60,
+        })
+        .await
+        .expect_err("a Cloud API endpoint is not rotated");
+    assert_eq!(rotated.code(), tonic::Code::InvalidArgument);
     sdk.tell("subscribed")?;
 
     let done = sdk.next("done").await?;

@@ -533,6 +533,7 @@ impl DispatchApi {
                 tenant_id,
                 number_id,
                 user.as_str(),
+                now.micros(),
             )
             .await
             .map_err(|e| self.store_error("reading the user's last message", &e))?;

@@ -49,26 +49,39 @@ pub struct Recorded {
     pub pair: Option<(String, String)>,
 }
 
-/// When the user last wrote to the number (the newest user message of the pair in the tenant's
-/// event log, unix micros), `None` if never. A tenant hears of a user's message through this
-/// log, whose webhook deliveries are written in the same transaction as the event: a reply
-/// made on that news can rely on it even while the window service has not caught up.
+/// When the user last wrote to the number in the 24 h before `now` (the newest user message of
+/// the pair in the tenant's event log, unix micros), `None` if not. A tenant hears of a user's
+/// message through this log, whose webhook deliveries are written in the same transaction as
+/// the event: a reply made on that news can rely on it even while the window service has not
+/// caught up. System notices (a changed number) open no window and are passed over, as the
+/// window service passes them over.
 pub async fn newest_inbound(
     pool: &PgPool,
     tenant_id: &str,
     phone_number_id: &str,
     user_key: &str,
+    now: i64,
 ) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query_scalar!(
-        "SELECT max(occurred_at) FROM dispatch.tenant_events
+    const DAY_MICROS: i64 = 24 * 3_600 * 1_000_000;
+    let rows = sqlx::query!(
+        "SELECT occurred_at, envelope FROM dispatch.tenant_events
           WHERE tenant_id = $1 AND phone_number_id = $2 AND user_key = $3
-            AND kind = 'inbound_message'",
+            AND kind = 'inbound_message' AND occurred_at > $4
+          ORDER BY occurred_at DESC LIMIT 8",
         tenant_id,
         phone_number_id,
-        user_key
+        user_key,
+        now - DAY_MICROS,
     )
-    .fetch_one(pool)
-    .await
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().find_map(|r| {
+        let env = Envelope::decode(r.envelope.as_slice()).ok()?;
+        match env.payload? {
+            Payload::InboundMessage(m) if m.message_type != "system" => Some(r.occurred_at),
+            _ => None,
+        }
+    }))
 }
 
 /// The (number, user key) of an inbound message.

@@ -175,6 +175,13 @@ pub async fn create_webhook(
     }
     let format = WebhookFormat::try_from(req.format)
         .map_err(|_| RequestError::invalid("format", "unknown webhook format"))?;
+    let secret = if req.app_secret.is_empty() {
+        new_secret()
+    } else if (8..=256).contains(&req.app_secret.chars().count()) {
+        req.app_secret.clone()
+    } else {
+        return Err(RequestError::invalid("app_secret", "8..256 characters").into());
+    };
     let verify_token = match format {
         WebhookFormat::Finestra if !req.verify_token.is_empty() || !req.app_secret.is_empty() => {
             return Err(RequestError::invalid(
@@ -195,13 +202,6 @@ pub async fn create_webhook(
                 .map_err(DispatchError::NotVerified)?;
             Some(token)
         }
-    };
-    let secret = if req.app_secret.is_empty() {
-        new_secret()
-    } else if (8..=256).contains(&req.app_secret.chars().count()) {
-        req.app_secret.clone()
-    } else {
-        return Err(RequestError::invalid("app_secret", "8..256 characters").into());
     };
     let endpoint_id = format!("wh_{}", random_hex(8));
     sqlx::query!(
@@ -268,10 +268,13 @@ pub async fn rotate_secret(
         req.overlap_seconds
     };
     let secret = new_secret();
+    // A Cloud API endpoint is signed with the business's own app secret, one signature at a
+    // time: it changes with the business's handler, by creating the endpoint again.
     let row = sqlx::query!(
         "UPDATE dispatch.webhook_endpoints
             SET previous_secret = secret, previous_valid_until = $3, secret = $4
           WHERE tenant_id = $1 AND endpoint_id = $2 AND deleted_at IS NULL
+            AND format = 'finestra'
       RETURNING url, format, previous_valid_until, created_at",
         &req.tenant_id,
         &req.endpoint_id,
@@ -281,7 +284,27 @@ pub async fn rotate_secret(
     .fetch_optional(pool)
     .await
     .map_err(DispatchError::store("rotating a webhook secret"))?;
-    let row = row.ok_or_else(|| RequestError::not_found("endpoint_id", &req.endpoint_id))?;
+    let Some(row) = row else {
+        let cloud = sqlx::query_scalar!(
+            "SELECT 1 AS \"one!\" FROM dispatch.webhook_endpoints
+              WHERE tenant_id = $1 AND endpoint_id = $2 AND deleted_at IS NULL
+                AND format = 'cloud_api'",
+            &req.tenant_id,
+            &req.endpoint_id,
+        )
+        .fetch_optional(pool)
+        .await
+        .map_err(DispatchError::store("rotating a webhook secret"))?;
+        return Err(match cloud {
+            Some(_) => RequestError::invalid(
+                "endpoint_id",
+                "a Cloud API format endpoint is signed with the business's app secret: \
+                 create it again with the new one",
+            ),
+            None => RequestError::not_found("endpoint_id", &req.endpoint_id),
+        }
+        .into());
+    };
     let endpoint = Stored {
         tenant_id: req.tenant_id,
         endpoint_id: req.endpoint_id,

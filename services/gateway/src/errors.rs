@@ -174,17 +174,9 @@ impl CloudError {
                 "Business Account locked",
                 details,
             ),
-            Some("NOT_FOUND") => {
-                use tonic_types::StatusExt as _;
-                // The id the refusal names (its ErrorInfo metadata), as Meta names it.
-                let id = status
-                    .get_details_error_info()
-                    .and_then(|info| info.metadata.into_values().next())
-                    .unwrap_or_default();
-                let mut e = Self::unknown_object(&id);
-                e.details = details;
-                e
-            }
+            // Never telling whether the object exists elsewhere: the same answer as an id nobody
+            // has (the handler names the id its path gave, `about`).
+            Some("NOT_FOUND") => Self::unknown_object(""),
             Some("IN_PROGRESS" | "STORE_UNAVAILABLE" | "PROVIDER_UNAVAILABLE") => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 131_016,
@@ -195,11 +187,21 @@ impl CloudError {
             Some("IDEMPOTENCY_CONFLICT" | "ALREADY_EXISTS") => Self::invalid(details),
             _ => Self::by_code(status.code(), details),
         };
-        if e.reason.is_none() {
+        if e.reason.is_none() && e.subcode != Some(33) {
             e.reason = reason;
         }
         e.retry_after = retry;
         e
+    }
+
+    /// Names the object of the request in an "unknown object" refusal (others are unchanged),
+    /// so an id outside the caller's reach reads exactly as an id nobody has.
+    pub fn about(self, id: &str) -> Self {
+        if self.subcode == Some(33) {
+            Self::unknown_object(id)
+        } else {
+            self
+        }
     }
 
     fn by_code(code: Code, details: String) -> Self {
@@ -268,7 +270,8 @@ fn retry_after(status: &tonic::Status) -> Option<u64> {
     use tonic_types::StatusExt as _;
     let info = status.get_details_retry_info()?;
     let delay = info.retry_delay?;
-    Some(delay.as_secs().max(1))
+    // Whole seconds, rounded up: a client never retries before the delay.
+    Some(delay.as_millis().div_ceil(1_000).max(1) as u64)
 }
 
 /// The id a response's `fbtrace_id` carries: the current trace's, else a fresh one.
@@ -323,7 +326,6 @@ mod tests {
             (Pre, Reason::TenantSuspended, 131_031, 400),
             (Arg, Reason::InvalidMessage, 100, 400),
             (Code::AlreadyExists, Reason::IdempotencyConflict, 100, 400),
-            (Code::NotFound, Reason::NotFound, 100, 400),
             (Code::Unavailable, Reason::StoreUnavailable, 131_016, 503),
         ];
         for (code, reason, cloud, http) in cases {
@@ -331,6 +333,21 @@ mod tests {
             assert_eq!((e.code, e.http.as_u16()), (cloud, http), "{reason:?}");
             assert_eq!(e.reason.as_deref(), Some(reason.as_str_name()));
         }
+    }
+
+    #[test]
+    fn an_object_out_of_reach_reads_as_one_nobody_has() {
+        let theirs = CloudError::from_status(&with_reason(
+            Code::NotFound,
+            Reason::NotFound,
+            "no such tenant_id",
+            &[("tenant_id", "t-other")],
+        ))
+        .about("106540352242922");
+        let nobodys = CloudError::unknown_object("106540352242922");
+        assert_eq!(theirs, nobodys);
+        assert_eq!(theirs.body("t"), nobodys.body("t"));
+        assert!(!theirs.details.contains("t-other"));
     }
 
     #[test]
@@ -372,6 +389,6 @@ mod tests {
             &[],
             std::time::Duration::from_millis(1_500),
         );
-        assert_eq!(CloudError::from_status(&status).retry_after, Some(1));
+        assert_eq!(CloudError::from_status(&status).retry_after, Some(2));
     }
 }

@@ -42,6 +42,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/{version}/{id}", get(describe))
         .route("/media/{tenant}/{media_id}", get(download))
         .fallback(unknown_path)
+        .method_not_allowed_fallback(unknown_path)
         .with_state(app)
 }
 
@@ -165,7 +166,7 @@ async fn send_inner(app: &App, version: &str, phone_number_id: &str, request: Re
                     typing_indicator,
                 }))
                 .await
-                .map_err(|s| CloudError::from_status(&s))?;
+                .map_err(|s| CloudError::from_status(&s).about(phone_number_id))?;
             Ok(ok(json!({ "success": true })))
         }
         Asked::Send(mut message) => {
@@ -196,7 +197,7 @@ async fn send_inner(app: &App, version: &str, phone_number_id: &str, request: Re
                 .clone()
                 .send_message(caller.request(*message))
                 .await
-                .map_err(|s| CloudError::from_status(&s))?
+                .map_err(|s| CloudError::from_status(&s).about(phone_number_id))?
                 .into_inner();
             Ok(ok(messages::accepted(
                 &to,
@@ -223,14 +224,21 @@ async fn upload(
     let answer = async {
         check_version(&version)?;
         let caller = caller(&app, &headers).await?;
+        // The number before the file: nothing is read for a number the caller cannot use.
+        let tenant_id = number_owner(&app, &phone_number_id).await?;
         let mut multipart = multipart.map_err(|e| {
             CloudError::invalid(format!("The upload must be multipart/form-data: {e}"))
         })?;
+        // Uploads hold their file in memory: a few at a time.
+        let _slot =
+            app.uploads.acquire().await.map_err(|_| {
+                CloudError::from_status(&tonic::Status::unavailable("shutting down"))
+            })?;
         let (mut data, mut content_type, mut filename, mut product) = (None, None, None, None);
         while let Some(field) = multipart
             .next_field()
             .await
-            .map_err(|_| CloudError::too_large(app.max_upload_bytes))?
+            .map_err(|e| form_error(&e, app.max_upload_bytes))?
         {
             let name = field.name().unwrap_or_default().to_owned();
             match name.as_str() {
@@ -242,7 +250,7 @@ async fn upload(
                     let bytes = field
                         .bytes()
                         .await
-                        .map_err(|_| CloudError::too_large(app.max_upload_bytes))?;
+                        .map_err(|e| form_error(&e, app.max_upload_bytes))?;
                     if bytes.len() > app.max_upload_bytes {
                         return Err(CloudError::too_large(app.max_upload_bytes));
                     }
@@ -261,7 +269,6 @@ async fn upload(
         let data = data.ok_or_else(|| CloudError::invalid("The parameter file is required."))?;
         let content_type =
             content_type.ok_or_else(|| CloudError::invalid("The parameter type is required."))?;
-        let tenant_id = number_owner(&app, &phone_number_id).await?;
         let uploaded = app
             .dispatch
             .clone()
@@ -270,16 +277,25 @@ async fn upload(
                 phone_number_id: phone_number_id.clone(),
                 content_type,
                 filename: filename.unwrap_or_default(),
-                data: data.to_vec(),
+                data: data.into(),
             }))
             .await
-            .map_err(|s| CloudError::from_status(&s))?
+            .map_err(|s| CloudError::from_status(&s).about(&phone_number_id))?
             .into_inner();
         Ok(ok(json!({ "id": uploaded.media_id })))
     }
     .await;
     count("media_upload", started, &answer);
     answer
+}
+
+/// A form that could not be read: too large when the limit stopped it, else malformed.
+fn form_error(e: &axum::extract::multipart::MultipartError, limit: usize) -> CloudError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        CloudError::too_large(limit)
+    } else {
+        CloudError::invalid(format!("The upload could not be read: {e}"))
+    }
 }
 
 async fn text_field(field: axum::extract::multipart::Field<'_>) -> Result<String, CloudError> {
@@ -289,7 +305,10 @@ async fn text_field(field: axum::extract::multipart::Field<'_>) -> Result<String
         .map_err(|e| CloudError::invalid(format!("A form field could not be read: {e}")))
 }
 
+/// The listing's query: what the gateway carries out (filters such as `name` or `status` are
+/// refused rather than ignored, so a client never takes an unfiltered page for a filtered one).
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct TemplatePaging {
     limit: Option<u32>,
     after: Option<String>,
@@ -325,7 +344,7 @@ async fn list_templates(
                 page_token: paging.after.unwrap_or_default(),
             }))
             .await
-            .map_err(|s| CloudError::from_status(&s))?
+            .map_err(|s| CloudError::from_status(&s).about(&waba_id))?
             .into_inner();
         let page = templates::page(&listed.templates, &listed.next_page_token);
         Ok(ok(serde_json::to_value(page).unwrap_or_default()))
@@ -353,7 +372,7 @@ async fn create_template(
             .clone()
             .create_template(caller.request(creation))
             .await
-            .map_err(|s| CloudError::from_status(&s))?
+            .map_err(|s| CloudError::from_status(&s).about(&waba_id))?
             .into_inner();
         Ok(ok(
             serde_json::to_value(templates::created(&template)).unwrap_or_default()
@@ -389,7 +408,7 @@ async fn describe(
                     phone_number_id: id.clone(),
                 }))
                 .await
-                .map_err(|s| CloudError::from_status(&s))?
+                .map_err(|s| CloudError::from_status(&s).about(&id))?
                 .into_inner();
             let health = accounts
                 .get_number_health(caller.request(GetNumberHealthRequest {
@@ -397,7 +416,7 @@ async fn describe(
                     phone_number_id: id.clone(),
                 }))
                 .await
-                .map_err(|s| CloudError::from_status(&s))?
+                .map_err(|s| CloudError::from_status(&s).about(&id))?
                 .into_inner();
             return Ok(ok(numbers::info(&number, &health)));
         }
@@ -419,12 +438,12 @@ async fn describe(
                 media_id: id.clone(),
             }))
             .await
-            .map_err(|s| CloudError::from_status(&s))?
+            .map_err(|s| CloudError::from_status(&s).about(&id))?
             .into_inner();
         let first = chunks
             .message()
             .await
-            .map_err(|s| CloudError::from_status(&s))?
+            .map_err(|s| CloudError::from_status(&s).about(&id))?
             .ok_or_else(|| CloudError::unknown_object(&id))?;
         let url = media::download_url(&app.public_url, &tenant_id, &id);
         Ok(ok(media::info(&first, &id, &url)))
@@ -451,12 +470,12 @@ async fn download(
                 media_id: media_id.clone(),
             }))
             .await
-            .map_err(|s| CloudError::from_status(&s))?
+            .map_err(|s| CloudError::from_status(&s).about(&media_id))?
             .into_inner();
         let first = chunks
             .message()
             .await
-            .map_err(|s| CloudError::from_status(&s))?
+            .map_err(|s| CloudError::from_status(&s).about(&media_id))?
             .ok_or_else(|| CloudError::unknown_object(&media_id))?;
         let content_type = first.content_type.clone();
         let rest = chunks.map(|chunk| chunk.map(|c| Bytes::from(c.data)));
@@ -472,6 +491,7 @@ async fn download(
     answer
 }
 
+/// A path, or a method on a path, that the gateway does not serve.
 async fn unknown_path(request: Request) -> CloudError {
-    CloudError::unknown_path(request.uri().path())
+    CloudError::unknown_path(&format!("{} {}", request.method(), request.uri().path()))
 }

@@ -28,7 +28,7 @@ finestra_platform::settings! {
         /// The Cloud API HTTP listener.
         pub http_addr: SocketAddr = ("GATEWAY_HTTP_ADDR", "0.0.0.0:8088"),
         /// This listener's address as clients reach it, the base of media download URLs;
-        /// empty: `http://` and the address it listens on.
+        /// empty: `http://` and the address it listens on (127.0.0.1 for a wildcard one).
         pub public_url: String = ("GATEWAY_PUBLIC_URL", ""),
         /// Dispatch's gRPC address (messages, media, read receipts).
         pub dispatch_url: String = ("GATEWAY_DISPATCH_URL", "http://127.0.0.1:7054"),
@@ -52,7 +52,12 @@ pub struct App {
     pub public_url: String,
     pub max_json_bytes: usize,
     pub max_upload_bytes: usize,
+    /// Uploads being read at once (each holds its file in memory).
+    pub uploads: tokio::sync::Semaphore,
 }
+
+/// Uploads read at once.
+const UPLOADS_AT_ONCE: usize = 4;
 
 pub const SERVICE_NAME: &str = "finestra.v1.Gateway";
 
@@ -79,7 +84,12 @@ pub async fn start(config: GatewayConfig, shutdown: Shutdown) -> Result<Running,
     let listener = tokio::net::TcpListener::bind(config.http_addr).await?;
     let http_addr = listener.local_addr()?;
     let public_url = if config.public_url.is_empty() {
-        format!("http://{http_addr}")
+        // A wildcard listener is reached on this machine as 127.0.0.1.
+        let mut reachable = http_addr;
+        if reachable.ip().is_unspecified() {
+            reachable.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        format!("http://{reachable}")
     } else {
         config.public_url.trim_end_matches('/').to_owned()
     };
@@ -99,6 +109,7 @@ pub async fn start(config: GatewayConfig, shutdown: Shutdown) -> Result<Running,
         public_url,
         max_json_bytes: config.max_json_bytes,
         max_upload_bytes: config.max_upload_bytes,
+        uploads: tokio::sync::Semaphore::new(UPLOADS_AT_ONCE),
     });
 
     let Observed {

@@ -1,5 +1,5 @@
 //! `POST /{version}/{phone_number_id}/messages` bodies, read as the Cloud API defines them
-//! (docs/gateway.md §Messages), into what dispatch's `SendMessage` or `MarkRead` takes. Keys
+//! (docs/gateway.md, its compatibility table), into what dispatch's `SendMessage` or `MarkRead` takes. Keys
 //! the Cloud API does not define are refused as it refuses them (`(#100) Unexpected key`);
 //! keys it defines that Finestra does not carry out are refused by name, never ignored.
 

@@ -66,6 +66,25 @@ pub fn creation(tenant_id: &str, body: &Value) -> Result<CreateTemplateRequest, 
             ));
         }
     };
+    // What Finestra's templates hold: a text header, a body, a footer, buttons.
+    for component in components {
+        let c = Obj::of(component, "components")?;
+        match c.required("type")?.to_ascii_uppercase().as_str() {
+            "HEADER" => match c.text("format")? {
+                None => {}
+                Some(f) if f.eq_ignore_ascii_case("TEXT") => {}
+                Some(f) => {
+                    return Err(CloudError::not_supported(&format!(
+                        "A {f} header (media or location)"
+                    )));
+                }
+            },
+            "BODY" | "FOOTER" | "BUTTONS" => {}
+            other => {
+                return Err(CloudError::not_supported(&format!("A {other} component")));
+            }
+        }
+    }
     let content = Content::from_components(components);
     if content.body.is_empty() {
         return Err(CloudError::invalid(

@@ -4,6 +4,9 @@
 
 use rand::Rng as _;
 
+/// The longest answer read.
+const MAX_ANSWER_BYTES: usize = 1_024;
+
 /// Asks `url` for the challenge; `Err` says what it answered instead.
 pub async fn verify(http: &reqwest::Client, url: &str, verify_token: &str) -> Result<(), String> {
     let challenge = rand::rng()
@@ -21,14 +24,23 @@ pub async fn verify(http: &reqwest::Client, url: &str, verify_token: &str) -> Re
         .await
         .map_err(|e| format!("unreachable: {e}"))?;
     let status = answer.status();
-    let body = answer
-        .text()
-        .await
-        .map_err(|e| format!("reading the answer: {e}"))?;
     if !status.is_success() {
         return Err(format!("it answered HTTP {}", status.as_u16()));
     }
-    if body.trim() != challenge {
+    // The challenge is a few digits: more than this is not an answer to it.
+    let mut answer = answer;
+    let mut body = Vec::new();
+    while let Some(chunk) = answer
+        .chunk()
+        .await
+        .map_err(|e| format!("reading the answer: {e}"))?
+    {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_ANSWER_BYTES {
+            return Err("its answer was not the challenge".into());
+        }
+    }
+    if String::from_utf8_lossy(&body).trim() != challenge {
         return Err("its answer was not the challenge".into());
     }
     Ok(())

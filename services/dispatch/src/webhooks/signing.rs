@@ -83,7 +83,7 @@ mod tests {
         assert_ne!(one, finestra(&["s3cret"], 1_764_000_000, b"{ }"));
     }
 
-    /// The example of the Standard Webhooks specification's reference libraries: secret
+    /// A known vector (the `standardwebhooks` package signs it the same): secret
     /// `whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw`, id `msg_p5jXN8AQM9LWM0D4loKWxJek`, timestamp
     /// 1614265330, body `{"test": 2432232314}`.
     #[test]

@@ -1,5 +1,5 @@
-//! Golden tests: the request examples of the Cloud API's messages reference, each read into the
-//! `SendMessage` it asks for.
+//! Golden tests: requests written as Cloud API clients write them (one per message type, with
+//! the sample values Cloud API examples use), each read into the `SendMessage` it asks for.
 
 use super::*;
 
