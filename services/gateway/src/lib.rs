@@ -38,6 +38,8 @@ finestra_platform::settings! {
         pub max_json_bytes: usize = ("GATEWAY_MAX_JSON_BYTES", "262144"),
         /// The largest media upload taken (the Cloud API's own limit is 100 MB).
         pub max_upload_bytes: usize = ("GATEWAY_MAX_UPLOAD_BYTES", "104857600"),
+        /// Threads of the async runtime.
+        pub worker_threads: usize = ("GATEWAY_WORKER_THREADS", "1"),
         /// How long a number's or business account's owner is cached.
         pub owner_cache_ttl: Duration = ("GATEWAY_OWNER_CACHE_TTL_MS", "10000"),
     }
