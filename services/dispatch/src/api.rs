@@ -884,7 +884,7 @@ impl DispatchService for DispatchApi {
         request: Request<v1::GetMediaRequest>,
     ) -> Result<Response<Self::GetMediaStream>, Status> {
         let req = self.auth.authorize(request, Scope::Read).await?.request;
-        crate::media_api::get(self.facts.pool(), self.media_store.as_ref(), req)
+        crate::media_api::get(self.facts.pool(), self.media_store.clone(), req)
             .await
             .map(Response::new)
     }

@@ -69,7 +69,7 @@ pub async fn upload(
 
 pub async fn get(
     pool: &PgPool,
-    store: &dyn MediaStore,
+    store: std::sync::Arc<dyn MediaStore>,
     req: GetMediaRequest,
 ) -> Result<ReceiverStream<Result<MediaChunk, Status>>, Status> {
     let media_id = required("media_id", &req.media_id)?;
@@ -100,15 +100,13 @@ pub async fn get(
             ));
         }
     };
-    let data = store
-        .get(&key)
-        .await
-        .map_err(|e| status::internal("reading a kept file", &e))?;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
+    // The description first, from the row: a reader that wants only it (the Cloud API's
+    // `GET /{media_id}`) stops there, and the file is then not read at all.
     let first = MediaChunk {
         content_type: kept.content_type,
         sha256: kept.sha256,
-        size: data.len() as u64,
+        size: kept.size.and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
         filename: kept.filename,
         data: Vec::new(),
     };
@@ -116,6 +114,15 @@ pub async fn get(
         if tx.send(Ok(first)).await.is_err() {
             return;
         }
+        let data = match store.get(&key).await {
+            Ok(data) => data,
+            Err(e) => {
+                let _ = tx
+                    .send(Err(status::internal("reading a kept file", &e)))
+                    .await;
+                return;
+            }
+        };
         for chunk in data.chunks(CHUNK) {
             let piece = MediaChunk {
                 data: chunk.to_vec(),
