@@ -14,7 +14,7 @@ use axum::routing::{get, post};
 use finestra_platform::auth::{Owner, Principal};
 use finestra_proto::v1::{
     GetMediaRequest, GetNumberHealthRequest, GetNumberRequest, ListTemplatesRequest,
-    MarkReadRequest, UploadMediaRequest,
+    MarkReadRequest, MediaChunk, UploadMediaRequest,
 };
 use futures::StreamExt as _;
 use serde::Deserialize;
@@ -114,8 +114,12 @@ fn ok(value: Value) -> Response {
     (StatusCode::OK, axum::Json(value)).into_response()
 }
 
-fn count(endpoint: &'static str, started: Instant, answer: &Answer) {
-    let code = match answer {
+/// Runs a handler's work, counting its outcome (the Cloud API code, 0 for success) and its
+/// time under `endpoint`.
+async fn timed(endpoint: &'static str, work: impl Future<Output = Answer>) -> Answer {
+    let started = Instant::now();
+    let answer = work.await;
+    let code = match &answer {
         Ok(_) => "0".to_owned(),
         Err(e) => e.code.to_string(),
     };
@@ -123,6 +127,7 @@ fn count(endpoint: &'static str, started: Instant, answer: &Answer) {
         .increment(1);
     metrics::histogram!("finestra_gateway_request_seconds", "endpoint" => endpoint)
         .record(started.elapsed().as_secs_f64());
+    answer
 }
 
 /// The tenant owning a phone number id, or the Cloud API's "no such object".
@@ -139,10 +144,11 @@ async fn send(
     Path((version, phone_number_id)): Path<(String, String)>,
     request: Request,
 ) -> Answer {
-    let started = Instant::now();
-    let answer = send_inner(&app, &version, &phone_number_id, request).await;
-    count("messages", started, &answer);
-    answer
+    timed(
+        "messages",
+        send_inner(&app, &version, &phone_number_id, request),
+    )
+    .await
 }
 
 async fn send_inner(app: &App, version: &str, phone_number_id: &str, request: Request) -> Answer {
@@ -220,8 +226,7 @@ async fn upload(
     headers: HeaderMap,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Answer {
-    let started = Instant::now();
-    let answer = async {
+    timed("media_upload", async {
         check_version(&version)?;
         let caller = caller(&app, &headers).await?;
         // The number before the file: nothing is read for a number the caller cannot use.
@@ -283,10 +288,8 @@ async fn upload(
             .map_err(|s| CloudError::from_status(&s).about(&phone_number_id))?
             .into_inner();
         Ok(ok(json!({ "id": uploaded.media_id })))
-    }
-    .await;
-    count("media_upload", started, &answer);
-    answer
+    })
+    .await
 }
 
 /// A form that could not be read: too large when the limit stopped it, else malformed.
@@ -328,8 +331,7 @@ async fn list_templates(
     paging: Result<Query<TemplatePaging>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
 ) -> Answer {
-    let started = Instant::now();
-    let answer = async {
+    timed("templates_list", async {
         check_version(&version)?;
         let caller = caller(&app, &headers).await?;
         let Query(paging) =
@@ -348,10 +350,8 @@ async fn list_templates(
             .into_inner();
         let page = templates::page(&listed.templates, &listed.next_page_token);
         Ok(ok(serde_json::to_value(page).unwrap_or_default()))
-    }
-    .await;
-    count("templates_list", started, &answer);
-    answer
+    })
+    .await
 }
 
 async fn create_template(
@@ -359,8 +359,7 @@ async fn create_template(
     Path((version, waba_id)): Path<(String, String)>,
     request: Request,
 ) -> Answer {
-    let started = Instant::now();
-    let answer = async {
+    timed("templates_create", async {
         check_version(&version)?;
         let (parts, body) = request.into_parts();
         let caller = caller(&app, &parts.headers).await?;
@@ -377,10 +376,8 @@ async fn create_template(
         Ok(ok(
             serde_json::to_value(templates::created(&template)).unwrap_or_default()
         ))
-    }
-    .await;
-    count("templates_create", started, &answer);
-    answer
+    })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -395,8 +392,7 @@ async fn describe(
     owner: Result<Query<MediaOwner>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
 ) -> Answer {
-    let started = Instant::now();
-    let answer = async {
+    timed("describe", async {
         check_version(&version)?;
         let caller = caller(&app, &headers).await?;
         if let Some(tenant_id) = app.owners.of_number(&id).await? {
@@ -430,27 +426,38 @@ async fn describe(
                 .map(str::to_owned)
                 .ok_or_else(|| CloudError::unknown_object(&id))?,
         };
-        let mut chunks = app
-            .dispatch
-            .clone()
-            .get_media(caller.request(GetMediaRequest {
-                tenant_id: tenant_id.clone(),
-                media_id: id.clone(),
-            }))
-            .await
-            .map_err(|s| CloudError::from_status(&s).about(&id))?
-            .into_inner();
-        let first = chunks
-            .message()
-            .await
-            .map_err(|s| CloudError::from_status(&s).about(&id))?
-            .ok_or_else(|| CloudError::unknown_object(&id))?;
+        let (first, _) = open_media(&app, &caller, &tenant_id, &id).await?;
         let url = media::download_url(&app.public_url, &tenant_id, &id);
         Ok(ok(media::info(&first, &id, &url)))
-    }
-    .await;
-    count("describe", started, &answer);
-    answer
+    })
+    .await
+}
+
+/// A tenant's media file as dispatch streams it: its first chunk (the description) and the
+/// rest. A reader that wants the description only drops the rest, and the file is not read.
+async fn open_media(
+    app: &App,
+    caller: &Caller,
+    tenant_id: &str,
+    media_id: &str,
+) -> Result<(MediaChunk, tonic::Streaming<MediaChunk>), CloudError> {
+    let refused = |s: tonic::Status| CloudError::from_status(&s).about(media_id);
+    let mut chunks = app
+        .dispatch
+        .clone()
+        .get_media(caller.request(GetMediaRequest {
+            tenant_id: tenant_id.to_owned(),
+            media_id: media_id.to_owned(),
+        }))
+        .await
+        .map_err(refused)?
+        .into_inner();
+    let first = chunks
+        .message()
+        .await
+        .map_err(refused)?
+        .ok_or_else(|| CloudError::unknown_object(media_id))?;
+    Ok((first, chunks))
 }
 
 /// The bytes of a media file, streamed as dispatch streams them.
@@ -459,24 +466,9 @@ async fn download(
     Path((tenant_id, media_id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Answer {
-    let started = Instant::now();
-    let answer = async {
+    timed("media_download", async {
         let caller = caller(&app, &headers).await?;
-        let mut chunks = app
-            .dispatch
-            .clone()
-            .get_media(caller.request(GetMediaRequest {
-                tenant_id,
-                media_id: media_id.clone(),
-            }))
-            .await
-            .map_err(|s| CloudError::from_status(&s).about(&media_id))?
-            .into_inner();
-        let first = chunks
-            .message()
-            .await
-            .map_err(|s| CloudError::from_status(&s).about(&media_id))?
-            .ok_or_else(|| CloudError::unknown_object(&media_id))?;
+        let (first, chunks) = open_media(&app, &caller, &tenant_id, &media_id).await?;
         let content_type = first.content_type.clone();
         let rest = chunks.map(|chunk| chunk.map(|c| Bytes::from(c.data)));
         let body = futures::stream::once(async move { Ok(Bytes::from(first.data)) }).chain(rest);
@@ -485,10 +477,8 @@ async fn download(
             response.headers_mut().insert(header::CONTENT_TYPE, v);
         }
         Ok(response)
-    }
-    .await;
-    count("media_download", started, &answer);
-    answer
+    })
+    .await
 }
 
 /// A path, or a method on a path, that the gateway does not serve.

@@ -26,6 +26,21 @@ pub enum Asked {
 
 const MEDIA: [&str; 5] = ["image", "audio", "video", "document", "sticker"];
 
+/// The message types, each written under its own key.
+const TYPES: [&str; 11] = [
+    "text",
+    "template",
+    "image",
+    "audio",
+    "video",
+    "document",
+    "sticker",
+    "interactive",
+    "reaction",
+    "location",
+    "contacts",
+];
+
 /// An object of the request with the keys it may have.
 pub(crate) struct Obj<'a> {
     pub(crate) map: &'a Map<String, Value>,
@@ -109,25 +124,15 @@ pub fn parse(body: &Value) -> Result<Asked, CloudError> {
     if top.map.contains_key("status") {
         return read_receipt(&top);
     }
-    top.only(&[
+    let envelope = [
         "messaging_product",
         "recipient_type",
         "to",
         "type",
         "context",
         "biz_opaque_callback_data",
-        "text",
-        "template",
-        "image",
-        "audio",
-        "video",
-        "document",
-        "sticker",
-        "interactive",
-        "reaction",
-        "location",
-        "contacts",
-    ])?;
+    ];
+    top.only(&[&envelope[..], &TYPES[..]].concat())?;
     for unsupported in ["context", "biz_opaque_callback_data"] {
         if top.map.contains_key(unsupported) {
             return Err(CloudError::not_supported(&format!("Param {unsupported}")));
@@ -147,21 +152,9 @@ pub fn parse(body: &Value) -> Result<Asked, CloudError> {
         CloudError::invalid(format!("The parameter {kind} is required for type {kind}."))
     })?;
     // Only the object of the message's own type.
-    if let Some(stray) = [
-        "text",
-        "template",
-        "image",
-        "audio",
-        "video",
-        "document",
-        "sticker",
-        "interactive",
-        "reaction",
-        "location",
-        "contacts",
-    ]
-    .iter()
-    .find(|k| **k != kind && top.map.contains_key(**k))
+    if let Some(stray) = TYPES
+        .iter()
+        .find(|k| **k != kind && top.map.contains_key(**k))
     {
         return Err(CloudError::invalid(format!(
             "Param {stray} is not valid for a message of type {kind}."
