@@ -470,6 +470,8 @@ impl Broker {
         // The SQLite path is relative to the working directory (tansu mangles absolute ones).
         let child = Command::new(tansu)
             .current_dir(&self.dir)
+            // As scripts/infra.sh starts it: one runtime thread (docs/events.md).
+            .env("TOKIO_WORKER_THREADS", "1")
             .args(["broker", "--storage-engine", "sqlite://tansu.db"])
             .args(["--listener-url", &url, "--advertised-listener-url", &url])
             .stdin(Stdio::null())

@@ -245,9 +245,7 @@ pub async fn start(
     clock: Arc<dyn Clock>,
     shutdown: Shutdown,
 ) -> anyhow::Result<Running> {
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(8)
-        .connect_lazy(&config.database_url)?;
+    let pool = finestra_platform::stores::pool_options(8).connect_lazy(&config.database_url)?;
     store::migrate(&pool).await?;
     let review_pool = pool.clone();
     let sim = Arc::new(Sim {
