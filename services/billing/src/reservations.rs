@@ -57,6 +57,87 @@ pub struct LowBalance {
     pub message_id: String,
 }
 
+/// Tenants whose wallet row this process has seen: a reservation batch creates a wallet row
+/// only for a tenant not among them, so a batch usually costs one wallet statement.
+#[derive(Debug, Default)]
+pub struct KnownWallets(std::sync::Mutex<std::collections::HashSet<String>>);
+
+impl KnownWallets {
+    fn unknown(&self, tenants: &[String]) -> Vec<String> {
+        let Ok(known) = self.0.lock() else {
+            return tenants.to_vec();
+        };
+        tenants
+            .iter()
+            .filter(|t| !known.contains(*t))
+            .cloned()
+            .collect()
+    }
+
+    fn remember(&self, tenants: impl IntoIterator<Item = String>) {
+        if let Ok(mut known) = self.0.lock() {
+            known.extend(tenants);
+        }
+    }
+
+    fn forget(&self, tenants: &[String]) {
+        if let Ok(mut known) = self.0.lock() {
+            for t in tenants {
+                known.remove(t);
+            }
+        }
+    }
+}
+
+/// Adds `sums` to the wallets' `reserved`, locking them in tenant order (the order of every
+/// wallet writer) in the same statement; a tenant without a wallet row is left out.
+async fn add_reserved(
+    tx: &mut Transaction<'_, Postgres>,
+    tenants: &[String],
+    sums: &[i64],
+) -> Result<Vec<(String, WalletRow)>, sqlx::Error> {
+    let rows = sqlx::query!(
+        "UPDATE billing.wallets w SET reserved = w.reserved + d.sum, updated_at = now()
+           FROM unnest($1::text[], $2::bigint[]) AS d(tenant_id, sum),
+                (SELECT tenant_id FROM billing.wallets WHERE tenant_id = ANY($1::text[])
+                  ORDER BY tenant_id FOR UPDATE) AS locked
+          WHERE w.tenant_id = d.tenant_id AND locked.tenant_id = d.tenant_id
+         RETURNING w.tenant_id, w.balance, w.credit_limit, w.reserved, w.low_balance_threshold",
+        tenants,
+        sums,
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|a| {
+            (
+                a.tenant_id,
+                WalletRow {
+                    balance: a.balance,
+                    credit_limit: a.credit_limit,
+                    reserved: a.reserved,
+                    low_balance_threshold: a.low_balance_threshold,
+                },
+            )
+        })
+        .collect())
+}
+
+async fn create_wallets(
+    tx: &mut Transaction<'_, Postgres>,
+    tenants: &[String],
+) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "INSERT INTO billing.wallets (tenant_id) SELECT * FROM unnest($1::text[])
+         ON CONFLICT DO NOTHING",
+        tenants,
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 async fn lock_wallets(
     tx: &mut Transaction<'_, Postgres>,
     tenants: &[String],
@@ -77,6 +158,7 @@ async fn lock_wallets(
 /// `reserved`, and answers per row, in order.
 pub async fn insert_batch(
     pool: &PgPool,
+    wallets: &KnownWallets,
     rows: &[ReservationRow],
 ) -> Result<(Vec<Stored>, Vec<LowBalance>), sqlx::Error> {
     let col = |f: fn(&ReservationRow) -> &String| rows.iter().map(f).cloned().collect::<Vec<_>>();
@@ -130,35 +212,33 @@ pub async fn insert_batch(
         }
     }
     let mut low = Vec::new();
+    let mut known_after = Vec::new();
     if !added.is_empty() {
         let tenants: Vec<String> = added.keys().cloned().collect();
         let sums: Vec<i64> = added.values().map(|(s, _)| *s).collect();
-        sqlx::query!(
-            "INSERT INTO billing.wallets (tenant_id) SELECT * FROM unnest($1::text[])
-             ON CONFLICT DO NOTHING",
-            &tenants,
-        )
-        .execute(&mut *tx)
-        .await?;
-        lock_wallets(&mut tx, &tenants).await?;
-        let after = sqlx::query!(
-            "UPDATE billing.wallets w SET reserved = w.reserved + d.sum, updated_at = now()
-             FROM unnest($1::text[], $2::bigint[]) AS d(tenant_id, sum)
-             WHERE w.tenant_id = d.tenant_id
-             RETURNING w.tenant_id, w.balance, w.credit_limit, w.reserved, w.low_balance_threshold",
-            &tenants,
-            &sums,
-        )
-        .fetch_all(&mut *tx)
-        .await?;
-        for a in after {
-            let (tenant_id, threshold) = (a.tenant_id, a.low_balance_threshold);
-            let wallet = WalletRow {
-                balance: a.balance,
-                credit_limit: a.credit_limit,
-                reserved: a.reserved,
-                low_balance_threshold: threshold,
-            };
+        let unknown = wallets.unknown(&tenants);
+        if !unknown.is_empty() {
+            create_wallets(&mut tx, &unknown).await?;
+        }
+        let mut after = add_reserved(&mut tx, &tenants, &sums).await?;
+        if after.len() < tenants.len() {
+            // A wallet row this process took for granted is gone: made again, in one more
+            // statement (its lock comes after the others', the only place order may differ).
+            let found: std::collections::HashSet<&str> =
+                after.iter().map(|(t, _)| t.as_str()).collect();
+            let (missing, missing_sums): (Vec<String>, Vec<i64>) = tenants
+                .iter()
+                .zip(&sums)
+                .filter(|(t, _)| !found.contains(t.as_str()))
+                .map(|(t, s)| (t.clone(), *s))
+                .unzip();
+            wallets.forget(&missing);
+            create_wallets(&mut tx, &missing).await?;
+            after.extend(add_reserved(&mut tx, &missing, &missing_sums).await?);
+        }
+        for (tenant_id, wallet) in after {
+            let threshold = wallet.low_balance_threshold;
+            known_after.push(tenant_id.clone());
             if let Some((sum, message_id)) = added.get(&tenant_id)
                 && threshold > 0
                 && wallet.available() < threshold
@@ -208,6 +288,7 @@ pub async fn insert_batch(
         }
     }
     tx.commit().await?;
+    wallets.remember(known_after);
 
     let mut first_insert = std::collections::HashSet::new();
     let answers = rows
