@@ -83,6 +83,48 @@ async fn a_reply_inside_the_window_is_sent_delivered_and_not_charged() -> anyhow
     Ok(())
 }
 
+/// An accepted send's idempotency key is kept for a day (confirmed in a pipeline after the
+/// answer, not on its path) and a refused one's is freed at once, for a retry to be decided
+/// afresh; the window read with the claim decided both.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_accepted_sends_key_is_kept_for_a_day_and_a_refused_ones_is_freed() -> anyhow::Result<()>
+{
+    let c = Chain::start(80).await?;
+    let redis = infra().await?.redis.clone();
+    let key_of = |message_id: &str| format!("fin:{{{}}}:idem:{message_id}", c.tenant);
+    let ttl = |key: String| {
+        let mut redis = redis.clone();
+        async move {
+            redis::cmd("TTL")
+                .arg(key)
+                .query_async::<i64>(&mut redis)
+                .await
+        }
+    };
+    let wrote = "393331110081";
+    c.user_says(wrote, 0, false).await?;
+    let reply = c.text(wrote, "kept-1", "Your order is ready").await?;
+    assert!(reply.free, "the window read with the claim is open");
+    eventually("the accepted key is kept for a day", WAIT, || async {
+        let left = ttl(key_of(&reply.message_id)).await?;
+        Ok((left > 3_600).then_some(()))
+    })
+    .await?;
+
+    let silent = "393331110082";
+    let refused = c.text(silent, "freed-1", "Nobody asked").await;
+    assert_eq!(reason(&refused).1, "WINDOW_CLOSED");
+    let refused_id = finestra_dispatch::content::message_id(&c.tenant, "freed-1");
+    eventually("the refused key is freed", WAIT, || async {
+        let left = ttl(key_of(&refused_id)).await?;
+        // -2: no such key.
+        Ok((left == -2).then_some(()))
+    })
+    .await?;
+    c.stop().await;
+    Ok(())
+}
+
 /// A business replies the moment it hears of a user's message (a webhook handler does): the
 /// reply finds the window open even while the window service has not recorded the message yet,
 /// and it is free; a user who never wrote still gets WINDOW_CLOSED.

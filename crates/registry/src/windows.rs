@@ -77,6 +77,16 @@ pub async fn read(
     if let Some(value) = value {
         return Ok(decode(&value));
     }
+    read_durable(pool, tenant_id, phone_number_id, user).await
+}
+
+/// The pair's window from its durable record (Redis holds none), else the empty state.
+pub async fn read_durable(
+    pool: &PgPool,
+    tenant_id: &str,
+    phone_number_id: &str,
+    user: &str,
+) -> Result<WindowState, WindowReadError> {
     let row = sqlx::query!(
         "SELECT csw_until, last_inbound_at, last_inbound_id, referral_at, fep_until,
                 opt_out_at, opt_out, blocked_at, blocked

@@ -422,13 +422,17 @@ impl DispatchApi {
         let message_id = content::message_id(&tenant_id, &key);
         let hash = content::request_hash(&req);
 
-        let claim = match self
+        // The pair's window comes with the claim (one round trip); only a plausible user key
+        // reaches the stores' key space.
+        let pair = (!recipient.is_empty() && recipient.len() <= 32)
+            .then_some((number_id.as_str(), recipient.as_str()));
+        let (claim, prefetched) = match self
             .hot
-            .admit_and_claim(&tenant_id, &message_id, &hash, rate)
+            .admit_and_claim(&tenant_id, &message_id, &hash, rate, pair)
             .await
             .map_err(|e| self.store_error("claiming an idempotency key", &e))?
         {
-            crate::hot::Admitted::Claimed(claim) => claim,
+            crate::hot::Admitted::Claimed(claim, window) => (claim, window),
             crate::hot::Admitted::RateLimited { wait_micros } => {
                 return Err(tenant_rate_limited(
                     &tenant_id,
@@ -453,7 +457,7 @@ impl DispatchApi {
             .decide_and_accept(
                 &req,
                 &parsed,
-                &recipient,
+                (&recipient, prefetched),
                 &number_id,
                 &key,
                 &message_id,
@@ -465,22 +469,20 @@ impl DispatchApi {
         {
             outcome = Ok(found);
         }
-        let hot = self.hot.clone();
-        let stored = outcome.is_ok();
         // Off the request path: the Postgres row is the durable answer either way, and a lease
         // left behind expires by itself.
-        self.tasks.spawn(async move {
-            let kept = if stored {
-                // The key answers this message for a day.
-                hot.confirm(&tenant_id, &message_id).await
-            } else {
-                // Nothing was sent: the key is free for a retry to be decided afresh.
-                hot.unclaim(&tenant_id, &message_id).await
-            };
-            if let Err(e) = kept {
-                tracing::warn!(error = %e, "updating an idempotency key in Redis failed");
-            }
-        });
+        if outcome.is_ok() {
+            // The key answers this message for a day.
+            self.hot.confirm(&tenant_id, &message_id);
+        } else {
+            // Nothing was sent: the key is free for a retry to be decided afresh.
+            let hot = self.hot.clone();
+            self.tasks.spawn(async move {
+                if let Err(e) = hot.unclaim(&tenant_id, &message_id).await {
+                    tracing::warn!(error = %e, "freeing an idempotency key in Redis failed");
+                }
+            });
+        }
         outcome
     }
 
@@ -489,7 +491,7 @@ impl DispatchApi {
         &self,
         req: &SendMessageRequest,
         parsed: &content::Parsed,
-        recipient: &str,
+        (recipient, prefetched): (&str, crate::hot::HotWindow),
         number_id: &str,
         key: &str,
         message_id: &str,
@@ -514,7 +516,13 @@ impl DispatchApi {
         let now = self.clock.now();
         let mut window = if number_active && !recipient.is_empty() && recipient.len() <= 32 {
             self.hot
-                .window(self.facts.pool(), tenant_id, number_id, recipient)
+                .window_after_claim(
+                    prefetched,
+                    self.facts.pool(),
+                    tenant_id,
+                    number_id,
+                    recipient,
+                )
                 .await
                 .map_err(|e| self.store_error("reading the window", &e))?
         } else {

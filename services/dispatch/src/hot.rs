@@ -102,8 +102,8 @@ return 1
 /// (µs since 1970), so Lua's doubles hold them exactly; `%.0f` writes them back whole.
 const ADMIT_AND_CLAIM: &str = r#"
 local held = redis.call('GET', KEYS[2])
-if held == ARGV[3] then return {2} end
-if held then return {3} end
+if held == ARGV[3] then return {2, 0, ''} end
+if held then return {3, 0, ''} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
@@ -112,20 +112,37 @@ local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
 local ahead = tat - now
 local allowance = (burst - 1) * interval
-if ahead > allowance then return {0, ahead - allowance} end
+if ahead > allowance then return {0, ahead - allowance, ''} end
 tat = tat + interval
 redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.floor((tat - now) / 1000) + 1000)
 redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4])
-return {1}
+if ARGV[5] == '1' then
+  local window = redis.call('GET', KEYS[3])
+  if window then return {1, 1, window} end
+end
+return {1, 0, ''}
 "#;
 
 /// What [`Hot::admit_and_claim`] found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Admitted {
-    /// Within the tenant's rate; the key's claim.
-    Claimed(Claim),
+    /// Within the tenant's rate; the key's claim, and for a new claim the pair's window as
+    /// Redis holds it.
+    Claimed(Claim, HotWindow),
     /// Over the tenant's rate: a call would pass after this many µs.
     RateLimited { wait_micros: i64 },
+}
+
+/// A pair's window value read with the claim (one round trip for both).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum HotWindow {
+    /// Not read: the claim was not new, or the user is no plausible key.
+    #[default]
+    NotRead,
+    /// Redis holds no value: the durable record decides.
+    Absent,
+    /// Redis's value (`finestra_registry::windows::decode`).
+    Held(String),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,11 +174,39 @@ pub struct Hot {
     forget_failed: Script,
     cap_admit: Script,
     cap_load: Script,
+    /// Keys of stored messages, kept for a day by [`confirm_keys`] in pipelines.
+    confirms: tokio::sync::mpsc::Sender<String>,
+}
+
+/// Stored messages' keys queued at most for confirming; beyond, a key keeps its short lease
+/// (the stored row answers a retry all the same).
+const CONFIRMS_QUEUED: usize = 65_536;
+
+/// Keeps the keys of stored messages for a day, a pipeline of `EXPIRE`s for whatever queued
+/// while the previous one was out: one round trip for many sends instead of one each.
+async fn confirm_keys(mut conn: ConnectionManager, mut keys: tokio::sync::mpsc::Receiver<String>) {
+    let mut batch = Vec::with_capacity(512);
+    while keys.recv_many(&mut batch, 512).await > 0 {
+        let mut pipe = redis::pipe();
+        for key in batch.drain(..) {
+            pipe.cmd("EXPIRE")
+                .arg(key)
+                .arg(IDEMPOTENCY_SECONDS)
+                .ignore();
+        }
+        if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+            tracing::warn!(error = %e, "keeping idempotency keys in Redis failed");
+        }
+    }
 }
 
 impl Hot {
+    /// Must be called inside the runtime: it starts the task that confirms keys.
     pub fn new(conn: ConnectionManager, prefix: &str) -> Self {
+        let (confirms, keys) = tokio::sync::mpsc::channel(CONFIRMS_QUEUED);
+        tokio::spawn(confirm_keys(conn.clone(), keys));
         Self {
+            confirms,
             conn,
             prefix: prefix.to_owned(),
             admit: Script::new(TIER_ADMIT),
@@ -171,6 +216,26 @@ impl Hot {
             forget_failed: Script::new(TIER_FORGET_FAILED),
             cap_admit: Script::new(CAP_ADMIT),
             cap_load: Script::new(CAP_LOAD),
+        }
+    }
+
+    /// A pair's window from what the claim read of it: Redis's value, else the durable
+    /// record; not read yet, as [`Hot::window`] reads it.
+    pub async fn window_after_claim(
+        &self,
+        prefetched: HotWindow,
+        pool: &sqlx::PgPool,
+        tenant_id: &str,
+        phone_number_id: &str,
+        user: &str,
+    ) -> Result<finestra_domain::WindowState, finestra_registry::windows::WindowReadError> {
+        match prefetched {
+            HotWindow::Held(value) => Ok(finestra_registry::windows::decode(&value)),
+            HotWindow::Absent => {
+                finestra_registry::windows::read_durable(pool, tenant_id, phone_number_id, user)
+                    .await
+            }
+            HotWindow::NotRead => self.window(pool, tenant_id, phone_number_id, user).await,
         }
     }
 
@@ -254,42 +319,55 @@ impl Hot {
 
     /// Claims the key and, for a new one, takes a call from the tenant's rate bucket: one
     /// round trip for both (the claim and the bucket share the tenant's hash slot).
+    /// `window_of`: the (number, user) whose window a new claim reads in the same script (its
+    /// key shares the tenant's slot); `None` reads none.
     pub async fn admit_and_claim(
         &self,
         tenant_id: &str,
         message_id: &str,
         hash: &[u8],
         rate: finestra_domain::fairness::RateLimit,
+        window_of: Option<(&str, &str)>,
     ) -> redis::RedisResult<Admitted> {
         let mut conn = self.conn.clone();
-        let answer: Vec<i64> = self
+        let window_key = window_of.map(|(number, user)| {
+            finestra_registry::windows::key(&self.prefix, tenant_id, number, user)
+        });
+        let rate_key = format!("{}:{{{tenant_id}}}:rate", self.prefix);
+        let (code, detail, window): (i64, i64, String) = self
             .admit_and_claim
-            .key(format!("{}:{{{tenant_id}}}:rate", self.prefix))
+            .key(&rate_key)
             .key(self.idem_key(tenant_id, message_id))
+            // Unread without a pair; a key of the same slot keeps the script cluster-safe.
+            .key(window_key.as_deref().unwrap_or(&rate_key))
             .arg(rate.interval_micros)
             .arg(rate.burst)
             .arg(hash)
             .arg(CLAIM_LEASE_SECONDS)
+            .arg(if window_key.is_some() { "1" } else { "0" })
             .invoke_async(&mut conn)
             .await?;
-        Ok(match answer.as_slice() {
-            [0, wait] => Admitted::RateLimited {
-                wait_micros: (*wait).max(1),
+        Ok(match code {
+            0 => Admitted::RateLimited {
+                wait_micros: detail.max(1),
             },
-            [2] => Admitted::Claimed(Claim::Same),
-            [3] => Admitted::Claimed(Claim::Conflict),
-            _ => Admitted::Claimed(Claim::New),
+            2 => Admitted::Claimed(Claim::Same, HotWindow::NotRead),
+            3 => Admitted::Claimed(Claim::Conflict, HotWindow::NotRead),
+            _ if window_key.is_none() => Admitted::Claimed(Claim::New, HotWindow::NotRead),
+            _ if detail == 1 => Admitted::Claimed(Claim::New, HotWindow::Held(window)),
+            _ => Admitted::Claimed(Claim::New, HotWindow::Absent),
         })
     }
 
-    /// Keeps a key for 24 h once its message is stored.
-    pub async fn confirm(&self, tenant_id: &str, message_id: &str) -> redis::RedisResult<()> {
-        let mut conn = self.conn.clone();
-        redis::cmd("EXPIRE")
-            .arg(self.idem_key(tenant_id, message_id))
-            .arg(IDEMPOTENCY_SECONDS)
-            .query_async::<()>(&mut conn)
-            .await
+    /// Keeps a key for 24 h once its message is stored (soon, with others: [`confirm_keys`]).
+    pub fn confirm(&self, tenant_id: &str, message_id: &str) {
+        if self
+            .confirms
+            .try_send(self.idem_key(tenant_id, message_id))
+            .is_err()
+        {
+            tracing::debug!("the idempotency key queue is full: the key keeps its lease");
+        }
     }
 
     /// Frees a key whose request was refused (nothing was sent: a retry decides afresh).
