@@ -1485,11 +1485,14 @@ async fn reservation_batches_count_into_the_wallet_row_new_known_or_made_again()
     // Known now: counted into the same row (a replayed message adds nothing).
     insert_batch(&infra.pool, &known, &[row(3, 50), row(1, 100)]).await?;
     assert_eq!(reserved().await?, Some(350));
-    // The row is gone behind the writer's back: made again with this batch's sum.
-    sqlx::query("DELETE FROM billing.wallets WHERE tenant_id = $1")
-        .bind(&tenant)
-        .execute(&infra.pool)
-        .await?;
+    // The tenant's billing rows are gone behind the writer's back (wallet and reservations
+    // alike, so the books still agree): the wallet is made again with this batch's sum.
+    for table in ["billing.reservations", "billing.wallets"] {
+        sqlx::query(&format!("DELETE FROM {table} WHERE tenant_id = $1"))
+            .bind(&tenant)
+            .execute(&infra.pool)
+            .await?;
+    }
     insert_batch(&infra.pool, &known, &[row(4, 7)]).await?;
     assert_eq!(reserved().await?, Some(7));
     insert_batch(&infra.pool, &known, &[row(5, 3)]).await?;
