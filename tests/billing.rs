@@ -1219,24 +1219,10 @@ async fn billing_killed_between_the_ledger_write_and_the_commit_loses_and_double
         finestra_domain::Timestamp::from_micros(0),
     )
     .await?;
-    let rows: Vec<finestra_billing::reservations::ReservationRow> = (0..n)
-        .map(|i| finestra_billing::reservations::ReservationRow {
-            tenant_id: tenant.clone(),
-            message_id: format!("k{i}"),
-            phone_number_id: number.clone(),
-            recipient: IT_USER.into(),
-            category: "MARKETING".into(),
-            market: "IT".into(),
-            card_version: "2025-07-01".into(),
-            currency: "EUR".into(),
-            cost: price,
-            price,
-            markup: "none".into(),
-            free_reason: String::new(),
-            accepted_at: 0,
-        })
+    let rows: Vec<_> = (0..n)
+        .map(|i| marketing_reservation(&tenant, &number, &format!("k{i}"), price))
         .collect();
-    finestra_billing::reservations::insert_batch(&infra.pool, &Default::default(), &rows).await?;
+    finestra_billing::reservations::insert_batch(&infra.pool, &rows).await?;
     let topic = scope.topics().status;
     let producer = kafka::producer(&infra.brokers)?;
     let records: Vec<Outgoing<'_>> = (0..n)
@@ -1448,19 +1434,17 @@ async fn reserve_batch_answers_each_reservation_on_its_own() -> anyhow::Result<(
     Ok(())
 }
 
-/// A reservation batch adds its prices to the wallet's `reserved` whether the wallet row is
-/// new, known to the writer already, or known but gone since (made again).
-#[tokio::test(flavor = "multi_thread")]
-async fn reservation_batches_count_into_the_wallet_row_new_known_or_made_again()
--> anyhow::Result<()> {
-    use finestra_billing::reservations::{KnownWallets, ReservationRow, insert_batch};
-    let scope = Scope::new();
-    let infra = infra().await?;
-    let (tenant, number, _) = scope.tenant_with_number("known-wallet", 1).await?;
-    let row = |i: u32, price: i64| ReservationRow {
-        tenant_id: tenant.clone(),
-        message_id: format!("w{i}"),
-        phone_number_id: number.clone(),
+/// A marketing template to an Italian user at `price`, as acceptance reserves it.
+fn marketing_reservation(
+    tenant: &str,
+    number: &str,
+    message_id: &str,
+    price: i64,
+) -> finestra_billing::reservations::ReservationRow {
+    finestra_billing::reservations::ReservationRow {
+        tenant_id: tenant.to_owned(),
+        message_id: message_id.to_owned(),
+        phone_number_id: number.to_owned(),
         recipient: IT_USER.into(),
         category: "MARKETING".into(),
         market: "IT".into(),
@@ -1471,21 +1455,32 @@ async fn reservation_batches_count_into_the_wallet_row_new_known_or_made_again()
         markup: "none".into(),
         free_reason: String::new(),
         accepted_at: 0,
-    };
+    }
+}
+
+/// A reservation batch adds its prices to the wallet's `reserved` whether the wallet row is
+/// new, there already, or gone since (made again).
+#[tokio::test(flavor = "multi_thread")]
+async fn reservation_batches_count_into_the_wallet_row_new_existing_or_made_again()
+-> anyhow::Result<()> {
+    use finestra_billing::reservations::insert_batch;
+    let scope = Scope::new();
+    let infra = infra().await?;
+    let (tenant, number, _) = scope.tenant_with_number("known-wallet", 1).await?;
+    let row = |i: u32, price: i64| marketing_reservation(&tenant, &number, &format!("w{i}"), price);
     let reserved = || async {
         sqlx::query_scalar::<_, i64>("SELECT reserved FROM billing.wallets WHERE tenant_id = $1")
             .bind(&tenant)
             .fetch_optional(&infra.pool)
             .await
     };
-    let known = KnownWallets::default();
     // No wallet row yet: the batch makes it.
-    insert_batch(&infra.pool, &known, &[row(1, 100), row(2, 200)]).await?;
+    insert_batch(&infra.pool, &[row(1, 100), row(2, 200)]).await?;
     assert_eq!(reserved().await?, Some(300));
-    // Known now: counted into the same row (a replayed message adds nothing).
-    insert_batch(&infra.pool, &known, &[row(3, 50), row(1, 100)]).await?;
+    // There now: counted into the same row (a replayed message adds nothing).
+    insert_batch(&infra.pool, &[row(3, 50), row(1, 100)]).await?;
     assert_eq!(reserved().await?, Some(350));
-    // The tenant's billing rows are gone behind the writer's back (wallet and reservations
+    // The tenant's billing rows are gone (wallet and reservations
     // alike, so the books still agree): the wallet is made again with this batch's sum.
     for table in ["billing.reservations", "billing.wallets"] {
         sqlx::query(&format!("DELETE FROM {table} WHERE tenant_id = $1"))
@@ -1493,9 +1488,9 @@ async fn reservation_batches_count_into_the_wallet_row_new_known_or_made_again()
             .execute(&infra.pool)
             .await?;
     }
-    insert_batch(&infra.pool, &known, &[row(4, 7)]).await?;
+    insert_batch(&infra.pool, &[row(4, 7)]).await?;
     assert_eq!(reserved().await?, Some(7));
-    insert_batch(&infra.pool, &known, &[row(5, 3)]).await?;
+    insert_batch(&infra.pool, &[row(5, 3)]).await?;
     assert_eq!(reserved().await?, Some(10));
     Ok(())
 }

@@ -9,7 +9,7 @@ use crate::config::CommonConfig;
 
 /// A service's pool settings. sqlx tests a connection with a round trip each time it goes back
 /// to the pool, and by default again each time it is taken out: two round trips beside every
-/// query, a fifth of dispatch's CPU under load (perf). The test on release stays (it cannot
+/// query, about a seventh of dispatch's CPU under load (perf). The test on release stays (it cannot
 /// be turned off, and it already drops a connection that broke in use); the one on acquire
 /// is off, so a connection that broke while idle (Postgres restarted) fails one query, which
 /// the caller treats like any store failure (`UNAVAILABLE` with retry, a batch redone), and

@@ -168,7 +168,6 @@ pub async fn start(
     let currency_pricer = pricer.clone();
     let (writer, writer_task) = reserve::Writer::spawn(reserve::WriterSettings {
         pool: pool.clone(),
-        wallets: Default::default(),
         hot: hot.clone(),
         producer: producer.clone(),
         billing_topic: common.topics.billing.clone(),

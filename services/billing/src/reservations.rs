@@ -57,51 +57,19 @@ pub struct LowBalance {
     pub message_id: String,
 }
 
-/// Tenants whose wallet row this process has seen: a reservation batch creates a wallet row
-/// only for a tenant not among them, so a batch usually costs one wallet statement.
-#[derive(Debug, Default)]
-pub struct KnownWallets(std::sync::Mutex<std::collections::HashSet<String>>);
-
-impl KnownWallets {
-    fn unknown(&self, tenants: &[String]) -> Vec<String> {
-        let Ok(known) = self.0.lock() else {
-            return tenants.to_vec();
-        };
-        tenants
-            .iter()
-            .filter(|t| !known.contains(*t))
-            .cloned()
-            .collect()
-    }
-
-    fn remember(&self, tenants: impl IntoIterator<Item = String>) {
-        if let Ok(mut known) = self.0.lock() {
-            known.extend(tenants);
-        }
-    }
-
-    fn forget(&self, tenants: &[String]) {
-        if let Ok(mut known) = self.0.lock() {
-            for t in tenants {
-                known.remove(t);
-            }
-        }
-    }
-}
-
-/// Adds `sums` to the wallets' `reserved`, locking them in tenant order (the order of every
-/// wallet writer) in the same statement; a tenant without a wallet row is left out.
+/// Adds `sums` to the wallets' `reserved`, making a wallet row a tenant does not have yet: one
+/// upsert, whose rows are taken in tenant order (the lock order of every wallet writer).
 async fn add_reserved(
     tx: &mut Transaction<'_, Postgres>,
     tenants: &[String],
     sums: &[i64],
 ) -> Result<Vec<(String, WalletRow)>, sqlx::Error> {
     let rows = sqlx::query!(
-        "UPDATE billing.wallets w SET reserved = w.reserved + d.sum, updated_at = now()
-           FROM unnest($1::text[], $2::bigint[]) AS d(tenant_id, sum),
-                (SELECT tenant_id FROM billing.wallets WHERE tenant_id = ANY($1::text[])
-                  ORDER BY tenant_id FOR UPDATE) AS locked
-          WHERE w.tenant_id = d.tenant_id AND locked.tenant_id = d.tenant_id
+        "INSERT INTO billing.wallets AS w (tenant_id, reserved)
+         SELECT tenant_id, sum FROM unnest($1::text[], $2::bigint[]) AS d(tenant_id, sum)
+          ORDER BY tenant_id
+         ON CONFLICT (tenant_id) DO UPDATE
+            SET reserved = w.reserved + EXCLUDED.reserved, updated_at = now()
          RETURNING w.tenant_id, w.balance, w.credit_limit, w.reserved, w.low_balance_threshold",
         tenants,
         sums,
@@ -124,20 +92,6 @@ async fn add_reserved(
         .collect())
 }
 
-async fn create_wallets(
-    tx: &mut Transaction<'_, Postgres>,
-    tenants: &[String],
-) -> Result<(), sqlx::Error> {
-    sqlx::query!(
-        "INSERT INTO billing.wallets (tenant_id) SELECT * FROM unnest($1::text[])
-         ON CONFLICT DO NOTHING",
-        tenants,
-    )
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
 async fn lock_wallets(
     tx: &mut Transaction<'_, Postgres>,
     tenants: &[String],
@@ -158,7 +112,6 @@ async fn lock_wallets(
 /// `reserved`, and answers per row, in order.
 pub async fn insert_batch(
     pool: &PgPool,
-    wallets: &KnownWallets,
     rows: &[ReservationRow],
 ) -> Result<(Vec<Stored>, Vec<LowBalance>), sqlx::Error> {
     let col = |f: fn(&ReservationRow) -> &String| rows.iter().map(f).cloned().collect::<Vec<_>>();
@@ -212,33 +165,12 @@ pub async fn insert_batch(
         }
     }
     let mut low = Vec::new();
-    let mut known_after = Vec::new();
     if !added.is_empty() {
         let tenants: Vec<String> = added.keys().cloned().collect();
         let sums: Vec<i64> = added.values().map(|(s, _)| *s).collect();
-        let unknown = wallets.unknown(&tenants);
-        if !unknown.is_empty() {
-            create_wallets(&mut tx, &unknown).await?;
-        }
-        let mut after = add_reserved(&mut tx, &tenants, &sums).await?;
-        if after.len() < tenants.len() {
-            // A wallet row this process took for granted is gone: made again, in one more
-            // statement (its lock comes after the others', the only place order may differ).
-            let found: std::collections::HashSet<&str> =
-                after.iter().map(|(t, _)| t.as_str()).collect();
-            let (missing, missing_sums): (Vec<String>, Vec<i64>) = tenants
-                .iter()
-                .zip(&sums)
-                .filter(|(t, _)| !found.contains(t.as_str()))
-                .map(|(t, s)| (t.clone(), *s))
-                .unzip();
-            wallets.forget(&missing);
-            create_wallets(&mut tx, &missing).await?;
-            after.extend(add_reserved(&mut tx, &missing, &missing_sums).await?);
-        }
+        let after = add_reserved(&mut tx, &tenants, &sums).await?;
         for (tenant_id, wallet) in after {
             let threshold = wallet.low_balance_threshold;
-            known_after.push(tenant_id.clone());
             if let Some((sum, message_id)) = added.get(&tenant_id)
                 && threshold > 0
                 && wallet.available() < threshold
@@ -288,7 +220,6 @@ pub async fn insert_batch(
         }
     }
     tx.commit().await?;
-    wallets.remember(known_after);
 
     let mut first_insert = std::collections::HashSet::new();
     let answers = rows

@@ -53,8 +53,6 @@ pub struct Writer {
 
 pub struct WriterSettings {
     pub pool: PgPool,
-    /// Tenants whose wallet row exists (so a batch need not create it).
-    pub wallets: reservations::KnownWallets,
     pub hot: HotWallets,
     pub producer: FutureProducer,
     pub billing_topic: String,
@@ -220,21 +218,20 @@ async fn flush(settings: &WriterSettings, jobs: Vec<Job>) {
         return;
     }
     let rows: Vec<ReservationRow> = to_write.iter().map(|(j, _)| j.row.clone()).collect();
-    let (answers, low) =
-        match reservations::insert_batch(&settings.pool, &settings.wallets, &rows).await {
-            Ok(done) => done,
-            Err(e) => {
-                // Funds held in Redis stay held (never an overdraft) until a retry writes the row
-                // or the hash is reloaded.
-                tracing::error!(error = %e, rows = rows.len(), "writing reservations failed");
-                for (job, _) in to_write {
-                    let _ = job
-                        .reply
-                        .send(Err(ReserveError::Unavailable(format!("postgres: {e}"))));
-                }
-                return;
+    let (answers, low) = match reservations::insert_batch(&settings.pool, &rows).await {
+        Ok(done) => done,
+        Err(e) => {
+            // Funds held in Redis stay held (never an overdraft) until a retry writes the row
+            // or the hash is reloaded.
+            tracing::error!(error = %e, rows = rows.len(), "writing reservations failed");
+            for (job, _) in to_write {
+                let _ = job
+                    .reply
+                    .send(Err(ReserveError::Unavailable(format!("postgres: {e}"))));
             }
-        };
+            return;
+        }
+    };
     let mut confirm: Vec<(&str, &str, Micros)> = Vec::new();
     let mut undo: Vec<(&str, &str, HotEnd)> = Vec::new();
     let mut replies: Vec<Result<Reserved, ReserveError>> = Vec::with_capacity(rows.len());

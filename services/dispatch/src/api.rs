@@ -92,6 +92,12 @@ fn conflict(message_id: &str) -> Status {
     )
 }
 
+/// Whether a recipient may name a Redis key or a Postgres row: a user key that is not a
+/// plausible number never reaches the stores' key space.
+fn plausible_user_key(recipient: &str) -> bool {
+    !recipient.is_empty() && recipient.len() <= 32
+}
+
 /// A tenant over its rate or its share: refused at once, told when to come back.
 fn tenant_rate_limited(tenant_id: &str, why: &str, retry_after: Duration) -> Status {
     admission::count(tenant_id, "refused");
@@ -422,10 +428,9 @@ impl DispatchApi {
         let message_id = content::message_id(&tenant_id, &key);
         let hash = content::request_hash(&req);
 
-        // The pair's window comes with the claim (one round trip); only a plausible user key
-        // reaches the stores' key space.
-        let pair = (!recipient.is_empty() && recipient.len() <= 32)
-            .then_some((number_id.as_str(), recipient.as_str()));
+        // The pair's window comes with the claim (one round trip).
+        let pair =
+            plausible_user_key(&recipient).then_some((number_id.as_str(), recipient.as_str()));
         let (claim, prefetched) = match self
             .hot
             .admit_and_claim(&tenant_id, &message_id, &hash, rate, pair)
@@ -457,7 +462,8 @@ impl DispatchApi {
             .decide_and_accept(
                 &req,
                 &parsed,
-                (&recipient, prefetched),
+                &recipient,
+                prefetched,
                 &number_id,
                 &key,
                 &message_id,
@@ -491,7 +497,8 @@ impl DispatchApi {
         &self,
         req: &SendMessageRequest,
         parsed: &content::Parsed,
-        (recipient, prefetched): (&str, crate::hot::HotWindow),
+        recipient: &str,
+        prefetched: crate::hot::HotWindow,
         number_id: &str,
         key: &str,
         message_id: &str,
@@ -512,9 +519,8 @@ impl DispatchApi {
         let number_active = number
             .as_ref()
             .is_some_and(|n| n.tenant_id == tenant_id && n.active);
-        // A user key that is not a plausible number never reaches the stores' key space.
         let now = self.clock.now();
-        let mut window = if number_active && !recipient.is_empty() && recipient.len() <= 32 {
+        let mut window = if number_active && plausible_user_key(recipient) {
             self.hot
                 .window_after_claim(
                     prefetched,

@@ -134,10 +134,9 @@ pub enum Admitted {
 }
 
 /// A pair's window value read with the claim (one round trip for both).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HotWindow {
     /// Not read: the claim was not new, or the user is no plausible key.
-    #[default]
     NotRead,
     /// Redis holds no value: the durable record decides.
     Absent,
